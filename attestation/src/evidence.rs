@@ -1,0 +1,116 @@
+//! Evidence detection and parsing. The CLI is handed "a file"; this module
+//! decides whether it is an SNP report, a DCAP quote or an NVIDIA SPDM
+//! report (raw or hex text), and parses it.
+
+use crate::nvidia::NvidiaReport;
+use crate::snp::SnpReport;
+use crate::tdx::DcapQuote;
+
+/// Why bytes could not be parsed as evidence. Every variant names the
+/// structure, the field and the byte offset where it can.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseError {
+    #[error("{what}: field `{field}` at offset {offset} needs {needed} bytes, only {available} left")]
+    Truncated { what: &'static str, field: &'static str, offset: usize, needed: usize, available: usize },
+    #[error("{what}: {actual} bytes, expected {expected}")]
+    Length { what: &'static str, expected: usize, actual: usize },
+    #[error("{what}: unsupported version {version} at offset {offset}")]
+    UnsupportedVersion { what: &'static str, version: u32, offset: usize },
+    #[error("{what}: field `{field}` at offset {offset}: {message}")]
+    Field { what: &'static str, field: &'static str, offset: usize, message: String },
+    #[error("{what}: {trailing} unexpected bytes after the end at offset {offset}")]
+    Trailing { what: &'static str, offset: usize, trailing: usize },
+    #[error("unknown evidence kind: not an SEV-SNP report, a DCAP quote or an NVIDIA SPDM report ({0})")]
+    UnknownKind(String),
+}
+
+/// The kinds of evidence we understand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvidenceKind {
+    Snp,
+    Dcap,
+    Nvidia,
+}
+
+/// Parsed evidence.
+#[derive(Debug, Clone)]
+pub enum Evidence {
+    Snp(SnpReport),
+    Dcap(DcapQuote),
+    Nvidia(NvidiaReport),
+}
+
+/// Intel's QE vendor ID, at offset 12 of every DCAP quote header.
+const INTEL_QE_VENDOR_ID: [u8; 16] = [
+    0x93, 0x9a, 0x72, 0x33, 0xf7, 0x9c, 0x4c, 0xa9, 0x94, 0x0a, 0x0d, 0xb3, 0x95, 0x7f, 0x06, 0x07,
+];
+
+impl Evidence {
+    /// Detects the kind of `bytes` (after hex-decoding text) and parses it.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
+        let decoded = decode_hex_text(bytes);
+        let bytes = decoded.as_deref().unwrap_or(bytes);
+        match detect(bytes)? {
+            EvidenceKind::Snp => SnpReport::parse(bytes).map(Evidence::Snp),
+            EvidenceKind::Dcap => DcapQuote::parse(bytes).map(Evidence::Dcap),
+            EvidenceKind::Nvidia => NvidiaReport::parse(bytes).map(Evidence::Nvidia),
+        }
+    }
+
+    pub fn kind(&self) -> EvidenceKind {
+        match self {
+            Evidence::Snp(_) => EvidenceKind::Snp,
+            Evidence::Dcap(_) => EvidenceKind::Dcap,
+            Evidence::Nvidia(_) => EvidenceKind::Nvidia,
+        }
+    }
+}
+
+/// Decides which parser the bytes are for, from their fixed headers.
+pub fn detect(bytes: &[u8]) -> Result<EvidenceKind, ParseError> {
+    let u16_at = |o: usize| bytes.get(o..o.checked_add(2)?).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let version = u16_at(0);
+    let key_type = u16_at(2);
+    if matches!(version, Some(3..=5))
+        && matches!(key_type, Some(2 | 3))
+        && bytes.get(12..28) == Some(&INTEL_QE_VENDOR_ID[..])
+    {
+        return Ok(EvidenceKind::Dcap);
+    }
+    if bytes.len() == crate::snp::report::REPORT_SIZE {
+        return Ok(EvidenceKind::Snp);
+    }
+    // SPDM 1.0-1.3 GET_MEASUREMENTS request (0xE0) followed by the response.
+    if matches!(bytes.first(), Some(0x10..=0x13)) && bytes.get(1) == Some(&0xe0) {
+        return Ok(EvidenceKind::Nvidia);
+    }
+    Err(ParseError::UnknownKind(format!("{} bytes, starting {}", bytes.len(), hex::encode(bytes.get(..8).unwrap_or(bytes)))))
+}
+
+/// If `bytes` is hex text (whitespace allowed), its decoding.
+pub fn decode_hex_text(bytes: &[u8]) -> Option<Vec<u8>> {
+    let digits: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    if digits.is_empty() || digits.len() % 2 != 0 || !digits.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    hex::decode(&digits).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_kind_is_an_error() {
+        assert!(matches!(Evidence::parse(b"hello"), Err(ParseError::UnknownKind(_))));
+        assert!(matches!(Evidence::parse(&[]), Err(ParseError::UnknownKind(_))));
+    }
+
+    #[test]
+    fn hex_text_is_decoded() {
+        assert_eq!(decode_hex_text(b"0a0B\n ff"), Some(vec![0x0a, 0x0b, 0xff]));
+        assert_eq!(decode_hex_text(b"0a0"), None);
+        assert_eq!(decode_hex_text(b"zz"), None);
+    }
+}

@@ -1,0 +1,10 @@
+//! AMD SEV-SNP: the attestation report, the VCEK/VLEK certificate chain to
+//! a pinned ARK, and the checks that tie the certificate to the report.
+
+mod claims;
+pub mod report;
+mod verify;
+
+pub use claims::{SnpClaims, TcbClaims};
+pub use report::{GuestPolicy, SigningKey, SnpReport, TcbVersion};
+pub use verify::{SnpCollateral, verify_snp};

@@ -1,0 +1,1 @@
+//! Wire types shared by all ciel components.

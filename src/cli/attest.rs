@@ -1,0 +1,162 @@
+//! `ciel attest verify` and `ciel attest sim-report`.
+//!
+//! Exit codes: 0 accept, 1 reject, 2 bad usage or unreadable input.
+
+use super::files;
+use anyhow::{Context, Result};
+use ciel_attestation::collateral::DcapCollateral;
+use ciel_attestation::{Collateral, Evidence, Policy, UnixTime, Verdict, verify};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum AttestCommand {
+    /// Verify attestation evidence (SNP report, DCAP quote or NVIDIA report).
+    ///
+    /// Without --policy, evidence is accepted iff it is authentic: signed by a
+    /// chain that ends in a pinned vendor root, valid at --at, not revoked and,
+    /// for DCAP, with a TCB status of UpToDate or SWHardeningNeeded.
+    Verify(VerifyArgs),
+    /// Produce simulated evidence (no confidentiality: for development only).
+    SimReport(SimReportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Evidence file: raw SNP report, DCAP quote or NVIDIA SPDM report (binary or hex text).
+    pub evidence: PathBuf,
+    /// SNP: the VCEK or VLEK certificate (DER or PEM).
+    #[arg(long)]
+    pub vcek: Option<PathBuf>,
+    /// SNP: PEM bundle with the ASK or ASVK and the ARK (default: built-in for the product).
+    #[arg(long)]
+    pub cert_chain: Option<PathBuf>,
+    /// DCAP: collateral JSON (TCB info, QE identity, CRLs and issuer chains).
+    #[arg(long)]
+    pub collateral: Option<PathBuf>,
+    /// NVIDIA: the GPU's device certificate chain (PEM, leaf first).
+    #[arg(long)]
+    pub gpu_cert_chain: Option<PathBuf>,
+    /// NVIDIA: reference integrity manifest (SWID tag XML).
+    #[arg(long)]
+    pub rim: Option<PathBuf>,
+    /// Verification instant, RFC 3339 (default: now).
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Attestation policy (TOML). See docs/policy.example.toml.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Print one JSON object instead of a report for people.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SimReportArgs {
+    /// Platform to simulate.
+    #[arg(long, value_parser = ["snp", "tdx"])]
+    pub platform: String,
+    /// report_data, hex, at most 64 bytes (zero-padded).
+    #[arg(long)]
+    pub report_data: String,
+    /// Where to write the evidence; the certificates or collateral go beside it.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(cmd: AttestCommand) -> Result<ExitCode> {
+    match cmd {
+        AttestCommand::Verify(a) => run_verify(a),
+        AttestCommand::SimReport(a) => super::sim::run_sim_report(a),
+    }
+}
+
+fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
+    let bytes = files::read("evidence", &a.evidence)?;
+    let evidence = Evidence::parse(&bytes).with_context(|| format!("evidence {}", a.evidence.display()))?;
+    let mut collateral = Collateral::default();
+    if let Some(p) = &a.vcek {
+        collateral.snp_signer = Some(files::read("VCEK", p)?);
+    }
+    if let Some(p) = &a.cert_chain {
+        collateral.snp_chain = Some(files::read("certificate chain", p)?);
+    }
+    if let Some(p) = &a.collateral {
+        let text = files::read("collateral", p)?;
+        collateral.dcap = Some(DcapCollateral::from_json(&text).with_context(|| format!("collateral {}", p.display()))?);
+    }
+    if let Some(p) = &a.gpu_cert_chain {
+        collateral.gpu_cert_chain = Some(files::read("GPU certificate chain", p)?);
+    }
+    if let Some(p) = &a.rim {
+        collateral.gpu_rim = Some(files::read("RIM", p)?);
+    }
+    let policy = match &a.policy {
+        Some(p) => {
+            let text = files::read("policy", p)?;
+            let text = String::from_utf8(text).with_context(|| format!("policy {} is not UTF-8", p.display()))?;
+            Policy::from_toml(&text).with_context(|| format!("policy {}", p.display()))?
+        }
+        None => Policy::authenticity_only(),
+    };
+    let now = match &a.at {
+        Some(s) => files::parse_instant(s)?,
+        None => files::now(),
+    };
+    let verdict = verify(&evidence, &collateral, &policy, UnixTime(now));
+    if verdict.simulated {
+        warn_simulated();
+    }
+    let text = if a.json {
+        let mut s = serde_json::to_string_pretty(&verdict.to_json())?;
+        s.push('\n');
+        s
+    } else {
+        render_human(&verdict, UnixTime(now))
+    };
+    write_stdout(&text);
+    Ok(if verdict.accepted { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Printed every time simulated evidence is accepted.
+pub fn warn_simulated() {
+    eprintln!(
+        "WARNING: this evidence is from the SIMULATED platform, trusted only because the policy names the simulated root.\n\
+         WARNING: it proves nothing about hardware and gives NO confidentiality. Never use it in production."
+    );
+}
+
+/// Writes to stdout; a closed pipe (`| head`) is not an error worth a panic.
+pub fn write_stdout(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+fn render_human(v: &Verdict, now: UnixTime) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "verdict:     {}", if v.accepted { "ACCEPT" } else { "REJECT" });
+    let _ = writeln!(o, "platform:    {}", v.platform);
+    let _ = writeln!(o, "verified at: {now}");
+    let _ = writeln!(o, "tcb status:  {}", v.tcb_status);
+    if !v.advisory_ids.is_empty() {
+        let _ = writeln!(o, "advisories:  {}", v.advisory_ids.join(", "));
+    }
+    for r in &v.reasons {
+        let _ = writeln!(o, "reason:      [{}] {}", r.kind.code(), r.message);
+    }
+    if let Some(claims) = &v.claims {
+        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(claims) {
+            let _ = writeln!(o, "claims:");
+            for (k, val) in map {
+                let s = match val {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                let _ = writeln!(o, "  {k}: {s}");
+            }
+        }
+    }
+    o
+}

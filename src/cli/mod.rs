@@ -1,0 +1,6 @@
+//! Subcommand implementations: argument types and the glue between files,
+//! clocks and the pure library crates.
+
+pub mod attest;
+mod sim;
+mod files;

@@ -1,0 +1,40 @@
+//! `ciel`: one binary, whose subcommands call into the workspace crates.
+//! This file only parses arguments and maps results to exit codes.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod cli;
+
+/// ciel — confidential inference runtime.
+///
+/// Verifies hardware attestation evidence (AMD SEV-SNP, Intel TDX/SGX,
+/// NVIDIA GPUs) and, in later subcommands, seals models, releases keys and
+/// serves inference inside confidential VMs.
+#[derive(Debug, Parser)]
+#[command(name = "ciel", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify or produce attestation evidence.
+    #[command(subcommand)]
+    Attest(cli::attest::AttestCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Attest(cmd) => cli::attest::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ciel: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
