@@ -23,12 +23,22 @@ use serde::Serialize;
 pub struct DcapQuote {
     bytes: Vec<u8>,
     quote: Quote,
+    trailing: Option<Trailing>,
+}
+
+/// Bytes after the signature data: tolerated when zero (padding), a
+/// rejection reason otherwise. They are outside everything signed.
+#[derive(Debug, Clone, Copy)]
+struct Trailing {
+    offset: usize,
+    len: usize,
+    nonzero: Option<usize>,
 }
 
 impl DcapQuote {
-    /// Parses a v3 (SGX), v4 or v5 (TDX) quote. Zero padding after the
-    /// signature data is tolerated (several real quotes carry it); any
-    /// other trailing byte is an error.
+    /// Parses a v3 (SGX), v4 or v5 (TDX) quote. Bytes after the signature
+    /// data are kept aside: zero padding (several real quotes carry it) is
+    /// fine, anything else makes verification reject the quote.
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
         let quote = Quote::parse(bytes).map_err(|e| ParseError::Field {
             what: "DCAP quote",
@@ -44,19 +54,14 @@ impl DcapQuote {
         if !ok {
             return Err(ParseError::UnsupportedVersion { what: "DCAP quote", version, offset: 0 });
         }
-        let used = quote_len(bytes, &quote);
-        if let Some(used) = used {
-            if let Some(rest) = bytes.get(used..) {
-                if let Some(pos) = rest.iter().position(|&b| b != 0) {
-                    return Err(ParseError::Trailing {
-                        what: "DCAP quote",
-                        offset: used.saturating_add(pos),
-                        trailing: rest.len().saturating_sub(pos),
-                    });
-                }
-            }
-        }
-        Ok(DcapQuote { bytes: bytes.to_vec(), quote })
+        let trailing = quote_len(bytes, &quote)
+            .and_then(|used| bytes.get(used..).map(|rest| (used, rest)))
+            .map(|(used, rest)| Trailing {
+                offset: used,
+                len: rest.len(),
+                nonzero: rest.iter().position(|&b| b != 0).map(|p| used.saturating_add(p)),
+            });
+        Ok(DcapQuote { bytes: bytes.to_vec(), quote, trailing })
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -171,6 +176,12 @@ pub struct SgxClaims {
 pub fn verify_dcap(quote: &DcapQuote, collateral: Option<&DcapCollateral>, policy: &Policy, now: UnixTime) -> Verdict {
     let mut v = Verdict::new(quote.platform());
     v.claims = Some(quote.claims());
+    if let Some(Trailing { offset, len, nonzero: Some(at) }) = quote.trailing {
+        v.reject(
+            ReasonKind::EvidenceMalformed,
+            format!("{len} bytes follow the quote's signature data at offset {offset}, non-zero from offset {at}"),
+        );
+    }
     let Some(col) = collateral else {
         v.reject(ReasonKind::CollateralMissing, "DCAP verification needs collateral (--collateral)");
         return v;
