@@ -32,9 +32,19 @@ fn snp_scenarios_accept_with_expected_fields() {
             "--json".as_ref(),
         ]);
         let expected_accept = s(&case["expected"]) == "ACCEPT";
-        assert_eq!(run.code == 0, expected_accept, "{id}: exit {} {}", run.code, run.stdout);
+        assert_eq!(
+            run.code == 0,
+            expected_accept,
+            "{id}: exit {} {}",
+            run.code,
+            run.stdout
+        );
         let j = run.json();
-        assert_eq!(j["verdict"], if expected_accept { "accept" } else { "reject" }, "{id}");
+        assert_eq!(
+            j["verdict"],
+            if expected_accept { "accept" } else { "reject" },
+            "{id}"
+        );
         assert_eq!(j["platform"], "snp");
         assert_eq!(j["tcb_status"], "UpToDate", "{id}");
         let claims = &j["claims"];
@@ -43,7 +53,9 @@ fn snp_scenarios_accept_with_expected_fields() {
         for (k, want) in fields {
             let got = &claims[k.as_str()];
             match k.as_str() {
-                "signing_key" => assert_eq!(got, if want == 0 { "vcek" } else { "vlek" }, "{id}.{k}"),
+                "signing_key" => {
+                    assert_eq!(got, if want == 0 { "vcek" } else { "vlek" }, "{id}.{k}")
+                }
                 "reported_tcb" | "current_tcb" | "committed_tcb" | "launch_tcb" => {
                     for part in ["bl", "tee", "snp", "ucode", "raw"] {
                         assert_eq!(s(&got[part]), s(&want[part]), "{id}.{k}.{part}");
@@ -74,7 +86,11 @@ fn collateral_file(case: &Value, dir: &std::path::Path) -> std::path::PathBuf {
         let prefix = format!("{{\"{key}\":");
         let start = body.find(&prefix).expect("wrapped body") + prefix.len();
         let sig_at = body.rfind(",\"signature\":\"").expect("signature");
-        let sig = body[sig_at + 14..].trim_end().trim_end_matches('}').trim_end_matches('"').to_string();
+        let sig = body[sig_at + 14..]
+            .trim_end()
+            .trim_end_matches('}')
+            .trim_end_matches('"')
+            .to_string();
         (body[start..sig_at].to_string(), sig)
     };
     let (tcb_info, tcb_sig) = split(text("tcb_info"), "tcbInfo");
@@ -118,12 +134,23 @@ fn tdx_and_sgx_scenarios_classify_tcb_status() {
         let expected = s(&case["expected_platform_tcb"]);
         let status = expected.split_whitespace().next().expect("status");
         if status == "NO_MATCHING_TCB_LEVEL" {
-            assert_eq!(j["tcb_status"], "NoMatchingTcbLevel", "{id}: {}", run.stdout);
+            assert_eq!(
+                j["tcb_status"], "NoMatchingTcbLevel",
+                "{id}: {}",
+                run.stdout
+            );
             let codes = run.reason_codes();
-            assert!(codes.contains(&"tcb_no_matching_level".to_string()), "{id}: {codes:?}");
+            assert!(
+                codes.contains(&"tcb_no_matching_level".to_string()),
+                "{id}: {codes:?}"
+            );
             // Non-zero bytes after the signature data (go-tdx-guest appends text) are refused too.
             let nonzero_tail = id == "T8";
-            assert_eq!(codes.contains(&"evidence_malformed".to_string()), nonzero_tail, "{id}: {codes:?}");
+            assert_eq!(
+                codes.contains(&"evidence_malformed".to_string()),
+                nonzero_tail,
+                "{id}: {codes:?}"
+            );
             assert_eq!(run.code, 1, "{id}");
         } else {
             assert_eq!(j["tcb_status"], status, "{id}: {}", run.stdout);
@@ -133,12 +160,21 @@ fn tdx_and_sgx_scenarios_classify_tcb_status() {
                 .iter()
                 .map(s)
                 .collect();
-            let got: Vec<String> = j["advisory_ids"].as_array().expect("advisory_ids").iter().map(s).collect();
+            let got: Vec<String> = j["advisory_ids"]
+                .as_array()
+                .expect("advisory_ids")
+                .iter()
+                .map(s)
+                .collect();
             assert_eq!(got, adv, "{id}");
             let accept = matches!(status, "UpToDate" | "SWHardeningNeeded");
             assert_eq!(run.code, if accept { 0 } else { 1 }, "{id}: {}", run.stdout);
             if !accept {
-                assert_eq!(run.reason_codes(), vec!["tcb_status_not_allowed".to_string()], "{id}");
+                assert_eq!(
+                    run.reason_codes(),
+                    vec!["tcb_status_not_allowed".to_string()],
+                    "{id}"
+                );
             }
         }
         let sgx = s(&case["fields"]["tee_type"]) == "0x0";
@@ -171,18 +207,30 @@ fn nvidia_hopper_report_with_valid_chain_accepts_with_trustee_claims() {
     assert_eq!(run.code, 0, "{}", run.stdout);
     let j = run.json();
     assert_eq!(j["platform"], "nvidia");
-    let expected: Value =
-        serde_json::from_slice(&std::fs::read(vector("gpu/trustee/hopperAttestationReport-claims.txt")).expect("claims"))
-            .expect("claims json");
+    let expected: Value = serde_json::from_slice(
+        &std::fs::read(vector("gpu/trustee/hopperAttestationReport-claims.txt")).expect("claims"),
+    )
+    .expect("claims json");
     let claims = &j["claims"];
     let config = &expected["config"];
-    for key in ["driver_version", "vbios_version", "fwid", "project", "project_sku", "chip_sku", "board_id"] {
+    for key in [
+        "driver_version",
+        "vbios_version",
+        "fwid",
+        "project",
+        "project_sku",
+        "chip_sku",
+        "board_id",
+    ] {
         assert_eq!(claims[key], config[key], "{key}");
     }
     let got = claims["measurements"].as_object().expect("measurements");
     let want = expected["measurements"].as_object().expect("measurements");
     assert_eq!(got, want);
-    assert_eq!(claims["nonce"], "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb");
+    assert_eq!(
+        claims["nonce"],
+        "931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb"
+    );
 }
 
 #[test]
@@ -203,6 +251,10 @@ fn nvidia_broken_chains_are_rejected_with_their_reason() {
             "--json".as_ref(),
         ]);
         assert_eq!(run.code, 1, "{case}: {}", run.stdout);
-        assert!(run.reason_codes().contains(&code.to_string()), "{case}: {:?}", run.reason_codes());
+        assert!(
+            run.reason_codes().contains(&code.to_string()),
+            "{case}: {:?}",
+            run.reason_codes()
+        );
     }
 }

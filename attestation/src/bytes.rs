@@ -54,7 +54,10 @@ impl<'a> Reader<'a> {
         Ok(u32::from_le_bytes([a, b, c, 0]))
     }
 
-    pub(crate) fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], ParseError> {
+    pub(crate) fn array<const N: usize>(
+        &mut self,
+        field: &'static str,
+    ) -> Result<[u8; N], ParseError> {
         let s = self.take(N, field)?;
         let mut out = [0u8; N];
         out.copy_from_slice(s);

@@ -8,9 +8,18 @@ use serde::Deserialize;
 #[non_exhaustive]
 pub enum CollateralError {
     #[error("collateral JSON: {0}")]
-    Json(#[from] serde_json::Error),
+    Json(serde_json::Error),
     #[error("collateral field `{field}`: {message}")]
-    Field { field: &'static str, message: String },
+    Field {
+        field: &'static str,
+        message: String,
+    },
+}
+
+impl From<serde_json::Error> for CollateralError {
+    fn from(e: serde_json::Error) -> Self {
+        CollateralError::Json(e)
+    }
 }
 
 /// Everything verification may need; each platform uses its part.
@@ -65,7 +74,10 @@ impl DcapCollateral {
     pub fn from_json(text: &[u8]) -> Result<Self, CollateralError> {
         let r: RawDcapCollateral = serde_json::from_slice(text)?;
         let hex_field = |field: &'static str, v: &str| {
-            hex::decode(v.trim()).map_err(|e| CollateralError::Field { field, message: format!("not hex: {e}") })
+            hex::decode(v.trim()).map_err(|e| CollateralError::Field {
+                field,
+                message: format!("not hex: {e}"),
+            })
         };
         Ok(DcapCollateral {
             root_ca_crl: hex_field("root_ca_crl", &r.root_ca_crl)?,

@@ -11,17 +11,44 @@ use crate::tdx::DcapQuote;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParseError {
-    #[error("{what}: field `{field}` at offset {offset} needs {needed} bytes, only {available} left")]
-    Truncated { what: &'static str, field: &'static str, offset: usize, needed: usize, available: usize },
+    #[error(
+        "{what}: field `{field}` at offset {offset} needs {needed} bytes, only {available} left"
+    )]
+    Truncated {
+        what: &'static str,
+        field: &'static str,
+        offset: usize,
+        needed: usize,
+        available: usize,
+    },
     #[error("{what}: {actual} bytes, expected {expected}")]
-    Length { what: &'static str, expected: usize, actual: usize },
+    Length {
+        what: &'static str,
+        expected: usize,
+        actual: usize,
+    },
     #[error("{what}: unsupported version {version} at offset {offset}")]
-    UnsupportedVersion { what: &'static str, version: u32, offset: usize },
+    UnsupportedVersion {
+        what: &'static str,
+        version: u32,
+        offset: usize,
+    },
     #[error("{what}: field `{field}` at offset {offset}: {message}")]
-    Field { what: &'static str, field: &'static str, offset: usize, message: String },
+    Field {
+        what: &'static str,
+        field: &'static str,
+        offset: usize,
+        message: String,
+    },
     #[error("{what}: {trailing} unexpected bytes after the end at offset {offset}")]
-    Trailing { what: &'static str, offset: usize, trailing: usize },
-    #[error("unknown evidence kind: not an SEV-SNP report, a DCAP quote or an NVIDIA SPDM report ({0})")]
+    Trailing {
+        what: &'static str,
+        offset: usize,
+        trailing: usize,
+    },
+    #[error(
+        "unknown evidence kind: not an SEV-SNP report, a DCAP quote or an NVIDIA SPDM report ({0})"
+    )]
     UnknownKind(String),
 }
 
@@ -69,7 +96,11 @@ impl Evidence {
 
 /// Decides which parser the bytes are for, from their fixed headers.
 pub fn detect(bytes: &[u8]) -> Result<EvidenceKind, ParseError> {
-    let u16_at = |o: usize| bytes.get(o..o.checked_add(2)?).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o.checked_add(2)?)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
     let version = u16_at(0);
     let key_type = u16_at(2);
     if matches!(version, Some(3..=5))
@@ -85,12 +116,20 @@ pub fn detect(bytes: &[u8]) -> Result<EvidenceKind, ParseError> {
     if matches!(bytes.first(), Some(0x10..=0x13)) && bytes.get(1) == Some(&0xe0) {
         return Ok(EvidenceKind::Nvidia);
     }
-    Err(ParseError::UnknownKind(format!("{} bytes, starting {}", bytes.len(), hex::encode(bytes.get(..8).unwrap_or(bytes)))))
+    Err(ParseError::UnknownKind(format!(
+        "{} bytes, starting {}",
+        bytes.len(),
+        hex::encode(bytes.get(..8).unwrap_or(bytes))
+    )))
 }
 
 /// If `bytes` is hex text (whitespace allowed), its decoding.
 pub fn decode_hex_text(bytes: &[u8]) -> Option<Vec<u8>> {
-    let digits: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    let digits: Vec<u8> = bytes
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
     if digits.is_empty() || digits.len() % 2 != 0 || !digits.iter().all(u8::is_ascii_hexdigit) {
         return None;
     }
@@ -103,8 +142,14 @@ mod tests {
 
     #[test]
     fn unknown_kind_is_an_error() {
-        assert!(matches!(Evidence::parse(b"hello"), Err(ParseError::UnknownKind(_))));
-        assert!(matches!(Evidence::parse(&[]), Err(ParseError::UnknownKind(_))));
+        assert!(matches!(
+            Evidence::parse(b"hello"),
+            Err(ParseError::UnknownKind(_))
+        ));
+        assert!(matches!(
+            Evidence::parse(&[]),
+            Err(ParseError::UnknownKind(_))
+        ));
     }
 
     #[test]

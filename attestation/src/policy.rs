@@ -21,14 +21,25 @@ use serde::Deserialize;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
-    #[error("policy TOML: {0}")]
-    Toml(#[from] toml::de::Error),
+    /// The document is not valid TOML or has unknown or mistyped fields;
+    /// the message carries line and column.
+    #[error("{0}")]
+    Toml(toml::de::Error),
     #[error("policy field `{field}`: {message}")]
     Field { field: String, message: String },
 }
 
+impl From<toml::de::Error> for PolicyError {
+    fn from(e: toml::de::Error) -> Self {
+        PolicyError::Toml(e)
+    }
+}
+
 fn field_err(field: impl Into<String>, message: impl Into<String>) -> PolicyError {
-    PolicyError::Field { field: field.into(), message: message.into() }
+    PolicyError::Field {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 /// Minimum TCB components (SNP). Unset components are not checked.
@@ -200,9 +211,22 @@ impl Policy {
     /// No measurement, debug or TCB-minimum rules.
     pub fn authenticity_only() -> Self {
         Policy {
-            snp: SnpPolicy { allow_debug: true, allow_migration_agent: true, allow_smt: true, ..Default::default() },
-            tdx: TdxPolicy { allow_debug: true, tcb_status: DEFAULT_DCAP_STATUS.to_vec(), ..Default::default() },
-            sgx: SgxPolicy { allow_debug: true, tcb_status: DEFAULT_DCAP_STATUS.to_vec(), ..Default::default() },
+            snp: SnpPolicy {
+                allow_debug: true,
+                allow_migration_agent: true,
+                allow_smt: true,
+                ..Default::default()
+            },
+            tdx: TdxPolicy {
+                allow_debug: true,
+                tcb_status: DEFAULT_DCAP_STATUS.to_vec(),
+                ..Default::default()
+            },
+            sgx: SgxPolicy {
+                allow_debug: true,
+                tcb_status: DEFAULT_DCAP_STATUS.to_vec(),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -223,7 +247,10 @@ impl Policy {
                 "tdx" => Ok(Platform::Tdx),
                 "sgx" => Ok(Platform::Sgx),
                 "nvidia" => Ok(Platform::Nvidia),
-                other => Err(field_err("platforms", format!("unknown platform {other:?} (snp, tdx, sgx, nvidia)"))),
+                other => Err(field_err(
+                    "platforms",
+                    format!("unknown platform {other:?} (snp, tdx, sgx, nvidia)"),
+                )),
             })
             .collect::<Result<_, _>>()?;
         let simulated_roots = raw
@@ -236,7 +263,9 @@ impl Policy {
                 let b = hex_list("report_data", std::slice::from_ref(&h), Some(64), true)?;
                 let mut out = [0u8; 64];
                 if let Some(first) = b.first() {
-                    out.get_mut(..first.len()).ok_or_else(|| field_err("report_data", "longer than 64 bytes"))?.copy_from_slice(first);
+                    out.get_mut(..first.len())
+                        .ok_or_else(|| field_err("report_data", "longer than 64 bytes"))?
+                        .copy_from_slice(first);
                 }
                 Some(out)
             }
@@ -254,7 +283,12 @@ impl Policy {
                     AmdProduct::ALL
                         .into_iter()
                         .find(|q| q.name().eq_ignore_ascii_case(p))
-                        .ok_or_else(|| field_err("snp.products", format!("unknown product {p:?} (Milan, Genoa, Turin)")))
+                        .ok_or_else(|| {
+                            field_err(
+                                "snp.products",
+                                format!("unknown product {p:?} (Milan, Genoa, Turin)"),
+                            )
+                        })
                 })
                 .collect::<Result<_, _>>()?,
             vmpls: s.vmpls,
@@ -289,7 +323,11 @@ impl Policy {
         let n = raw.nvidia;
         let nvidia = NvidiaPolicy {
             driver_versions: n.driver_versions,
-            vbios_versions: n.vbios_versions.iter().map(|v| v.to_ascii_lowercase()).collect(),
+            vbios_versions: n
+                .vbios_versions
+                .iter()
+                .map(|v| v.to_ascii_lowercase())
+                .collect(),
             nonce: match n.nonce {
                 Some(h) => Some(fixed_hex::<32>("nvidia.nonce", &h)?.to_vec()),
                 None => None,
@@ -328,7 +366,10 @@ impl Policy {
     /// Step 0 of every platform: is the platform allowed at all?
     pub(crate) fn check_platform(&self, v: &mut Verdict) {
         if !self.platforms.is_empty() && !self.platforms.contains(&v.platform) {
-            v.reject(ReasonKind::PlatformNotAllowed, format!("the policy does not allow {} evidence", v.platform));
+            v.reject(
+                ReasonKind::PlatformNotAllowed,
+                format!("the policy does not allow {} evidence", v.platform),
+            );
         }
     }
 
@@ -337,7 +378,11 @@ impl Policy {
             if report_data != want.as_slice() {
                 v.reject(
                     ReasonKind::ReportDataMismatch,
-                    format!("report_data is {} but the policy expects {}", hex::encode(report_data), hex::encode(want)),
+                    format!(
+                        "report_data is {} but the policy expects {}",
+                        hex::encode(report_data),
+                        hex::encode(want)
+                    ),
                 );
             }
         }
@@ -349,24 +394,41 @@ fn statuses(field: &str, list: Option<Vec<String>>) -> Result<Vec<TcbStatus>, Po
         None => Ok(DEFAULT_DCAP_STATUS.to_vec()),
         Some(l) => l
             .iter()
-            .map(|s| TcbStatus::from_intel(s).ok_or_else(|| field_err(field, format!("unknown TCB status {s:?}"))))
+            .map(|s| {
+                TcbStatus::from_intel(s)
+                    .ok_or_else(|| field_err(field, format!("unknown TCB status {s:?}")))
+            })
             .collect(),
     }
 }
 
 fn fixed_hex<const N: usize>(field: &str, h: &str) -> Result<[u8; N], PolicyError> {
-    let b = hex::decode(h.trim()).map_err(|e| field_err(field, format!("{h:?} is not hex: {e}")))?;
-    b.try_into().map_err(|b: Vec<u8>| field_err(field, format!("{} bytes, expected {N}", b.len())))
+    let b =
+        hex::decode(h.trim()).map_err(|e| field_err(field, format!("{h:?} is not hex: {e}")))?;
+    b.try_into()
+        .map_err(|b: Vec<u8>| field_err(field, format!("{} bytes, expected {N}", b.len())))
 }
 
-fn hex_list(field: &str, list: &[String], len: Option<usize>, at_most: bool) -> Result<Vec<Vec<u8>>, PolicyError> {
+fn hex_list(
+    field: &str,
+    list: &[String],
+    len: Option<usize>,
+    at_most: bool,
+) -> Result<Vec<Vec<u8>>, PolicyError> {
     list.iter()
         .enumerate()
         .map(|(i, h)| {
-            let b = hex::decode(h.trim()).map_err(|e| field_err(format!("{field}[{i}]"), format!("not hex: {e}")))?;
+            let b = hex::decode(h.trim())
+                .map_err(|e| field_err(format!("{field}[{i}]"), format!("not hex: {e}")))?;
             match len {
-                Some(n) if at_most && b.len() > n => Err(field_err(format!("{field}[{i}]"), format!("{} bytes, at most {n}", b.len()))),
-                Some(n) if !at_most && b.len() != n => Err(field_err(format!("{field}[{i}]"), format!("{} bytes, expected {n}", b.len()))),
+                Some(n) if at_most && b.len() > n => Err(field_err(
+                    format!("{field}[{i}]"),
+                    format!("{} bytes, at most {n}", b.len()),
+                )),
+                Some(n) if !at_most && b.len() != n => Err(field_err(
+                    format!("{field}[{i}]"),
+                    format!("{} bytes, expected {n}", b.len()),
+                )),
                 _ => Ok(b),
             }
         })
@@ -382,7 +444,9 @@ pub(crate) fn allowed(list: &[Vec<u8>], value: &[u8]) -> bool {
 fn allowed_padded(list: &[Vec<u8>], value: &[u8]) -> bool {
     list.is_empty()
         || list.iter().any(|x| {
-            value.len() >= x.len() && value.starts_with(x) && value.iter().skip(x.len()).all(|&b| b == 0)
+            value.len() >= x.len()
+                && value.starts_with(x)
+                && value.iter().skip(x.len()).all(|&b| b == 0)
         })
 }
 
@@ -399,37 +463,73 @@ pub(crate) fn apply_snp(
     let raw = report.raw();
     let gp = report.policy();
     if gp.debug_allowed && !s.allow_debug {
-        v.reject(ReasonKind::DebugAllowed, "guest policy allows debugging (policy bit 19)");
+        v.reject(
+            ReasonKind::DebugAllowed,
+            "guest policy allows debugging (policy bit 19)",
+        );
     }
     if gp.migration_agent_allowed && !s.allow_migration_agent {
-        v.reject(ReasonKind::MigrationAgentAllowed, "guest policy allows a migration agent (policy bit 18)");
+        v.reject(
+            ReasonKind::MigrationAgentAllowed,
+            "guest policy allows a migration agent (policy bit 18)",
+        );
     }
     if gp.smt_allowed && !s.allow_smt {
-        v.reject(ReasonKind::SmtAllowed, "guest policy allows SMT but the policy forbids it");
+        v.reject(
+            ReasonKind::SmtAllowed,
+            "guest policy allows SMT but the policy forbids it",
+        );
     }
     if !gp.single_socket && s.require_single_socket {
-        v.reject(ReasonKind::SingleSocketRequired, "guest policy does not restrict the guest to one socket");
+        v.reject(
+            ReasonKind::SingleSocketRequired,
+            "guest policy does not restrict the guest to one socket",
+        );
     }
     if !allowed(&s.measurements, &raw.measurement) {
-        v.reject(ReasonKind::MeasurementNotAllowed, format!("measurement {} is not allowed", hex::encode(raw.measurement)));
+        v.reject(
+            ReasonKind::MeasurementNotAllowed,
+            format!(
+                "measurement {} is not allowed",
+                hex::encode(raw.measurement)
+            ),
+        );
     }
     if !allowed(&s.host_data, &raw.host_data) {
-        v.reject(ReasonKind::HostDataNotAllowed, format!("host_data {} is not allowed", hex::encode(raw.host_data)));
+        v.reject(
+            ReasonKind::HostDataNotAllowed,
+            format!("host_data {} is not allowed", hex::encode(raw.host_data)),
+        );
     }
     if !allowed_padded(&s.chip_ids, &raw.chip_id) {
-        v.reject(ReasonKind::ChipIdNotAllowed, format!("chip_id {} is not in the allowlist", hex::encode(raw.chip_id)));
+        v.reject(
+            ReasonKind::ChipIdNotAllowed,
+            format!(
+                "chip_id {} is not in the allowlist",
+                hex::encode(raw.chip_id)
+            ),
+        );
     }
     if !s.vmpls.is_empty() && !s.vmpls.contains(&raw.vmpl.get()) {
-        v.reject(ReasonKind::VmplNotAllowed, format!("VMPL {} is not allowed", raw.vmpl.get()));
+        v.reject(
+            ReasonKind::VmplNotAllowed,
+            format!("VMPL {} is not allowed", raw.vmpl.get()),
+        );
     }
     if !s.products.is_empty() && !product.is_some_and(|pr| s.products.contains(&pr)) {
-        v.reject(ReasonKind::ProductMismatch, "the report's product is not allowed by the policy");
+        v.reject(
+            ReasonKind::ProductMismatch,
+            "the report's product is not allowed by the policy",
+        );
     }
     p.check_report_data(&raw.report_data, v);
     let mut status = TcbStatus::UpToDate;
     if let Some(min) = s.min_guest_svn {
         if raw.guest_svn.get() < min {
-            v.reject(ReasonKind::TcbBelowMinimum, format!("guest_svn {} < minimum {min}", raw.guest_svn.get()));
+            v.reject(
+                ReasonKind::TcbBelowMinimum,
+                format!("guest_svn {} < minimum {min}", raw.guest_svn.get()),
+            );
         }
     }
     let tcb = report.reported_tcb(turin);
@@ -446,7 +546,10 @@ pub(crate) fn apply_snp(
                 status = TcbStatus::OutOfDate;
                 v.reject(
                     ReasonKind::TcbBelowMinimum,
-                    format!("reported_tcb.{name} = {} is below the minimum {want}", have.map_or("absent".into(), |h| h.to_string())),
+                    format!(
+                        "reported_tcb.{name} = {} is below the minimum {want}",
+                        have.map_or("absent".into(), |h| h.to_string())
+                    ),
                 );
             }
         }
@@ -460,10 +563,19 @@ pub(crate) fn apply_dcap_status(allowed_status: &[TcbStatus], v: &mut Verdict) {
         return; // already rejected with its own code
     }
     if !allowed_status.contains(&v.tcb_status) {
-        let kind = if v.tcb_status == TcbStatus::Revoked { ReasonKind::TcbRevoked } else { ReasonKind::TcbStatusNotAllowed };
-        let adv = if v.advisory_ids.is_empty() { String::new() } else { format!(" (advisories {})", v.advisory_ids.join(", ")) };
-        v.reject(kind, format!("TCB status {}{adv} is not accepted", v.tcb_status));
+        let kind = if v.tcb_status == TcbStatus::Revoked {
+            ReasonKind::TcbRevoked
+        } else {
+            ReasonKind::TcbStatusNotAllowed
+        };
+        let adv = if v.advisory_ids.is_empty() {
+            String::new()
+        } else {
+            format!(" (advisories {})", v.advisory_ids.join(", "))
+        };
+        v.reject(
+            kind,
+            format!("TCB status {}{adv} is not accepted", v.tcb_status),
+        );
     }
 }
-
-

@@ -80,7 +80,8 @@ pub const INTEL_SGX_ROOT_CA_SHA256: &str =
     "44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3";
 
 /// NVIDIA Device Identity CA (anchors GPU attestation certificate chains).
-pub const NVIDIA_DEVICE_ROOT_DER: &[u8] = include_bytes!("../roots/nvidia/device_identity_root.der");
+pub const NVIDIA_DEVICE_ROOT_DER: &[u8] =
+    include_bytes!("../roots/nvidia/device_identity_root.der");
 pub const NVIDIA_DEVICE_ROOT_SHA256: &str =
     "102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48";
 
@@ -102,7 +103,12 @@ mod tests {
 
     fn check_root(der: &[u8], pin: &str) {
         let c = Cert::from_der(der).unwrap();
-        assert_eq!(hex::encode(c.sha256()), pin, "fingerprint of {}", c.subject());
+        assert_eq!(
+            hex::encode(c.sha256()),
+            pin,
+            "fingerprint of {}",
+            c.subject()
+        );
         assert!(c.self_issued(), "{} is not self-issued", c.subject());
         c.verify_signed_by(&c, "root").unwrap();
     }
@@ -114,7 +120,10 @@ mod tests {
             let ark = Cert::from_der(p.ark_der()).unwrap();
             assert_eq!(amd_product_for_ark(&ark), Some(p));
             assert_eq!(ark.common_name().unwrap(), format!("ARK-{}", p.name()));
-            for (der, cn) in [(p.ask_der(), format!("SEV-{}", p.name())), (p.asvk_der(), format!("SEV-VLEK-{}", p.name()))] {
+            for (der, cn) in [
+                (p.ask_der(), format!("SEV-{}", p.name())),
+                (p.asvk_der(), format!("SEV-VLEK-{}", p.name())),
+            ] {
                 let inter = Cert::from_der(der).unwrap();
                 assert_eq!(inter.common_name().unwrap(), cn);
                 assert!(inter.issued_by(&ark));

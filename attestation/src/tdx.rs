@@ -52,16 +52,27 @@ impl DcapQuote {
             _ => version == 4 || version == 5,
         };
         if !ok {
-            return Err(ParseError::UnsupportedVersion { what: "DCAP quote", version, offset: 0 });
+            return Err(ParseError::UnsupportedVersion {
+                what: "DCAP quote",
+                version,
+                offset: 0,
+            });
         }
         let trailing = quote_len(bytes, &quote)
             .and_then(|used| bytes.get(used..).map(|rest| (used, rest)))
             .map(|(used, rest)| Trailing {
                 offset: used,
                 len: rest.len(),
-                nonzero: rest.iter().position(|&b| b != 0).map(|p| used.saturating_add(p)),
+                nonzero: rest
+                    .iter()
+                    .position(|&b| b != 0)
+                    .map(|p| used.saturating_add(p)),
             });
-        Ok(DcapQuote { bytes: bytes.to_vec(), quote, trailing })
+        Ok(DcapQuote {
+            bytes: bytes.to_vec(),
+            quote,
+            trailing,
+        })
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -73,7 +84,11 @@ impl DcapQuote {
     }
 
     pub fn platform(&self) -> Platform {
-        if self.quote.report.is_sgx() { Platform::Sgx } else { Platform::Tdx }
+        if self.quote.report.is_sgx() {
+            Platform::Sgx
+        } else {
+            Platform::Tdx
+        }
     }
 
     /// The claims, for TDX or SGX.
@@ -173,17 +188,30 @@ pub struct SgxClaims {
 }
 
 /// Verifies a DCAP quote; the result is in the returned verdict.
-pub fn verify_dcap(quote: &DcapQuote, collateral: Option<&DcapCollateral>, policy: &Policy, now: UnixTime) -> Verdict {
+pub fn verify_dcap(
+    quote: &DcapQuote,
+    collateral: Option<&DcapCollateral>,
+    policy: &Policy,
+    now: UnixTime,
+) -> Verdict {
     let mut v = Verdict::new(quote.platform());
     v.claims = Some(quote.claims());
-    if let Some(Trailing { offset, len, nonzero: Some(at) }) = quote.trailing {
+    if let Some(Trailing {
+        offset,
+        len,
+        nonzero: Some(at),
+    }) = quote.trailing
+    {
         v.reject(
             ReasonKind::EvidenceMalformed,
             format!("{len} bytes follow the quote's signature data at offset {offset}, non-zero from offset {at}"),
         );
     }
     let Some(col) = collateral else {
-        v.reject(ReasonKind::CollateralMissing, "DCAP verification needs collateral (--collateral)");
+        v.reject(
+            ReasonKind::CollateralMissing,
+            "DCAP verification needs collateral (--collateral)",
+        );
         return v;
     };
     let root = match choose_root(col, policy) {
@@ -234,13 +262,20 @@ pub fn verify_dcap(quote: &DcapQuote, collateral: Option<&DcapCollateral>, polic
 
 /// The trust anchor: the last certificate of the TCB info issuer chain
 /// must be the pinned Intel root, or a simulated root the policy names.
-fn choose_root(col: &DcapCollateral, policy: &Policy) -> Result<(Vec<u8>, bool), (ReasonKind, String)> {
-    let chain = Cert::parse_bundle(col.tcb_info_issuer_chain.as_bytes())
-        .map_err(|e| (ReasonKind::CollateralMalformed, format!("tcb_info_issuer_chain: {e}")))?;
-    let root = chain
-        .iter()
-        .find(|c| c.self_issued())
-        .ok_or((ReasonKind::CertificateMissing, "tcb_info_issuer_chain has no root certificate".to_string()))?;
+fn choose_root(
+    col: &DcapCollateral,
+    policy: &Policy,
+) -> Result<(Vec<u8>, bool), (ReasonKind, String)> {
+    let chain = Cert::parse_bundle(col.tcb_info_issuer_chain.as_bytes()).map_err(|e| {
+        (
+            ReasonKind::CollateralMalformed,
+            format!("tcb_info_issuer_chain: {e}"),
+        )
+    })?;
+    let root = chain.iter().find(|c| c.self_issued()).ok_or((
+        ReasonKind::CertificateMissing,
+        "tcb_info_issuer_chain has no root certificate".to_string(),
+    ))?;
     if hex::encode(root.sha256()) == INTEL_SGX_ROOT_CA_SHA256 {
         Ok((INTEL_SGX_ROOT_CA_DER.to_vec(), false))
     } else if policy.trusts_simulated_root(root) {
@@ -268,9 +303,13 @@ fn classify_dcap_error(msg: &str) -> ReasonKind {
         ReasonKind::TcbRevoked
     } else if has("revoked") {
         ReasonKind::CertificateRevoked
-    } else if has("expired") && (has("tcbinfo") || has("qe identity") || has("tcb info")) || has("issue date is in the future") {
+    } else if has("expired") && (has("tcbinfo") || has("qe identity") || has("tcb info"))
+        || has("issue date is in the future")
+    {
         ReasonKind::CollateralExpired
-    } else if has("signature is invalid for tcb_info") || has("signature is invalid for qe_identity") {
+    } else if has("signature is invalid for tcb_info")
+        || has("signature is invalid for qe_identity")
+    {
         ReasonKind::CollateralSignatureInvalid
     } else if has("qe report hash mismatch") {
         ReasonKind::QeBindingInvalid
@@ -278,11 +317,21 @@ fn classify_dcap_error(msg: &str) -> ReasonKind {
         ReasonKind::EvidenceSignatureInvalid
     } else if has("fmspc mismatch") || has("non-tdx tcb info") || has("non-sgx tcb info") {
         ReasonKind::CollateralMismatch
-    } else if has("qe identity") && (has("mrsigner") || has("isvprodid") || has("below minimum") || has("unsupported qe identity")) {
+    } else if has("qe identity")
+        && (has("mrsigner")
+            || has("isvprodid")
+            || has("below minimum")
+            || has("unsupported qe identity"))
+    {
         ReasonKind::QeIdentityMismatch
     } else if has("expired") || has("notvalidyet") || has("not valid yet") || has("certexpired") {
         ReasonKind::CertificateExpired
-    } else if has("unknownissuer") || has("badsignature") || has("invalid signature") || has("certificate chain") || has("pck certificate") {
+    } else if has("unknownissuer")
+        || has("badsignature")
+        || has("invalid signature")
+        || has("certificate chain")
+        || has("pck certificate")
+    {
         ReasonKind::CertificateSignatureInvalid
     } else if has("decode") || has("parse") || has("json") || has("crl") {
         ReasonKind::CollateralMalformed
@@ -299,15 +348,26 @@ fn check_collateral_age(col: &DcapCollateral, max: u64, now: UnixTime, v: &mut V
         #[serde(rename = "issueDate")]
         issue_date: String,
     }
-    for (name, doc) in [("tcb_info", &col.tcb_info), ("qe_identity", &col.qe_identity)] {
-        let issued = serde_json::from_str::<Dated>(doc).ok().and_then(|d| parse_rfc3339(&d.issue_date));
+    for (name, doc) in [
+        ("tcb_info", &col.tcb_info),
+        ("qe_identity", &col.qe_identity),
+    ] {
+        let issued = serde_json::from_str::<Dated>(doc)
+            .ok()
+            .and_then(|d| parse_rfc3339(&d.issue_date));
         match issued {
             Some(t) if now.secs().saturating_sub(t) > max => v.reject(
                 ReasonKind::CollateralTooOld,
-                format!("{name} was issued at {}, older than the policy's {max} s", UnixTime(t)),
+                format!(
+                    "{name} was issued at {}, older than the policy's {max} s",
+                    UnixTime(t)
+                ),
             ),
             Some(_) => {}
-            None => v.reject(ReasonKind::CollateralMalformed, format!("{name}: no readable issueDate")),
+            None => v.reject(
+                ReasonKind::CollateralMalformed,
+                format!("{name}: no readable issueDate"),
+            ),
         }
     }
 }
@@ -315,7 +375,9 @@ fn check_collateral_age(col: &DcapCollateral, max: u64, now: UnixTime, v: &mut V
 /// Parses `YYYY-MM-DDTHH:MM:SSZ` (Intel's collateral dates).
 pub(crate) fn parse_rfc3339(s: &str) -> Option<u64> {
     let b = s.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<u64> { std::str::from_utf8(b.get(r)?).ok()?.parse().ok() };
+    let num = |r: std::ops::Range<usize>| -> Option<u64> {
+        std::str::from_utf8(b.get(r)?).ok()?.parse().ok()
+    };
     if b.len() < 20 || b.get(4) != Some(&b'-') || b.get(10) != Some(&b'T') {
         return None;
     }
@@ -325,13 +387,25 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<u64> {
         return None;
     }
     // Days from civil (Hinnant), inverse of time::civil_from_days.
-    let (y, mo) = if mo <= 2 { (y.checked_sub(1)?, mo.checked_add(9)?) } else { (y, mo.checked_sub(3)?) };
+    let (y, mo) = if mo <= 2 {
+        (y.checked_sub(1)?, mo.checked_add(9)?)
+    } else {
+        (y, mo.checked_sub(3)?)
+    };
     let era = y / 400;
     let yoe = y.checked_sub(era.checked_mul(400)?)?;
     let doy = (153u64.checked_mul(mo)?.checked_add(2)?) / 5 + d - 1;
-    let doe = yoe.checked_mul(365)?.checked_add(yoe / 4)?.checked_sub(yoe / 100)?.checked_add(doy)?;
-    let days = era.checked_mul(146_097)?.checked_add(doe)?.checked_sub(719_468)?;
-    days.checked_mul(86_400)?.checked_add(h * 3600 + mi * 60 + se)
+    let doe = yoe
+        .checked_mul(365)?
+        .checked_add(yoe / 4)?
+        .checked_sub(yoe / 100)?
+        .checked_add(doy)?;
+    let days = era
+        .checked_mul(146_097)?
+        .checked_add(doe)?
+        .checked_sub(719_468)?;
+    days.checked_mul(86_400)?
+        .checked_add(h * 3600 + mi * 60 + se)
 }
 
 fn apply_policy(quote: &DcapQuote, policy: &Policy, v: &mut Verdict) {
@@ -340,10 +414,16 @@ fn apply_policy(quote: &DcapQuote, policy: &Policy, v: &mut Verdict) {
         Report::SgxEnclave(r) => {
             let p = &policy.sgx;
             if !allowed(&p.mrenclave, &r.mr_enclave) {
-                v.reject(ReasonKind::EnclaveIdentityNotAllowed, format!("MRENCLAVE {} is not allowed", hex::encode(r.mr_enclave)));
+                v.reject(
+                    ReasonKind::EnclaveIdentityNotAllowed,
+                    format!("MRENCLAVE {} is not allowed", hex::encode(r.mr_enclave)),
+                );
             }
             if !allowed(&p.mrsigner, &r.mr_signer) {
-                v.reject(ReasonKind::EnclaveIdentityNotAllowed, format!("MRSIGNER {} is not allowed", hex::encode(r.mr_signer)));
+                v.reject(
+                    ReasonKind::EnclaveIdentityNotAllowed,
+                    format!("MRSIGNER {} is not allowed", hex::encode(r.mr_signer)),
+                );
             }
             // ATTRIBUTES.DEBUG is bit 1 of the first byte.
             if r.attributes[0] & 0b10 != 0 && !p.allow_debug {
@@ -361,21 +441,41 @@ fn apply_policy(quote: &DcapQuote, policy: &Policy, v: &mut Verdict) {
 fn apply_td(policy: &Policy, r: &dcap_qvl::quote::TDReport10, v: &mut Verdict) {
     let p = &policy.tdx;
     if !allowed(&p.mrtd, &r.mr_td) {
-        v.reject(ReasonKind::MeasurementNotAllowed, format!("MRTD {} is not allowed", hex::encode(r.mr_td)));
+        v.reject(
+            ReasonKind::MeasurementNotAllowed,
+            format!("MRTD {} is not allowed", hex::encode(r.mr_td)),
+        );
     }
-    for (i, (list, value)) in p.rtmr.iter().zip([&r.rt_mr0, &r.rt_mr1, &r.rt_mr2, &r.rt_mr3]).enumerate() {
+    for (i, (list, value)) in p
+        .rtmr
+        .iter()
+        .zip([&r.rt_mr0, &r.rt_mr1, &r.rt_mr2, &r.rt_mr3])
+        .enumerate()
+    {
         if !allowed(list, value) {
-            v.reject(ReasonKind::RtmrNotAllowed, format!("RTMR{i} {} is not allowed", hex::encode(value)));
+            v.reject(
+                ReasonKind::RtmrNotAllowed,
+                format!("RTMR{i} {} is not allowed", hex::encode(value)),
+            );
         }
     }
     if !allowed(&p.mrconfigid, &r.mr_config_id) {
-        v.reject(ReasonKind::HostDataNotAllowed, format!("MRCONFIGID {} is not allowed", hex::encode(r.mr_config_id)));
+        v.reject(
+            ReasonKind::HostDataNotAllowed,
+            format!("MRCONFIGID {} is not allowed", hex::encode(r.mr_config_id)),
+        );
     }
     if !allowed(&p.mrowner, &r.mr_owner) {
-        v.reject(ReasonKind::HostDataNotAllowed, format!("MROWNER {} is not allowed", hex::encode(r.mr_owner)));
+        v.reject(
+            ReasonKind::HostDataNotAllowed,
+            format!("MROWNER {} is not allowed", hex::encode(r.mr_owner)),
+        );
     }
     if r.td_attributes[0] & 1 != 0 && !p.allow_debug {
-        v.reject(ReasonKind::DebugAllowed, "TD attributes allow debugging (TUD.DEBUG)");
+        v.reject(
+            ReasonKind::DebugAllowed,
+            "TD attributes allow debugging (TUD.DEBUG)",
+        );
     }
     policy.check_report_data(&r.report_data, v);
     apply_dcap_status(&p.tcb_status, v);
@@ -389,7 +489,10 @@ mod tests {
     fn rfc3339() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
         assert_eq!(parse_rfc3339("2025-10-01T08:00:00Z"), Some(1_759_305_600));
-        assert_eq!(parse_rfc3339("2024-02-29T12:34:56Z").map(|t| UnixTime(t).to_string()), Some("2024-02-29T12:34:56Z".into()));
+        assert_eq!(
+            parse_rfc3339("2024-02-29T12:34:56Z").map(|t| UnixTime(t).to_string()),
+            Some("2024-02-29T12:34:56Z".into())
+        );
         assert_eq!(parse_rfc3339("garbage"), None);
     }
 }

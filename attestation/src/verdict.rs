@@ -61,7 +61,9 @@ impl TcbStatus {
             TcbStatus::OutOfDateConfigurationNeeded => "OutOfDateConfigurationNeeded",
             TcbStatus::Revoked => "Revoked",
             TcbStatus::TDRelaunchAdvised => "TDRelaunchAdvised",
-            TcbStatus::TDRelaunchAdvisedConfigurationNeeded => "TDRelaunchAdvisedConfigurationNeeded",
+            TcbStatus::TDRelaunchAdvisedConfigurationNeeded => {
+                "TDRelaunchAdvisedConfigurationNeeded"
+            }
             TcbStatus::NoMatchingTcbLevel => "NoMatchingTcbLevel",
             TcbStatus::Unknown => "Unknown",
         }
@@ -78,7 +80,9 @@ impl TcbStatus {
             "OutOfDateConfigurationNeeded" => TcbStatus::OutOfDateConfigurationNeeded,
             "Revoked" => TcbStatus::Revoked,
             "TDRelaunchAdvised" => TcbStatus::TDRelaunchAdvised,
-            "TDRelaunchAdvisedConfigurationNeeded" => TcbStatus::TDRelaunchAdvisedConfigurationNeeded,
+            "TDRelaunchAdvisedConfigurationNeeded" => {
+                TcbStatus::TDRelaunchAdvisedConfigurationNeeded
+            }
             "NoMatchingTcbLevel" => TcbStatus::NoMatchingTcbLevel,
             _ => return None,
         })
@@ -260,7 +264,10 @@ pub struct Reason {
 
 impl Reason {
     pub fn new(kind: ReasonKind, message: impl Into<String>) -> Self {
-        Reason { kind, message: message.into() }
+        Reason {
+            kind,
+            message: message.into(),
+        }
     }
 }
 

@@ -11,15 +11,27 @@ use crate::verdict::Verdict;
 
 /// Verifies parsed evidence against the collateral and policy at `now`.
 /// Pure: no clock, no network, no files. Never panics.
-pub fn verify(evidence: &Evidence, collateral: &Collateral, policy: &Policy, now: UnixTime) -> Verdict {
+pub fn verify(
+    evidence: &Evidence,
+    collateral: &Collateral,
+    policy: &Policy,
+    now: UnixTime,
+) -> Verdict {
     match evidence {
         Evidence::Snp(report) => {
-            let col = SnpCollateral { signer: collateral.snp_signer.clone(), chain: collateral.snp_chain.clone() };
+            let col = SnpCollateral {
+                signer: collateral.snp_signer.clone(),
+                chain: collateral.snp_chain.clone(),
+            };
             verify_snp(report, &col, policy, now)
         }
         Evidence::Dcap(quote) => verify_dcap(quote, collateral.dcap.as_ref(), policy, now),
-        Evidence::Nvidia(report) => {
-            verify_nvidia(report, collateral.gpu_cert_chain.as_deref(), collateral.gpu_rim.as_deref(), policy, now)
-        }
+        Evidence::Nvidia(report) => verify_nvidia(
+            report,
+            collateral.gpu_cert_chain.as_deref(),
+            collateral.gpu_rim.as_deref(),
+            policy,
+            now,
+        ),
     }
 }

@@ -29,7 +29,10 @@ pub struct CertError {
 
 impl CertError {
     pub(crate) fn new(kind: ReasonKind, message: impl Into<String>) -> Self {
-        CertError { kind, message: message.into() }
+        CertError {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -52,9 +55,15 @@ impl Cert {
     /// Parses one DER certificate.
     pub fn from_der(der: &[u8]) -> Result<Self, CertError> {
         let parsed = CertificateInner::<Raw>::from_der(der).map_err(|e| {
-            CertError::new(ReasonKind::CertificateMalformed, format!("certificate DER: {e}"))
+            CertError::new(
+                ReasonKind::CertificateMalformed,
+                format!("certificate DER: {e}"),
+            )
         })?;
-        Ok(Cert { der: der.to_vec(), parsed })
+        Ok(Cert {
+            der: der.to_vec(),
+            parsed,
+        })
     }
 
     /// Parses a PEM bundle (one or more certificates), or a single DER
@@ -63,16 +72,18 @@ impl Cert {
         if !looks_like_pem(bytes) {
             return Ok(vec![Self::from_der(bytes)?]);
         }
-        let blocks = pem::parse_many(bytes).map_err(|e| {
-            CertError::new(ReasonKind::CertificateMalformed, format!("PEM: {e}"))
-        })?;
+        let blocks = pem::parse_many(bytes)
+            .map_err(|e| CertError::new(ReasonKind::CertificateMalformed, format!("PEM: {e}")))?;
         let certs: Vec<Cert> = blocks
             .iter()
             .filter(|b| b.tag() == "CERTIFICATE")
             .map(|b| Self::from_der(b.contents()))
             .collect::<Result<_, _>>()?;
         if certs.is_empty() {
-            return Err(CertError::new(ReasonKind::CertificateMissing, "no CERTIFICATE block in PEM"));
+            return Err(CertError::new(
+                ReasonKind::CertificateMissing,
+                "no CERTIFICATE block in PEM",
+            ));
         }
         Ok(certs)
     }
@@ -103,10 +114,13 @@ impl Cert {
     /// The common name of the subject, if any.
     pub fn common_name(&self) -> Option<String> {
         let subject = self.parsed.tbs_certificate().subject();
-        subject.iter().find(|atv| atv.oid == const_oid_cn()).map(|atv| {
-            // CN is a DirectoryString; every vendor here uses UTF8 or printable.
-            String::from_utf8_lossy(atv.value.value()).into_owned()
-        })
+        subject
+            .iter()
+            .find(|atv| atv.oid == const_oid_cn())
+            .map(|atv| {
+                // CN is a DirectoryString; every vendor here uses UTF8 or printable.
+                String::from_utf8_lossy(atv.value.value()).into_owned()
+            })
     }
 
     /// Whether `self` names `issuer` as its issuer (DER-equal names).
@@ -143,7 +157,11 @@ impl Cert {
 
     /// The raw subject public key (RSAPublicKey DER, or an EC point).
     pub fn public_key_bytes(&self) -> &[u8] {
-        self.parsed.tbs_certificate().subject_public_key_info().subject_public_key.raw_bytes()
+        self.parsed
+            .tbs_certificate()
+            .subject_public_key_info()
+            .subject_public_key
+            .raw_bytes()
     }
 
     /// The curve of an EC subject key, or `None` for other key types.
@@ -152,7 +170,12 @@ impl Cert {
         if spki.algorithm.oid != OID_EC_PUBLIC_KEY {
             return None;
         }
-        let param = spki.algorithm.parameters.as_ref()?.decode_as::<ObjectIdentifier>().ok()?;
+        let param = spki
+            .algorithm
+            .parameters
+            .as_ref()?
+            .decode_as::<ObjectIdentifier>()
+            .ok()?;
         match param {
             p if p == OID_P256 => Some(Curve::P256),
             p if p == OID_P384 => Some(Curve::P384),
@@ -163,20 +186,37 @@ impl Cert {
     /// Verifies that `self` was signed by `issuer`'s key.
     pub fn verify_signed_by(&self, issuer: &Cert, name: &str) -> Result<(), CertError> {
         let tbs = tbs_bytes(&self.der).ok_or_else(|| {
-            CertError::new(ReasonKind::CertificateMalformed, format!("{name}: cannot locate TBSCertificate"))
+            CertError::new(
+                ReasonKind::CertificateMalformed,
+                format!("{name}: cannot locate TBSCertificate"),
+            )
         })?;
         let sig_alg = self.parsed.signature_algorithm();
+        // RFC 5280 §4.1.1.2: the unsigned outer algorithm must equal the
+        // signed inner one, or an attacker could change its parameters.
+        if sig_alg.to_der().ok() != self.parsed.tbs_certificate().signature().to_der().ok() {
+            return Err(CertError::new(
+                ReasonKind::CertificateMalformed,
+                format!("{name}: signatureAlgorithm differs from tbsCertificate.signature"),
+            ));
+        }
         let sig = self.parsed.signature().as_bytes().ok_or_else(|| {
-            CertError::new(ReasonKind::CertificateMalformed, format!("{name}: signature has unused bits"))
-        })?;
-        let alg = signature_algorithm(sig_alg, issuer)
-            .map_err(|m| CertError::new(ReasonKind::UnsupportedAlgorithm, format!("{name}: {m}")))?;
-        UnparsedPublicKey::new(alg, issuer.public_key_bytes()).verify(tbs, sig).map_err(|_| {
             CertError::new(
-                ReasonKind::CertificateSignatureInvalid,
-                format!("{name}: signature by {} does not verify", issuer.subject()),
+                ReasonKind::CertificateMalformed,
+                format!("{name}: signature has unused bits"),
             )
-        })
+        })?;
+        let alg = signature_algorithm(sig_alg, issuer).map_err(|m| {
+            CertError::new(ReasonKind::UnsupportedAlgorithm, format!("{name}: {m}"))
+        })?;
+        UnparsedPublicKey::new(alg, issuer.public_key_bytes())
+            .verify(tbs, sig)
+            .map_err(|_| {
+                CertError::new(
+                    ReasonKind::CertificateSignatureInvalid,
+                    format!("{name}: signature by {} does not verify", issuer.subject()),
+                )
+            })
     }
 
     /// The value of the extension `oid`, if present.
@@ -207,14 +247,21 @@ fn signature_algorithm(
     if oid == OID_RSA_PSS {
         // AMD signs with RSASSA-PSS, SHA-384, MGF1-SHA-384, salt 48. ring
         // implements exactly that combination; check the parameters name it.
-        let params = sig_alg.parameters.as_ref().ok_or("RSA-PSS without parameters")?;
-        let der = params.to_der().map_err(|e| format!("RSA-PSS parameters: {e}"))?;
+        let params = sig_alg
+            .parameters
+            .as_ref()
+            .ok_or("RSA-PSS without parameters")?;
+        let der = params
+            .to_der()
+            .map_err(|e| format!("RSA-PSS parameters: {e}"))?;
         if !contains_oid(&der, &OID_SHA384) {
             return Err("RSA-PSS with a hash other than SHA-384".into());
         }
         return Ok(&signature::RSA_PSS_2048_8192_SHA384);
     }
-    let curve = issuer.ec_curve().ok_or("ECDSA signature but the issuer key is not P-256/P-384")?;
+    let curve = issuer
+        .ec_curve()
+        .ok_or("ECDSA signature but the issuer key is not P-256/P-384")?;
     match (oid, curve) {
         (o, Curve::P256) if o == OID_ECDSA_SHA256 => Ok(&signature::ECDSA_P256_SHA256_ASN1),
         (o, Curve::P384) if o == OID_ECDSA_SHA256 => Ok(&signature::ECDSA_P384_SHA256_ASN1),
@@ -280,7 +327,9 @@ pub(crate) fn der_small_uint(value: &[u8]) -> Option<u64> {
     if content.first().is_some_and(|b| b & 0x80 != 0) {
         return None; // negative
     }
-    content.iter().try_fold(0u64, |acc, &b| Some(acc.checked_shl(8)? | u64::from(b)))
+    content
+        .iter()
+        .try_fold(0u64, |acc, &b| Some(acc.checked_shl(8)? | u64::from(b)))
 }
 
 /// Decodes a DER OCTET STRING to its content.

@@ -74,7 +74,8 @@ pub fn run(cmd: AttestCommand) -> Result<ExitCode> {
 
 fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
     let bytes = files::read("evidence", &a.evidence)?;
-    let evidence = Evidence::parse(&bytes).with_context(|| format!("evidence {}", a.evidence.display()))?;
+    let evidence =
+        Evidence::parse(&bytes).with_context(|| format!("evidence {}", a.evidence.display()))?;
     let mut collateral = Collateral::default();
     if let Some(p) = &a.vcek {
         collateral.snp_signer = Some(files::read("VCEK", p)?);
@@ -84,7 +85,10 @@ fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
     }
     if let Some(p) = &a.collateral {
         let text = files::read("collateral", p)?;
-        collateral.dcap = Some(DcapCollateral::from_json(&text).with_context(|| format!("collateral {}", p.display()))?);
+        collateral.dcap = Some(
+            DcapCollateral::from_json(&text)
+                .with_context(|| format!("collateral {}", p.display()))?,
+        );
     }
     if let Some(p) = &a.gpu_cert_chain {
         collateral.gpu_cert_chain = Some(files::read("GPU certificate chain", p)?);
@@ -95,7 +99,8 @@ fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
     let policy = match &a.policy {
         Some(p) => {
             let text = files::read("policy", p)?;
-            let text = String::from_utf8(text).with_context(|| format!("policy {} is not UTF-8", p.display()))?;
+            let text = String::from_utf8(text)
+                .with_context(|| format!("policy {} is not UTF-8", p.display()))?;
             Policy::from_toml(&text).with_context(|| format!("policy {}", p.display()))?
         }
         None => Policy::authenticity_only(),
@@ -116,7 +121,11 @@ fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
         render_human(&verdict, UnixTime(now))
     };
     write_stdout(&text);
-    Ok(if verdict.accepted { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if verdict.accepted {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// Printed every time simulated evidence is accepted.
@@ -136,7 +145,11 @@ pub fn write_stdout(text: &str) {
 fn render_human(v: &Verdict, now: UnixTime) -> String {
     use std::fmt::Write;
     let mut o = String::new();
-    let _ = writeln!(o, "verdict:     {}", if v.accepted { "ACCEPT" } else { "REJECT" });
+    let _ = writeln!(
+        o,
+        "verdict:     {}",
+        if v.accepted { "ACCEPT" } else { "REJECT" }
+    );
     let _ = writeln!(o, "platform:    {}", v.platform);
     let _ = writeln!(o, "verified at: {now}");
     let _ = writeln!(o, "tcb status:  {}", v.tcb_status);

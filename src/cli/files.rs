@@ -10,8 +10,9 @@ pub fn read(role: &str, path: &Path) -> Result<Vec<u8>> {
 
 /// Parses an RFC 3339 instant into Unix seconds.
 pub fn parse_instant(s: &str) -> Result<u64> {
-    let t = chrono::DateTime::parse_from_rfc3339(s)
-        .with_context(|| format!("--at {s:?} is not an RFC 3339 time (e.g. 2025-10-01T08:00:00Z)"))?;
+    let t = chrono::DateTime::parse_from_rfc3339(s).with_context(|| {
+        format!("--at {s:?} is not an RFC 3339 time (e.g. 2025-10-01T08:00:00Z)")
+    })?;
     u64::try_from(t.timestamp()).with_context(|| format!("--at {s:?} is before 1970"))
 }
 

@@ -2,5 +2,5 @@
 //! clocks and the pure library crates.
 
 pub mod attest;
-mod sim;
 mod files;
+mod sim;

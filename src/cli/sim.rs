@@ -1,7 +1,123 @@
+//! `ciel attest sim-report`: simulated evidence for development, with the
+//! simulated vendor hierarchy kept under the user's data directory.
+
 use super::attest::SimReportArgs;
-use anyhow::Result;
+use super::files;
+use anyhow::{Context, Result, bail};
+use ciel_attestation::UnixTime;
+use ciel_attestation::sim::{SimSnpReport, SnpSim};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub fn run_sim_report(_a: SimReportArgs) -> Result<ExitCode> {
-    anyhow::bail!("not yet")
+/// `$CIEL_DATA_DIR`, else the platform data dir (`~/.local/share/ciel`).
+pub fn data_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("CIEL_DATA_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    dirs::data_dir()
+        .map(|d| d.join("ciel"))
+        .context("no data directory (set CIEL_DATA_DIR)")
+}
+
+/// Loads the simulated SNP hierarchy, generating and storing it on first use.
+pub fn load_or_create_snp_sim() -> Result<(SnpSim, PathBuf)> {
+    let dir = data_dir()?.join("sim").join("snp");
+    if dir.join("ark.der").is_file() {
+        let sim = SnpSim::from_files(|f| std::fs::read(dir.join(f)).ok())
+            .with_context(|| format!("simulated hierarchy in {}", dir.display()))?;
+        return Ok((sim, dir));
+    }
+    eprintln!(
+        "ciel: generating the simulated SEV-SNP hierarchy (RSA-4096 ARK/ASK, P-384 VCEK) in {} ...",
+        dir.display()
+    );
+    let sim = SnpSim::generate(UnixTime(files::now()))?;
+    // Write into a fresh temporary directory, then rename: a crash or a
+    // concurrent first use never leaves a half-written hierarchy.
+    let parent = dir.parent().context("data dir has no parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+    let tmp = parent.join(format!(".snp-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    for (name, bytes) in sim.to_files()? {
+        write_private(&tmp.join(name), &bytes)?;
+    }
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another process won the race; use its hierarchy.
+        let _ = std::fs::remove_dir_all(&tmp);
+        let sim = SnpSim::from_files(|f| std::fs::read(dir.join(f)).ok())
+            .with_context(|| format!("simulated hierarchy in {}", dir.display()))?;
+        return Ok((sim, dir));
+    }
+    Ok((sim, dir))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("write {}", path.display()))
+}
+
+/// Parses up to 64 bytes of hex into a zero-padded report_data.
+pub fn parse_report_data(hex_str: &str) -> Result<[u8; 64]> {
+    let b = hex::decode(hex_str.trim())
+        .with_context(|| format!("--report-data {hex_str:?} is not hex"))?;
+    if b.len() > 64 {
+        bail!("--report-data is {} bytes, at most 64", b.len());
+    }
+    let mut out = [0u8; 64];
+    out.get_mut(..b.len())
+        .context("report_data length")?
+        .copy_from_slice(&b);
+    Ok(out)
+}
+
+fn sibling(out: &Path, suffix: &str) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+pub fn run_sim_report(a: SimReportArgs) -> Result<ExitCode> {
+    let report_data = parse_report_data(&a.report_data)?;
+    match a.platform.as_str() {
+        "snp" => {
+            let (sim, dir) = load_or_create_snp_sim()?;
+            let report = sim.report(&SimSnpReport {
+                report_data,
+                ..Default::default()
+            })?;
+            let vcek = sibling(&a.out, ".vcek.der");
+            let chain = sibling(&a.out, ".chain.pem");
+            std::fs::write(&a.out, &report)
+                .with_context(|| format!("write {}", a.out.display()))?;
+            std::fs::write(&vcek, sim.vcek_der())
+                .with_context(|| format!("write {}", vcek.display()))?;
+            std::fs::write(&chain, sim.chain_pem())
+                .with_context(|| format!("write {}", chain.display()))?;
+            eprintln!(
+                "WARNING: simulated evidence: NO hardware, NO confidentiality. For development only."
+            );
+            eprintln!(
+                "wrote {} (SEV-SNP report v5), {} and {}",
+                a.out.display(),
+                vcek.display(),
+                chain.display()
+            );
+            eprintln!("simulated ARK: {}", dir.join("ark.der").display());
+            eprintln!(
+                "to accept it, a policy must say:\n  danger_simulated_roots = [\"{}\"]",
+                hex::encode(sim.root_sha256())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        "tdx" => bail!("--platform tdx: simulated TDX quotes are not implemented yet (only snp)"),
+        other => bail!("--platform {other}: expected snp or tdx"),
+    }
 }

@@ -32,14 +32,22 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {}\nstderr: {}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     pub fn reason_codes(&self) -> Vec<String> {
         self.json()["reasons"]
             .as_array()
-            .map(|a| a.iter().map(|r| r["code"].as_str().unwrap_or_default().to_string()).collect())
+            .map(|a| {
+                a.iter()
+                    .map(|r| r["code"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -65,7 +73,9 @@ where
 /// A data dir shared by the tests of one test binary.
 pub fn data_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir")).path().to_path_buf()
+    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"))
+        .path()
+        .to_path_buf()
 }
 
 pub fn scenarios() -> serde_json::Value {

@@ -6,8 +6,6 @@ use crate::bytes::Reader;
 use crate::evidence::ParseError;
 
 const WHAT: &str = "NVIDIA SPDM report";
-/// GET_MEASUREMENTS request with a nonce: header (4) + nonce (32) + slot (1).
-pub const REQUEST_LEN: usize = 37;
 /// ECDSA P-384 signature, raw r || s.
 pub const SIGNATURE_LEN: usize = 96;
 /// Cap on measurement blocks (SPDM allows 254 indices).
@@ -56,7 +54,11 @@ impl NvidiaReport {
         let spdm_version = r.u8("request.version")?;
         let code = r.u8("request.code")?;
         if code != 0xe0 {
-            return Err(field(0, "request.code", format!("{code:#x} is not GET_MEASUREMENTS (0xe0)")));
+            return Err(field(
+                0,
+                "request.code",
+                format!("{code:#x} is not GET_MEASUREMENTS (0xe0)"),
+            ));
         }
         let param1 = r.u8("request.param1")?;
         if param1 & 1 == 0 {
@@ -68,17 +70,29 @@ impl NvidiaReport {
         let resp_at = r.offset();
         let rv = r.u8("response.version")?;
         if rv != spdm_version {
-            return Err(field(resp_at, "response.version", format!("{rv:#x} differs from the request's {spdm_version:#x}")));
+            return Err(field(
+                resp_at,
+                "response.version",
+                format!("{rv:#x} differs from the request's {spdm_version:#x}"),
+            ));
         }
         let rcode = r.u8("response.code")?;
         if rcode != 0x60 {
-            return Err(field(resp_at.saturating_add(1), "response.code", format!("{rcode:#x} is not MEASUREMENTS (0x60)")));
+            return Err(field(
+                resp_at.saturating_add(1),
+                "response.code",
+                format!("{rcode:#x} is not MEASUREMENTS (0x60)"),
+            ));
         }
         let _p1 = r.u8("response.param1")?;
         let _p2 = r.u8("response.param2")?;
         let n_blocks = r.u8("response.number_of_blocks")?;
         if n_blocks > MAX_BLOCKS {
-            return Err(field(r.offset(), "response.number_of_blocks", format!("{n_blocks} blocks")));
+            return Err(field(
+                r.offset(),
+                "response.number_of_blocks",
+                format!("{n_blocks} blocks"),
+            ));
         }
         let rec_len = r.u24_le("response.measurement_record_length")?;
         let record = r.take(rec_len as usize, "response.measurement_record")?;
@@ -86,11 +100,18 @@ impl NvidiaReport {
         let response_nonce = r.array::<32>("response.nonce")?;
         let opaque_len = r.u16_le("response.opaque_length")?;
         let opaque_at = r.offset();
-        let opaque = parse_opaque(r.take(usize::from(opaque_len), "response.opaque_data")?, opaque_at)?;
+        let opaque = parse_opaque(
+            r.take(usize::from(opaque_len), "response.opaque_data")?,
+            opaque_at,
+        )?;
         let signed_len = r.offset();
         let signature = r.array::<SIGNATURE_LEN>("response.signature")?;
         if !r.remaining().is_empty() {
-            return Err(ParseError::Trailing { what: WHAT, offset: r.offset(), trailing: r.remaining().len() });
+            return Err(ParseError::Trailing {
+                what: WHAT,
+                offset: r.offset(),
+                trailing: r.remaining().len(),
+            });
         }
         Ok(NvidiaReport {
             bytes: bytes.to_vec(),
@@ -115,7 +136,12 @@ impl NvidiaReport {
 }
 
 fn field(offset: usize, field: &'static str, message: String) -> ParseError {
-    ParseError::Field { what: WHAT, field, offset, message }
+    ParseError::Field {
+        what: WHAT,
+        field,
+        offset,
+        message,
+    }
 }
 
 fn parse_blocks(record: &[u8], n: u8) -> Result<Vec<MeasurementBlock>, ParseError> {
@@ -133,17 +159,32 @@ fn parse_blocks(record: &[u8], n: u8) -> Result<Vec<MeasurementBlock>, ParseErro
             });
         }
         let size = r.u16_le("block.measurement_size")?;
-        let mut m = Reader::new(r.take(usize::from(size), "block.measurement")?, "SPDM measurement");
+        let mut m = Reader::new(
+            r.take(usize::from(size), "block.measurement")?,
+            "SPDM measurement",
+        );
         let value_type = m.u8("dmtf.value_type")?;
         let vsize = m.u16_le("dmtf.value_size")?;
         let value = m.take(usize::from(vsize), "dmtf.value")?.to_vec();
         if !m.remaining().is_empty() {
-            return Err(ParseError::Trailing { what: "SPDM measurement", offset: m.offset(), trailing: m.remaining().len() });
+            return Err(ParseError::Trailing {
+                what: "SPDM measurement",
+                offset: m.offset(),
+                trailing: m.remaining().len(),
+            });
         }
-        out.push(MeasurementBlock { index, value_type, value });
+        out.push(MeasurementBlock {
+            index,
+            value_type,
+            value,
+        });
     }
     if !r.remaining().is_empty() {
-        return Err(ParseError::Trailing { what: "SPDM measurement record", offset: r.offset(), trailing: r.remaining().len() });
+        return Err(ParseError::Trailing {
+            what: "SPDM measurement record",
+            offset: r.offset(),
+            trailing: r.remaining().len(),
+        });
     }
     Ok(out)
 }
@@ -201,7 +242,9 @@ fn c_string(v: &[u8]) -> String {
 /// little-endian u32 in dotted hex pairs, then the fifth byte
 /// (`00 9f 00 96 01` → `96.00.9f.00.01`).
 fn vbios_version(v: &[u8]) -> Option<String> {
-    let [a, b, c, d, e] = *v.get(..5)? else { return None };
+    let [a, b, c, d, e] = *v.get(..5)? else {
+        return None;
+    };
     Some(format!("{d:02x}.{c:02x}.{b:02x}.{a:02x}.{e:02x}"))
 }
 
@@ -211,7 +254,10 @@ mod tests {
 
     #[test]
     fn vbios_formatting() {
-        assert_eq!(vbios_version(&[0x00, 0x9f, 0x00, 0x96, 0x01, 0, 0, 0]).as_deref(), Some("96.00.9f.00.01"));
+        assert_eq!(
+            vbios_version(&[0x00, 0x9f, 0x00, 0x96, 0x01, 0, 0, 0]).as_deref(),
+            Some("96.00.9f.00.01")
+        );
         assert_eq!(vbios_version(&[1, 2, 3]), None);
     }
 }

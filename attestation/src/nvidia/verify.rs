@@ -41,7 +41,11 @@ impl NvidiaClaims {
             nonce: hex::encode(r.request_nonce),
             driver_version: r.opaque.driver_version.clone(),
             vbios_version: r.opaque.vbios_version.clone(),
-            measurements: r.blocks.iter().map(|b| (b.index, hex::encode(&b.value))).collect(),
+            measurements: r
+                .blocks
+                .iter()
+                .map(|b| (b.index, hex::encode(&b.value)))
+                .collect(),
             board_id: r.opaque.board_id.as_ref().map(hex::encode),
             chip_sku: r.opaque.chip_sku.clone(),
             project: r.opaque.project.clone(),
@@ -52,11 +56,25 @@ impl NvidiaClaims {
 }
 
 /// Verifies a GPU report against its device certificate chain.
-pub fn verify_nvidia(report: &NvidiaReport, chain: Option<&[u8]>, rim: Option<&[u8]>, policy: &Policy, now: UnixTime) -> Verdict {
+pub fn verify_nvidia(
+    report: &NvidiaReport,
+    chain: Option<&[u8]>,
+    rim: Option<&[u8]>,
+    policy: &Policy,
+    now: UnixTime,
+) -> Verdict {
     let mut v = Verdict::new(Platform::Nvidia);
     v.claims = Some(Claims::Nvidia(NvidiaClaims::from_report(report)));
     v.tcb_status = TcbStatus::Unknown;
-    match chain.ok_or_else(|| CertError::new(ReasonKind::CertificateMissing, "no GPU certificate chain given (--gpu-cert-chain)")).and_then(|c| verify_chain(c, now)) {
+    match chain
+        .ok_or_else(|| {
+            CertError::new(
+                ReasonKind::CertificateMissing,
+                "no GPU certificate chain given (--gpu-cert-chain)",
+            )
+        })
+        .and_then(|c| verify_chain(c, now))
+    {
         Ok(leaf) => {
             if let Err(e) = check_fwid(report, &leaf) {
                 v.reject(e.kind, e.message);
@@ -81,7 +99,10 @@ pub fn verify_nvidia(report: &NvidiaReport, chain: Option<&[u8]>, rim: Option<&[
 fn verify_chain(pem: &[u8], now: UnixTime) -> Result<Cert, CertError> {
     let certs = Cert::parse_bundle(pem)?;
     let (Some(leaf), Some(root)) = (certs.first(), certs.last()) else {
-        return Err(CertError::new(ReasonKind::CertificateMissing, "empty GPU certificate chain"));
+        return Err(CertError::new(
+            ReasonKind::CertificateMissing,
+            "empty GPU certificate chain",
+        ));
     };
     if certs.len() < 2 {
         return Err(CertError::new(
@@ -92,7 +113,11 @@ fn verify_chain(pem: &[u8], now: UnixTime) -> Result<Cert, CertError> {
     if hex::encode(root.sha256()) != NVIDIA_DEVICE_ROOT_SHA256 {
         return Err(CertError::new(
             ReasonKind::UntrustedRoot,
-            format!("GPU chain ends in {} (sha256 {}), not the pinned NVIDIA Device Identity CA", root.subject(), hex::encode(root.sha256())),
+            format!(
+                "GPU chain ends in {} (sha256 {}), not the pinned NVIDIA Device Identity CA",
+                root.subject(),
+                hex::encode(root.sha256())
+            ),
         ));
     }
     root.verify_signed_by(root, "NVIDIA root")?;
@@ -101,7 +126,11 @@ fn verify_chain(pem: &[u8], now: UnixTime) -> Result<Cert, CertError> {
         if !child.issued_by(parent) {
             return Err(CertError::new(
                 ReasonKind::ChainIssuerMismatch,
-                format!("GPU chain certificate {i} ({}) is not issued by the next one ({})", child.subject(), parent.subject()),
+                format!(
+                    "GPU chain certificate {i} ({}) is not issued by the next one ({})",
+                    child.subject(),
+                    parent.subject()
+                ),
             ));
         }
         child.verify_signed_by(parent, &format!("GPU chain certificate {i}"))?;
@@ -115,15 +144,24 @@ fn verify_chain(pem: &[u8], now: UnixTime) -> Result<Cert, CertError> {
 /// Step 2.
 fn check_fwid(report: &NvidiaReport, leaf: &Cert) -> Result<(), CertError> {
     let ext = leaf.extension(&OID_TCG_DICE_FWID).ok_or_else(|| {
-        CertError::new(ReasonKind::CertificateMissing, "FWID extension not found in the GPU signing certificate")
+        CertError::new(
+            ReasonKind::CertificateMissing,
+            "FWID extension not found in the GPU signing certificate",
+        )
     })?;
     let fwid = report.opaque.fwid.as_deref().ok_or_else(|| {
-        CertError::new(ReasonKind::EvidenceMalformed, "report has no FWID opaque field")
+        CertError::new(
+            ReasonKind::EvidenceMalformed,
+            "report has no FWID opaque field",
+        )
     })?;
     // The extension's DER ends with the 48-byte SHA-384 digest.
     let tail = ext.len().checked_sub(fwid.len()).and_then(|s| ext.get(s..));
     if tail != Some(fwid) {
-        return Err(CertError::new(ReasonKind::ChainIssuerMismatch, "GPU signing certificate FWID differs from the report's"));
+        return Err(CertError::new(
+            ReasonKind::ChainIssuerMismatch,
+            "GPU signing certificate FWID differs from the report's",
+        ));
     }
     Ok(())
 }
@@ -131,11 +169,19 @@ fn check_fwid(report: &NvidiaReport, leaf: &Cert) -> Result<(), CertError> {
 /// Step 3.
 fn check_signature(report: &NvidiaReport, leaf: &Cert) -> Result<(), CertError> {
     if leaf.ec_curve() != Some(Curve::P384) {
-        return Err(CertError::new(ReasonKind::UnsupportedAlgorithm, "GPU signing key is not ECDSA P-384"));
+        return Err(CertError::new(
+            ReasonKind::UnsupportedAlgorithm,
+            "GPU signing key is not ECDSA P-384",
+        ));
     }
     UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, leaf.public_key_bytes())
         .verify(report.signed_bytes(), report.signature())
-        .map_err(|_| CertError::new(ReasonKind::EvidenceSignatureInvalid, "GPU report signature does not verify"))
+        .map_err(|_| {
+            CertError::new(
+                ReasonKind::EvidenceSignatureInvalid,
+                "GPU report signature does not verify",
+            )
+        })
 }
 
 /// Step 4.
@@ -144,15 +190,27 @@ fn apply_policy(report: &NvidiaReport, policy: &Policy, v: &mut Verdict) {
     let p = &policy.nvidia;
     if let Some(nonce) = &p.nonce {
         if report.request_nonce.as_slice() != nonce.as_slice() {
-            v.reject(ReasonKind::GpuNonceMismatch, format!("nonce {} is not the expected one", hex::encode(report.request_nonce)));
+            v.reject(
+                ReasonKind::GpuNonceMismatch,
+                format!(
+                    "nonce {} is not the expected one",
+                    hex::encode(report.request_nonce)
+                ),
+            );
         }
     }
     let drv = report.opaque.driver_version.as_deref().unwrap_or("");
     if !p.driver_versions.is_empty() && !p.driver_versions.iter().any(|d| d == drv) {
-        v.reject(ReasonKind::GpuDriverNotAllowed, format!("driver version {drv:?} is not allowed"));
+        v.reject(
+            ReasonKind::GpuDriverNotAllowed,
+            format!("driver version {drv:?} is not allowed"),
+        );
     }
     let vb = report.opaque.vbios_version.as_deref().unwrap_or("");
     if !p.vbios_versions.is_empty() && !p.vbios_versions.iter().any(|d| d == vb) {
-        v.reject(ReasonKind::GpuVbiosNotAllowed, format!("VBIOS version {vb:?} is not allowed"));
+        v.reject(
+            ReasonKind::GpuVbiosNotAllowed,
+            format!("VBIOS version {vb:?} is not allowed"),
+        );
     }
 }

@@ -18,7 +18,14 @@ pub struct TcbClaims {
 
 impl From<TcbVersion> for TcbClaims {
     fn from(t: TcbVersion) -> Self {
-        TcbClaims { fmc: t.fmc, bl: t.bl, tee: t.tee, snp: t.snp, ucode: t.ucode, raw: format!("{:#x}", t.raw) }
+        TcbClaims {
+            fmc: t.fmc,
+            bl: t.bl,
+            tee: t.tee,
+            snp: t.snp,
+            ucode: t.ucode,
+            raw: format!("{:#x}", t.raw),
+        }
     }
 }
 
@@ -95,7 +102,10 @@ impl SnpClaims {
             report_id: hex::encode(raw.report_id),
             family_id: hex::encode(raw.family_id),
             image_id: hex::encode(raw.image_id),
-            current_version: format!("{}.{}.{}", raw.current_major, raw.current_minor, raw.current_build),
+            current_version: format!(
+                "{}.{}.{}",
+                raw.current_major, raw.current_minor, raw.current_build
+            ),
             debug_allowed: policy.debug_allowed,
             migration_agent_allowed: policy.migration_agent_allowed,
             smt_allowed: policy.smt_allowed,
@@ -104,8 +114,10 @@ impl SnpClaims {
                 model: format!("{:#x}", raw.cpuid_mod_id),
                 stepping: format!("{:#x}", raw.cpuid_step),
             }),
-            launch_mit_vector: (r.version() >= 5).then(|| format!("{:#x}", raw.launch_mit_vector.get())),
-            current_mit_vector: (r.version() >= 5).then(|| format!("{:#x}", raw.current_mit_vector.get())),
+            launch_mit_vector: (r.version() >= 5)
+                .then(|| format!("{:#x}", raw.launch_mit_vector.get())),
+            current_mit_vector: (r.version() >= 5)
+                .then(|| format!("{:#x}", raw.current_mit_vector.get())),
         }
     }
 }

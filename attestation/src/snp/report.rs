@@ -9,14 +9,14 @@
 use crate::evidence::ParseError;
 use crate::roots::AmdProduct;
 use zerocopy::little_endian::{U32, U64};
-use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Size of an attestation report in bytes.
 pub const REPORT_SIZE: usize = 1184;
 /// The signed part: everything before the signature.
 pub const SIGNED_LEN: usize = 0x2a0;
 
-#[derive(Debug, Clone, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[derive(Debug, Clone, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 pub struct RawReport {
     pub version: U32,
@@ -95,9 +95,23 @@ impl TcbVersion {
     pub fn decode(raw: u64, turin: bool) -> Self {
         let b = raw.to_le_bytes();
         if turin {
-            TcbVersion { fmc: Some(b[0]), bl: b[1], tee: b[2], snp: b[3], ucode: b[7], raw }
+            TcbVersion {
+                fmc: Some(b[0]),
+                bl: b[1],
+                tee: b[2],
+                snp: b[3],
+                ucode: b[7],
+                raw,
+            }
         } else {
-            TcbVersion { fmc: None, bl: b[0], tee: b[1], snp: b[6], ucode: b[7], raw }
+            TcbVersion {
+                fmc: None,
+                bl: b[0],
+                tee: b[1],
+                snp: b[6],
+                ucode: b[7],
+                raw,
+            }
         }
     }
 }
@@ -155,7 +169,11 @@ impl SnpReport {
         })?;
         let version = raw.version.get();
         if !(2..=5).contains(&version) {
-            return Err(ParseError::UnsupportedVersion { what: "SEV-SNP report", version, offset: 0 });
+            return Err(ParseError::UnsupportedVersion {
+                what: "SEV-SNP report",
+                version,
+                offset: 0,
+            });
         }
         let algo = raw.signature_algo.get();
         if algo != 1 {
@@ -166,7 +184,10 @@ impl SnpReport {
                 message: format!("{algo} is not ECDSA P-384 with SHA-384 (1)"),
             });
         }
-        Ok(SnpReport { raw, bytes: bytes.to_vec() })
+        Ok(SnpReport {
+            raw,
+            bytes: bytes.to_vec(),
+        })
     }
 
     pub fn raw(&self) -> &RawReport {
@@ -192,7 +213,14 @@ impl SnpReport {
         let mut out = [0u8; 96];
         let (r, s) = (&self.raw.signature_r, &self.raw.signature_s);
         // The high 24 bytes of each 72-byte field must be zero for P-384.
-        if r.get(48..)?.iter().chain(s.get(48..)?).any(|&b| b != 0) {
+        // The rest of the 512-byte signature field is reserved and must be zero.
+        let reserved = self.raw._signature_reserved.iter();
+        if r.get(48..)?
+            .iter()
+            .chain(s.get(48..)?)
+            .chain(reserved)
+            .any(|&b| b != 0)
+        {
             return None;
         }
         for (i, (rb, sb)) in r.iter().take(48).zip(s.iter().take(48)).enumerate() {

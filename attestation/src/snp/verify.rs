@@ -48,7 +48,12 @@ struct Chain {
 }
 
 /// Verifies an SNP report; the result is in the returned verdict.
-pub fn verify_snp(report: &SnpReport, collateral: &SnpCollateral, policy: &Policy, now: UnixTime) -> Verdict {
+pub fn verify_snp(
+    report: &SnpReport,
+    collateral: &SnpCollateral,
+    policy: &Policy,
+    now: UnixTime,
+) -> Verdict {
     let mut v = Verdict::new(Platform::Snp);
     let chain = match establish_chain(report, collateral, policy) {
         Ok(c) => Some(c),
@@ -57,19 +62,32 @@ pub fn verify_snp(report: &SnpReport, collateral: &SnpCollateral, policy: &Polic
             None
         }
     };
-    let turin = chain.as_ref().and_then(|c| c.product).map_or(report.is_turin(), |p| p == AmdProduct::Turin);
+    let turin = chain
+        .as_ref()
+        .and_then(|c| c.product)
+        .map_or(report.is_turin(), |p| p == AmdProduct::Turin);
     let product_name = match &chain {
-        Some(Chain { product: Some(p), .. }) => Some(p.name().to_string()),
+        Some(Chain {
+            product: Some(p), ..
+        }) => Some(p.name().to_string()),
         Some(Chain { product: None, .. }) => Some("Simulated".to_string()),
         None => report.product().map(|p| p.name().to_string()),
     };
-    v.claims = Some(Claims::Snp(SnpClaims::from_report(report, turin, product_name)));
+    v.claims = Some(Claims::Snp(SnpClaims::from_report(
+        report,
+        turin,
+        product_name,
+    )));
     let Some(chain) = chain else {
         return v;
     };
     v.simulated = chain.product.is_none();
 
-    for (cert, name) in [(&chain.root, "ARK"), (&chain.intermediate, "ASK/ASVK"), (&chain.leaf, "VCEK/VLEK")] {
+    for (cert, name) in [
+        (&chain.root, "ARK"),
+        (&chain.intermediate, "ASK/ASVK"),
+        (&chain.leaf, "VCEK/VLEK"),
+    ] {
         if let Err(e) = cert.check_validity(now, name) {
             v.reject(e.kind, e.message);
         }
@@ -81,7 +99,11 @@ pub fn verify_snp(report: &SnpReport, collateral: &SnpCollateral, policy: &Polic
         if chain_product != report_product {
             v.reject(
                 ReasonKind::ProductMismatch,
-                format!("report is from a {} CPU but the chain is {}'s", report_product.name(), chain_product.name()),
+                format!(
+                    "report is from a {} CPU but the chain is {}'s",
+                    report_product.name(),
+                    chain_product.name()
+                ),
             );
         }
     }
@@ -98,7 +120,11 @@ pub fn verify_snp(report: &SnpReport, collateral: &SnpCollateral, policy: &Polic
     v
 }
 
-fn establish_chain(report: &SnpReport, col: &SnpCollateral, policy: &Policy) -> Result<Chain, CertError> {
+fn establish_chain(
+    report: &SnpReport,
+    col: &SnpCollateral,
+    policy: &Policy,
+) -> Result<Chain, CertError> {
     let signer = col.signer.as_deref().ok_or_else(|| {
         CertError::new(
             ReasonKind::CertificateMissing,
@@ -107,7 +133,10 @@ fn establish_chain(report: &SnpReport, col: &SnpCollateral, policy: &Policy) -> 
     })?;
     let mut leaves = Cert::parse_bundle(signer)?;
     if leaves.len() != 1 {
-        return Err(CertError::new(ReasonKind::CertificateMalformed, "expected exactly one VCEK/VLEK certificate"));
+        return Err(CertError::new(
+            ReasonKind::CertificateMalformed,
+            "expected exactly one VCEK/VLEK certificate",
+        ));
     }
     let leaf = leaves.remove(0);
     let candidates: Vec<Cert> = match &col.chain {
@@ -121,7 +150,10 @@ fn establish_chain(report: &SnpReport, col: &SnpCollateral, policy: &Policy) -> 
         .ok_or_else(|| {
             CertError::new(
                 ReasonKind::ChainIssuerMismatch,
-                format!("no certificate in the chain is the VCEK/VLEK issuer ({})", leaf.issuer()),
+                format!(
+                    "no certificate in the chain is the VCEK/VLEK issuer ({})",
+                    leaf.issuer()
+                ),
             )
         })?;
     let root = candidates
@@ -131,7 +163,10 @@ fn establish_chain(report: &SnpReport, col: &SnpCollateral, policy: &Policy) -> 
         .ok_or_else(|| {
             CertError::new(
                 ReasonKind::ChainIssuerMismatch,
-                format!("no self-signed root in the chain issued the ASK/ASVK ({})", intermediate.issuer()),
+                format!(
+                    "no self-signed root in the chain issued the ASK/ASVK ({})",
+                    intermediate.issuer()
+                ),
             )
         })?;
     let product = match amd_product_for_ark(&root) {
@@ -151,7 +186,12 @@ fn establish_chain(report: &SnpReport, col: &SnpCollateral, policy: &Policy) -> 
     root.verify_signed_by(&root, "ARK")?;
     intermediate.verify_signed_by(&root, "ASK/ASVK")?;
     leaf.verify_signed_by(&intermediate, "VCEK/VLEK")?;
-    Ok(Chain { leaf, intermediate, root, product })
+    Ok(Chain {
+        leaf,
+        intermediate,
+        root,
+        product,
+    })
 }
 
 /// The built-in ASK/ASVK and ARK for the leaf's product, chosen from the
@@ -171,7 +211,10 @@ fn builtin_candidates(report: &SnpReport, leaf: &Cert) -> Result<Vec<Cert>, Cert
     if !out.iter().any(|c| leaf.issued_by(c)) {
         return Err(CertError::new(
             ReasonKind::ChainIssuerMismatch,
-            format!("no built-in AMD chain issued this certificate ({}); pass --cert-chain", leaf.issuer()),
+            format!(
+                "no built-in AMD chain issued this certificate ({}); pass --cert-chain",
+                leaf.issuer()
+            ),
         ));
     }
     Ok(out)
@@ -179,7 +222,10 @@ fn builtin_candidates(report: &SnpReport, leaf: &Cert) -> Result<Vec<Cert>, Cert
 
 fn check_key_kind(report: &SnpReport, chain: &Chain) -> Result<(), CertError> {
     let is_vlek = chain.leaf.extension(&OID_CSP_ID).is_some()
-        || chain.intermediate.common_name().is_some_and(|cn| cn.starts_with("SEV-VLEK"));
+        || chain
+            .intermediate
+            .common_name()
+            .is_some_and(|cn| cn.starts_with("SEV-VLEK"));
     match (report.signing_key(), is_vlek) {
         (SigningKey::Vcek, false) | (SigningKey::Vlek, true) => Ok(()),
         (SigningKey::None, _) => Err(CertError::new(
@@ -188,29 +234,47 @@ fn check_key_kind(report: &SnpReport, chain: &Chain) -> Result<(), CertError> {
         )),
         (want, _) => Err(CertError::new(
             ReasonKind::SigningKeyMismatch,
-            format!("report says it is signed by the {want:?} but a {} was supplied", if is_vlek { "VLEK" } else { "VCEK" }),
+            format!(
+                "report says it is signed by the {want:?} but a {} was supplied",
+                if is_vlek { "VLEK" } else { "VCEK" }
+            ),
         )),
     }
 }
 
 fn check_report_signature(report: &SnpReport, leaf: &Cert) -> Result<(), CertError> {
     if leaf.ec_curve() != Some(Curve::P384) {
-        return Err(CertError::new(ReasonKind::UnsupportedAlgorithm, "VCEK/VLEK key is not ECDSA P-384"));
+        return Err(CertError::new(
+            ReasonKind::UnsupportedAlgorithm,
+            "VCEK/VLEK key is not ECDSA P-384",
+        ));
     }
     let sig = report.signature_p1363().ok_or_else(|| {
-        CertError::new(ReasonKind::EvidenceSignatureInvalid, "signature r/s exceed 384 bits")
+        CertError::new(
+            ReasonKind::EvidenceSignatureInvalid,
+            "signature r/s exceed 384 bits",
+        )
     })?;
     UnparsedPublicKey::new(&ECDSA_P384_SHA384_FIXED, leaf.public_key_bytes())
         .verify(report.signed_bytes(), &sig)
-        .map_err(|_| CertError::new(ReasonKind::EvidenceSignatureInvalid, "report signature does not verify with the VCEK/VLEK"))
+        .map_err(|_| {
+            CertError::new(
+                ReasonKind::EvidenceSignatureInvalid,
+                "report signature does not verify with the VCEK/VLEK",
+            )
+        })
 }
 
 /// Step 6: the certificate must be for exactly this TCB and chip.
 fn check_extensions(report: &SnpReport, leaf: &Cert, turin: bool) -> Vec<CertError> {
     let mut errors = Vec::new();
     let tcb = report.reported_tcb(turin);
-    let mut spls: Vec<(&ObjectIdentifier, &str, u8)> =
-        vec![(&OID_BL_SPL, "bl", tcb.bl), (&OID_TEE_SPL, "tee", tcb.tee), (&OID_SNP_SPL, "snp", tcb.snp), (&OID_UCODE_SPL, "ucode", tcb.ucode)];
+    let mut spls: Vec<(&ObjectIdentifier, &str, u8)> = vec![
+        (&OID_BL_SPL, "bl", tcb.bl),
+        (&OID_TEE_SPL, "tee", tcb.tee),
+        (&OID_SNP_SPL, "snp", tcb.snp),
+        (&OID_UCODE_SPL, "ucode", tcb.ucode),
+    ];
     if let Some(fmc) = tcb.fmc {
         spls.push((&OID_FMC_SPL, "fmc", fmc));
     }
@@ -219,15 +283,26 @@ fn check_extensions(report: &SnpReport, leaf: &Cert, turin: bool) -> Vec<CertErr
             Some(Some(got)) if got == u64::from(want) => {}
             Some(Some(got)) => errors.push(CertError::new(
                 ReasonKind::VcekTcbMismatch,
-                format!("certificate {name} SPL is {got} but the report's reported_tcb.{name} is {want}"),
+                format!(
+                    "certificate {name} SPL is {got} but the report's reported_tcb.{name} is {want}"
+                ),
             )),
-            Some(None) => errors.push(CertError::new(ReasonKind::CertificateMalformed, format!("certificate {name} SPL extension is not an INTEGER"))),
-            None => errors.push(CertError::new(ReasonKind::VcekTcbMismatch, format!("certificate has no {name} SPL extension"))),
+            Some(None) => errors.push(CertError::new(
+                ReasonKind::CertificateMalformed,
+                format!("certificate {name} SPL extension is not an INTEGER"),
+            )),
+            None => errors.push(CertError::new(
+                ReasonKind::VcekTcbMismatch,
+                format!("certificate has no {name} SPL extension"),
+            )),
         }
     }
     if let Some(name) = leaf.extension(&OID_PRODUCT_NAME).and_then(der_string) {
         if name.is_empty() {
-            errors.push(CertError::new(ReasonKind::CertificateMalformed, "empty productName extension"));
+            errors.push(CertError::new(
+                ReasonKind::CertificateMalformed,
+                "empty productName extension",
+            ));
         }
     }
     // hwID is present in VCEKs only; a VLEK is not tied to one chip.
@@ -240,7 +315,10 @@ fn check_extensions(report: &SnpReport, leaf: &Cert, turin: bool) -> Vec<CertErr
                 ReasonKind::VcekChipIdMismatch,
                 "certificate hwID is not the report's chip_id",
             )),
-            None => errors.push(CertError::new(ReasonKind::VcekChipIdMismatch, "VCEK has no hwID extension")),
+            None => errors.push(CertError::new(
+                ReasonKind::VcekChipIdMismatch,
+                "VCEK has no hwID extension",
+            )),
         }
     }
     errors

@@ -1,0 +1,95 @@
+//! Issuing the simulated hierarchy's certificates with x509-cert's builder.
+
+use super::{SimError, crypto};
+use crate::time::UnixTime;
+use std::str::FromStr;
+use std::time::Duration;
+use x509_cert::builder::{
+    Builder, CertificateBuilder, Result as BuildResult, profile::BuilderProfile,
+};
+use x509_cert::certificate::TbsCertificate;
+use x509_cert::der::{Encode, asn1::OctetString, oid::ObjectIdentifier};
+use x509_cert::ext::Extension;
+use x509_cert::name::Name;
+use x509_cert::serial_number::SerialNumber;
+use x509_cert::spki::SubjectPublicKeyInfoRef;
+use x509_cert::time::{Time, Validity};
+
+/// A profile that sets the names and exactly the extensions we give it.
+pub(crate) struct Profile {
+    pub subject: Name,
+    pub issuer: Name,
+    pub extensions: Vec<Extension>,
+}
+
+impl BuilderProfile for Profile {
+    fn get_issuer(&self, _subject: &Name) -> Name {
+        self.issuer.clone()
+    }
+    fn get_subject(&self) -> Name {
+        self.subject.clone()
+    }
+    fn build_extensions(
+        &self,
+        _spk: SubjectPublicKeyInfoRef<'_>,
+        _issuer_spk: SubjectPublicKeyInfoRef<'_>,
+        _tbs: &TbsCertificate,
+    ) -> BuildResult<Vec<Extension>> {
+        Ok(self.extensions.clone())
+    }
+}
+
+pub(crate) fn name(dn: &str) -> Result<Name, SimError> {
+    Name::from_str(dn).map_err(crypto)
+}
+
+/// A non-critical extension with a raw value.
+pub(crate) fn ext(oid: &str, value: Vec<u8>) -> Result<Extension, SimError> {
+    Ok(Extension {
+        extn_id: ObjectIdentifier::new(oid).map_err(crypto)?,
+        critical: false,
+        extn_value: OctetString::new(value).map_err(crypto)?,
+    })
+}
+
+/// DER INTEGER for a small unsigned value.
+pub(crate) fn der_uint(v: u8) -> Vec<u8> {
+    if v & 0x80 != 0 {
+        vec![0x02, 0x02, 0x00, v]
+    } else {
+        vec![0x02, 0x01, v]
+    }
+}
+
+/// DER IA5String.
+pub(crate) fn der_ia5(s: &str) -> Vec<u8> {
+    let mut out = vec![0x16, u8::try_from(s.len()).unwrap_or(0)];
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+/// Validity from a day before `now` for `years`.
+pub(crate) fn validity(now: UnixTime, years: u64) -> Result<Validity, SimError> {
+    let start = now.secs().saturating_sub(86_400);
+    let end = now
+        .secs()
+        .saturating_add(years.saturating_mul(365 * 86_400));
+    let t = |s: u64| Time::try_from(std::time::UNIX_EPOCH + Duration::from_secs(s)).map_err(crypto);
+    Ok(Validity::new(t(start)?, t(end)?))
+}
+
+pub(crate) fn serial(n: u32) -> SerialNumber {
+    SerialNumber::from(n)
+}
+
+/// Builds and signs with a randomized signer (RSA-PSS).
+pub(crate) fn build_pss(
+    builder: CertificateBuilder<Profile>,
+    key: &rsa::pss::SigningKey<sha2::Sha384>,
+) -> Result<Vec<u8>, SimError> {
+    let mut rng = super::os_rng();
+    let cert = builder
+        .build_with_rng::<_, rsa::pss::Signature, _>(key, &mut rng)
+        .map_err(crypto)?;
+    cert.to_der().map_err(crypto)
+}

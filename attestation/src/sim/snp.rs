@@ -1,0 +1,292 @@
+//! A simulated AMD SEV-SNP platform: ARK → ASK → VCEK with AMD's
+//! algorithms, and reports in the real v3/v5 layout signed by the VCEK.
+
+use super::certs::{Profile, build_pss, der_ia5, der_uint, ext, name, serial, validity};
+use super::{SimError, crypto, os_rng};
+use crate::snp::report::{RawReport, SIGNED_LEN};
+use crate::time::UnixTime;
+use crate::x509::Cert;
+use p384::ecdsa::signature::Signer;
+use p384::elliptic_curve::Generate;
+use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use sha2::Sha384;
+use x509_cert::builder::CertificateBuilder;
+use x509_cert::spki::SubjectPublicKeyInfo;
+use zerocopy::little_endian::{U32, U64};
+use zerocopy::{FromZeros, IntoBytes};
+
+/// RSA modulus size of the simulated ARK and ASK (AMD's are 4096-bit).
+const RSA_BITS: usize = 4096;
+const ARK_DN: &str = "CN=ARK-Sim,O=ciel simulated platform (NOT A TEE)";
+const ASK_DN: &str = "CN=SEV-Sim,O=ciel simulated platform (NOT A TEE)";
+const VCEK_DN: &str = "CN=SEV-VCEK,O=ciel simulated platform (NOT A TEE)";
+/// The simulated CPU: family 19h model 11h (a Genoa part).
+const SIM_CPUID: (u8, u8, u8) = (0x19, 0x11, 0x01);
+
+/// The simulated hierarchy and the chip it belongs to.
+pub struct SnpSim {
+    ark_key: rsa::PrivateKey,
+    ark: Vec<u8>,
+    ask_key: rsa::PrivateKey,
+    ask: Vec<u8>,
+    vcek_key: p384::ecdsa::SigningKey,
+    vcek: Vec<u8>,
+    chip_id: [u8; 64],
+    tcb: u64,
+}
+
+impl std::fmt::Debug for SnpSim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnpSim")
+            .field("root_sha256", &hex::encode(self.root_sha256()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to put in a simulated report.
+#[derive(Debug, Clone)]
+pub struct SimSnpReport {
+    /// 3 (Genoa layout with CPUID) or 5 (with mitigation vectors).
+    pub version: u32,
+    pub report_data: [u8; 64],
+    pub measurement: [u8; 48],
+    pub host_data: [u8; 32],
+    pub policy: u64,
+    pub vmpl: u32,
+}
+
+impl Default for SimSnpReport {
+    fn default() -> Self {
+        SimSnpReport {
+            version: 5,
+            report_data: [0; 64],
+            measurement: crate::x509::sha384(b"ciel simulated guest"),
+            host_data: [0; 32],
+            // SMT allowed, reserved bit 17 set (required), no debug, no migration agent.
+            policy: 0x3_0000,
+            vmpl: 0,
+        }
+    }
+}
+
+/// The TCB the simulated chip reports (Milan/Genoa layout): bl 10, tee 0, snp 25, ucode 84.
+const SIM_TCB: u64 = 0x5419_0000_0000_000a;
+
+impl SnpSim {
+    /// Generates a fresh hierarchy whose certificates are valid from a day
+    /// before `now` for 25 years (ARK/ASK) and 7 years (VCEK), like AMD's.
+    pub fn generate(now: UnixTime) -> Result<Self, SimError> {
+        let mut rng = os_rng();
+        let ark_key = rsa::PrivateKey::new(&mut rng, RSA_BITS).map_err(crypto)?;
+        let ask_key = rsa::PrivateKey::new(&mut rng, RSA_BITS).map_err(crypto)?;
+        let ark = issue_rsa(&ark_key, &ark_key, ARK_DN, ARK_DN, 1, now, 25)?;
+        let ask = issue_rsa(&ask_key, &ark_key, ASK_DN, ARK_DN, 2, now, 25)?;
+        let mut chip_id = [0u8; 64];
+        getrandom::fill(&mut chip_id).map_err(crypto)?;
+        let vcek_key = p384::ecdsa::SigningKey::generate_from_rng(&mut rng);
+        let mut sim = SnpSim {
+            ark_key,
+            ark,
+            ask_key,
+            ask,
+            vcek_key,
+            vcek: Vec::new(),
+            chip_id,
+            tcb: SIM_TCB,
+        };
+        sim.vcek = sim.issue_vcek(&sim.vcek_key, SIM_TCB, &chip_id, now)?;
+        Ok(sim)
+    }
+
+    /// Issues a VCEK for `tcb` and `chip_id`, signed by the simulated ASK.
+    /// Tests use it to make a VCEK that disagrees with a report.
+    pub fn issue_vcek(
+        &self,
+        key: &p384::ecdsa::SigningKey,
+        tcb: u64,
+        chip_id: &[u8; 64],
+        now: UnixTime,
+    ) -> Result<Vec<u8>, SimError> {
+        let t = tcb.to_le_bytes();
+        let extensions = vec![
+            ext("1.3.6.1.4.1.3704.1.1", der_uint(1))?,
+            ext("1.3.6.1.4.1.3704.1.2", der_ia5("Sim-B0"))?,
+            ext("1.3.6.1.4.1.3704.1.3.1", der_uint(t[0]))?,
+            ext("1.3.6.1.4.1.3704.1.3.2", der_uint(t[1]))?,
+            ext("1.3.6.1.4.1.3704.1.3.3", der_uint(t[6]))?,
+            ext("1.3.6.1.4.1.3704.1.3.8", der_uint(t[7]))?,
+            ext("1.3.6.1.4.1.3704.1.4", chip_id.to_vec())?,
+        ];
+        let spki = SubjectPublicKeyInfo::from_key(key.verifying_key()).map_err(crypto)?;
+        let profile = Profile {
+            subject: name(VCEK_DN)?,
+            issuer: name(ASK_DN)?,
+            extensions,
+        };
+        let builder =
+            CertificateBuilder::new(profile, serial(3), validity(now, 7)?, spki).map_err(crypto)?;
+        build_pss(
+            builder,
+            &rsa::pss::SigningKey::<Sha384>::new(self.ask_key.clone()),
+        )
+    }
+
+    /// SHA-256 of the simulated ARK: what a policy names to trust it.
+    pub fn root_sha256(&self) -> [u8; 32] {
+        crate::x509::sha256(&self.ark)
+    }
+
+    pub fn ark_der(&self) -> &[u8] {
+        &self.ark
+    }
+
+    pub fn vcek_der(&self) -> &[u8] {
+        &self.vcek
+    }
+
+    /// PEM bundle of the ASK and ARK, the `--cert-chain` for sim reports.
+    pub fn chain_pem(&self) -> Vec<u8> {
+        let blocks = [
+            pem::Pem::new("CERTIFICATE", self.ask.clone()),
+            pem::Pem::new("CERTIFICATE", self.ark.clone()),
+        ];
+        pem::encode_many(&blocks).into_bytes()
+    }
+
+    /// A report in the real layout, signed by the simulated VCEK.
+    pub fn report(&self, req: &SimSnpReport) -> Result<Vec<u8>, SimError> {
+        self.report_signed_by(req, &self.vcek_key, self.tcb)
+    }
+
+    /// A report signed by `key` claiming `tcb` (for negative tests).
+    pub fn report_signed_by(
+        &self,
+        req: &SimSnpReport,
+        key: &p384::ecdsa::SigningKey,
+        tcb: u64,
+    ) -> Result<Vec<u8>, SimError> {
+        if !matches!(req.version, 3 | 5) {
+            return Err(SimError::Input(format!(
+                "report version {} (3 or 5)",
+                req.version
+            )));
+        }
+        let mut r = RawReport::new_zeroed();
+        r.version = U32::new(req.version);
+        r.guest_svn = U32::new(0);
+        r.policy = U64::new(req.policy);
+        r.vmpl = U32::new(req.vmpl);
+        r.signature_algo = U32::new(1);
+        r.current_tcb = U64::new(tcb);
+        r.reported_tcb = U64::new(tcb);
+        r.committed_tcb = U64::new(tcb);
+        r.launch_tcb = U64::new(tcb);
+        r.platform_info = U64::new(0x25);
+        r.report_data = req.report_data;
+        r.measurement = req.measurement;
+        r.host_data = req.host_data;
+        getrandom::fill(&mut r.report_id).map_err(crypto)?;
+        (r.cpuid_fam_id, r.cpuid_mod_id, r.cpuid_step) = SIM_CPUID;
+        r.chip_id = self.chip_id;
+        (r.current_major, r.current_minor, r.current_build) = (1, 55, 43);
+        (r.committed_major, r.committed_minor, r.committed_build) = (1, 55, 43);
+        if req.version >= 5 {
+            r.launch_mit_vector = U64::new(1);
+            r.current_mit_vector = U64::new(1);
+        }
+        let signed = r
+            .as_bytes()
+            .get(..SIGNED_LEN)
+            .ok_or_else(|| crypto("report layout"))?
+            .to_vec();
+        let sig: p384::ecdsa::Signature = key.sign(&signed);
+        let (rb, sb) = sig.split_bytes();
+        for (i, b) in rb.iter().rev().enumerate() {
+            *r.signature_r.get_mut(i).ok_or_else(|| crypto("r"))? = *b;
+        }
+        for (i, b) in sb.iter().rev().enumerate() {
+            *r.signature_s.get_mut(i).ok_or_else(|| crypto("s"))? = *b;
+        }
+        Ok(r.as_bytes().to_vec())
+    }
+
+    /// The files that persist the hierarchy (name, bytes). Keys are PKCS#8 DER.
+    pub fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>, SimError> {
+        let key = |k: &rsa::PrivateKey| {
+            k.to_pkcs8_der()
+                .map(|d| d.as_bytes().to_vec())
+                .map_err(crypto)
+        };
+        let vcek_key =
+            p384::pkcs8::EncodePrivateKey::to_pkcs8_der(&self.vcek_key).map_err(crypto)?;
+        Ok(vec![
+            ("ark.der", self.ark.clone()),
+            ("ark.key.der", key(&self.ark_key)?),
+            ("ask.der", self.ask.clone()),
+            ("ask.key.der", key(&self.ask_key)?),
+            ("vcek.der", self.vcek.clone()),
+            ("vcek.key.der", vcek_key.as_bytes().to_vec()),
+            ("chip_id", self.chip_id.to_vec()),
+        ])
+    }
+
+    /// Loads a hierarchy saved by [`Self::to_files`]; `read` returns a file's bytes.
+    pub fn from_files(read: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Self, SimError> {
+        let get = |f: &str| {
+            read(f).ok_or_else(|| SimError::Stored {
+                file: f.into(),
+                message: "missing".into(),
+            })
+        };
+        let bad = |f: &str, e: &dyn std::fmt::Display| SimError::Stored {
+            file: f.into(),
+            message: e.to_string(),
+        };
+        let rsa_key = |f: &str| rsa::PrivateKey::from_pkcs8_der(&get(f)?).map_err(|e| bad(f, &e));
+        let cert = |f: &str| -> Result<Vec<u8>, SimError> {
+            let der = get(f)?;
+            Cert::from_der(&der).map_err(|e| bad(f, &e))?;
+            Ok(der)
+        };
+        let vcek_key = <p384::ecdsa::SigningKey as p384::pkcs8::DecodePrivateKey>::from_pkcs8_der(
+            &get("vcek.key.der")?,
+        )
+        .map_err(|e| bad("vcek.key.der", &e))?;
+        let chip_id: [u8; 64] = get("chip_id")?
+            .try_into()
+            .map_err(|_| bad("chip_id", &"not 64 bytes"))?;
+        Ok(SnpSim {
+            ark_key: rsa_key("ark.key.der")?,
+            ark: cert("ark.der")?,
+            ask_key: rsa_key("ask.key.der")?,
+            ask: cert("ask.der")?,
+            vcek_key,
+            vcek: cert("vcek.der")?,
+            chip_id,
+            tcb: SIM_TCB,
+        })
+    }
+}
+
+fn issue_rsa(
+    subject_key: &rsa::PrivateKey,
+    issuer_key: &rsa::PrivateKey,
+    subject: &str,
+    issuer: &str,
+    serial_no: u32,
+    now: UnixTime,
+    years: u64,
+) -> Result<Vec<u8>, SimError> {
+    let spki = SubjectPublicKeyInfo::from_key(&subject_key.to_public_key()).map_err(crypto)?;
+    let profile = Profile {
+        subject: name(subject)?,
+        issuer: name(issuer)?,
+        extensions: Vec::new(),
+    };
+    let builder = CertificateBuilder::new(profile, serial(serial_no), validity(now, years)?, spki)
+        .map_err(crypto)?;
+    build_pss(
+        builder,
+        &rsa::pss::SigningKey::<Sha384>::new(issuer_key.clone()),
+    )
+}
