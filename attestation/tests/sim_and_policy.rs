@@ -268,3 +268,18 @@ fn stored_hierarchy_round_trips() {
     .to_string();
     assert!(err.contains("ask.der"), "{err}");
 }
+
+#[test]
+fn documented_example_policy_parses() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/policy.example.toml"
+    ))
+    .unwrap();
+    let p = Policy::from_toml(&text).unwrap();
+    assert!(!p.snp.allow_debug);
+    assert_eq!(
+        p.tdx.tcb_status,
+        vec![TcbStatus::UpToDate, TcbStatus::SWHardeningNeeded]
+    );
+}

@@ -1,0 +1,164 @@
+//! The CLI contract of `ciel attest`: exit codes, errors that name the
+//! file, and the simulated platform round trip across processes.
+
+mod common;
+use common::{ciel, vector};
+
+#[test]
+fn unreadable_or_unknown_input_exits_2_naming_the_file() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let junk = tmp.path().join("junk.bin");
+    std::fs::write(&junk, b"definitely not evidence").expect("write");
+    let run = ciel(["attest".as_ref(), "verify".as_ref(), junk.as_os_str()]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("junk.bin") && run.stderr.contains("unknown evidence kind"),
+        "{}",
+        run.stderr
+    );
+
+    let run = ciel(["attest", "verify", "/nonexistent/report.bin"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("/nonexistent/report.bin"),
+        "{}",
+        run.stderr
+    );
+
+    let report = vector("snp/oak/genoa_oc.report.bin");
+    let run = ciel([
+        "attest".as_ref(),
+        "verify".as_ref(),
+        report.as_os_str(),
+        "--at".as_ref(),
+        "yesterday".as_ref(),
+    ]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("--at"), "{}", run.stderr);
+
+    let policy = tmp.path().join("policy.toml");
+    std::fs::write(&policy, "[snp]\nmeasurements = [\"xyz\"]\n").expect("write");
+    let run = ciel([
+        "attest".as_ref(),
+        "verify".as_ref(),
+        report.as_os_str(),
+        "--policy".as_ref(),
+        policy.as_os_str(),
+    ]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("policy.toml") && run.stderr.contains("snp.measurements[0]"),
+        "{}",
+        run.stderr
+    );
+
+    let run = ciel(["attest", "verify"]);
+    assert_eq!(run.code, 2, "missing argument is a usage error");
+}
+
+#[test]
+fn a_1183_byte_report_is_refused_not_misread() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut b = std::fs::read(vector("snp/oak/genoa_oc.report.bin")).expect("read");
+    b.pop();
+    let f = tmp.path().join("short.bin");
+    std::fs::write(&f, b).expect("write");
+    let run = ciel(["attest".as_ref(), "verify".as_ref(), f.as_os_str()]);
+    assert_eq!(run.code, 2);
+}
+
+#[test]
+fn simulated_evidence_round_trips_and_warns() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("sim.bin");
+    let run = ciel([
+        "attest".as_ref(),
+        "sim-report".as_ref(),
+        "--platform".as_ref(),
+        "snp".as_ref(),
+        "--report-data".as_ref(),
+        "c0ffee".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let fp_line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("danger_simulated_roots"))
+        .expect("policy hint")
+        .trim()
+        .to_string();
+    let vcek = tmp.path().join("sim.bin.vcek.der");
+    let chain = tmp.path().join("sim.bin.chain.pem");
+    let verify = |extra: &[&std::ffi::OsStr]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "attest".as_ref(),
+            "verify".as_ref(),
+            out.as_os_str(),
+            "--vcek".as_ref(),
+            vcek.as_os_str(),
+            "--cert-chain".as_ref(),
+            chain.as_os_str(),
+            "--json".as_ref(),
+        ];
+        args.extend_from_slice(extra);
+        ciel(args)
+    };
+    // Default: authentic chain, but the root is not pinned.
+    let run = verify(&[]);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.reason_codes(), vec!["untrusted_root".to_string()]);
+    assert!(!run.stderr.contains("WARNING"));
+
+    // A policy naming the simulated root accepts, with a warning every time.
+    let policy = tmp.path().join("p.toml");
+    std::fs::write(&policy, format!("{fp_line}\nreport_data = \"c0ffee\"\n")).expect("write");
+    let run = verify(&["--policy".as_ref(), policy.as_os_str()]);
+    assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("SIMULATED"), "{}", run.stderr);
+    let j = run.json();
+    assert_eq!(j["simulated"], true);
+    assert!(
+        j["claims"]["report_data"]
+            .as_str()
+            .expect("report_data")
+            .starts_with("c0ffee00")
+    );
+
+    // The same policy with another expected report_data rejects.
+    std::fs::write(&policy, format!("{fp_line}\nreport_data = \"c0ffef\"\n")).expect("write");
+    let run = verify(&["--policy".as_ref(), policy.as_os_str()]);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.reason_codes(), vec!["report_data_mismatch".to_string()]);
+}
+
+#[test]
+fn sim_report_validates_its_arguments() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("x.bin");
+    let too_long = "00".repeat(65);
+    let run = ciel([
+        "attest".as_ref(),
+        "sim-report".as_ref(),
+        "--platform".as_ref(),
+        "snp".as_ref(),
+        "--report-data".as_ref(),
+        too_long.as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("at most 64"), "{}", run.stderr);
+    let run = ciel([
+        "attest".as_ref(),
+        "sim-report".as_ref(),
+        "--platform".as_ref(),
+        "sev".as_ref(),
+        "--report-data".as_ref(),
+        "00".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(run.code, 2);
+}
