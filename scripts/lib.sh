@@ -14,7 +14,7 @@ ensure_toolchain() {
 
 # cargo-deny, installed once into cargo's bin dir (cached across runs).
 ensure_cargo_deny() {
-    local want=0.19
+    local want=0.20
     if cargo deny --version 2>/dev/null | grep -q "cargo-deny $want"; then
         return
     fi

@@ -9,14 +9,22 @@ use ciel_attestation::sim::{SimSnpReport, SnpSim};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-/// `$CIEL_DATA_DIR`, else the platform data dir (`~/.local/share/ciel`).
+/// `$CIEL_DATA_DIR`, else `$XDG_DATA_HOME/ciel`, else `~/.local/share/ciel`.
 pub fn data_dir() -> Result<PathBuf> {
-    if let Some(d) = std::env::var_os("CIEL_DATA_DIR") {
-        return Ok(PathBuf::from(d));
+    let non_empty = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(d) = non_empty("CIEL_DATA_DIR") {
+        return Ok(d);
     }
-    dirs::data_dir()
-        .map(|d| d.join("ciel"))
-        .context("no data directory (set CIEL_DATA_DIR)")
+    if let Some(d) = non_empty("XDG_DATA_HOME").filter(|d| d.is_absolute()) {
+        return Ok(d.join("ciel"));
+    }
+    non_empty("HOME")
+        .map(|h| h.join(".local/share/ciel"))
+        .context("no data directory: set CIEL_DATA_DIR or HOME")
 }
 
 /// Loads the simulated SNP hierarchy, generating and storing it on first use.
