@@ -113,10 +113,10 @@ pub fn verify_snp(
     for e in check_extensions(report, &chain.leaf, turin) {
         v.reject(e.kind, e.message);
     }
-    v.tcb_status = crate::policy::apply_snp(policy, report, turin, chain.product, &mut v);
-    if v.tcb_status == TcbStatus::Unknown {
-        v.tcb_status = TcbStatus::UpToDate;
-    }
+    // A TCB status is only meaningful for evidence shown to be authentic.
+    let authentic = v.reasons.is_empty();
+    let status = crate::policy::apply_snp(policy, report, turin, chain.product, &mut v);
+    v.tcb_status = if authentic { status } else { TcbStatus::Unknown };
     v
 }
 
