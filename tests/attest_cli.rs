@@ -162,3 +162,60 @@ fn sim_report_validates_its_arguments() {
     ]);
     assert_eq!(run.code, 2);
 }
+
+#[test]
+fn simulated_tdx_quote_round_trips_with_its_collateral() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("td.quote");
+    let run = ciel([
+        "attest".as_ref(),
+        "sim-report".as_ref(),
+        "--platform".as_ref(),
+        "tdx".as_ref(),
+        "--report-data".as_ref(),
+        "ab".as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let fp_line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("danger_simulated_roots"))
+        .expect("policy hint")
+        .trim()
+        .to_string();
+    let col = tmp.path().join("td.quote.collateral.json");
+    let args = |policy: Option<&std::path::Path>| {
+        let mut a: Vec<std::ffi::OsString> = vec![
+            "attest".into(),
+            "verify".into(),
+            out.clone().into(),
+            "--collateral".into(),
+            col.clone().into(),
+            "--json".into(),
+        ];
+        if let Some(p) = policy {
+            a.push("--policy".into());
+            a.push(p.into());
+        }
+        a
+    };
+    let run = ciel(args(None));
+    assert_eq!(run.code, 1);
+    assert_eq!(run.reason_codes(), vec!["untrusted_root".to_string()]);
+    let policy = tmp.path().join("p.toml");
+    std::fs::write(&policy, format!("{fp_line}\nplatforms = [\"tdx\"]\n")).expect("write");
+    let run = ciel(args(Some(&policy)));
+    assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("SIMULATED"));
+    let j = run.json();
+    assert_eq!(j["platform"], "tdx");
+    assert_eq!(j["tcb_status"], "UpToDate");
+    assert!(
+        j["claims"]["report_data"]
+            .as_str()
+            .expect("report_data")
+            .starts_with("ab00")
+    );
+}

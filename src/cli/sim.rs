@@ -5,7 +5,7 @@ use super::attest::SimReportArgs;
 use super::files;
 use anyhow::{Context, Result, bail};
 use ciel_attestation::UnixTime;
-use ciel_attestation::sim::{SimSnpReport, SnpSim};
+use ciel_attestation::sim::{SimError, SimSnpReport, SimTdxQuote, SnpSim, TdxSim};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -27,24 +27,64 @@ pub fn data_dir() -> Result<PathBuf> {
         .context("no data directory: set CIEL_DATA_DIR or HOME")
 }
 
-/// Loads the simulated SNP hierarchy, generating and storing it on first use.
-pub fn load_or_create_snp_sim() -> Result<(SnpSim, PathBuf)> {
-    let dir = data_dir()?.join("sim").join("snp");
-    if dir.join("ark.der").is_file() {
-        let sim = SnpSim::from_files(|f| std::fs::read(dir.join(f)).ok())
-            .with_context(|| format!("simulated hierarchy in {}", dir.display()))?;
-        return Ok((sim, dir));
+/// A simulated vendor hierarchy kept under the data directory.
+trait Stored: Sized {
+    const DIR: &'static str;
+    const WHAT: &'static str;
+    fn generate(now: UnixTime) -> Result<Self, SimError>;
+    fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>, SimError>;
+    fn from_files(read: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Self, SimError>;
+}
+
+impl Stored for SnpSim {
+    const DIR: &'static str = "snp";
+    const WHAT: &'static str = "SEV-SNP hierarchy (RSA-4096 ARK/ASK, P-384 VCEK)";
+    fn generate(now: UnixTime) -> Result<Self, SimError> {
+        SnpSim::generate(now)
+    }
+    fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>, SimError> {
+        SnpSim::to_files(self)
+    }
+    fn from_files(read: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Self, SimError> {
+        SnpSim::from_files(read)
+    }
+}
+
+impl Stored for TdxSim {
+    const DIR: &'static str = "tdx";
+    const WHAT: &'static str = "Intel-style PKI (P-256 root, PCK CA, PCK, TCB signer, QE)";
+    fn generate(now: UnixTime) -> Result<Self, SimError> {
+        TdxSim::generate(now)
+    }
+    fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>, SimError> {
+        TdxSim::to_files(self)
+    }
+    fn from_files(read: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Self, SimError> {
+        TdxSim::from_files(read)
+    }
+}
+
+/// Loads a simulated hierarchy, generating and storing it on first use.
+fn load_or_create<T: Stored>() -> Result<(T, PathBuf)> {
+    let dir = data_dir()?.join("sim").join(T::DIR);
+    let load = |dir: &Path| {
+        T::from_files(|f| std::fs::read(dir.join(f)).ok())
+            .with_context(|| format!("simulated hierarchy in {}", dir.display()))
+    };
+    if dir.is_dir() {
+        return Ok((load(&dir)?, dir));
     }
     eprintln!(
-        "ciel: generating the simulated SEV-SNP hierarchy (RSA-4096 ARK/ASK, P-384 VCEK) in {} ...",
+        "ciel: generating the simulated {} in {} ...",
+        T::WHAT,
         dir.display()
     );
-    let sim = SnpSim::generate(UnixTime(files::now()))?;
+    let sim = T::generate(UnixTime(files::now()))?;
     // Write into a fresh temporary directory, then rename: a crash or a
     // concurrent first use never leaves a half-written hierarchy.
     let parent = dir.parent().context("data dir has no parent")?;
     std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-    let tmp = parent.join(format!(".snp-{}", std::process::id()));
+    let tmp = parent.join(format!(".{}-{}", T::DIR, std::process::id()));
     std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
     for (name, bytes) in sim.to_files()? {
         write_private(&tmp.join(name), &bytes)?;
@@ -52,9 +92,7 @@ pub fn load_or_create_snp_sim() -> Result<(SnpSim, PathBuf)> {
     if std::fs::rename(&tmp, &dir).is_err() {
         // Another process won the race; use its hierarchy.
         let _ = std::fs::remove_dir_all(&tmp);
-        let sim = SnpSim::from_files(|f| std::fs::read(dir.join(f)).ok())
-            .with_context(|| format!("simulated hierarchy in {}", dir.display()))?;
-        return Ok((sim, dir));
+        return Ok((load(&dir)?, dir));
     }
     Ok((sim, dir))
 }
@@ -96,7 +134,7 @@ pub fn run_sim_report(a: SimReportArgs) -> Result<ExitCode> {
     let report_data = parse_report_data(&a.report_data)?;
     match a.platform.as_str() {
         "snp" => {
-            let (sim, dir) = load_or_create_snp_sim()?;
+            let (sim, dir) = load_or_create::<SnpSim>()?;
             let report = sim.report(&SimSnpReport {
                 report_data,
                 ..Default::default()
@@ -125,7 +163,33 @@ pub fn run_sim_report(a: SimReportArgs) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        "tdx" => bail!("--platform tdx: simulated TDX quotes are not implemented yet (only snp)"),
+        "tdx" => {
+            let (sim, dir) = load_or_create::<TdxSim>()?;
+            let quote = sim.quote(&SimTdxQuote {
+                report_data,
+                ..Default::default()
+            })?;
+            let collateral = sim.collateral(UnixTime(files::now()))?;
+            let col_path = sibling(&a.out, ".collateral.json");
+            std::fs::write(&a.out, &quote).with_context(|| format!("write {}", a.out.display()))?;
+            let json = serde_json::to_vec_pretty(&collateral.to_json())?;
+            std::fs::write(&col_path, json)
+                .with_context(|| format!("write {}", col_path.display()))?;
+            eprintln!(
+                "WARNING: simulated evidence: NO hardware, NO confidentiality. For development only."
+            );
+            eprintln!(
+                "wrote {} (TDX quote v4) and {} (collateral, valid 30 days)",
+                a.out.display(),
+                col_path.display()
+            );
+            eprintln!("simulated root CA: {}", dir.join("root.der").display());
+            eprintln!(
+                "to accept it, a policy must say:\n  danger_simulated_roots = [\"{}\"]",
+                hex::encode(sim.root_sha256())
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         other => bail!("--platform {other}: expected snp or tdx"),
     }
 }

@@ -52,6 +52,14 @@ pub(crate) fn ext(oid: &str, value: Vec<u8>) -> Result<Extension, SimError> {
     })
 }
 
+/// A critical extension with a raw value.
+pub(crate) fn ext_critical(oid: &str, value: Vec<u8>) -> Result<Extension, SimError> {
+    Ok(Extension {
+        critical: true,
+        ..ext(oid, value)?
+    })
+}
+
 /// DER INTEGER for a small unsigned value.
 pub(crate) fn der_uint(v: u8) -> Vec<u8> {
     if v & 0x80 != 0 {

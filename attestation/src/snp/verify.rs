@@ -116,7 +116,11 @@ pub fn verify_snp(
     // A TCB status is only meaningful for evidence shown to be authentic.
     let authentic = v.reasons.is_empty();
     let status = crate::policy::apply_snp(policy, report, turin, chain.product, &mut v);
-    v.tcb_status = if authentic { status } else { TcbStatus::Unknown };
+    v.tcb_status = if authentic {
+        status
+    } else {
+        TcbStatus::Unknown
+    };
     v
 }
 
