@@ -258,3 +258,47 @@ fn nvidia_broken_chains_are_rejected_with_their_reason() {
         );
     }
 }
+
+#[test]
+fn nvidia_report_against_a_genuine_rim_of_another_vbios_is_a_measurement_mismatch() {
+    // The shared RIMs are genuine but none matches this report's VBIOS
+    // (MANIFEST.md), so the honest outcome is a mismatch, not an accept.
+    let run = ciel([
+        "attest".as_ref(),
+        "verify".as_ref(),
+        vector("gpu/trustee/hopperAttestationReport.txt").as_os_str(),
+        "--gpu-cert-chain".as_ref(),
+        vector("gpu/trustee/hopper_cert_chain_case1.txt").as_os_str(),
+        "--rim".as_ref(),
+        vector("gpu/nvtrust-local_gpu_verifier/g520_0200_885_9600740001_PROD.swidtag").as_os_str(),
+        "--at".as_ref(),
+        "2024-01-01T00:00:00Z".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(
+        run.reason_codes(),
+        vec!["gpu_measurement_mismatch".to_string()],
+        "{}",
+        run.stdout
+    );
+    // Once the RIM signer has expired, the RIM itself is refused.
+    let run = ciel([
+        "attest".as_ref(),
+        "verify".as_ref(),
+        vector("gpu/trustee/hopperAttestationReport.txt").as_os_str(),
+        "--gpu-cert-chain".as_ref(),
+        vector("gpu/trustee/hopper_cert_chain_case1.txt").as_os_str(),
+        "--rim".as_ref(),
+        vector("gpu/nvtrust-local_gpu_verifier/g520_0200_885_9600740001_PROD.swidtag").as_os_str(),
+        "--at".as_ref(),
+        "2026-11-01T00:00:00Z".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert!(
+        run.reason_codes()
+            .contains(&"certificate_expired".to_string()),
+        "{}",
+        run.stdout
+    );
+}

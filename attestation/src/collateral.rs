@@ -33,8 +33,8 @@ pub struct Collateral {
     pub dcap: Option<DcapCollateral>,
     /// NVIDIA: the GPU's device certificate chain (PEM, leaf first).
     pub gpu_cert_chain: Option<Vec<u8>>,
-    /// NVIDIA: a reference integrity manifest (SWID tag XML).
-    pub gpu_rim: Option<Vec<u8>>,
+    /// NVIDIA: reference integrity manifests (SWID tag XML): driver, VBIOS.
+    pub gpu_rims: Vec<Vec<u8>>,
 }
 
 /// DCAP collateral in the layout Intel's PCCS serves and dcap-qvl stores

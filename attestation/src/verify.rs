@@ -29,7 +29,7 @@ pub fn verify(
         Evidence::Nvidia(report) => verify_nvidia(
             report,
             collateral.gpu_cert_chain.as_deref(),
-            collateral.gpu_rim.as_deref(),
+            &collateral.gpu_rims,
             policy,
             now,
         ),

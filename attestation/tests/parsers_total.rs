@@ -30,6 +30,7 @@ fn exercise(bytes: &[u8]) {
     let _ = NvidiaReport::parse(bytes);
     let _ = Cert::from_der(bytes);
     let _ = Cert::parse_bundle(bytes);
+    let _ = ciel_attestation::nvidia::rim::verify_rim(bytes, UnixTime(0));
     if let Ok(e) = Evidence::parse(bytes) {
         let _ = verify(
             &e,

@@ -38,9 +38,9 @@ pub struct VerifyArgs {
     /// NVIDIA: the GPU's device certificate chain (PEM, leaf first).
     #[arg(long)]
     pub gpu_cert_chain: Option<PathBuf>,
-    /// NVIDIA: reference integrity manifest (SWID tag XML).
+    /// NVIDIA: reference integrity manifest (signed SWID tag XML); repeat for driver and VBIOS RIMs.
     #[arg(long)]
-    pub rim: Option<PathBuf>,
+    pub rim: Vec<PathBuf>,
     /// Verification instant, RFC 3339 (default: now).
     #[arg(long)]
     pub at: Option<String>,
@@ -93,8 +93,8 @@ fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
     if let Some(p) = &a.gpu_cert_chain {
         collateral.gpu_cert_chain = Some(files::read("GPU certificate chain", p)?);
     }
-    if let Some(p) = &a.rim {
-        collateral.gpu_rim = Some(files::read("RIM", p)?);
+    for p in &a.rim {
+        collateral.gpu_rims.push(files::read("RIM", p)?);
     }
     let policy = match &a.policy {
         Some(p) => {

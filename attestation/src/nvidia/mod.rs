@@ -1,6 +1,8 @@
 //! NVIDIA Hopper GPU attestation: the SPDM `GET_MEASUREMENTS` exchange the
 //! GPU signs with its device key, chained to NVIDIA's device identity root.
 
+mod c14n;
+pub mod rim;
 mod spdm;
 mod verify;
 

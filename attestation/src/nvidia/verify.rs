@@ -4,7 +4,9 @@
 //!    valid at the instant, ending in the pinned NVIDIA Device Identity CA;
 //! 2. the leaf's FWID extension equals the report's FWID opaque field;
 //! 3. the report signature (ECDSA P-384, SHA-384 over request || response);
-//! 4. the policy: nonce, driver and VBIOS versions.
+//! 4. each reference integrity manifest given: authentic, and every active
+//!    golden measurement matched by the report;
+//! 5. the policy: nonce, driver and VBIOS versions.
 
 use super::spdm::NvidiaReport;
 use crate::policy::Policy;
@@ -59,7 +61,7 @@ impl NvidiaClaims {
 pub fn verify_nvidia(
     report: &NvidiaReport,
     chain: Option<&[u8]>,
-    rim: Option<&[u8]>,
+    rims: &[Vec<u8>],
     policy: &Policy,
     now: UnixTime,
 ) -> Verdict {
@@ -85,11 +87,27 @@ pub fn verify_nvidia(
         }
         Err(e) => v.reject(e.kind, e.message),
     }
-    if rim.is_some() {
-        v.reject(
-            ReasonKind::GpuRimInvalid,
-            "RIM comparison is not implemented yet; refusing rather than ignoring the given RIM",
-        );
+    for (i, xml) in rims.iter().enumerate() {
+        match super::rim::verify_rim(xml, now) {
+            Err(e) => v.reject(e.kind, format!("RIM {i}: {}", e.message)),
+            Ok(rim) => {
+                let values: BTreeMap<u8, Vec<u8>> = report
+                    .blocks
+                    .iter()
+                    .map(|b| (b.index, b.value.clone()))
+                    .collect();
+                let bad = super::rim::compare(&rim, &values);
+                if !bad.is_empty() {
+                    v.reject(
+                        ReasonKind::GpuMeasurementMismatch,
+                        format!(
+                            "RIM {i} (version {}): measurements {bad:?} differ from its golden values",
+                            rim.version.as_deref().unwrap_or("?")
+                        ),
+                    );
+                }
+            }
+        }
     }
     apply_policy(report, policy, &mut v);
     v
@@ -184,7 +202,7 @@ fn check_signature(report: &NvidiaReport, leaf: &Cert) -> Result<(), CertError> 
         })
 }
 
-/// Step 4.
+/// Step 5.
 fn apply_policy(report: &NvidiaReport, policy: &Policy, v: &mut Verdict) {
     policy.check_platform(v);
     let p = &policy.nvidia;
