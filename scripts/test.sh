@@ -8,6 +8,9 @@ ensure_toolchain
 banner "Formatting"
 cargo fmt --all -- --check
 
+banner "Lints (clippy, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 banner "Unit, property and end-to-end tests"
 cargo test --workspace --locked --no-fail-fast
 

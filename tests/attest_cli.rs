@@ -1,5 +1,6 @@
 //! The CLI contract of `ciel attest`: exit codes, errors that name the
 //! file, and the simulated platform round trip across processes.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
 use common::{ciel, vector};

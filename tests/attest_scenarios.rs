@@ -1,5 +1,6 @@
 //! Every scenario of `../shared/vectors/scenarios.json`, through the CLI,
 //! with its expected verdict, TCB status and field values.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
 use common::{ciel, scenarios, vector};

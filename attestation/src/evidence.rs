@@ -60,7 +60,8 @@ pub enum EvidenceKind {
     Nvidia,
 }
 
-/// Parsed evidence.
+/// Parsed evidence. (Variants differ in size; one value lives per verification.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Evidence {
     Snp(SnpReport),
@@ -99,7 +100,8 @@ pub fn detect(bytes: &[u8]) -> Result<EvidenceKind, ParseError> {
     let u16_at = |o: usize| {
         bytes
             .get(o..o.checked_add(2)?)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+            .and_then(|b| <[u8; 2]>::try_from(b).ok())
+            .map(u16::from_le_bytes)
     };
     let version = u16_at(0);
     let key_type = u16_at(2);
@@ -130,7 +132,10 @@ pub fn decode_hex_text(bytes: &[u8]) -> Option<Vec<u8>> {
         .copied()
         .filter(|b| !b.is_ascii_whitespace())
         .collect();
-    if digits.is_empty() || digits.len() % 2 != 0 || !digits.iter().all(u8::is_ascii_hexdigit) {
+    if digits.is_empty()
+        || !digits.len().is_multiple_of(2)
+        || !digits.iter().all(u8::is_ascii_hexdigit)
+    {
         return None;
     }
     hex::decode(&digits).ok()

@@ -374,17 +374,17 @@ impl Policy {
     }
 
     pub(crate) fn check_report_data(&self, report_data: &[u8], v: &mut Verdict) {
-        if let Some(want) = &self.report_data {
-            if report_data != want.as_slice() {
-                v.reject(
-                    ReasonKind::ReportDataMismatch,
-                    format!(
-                        "report_data is {} but the policy expects {}",
-                        hex::encode(report_data),
-                        hex::encode(want)
-                    ),
-                );
-            }
+        if let Some(want) = &self.report_data
+            && report_data != want.as_slice()
+        {
+            v.reject(
+                ReasonKind::ReportDataMismatch,
+                format!(
+                    "report_data is {} but the policy expects {}",
+                    hex::encode(report_data),
+                    hex::encode(want)
+                ),
+            );
         }
     }
 }
@@ -524,13 +524,13 @@ pub(crate) fn apply_snp(
     }
     p.check_report_data(&raw.report_data, v);
     let mut status = TcbStatus::UpToDate;
-    if let Some(min) = s.min_guest_svn {
-        if raw.guest_svn.get() < min {
-            v.reject(
-                ReasonKind::TcbBelowMinimum,
-                format!("guest_svn {} < minimum {min}", raw.guest_svn.get()),
-            );
-        }
+    if let Some(min) = s.min_guest_svn
+        && raw.guest_svn.get() < min
+    {
+        v.reject(
+            ReasonKind::TcbBelowMinimum,
+            format!("guest_svn {} < minimum {min}", raw.guest_svn.get()),
+        );
     }
     let tcb = report.reported_tcb(turin);
     let m = s.min_tcb;
@@ -541,17 +541,17 @@ pub(crate) fn apply_snp(
         ("snp", Some(tcb.snp), m.snp),
         ("ucode", Some(tcb.ucode), m.ucode),
     ] {
-        if let Some(want) = want {
-            if have.is_none_or(|h| h < want) {
-                status = TcbStatus::OutOfDate;
-                v.reject(
-                    ReasonKind::TcbBelowMinimum,
-                    format!(
-                        "reported_tcb.{name} = {} is below the minimum {want}",
-                        have.map_or("absent".into(), |h| h.to_string())
-                    ),
-                );
-            }
+        if let Some(want) = want
+            && have.is_none_or(|h| h < want)
+        {
+            status = TcbStatus::OutOfDate;
+            v.reject(
+                ReasonKind::TcbBelowMinimum,
+                format!(
+                    "reported_tcb.{name} = {} is below the minimum {want}",
+                    have.map_or("absent".into(), |h| h.to_string())
+                ),
+            );
         }
     }
     status

@@ -394,7 +394,9 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<u64> {
     };
     let era = y / 400;
     let yoe = y.checked_sub(era.checked_mul(400)?)?;
-    let doy = (153u64.checked_mul(mo)?.checked_add(2)?) / 5 + d - 1;
+    let doy = (153u64.checked_mul(mo)?.checked_add(2)? / 5)
+        .checked_add(d)?
+        .checked_sub(1)?;
     let doe = yoe
         .checked_mul(365)?
         .checked_add(yoe / 4)?
@@ -404,8 +406,11 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<u64> {
         .checked_mul(146_097)?
         .checked_add(doe)?
         .checked_sub(719_468)?;
-    days.checked_mul(86_400)?
-        .checked_add(h * 3600 + mi * 60 + se)
+    days.checked_mul(86_400)?.checked_add(
+        h.checked_mul(3600)?
+            .checked_add(mi.checked_mul(60)?)?
+            .checked_add(se)?,
+    )
 }
 
 fn apply_policy(quote: &DcapQuote, policy: &Policy, v: &mut Verdict) {

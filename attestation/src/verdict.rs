@@ -286,6 +286,7 @@ impl Serialize for Reason {
 /// the evidence parsed.
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)]
 pub enum Claims {
     Snp(crate::snp::SnpClaims),
     Tdx(crate::tdx::TdxClaims),

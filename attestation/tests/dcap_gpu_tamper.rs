@@ -1,5 +1,11 @@
 //! Negative tests on real DCAP and NVIDIA evidence.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
 
 mod common;
 use ciel_attestation::collateral::DcapCollateral;

@@ -1,6 +1,12 @@
 //! Every parser of untrusted bytes is total: truncation at every length and
 //! random bytes give an error or a value, never a panic.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
 
 mod common;
 use ciel_attestation::collateral::DcapCollateral;

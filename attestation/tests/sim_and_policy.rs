@@ -1,6 +1,12 @@
 //! The simulated platform round-trips through the real verifier, is refused
 //! unless the policy names its root, and the policy rules bite.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
 
 mod common;
 use ciel_attestation::sim::SimSnpReport;

@@ -1,7 +1,13 @@
 //! Negative tests on real SNP evidence: any change to what is signed, to the
 //! signature, or to any certificate must turn the verdict to reject, with a
 //! reason that says why.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
 
 mod common;
 use ciel_attestation::snp::report::SIGNED_LEN;

@@ -1,1 +1,18 @@
-//! Wire types shared by all ciel components.
+//! # ciel-protocol
+//!
+//! The bytes that cross trust boundaries, defined once so every component
+//! agrees on them. Pure: no I/O, no clocks.
+//!
+//! - [`jcs`]: RFC 8785 JSON canonicalization, the input of every hash that
+//!   binds JSON into attestation evidence.
+//! - [`binding`]: Trustee's `report_data` binding of a key-release session
+//!   (SHA-384 of the canonical `{nonce, tee-pubkey}`, zero-padded to 64 bytes).
+//! - [`kbs`]: the Trustee KBS protocol v0.4.0 messages (RCAR).
+//! - [`frame`]: length-prefixed control frames for vsock, with a hard cap.
+
+#![forbid(unsafe_code)]
+
+pub mod binding;
+pub mod frame;
+pub mod jcs;
+pub mod kbs;

@@ -5,7 +5,7 @@
 use super::files;
 use anyhow::{Context, Result};
 use ciel_attestation::collateral::DcapCollateral;
-use ciel_attestation::{Collateral, Evidence, Policy, UnixTime, Verdict, verify};
+use ciel_attestation::{Collateral, Evidence, Policy, UnixTime, verify};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -118,7 +118,7 @@ fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
         s.push('\n');
         s
     } else {
-        render_human(&verdict, UnixTime(now))
+        ciel_client::report::render(&verdict, UnixTime(now))
     };
     write_stdout(&text);
     Ok(if verdict.accepted {
@@ -140,36 +140,4 @@ pub fn warn_simulated() {
 pub fn write_stdout(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
-}
-
-fn render_human(v: &Verdict, now: UnixTime) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "verdict:     {}",
-        if v.accepted { "ACCEPT" } else { "REJECT" }
-    );
-    let _ = writeln!(o, "platform:    {}", v.platform);
-    let _ = writeln!(o, "verified at: {now}");
-    let _ = writeln!(o, "tcb status:  {}", v.tcb_status);
-    if !v.advisory_ids.is_empty() {
-        let _ = writeln!(o, "advisories:  {}", v.advisory_ids.join(", "));
-    }
-    for r in &v.reasons {
-        let _ = writeln!(o, "reason:      [{}] {}", r.kind.code(), r.message);
-    }
-    if let Some(claims) = &v.claims {
-        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(claims) {
-            let _ = writeln!(o, "claims:");
-            for (k, val) in map {
-                let s = match val {
-                    serde_json::Value::String(s) => s,
-                    other => other.to_string(),
-                };
-                let _ = writeln!(o, "  {k}: {s}");
-            }
-        }
-    }
-    o
 }

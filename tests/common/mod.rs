@@ -1,6 +1,6 @@
 //! Helpers shared by the end-to-end tests: where the shared vectors are,
 //! and running the `ciel` binary.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::process::Command;

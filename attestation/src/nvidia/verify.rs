@@ -206,16 +206,16 @@ fn check_signature(report: &NvidiaReport, leaf: &Cert) -> Result<(), CertError> 
 fn apply_policy(report: &NvidiaReport, policy: &Policy, v: &mut Verdict) {
     policy.check_platform(v);
     let p = &policy.nvidia;
-    if let Some(nonce) = &p.nonce {
-        if report.request_nonce.as_slice() != nonce.as_slice() {
-            v.reject(
-                ReasonKind::GpuNonceMismatch,
-                format!(
-                    "nonce {} is not the expected one",
-                    hex::encode(report.request_nonce)
-                ),
-            );
-        }
+    if let Some(nonce) = &p.nonce
+        && report.request_nonce.as_slice() != nonce.as_slice()
+    {
+        v.reject(
+            ReasonKind::GpuNonceMismatch,
+            format!(
+                "nonce {} is not the expected one",
+                hex::encode(report.request_nonce)
+            ),
+        );
     }
     let drv = report.opaque.driver_version.as_deref().unwrap_or("");
     if !p.driver_versions.is_empty() && !p.driver_versions.iter().any(|d| d == drv) {

@@ -76,14 +76,22 @@ pub(crate) fn der_ia5(s: &str) -> Vec<u8> {
     out
 }
 
+/// A certificate time for `t`.
+pub(crate) fn x509_time(t: UnixTime) -> Result<Time, SimError> {
+    let at = std::time::UNIX_EPOCH
+        .checked_add(Duration::from_secs(t.secs()))
+        .ok_or_else(|| crypto("time overflow"))?;
+    Time::try_from(at).map_err(crypto)
+}
+
 /// Validity from a day before `now` for `years`.
 pub(crate) fn validity(now: UnixTime, years: u64) -> Result<Validity, SimError> {
-    let start = now.secs().saturating_sub(86_400);
-    let end = now
-        .secs()
-        .saturating_add(years.saturating_mul(365 * 86_400));
-    let t = |s: u64| Time::try_from(std::time::UNIX_EPOCH + Duration::from_secs(s)).map_err(crypto);
-    Ok(Validity::new(t(start)?, t(end)?))
+    let start = UnixTime(now.secs().saturating_sub(86_400));
+    let end = UnixTime(
+        now.secs()
+            .saturating_add(years.saturating_mul(365 * 86_400)),
+    );
+    Ok(Validity::new(x509_time(start)?, x509_time(end)?))
 }
 
 pub(crate) fn serial(n: u32) -> SerialNumber {

@@ -5,7 +5,7 @@
 //! signed the way Intel's PCS signs it. The same `dcap-qvl` code that checks
 //! real quotes checks these; only the root differs.
 
-use super::certs::{Profile, der_uint, ext, ext_critical, name, serial, validity};
+use super::certs::{Profile, der_uint, ext, ext_critical, name, serial, validity, x509_time};
 use super::{SimError, crypto, os_rng};
 use crate::collateral::DcapCollateral;
 use crate::time::UnixTime;
@@ -19,7 +19,6 @@ use x509_cert::certificate::Certificate;
 use x509_cert::der::{Decode, Encode, asn1::Uint, oid::ObjectIdentifier};
 use x509_cert::ext::pkix::CrlNumber;
 use x509_cert::spki::SubjectPublicKeyInfo;
-use x509_cert::time::Time;
 
 const ROOT_DN: &str = "CN=ciel Sim SGX Root CA,O=ciel simulated platform (NOT A TEE)";
 const PCK_CA_DN: &str = "CN=ciel Sim SGX PCK Processor CA,O=ciel simulated platform (NOT A TEE)";
@@ -401,10 +400,6 @@ fn pem_chain(ders: &[&Vec<u8>]) -> String {
     pem::encode_many(&blocks)
 }
 
-fn x509_time(t: UnixTime) -> Result<Time, SimError> {
-    Time::try_from(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.secs())).map_err(crypto)
-}
-
 /// An empty CRL (v2, with CRL number and AKI) issued by `issuer`.
 fn crl(
     issuer_der: &[u8],
@@ -453,14 +448,17 @@ fn issue(
 // --- the Intel SGX extension of PCK certificates (1.2.840.113741.1.13.1) ---
 
 fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    // Short form below 128 bytes, else the two-byte long form; the
+    // extension is far below 64 KiB.
     let mut out = vec![tag];
-    let n = content.len();
-    if n < 0x80 {
-        out.push(n as u8);
-    } else if n < 0x100 {
-        out.extend_from_slice(&[0x81, n as u8]);
-    } else {
-        out.extend_from_slice(&[0x82, (n >> 8) as u8, n as u8]);
+    match u8::try_from(content.len()) {
+        Ok(n) if n < 0x80 => out.push(n),
+        _ => {
+            let n = u16::try_from(content.len())
+                .unwrap_or(u16::MAX)
+                .to_be_bytes();
+            out.extend_from_slice(&[0x82, n[0], n[1]]);
+        }
     }
     out.extend_from_slice(content);
     out

@@ -95,17 +95,17 @@ pub fn verify_snp(
     if let Err(e) = check_key_kind(report, &chain) {
         v.reject(e.kind, e.message);
     }
-    if let (Some(chain_product), Some(report_product)) = (chain.product, report.product()) {
-        if chain_product != report_product {
-            v.reject(
-                ReasonKind::ProductMismatch,
-                format!(
-                    "report is from a {} CPU but the chain is {}'s",
-                    report_product.name(),
-                    chain_product.name()
-                ),
-            );
-        }
+    if let (Some(chain_product), Some(report_product)) = (chain.product, report.product())
+        && chain_product != report_product
+    {
+        v.reject(
+            ReasonKind::ProductMismatch,
+            format!(
+                "report is from a {} CPU but the chain is {}'s",
+                report_product.name(),
+                chain_product.name()
+            ),
+        );
     }
     if let Err(e) = check_report_signature(report, &chain.leaf) {
         v.reject(e.kind, e.message);
@@ -301,13 +301,13 @@ fn check_extensions(report: &SnpReport, leaf: &Cert, turin: bool) -> Vec<CertErr
             )),
         }
     }
-    if let Some(name) = leaf.extension(&OID_PRODUCT_NAME).and_then(der_string) {
-        if name.is_empty() {
-            errors.push(CertError::new(
-                ReasonKind::CertificateMalformed,
-                "empty productName extension",
-            ));
-        }
+    if let Some(name) = leaf.extension(&OID_PRODUCT_NAME).and_then(der_string)
+        && name.is_empty()
+    {
+        errors.push(CertError::new(
+            ReasonKind::CertificateMalformed,
+            "empty productName extension",
+        ));
     }
     // hwID is present in VCEKs only; a VLEK is not tied to one chip.
     if report.signing_key() == SigningKey::Vcek && !report.chip_id_masked() {

@@ -1,0 +1,79 @@
+//! A verification report for people: the verdict, why, and what the
+//! evidence claims, one line each.
+
+use ciel_attestation::{UnixTime, Verdict};
+use std::fmt::Write;
+
+/// Renders `verdict` (verified at `now`) as aligned text lines.
+pub fn render(v: &Verdict, now: UnixTime) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "verdict:     {}",
+        if v.accepted { "ACCEPT" } else { "REJECT" }
+    );
+    let _ = writeln!(o, "platform:    {}", v.platform);
+    let _ = writeln!(o, "verified at: {now}");
+    let _ = writeln!(o, "tcb status:  {}", v.tcb_status);
+    if v.simulated {
+        let _ = writeln!(
+            o,
+            "trust root:  SIMULATED (no hardware, no confidentiality)"
+        );
+    }
+    if !v.advisory_ids.is_empty() {
+        let _ = writeln!(o, "advisories:  {}", v.advisory_ids.join(", "));
+    }
+    for r in &v.reasons {
+        let _ = writeln!(o, "reason:      [{}] {}", r.kind.code(), r.message);
+    }
+    if let Some(claims) = &v.claims
+        && let Ok(serde_json::Value::Object(map)) = serde_json::to_value(claims)
+    {
+        let _ = writeln!(o, "claims:");
+        for (k, val) in map {
+            let s = match val {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            let _ = writeln!(o, "  {k}: {s}");
+        }
+    }
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ciel_attestation::{Collateral, Evidence, Policy, verify};
+
+    #[test]
+    fn report_names_verdict_reasons_and_claims() {
+        let bytes = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../attestation/testdata/snp/genoa_oc.report.bin"
+        ))
+        .unwrap_or_default();
+        let Ok(e) = Evidence::parse(&bytes) else {
+            panic!("testdata report")
+        };
+        let v = verify(
+            &e,
+            &Collateral::default(),
+            &Policy::authenticity_only(),
+            UnixTime(0),
+        );
+        let text = render(&v, UnixTime(0));
+        assert!(
+            text.starts_with(
+                "verdict:     REJECT\nplatform:    snp\nverified at: 1970-01-01T00:00:00Z\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("reason:      [certificate_missing]"),
+            "{text}"
+        );
+        assert!(text.contains("  measurement: c57729018b0a6fb9"), "{text}");
+    }
+}

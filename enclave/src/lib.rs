@@ -1,0 +1,12 @@
+//! # ciel-enclave
+//!
+//! The guest runtime that runs inside the confidential VM (as PID 1): it
+//! gets evidence from the platform, proves itself to the key broker,
+//! decrypts the sealed model in memory and serves inference.
+//!
+//! This crate starts with obtaining evidence through configfs-tsm, the
+//! Linux interface common to SEV-SNP and TDX guests.
+
+#![forbid(unsafe_code)]
+
+pub mod tsm;
