@@ -289,3 +289,136 @@ fn documented_example_policy_parses() {
         vec![TcbStatus::UpToDate, TcbStatus::SWHardeningNeeded]
     );
 }
+
+fn fresh_key() -> p384::ecdsa::SigningKey {
+    use p384::elliptic_curve::Generate;
+    p384::ecdsa::SigningKey::generate_from_rng(&mut rand_core::UnwrapErr(getrandom::SysRng))
+}
+
+fn leaf_report(spec: &ciel_attestation::sim::LeafSpec, req: &SimSnpReport) -> (Vec<u8>, Vec<u8>) {
+    let key = fresh_key();
+    let leaf = sim().issue_leaf(&key, spec, SNP_AT).unwrap();
+    let report = sim().report_signed_by(req, &key, spec.tcb).unwrap();
+    (report, leaf)
+}
+
+#[test]
+fn turin_layout_and_vlek_chains_verify() {
+    use ciel_attestation::sim::LeafSpec;
+    let tcb = 0x4800_0000_1703_0109u64; // Turin: fmc 9, bl 1, tee 3, snp 0x17, ucode 0x48
+    let chip = sim().chip_id();
+    for (turin, vlek) in [(true, false), (false, true), (true, true)] {
+        let spec = LeafSpec {
+            tcb,
+            chip_id: chip,
+            turin,
+            vlek,
+        };
+        let (report, leaf) = leaf_report(
+            &spec,
+            &SimSnpReport {
+                turin,
+                vlek,
+                ..Default::default()
+            },
+        );
+        let v = verify(
+            &Evidence::parse(&report).unwrap(),
+            &sim_collateral(&leaf),
+            &trusting_policy(""),
+            SNP_AT,
+        );
+        assert!(v.accepted, "turin={turin} vlek={vlek}: {:?}", v.reasons);
+        let claims = serde_json::to_value(v.claims.unwrap()).unwrap();
+        assert_eq!(claims["signing_key"], if vlek { "vlek" } else { "vcek" });
+        if turin {
+            assert_eq!(claims["reported_tcb"]["fmc"], 9);
+            assert_eq!(claims["reported_tcb"]["snp"], 0x17);
+            assert_eq!(claims["reported_tcb"]["ucode"], 0x48);
+            // Turin's minimum FMC is enforced.
+            let v = verify(
+                &Evidence::parse(&report).unwrap(),
+                &sim_collateral(&leaf),
+                &trusting_policy("[snp]\nmin_tcb = { fmc = 10 }"),
+                SNP_AT,
+            );
+            assert!(v.has(ReasonKind::TcbBelowMinimum), "{:?}", v.reasons);
+        }
+    }
+}
+
+#[test]
+fn a_report_naming_the_other_key_kind_is_rejected() {
+    use ciel_attestation::sim::LeafSpec;
+    let tcb = 0x5419_0000_0000_000a;
+    let chip = sim().chip_id();
+    // Report says VLEK, certificate is a VCEK.
+    let spec = LeafSpec {
+        tcb,
+        chip_id: chip,
+        turin: false,
+        vlek: false,
+    };
+    let (report, leaf) = leaf_report(
+        &spec,
+        &SimSnpReport {
+            vlek: true,
+            ..Default::default()
+        },
+    );
+    let v = verify(
+        &Evidence::parse(&report).unwrap(),
+        &sim_collateral(&leaf),
+        &trusting_policy(""),
+        SNP_AT,
+    );
+    assert_eq!(
+        v.reasons.iter().map(|r| r.kind).collect::<Vec<_>>(),
+        vec![ReasonKind::SigningKeyMismatch],
+        "{:?}",
+        v.reasons
+    );
+    // A Turin report checked against a VCEK carrying Milan-layout SPLs.
+    let spec = LeafSpec {
+        tcb,
+        chip_id: chip,
+        turin: false,
+        vlek: false,
+    };
+    let (report, leaf) = leaf_report(
+        &spec,
+        &SimSnpReport {
+            turin: true,
+            ..Default::default()
+        },
+    );
+    let v = verify(
+        &Evidence::parse(&report).unwrap(),
+        &sim_collateral(&leaf),
+        &trusting_policy(""),
+        SNP_AT,
+    );
+    assert!(v.has(ReasonKind::VcekTcbMismatch), "{:?}", v.reasons);
+}
+
+#[test]
+fn real_turin_vcek_chains_to_the_pinned_turin_root() {
+    use ciel_attestation::roots::AmdProduct;
+    use ciel_attestation::x509::Cert;
+    let dir = std::env::var_os("CIEL_VECTORS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors")
+        });
+    let vcek =
+        Cert::from_der(&std::fs::read(dir.join("snp/virtee-sev/vcek_turin.der")).unwrap()).unwrap();
+    let ask = Cert::from_der(AmdProduct::Turin.ask_der()).unwrap();
+    assert!(vcek.issued_by(&ask));
+    vcek.verify_signed_by(&ask, "VCEK").unwrap();
+    // Turin VCEKs carry the FMC SPL and an 8-byte hwID.
+    let fmc = x509_cert::der::oid::ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.3.9");
+    assert!(vcek.extension(&fmc).is_some());
+    let hwid = x509_cert::der::oid::ObjectIdentifier::new_unwrap("1.3.6.1.4.1.3704.1.4");
+    let v = vcek.extension(&hwid).unwrap();
+    assert!(v.len() == 8 || v.len() == 10, "hwID of {} bytes", v.len());
+}

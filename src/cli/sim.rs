@@ -68,8 +68,12 @@ impl Stored for TdxSim {
 fn load_or_create<T: Stored>() -> Result<(T, PathBuf)> {
     let dir = data_dir()?.join("sim").join(T::DIR);
     let load = |dir: &Path| {
-        T::from_files(|f| std::fs::read(dir.join(f)).ok())
-            .with_context(|| format!("simulated hierarchy in {}", dir.display()))
+        T::from_files(|f| std::fs::read(dir.join(f)).ok()).with_context(|| {
+            format!(
+                "simulated hierarchy in {} (delete that directory to generate a new one)",
+                dir.display()
+            )
+        })
     };
     if dir.is_dir() {
         return Ok((load(&dir)?, dir));

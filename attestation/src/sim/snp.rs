@@ -20,8 +20,12 @@ const RSA_BITS: usize = 4096;
 const ARK_DN: &str = "CN=ARK-Sim,O=ciel simulated platform (NOT A TEE)";
 const ASK_DN: &str = "CN=SEV-Sim,O=ciel simulated platform (NOT A TEE)";
 const VCEK_DN: &str = "CN=SEV-VCEK,O=ciel simulated platform (NOT A TEE)";
-/// The simulated CPU: family 19h model 11h (a Genoa part).
+const ASVK_DN: &str = "CN=SEV-VLEK-Sim,O=ciel simulated platform (NOT A TEE)";
+const VLEK_DN: &str = "CN=SEV-VLEK,O=ciel simulated platform (NOT A TEE)";
+/// The simulated CPU: family 19h model 11h (a Genoa part), or with
+/// [`SimSnpReport::turin`] family 1Ah (Turin, whose TCB layout differs).
 const SIM_CPUID: (u8, u8, u8) = (0x19, 0x11, 0x01);
+const SIM_CPUID_TURIN: (u8, u8, u8) = (0x1a, 0x02, 0x01);
 
 /// The simulated hierarchy and the chip it belongs to.
 pub struct SnpSim {
@@ -29,6 +33,8 @@ pub struct SnpSim {
     ark: Vec<u8>,
     ask_key: rsa::PrivateKey,
     ask: Vec<u8>,
+    asvk_key: rsa::PrivateKey,
+    asvk: Vec<u8>,
     vcek_key: p384::ecdsa::SigningKey,
     vcek: Vec<u8>,
     chip_id: [u8; 64],
@@ -53,6 +59,10 @@ pub struct SimSnpReport {
     pub host_data: [u8; 32],
     pub policy: u64,
     pub vmpl: u32,
+    /// Claim a Turin CPU (family 1Ah): Turin TCB layout and 8-byte chip ID.
+    pub turin: bool,
+    /// Signed by a VLEK (SIGNING_KEY = 1) rather than a VCEK.
+    pub vlek: bool,
 }
 
 impl Default for SimSnpReport {
@@ -65,6 +75,8 @@ impl Default for SimSnpReport {
             // SMT allowed, reserved bit 17 set (required), no debug, no migration agent.
             policy: 0x3_0000,
             vmpl: 0,
+            turin: false,
+            vlek: false,
         }
     }
 }
@@ -81,6 +93,8 @@ impl SnpSim {
         let ask_key = rsa::PrivateKey::new(&mut rng, RSA_BITS).map_err(crypto)?;
         let ark = issue_rsa(&ark_key, &ark_key, ARK_DN, ARK_DN, 1, now, 25)?;
         let ask = issue_rsa(&ask_key, &ark_key, ASK_DN, ARK_DN, 2, now, 25)?;
+        let asvk_key = rsa::PrivateKey::new(&mut rng, RSA_BITS).map_err(crypto)?;
+        let asvk = issue_rsa(&asvk_key, &ark_key, ASVK_DN, ARK_DN, 4, now, 25)?;
         let mut chip_id = [0u8; 64];
         getrandom::fill(&mut chip_id).map_err(crypto)?;
         let vcek_key = p384::ecdsa::SigningKey::generate_from_rng(&mut rng);
@@ -89,6 +103,8 @@ impl SnpSim {
             ark,
             ask_key,
             ask,
+            asvk_key,
+            asvk,
             vcek_key,
             vcek: Vec::new(),
             chip_id,
@@ -98,8 +114,9 @@ impl SnpSim {
         Ok(sim)
     }
 
-    /// Issues a VCEK for `tcb` and `chip_id`, signed by the simulated ASK.
-    /// Tests use it to make a VCEK that disagrees with a report.
+    /// Issues a VCEK for `tcb` and `chip_id` (Milan/Genoa layout), signed
+    /// by the simulated ASK. Tests use it to make a VCEK that disagrees
+    /// with a report.
     pub fn issue_vcek(
         &self,
         key: &p384::ecdsa::SigningKey,
@@ -107,28 +124,70 @@ impl SnpSim {
         chip_id: &[u8; 64],
         now: UnixTime,
     ) -> Result<Vec<u8>, SimError> {
-        let t = tcb.to_le_bytes();
-        let extensions = vec![
+        self.issue_leaf(
+            key,
+            &LeafSpec {
+                tcb,
+                chip_id: *chip_id,
+                turin: false,
+                vlek: false,
+            },
+            now,
+        )
+    }
+
+    /// Issues a VCEK (signed by the ASK) or a VLEK (signed by the ASVK,
+    /// with a CSP ID and no hwID), with the SPL extensions of the
+    /// product's TCB layout.
+    pub fn issue_leaf(
+        &self,
+        key: &p384::ecdsa::SigningKey,
+        spec: &LeafSpec,
+        now: UnixTime,
+    ) -> Result<Vec<u8>, SimError> {
+        let t = crate::snp::TcbVersion::decode(spec.tcb, spec.turin);
+        let mut extensions = vec![
             ext("1.3.6.1.4.1.3704.1.1", der_uint(1))?,
-            ext("1.3.6.1.4.1.3704.1.2", der_ia5("Sim-B0"))?,
-            ext("1.3.6.1.4.1.3704.1.3.1", der_uint(t[0]))?,
-            ext("1.3.6.1.4.1.3704.1.3.2", der_uint(t[1]))?,
-            ext("1.3.6.1.4.1.3704.1.3.3", der_uint(t[6]))?,
-            ext("1.3.6.1.4.1.3704.1.3.8", der_uint(t[7]))?,
-            ext("1.3.6.1.4.1.3704.1.4", chip_id.to_vec())?,
+            ext(
+                "1.3.6.1.4.1.3704.1.2",
+                der_ia5(if spec.turin { "Turin-B0" } else { "Sim-B0" }),
+            )?,
+            ext("1.3.6.1.4.1.3704.1.3.1", der_uint(t.bl))?,
+            ext("1.3.6.1.4.1.3704.1.3.2", der_uint(t.tee))?,
+            ext("1.3.6.1.4.1.3704.1.3.3", der_uint(t.snp))?,
+            ext("1.3.6.1.4.1.3704.1.3.8", der_uint(t.ucode))?,
         ];
+        if let Some(fmc) = t.fmc {
+            extensions.push(ext("1.3.6.1.4.1.3704.1.3.9", der_uint(fmc))?);
+        }
+        let (subject, issuer, issuer_key) = if spec.vlek {
+            extensions.push(ext("1.3.6.1.4.1.3704.1.5", der_ia5("ciel-sim-csp"))?);
+            (VLEK_DN, ASVK_DN, &self.asvk_key)
+        } else {
+            let n = if spec.turin { 8 } else { 64 };
+            extensions.push(ext(
+                "1.3.6.1.4.1.3704.1.4",
+                spec.chip_id.get(..n).unwrap_or_default().to_vec(),
+            )?);
+            (VCEK_DN, ASK_DN, &self.ask_key)
+        };
         let spki = SubjectPublicKeyInfo::from_key(key.verifying_key()).map_err(crypto)?;
         let profile = Profile {
-            subject: name(VCEK_DN)?,
-            issuer: name(ASK_DN)?,
+            subject: name(subject)?,
+            issuer: name(issuer)?,
             extensions,
         };
         let builder =
             CertificateBuilder::new(profile, serial(3), validity(now, 7)?, spki).map_err(crypto)?;
         build_pss(
             builder,
-            &rsa::pss::SigningKey::<Sha384>::new(self.ask_key.clone()),
+            &rsa::pss::SigningKey::<Sha384>::new(issuer_key.clone()),
         )
+    }
+
+    /// The chip ID this simulated platform reports.
+    pub fn chip_id(&self) -> [u8; 64] {
+        self.chip_id
     }
 
     /// SHA-256 of the simulated ARK: what a policy names to trust it.
@@ -144,10 +203,11 @@ impl SnpSim {
         &self.vcek
     }
 
-    /// PEM bundle of the ASK and ARK, the `--cert-chain` for sim reports.
+    /// PEM bundle of the ASK, ASVK and ARK, the `--cert-chain` for sim reports.
     pub fn chain_pem(&self) -> Vec<u8> {
         let blocks = [
             pem::Pem::new("CERTIFICATE", self.ask.clone()),
+            pem::Pem::new("CERTIFICATE", self.asvk.clone()),
             pem::Pem::new("CERTIFICATE", self.ark.clone()),
         ];
         pem::encode_many(&blocks).into_bytes()
@@ -186,8 +246,19 @@ impl SnpSim {
         r.measurement = req.measurement;
         r.host_data = req.host_data;
         getrandom::fill(&mut r.report_id).map_err(crypto)?;
-        (r.cpuid_fam_id, r.cpuid_mod_id, r.cpuid_step) = SIM_CPUID;
+        (r.cpuid_fam_id, r.cpuid_mod_id, r.cpuid_step) = if req.turin {
+            SIM_CPUID_TURIN
+        } else {
+            SIM_CPUID
+        };
         r.chip_id = self.chip_id;
+        if req.turin {
+            // Turin chip IDs are 8 bytes; the rest of the field is zero.
+            r.chip_id.iter_mut().skip(8).for_each(|b| *b = 0);
+        }
+        if req.vlek {
+            r.key_info = U32::new(1 << 2);
+        }
         (r.current_major, r.current_minor, r.current_build) = (1, 55, 43);
         (r.committed_major, r.committed_minor, r.committed_build) = (1, 55, 43);
         if req.version >= 5 {
@@ -224,6 +295,8 @@ impl SnpSim {
             ("ark.key.der", key(&self.ark_key)?),
             ("ask.der", self.ask.clone()),
             ("ask.key.der", key(&self.ask_key)?),
+            ("asvk.der", self.asvk.clone()),
+            ("asvk.key.der", key(&self.asvk_key)?),
             ("vcek.der", self.vcek.clone()),
             ("vcek.key.der", vcek_key.as_bytes().to_vec()),
             ("chip_id", self.chip_id.to_vec()),
@@ -259,6 +332,8 @@ impl SnpSim {
             ark_key: rsa_key("ark.key.der")?,
             ark: cert("ark.der")?,
             ask_key: rsa_key("ask.key.der")?,
+            asvk: cert("asvk.der")?,
+            asvk_key: rsa_key("asvk.key.der")?,
             ask: cert("ask.der")?,
             vcek_key,
             vcek: cert("vcek.der")?,
@@ -266,6 +341,15 @@ impl SnpSim {
             tcb: SIM_TCB,
         })
     }
+}
+
+/// What leaf certificate to issue.
+#[derive(Debug, Clone)]
+pub struct LeafSpec {
+    pub tcb: u64,
+    pub chip_id: [u8; 64],
+    pub turin: bool,
+    pub vlek: bool,
 }
 
 fn issue_rsa(
