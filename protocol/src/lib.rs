@@ -16,3 +16,4 @@ pub mod binding;
 pub mod frame;
 pub mod jcs;
 pub mod kbs;
+pub mod sealed;
