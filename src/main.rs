@@ -23,12 +23,21 @@ enum Command {
     /// Verify or produce attestation evidence.
     #[command(subcommand)]
     Attest(cli::attest::AttestCommand),
+    /// Encrypt a model into the sealed format under a fresh data key.
+    Seal(cli::seal::SealArgs),
+    /// Decrypt a sealed model with its key file (for debugging).
+    Unseal(cli::seal::UnsealArgs),
+    /// Print a sealed model's header.
+    Inspect(cli::seal::InspectArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attest(cmd) => cli::attest::run(cmd),
+        Command::Seal(a) => cli::seal::run_seal(a),
+        Command::Unseal(a) => cli::seal::run_unseal(a),
+        Command::Inspect(a) => cli::seal::run_inspect(a),
     };
     match result {
         Ok(code) => code,

@@ -3,4 +3,5 @@
 
 pub mod attest;
 mod files;
+pub mod seal;
 mod sim;
