@@ -268,7 +268,7 @@ fn sha256(b: &[u8]) -> [u8; 32] {
 
 /// Reads until `buf` is full or EOF; returns the bytes read.
 fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
+    let mut n = 0usize;
     while n < buf.len() {
         match r.read(buf.get_mut(n..).unwrap_or_default()) {
             Ok(0) => break,
@@ -357,15 +357,177 @@ pub fn seal(
     Ok(sealed)
 }
 
-/// Unseals from `input` (positioned at the start of the file) with
-/// `threads` threads; `sink` receives authenticated plaintext in order.
-/// Returns the header. The plaintext digest is checked at the end.
+/// How to unseal.
+#[derive(Debug, Clone, Copy)]
+pub struct UnsealOptions {
+    /// Threads that authenticate and decrypt chunks.
+    pub threads: usize,
+    /// Re-hash the plaintext and compare with the header's
+    /// `plaintext_sha256`. Not needed for integrity (every chunk, its
+    /// position and the end are authenticated); it re-checks the sealer's
+    /// claim and costs a serial SHA-256 pass.
+    pub verify_plaintext_digest: bool,
+}
+
+impl Default for UnsealOptions {
+    fn default() -> Self {
+        UnsealOptions {
+            threads: cores(),
+            verify_plaintext_digest: true,
+        }
+    }
+}
+
+/// Unseals from `input` (positioned at the start of the file); `sink`
+/// receives authenticated plaintext in order, a batch at a time and only
+/// once every chunk of the batch verified. Returns the header.
 pub fn unseal(
     input: &mut impl Read,
     key: &DataKey,
-    threads: usize,
+    options: UnsealOptions,
     mut sink: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> Result<SealedHeader, SealError> {
+    let h = read_header(input)?;
+    let aead = key.aead()?;
+    let threads = options.threads.max(1);
+    let total = h.chunks();
+    let batch_len = threads
+        .saturating_mul(4)
+        .min(usize::try_from(total).unwrap_or(usize::MAX))
+        .max(1);
+    let chunk_cap = (h.header.chunk_size as usize).saturating_add(TAG_LEN);
+    // Two sets of buffers: while the workers authenticate one batch, this
+    // thread reads the next into the other. Buffers are reused and
+    // zeroized once, when dropped.
+    let new_set = || -> Batch {
+        (0..batch_len)
+            .map(|_| (0, Zeroizing::new(vec![0u8; chunk_cap]), 0))
+            .collect()
+    };
+    let (mut current, mut next) = (new_set(), new_set());
+    let mut digest = options
+        .verify_plaintext_digest
+        .then(|| ring::digest::Context::new(&ring::digest::SHA256));
+    let mut filled = read_batch(input, &h, 0, &mut current)?;
+    let mut first = 0u64;
+    while filled > 0 {
+        let following = first.saturating_add(filled as u64);
+        let (results, next_filled) = std::thread::scope(|s| {
+            let per_thread = filled.div_ceil(threads).max(1);
+            let handles: Vec<_> = current
+                .get_mut(..filled)
+                .unwrap_or_default()
+                .chunks_mut(per_thread)
+                .map(|group| {
+                    let (aead, h) = (&aead, &h);
+                    s.spawn(move || open_group(aead, h, group))
+                })
+                .collect();
+            // Overlap reading the next batch with decryption only when a
+            // core is left for it; otherwise the reader just steals time.
+            let overlap = cores() > threads;
+            let mut next_filled = overlap.then(|| read_batch(input, &h, following, &mut next));
+            let results: Vec<Result<(), SealError>> = handles
+                .into_iter()
+                .map(|j| {
+                    j.join().unwrap_or_else(|_| {
+                        Err(io::Error::other("decryption thread panicked").into())
+                    })
+                })
+                .collect();
+            if next_filled.is_none() {
+                next_filled = Some(read_batch(input, &h, following, &mut next));
+            }
+            (results, next_filled.unwrap_or(Ok(0)))
+        });
+        // Release nothing of a batch until every chunk in it verified.
+        for r in results {
+            r?;
+        }
+        for (_, b, len) in current.get(..filled).unwrap_or_default() {
+            let plain = b.get(..*len).unwrap_or_default();
+            if let Some(d) = digest.as_mut() {
+                d.update(plain);
+            }
+            sink(plain)?;
+        }
+        filled = next_filled?;
+        first = following;
+        std::mem::swap(&mut current, &mut next);
+    }
+    let mut probe = [0u8; 1];
+    if read_full(input, &mut probe)? != 0 {
+        return Err(SealError::TrailingData {
+            offset: h.file_len(),
+        });
+    }
+    if let Some(d) = digest
+        && hex::encode(d.finish()) != h.header.plaintext_sha256
+    {
+        return Err(SealError::PlaintextDigest);
+    }
+    Ok(h)
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// A batch of (chunk index, buffer, used length) slots.
+type Batch = Vec<(u64, Zeroizing<Vec<u8>>, usize)>;
+
+/// Reads chunks `first..` into `slots` (as many as fit and exist);
+/// returns how many were read.
+fn read_batch(
+    input: &mut impl Read,
+    h: &SealedHeader,
+    first: u64,
+    slots: &mut Batch,
+) -> Result<usize, SealError> {
+    let total = h.chunks();
+    let mut n = 0usize;
+    for (i, slot) in (first..total).zip(slots.iter_mut()) {
+        let want = h.chunk_plain_len(i).saturating_add(TAG_LEN);
+        let got = read_full(input, slot.1.get_mut(..want).unwrap_or_default())?;
+        if got != want {
+            return Err(SealError::Truncated {
+                chunk: i,
+                offset: h.chunk_offset(i),
+                needed: want,
+                available: got,
+            });
+        }
+        slot.0 = i;
+        slot.2 = want;
+        n = n.saturating_add(1);
+    }
+    Ok(n)
+}
+
+/// Authenticates and decrypts a group of chunks in place; each slot's
+/// length becomes its plaintext length.
+fn open_group(
+    aead: &LessSafeKey,
+    h: &SealedHeader,
+    group: &mut [(u64, Zeroizing<Vec<u8>>, usize)],
+) -> Result<(), SealError> {
+    for (i, b, len) in group.iter_mut() {
+        let sealed_part = b.get_mut(..*len).unwrap_or_default();
+        *len = aead
+            .open_in_place(h.nonce(*i)?, Aad::from(h.aad), sealed_part)
+            .map_err(|_| SealError::ChunkAuthentication {
+                chunk: *i,
+                offset: h.chunk_offset(*i),
+            })?
+            .len();
+    }
+    Ok(())
+}
+
+/// Reads and parses the header region from the start of a stream.
+fn read_header(input: &mut impl Read) -> Result<SealedHeader, SealError> {
     let mut fixed = [0u8; FIXED];
     let n = read_full(input, &mut fixed)?;
     if n < 8 || fixed[..8] != MAGIC {
@@ -394,81 +556,190 @@ pub fn unseal(
             available: got,
         });
     }
-    let h = SealedHeader::parse(&region)?;
-    let aead = key.aead()?;
-    let threads = threads.max(1);
-    let batch = threads.saturating_mul(4) as u64;
-    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-    let total = h.chunks();
-    let mut first = 0u64;
-    while first < total {
-        let last = first.saturating_add(batch).min(total);
-        // Read a batch of chunks.
-        let mut bufs: Vec<(u64, Zeroizing<Vec<u8>>)> = Vec::new();
-        for i in first..last {
-            let want = h.chunk_plain_len(i).saturating_add(TAG_LEN);
-            let mut b = Zeroizing::new(vec![0u8; want]);
-            let got = read_full(input, &mut b)?;
-            if got != want {
-                return Err(SealError::Truncated {
-                    chunk: i,
-                    offset: h.chunk_offset(i),
-                    needed: want,
-                    available: got,
-                });
+    SealedHeader::parse(&region)
+}
+
+/// A model unsealed in memory: the decrypted chunks stay where they were
+/// decrypted (no copy), and [`Plaintext::reader`] reads them as one
+/// contiguous stream. Zeroized when dropped.
+pub struct Plaintext {
+    buf: Zeroizing<Vec<u8>>,
+    header: SealedHeader,
+}
+
+impl std::fmt::Debug for Plaintext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plaintext")
+            .field("len", &self.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plaintext {
+    pub fn header(&self) -> &SealedHeader {
+        &self.header
+    }
+
+    /// Plaintext length.
+    pub fn len(&self) -> u64 {
+        self.header.header.plaintext_len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The plaintext chunks, in order.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.header.chunks()).map(|i| {
+            let start = usize::try_from(self.header.chunk_offset(i)).unwrap_or(usize::MAX);
+            self.buf
+                .get(start..start.saturating_add(self.header.chunk_plain_len(i)))
+                .unwrap_or_default()
+        })
+    }
+
+    /// A `Read + Seek` view of the plaintext.
+    pub fn reader(&self) -> PlaintextReader<'_> {
+        PlaintextReader {
+            plain: self,
+            pos: 0,
+        }
+    }
+}
+
+/// Reads a [`Plaintext`] as one stream.
+#[derive(Debug)]
+pub struct PlaintextReader<'a> {
+    plain: &'a Plaintext,
+    pos: u64,
+}
+
+impl Read for PlaintextReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let h = &self.plain.header;
+        if self.pos >= self.plain.len() || out.is_empty() {
+            return Ok(0);
+        }
+        let cs = u64::from(h.header.chunk_size);
+        // chunk_size is validated non-zero when the header is parsed.
+        let (i, within) = (
+            self.pos.checked_div(cs).unwrap_or(0),
+            self.pos.checked_rem(cs).unwrap_or(0),
+        );
+        let start = h.chunk_offset(i).saturating_add(within);
+        let avail = (h.chunk_plain_len(i) as u64).saturating_sub(within);
+        let n = avail.min(out.len() as u64) as usize;
+        let start = usize::try_from(start).unwrap_or(usize::MAX);
+        let src = self
+            .plain
+            .buf
+            .get(start..start.saturating_add(n))
+            .ok_or_else(|| io::Error::other("plaintext layout"))?;
+        out.get_mut(..n).unwrap_or_default().copy_from_slice(src);
+        self.pos = self.pos.saturating_add(n as u64);
+        Ok(n)
+    }
+}
+
+impl io::Seek for PlaintextReader<'_> {
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let len = self.plain.len();
+        let target = match to {
+            io::SeekFrom::Start(p) => Some(p),
+            io::SeekFrom::End(d) => len.checked_add_signed(d),
+            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        match target {
+            Some(p) => {
+                self.pos = p;
+                Ok(p)
             }
-            bufs.push((i, b));
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the model",
+            )),
         }
-        // Authenticate and decrypt in parallel, each thread a slice of the batch.
-        let per_thread = bufs.len().div_ceil(threads).max(1);
-        let results: Vec<Result<(), SealError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = bufs
-                .chunks_mut(per_thread)
-                .map(|group| {
-                    let (aead, h) = (&aead, &h);
-                    s.spawn(move || -> Result<(), SealError> {
-                        for (i, b) in group.iter_mut() {
-                            let nonce = h.nonce(*i)?;
-                            let plain_len = aead
-                                .open_in_place(nonce, Aad::from(h.aad), b.as_mut_slice())
-                                .map_err(|_| SealError::ChunkAuthentication {
-                                    chunk: *i,
-                                    offset: h.chunk_offset(*i),
-                                })?
-                                .len();
-                            b.truncate(plain_len);
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|j| {
-                    j.join().unwrap_or_else(|_| {
-                        Err(io::Error::other("decryption thread panicked").into())
-                    })
-                })
-                .collect()
-        });
-        // Release nothing of a batch until every chunk in it verified.
-        for r in results {
-            r?;
-        }
-        for (_, b) in &bufs {
-            digest.update(b);
-            sink(b)?;
-        }
-        first = last;
     }
-    let mut probe = [0u8; 1];
-    if read_full(input, &mut probe)? != 0 {
-        return Err(SealError::TrailingData {
-            offset: h.file_len(),
+}
+
+/// Unseals a whole sealed file held in memory, decrypting in place on
+/// `options.threads` threads (no copy). The buffer is zeroized if
+/// anything fails.
+pub fn unseal_in_memory(
+    sealed: Vec<u8>,
+    key: &DataKey,
+    options: UnsealOptions,
+) -> Result<Plaintext, SealError> {
+    let mut buf = Zeroizing::new(sealed);
+    let h = SealedHeader::parse(&buf)?;
+    let expected = h.file_len();
+    if (buf.len() as u64) < expected {
+        let i = (buf.len() as u64)
+            .saturating_sub(h.len as u64)
+            .checked_div(u64::from(h.header.chunk_size).saturating_add(TAG_LEN as u64))
+            .unwrap_or(0);
+        return Err(SealError::Truncated {
+            chunk: i,
+            offset: h.chunk_offset(i),
+            needed: h.chunk_plain_len(i).saturating_add(TAG_LEN),
+            available: usize::try_from((buf.len() as u64).saturating_sub(h.chunk_offset(i)))
+                .unwrap_or(0),
         });
     }
-    if hex::encode(digest.finish()) != h.header.plaintext_sha256 {
-        return Err(SealError::PlaintextDigest);
+    if (buf.len() as u64) > expected {
+        return Err(SealError::TrailingData { offset: expected });
     }
-    Ok(h)
+    let aead = key.aead()?;
+    let threads = options.threads.max(1);
+    let body = buf.get_mut(h.len..).unwrap_or_default();
+    let stride = (h.header.chunk_size as usize).saturating_add(TAG_LEN);
+    let chunks: Vec<(u64, &mut [u8])> = (0u64..).zip(body.chunks_mut(stride)).collect();
+    let per_thread = chunks.len().div_ceil(threads).max(1);
+    let results: Vec<Result<(), SealError>> = std::thread::scope(|s| {
+        let mut rest = chunks;
+        let mut handles = Vec::new();
+        while !rest.is_empty() {
+            let tail = rest.split_off(per_thread.min(rest.len()));
+            let group = std::mem::replace(&mut rest, tail);
+            let (aead, h) = (&aead, &h);
+            handles.push(s.spawn(move || -> Result<(), SealError> {
+                for (i, chunk) in group {
+                    aead.open_in_place(h.nonce(i)?, Aad::from(h.aad), chunk)
+                        .map_err(|_| SealError::ChunkAuthentication {
+                            chunk: i,
+                            offset: h.chunk_offset(i),
+                        })?;
+                }
+                Ok(())
+            }));
+        }
+        handles
+            .into_iter()
+            .map(|j| {
+                j.join()
+                    .unwrap_or_else(|_| Err(io::Error::other("decryption thread panicked").into()))
+            })
+            .collect()
+    });
+    // Report the first failing chunk in file order.
+    if let Some(e) = results
+        .into_iter()
+        .filter_map(Result::err)
+        .min_by_key(|e| match e {
+            SealError::ChunkAuthentication { chunk, .. } => *chunk,
+            _ => 0,
+        })
+    {
+        return Err(e);
+    }
+    let plain = Plaintext { buf, header: h };
+    if options.verify_plaintext_digest {
+        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        plain.chunks().for_each(|c| d.update(c));
+        if hex::encode(d.finish()) != plain.header.header.plaintext_sha256 {
+            return Err(SealError::PlaintextDigest);
+        }
+    }
+    Ok(plain)
 }

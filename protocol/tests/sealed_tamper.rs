@@ -10,7 +10,7 @@
 )]
 
 use ciel_protocol::sealed::{
-    DataKey, ModelInfo, SealError, SealParams, SealedHeader, TAG_LEN, seal, unseal,
+    DataKey, ModelInfo, SealError, SealParams, SealedHeader, TAG_LEN, UnsealOptions, seal, unseal,
 };
 
 const CHUNK: u32 = 4096;
@@ -55,10 +55,18 @@ fn open(
     threads: usize,
 ) -> (Vec<u8>, Result<SealedHeader, SealError>) {
     let mut released = Vec::new();
-    let r = unseal(&mut &sealed[..], key, threads, |b| {
-        released.extend_from_slice(b);
-        Ok(())
-    });
+    let r = unseal(
+        &mut &sealed[..],
+        key,
+        UnsealOptions {
+            threads,
+            verify_plaintext_digest: true,
+        },
+        |b| {
+            released.extend_from_slice(b);
+            Ok(())
+        },
+    );
     (released, r)
 }
 
@@ -224,4 +232,66 @@ fn truncation_at_every_length_never_panics_or_succeeds() {
     for cut in 0..sealed.len() {
         assert!(open(&sealed[..cut], &key, 2).1.is_err(), "cut at {cut}");
     }
+}
+
+#[test]
+fn in_memory_unsealing_matches_streaming_and_detects_the_same_tampering() {
+    use ciel_protocol::sealed::unseal_in_memory;
+    use std::io::{Read, Seek, SeekFrom};
+    let key = DataKey::generate().unwrap();
+    for len in [0, 1, 4096, 4097, 5 * 4096 + 33] {
+        let plain = model(len);
+        let sealed = seal_bytes(&plain, &key);
+        for threads in [1, 2, 5] {
+            let p = unseal_in_memory(
+                sealed.clone(),
+                &key,
+                UnsealOptions {
+                    threads,
+                    verify_plaintext_digest: true,
+                },
+            )
+            .unwrap();
+            let mut got = Vec::new();
+            p.reader().read_to_end(&mut got).unwrap();
+            assert_eq!(got, plain, "len {len} threads {threads}");
+            if len > 5000 {
+                let mut r = p.reader();
+                r.seek(SeekFrom::Start(4090)).unwrap();
+                let mut b = [0u8; 20];
+                r.read_exact(&mut b).unwrap();
+                assert_eq!(&b[..], &plain[4090..4110], "read across a chunk boundary");
+                assert!(r.seek(SeekFrom::Current(-100_000)).is_err());
+            }
+        }
+    }
+    let plain = model(4 * 4096 + 100);
+    let sealed = seal_bytes(&plain, &key);
+    let h = SealedHeader::parse(&sealed).unwrap();
+    let opts = UnsealOptions {
+        threads: 3,
+        verify_plaintext_digest: false,
+    };
+    let mut t = sealed.clone();
+    t[h.chunk_offset(3) as usize + 9] ^= 1;
+    assert!(matches!(
+        unseal_in_memory(t, &key, opts),
+        Err(SealError::ChunkAuthentication { chunk: 3, .. })
+    ));
+    let cut = sealed[..h.chunk_offset(4) as usize].to_vec();
+    assert!(matches!(
+        unseal_in_memory(cut, &key, opts),
+        Err(SealError::Truncated { chunk: 4, .. })
+    ));
+    let mut long = sealed.clone();
+    long.push(1);
+    assert!(matches!(
+        unseal_in_memory(long, &key, opts),
+        Err(SealError::TrailingData { .. })
+    ));
+    let wrong = DataKey::generate().unwrap();
+    assert!(matches!(
+        unseal_in_memory(sealed, &wrong, opts),
+        Err(SealError::ChunkAuthentication { chunk: 0, .. })
+    ));
 }

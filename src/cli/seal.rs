@@ -249,7 +249,11 @@ pub fn run_unseal(a: UnsealArgs) -> Result<ExitCode> {
             File::create(&partial).with_context(|| format!("create {}", partial.display()))?,
         );
         let bar = progress(total, "unsealing");
-        let h = sealed::unseal(&mut input, &key, threads, |chunk| {
+        let opts = sealed::UnsealOptions {
+            threads,
+            verify_plaintext_digest: true,
+        };
+        let h = sealed::unseal(&mut input, &key, opts, |chunk| {
             bar.inc(chunk.len() as u64);
             out.write_all(chunk)
         })
