@@ -2,7 +2,11 @@
 //! bare `ring` AES-256-GCM over the same chunks on one thread and on all
 //! threads. Run: `cargo bench -p ciel-protocol --bench unseal`.
 //! Target (issue): unseal ≥ 0.9 × single-thread ring × threads.
-#![allow(clippy::arithmetic_side_effects, clippy::indexing_slicing, clippy::unwrap_used)]
+#![allow(
+    clippy::arithmetic_side_effects,
+    clippy::indexing_slicing,
+    clippy::unwrap_used
+)]
 
 use ciel_protocol::sealed::{
     DataKey, ModelInfo, SealParams, UnsealOptions, seal, unseal, unseal_in_memory,

@@ -15,5 +15,6 @@
 pub mod binding;
 pub mod frame;
 pub mod jcs;
+pub mod jwe;
 pub mod kbs;
 pub mod sealed;
