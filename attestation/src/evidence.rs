@@ -86,6 +86,42 @@ impl Evidence {
         }
     }
 
+    /// The 64 bytes the evidence binds (SNP/TDX `report_data`; for an
+    /// SGX quote its `report_data`; for a GPU report the 32-byte nonce,
+    /// zero-padded).
+    pub fn report_data(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        let src: &[u8] = match self {
+            Evidence::Snp(r) => &r.raw().report_data,
+            Evidence::Dcap(q) => match &q.quote().report {
+                dcap_qvl::quote::Report::SgxEnclave(r) => &r.report_data,
+                dcap_qvl::quote::Report::TD10(r) => &r.report_data,
+                dcap_qvl::quote::Report::TD15(r) => &r.base.report_data,
+                dcap_qvl::quote::Report::TD15Ex(r) => &r.base.base.report_data,
+            },
+            Evidence::Nvidia(r) => &r.request_nonce,
+        };
+        for (o, b) in out.iter_mut().zip(src) {
+            *o = *b;
+        }
+        out
+    }
+
+    /// The launch measurement, hex: SNP MEASUREMENT, TDX MRTD or SGX
+    /// MRENCLAVE (none for GPU reports). Read without verification.
+    pub fn measurement(&self) -> Option<String> {
+        match self {
+            Evidence::Snp(r) => Some(hex::encode(r.raw().measurement)),
+            Evidence::Dcap(q) => Some(hex::encode(match &q.quote().report {
+                dcap_qvl::quote::Report::SgxEnclave(r) => &r.mr_enclave[..],
+                dcap_qvl::quote::Report::TD10(r) => &r.mr_td[..],
+                dcap_qvl::quote::Report::TD15(r) => &r.base.mr_td[..],
+                dcap_qvl::quote::Report::TD15Ex(r) => &r.base.base.mr_td[..],
+            })),
+            Evidence::Nvidia(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> EvidenceKind {
         match self {
             Evidence::Snp(_) => EvidenceKind::Snp,

@@ -9,4 +9,5 @@
 
 #![forbid(unsafe_code)]
 
+pub mod kbs_client;
 pub mod tsm;

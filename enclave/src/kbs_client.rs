@@ -1,0 +1,312 @@
+//! The guest's key-release client (Trustee KBS protocol v0.4.0):
+//! ephemeral P-256 key → `/auth` (nonce) → evidence whose `report_data`
+//! binds `{nonce, tee-pubkey}` → `/attest` → `/resource` → JWE opened with
+//! the ephemeral key. Works against our broker and, by the same protocol,
+//! Trustee's. Transient failures are retried with capped exponential
+//! backoff; refusals (4xx problems) are final. Nothing secret is logged.
+
+use ciel_protocol::binding;
+use ciel_protocol::jwe::{Jwe, TeeKeyPair};
+use ciel_protocol::kbs::{
+    Attestation, AttestationToken, Challenge, PROTOCOL_VERSION, Problem, Request, RuntimeData,
+};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// Produces evidence for a `report_data`, in the broker's `tee-evidence` shape.
+pub trait EvidenceSource {
+    /// "snp" or "tdx".
+    fn tee(&self) -> &str;
+    fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String>;
+}
+
+/// Why no key was obtained.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KbsClientError {
+    #[error("key broker {url} unreachable after {attempts} attempts: {last}")]
+    Unreachable {
+        url: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error("key broker refused at {step} ({status}): {kind}: {detail}")]
+    Refused {
+        step: &'static str,
+        status: u16,
+        kind: String,
+        detail: String,
+    },
+    #[error("key broker protocol error at {step}: {message}")]
+    Protocol { step: &'static str, message: String },
+    #[error("evidence: {0}")]
+    Evidence(String),
+    #[error("resource could not be opened: {0}")]
+    Jwe(#[from] ciel_protocol::jwe::JweError),
+}
+
+/// Retry schedule for transient failures.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub attempts: u32,
+    pub first: Duration,
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            attempts: 6,
+            first: Duration::from_millis(200),
+            max: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A client for one broker.
+#[derive(Debug)]
+pub struct KbsClient {
+    base: String,
+    agent: ureq::Agent,
+    backoff: Backoff,
+}
+
+enum Outcome<T> {
+    Ok(T),
+    Retry(String),
+    Fail(KbsClientError),
+}
+
+impl KbsClient {
+    /// `base` like `http://127.0.0.1:8080` (no trailing slash).
+    pub fn new(base: &str, backoff: Backoff) -> Self {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        KbsClient {
+            base: base.trim_end_matches('/').to_string(),
+            agent,
+            backoff,
+        }
+    }
+
+    fn with_retry<T>(
+        &self,
+        step: &'static str,
+        mut f: impl FnMut() -> Outcome<T>,
+    ) -> Result<T, KbsClientError> {
+        let mut delay = self.backoff.first;
+        let mut last = String::new();
+        for attempt in 1..=self.backoff.attempts.max(1) {
+            match f() {
+                Outcome::Ok(v) => return Ok(v),
+                Outcome::Fail(e) => return Err(e),
+                Outcome::Retry(why) => {
+                    tracing::warn!(step, attempt, error = %why, "key broker not reachable; retrying");
+                    last = why;
+                    if attempt < self.backoff.attempts {
+                        std::thread::sleep(delay);
+                        delay = (delay.saturating_mul(2)).min(self.backoff.max);
+                    }
+                }
+            }
+        }
+        Err(KbsClientError::Unreachable {
+            url: self.base.clone(),
+            attempts: self.backoff.attempts,
+            last,
+        })
+    }
+
+    /// Classifies a response: 2xx → body, 5xx/503 → retry, else a refusal.
+    fn classify(
+        step: &'static str,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Outcome<ureq::http::Response<ureq::Body>> {
+        match resp {
+            Err(e) => Outcome::Retry(e.to_string()),
+            Ok(r) if r.status().is_success() => Outcome::Ok(r),
+            Ok(r) if r.status().is_server_error() => Outcome::Retry(format!("HTTP {}", r.status())),
+            Ok(mut r) => {
+                let status = r.status().as_u16();
+                let problem: Option<Problem> = r.body_mut().read_json().ok();
+                let (kind, detail) = problem
+                    .map(|p| (p.kind, p.detail))
+                    .unwrap_or_else(|| ("unknown".into(), "no problem document".into()));
+                Outcome::Fail(KbsClientError::Refused {
+                    step,
+                    status,
+                    kind,
+                    detail,
+                })
+            }
+        }
+    }
+
+    /// Runs the whole release for `resource` (`repo/type/tag`).
+    pub fn fetch_resource(
+        &self,
+        resource: &str,
+        source: &dyn EvidenceSource,
+    ) -> Result<Zeroizing<Vec<u8>>, KbsClientError> {
+        let keys = TeeKeyPair::generate();
+        let auth_url = format!("{}/kbs/v0/auth", self.base);
+        let req = Request {
+            version: PROTOCOL_VERSION.into(),
+            tee: source.tee().into(),
+            extra_params: serde_json::Value::String(String::new()),
+        };
+        let (cookie, challenge) = self.with_retry("auth", || {
+            match Self::classify("auth", self.agent.post(&auth_url).send_json(&req)) {
+                Outcome::Ok(mut r) => {
+                    let cookie = r
+                        .headers()
+                        .get_all("set-cookie")
+                        .iter()
+                        .filter_map(|v| v.to_str().ok())
+                        .find_map(|c| {
+                            c.split(';')
+                                .next()
+                                .filter(|kv| kv.trim().starts_with("kbs-session-id="))
+                                .map(|kv| kv.trim().to_string())
+                        });
+                    let Some(cookie) = cookie else {
+                        return Outcome::Fail(KbsClientError::Protocol {
+                            step: "auth",
+                            message: "no kbs-session-id cookie".into(),
+                        });
+                    };
+                    match r.body_mut().read_json::<Challenge>() {
+                        Ok(c) => Outcome::Ok((cookie, c)),
+                        Err(e) => Outcome::Fail(KbsClientError::Protocol {
+                            step: "auth",
+                            message: e.to_string(),
+                        }),
+                    }
+                }
+                Outcome::Retry(w) => Outcome::Retry(w),
+                Outcome::Fail(e) => Outcome::Fail(e),
+            }
+        })?;
+        tracing::info!(tee = source.tee(), "key broker challenge received");
+
+        let runtime = RuntimeData {
+            nonce: challenge.nonce,
+            tee_pubkey: keys.public_jwk(),
+        };
+        let report_data = binding::report_data(&runtime).map_err(|e| KbsClientError::Protocol {
+            step: "attest",
+            message: e.to_string(),
+        })?;
+        let evidence = source
+            .evidence(report_data)
+            .map_err(KbsClientError::Evidence)?;
+        let body = Attestation {
+            runtime_data: runtime,
+            tee_evidence: evidence,
+            init_data: None,
+        };
+        let attest_url = format!("{}/kbs/v0/attest", self.base);
+        // The nonce is single-use: /attest is not retried after an answer.
+        let token: AttestationToken = self.with_retry("attest", || {
+            match Self::classify(
+                "attest",
+                self.agent
+                    .post(&attest_url)
+                    .header("cookie", &cookie)
+                    .send_json(&body),
+            ) {
+                Outcome::Ok(mut r) => match r.body_mut().read_json() {
+                    Ok(t) => Outcome::Ok(t),
+                    Err(e) => Outcome::Fail(KbsClientError::Protocol {
+                        step: "attest",
+                        message: e.to_string(),
+                    }),
+                },
+                Outcome::Retry(w) if w.starts_with("HTTP") => {
+                    Outcome::Fail(KbsClientError::Protocol {
+                        step: "attest",
+                        message: w,
+                    })
+                }
+                other => other.map_unreachable(),
+            }
+        })?;
+        tracing::info!("attestation accepted by the key broker");
+
+        let url = format!("{}/kbs/v0/resource/{resource}", self.base);
+        let jwe: Jwe = self.with_retry("resource", || {
+            let resp = self
+                .agent
+                .get(&url)
+                .header("cookie", &cookie)
+                .header("authorization", format!("Bearer {}", token.token))
+                .call();
+            match Self::classify("resource", resp) {
+                Outcome::Ok(mut r) => match r.body_mut().read_json() {
+                    Ok(j) => Outcome::Ok(j),
+                    Err(e) => Outcome::Fail(KbsClientError::Protocol {
+                        step: "resource",
+                        message: e.to_string(),
+                    }),
+                },
+                other => other.map_unreachable(),
+            }
+        })?;
+        let key = keys.decrypt(&jwe)?;
+        tracing::info!(resource, "resource received and opened");
+        Ok(key)
+    }
+}
+
+impl<T> Outcome<T> {
+    /// Re-types the non-`Ok` outcomes.
+    fn map_unreachable<U>(self) -> Outcome<U> {
+        match self {
+            Outcome::Retry(w) => Outcome::Retry(w),
+            Outcome::Fail(e) => Outcome::Fail(e),
+            Outcome::Ok(_) => Outcome::Fail(KbsClientError::Protocol {
+                step: "internal",
+                message: "unexpected state".into(),
+            }),
+        }
+    }
+}
+
+/// Evidence from the simulated SNP platform (development only).
+pub mod sim {
+    use super::EvidenceSource;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as B64;
+    use ciel_attestation::sim::{SimSnpReport, SnpSim};
+
+    /// Signs reports with a simulated hierarchy.
+    #[derive(Debug)]
+    pub struct SimSnpSource<'a> {
+        pub sim: &'a SnpSim,
+        pub template: SimSnpReport,
+    }
+
+    impl EvidenceSource for SimSnpSource<'_> {
+        fn tee(&self) -> &str {
+            "snp"
+        }
+
+        fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String> {
+            let report = self
+                .sim
+                .report(&SimSnpReport {
+                    report_data,
+                    ..self.template.clone()
+                })
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({
+                "report": B64.encode(report),
+                "vcek": B64.encode(self.sim.vcek_der()),
+                "cert_chain": String::from_utf8_lossy(&self.sim.chain_pem()),
+            }))
+        }
+    }
+}

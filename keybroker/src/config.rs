@@ -1,0 +1,121 @@
+//! Broker configuration: raw TOML (serde) → validated [`Config`]. Every
+//! served resource must name its attestation policy; there is no default
+//! that releases keys.
+
+use crate::resource::ResourcePath;
+use ciel_attestation::Policy;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    key_store: PathBuf,
+    master_key_file: PathBuf,
+    audit_log: PathBuf,
+    session_ttl_seconds: Option<u64>,
+    max_sessions: Option<usize>,
+    /// Ed25519 public key (hex) whose signatures authorize admin requests.
+    admin_public_key: Option<String>,
+    /// DANGER: simulated roots accepted as authentic at `/attest`.
+    #[serde(default)]
+    danger_simulated_roots: Vec<String>,
+    #[serde(default)]
+    resource: Vec<RawResource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResource {
+    path: String,
+    /// Attestation policy (TOML) that evidence must satisfy for release.
+    policy_file: PathBuf,
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub key_store: PathBuf,
+    pub master_key_file: PathBuf,
+    pub audit_log: PathBuf,
+    pub session_ttl: Duration,
+    pub max_sessions: usize,
+    pub admin_public_key: Option<[u8; 32]>,
+    /// The authenticity policy applied at `/attest`.
+    pub attest_policy: Policy,
+    /// Release policy per resource.
+    pub resources: BTreeMap<ResourcePath, Policy>,
+}
+
+impl Config {
+    /// Loads `path`; relative paths inside are relative to its directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let err = |m: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: m,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rel = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let mut attest_policy = Policy::authenticity_only();
+        for fp in &raw.danger_simulated_roots {
+            let b: [u8; 32] = hex::decode(fp)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| {
+                    err(format!(
+                        "danger_simulated_roots: {fp:?} is not a 32-byte hex fingerprint"
+                    ))
+                })?;
+            attest_policy.danger_trust_simulated_root(b);
+        }
+        let mut resources = BTreeMap::new();
+        for r in &raw.resource {
+            let rp = ResourcePath::parse(&r.path).map_err(|e| err(e.to_string()))?;
+            let pf = rel(&r.policy_file);
+            let text = std::fs::read_to_string(&pf)
+                .map_err(|e| err(format!("resource {rp}: policy {}: {e}", pf.display())))?;
+            let policy = Policy::from_toml(&text)
+                .map_err(|e| err(format!("resource {rp}: policy {}: {e}", pf.display())))?;
+            if resources.insert(rp.clone(), policy).is_some() {
+                return Err(err(format!("resource {rp} is configured twice")));
+            }
+        }
+        let admin_public_key = match &raw.admin_public_key {
+            Some(h) => Some(
+                hex::decode(h)
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| err("admin_public_key: not a 32-byte hex Ed25519 key".into()))?,
+            ),
+            None => None,
+        };
+        Ok(Config {
+            key_store: rel(&raw.key_store),
+            master_key_file: rel(&raw.master_key_file),
+            audit_log: rel(&raw.audit_log),
+            session_ttl: Duration::from_secs(raw.session_ttl_seconds.unwrap_or(300)),
+            max_sessions: raw.max_sessions.unwrap_or(10_000),
+            admin_public_key,
+            attest_policy,
+            resources,
+        })
+    }
+}

@@ -1,0 +1,437 @@
+//! The HTTP service: Trustee KBS protocol v0.4.0 plus an authenticated
+//! admin endpoint. `serve(listener, state, shutdown)` runs it on any
+//! listener until `shutdown` resolves, finishing requests in flight.
+
+use crate::audit::{AuditLog, Entry};
+use crate::config::Config;
+use crate::evidence;
+use crate::problem::{ApiError, Kind};
+use crate::resource::ResourcePath;
+use crate::session::Sessions;
+use crate::store::KeyStore;
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ciel_attestation::{UnixTime, verify};
+use ciel_protocol::kbs::{Attestation, AttestationToken, Challenge, PROTOCOL_VERSION, Request};
+use ciel_protocol::{binding, jwe};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+const COOKIE: &str = "kbs-session-id";
+/// Admin requests must be signed within this many seconds of now.
+const ADMIN_SKEW: u64 = 300;
+/// Largest resource an admin may store.
+const MAX_RESOURCE: usize = 64 * 1024;
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub sessions: Sessions,
+    pub store: Mutex<KeyStore>,
+    pub audit: AuditLog,
+}
+
+impl AppState {
+    pub fn new(config: Config, store: KeyStore, audit: AuditLog) -> Self {
+        let sessions = Sessions::new(config.session_ttl, config.max_sessions);
+        AppState {
+            config,
+            sessions,
+            store: Mutex::new(store),
+            audit,
+        }
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn rfc3339_now() -> String {
+    UnixTime(now()).to_string()
+}
+
+/// The router, for tests and embedding.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/kbs/v0/auth", post(auth))
+        .route("/kbs/v0/attest", post(attest))
+        .route("/kbs/v0/resource/{repo}/{kind}/{tag}", get(resource))
+        .route(
+            "/kbs/v0/admin/resource/{repo}/{kind}/{tag}",
+            post(admin_put),
+        )
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == COOKIE).then(|| v.to_string())
+        })
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(|t| t.trim().to_string())
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(Kind::BadRequest, format!("{what}: {e}")))
+}
+
+async fn auth(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let req: Request = json_body(&body, "auth request")?;
+    if req.version != PROTOCOL_VERSION {
+        return Err(ApiError::new(
+            Kind::BadRequest,
+            format!(
+                "protocol version {:?}; this broker speaks {PROTOCOL_VERSION}",
+                req.version
+            ),
+        ));
+    }
+    if !matches!(req.tee.as_str(), "snp" | "tdx") {
+        return Err(ApiError::new(
+            Kind::BadRequest,
+            format!("tee {:?} is not supported (snp, tdx)", req.tee),
+        ));
+    }
+    let (id, nonce) = st.sessions.create(&req.tee)?;
+    tracing::info!(tee = %req.tee, "session started");
+    let mut r = Json(Challenge {
+        nonce,
+        extra_params: serde_json::Value::String(String::new()),
+    })
+    .into_response();
+    let cookie = format!(
+        "{COOKIE}={id}; Path=/kbs; HttpOnly; Max-Age={}",
+        st.config.session_ttl.as_secs()
+    );
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|_| ApiError::new(Kind::Internal, "cookie"))?,
+    );
+    Ok(r)
+}
+
+fn audit(st: &AppState, e: Entry) -> Result<(), ApiError> {
+    st.audit.append(&e).map_err(|err| {
+        tracing::error!(error = %err, log = %st.audit.path().display(), "audit log write failed");
+        ApiError::new(
+            Kind::AuditFailure,
+            "the audit log cannot be written; refusing rather than acting unaudited",
+        )
+    })
+}
+
+fn entry(
+    client: SocketAddr,
+    event: &'static str,
+    resource: Option<String>,
+    decision: &'static str,
+    reasons: Vec<String>,
+    ev: Option<&evidence::Decoded>,
+) -> Entry {
+    Entry {
+        time: rfc3339_now(),
+        client: client.to_string(),
+        event,
+        resource,
+        decision,
+        reasons,
+        evidence_sha256: ev.map(|d| d.sha256.clone()),
+        platform: ev.map(|d| format!("{:?}", d.evidence.kind()).to_lowercase()),
+        measurement: ev.and_then(|d| d.evidence.measurement()),
+    }
+}
+
+async fn attest(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id = cookie(&headers).ok_or_else(|| {
+        ApiError::new(
+            Kind::MissingSession,
+            "no kbs-session-id cookie; call /kbs/v0/auth first",
+        )
+    })?;
+    let (tee, nonce) = st.sessions.consume_nonce(&id)?;
+    let req: Attestation = json_body(&body, "attestation request")?;
+    let refuse =
+        |kind: Kind, code: &str, detail: String, ev: Option<&evidence::Decoded>| -> ApiError {
+            let e = entry(client, "attest", None, "deny", vec![code.to_string()], ev);
+            if let Err(a) = audit(&st, e) {
+                return a;
+            }
+            ApiError::new(kind, detail)
+        };
+    if !Sessions::nonce_matches(&nonce, &req.runtime_data.nonce) {
+        return Err(refuse(
+            Kind::BadNonce,
+            "bad_nonce",
+            "runtime-data.nonce is not this session's nonce".into(),
+            None,
+        ));
+    }
+    let decoded = evidence::decode(&tee, &req.tee_evidence)
+        .map_err(|m| refuse(Kind::BadEvidence, "evidence_malformed", m, None))?;
+    let verdict = verify(
+        &decoded.evidence,
+        &decoded.collateral,
+        &st.config.attest_policy,
+        UnixTime(now()),
+    );
+    if !verdict.accepted {
+        let codes: Vec<String> = verdict
+            .reasons
+            .iter()
+            .map(|r| r.kind.code().to_string())
+            .collect();
+        let detail = verdict
+            .reasons
+            .iter()
+            .map(|r| format!("[{}] {}", r.kind.code(), r.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let e = entry(client, "attest", None, "deny", codes, Some(&decoded));
+        audit(&st, e)?;
+        return Err(ApiError::new(Kind::BadEvidence, detail));
+    }
+    let bound =
+        binding::verify(&decoded.evidence.report_data(), &req.runtime_data).map_err(|e| {
+            refuse(
+                Kind::BadRequest,
+                "runtime_data_malformed",
+                e.to_string(),
+                Some(&decoded),
+            )
+        })?;
+    if !bound {
+        return Err(refuse(
+            Kind::BadEvidence,
+            "binding_mismatch",
+            "report_data does not bind this nonce and tee-pubkey (SHA-384 of their canonical JSON)"
+                .into(),
+            Some(&decoded),
+        ));
+    }
+    audit(
+        &st,
+        entry(client, "attest", None, "accept", vec![], Some(&decoded)),
+    )?;
+    let token = st
+        .sessions
+        .attest(&id, req.runtime_data.tee_pubkey, decoded)?;
+    tracing::info!(%client, "session attested");
+    Ok(Json(AttestationToken { token }).into_response())
+}
+
+#[derive(serde::Deserialize)]
+struct ResourceQuery {
+    version: Option<u32>,
+}
+
+async fn resource(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path((repo, kind, tag)): Path<(String, String, String)>,
+    Query(q): Query<ResourceQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let (tee_pubkey, ev) = st
+        .sessions
+        .attested(cookie(&headers).as_deref(), bearer(&headers).as_deref())?;
+    let path = ResourcePath::parse(&format!("{repo}/{kind}/{tag}"))
+        .map_err(|e| ApiError::new(Kind::UnknownResource, e.to_string()))?;
+    let name = path.to_string();
+    let deny = |kind: Kind, code: &str, detail: String| -> ApiError {
+        let e = entry(
+            client,
+            "resource",
+            Some(name.clone()),
+            "deny",
+            vec![code.to_string()],
+            Some(&ev),
+        );
+        match audit(&st, e) {
+            Ok(()) => ApiError::new(kind, detail),
+            Err(a) => a,
+        }
+    };
+    let Some(policy) = st.config.resources.get(&path) else {
+        return Err(deny(
+            Kind::UnknownResource,
+            "unknown_resource",
+            format!("no resource {name}"),
+        ));
+    };
+    let verdict = verify(&ev.evidence, &ev.collateral, policy, UnixTime(now()));
+    if !verdict.accepted {
+        let codes: Vec<String> = verdict
+            .reasons
+            .iter()
+            .map(|r| r.kind.code().to_string())
+            .collect();
+        let detail = verdict
+            .reasons
+            .iter()
+            .map(|r| format!("[{}] {}", r.kind.code(), r.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        audit(
+            &st,
+            entry(
+                client,
+                "resource",
+                Some(name.clone()),
+                "deny",
+                codes,
+                Some(&ev),
+            ),
+        )?;
+        return Err(ApiError::new(Kind::PolicyDenied, detail));
+    }
+    let key = {
+        let store = st
+            .store
+            .lock()
+            .map_err(|_| ApiError::new(Kind::Internal, "key store lock"))?;
+        store
+            .get(&path, q.version)
+            .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?
+    };
+    let Some((version, key)) = key else {
+        return Err(deny(
+            Kind::UnknownResource,
+            "unknown_resource",
+            format!("no key stored for {name}"),
+        ));
+    };
+    // The release is recorded before anything leaves.
+    audit(
+        &st,
+        entry(
+            client,
+            "resource",
+            Some(format!("{name}#v{version}")),
+            "release",
+            vec![],
+            Some(&ev),
+        ),
+    )?;
+    let jwe = jwe::encrypt(&tee_pubkey, &key)
+        .map_err(|e| ApiError::new(Kind::BadRequest, format!("tee-pubkey: {e}")))?;
+    tracing::info!(%client, resource = %name, version, "resource released");
+    Ok(Json(jwe).into_response())
+}
+
+/// The message an admin signs: method, path, timestamp, body digest.
+pub fn admin_message(method: &str, path: &str, timestamp: u64, body: &[u8]) -> String {
+    let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, body).as_ref());
+    format!("{method}\n{path}\n{timestamp}\n{digest}")
+}
+
+async fn admin_put(
+    State(st): State<Arc<AppState>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    Path((repo, kind, tag)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(Kind::Unauthorized, m.to_string());
+    let pk = st.config.admin_public_key.ok_or_else(|| {
+        unauthorized("admin endpoints are disabled (no admin_public_key configured)")
+    })?;
+    let ts: u64 = headers
+        .get("x-ciel-admin-timestamp")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| unauthorized("missing x-ciel-admin-timestamp"))?;
+    if now().abs_diff(ts) > ADMIN_SKEW {
+        return Err(unauthorized(
+            "admin request timestamp is more than 5 minutes off",
+        ));
+    }
+    use base64::Engine;
+    let sig = headers
+        .get("x-ciel-admin-signature")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
+        .ok_or_else(|| unauthorized("missing or malformed x-ciel-admin-signature"))?;
+    let path_str = format!("/kbs/v0/admin/resource/{repo}/{kind}/{tag}");
+    let msg = admin_message("POST", &path_str, ts, &body);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk)
+        .verify(msg.as_bytes(), &sig)
+        .map_err(|_| unauthorized("admin signature does not verify"))?;
+    let path = ResourcePath::parse(&format!("{repo}/{kind}/{tag}"))
+        .map_err(|e| ApiError::new(Kind::BadRequest, e.to_string()))?;
+    if body.is_empty() || body.len() > MAX_RESOURCE {
+        return Err(ApiError::new(
+            Kind::BadRequest,
+            format!("resource of {} bytes (1..={MAX_RESOURCE})", body.len()),
+        ));
+    }
+    let version = {
+        let mut store = st
+            .store
+            .lock()
+            .map_err(|_| ApiError::new(Kind::Internal, "key store lock"))?;
+        store
+            .put(&path, &body)
+            .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?
+    };
+    audit(
+        &st,
+        Entry {
+            time: rfc3339_now(),
+            client: client.to_string(),
+            event: "admin-put",
+            resource: Some(format!("{path}#v{version}")),
+            decision: "stored",
+            reasons: vec![],
+            evidence_sha256: None,
+            platform: None,
+            measurement: None,
+        },
+    )?;
+    Ok(
+        Json(serde_json::json!({ "resource": path.to_string(), "version": version }))
+            .into_response(),
+    )
+}

@@ -1,0 +1,181 @@
+//! Sessions of the RCAR handshake: created by `/auth` with a fresh nonce,
+//! which `/attest` consumes exactly once; attested sessions hold the
+//! verified evidence and the TEE key until they expire.
+
+use crate::evidence::Decoded;
+use crate::problem::{ApiError, Kind};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ciel_protocol::kbs::Jwk;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Where a session is in the handshake.
+#[derive(Debug)]
+pub enum State {
+    /// `/auth` done; the nonce is unused.
+    Challenged,
+    /// The nonce was consumed by a failed `/attest`.
+    Spent,
+    /// Evidence verified and bound to `tee_pubkey`.
+    Attested {
+        tee_pubkey: Jwk,
+        evidence: Arc<Decoded>,
+        token: String,
+    },
+}
+
+#[derive(Debug)]
+struct Session {
+    tee: String,
+    nonce: String,
+    created: Instant,
+    state: State,
+}
+
+/// All sessions, bounded in number and lifetime.
+#[derive(Debug)]
+pub struct Sessions {
+    map: Mutex<HashMap<String, Session>>,
+    ttl: Duration,
+    max: usize,
+}
+
+fn random_b64() -> Result<String, ApiError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b)
+        .map_err(|_| ApiError::new(Kind::Internal, "random number generator failed"))?;
+    Ok(B64.encode(b))
+}
+
+/// Constant-time string comparison (nonces and tokens are secrets in flight).
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+impl Sessions {
+    pub fn new(ttl: Duration, max: usize) -> Self {
+        Sessions {
+            map: Mutex::new(HashMap::new()),
+            ttl,
+            max,
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Session>>, ApiError> {
+        self.map
+            .lock()
+            .map_err(|_| ApiError::new(Kind::Internal, "session table poisoned"))
+    }
+
+    /// Starts a session: (id, nonce).
+    pub fn create(&self, tee: &str) -> Result<(String, String), ApiError> {
+        let mut map = self.lock()?;
+        let ttl = self.ttl;
+        map.retain(|_, s| s.created.elapsed() < ttl);
+        if map.len() >= self.max {
+            return Err(ApiError::new(
+                Kind::Busy,
+                "too many sessions in flight; retry later",
+            ));
+        }
+        let (id, nonce) = (random_b64()?, random_b64()?);
+        map.insert(
+            id.clone(),
+            Session {
+                tee: tee.into(),
+                nonce: nonce.clone(),
+                created: Instant::now(),
+                state: State::Challenged,
+            },
+        );
+        Ok((id, nonce))
+    }
+
+    /// For `/attest`: the session's tee and nonce, consuming the nonce.
+    pub fn consume_nonce(&self, id: &str) -> Result<(String, String), ApiError> {
+        let mut map = self.lock()?;
+        let s = map
+            .get_mut(id)
+            .ok_or_else(|| ApiError::new(Kind::ExpiredSession, "unknown session"))?;
+        if s.created.elapsed() >= self.ttl {
+            map.remove(id);
+            return Err(ApiError::new(
+                Kind::ExpiredSession,
+                "session expired; start again with /auth",
+            ));
+        }
+        if !matches!(s.state, State::Challenged) {
+            return Err(ApiError::new(
+                Kind::BadNonce,
+                "this session's nonce was already used",
+            ));
+        }
+        s.state = State::Spent;
+        Ok((s.tee.clone(), s.nonce.clone()))
+    }
+
+    /// Marks a session attested; returns its bearer token.
+    pub fn attest(&self, id: &str, tee_pubkey: Jwk, evidence: Decoded) -> Result<String, ApiError> {
+        let token = random_b64()?;
+        let mut map = self.lock()?;
+        let s = map
+            .get_mut(id)
+            .ok_or_else(|| ApiError::new(Kind::ExpiredSession, "unknown session"))?;
+        s.state = State::Attested {
+            tee_pubkey,
+            evidence: Arc::new(evidence),
+            token: token.clone(),
+        };
+        Ok(token)
+    }
+
+    /// The attested state of the session named by a cookie or a token.
+    pub fn attested(
+        &self,
+        cookie: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<(Jwk, Arc<Decoded>), ApiError> {
+        let map = self.lock()?;
+        let s = match (cookie, token) {
+            (Some(id), _) => map.get(id),
+            (None, Some(t)) => map
+                .values()
+                .find(|s| matches!(&s.state, State::Attested { token, .. } if same(token, t))),
+            (None, None) => {
+                return Err(ApiError::new(
+                    Kind::MissingSession,
+                    "no kbs-session-id cookie or bearer token",
+                ));
+            }
+        }
+        .ok_or_else(|| ApiError::new(Kind::ExpiredSession, "unknown session or token"))?;
+        if s.created.elapsed() >= self.ttl {
+            return Err(ApiError::new(
+                Kind::ExpiredSession,
+                "session expired; start again with /auth",
+            ));
+        }
+        match &s.state {
+            State::Attested {
+                tee_pubkey,
+                evidence,
+                ..
+            } => Ok((tee_pubkey.clone(), evidence.clone())),
+            _ => Err(ApiError::new(
+                Kind::NotAttested,
+                "this session has not attested",
+            )),
+        }
+    }
+
+    /// Whether `given` is the session's nonce (constant time).
+    pub fn nonce_matches(expected: &str, given: &str) -> bool {
+        same(expected, given)
+    }
+}

@@ -1,0 +1,278 @@
+//! The key store: data keys encrypted at rest under a master key
+//! (AES-256-GCM, the resource path and version as associated data), in one
+//! JSON file replaced atomically. Each resource keeps every version, so a
+//! rotation never breaks a guest that still needs the old key.
+
+use crate::resource::ResourcePath;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// Why the key store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("key store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("key store {path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("master key {path}: {message}")]
+    MasterKey { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredKey {
+    version: u32,
+    nonce: String,
+    ciphertext: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreFile {
+    format: u32,
+    keys: BTreeMap<String, Vec<StoredKey>>,
+}
+
+/// A key and its version number.
+pub type VersionedKey = (u32, Zeroizing<Vec<u8>>);
+
+/// Encrypted key storage.
+pub struct KeyStore {
+    path: PathBuf,
+    master: LessSafeKey,
+    data: StoreFile,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("path", &self.path)
+            .field("resources", &self.data.keys.len())
+            .finish()
+    }
+}
+
+/// Reads a 32-byte master key stored as hex.
+pub fn read_master_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+    let err = |m: String| StoreError::MasterKey {
+        path: path.to_path_buf(),
+        message: m,
+    };
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
+    let bytes = Zeroizing::new(hex::decode(text.trim()).map_err(|e| err(format!("not hex: {e}")))?);
+    let mut out = Zeroizing::new([0u8; 32]);
+    if bytes.len() != 32 {
+        return Err(err(format!("{} bytes, expected 32", bytes.len())));
+    }
+    out.copy_from_slice(&bytes);
+    Ok(out)
+}
+
+fn aad(resource: &str, version: u32) -> Vec<u8> {
+    format!("ciel-keystore-v1|{resource}|{version}").into_bytes()
+}
+
+impl KeyStore {
+    /// Opens the store at `path` (an absent file is an empty store).
+    pub fn open(path: &Path, master: &[u8; 32]) -> Result<Self, StoreError> {
+        let key = UnboundKey::new(&AES_256_GCM, master).map_err(|_| StoreError::MasterKey {
+            path: path.into(),
+            message: "unusable".into(),
+        })?;
+        let data = match std::fs::read(path) {
+            Ok(bytes) => {
+                serde_json::from_slice::<StoreFile>(&bytes).map_err(|e| StoreError::Corrupt {
+                    path: path.into(),
+                    message: e.to_string(),
+                })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => StoreFile {
+                format: 1,
+                keys: BTreeMap::new(),
+            },
+            Err(source) => {
+                return Err(StoreError::Io {
+                    path: path.into(),
+                    source,
+                });
+            }
+        };
+        if data.format != 1 {
+            return Err(StoreError::Corrupt {
+                path: path.into(),
+                message: format!("format {} (expected 1)", data.format),
+            });
+        }
+        let store = KeyStore {
+            path: path.into(),
+            master: LessSafeKey::new(key),
+            data,
+        };
+        // Decrypt everything once: a wrong master key or a tampered file is
+        // found at start-up, not at the first release.
+        for (res, versions) in &store.data.keys {
+            for v in versions {
+                store.decrypt(res, v)?;
+            }
+        }
+        Ok(store)
+    }
+
+    fn decrypt(&self, resource: &str, k: &StoredKey) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let corrupt = |m: &str| StoreError::Corrupt {
+            path: self.path.clone(),
+            message: format!("{resource} v{}: {m}", k.version),
+        };
+        let nonce: [u8; 12] = hex::decode(&k.nonce)
+            .ok()
+            .and_then(|n| n.try_into().ok())
+            .ok_or_else(|| corrupt("bad nonce"))?;
+        let mut buf = Zeroizing::new(
+            hex::decode(&k.ciphertext).map_err(|_| corrupt("bad ciphertext encoding"))?,
+        );
+        let n = self
+            .master
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(resource, k.version)),
+                buf.as_mut_slice(),
+            )
+            .map_err(|_| corrupt("does not decrypt (wrong master key or tampered store)"))?
+            .len();
+        buf.truncate(n);
+        Ok(buf)
+    }
+
+    /// The newest version of `resource`, or a given version.
+    pub fn get(
+        &self,
+        resource: &ResourcePath,
+        version: Option<u32>,
+    ) -> Result<Option<(u32, Zeroizing<Vec<u8>>)>, StoreError> {
+        let Some(versions) = self.data.keys.get(&resource.to_string()) else {
+            return Ok(None);
+        };
+        let found = match version {
+            Some(v) => versions.iter().find(|k| k.version == v),
+            None => versions.iter().max_by_key(|k| k.version),
+        };
+        match found {
+            Some(k) => Ok(Some((k.version, self.decrypt(&resource.to_string(), k)?))),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a new version of `resource` holding `key`; returns its number.
+    /// The file is written to a temporary name and renamed.
+    pub fn put(&mut self, resource: &ResourcePath, key: &[u8]) -> Result<u32, StoreError> {
+        let name = resource.to_string();
+        let version = self
+            .data
+            .keys
+            .get(&name)
+            .and_then(|v| v.iter().map(|k| k.version).max())
+            .unwrap_or(0)
+            .saturating_add(1);
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(|e| StoreError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let mut buf = key.to_vec();
+        self.master
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(&name, version)),
+                &mut buf,
+            )
+            .map_err(|_| StoreError::Corrupt {
+                path: self.path.clone(),
+                message: "seal failed".into(),
+            })?;
+        self.data.keys.entry(name).or_default().push(StoredKey {
+            version,
+            nonce: hex::encode(nonce),
+            ciphertext: hex::encode(&buf),
+        });
+        self.save()?;
+        Ok(version)
+    }
+
+    fn save(&self) -> Result<(), StoreError> {
+        let io = |source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let bytes =
+            serde_json::to_vec_pretty(&self.data).map_err(|e| io(std::io::Error::other(e)))?;
+        let mut tmp = self.path.clone().into_os_string();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_persist_and_tampering_is_found_at_open() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("keys.json");
+        let r = ResourcePath::parse("default/model-key/demo").unwrap_or_else(|e| panic!("{e}"));
+        {
+            let mut s = KeyStore::open(&path, &[1; 32]).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(s.put(&r, &[7; 32]).ok(), Some(1));
+            assert_eq!(s.put(&r, &[8; 32]).ok(), Some(2));
+        }
+        let s = KeyStore::open(&path, &[1; 32]).unwrap_or_else(|e| panic!("{e}"));
+        let (v, k) = s
+            .get(&r, None)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("latest"));
+        assert_eq!((v, k.as_slice()), (2, &[8u8; 32][..]));
+        let (v, k) = s
+            .get(&r, Some(1))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("v1"));
+        assert_eq!((v, k.as_slice()), (1, &[7u8; 32][..]));
+        assert!(s.get(&r, Some(3)).ok().flatten().is_none());
+        // The file holds no plaintext key.
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(!text.contains(&hex::encode([7u8; 32])));
+        // Wrong master key, or a swapped ciphertext, is refused at open.
+        assert!(matches!(
+            KeyStore::open(&path, &[2; 32]),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let swapped = text.replacen("\"version\": 1", "\"version\": 3", 1);
+        std::fs::write(&path, swapped).unwrap_or_default();
+        assert!(matches!(
+            KeyStore::open(&path, &[1; 32]),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+}

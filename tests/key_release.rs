@@ -1,0 +1,464 @@
+//! Attested key release over loopback with the simulated platform: the
+//! whole flow, and a refusal (with its RFC 7807 type and an audit entry)
+//! for each way it must fail.
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ciel_attestation::sim::{SimSnpReport, SnpSim};
+use ciel_enclave::kbs_client::sim::SimSnpSource;
+use ciel_enclave::kbs_client::{Backoff, EvidenceSource, KbsClient, KbsClientError};
+use ciel_keybroker::ResourcePath;
+use ciel_keybroker::audit::AuditLog;
+use ciel_keybroker::config::Config;
+use ciel_keybroker::server::{AppState, admin_message, serve};
+use ciel_keybroker::store::KeyStore;
+use ciel_protocol::binding;
+use ciel_protocol::jwe::TeeKeyPair;
+use ciel_protocol::kbs::RuntimeData;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+fn sim() -> &'static SnpSim {
+    static S: OnceLock<SnpSim> = OnceLock::new();
+    S.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        SnpSim::generate(ciel_attestation::UnixTime(now)).unwrap()
+    })
+}
+
+const KEY: [u8; 32] = [0x42; 32];
+
+struct Broker {
+    base: String,
+    dir: tempfile::TempDir,
+    admin: ring::signature::Ed25519KeyPair,
+    _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Broker {
+    fn audit(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default()
+    }
+}
+
+/// Starts a broker whose resources name the policies given (TOML bodies).
+fn start(ttl: u64, trust_sim: bool, resources: &[(&str, String)]) -> Broker {
+    let dir = tempfile::tempdir().unwrap();
+    let fp = hex::encode(sim().root_sha256());
+    std::fs::write(dir.path().join("master.key"), hex::encode([9u8; 32])).unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let admin = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    use ring::signature::KeyPair;
+    let mut cfg = format!(
+        "key_store = \"keys.json\"\nmaster_key_file = \"master.key\"\naudit_log = \"audit.jsonl\"\nsession_ttl_seconds = {ttl}\nadmin_public_key = \"{}\"\n",
+        hex::encode(admin.public_key().as_ref())
+    );
+    if trust_sim {
+        cfg.push_str(&format!("danger_simulated_roots = [\"{fp}\"]\n"));
+    }
+    for (i, (path, policy)) in resources.iter().enumerate() {
+        let pf = format!("policy{i}.toml");
+        std::fs::write(
+            dir.path().join(&pf),
+            format!("danger_simulated_roots = [\"{fp}\"]\n{policy}"),
+        )
+        .unwrap();
+        cfg.push_str(&format!(
+            "[[resource]]\npath = \"{path}\"\npolicy_file = \"{pf}\"\n"
+        ));
+    }
+    std::fs::write(dir.path().join("kbs.toml"), cfg).unwrap();
+    let config = Config::load(&dir.path().join("kbs.toml")).unwrap();
+    let master = ciel_keybroker::store::read_master_key(&config.master_key_file).unwrap();
+    let mut store = KeyStore::open(&config.key_store, &master).unwrap();
+    for (path, _) in resources {
+        store
+            .put(&ResourcePath::parse(path).unwrap(), &KEY)
+            .unwrap();
+    }
+    let audit = AuditLog::open(&config.audit_log).unwrap();
+    let state = Arc::new(AppState::new(config, store, audit));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            serve(listener, state, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+    });
+    let addr = addr_rx.recv().unwrap();
+    Broker {
+        base: format!("http://{addr}"),
+        dir,
+        admin,
+        _shutdown: tx,
+    }
+}
+
+fn measurement() -> String {
+    hex::encode(SimSnpReport::default().measurement)
+}
+
+fn client(b: &Broker) -> KbsClient {
+    KbsClient::new(
+        &b.base,
+        Backoff {
+            attempts: 2,
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+        },
+    )
+}
+
+fn refused_kind(e: KbsClientError) -> String {
+    match e {
+        KbsClientError::Refused { kind, .. } => kind,
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
+
+#[test]
+fn release_flow_and_policy_refusals() {
+    let m = measurement();
+    let b = start(
+        300,
+        true,
+        &[
+            (
+                "default/model-key/demo",
+                format!("[snp]\nmeasurements = [\"{m}\"]\n"),
+            ),
+            (
+                "default/model-key/other",
+                format!("[snp]\nmeasurements = [\"{}\"]\n", "00".repeat(48)),
+            ),
+            (
+                "default/model-key/newtcb",
+                "[snp]\nmin_tcb = { snp = 26 }\n".into(),
+            ),
+        ],
+    );
+    let good = SimSnpSource {
+        sim: sim(),
+        template: SimSnpReport::default(),
+    };
+    let key = client(&b)
+        .fetch_resource("default/model-key/demo", &good)
+        .unwrap();
+    assert_eq!(key.as_slice(), &KEY);
+
+    // Wrong measurement and TCB below the minimum: policy-denied.
+    let e = client(&b)
+        .fetch_resource("default/model-key/other", &good)
+        .unwrap_err();
+    assert_eq!(refused_kind(e), "urn:ciel:kbs:policy-denied");
+    let e = client(&b)
+        .fetch_resource("default/model-key/newtcb", &good)
+        .unwrap_err();
+    assert_eq!(refused_kind(e), "urn:ciel:kbs:policy-denied");
+    // A debuggable guest: refused by a policy that does not say danger_allow_debug.
+    let debug = SimSnpSource {
+        sim: sim(),
+        template: SimSnpReport {
+            policy: 0x3_0000 | (1 << 19),
+            ..Default::default()
+        },
+    };
+    let e = client(&b)
+        .fetch_resource("default/model-key/demo", &debug)
+        .unwrap_err();
+    assert_eq!(refused_kind(e), "urn:ciel:kbs:policy-denied");
+    // Unknown resource.
+    let e = client(&b)
+        .fetch_resource("default/model-key/nope", &good)
+        .unwrap_err();
+    assert_eq!(refused_kind(e), "urn:ciel:kbs:unknown-resource");
+
+    let audit = b.audit();
+    for code in [
+        "measurement_not_allowed",
+        "tcb_below_minimum",
+        "debug_allowed",
+        "unknown_resource",
+        "\"release\"",
+    ] {
+        assert!(audit.contains(code), "audit lacks {code}:\n{audit}");
+    }
+    assert!(
+        !audit.contains(&hex::encode(KEY)),
+        "key material in the audit log"
+    );
+    assert!(
+        audit
+            .lines()
+            .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok())
+    );
+}
+
+/// A hand-driven client for the refusals the real client never provokes.
+fn auth(base: &str) -> (String, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .post(&format!("{base}/kbs/v0/auth"))
+        .send_json(serde_json::json!({"version": "0.4.0", "tee": "snp", "extra-params": ""}))
+        .unwrap();
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let v: serde_json::Value = r.body_mut().read_json().unwrap();
+    (cookie, v["nonce"].as_str().unwrap().to_string())
+}
+
+fn attest(
+    base: &str,
+    cookie: Option<&str>,
+    runtime: &RuntimeData,
+    evidence: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut req = agent.post(&format!("{base}/kbs/v0/attest"));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let mut r = req
+        .send_json(serde_json::json!({"runtime-data": runtime, "tee-evidence": evidence}))
+        .unwrap();
+    (
+        r.status().as_u16(),
+        r.body_mut().read_json().unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn evidence_for(runtime: &RuntimeData) -> serde_json::Value {
+    let good = SimSnpSource {
+        sim: sim(),
+        template: SimSnpReport::default(),
+    };
+    good.evidence(binding::report_data(runtime).unwrap())
+        .unwrap()
+}
+
+#[test]
+fn protocol_refusals_have_distinct_types() {
+    let b = start(300, true, &[("default/model-key/demo", String::new())]);
+    let tee = TeeKeyPair::generate();
+
+    // Wrong nonce.
+    let (cookie, _nonce) = auth(&b.base);
+    let rt = RuntimeData {
+        nonce: "not-the-nonce".into(),
+        tee_pubkey: tee.public_jwk(),
+    };
+    let (s, p) = attest(&b.base, Some(&cookie), &rt, evidence_for(&rt));
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (403, Some("urn:ciel:kbs:bad-nonce"))
+    );
+
+    // Reused nonce: the first attest succeeds, the second is refused.
+    let (cookie, nonce) = auth(&b.base);
+    let rt = RuntimeData {
+        nonce,
+        tee_pubkey: tee.public_jwk(),
+    };
+    let ev = evidence_for(&rt);
+    assert_eq!(attest(&b.base, Some(&cookie), &rt, ev.clone()).0, 200);
+    let (s, p) = attest(&b.base, Some(&cookie), &rt, ev.clone());
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (403, Some("urn:ciel:kbs:bad-nonce"))
+    );
+
+    // Evidence replayed from that session into a new one.
+    let (cookie2, nonce2) = auth(&b.base);
+    let rt2 = RuntimeData {
+        nonce: nonce2,
+        tee_pubkey: tee.public_jwk(),
+    };
+    let (s, p) = attest(&b.base, Some(&cookie2), &rt2, ev);
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (403, Some("urn:ciel:kbs:bad-evidence")),
+        "{p}"
+    );
+
+    // tee-pubkey not the one bound in report_data.
+    let (cookie, nonce) = auth(&b.base);
+    let bound = RuntimeData {
+        nonce: nonce.clone(),
+        tee_pubkey: TeeKeyPair::generate().public_jwk(),
+    };
+    let sent = RuntimeData {
+        nonce,
+        tee_pubkey: tee.public_jwk(),
+    };
+    let (s, p) = attest(&b.base, Some(&cookie), &sent, evidence_for(&bound));
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (403, Some("urn:ciel:kbs:bad-evidence"))
+    );
+
+    // Missing cookie at /attest and at /resource.
+    let (s, p) = attest(&b.base, None, &sent, evidence_for(&sent));
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (401, Some("urn:ciel:kbs:missing-session"))
+    );
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .get(&format!(
+            "{}/kbs/v0/resource/default/model-key/demo",
+            b.base
+        ))
+        .call()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let p: serde_json::Value = r.body_mut().read_json().unwrap();
+    assert_eq!(p["type"], "urn:ciel:kbs:missing-session");
+    assert_eq!(
+        r.headers().get("content-type").unwrap(),
+        "application/problem+json"
+    );
+
+    // Garbage evidence.
+    let (cookie, nonce) = auth(&b.base);
+    let rt = RuntimeData {
+        nonce,
+        tee_pubkey: tee.public_jwk(),
+    };
+    let (s, p) = attest(
+        &b.base,
+        Some(&cookie),
+        &rt,
+        serde_json::json!({"report": B64.encode([1u8; 10]), "vcek": ""}),
+    );
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (403, Some("urn:ciel:kbs:bad-evidence"))
+    );
+
+    let audit = b.audit();
+    for code in ["bad_nonce", "binding_mismatch", "evidence_malformed"] {
+        assert!(audit.contains(code), "audit lacks {code}");
+    }
+}
+
+#[test]
+fn expired_sessions_and_untrusted_roots_are_refused() {
+    let b = start(1, true, &[("default/model-key/demo", String::new())]);
+    let tee = TeeKeyPair::generate();
+    let (cookie, nonce) = auth(&b.base);
+    std::thread::sleep(Duration::from_millis(1300));
+    let rt = RuntimeData {
+        nonce,
+        tee_pubkey: tee.public_jwk(),
+    };
+    let (s, p) = attest(&b.base, Some(&cookie), &rt, evidence_for(&rt));
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (401, Some("urn:ciel:kbs:expired-session"))
+    );
+
+    // A broker that does not name the simulated root refuses simulated evidence outright.
+    let strict = start(300, false, &[("default/model-key/demo", String::new())]);
+    let good = SimSnpSource {
+        sim: sim(),
+        template: SimSnpReport::default(),
+    };
+    let e = client(&strict)
+        .fetch_resource("default/model-key/demo", &good)
+        .unwrap_err();
+    assert_eq!(refused_kind(e), "urn:ciel:kbs:bad-evidence");
+    assert!(strict.audit().contains("untrusted_root"));
+}
+
+#[test]
+fn admin_puts_need_a_valid_signature_and_rotation_keeps_old_versions() {
+    let b = start(300, true, &[("default/model-key/demo", String::new())]);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let path = "/kbs/v0/admin/resource/default/model-key/demo";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let body = [0x77u8; 32];
+    let sig = b
+        .admin
+        .sign(admin_message("POST", path, now, &body).as_bytes());
+    let mut r = agent
+        .post(&format!("{}{path}", b.base))
+        .header("x-ciel-admin-timestamp", now.to_string())
+        .header("x-ciel-admin-signature", B64.encode(sig.as_ref()))
+        .send(&body[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let v: serde_json::Value = r.body_mut().read_json().unwrap();
+    assert_eq!(v["version"], 2);
+    // The newest version is released; guests can still ask for the old one.
+    let good = SimSnpSource {
+        sim: sim(),
+        template: SimSnpReport::default(),
+    };
+    assert_eq!(
+        client(&b)
+            .fetch_resource("default/model-key/demo", &good)
+            .unwrap()
+            .as_slice(),
+        &body
+    );
+    assert_eq!(
+        client(&b)
+            .fetch_resource("default/model-key/demo?version=1", &good)
+            .unwrap()
+            .as_slice(),
+        &KEY
+    );
+    // A signature over another body is refused.
+    let r = agent
+        .post(&format!("{}{path}", b.base))
+        .header("x-ciel-admin-timestamp", now.to_string())
+        .header("x-ciel-admin-signature", B64.encode(sig.as_ref()))
+        .send(&[1u8; 32][..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+}
