@@ -155,7 +155,7 @@ impl KeyStore {
         &self,
         resource: &ResourcePath,
         version: Option<u32>,
-    ) -> Result<Option<(u32, Zeroizing<Vec<u8>>)>, StoreError> {
+    ) -> Result<Option<VersionedKey>, StoreError> {
         let Some(versions) = self.data.keys.get(&resource.to_string()) else {
             return Ok(None);
         };
