@@ -462,3 +462,69 @@ fn admin_puts_need_a_valid_signature_and_rotation_keeps_old_versions() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 }
+
+#[test]
+fn tls_broker_is_reached_only_with_its_pinned_ca() {
+    use ciel_keybroker::tls::{TlsListener, generate_dev_pki, server_config};
+    let b = start(300, true, &[("default/model-key/demo", String::new())]);
+    // Reuse the plain broker's state files for a second, TLS, broker.
+    let pki = generate_dev_pki(&["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let dir = b.dir.path();
+    std::fs::write(dir.join("tls.pem"), &pki.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &pki.key_pem).unwrap();
+    let tls = server_config(&dir.join("tls.pem"), &dir.join("tls.key")).unwrap();
+    let config = Config::load(&dir.join("kbs.toml")).unwrap();
+    let master = ciel_keybroker::store::read_master_key(&config.master_key_file).unwrap();
+    let store = KeyStore::open(&config.key_store, &master).unwrap();
+    let audit = AuditLog::open(&config.audit_log).unwrap();
+    let state = Arc::new(AppState::new(config, store, audit));
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(tcp.local_addr().unwrap()).unwrap();
+            let _ =
+                ciel_keybroker::server::serve_tls(TlsListener::new(tcp, tls), state, async move {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+    });
+    let addr = addr_rx.recv().unwrap();
+    let base = format!("https://127.0.0.1:{}", addr.port());
+    let good = SimSnpSource {
+        sim: sim(),
+        template: SimSnpReport::default(),
+    };
+    let backoff = Backoff {
+        attempts: 1,
+        first: Duration::from_millis(10),
+        max: Duration::from_millis(10),
+    };
+    let c = KbsClient::with_pinned_ca(&base, pki.ca_pem.as_bytes(), backoff).unwrap();
+    assert_eq!(
+        c.fetch_resource("default/model-key/demo", &good)
+            .unwrap()
+            .as_slice(),
+        &KEY
+    );
+    // Another CA (a substituted broker certificate) is refused before any evidence leaves.
+    let other = generate_dev_pki(&["127.0.0.1".to_string()]).unwrap();
+    let c = KbsClient::with_pinned_ca(&base, other.ca_pem.as_bytes(), backoff).unwrap();
+    let e = c
+        .fetch_resource("default/model-key/demo", &good)
+        .unwrap_err();
+    assert!(matches!(e, KbsClientError::Unreachable { .. }), "{e}");
+    // Plain HTTP to the TLS port fails too.
+    assert!(
+        KbsClient::new(&format!("http://127.0.0.1:{}", addr.port()), backoff)
+            .fetch_resource("default/model-key/demo", &good)
+            .is_err()
+    );
+}

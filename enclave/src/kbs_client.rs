@@ -92,6 +92,42 @@ impl KbsClient {
         }
     }
 
+    /// A client for `https://` that trusts only `ca_pem` (the broker's CA,
+    /// measured into the image or carried in the attested init-data) —
+    /// never the system's roots.
+    pub fn with_pinned_ca(
+        base: &str,
+        ca_pem: &[u8],
+        backoff: Backoff,
+    ) -> Result<Self, KbsClientError> {
+        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(ca_pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            return Err(KbsClientError::Protocol {
+                step: "setup",
+                message: "pinned CA: no certificate in PEM".into(),
+            });
+        }
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .build();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .tls_config(tls)
+            .build()
+            .into();
+        Ok(KbsClient {
+            base: base.trim_end_matches('/').to_string(),
+            agent,
+            backoff,
+        })
+    }
+
     fn with_retry<T>(
         &self,
         step: &'static str,

@@ -17,5 +17,6 @@ pub mod resource;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod tls;
 
 pub use resource::{ResourcePath, ResourcePathError};

@@ -9,6 +9,7 @@ use crate::problem::{ApiError, Kind};
 use crate::resource::ResourcePath;
 use crate::session::Sessions;
 use crate::store::KeyStore;
+use crate::tls::{ClientAddr, TlsListener};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -73,7 +74,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves.
+/// Serves plain HTTP until `shutdown` resolves (tests, or behind a TLS proxy).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AppState>,
@@ -81,7 +82,21 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        router(state).into_make_service_with_connect_info::<ClientAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// Serves HTTPS until `shutdown` resolves.
+pub async fn serve_tls(
+    listener: TlsListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<ClientAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await
@@ -181,7 +196,7 @@ fn entry(
 
 async fn attest(
     State(st): State<Arc<AppState>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -269,7 +284,7 @@ struct ResourceQuery {
 
 async fn resource(
     State(st): State<Arc<AppState>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     Path((repo, kind, tag)): Path<(String, String, String)>,
     Query(q): Query<ResourceQuery>,
     headers: HeaderMap,
@@ -369,7 +384,7 @@ pub fn admin_message(method: &str, path: &str, timestamp: u64, body: &[u8]) -> S
 
 async fn admin_put(
     State(st): State<Arc<AppState>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     Path((repo, kind, tag)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,
