@@ -29,6 +29,9 @@ enum Command {
     Unseal(cli::seal::UnsealArgs),
     /// Print a sealed model's header.
     Inspect(cli::seal::InspectArgs),
+    /// The key broker: attested release of model keys.
+    #[command(subcommand)]
+    Kbs(cli::kbs::KbsCommand),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Command::Seal(a) => cli::seal::run_seal(a),
         Command::Unseal(a) => cli::seal::run_unseal(a),
         Command::Inspect(a) => cli::seal::run_inspect(a),
+        Command::Kbs(cmd) => cli::kbs::run(cmd),
     };
     match result {
         Ok(code) => code,

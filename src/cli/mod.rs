@@ -3,5 +3,16 @@
 
 pub mod attest;
 mod files;
+pub mod kbs;
 pub mod seal;
 mod sim;
+
+/// Logs to stderr; `RUST_LOG` filters (default: info).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

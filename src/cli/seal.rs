@@ -25,8 +25,17 @@ pub struct SealArgs {
     #[arg(long)]
     pub resource: String,
     /// Write the fresh data key (hex) to this file, mode 0600.
+    #[arg(long, required_unless_present = "kbs")]
+    pub key_out: Option<PathBuf>,
+    /// Register the data key at this key broker (https://HOST:PORT).
+    #[arg(long, requires = "admin_key")]
+    pub kbs: Option<String>,
+    /// The broker's admin key (Ed25519 PKCS#8, from `ciel kbs init`).
+    #[arg(long, requires = "kbs")]
+    pub admin_key: Option<PathBuf>,
+    /// CA certificate (PEM) the broker's TLS certificate must chain to.
     #[arg(long)]
-    pub key_out: PathBuf,
+    pub kbs_ca: Option<PathBuf>,
     /// Model name recorded in the header (default: the file name).
     #[arg(long)]
     pub name: Option<String>,
@@ -141,7 +150,9 @@ pub fn read_key_file(path: &Path) -> Result<DataKey> {
 pub fn run_seal(a: SealArgs) -> Result<ExitCode> {
     let resource = ResourcePath::parse(&a.resource)?;
     refuse_overwrite(&a.out, a.force)?;
-    refuse_overwrite(&a.key_out, a.force)?;
+    if let Some(k) = &a.key_out {
+        refuse_overwrite(k, a.force)?;
+    }
     let len = std::fs::metadata(&a.input)
         .with_context(|| format!("cannot read model {}", a.input.display()))?
         .len();
@@ -212,20 +223,109 @@ pub fn run_seal(a: SealArgs) -> Result<ExitCode> {
             return Err(e);
         }
     };
-    write_key_file(&a.key_out, &key)?;
+    // The key goes where it was asked before the model is published: a
+    // sealed model whose key was lost is no model at all.
+    let mut key_notes = Vec::new();
+    let stored = (|| -> Result<()> {
+        if let Some(url) = &a.kbs {
+            let admin = a.admin_key.as_deref().context("--admin-key")?;
+            let version = register_key(url, admin, a.kbs_ca.as_deref(), &resource, &key)?;
+            key_notes.push(format!(
+                "registered at {url} as {resource} version {version}"
+            ));
+        }
+        if let Some(k) = &a.key_out {
+            write_key_file(k, &key)?;
+            key_notes.push(format!("written to {} (keep it secret)", k.display()));
+        }
+        Ok(())
+    })();
+    if let Err(e) = stored {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
     std::fs::rename(&partial, &a.out)
         .with_context(|| format!("rename {} to {}", partial.display(), a.out.display()))?;
     eprintln!(
-        "sealed {} ({} bytes, {format}) into {} ({} chunks of {} bytes)\nresource: {resource}\nplaintext sha256: {}\ndata key: {} (keep it secret; register it at the key broker)",
+        "sealed {} ({} bytes, {format}) into {} ({} chunks of {} bytes)\nresource: {resource}\nplaintext sha256: {}\ndata key: {}",
         a.input.display(),
         len,
         a.out.display(),
         h.chunks(),
         h.header.chunk_size,
         h.header.plaintext_sha256,
-        a.key_out.display()
+        key_notes.join("; ")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Stores `key` as a new version of `resource` through the broker's
+/// signed admin endpoint; returns the version.
+fn register_key(
+    url: &str,
+    admin_key: &Path,
+    ca: Option<&Path>,
+    resource: &ResourcePath,
+    key: &DataKey,
+) -> Result<u64> {
+    use base64::Engine;
+    let pkcs8 = files::read("admin key", admin_key)?;
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|_| {
+        anyhow::anyhow!(
+            "admin key {} is not an Ed25519 PKCS#8 key",
+            admin_key.display()
+        )
+    })?;
+    let path = format!("/kbs/v0/admin/resource/{resource}");
+    let now = files::now();
+    let sig = pair
+        .sign(ciel_keybroker::server::admin_message("POST", &path, now, key.as_bytes()).as_bytes());
+    let mut cfg = ureq::Agent::config_builder().http_status_as_error(false);
+    if let Some(ca) = ca {
+        let pem = files::read("broker CA", ca)?;
+        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|i| match i {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            bail!("broker CA {}: no certificate", ca.display());
+        }
+        cfg = cfg.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                .build(),
+        );
+    } else if url.starts_with("https://") {
+        bail!(
+            "--kbs {url}: give --kbs-ca with the broker's CA certificate (no system roots are trusted)"
+        );
+    }
+    let agent: ureq::Agent = cfg.build().into();
+    let mut resp = agent
+        .post(&format!("{}{path}", url.trim_end_matches('/')))
+        .header("x-ciel-admin-timestamp", now.to_string())
+        .header(
+            "x-ciel-admin-signature",
+            base64::engine::general_purpose::STANDARD.encode(sig.as_ref()),
+        )
+        .send(&key.as_bytes()[..])
+        .with_context(|| format!("key broker {url}"))?;
+    let body: serde_json::Value = resp
+        .body_mut()
+        .read_json()
+        .unwrap_or(serde_json::Value::Null);
+    if !resp.status().is_success() {
+        bail!(
+            "key broker {url} refused the key ({}): {}",
+            resp.status(),
+            body["detail"].as_str().unwrap_or("no detail")
+        );
+    }
+    body["version"]
+        .as_u64()
+        .context("key broker answer has no version")
 }
 
 pub fn run_unseal(a: UnsealArgs) -> Result<ExitCode> {

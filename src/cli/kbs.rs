@@ -1,0 +1,175 @@
+//! `ciel kbs init | serve`: run the key broker.
+
+use anyhow::{Context, Result, bail};
+use ciel_keybroker::audit::AuditLog;
+use ciel_keybroker::config::Config;
+use ciel_keybroker::server::{AppState, serve, serve_tls};
+use ciel_keybroker::store::{KeyStore, read_master_key};
+use ciel_keybroker::tls::{TlsListener, generate_dev_pki, server_config};
+use clap::{Args, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Subcommand)]
+pub enum KbsCommand {
+    /// Create a broker directory: master key, admin key pair, TLS
+    /// certificates (a development CA guests can pin) and a config file.
+    Init(InitArgs),
+    /// Serve the key broker (Trustee KBS protocol v0.4.0).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Directory to create.
+    pub dir: PathBuf,
+    /// Names (DNS or IP) for the TLS certificate.
+    #[arg(long, default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
+    pub tls_name: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Broker configuration (TOML), as written by `ciel kbs init`.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: String,
+    /// TLS certificate chain (PEM). Without it the broker speaks plain HTTP
+    /// (loopback development only).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+pub fn run(cmd: KbsCommand) -> Result<ExitCode> {
+    match cmd {
+        KbsCommand::Init(a) => init(a),
+        KbsCommand::Serve(a) => serve_cmd(a),
+    }
+}
+
+fn write_new(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("write {}", path.display()))
+}
+
+fn init(a: InitArgs) -> Result<ExitCode> {
+    if a.dir.exists()
+        && std::fs::read_dir(&a.dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!("{} exists and is not empty", a.dir.display());
+    }
+    std::fs::create_dir_all(&a.dir).with_context(|| format!("create {}", a.dir.display()))?;
+    let rng = ring::rand::SystemRandom::new();
+    let mut master = zeroize::Zeroizing::new([0u8; 32]);
+    ring::rand::SecureRandom::fill(&rng, master.as_mut())
+        .map_err(|_| anyhow::anyhow!("random number generator failed"))?;
+    write_new(
+        &a.dir.join("master.key"),
+        format!("{}\n", hex::encode(master.as_ref())).as_bytes(),
+        true,
+    )?;
+    let admin = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| anyhow::anyhow!("admin key generation failed"))?;
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(admin.as_ref())
+        .map_err(|_| anyhow::anyhow!("admin key"))?;
+    use ring::signature::KeyPair;
+    write_new(&a.dir.join("admin.key"), admin.as_ref(), true)?;
+    let pki = generate_dev_pki(&a.tls_name)?;
+    write_new(&a.dir.join("tls-ca.pem"), pki.ca_pem.as_bytes(), false)?;
+    write_new(&a.dir.join("tls.pem"), pki.cert_pem.as_bytes(), false)?;
+    write_new(&a.dir.join("tls.key"), pki.key_pem.as_bytes(), true)?;
+    let config = format!(
+        "# ciel key broker configuration (paths relative to this file)\nkey_store = \"keys.json\"\nmaster_key_file = \"master.key\"\naudit_log = \"audit.jsonl\"\nsession_ttl_seconds = 300\n# Ed25519 public key of admin.key: signs `ciel seal --kbs` registrations.\nadmin_public_key = \"{}\"\n# DANGER: trust simulated evidence (development only):\n# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]\n\n# Every resource names the attestation policy a guest must satisfy:\n# [[resource]]\n# path = \"default/model-key/my-model\"\n# policy_file = \"my-model.policy.toml\"\n",
+        hex::encode(pair.public_key().as_ref())
+    );
+    write_new(&a.dir.join("kbs.toml"), config.as_bytes(), false)?;
+    eprintln!(
+        "created {dir}: kbs.toml, master.key (0600), admin.key (0600), tls.pem/tls.key and tls-ca.pem (pin this in guests)\nnext: add [[resource]] entries, then\n  ciel kbs serve --config {dir}/kbs.toml --tls-cert {dir}/tls.pem --tls-key {dir}/tls.key",
+        dir = a.dir.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
+    super::init_logging();
+    let config = Config::load(&a.config)?;
+    if config.resources.is_empty() {
+        tracing::warn!("no [[resource]] configured: every resource request will be refused");
+    }
+    if config.attest_policy.trusts_any_simulated_root() {
+        tracing::warn!(
+            "DANGER: this broker accepts SIMULATED evidence (danger_simulated_roots): no confidentiality"
+        );
+    }
+    let master = read_master_key(&config.master_key_file)?;
+    let store = KeyStore::open(&config.key_store, &master)?;
+    drop(master);
+    let audit = AuditLog::open(&config.audit_log)
+        .with_context(|| format!("audit log {}", config.audit_log.display()))?;
+    let tls = match (&a.tls_cert, &a.tls_key) {
+        (Some(c), Some(k)) => Some(server_config(c, k)?),
+        _ => None,
+    };
+    let resources = config.resources.len();
+    let state = Arc::new(AppState::new(config, store, audit));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listen on {}", a.listen))?;
+        let addr = tcp.local_addr()?;
+        match tls {
+            Some(cfg) => {
+                tracing::info!(%addr, resources, "key broker listening (HTTPS)");
+                serve_tls(TlsListener::new(tcp, cfg), state, shutdown_signal()).await?;
+            }
+            None => {
+                if !addr.ip().is_loopback() {
+                    bail!("refusing plain HTTP on a non-loopback address {addr}: give --tls-cert and --tls-key");
+                }
+                tracing::warn!(%addr, resources, "key broker listening on plain HTTP (loopback development only)");
+                serve(tcp, state, shutdown_signal()).await?;
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,161 @@
+//! The owner's path across real processes: `ciel kbs init`, `ciel kbs
+//! serve` (TLS), `ciel seal --kbs` registering the key, then a simulated
+//! guest that attests, receives the key and unseals the model in memory.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod common;
+use ciel_attestation::sim::{SimSnpReport, SnpSim};
+use ciel_enclave::kbs_client::sim::SimSnpSource;
+use ciel_enclave::kbs_client::{Backoff, KbsClient};
+use ciel_protocol::sealed::{DataKey, UnsealOptions, unseal_in_memory};
+use common::ciel;
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn seal_register_attest_release_unseal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kb = tmp.path().join("kbs");
+    assert_eq!(
+        ciel(["kbs".as_ref(), "init".as_ref(), kb.as_os_str()]).code,
+        0
+    );
+
+    // The guest is simulated; both the broker and the resource policy must name its root.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sim = SnpSim::generate(ciel_attestation::UnixTime(now)).unwrap();
+    let fp = hex::encode(sim.root_sha256());
+    let measurement = hex::encode(SimSnpReport::default().measurement);
+    std::fs::write(
+        kb.join("demo.policy.toml"),
+        format!("danger_simulated_roots = [\"{fp}\"]\n[snp]\nmeasurements = [\"{measurement}\"]\n"),
+    )
+    .unwrap();
+    let mut cfg = std::fs::read_to_string(kb.join("kbs.toml")).unwrap();
+    cfg = cfg.replace(
+        "# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]",
+        &format!("danger_simulated_roots = [\"{fp}\"]"),
+    );
+    cfg.push_str(
+        "[[resource]]\npath = \"default/model-key/demo\"\npolicy_file = \"demo.policy.toml\"\n",
+    );
+    std::fs::write(kb.join("kbs.toml"), cfg).unwrap();
+
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ciel"))
+        .args(["kbs", "serve", "--config"])
+        .arg(kb.join("kbs.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--tls-cert"])
+        .arg(kb.join("tls.pem"))
+        .arg("--tls-key")
+        .arg(kb.join("tls.key"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let _server = Server(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Seal a model and register its key.
+    let model = tmp.path().join("model.gguf");
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend((0..200_000u32).map(|i| (i % 253) as u8));
+    std::fs::write(&model, &bytes).unwrap();
+    let sealed = tmp.path().join("model.csm");
+    let url = format!("https://127.0.0.1:{port}");
+    let run = ciel([
+        "seal".as_ref(),
+        "--in".as_ref(),
+        model.as_os_str(),
+        "--out".as_ref(),
+        sealed.as_os_str(),
+        "--resource".as_ref(),
+        "default/model-key/demo".as_ref(),
+        "--kbs".as_ref(),
+        url.as_ref(),
+        "--admin-key".as_ref(),
+        kb.join("admin.key").as_os_str(),
+        "--kbs-ca".as_ref(),
+        kb.join("tls-ca.pem").as_os_str(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("registered at"), "{}", run.stderr);
+
+    // The guest: attest, receive the key, unseal in memory.
+    let ca = std::fs::read(kb.join("tls-ca.pem")).unwrap();
+    let client = KbsClient::with_pinned_ca(&url, &ca, Backoff::default()).unwrap();
+    let source = SimSnpSource {
+        sim: &sim,
+        template: SimSnpReport::default(),
+    };
+    let key = client
+        .fetch_resource("default/model-key/demo", &source)
+        .unwrap();
+    let key: [u8; 32] = key.as_slice().try_into().unwrap();
+    let plain = unseal_in_memory(
+        std::fs::read(&sealed).unwrap(),
+        &DataKey::from_bytes(key),
+        UnsealOptions::default(),
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    plain.reader().read_to_end(&mut got).unwrap();
+    assert_eq!(got, bytes);
+
+    // A guest with another measurement gets nothing.
+    let other = SimSnpSource {
+        sim: &sim,
+        template: SimSnpReport {
+            measurement: [1; 48],
+            ..Default::default()
+        },
+    };
+    assert!(
+        client
+            .fetch_resource("default/model-key/demo", &other)
+            .is_err()
+    );
+
+    let audit = std::fs::read_to_string(kb.join("audit.jsonl")).unwrap();
+    assert!(
+        audit.contains("\"release\"")
+            && audit.contains("measurement_not_allowed")
+            && audit.contains("admin-put"),
+        "{audit}"
+    );
+    drop(_server);
+    let mut log = String::new();
+    let _ = stderr.read_to_string(&mut log);
+    assert!(
+        log.contains("DANGER"),
+        "the broker warns about simulated roots: {log}"
+    );
+    assert!(
+        !log.contains(&hex::encode(key)),
+        "key material in the broker log"
+    );
+}
