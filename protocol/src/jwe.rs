@@ -2,7 +2,8 @@
 //! job the key broker has: wrapping a resource for the TEE's ephemeral key.
 //!
 //! Supported: `alg` ECDH-ES+A256KW on P-256 (RFC 7518 §4.6, the default of
-//! Trustee's clients) and `enc` A256GCM. The TEE generates a
+//! Trustee's clients) or RSA-OAEP-256 (§4.3, for TEEs with RSA keys), and
+//! `enc` A256GCM. The TEE generates a
 //! [`TeeKeyPair`] per boot, sends its public JWK in the attestation
 //! request (bound into the evidence), and only it can open the response.
 
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 const ALG: &str = "ECDH-ES+A256KW";
+const ALG_RSA: &str = "RSA-OAEP-256";
 const ENC: &str = "A256GCM";
 
 /// Why a JWE could not be made or opened.
@@ -51,7 +53,8 @@ pub struct Jwe {
 struct Protected {
     alg: String,
     enc: String,
-    epk: Jwk,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    epk: Option<Jwk>,
 }
 
 /// RFC 7518 §4.6.2: Concat KDF (single round, SHA-256) with empty
@@ -117,23 +120,51 @@ fn rng() -> rand_core::UnwrapErr<getrandom::SysRng> {
     rand_core::UnwrapErr(getrandom::SysRng)
 }
 
-/// Encrypts `plaintext` for the holder of `recipient`'s private key.
+/// Encrypts `plaintext` for the holder of `recipient`'s private key: an EC
+/// P-256 key gets ECDH-ES+A256KW, an RSA key (≥ 2048 bits) RSA-OAEP-256.
 pub fn encrypt(recipient: &Jwk, plaintext: &[u8]) -> Result<Jwe, JweError> {
-    let their = public_from_jwk(recipient)?;
-    let eph = p256::ecdh::EphemeralSecret::generate_from_rng(&mut rng());
-    let z = eph.diffie_hellman(&their);
-    let kek = concat_kdf(z.raw_secret_bytes().as_ref(), ALG, &[], &[], 256);
     let mut cek = Zeroizing::new([0u8; 32]);
     getrandom::fill(cek.as_mut()).map_err(|_| JweError::Random)?;
-    let mut wrapped = [0u8; 40];
-    KwAes256::new_from_slice(&kek)
-        .map_err(|_| JweError::Random)?
-        .wrap_key(cek.as_ref(), &mut wrapped)
-        .map_err(|_| JweError::Random)?;
-    let protected = Protected {
-        alg: ALG.into(),
-        enc: ENC.into(),
-        epk: jwk_from_public(&eph.public_key()),
+    let (protected, wrapped) = match recipient.kty.as_str() {
+        "EC" => {
+            let their = public_from_jwk(recipient)?;
+            let eph = p256::ecdh::EphemeralSecret::generate_from_rng(&mut rng());
+            let z = eph.diffie_hellman(&their);
+            let kek = concat_kdf(z.raw_secret_bytes().as_ref(), ALG, &[], &[], 256);
+            let mut wrapped = [0u8; 40];
+            KwAes256::new_from_slice(&kek)
+                .map_err(|_| JweError::Random)?
+                .wrap_key(cek.as_ref(), &mut wrapped)
+                .map_err(|_| JweError::Random)?;
+            (
+                Protected {
+                    alg: ALG.into(),
+                    enc: ENC.into(),
+                    epk: Some(jwk_from_public(&eph.public_key())),
+                },
+                wrapped.to_vec(),
+            )
+        }
+        "RSA" => {
+            let pk = rsa_from_jwk(recipient)?;
+            let wrapped = pk
+                .encrypt(&mut rng(), rsa::Oaep::<sha2::Sha256>::new(), cek.as_ref())
+                .map_err(|_| JweError::BadKey)?;
+            (
+                Protected {
+                    alg: ALG_RSA.into(),
+                    enc: ENC.into(),
+                    epk: None,
+                },
+                wrapped,
+            )
+        }
+        other => {
+            return Err(JweError::Unsupported {
+                field: "recipient kty",
+                value: other.into(),
+            });
+        }
     };
     let protected_b64 = B64.encode(serde_json::to_vec(&protected).map_err(|_| JweError::Random)?);
     let mut iv = [0u8; 12];
@@ -156,6 +187,26 @@ pub fn encrypt(recipient: &Jwk, plaintext: &[u8]) -> Result<Jwe, JweError> {
         ciphertext: B64.encode(&buf),
         tag: B64.encode(tag.as_ref()),
     })
+}
+
+/// An RSA public key from a JWK (`n`, `e` base64url), at least 2048 bits.
+fn rsa_from_jwk(jwk: &Jwk) -> Result<rsa::RsaPublicKey, JweError> {
+    let n = jwk
+        .n
+        .as_deref()
+        .and_then(|n| B64.decode(n).ok())
+        .ok_or(JweError::BadKey)?;
+    let e = jwk
+        .e
+        .as_deref()
+        .and_then(|e| B64.decode(e).ok())
+        .ok_or(JweError::BadKey)?;
+    if n.len() < 256 || n.len() > 1024 || e.is_empty() || e.len() > 8 {
+        return Err(JweError::BadKey);
+    }
+    let n = rsa::BoxedUint::from_be_slice_vartime(&n);
+    let e = rsa::BoxedUint::from_be_slice_vartime(&e);
+    rsa::RsaPublicKey::new(n, e).map_err(|_| JweError::BadKey)
 }
 
 /// The TEE's ephemeral key pair for one key-release session.
@@ -202,7 +253,7 @@ impl TeeKeyPair {
                 value: p.enc,
             });
         }
-        let epk = public_from_jwk(&p.epk)?;
+        let epk = public_from_jwk(p.epk.as_ref().ok_or(JweError::Encoding("protected.epk"))?)?;
         let z = p256::ecdh::diffie_hellman(self.secret.to_nonzero_scalar(), epk.as_affine());
         let kek = concat_kdf(z.raw_secret_bytes().as_ref(), ALG, &[], &[], 256);
         let wrapped = B64
@@ -295,6 +346,49 @@ mod tests {
             tee.decrypt(&t),
             Err(JweError::Unsupported { field: "alg", .. })
         ));
+    }
+
+    #[test]
+    fn rsa_oaep_256_recipients() {
+        use rsa::traits::PublicKeyParts;
+        let sk = rsa::RsaPrivateKey::new(&mut rng(), 2048).unwrap();
+        let pk = sk.to_public_key();
+        let jwk = Jwk {
+            kty: "RSA".into(),
+            alg: Some("RSA-OAEP-256".into()),
+            crv: None,
+            x: None,
+            y: None,
+            n: Some(B64.encode(pk.n().to_be_bytes_trimmed_vartime())),
+            e: Some(B64.encode(pk.e().to_be_bytes_trimmed_vartime())),
+        };
+        let jwe = encrypt(&jwk, b"model key").unwrap();
+        let hdr: serde_json::Value =
+            serde_json::from_slice(&B64.decode(&jwe.protected).unwrap()).unwrap();
+        assert_eq!(hdr["alg"], "RSA-OAEP-256");
+        // Open it as an RSA TEE would: unwrap the CEK, then AES-GCM.
+        let cek = sk
+            .decrypt(
+                rsa::Oaep::<sha2::Sha256>::new(),
+                &B64.decode(&jwe.encrypted_key).unwrap(),
+            )
+            .unwrap();
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &cek).unwrap());
+        let mut buf = B64.decode(&jwe.ciphertext).unwrap();
+        buf.extend(B64.decode(&jwe.tag).unwrap());
+        let iv: [u8; 12] = B64.decode(&jwe.iv).unwrap().try_into().unwrap();
+        let plain = key
+            .open_in_place(
+                Nonce::assume_unique_for_key(iv),
+                Aad::from(jwe.protected.as_bytes()),
+                &mut buf,
+            )
+            .unwrap();
+        assert_eq!(plain, b"model key");
+        // Small RSA keys are refused.
+        let mut small = jwk.clone();
+        small.n = Some(B64.encode([0xffu8; 128]));
+        assert_eq!(encrypt(&small, b"k").unwrap_err(), JweError::BadKey);
     }
 
     #[test]
