@@ -190,7 +190,7 @@ pub fn encrypt(recipient: &Jwk, plaintext: &[u8]) -> Result<Jwe, JweError> {
 }
 
 /// An RSA public key from a JWK (`n`, `e` base64url), at least 2048 bits.
-fn rsa_from_jwk(jwk: &Jwk) -> Result<rsa::RsaPublicKey, JweError> {
+fn rsa_from_jwk(jwk: &Jwk) -> Result<rsa::PublicKey, JweError> {
     let n = jwk
         .n
         .as_deref()
@@ -206,7 +206,7 @@ fn rsa_from_jwk(jwk: &Jwk) -> Result<rsa::RsaPublicKey, JweError> {
     }
     let n = rsa::BoxedUint::from_be_slice_vartime(&n);
     let e = rsa::BoxedUint::from_be_slice_vartime(&e);
-    rsa::RsaPublicKey::new(n, e).map_err(|_| JweError::BadKey)
+    rsa::PublicKey::new(n, e).map_err(|_| JweError::BadKey)
 }
 
 /// The TEE's ephemeral key pair for one key-release session.
@@ -351,7 +351,7 @@ mod tests {
     #[test]
     fn rsa_oaep_256_recipients() {
         use rsa::traits::PublicKeyParts;
-        let sk = rsa::RsaPrivateKey::new(&mut rng(), 2048).unwrap();
+        let sk = rsa::PrivateKey::new(&mut rng(), 2048).unwrap();
         let pk = sk.to_public_key();
         let jwk = Jwk {
             kty: "RSA".into(),
