@@ -32,6 +32,9 @@ enum Command {
     /// The key broker: attested release of model keys.
     #[command(subcommand)]
     Kbs(cli::kbs::KbsCommand),
+    /// Guest images and the measurements they produce.
+    #[command(subcommand)]
+    Image(cli::image::ImageCommand),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Unseal(a) => cli::seal::run_unseal(a),
         Command::Inspect(a) => cli::seal::run_inspect(a),
         Command::Kbs(cmd) => cli::kbs::run(cmd),
+        Command::Image(cmd) => cli::image::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -237,6 +237,14 @@ impl Policy {
         Self::from_raw(raw)
     }
 
+    /// Parses and validates a JSON policy document (the same fields as
+    /// TOML; what `ciel image measure --reference-values` writes).
+    pub fn from_json(text: &str) -> Result<Self, PolicyError> {
+        let raw: RawPolicy =
+            serde_json::from_str(text).map_err(|e| field_err("(document)", e.to_string()))?;
+        Self::from_raw(raw)
+    }
+
     /// Validates a raw policy.
     pub fn from_raw(raw: RawPolicy) -> Result<Self, PolicyError> {
         let platforms = raw

@@ -4,8 +4,10 @@
 //! This crate builds guest images reproducibly (bit for bit from the same
 //! inputs) and will compute the launch measurements the hardware reports.
 //!
-//! It starts with the initramfs format, [`cpio`].
+//! So far: the initramfs format ([`cpio`]) and TDX RTMR replay from a CC
+//! event log ([`ccel`]).
 
 #![forbid(unsafe_code)]
 
+pub mod ccel;
 pub mod cpio;

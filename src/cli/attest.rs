@@ -44,7 +44,7 @@ pub struct VerifyArgs {
     /// Verification instant, RFC 3339 (default: now).
     #[arg(long)]
     pub at: Option<String>,
-    /// Attestation policy (TOML). See docs/policy.example.toml.
+    /// Attestation policy (TOML, or JSON if the name ends in .json). See docs/policy.example.toml.
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// Print one JSON object instead of a report for people.
@@ -101,7 +101,11 @@ fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
             let text = files::read("policy", p)?;
             let text = String::from_utf8(text)
                 .with_context(|| format!("policy {} is not UTF-8", p.display()))?;
-            Policy::from_toml(&text).with_context(|| format!("policy {}", p.display()))?
+            if p.extension().is_some_and(|e| e == "json") {
+                Policy::from_json(&text).with_context(|| format!("policy {}", p.display()))?
+            } else {
+                Policy::from_toml(&text).with_context(|| format!("policy {}", p.display()))?
+            }
         }
         None => Policy::authenticity_only(),
     };

@@ -1,0 +1,90 @@
+//! `ciel image measure tdx`: replay → reference values → policy, with no
+//! hand copying, checked against a (simulated) TD quote.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::indexing_slicing)]
+
+mod common;
+use ciel_attestation::sim::{SimTdxQuote, TdxSim};
+use ciel_attestation::{Collateral, Evidence, Policy, ReasonKind, UnixTime, verify};
+use common::{ciel, vector};
+
+#[test]
+fn replayed_rtmrs_become_a_policy_that_a_matching_quote_satisfies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rv = tmp.path().join("rv.json");
+    let log = vector("measure/trustee-eventlog/CCEL_data_grub");
+    let run = ciel([
+        "image".as_ref(),
+        "measure".as_ref(),
+        "tdx".as_ref(),
+        "--ccel".as_ref(),
+        log.as_os_str(),
+        "--json".as_ref(),
+        "--reference-values".as_ref(),
+        rv.as_os_str(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = run.json();
+    assert_eq!(
+        out["rtmr"][0],
+        "cec0a104f691f60da2387fea3c2de00c4ac035e2bb479ff02edcce69039d9e9907f0b3e55031da3dc7038f423adebd79"
+    );
+    assert_eq!(out["events"].as_array().unwrap().len(), 37);
+
+    // The reference values, plus (for this simulated quote) the simulated root.
+    let now = 1_790_000_000;
+    let sim = TdxSim::generate(UnixTime(now - 86_400)).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&rv).unwrap()).unwrap();
+    doc["danger_simulated_roots"] = serde_json::json!([hex::encode(sim.root_sha256())]);
+    let policy = Policy::from_json(&doc.to_string()).unwrap();
+
+    let mut rtmr = [[0u8; 48]; 4];
+    for (i, r) in rtmr.iter_mut().enumerate() {
+        r.copy_from_slice(&hex::decode(out["rtmr"][i].as_str().unwrap()).unwrap());
+    }
+    let col = Collateral {
+        dcap: Some(sim.collateral(UnixTime(now)).unwrap()),
+        ..Default::default()
+    };
+    let quote = sim
+        .quote(&SimTdxQuote {
+            rtmr,
+            ..Default::default()
+        })
+        .unwrap();
+    let v = verify(
+        &Evidence::parse(&quote).unwrap(),
+        &col,
+        &policy,
+        UnixTime(now),
+    );
+    assert!(v.accepted, "{:?}", v.reasons);
+
+    // A TD whose boot chain differs (one event more in RTMR1) is refused.
+    rtmr[1][0] ^= 1;
+    let quote = sim
+        .quote(&SimTdxQuote {
+            rtmr,
+            ..Default::default()
+        })
+        .unwrap();
+    let v = verify(
+        &Evidence::parse(&quote).unwrap(),
+        &col,
+        &policy,
+        UnixTime(now),
+    );
+    assert!(v.has(ReasonKind::RtmrNotAllowed), "{:?}", v.reasons);
+
+    // And a garbage log is a clear error.
+    let bad = tmp.path().join("bad.log");
+    std::fs::write(&bad, [0u8; 10]).unwrap();
+    let run = ciel([
+        "image".as_ref(),
+        "measure".as_ref(),
+        "tdx".as_ref(),
+        "--ccel".as_ref(),
+        bad.as_os_str(),
+    ]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("bad.log"), "{}", run.stderr);
+}
