@@ -295,3 +295,23 @@ fn in_memory_unsealing_matches_streaming_and_detects_the_same_tampering() {
         Err(SealError::ChunkAuthentication { chunk: 0, .. })
     ));
 }
+
+#[test]
+fn a_file_sealed_by_an_independent_implementation_opens() {
+    // protocol/testdata/make_independent_vector.py wrote it from the spec alone.
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/testdata/independent-python.csm"
+    ))
+    .unwrap();
+    let key = DataKey::from_bytes([3; 32]);
+    let (got, r) = open(&bytes, &key, 2);
+    let h = r.unwrap();
+    assert_eq!(h.header.model.name, "seed");
+    assert_eq!(
+        got,
+        (0..10_000usize)
+            .map(|i| (i * 7 % 256) as u8)
+            .collect::<Vec<u8>>()
+    );
+}
