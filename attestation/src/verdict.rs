@@ -334,6 +334,23 @@ impl Verdict {
         self.reasons.push(Reason::new(kind, message));
     }
 
+    /// The reason codes, in order.
+    pub fn reason_codes(&self) -> Vec<String> {
+        self.reasons
+            .iter()
+            .map(|r| r.kind.code().to_string())
+            .collect()
+    }
+
+    /// All reasons on one line: `[code] message; [code] message`.
+    pub fn summary(&self) -> String {
+        self.reasons
+            .iter()
+            .map(|r| format!("[{}] {}", r.kind.code(), r.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     /// Whether any reason of this kind was recorded.
     pub fn has(&self, kind: ReasonKind) -> bool {
         self.reasons.iter().any(|r| r.kind == kind)

@@ -233,17 +233,7 @@ async fn attest(
         UnixTime(now()),
     );
     if !verdict.accepted {
-        let codes: Vec<String> = verdict
-            .reasons
-            .iter()
-            .map(|r| r.kind.code().to_string())
-            .collect();
-        let detail = verdict
-            .reasons
-            .iter()
-            .map(|r| format!("[{}] {}", r.kind.code(), r.message))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let (codes, detail) = (verdict.reason_codes(), verdict.summary());
         let e = entry(client, "attest", None, "deny", codes, Some(&decoded));
         audit(&st, e)?;
         return Err(ApiError::new(Kind::BadEvidence, detail));
@@ -318,17 +308,7 @@ async fn resource(
     };
     let verdict = verify(&ev.evidence, &ev.collateral, policy, UnixTime(now()));
     if !verdict.accepted {
-        let codes: Vec<String> = verdict
-            .reasons
-            .iter()
-            .map(|r| r.kind.code().to_string())
-            .collect();
-        let detail = verdict
-            .reasons
-            .iter()
-            .map(|r| format!("[{}] {}", r.kind.code(), r.message))
-            .collect::<Vec<_>>()
-            .join("; ");
+        let (codes, detail) = (verdict.reason_codes(), verdict.summary());
         audit(
             &st,
             entry(

@@ -29,6 +29,39 @@ pub enum SimError {
     Input(String),
 }
 
+/// Reads the files a hierarchy was saved to, with errors naming the file.
+pub(crate) struct StoredFiles<F: Fn(&str) -> Option<Vec<u8>>>(pub F);
+
+impl<F: Fn(&str) -> Option<Vec<u8>>> StoredFiles<F> {
+    fn bad(file: &str, message: impl std::fmt::Display) -> SimError {
+        SimError::Stored {
+            file: file.into(),
+            message: message.to_string(),
+        }
+    }
+
+    /// A file's bytes.
+    pub(crate) fn bytes(&self, file: &str) -> Result<Vec<u8>, SimError> {
+        (self.0)(file).ok_or_else(|| Self::bad(file, "missing"))
+    }
+
+    /// A certificate, checked to parse.
+    pub(crate) fn cert(&self, file: &str) -> Result<Vec<u8>, SimError> {
+        let der = self.bytes(file)?;
+        crate::x509::Cert::from_der(&der).map_err(|e| Self::bad(file, e))?;
+        Ok(der)
+    }
+
+    /// A key, decoded by `parse` (PKCS#8 DER).
+    pub(crate) fn key<K, E: std::fmt::Display>(
+        &self,
+        file: &str,
+        parse: impl Fn(&[u8]) -> Result<K, E>,
+    ) -> Result<K, SimError> {
+        parse(&self.bytes(file)?).map_err(|e| Self::bad(file, e))
+    }
+}
+
 pub(crate) fn crypto(e: impl std::fmt::Display) -> SimError {
     SimError::Crypto(e.to_string())
 }

@@ -2,10 +2,9 @@
 //! algorithms, and reports in the real v3/v5 layout signed by the VCEK.
 
 use super::certs::{Profile, build_pss, der_ia5, der_uint, ext, name, serial, validity};
-use super::{SimError, crypto, os_rng};
+use super::{SimError, StoredFiles, crypto, os_rng};
 use crate::snp::report::{RawReport, SIGNED_LEN};
 use crate::time::UnixTime;
-use crate::x509::Cert;
 use p384::ecdsa::signature::Signer;
 use p384::elliptic_curve::Generate;
 use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey};
@@ -305,38 +304,28 @@ impl SnpSim {
 
     /// Loads a hierarchy saved by [`Self::to_files`]; `read` returns a file's bytes.
     pub fn from_files(read: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Self, SimError> {
-        let get = |f: &str| {
-            read(f).ok_or_else(|| SimError::Stored {
-                file: f.into(),
-                message: "missing".into(),
-            })
-        };
-        let bad = |f: &str, e: &dyn std::fmt::Display| SimError::Stored {
-            file: f.into(),
-            message: e.to_string(),
-        };
-        let rsa_key = |f: &str| rsa::PrivateKey::from_pkcs8_der(&get(f)?).map_err(|e| bad(f, &e));
-        let cert = |f: &str| -> Result<Vec<u8>, SimError> {
-            let der = get(f)?;
-            Cert::from_der(&der).map_err(|e| bad(f, &e))?;
-            Ok(der)
-        };
-        let vcek_key = <p384::ecdsa::SigningKey as p384::pkcs8::DecodePrivateKey>::from_pkcs8_der(
-            &get("vcek.key.der")?,
-        )
-        .map_err(|e| bad("vcek.key.der", &e))?;
-        let chip_id: [u8; 64] = get("chip_id")?
-            .try_into()
-            .map_err(|_| bad("chip_id", &"not 64 bytes"))?;
+        let files = StoredFiles(read);
+        let rsa_key = |f: &str| files.key(f, rsa::PrivateKey::from_pkcs8_der);
+        let chip_id: [u8; 64] =
+            files
+                .bytes("chip_id")?
+                .try_into()
+                .map_err(|_| SimError::Stored {
+                    file: "chip_id".into(),
+                    message: "not 64 bytes".into(),
+                })?;
         Ok(SnpSim {
             ark_key: rsa_key("ark.key.der")?,
-            ark: cert("ark.der")?,
+            ark: files.cert("ark.der")?,
             ask_key: rsa_key("ask.key.der")?,
-            asvk: cert("asvk.der")?,
+            ask: files.cert("ask.der")?,
             asvk_key: rsa_key("asvk.key.der")?,
-            ask: cert("ask.der")?,
-            vcek_key,
-            vcek: cert("vcek.der")?,
+            asvk: files.cert("asvk.der")?,
+            vcek_key: files.key(
+                "vcek.key.der",
+                <p384::ecdsa::SigningKey as p384::pkcs8::DecodePrivateKey>::from_pkcs8_der,
+            )?,
+            vcek: files.cert("vcek.der")?,
             chip_id,
             tcb: SIM_TCB,
         })

@@ -6,10 +6,10 @@
 //! real quotes checks these; only the root differs.
 
 use super::certs::{Profile, der_uint, ext, ext_critical, name, serial, validity, x509_time};
-use super::{SimError, crypto, os_rng};
+use super::{SimError, StoredFiles, crypto, os_rng};
 use crate::collateral::DcapCollateral;
 use crate::time::UnixTime;
-use crate::x509::{Cert, sha256};
+use crate::x509::sha256;
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{DerSignature, Signature, SigningKey};
 use p256::elliptic_curve::Generate;
@@ -282,22 +282,9 @@ impl TdxSim {
 
     /// Loads a PKI saved by [`Self::to_files`].
     pub fn from_files(read: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Self, SimError> {
-        let get = |f: &str| {
-            read(f).ok_or_else(|| SimError::Stored {
-                file: f.into(),
-                message: "missing".into(),
-            })
-        };
-        let bad = |f: &str, e: &dyn std::fmt::Display| SimError::Stored {
-            file: f.into(),
-            message: e.to_string(),
-        };
-        let key = |f: &str| SigningKey::from_pkcs8_der(&get(f)?).map_err(|e| bad(f, &e));
-        let cert = |f: &str| -> Result<Vec<u8>, SimError> {
-            let der = get(f)?;
-            Cert::from_der(&der).map_err(|e| bad(f, &e))?;
-            Ok(der)
-        };
+        let files = StoredFiles(read);
+        let key = |f: &str| files.key(f, SigningKey::from_pkcs8_der);
+        let cert = |f: &str| files.cert(f);
         Ok(TdxSim {
             root_key: key("root.key.der")?,
             root: cert("root.der")?,
