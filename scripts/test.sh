@@ -14,6 +14,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 banner "Unit, property and end-to-end tests"
 cargo test --workspace --locked --no-fail-fast
 
+banner "Fuzz smoke run (every parser of untrusted bytes, a few seconds each)"
+./scripts/fuzz-smoke.sh
+
 banner "Supply chain (cargo deny: licenses, bans, sources, advisories)"
 ensure_cargo_deny
 cargo deny --locked check licenses bans sources
