@@ -528,3 +528,39 @@ fn tls_broker_is_reached_only_with_its_pinned_ca() {
             .is_err()
     );
 }
+
+/// Evidence in Trustee's SNP shape: raw report bytes and a certificate table.
+struct TrusteeShapedSnp;
+
+impl EvidenceSource for TrusteeShapedSnp {
+    fn tee(&self) -> &str {
+        "snp"
+    }
+    fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String> {
+        let report = sim()
+            .report(&SimSnpReport {
+                report_data,
+                ..Default::default()
+            })
+            .map_err(|e| e.to_string())?;
+        let mut table = vec![serde_json::json!({"cert_type": "VCEK", "data": sim().vcek_der()})];
+        for (i, block) in pem::parse_many(sim().chain_pem())
+            .map_err(|e| e.to_string())?
+            .iter()
+            .enumerate()
+        {
+            let kind = ["ASK", "ASVK", "ARK"][i.min(2)];
+            table.push(serde_json::json!({"cert_type": kind, "data": block.contents()}));
+        }
+        Ok(serde_json::json!({"attestation_report": report, "cert_chain": table}))
+    }
+}
+
+#[test]
+fn trustee_shaped_snp_evidence_is_accepted() {
+    let b = start(300, true, &[("default/model-key/demo", String::new())]);
+    let key = client(&b)
+        .fetch_resource("default/model-key/demo", &TrusteeShapedSnp)
+        .unwrap();
+    assert_eq!(key.as_slice(), &KEY);
+}

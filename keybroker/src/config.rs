@@ -32,6 +32,8 @@ struct RawConfig {
     danger_simulated_roots: Vec<String>,
     #[serde(default)]
     resource: Vec<RawResource>,
+    /// DCAP collateral (JSON) for TDX evidence that carries none.
+    dcap_collateral: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -55,6 +57,8 @@ pub struct Config {
     pub attest_policy: Policy,
     /// Release policy per resource.
     pub resources: BTreeMap<ResourcePath, Policy>,
+    /// Collateral for TDX evidence in Trustee's shape (quote only).
+    pub dcap_collateral: Option<ciel_attestation::collateral::DcapCollateral>,
 }
 
 impl Config {
@@ -107,7 +111,20 @@ impl Config {
             ),
             None => None,
         };
+        let dcap_collateral = match &raw.dcap_collateral {
+            Some(p) => {
+                let p = rel(p);
+                let bytes = std::fs::read(&p)
+                    .map_err(|e| err(format!("dcap_collateral {}: {e}", p.display())))?;
+                Some(
+                    ciel_attestation::collateral::DcapCollateral::from_json(&bytes)
+                        .map_err(|e| err(format!("dcap_collateral {}: {e}", p.display())))?,
+                )
+            }
+            None => None,
+        };
         Ok(Config {
+            dcap_collateral,
             key_store: rel(&raw.key_store),
             master_key_file: rel(&raw.master_key_file),
             audit_log: rel(&raw.audit_log),

@@ -1,14 +1,18 @@
 //! `tee-evidence` documents: what a guest sends in `/attest`, decoded into
 //! the attestation crate's evidence and collateral.
 //!
-//! Shapes (base64 is standard, padded):
-//! - `snp`: `{"report": b64(1184-byte report), "vcek": b64(DER), "cert_chain": "PEM ASK/ASVK+ARK" (optional)}`
-//! - `tdx`: `{"quote": b64(quote), "collateral": {DCAP collateral JSON, as `ciel attest verify --collateral`}}`
+//! Accepted shapes (base64 is standard, padded):
+//! - `snp`, ours: `{"report": b64(1184-byte report), "vcek": b64(DER), "cert_chain": "PEM ASK/ASVK+ARK" (optional)}`
+//! - `snp`, Trustee's: `{"attestation_report": [1184 byte values], "cert_chain": [{"cert_type": "VCEK"|"VLEK"|"ASK"|"ASVK"|"ARK", "data": [bytes]}]}`
+//!   (the `sev` crate's raw-bytes serialization of the report and its certificate table)
+//! - `tdx`, ours: `{"quote": b64(quote), "collateral": {DCAP collateral JSON}}`
+//! - `tdx`, Trustee's: `{"quote": b64(quote), "cc_eventlog": b64 (optional)}`; the
+//!   collateral then comes from the broker's `dcap_collateral` file.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ciel_attestation::collateral::DcapCollateral;
-use ciel_attestation::{Collateral, Evidence};
+use ciel_attestation::{Collateral, Evidence, EvidenceKind};
 
 /// Decoded evidence, its collateral, and the digest of what was sent.
 #[derive(Debug)]
@@ -29,10 +33,79 @@ fn b64(v: &serde_json::Value, name: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("tee-evidence.{name}: not base64: {e}"))
 }
 
-/// Decodes `evidence` for `tee` ("snp" or "tdx").
-pub fn decode(tee: &str, evidence: &serde_json::Value) -> Result<Decoded, String> {
+/// A JSON array of byte values (serde's encoding of raw bytes).
+fn byte_array(v: &serde_json::Value, what: &str) -> Result<Vec<u8>, String> {
+    let items = v
+        .as_array()
+        .ok_or_else(|| format!("tee-evidence.{what}: not an array of bytes"))?;
+    if items.len() > 1 << 20 {
+        return Err(format!("tee-evidence.{what}: too long"));
+    }
+    items
+        .iter()
+        .map(|x| {
+            x.as_u64()
+                .and_then(|n| u8::try_from(n).ok())
+                .ok_or_else(|| format!("tee-evidence.{what}: not a byte"))
+        })
+        .collect()
+}
+
+/// Trustee's SNP certificate table → (signer, PEM chain of the others).
+fn trustee_cert_table(table: &serde_json::Value) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let entries = table
+        .as_array()
+        .ok_or("tee-evidence.cert_chain: not an array")?;
+    let mut signer = None;
+    let mut chain = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let kind = e
+            .get("cert_type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        let data = byte_array(
+            e.get("data").unwrap_or(&serde_json::Value::Null),
+            &format!("cert_chain[{i}].data"),
+        )?;
+        match kind.as_str() {
+            "VCEK" | "VLEK" => signer = Some(data),
+            "ASK" | "ASVK" | "ARK" => chain.push(pem::Pem::new("CERTIFICATE", data)),
+            _ => {} // OEM and other entries are not part of the chain
+        }
+    }
+    let signer = signer.ok_or("tee-evidence.cert_chain: no VCEK or VLEK entry")?;
+    Ok((
+        signer,
+        if chain.is_empty() {
+            Vec::new()
+        } else {
+            pem::encode_many(&chain).into_bytes()
+        },
+    ))
+}
+
+/// Decodes `evidence` for `tee` ("snp" or "tdx"); `default_dcap` is the
+/// broker's collateral for TDX evidence that carries none.
+pub fn decode(
+    tee: &str,
+    evidence: &serde_json::Value,
+    default_dcap: Option<&DcapCollateral>,
+) -> Result<Decoded, String> {
     let mut collateral = Collateral::default();
     let raw = match tee {
+        "snp" if evidence.get("attestation_report").is_some() => {
+            let report = byte_array(&evidence["attestation_report"], "attestation_report")?;
+            let table = evidence
+                .get("cert_chain")
+                .ok_or("tee-evidence: missing `cert_chain` (the VCEK is needed)")?;
+            let (signer, chain) = trustee_cert_table(table)?;
+            collateral.snp_signer = Some(signer);
+            if !chain.is_empty() {
+                collateral.snp_chain = Some(chain);
+            }
+            report
+        }
         "snp" => {
             let report = b64(evidence, "report")?;
             collateral.snp_signer = Some(b64(evidence, "vcek")?);
@@ -46,25 +119,26 @@ pub fn decode(tee: &str, evidence: &serde_json::Value) -> Result<Decoded, String
         }
         "tdx" => {
             let quote = b64(evidence, "quote")?;
-            let col = evidence
-                .get("collateral")
-                .ok_or("tee-evidence: missing `collateral` (DCAP collateral JSON)")?;
-            let bytes = serde_json::to_vec(col).map_err(|e| e.to_string())?;
-            collateral.dcap = Some(
-                DcapCollateral::from_json(&bytes)
-                    .map_err(|e| format!("tee-evidence.collateral: {e}"))?,
-            );
+            collateral.dcap = Some(match evidence.get("collateral") {
+                Some(col) => {
+                    let bytes = serde_json::to_vec(col).map_err(|e| e.to_string())?;
+                    DcapCollateral::from_json(&bytes).map_err(|e| format!("tee-evidence.collateral: {e}"))?
+                }
+                None => default_dcap
+                    .cloned()
+                    .ok_or("tee-evidence carries no DCAP collateral and the broker has no `dcap_collateral` configured")?,
+            });
             quote
         }
         other => return Err(format!("tee {other:?} is not supported (snp, tdx)")),
     };
     let parsed = Evidence::parse(&raw).map_err(|e| format!("tee-evidence: {e}"))?;
-    let expected_kind = if tee == "snp" {
-        ciel_attestation::EvidenceKind::Snp
+    let expected = if tee == "snp" {
+        EvidenceKind::Snp
     } else {
-        ciel_attestation::EvidenceKind::Dcap
+        EvidenceKind::Dcap
     };
-    if parsed.kind() != expected_kind {
+    if parsed.kind() != expected {
         return Err(format!("tee-evidence is not {tee} evidence"));
     }
     let sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref());
@@ -73,4 +147,51 @@ pub fn decode(tee: &str, evidence: &serde_json::Value) -> Result<Decoded, String
         collateral,
         sha256,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trustee_shapes_decode() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../attestation/testdata");
+        let report = std::fs::read(format!("{dir}/snp/genoa_oc.report.bin")).unwrap_or_default();
+        let vcek = std::fs::read(format!("{dir}/snp/genoa_oc.vcek.der")).unwrap_or_default();
+        let doc = serde_json::json!({
+            "attestation_report": report,
+            "cert_chain": [{"cert_type": "VCEK", "data": vcek}, {"cert_type": "OEM", "data": [1, 2]}],
+        });
+        let d = decode("snp", &doc, None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(d.evidence.kind(), EvidenceKind::Snp);
+        assert_eq!(d.collateral.snp_signer.as_deref(), Some(&vcek[..]));
+        let missing = serde_json::json!({"attestation_report": report, "cert_chain": []});
+        assert!(
+            decode("snp", &missing, None)
+                .unwrap_err()
+                .contains("no VCEK")
+        );
+
+        let quote = std::fs::read(format!("{dir}/tdx/tdx_quote")).unwrap_or_default();
+        let col = DcapCollateral::from_json(
+            &std::fs::read(format!("{dir}/tdx/tdx_quote_collateral.json")).unwrap_or_default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let doc = serde_json::json!({"quote": B64.encode(&quote), "cc_eventlog": null});
+        assert!(
+            decode("tdx", &doc, None)
+                .unwrap_err()
+                .contains("dcap_collateral")
+        );
+        let d = decode("tdx", &doc, Some(&col)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(d.collateral.dcap.is_some());
+        assert!(
+            decode(
+                "snp",
+                &serde_json::json!({"attestation_report": [300]}),
+                None
+            )
+            .is_err()
+        );
+    }
 }

@@ -224,7 +224,7 @@ async fn attest(
             None,
         ));
     }
-    let decoded = evidence::decode(&tee, &req.tee_evidence)
+    let decoded = evidence::decode(&tee, &req.tee_evidence, st.config.dcap_collateral.as_ref())
         .map_err(|m| refuse(Kind::BadEvidence, "evidence_malformed", m, None))?;
     let verdict = verify(
         &decoded.evidence,
