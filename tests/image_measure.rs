@@ -88,3 +88,88 @@ fn replayed_rtmrs_become_a_policy_that_a_matching_quote_satisfies() {
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("bad.log"), "{}", run.stderr);
 }
+
+#[test]
+fn snp_launch_digest_matches_sev_snp_measure_and_feeds_a_policy() {
+    use ciel_attestation::sim::{SimSnpReport, SnpSim};
+    let tmp = tempfile::tempdir().unwrap();
+    let rv = tmp.path().join("rv.json");
+    let ovmf = vector("measure/sev-snp-measure/ovmf_AmdSev_suffix.bin");
+    let empty = tmp.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let run = ciel([
+        "image".as_ref(),
+        "measure".as_ref(),
+        "snp".as_ref(),
+        "--ovmf".as_ref(),
+        ovmf.as_os_str(),
+        "--kernel".as_ref(),
+        empty.as_os_str(),
+        "--initrd".as_ref(),
+        empty.as_os_str(),
+        "--append".as_ref(),
+        "console=ttyS0 loglevel=7".as_ref(),
+        "--vcpus".as_ref(),
+        "1".as_ref(),
+        "--vcpu-type".as_ref(),
+        "EPYC-v4".as_ref(),
+        "--guest-features".as_ref(),
+        "0x21".as_ref(),
+        "--json".as_ref(),
+        "--reference-values".as_ref(),
+        rv.as_os_str(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    // sev-snp-measure's test_snp_default.
+    let want = "803f691094946e42068aaa3a8f9e26a5c89f36f7b73ecfb28c653360fe4b3aba7e534442e7e1e17895dfe778d0228977";
+    assert_eq!(run.json()["measurement"], want);
+
+    // A guest launched with that measurement satisfies the generated policy.
+    let sim = SnpSim::generate(UnixTime(1_790_000_000)).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&rv).unwrap()).unwrap();
+    doc["danger_simulated_roots"] = serde_json::json!([hex::encode(sim.root_sha256())]);
+    let policy = Policy::from_json(&doc.to_string()).unwrap();
+    let col = Collateral {
+        snp_signer: Some(sim.vcek_der().to_vec()),
+        snp_chain: Some(sim.chain_pem()),
+        ..Default::default()
+    };
+    let measurement: [u8; 48] = hex::decode(want).unwrap().try_into().unwrap();
+    let report = sim
+        .report(&SimSnpReport {
+            measurement,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        verify(
+            &Evidence::parse(&report).unwrap(),
+            &col,
+            &policy,
+            UnixTime(1_790_000_000)
+        )
+        .accepted
+    );
+    let other = sim.report(&SimSnpReport::default()).unwrap();
+    let v = verify(
+        &Evidence::parse(&other).unwrap(),
+        &col,
+        &policy,
+        UnixTime(1_790_000_000),
+    );
+    assert!(v.has(ReasonKind::MeasurementNotAllowed));
+
+    // Direct boot needs an OVMF with the kernel-hashes section.
+    let plain = vector("measure/sev-snp-measure/ovmf_OvmfX64_suffix.bin");
+    let run = ciel([
+        "image".as_ref(),
+        "measure".as_ref(),
+        "snp".as_ref(),
+        "--ovmf".as_ref(),
+        plain.as_os_str(),
+        "--kernel".as_ref(),
+        empty.as_os_str(),
+    ]);
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("SNP_KERNEL_HASHES"), "{}", run.stderr);
+}

@@ -11,3 +11,4 @@
 
 pub mod ccel;
 pub mod cpio;
+pub mod snp_measure;

@@ -15,8 +15,53 @@ pub enum ImageCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum MeasureCommand {
+    /// SEV-SNP: the launch digest (MEASUREMENT) of a guest (same results as AMD's sev-snp-measure).
+    Snp(SnpArgs),
     /// TDX: replay a CC event log (CCEL) into RTMR0..RTMR3.
     Tdx(TdxArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnpArgs {
+    /// The OVMF firmware image (OVMF.fd).
+    #[arg(long)]
+    pub ovmf: PathBuf,
+    /// Kernel for measured direct boot (needs an AmdSev OVMF build).
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initrd for measured direct boot.
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, requires = "kernel")]
+    pub append: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u32,
+    /// vCPU model as QEMU names it (EPYC-v4, EPYC-Milan, EPYC-Genoa, ...).
+    #[arg(long, default_value = "EPYC-v4", conflicts_with = "vcpu_sig")]
+    pub vcpu_type: String,
+    /// vCPU signature (CPUID 1 EAX) instead of --vcpu-type, e.g. 0x800f12.
+    #[arg(long)]
+    pub vcpu_sig: Option<String>,
+    /// The VMM that launches the guest.
+    #[arg(long, default_value = "qemu", value_parser = ["qemu", "ec2"])]
+    pub vmm_type: String,
+    /// SEV_FEATURES of the guest (hex).
+    #[arg(long, default_value = "0x1")]
+    pub guest_features: String,
+    /// Start from a precomputed OVMF hash (hex) instead of hashing --ovmf.
+    #[arg(long)]
+    pub snp_ovmf_hash: Option<String>,
+    /// Print only the OVMF hash.
+    #[arg(long)]
+    pub ovmf_hash_only: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the digest as policy reference values (a JSON policy document).
+    #[arg(long)]
+    pub reference_values: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -35,7 +80,80 @@ pub struct TdxArgs {
 pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
     match cmd {
         ImageCommand::Measure(MeasureCommand::Tdx(a)) => measure_tdx(a),
+        ImageCommand::Measure(MeasureCommand::Snp(a)) => measure_snp(a),
     }
+}
+
+fn parse_hex_u64(what: &str, s: &str) -> Result<u64> {
+    u64::from_str_radix(s.trim().trim_start_matches("0x"), 16)
+        .with_context(|| format!("{what} {s:?} is not hex"))
+}
+
+fn measure_snp(a: SnpArgs) -> Result<ExitCode> {
+    use ciel_images::snp_measure::{Ovmf, SnpLaunch, Vmm, launch_digest, ovmf_hash, vcpu_type_sig};
+    let ovmf = Ovmf::parse(files::read("OVMF image", &a.ovmf)?)
+        .with_context(|| format!("{}", a.ovmf.display()))?;
+    if a.ovmf_hash_only {
+        let h = hex::encode(ovmf_hash(&ovmf));
+        super::attest::write_stdout(&if a.json {
+            format!("{{\"ovmf_hash\": \"{h}\"}}\n")
+        } else {
+            format!("{h}\n")
+        });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let vcpu_sig = match &a.vcpu_sig {
+        Some(s) => u32::try_from(parse_hex_u64("--vcpu-sig", s)?).context("--vcpu-sig is larger than 32 bits")?,
+        None => vcpu_type_sig(&a.vcpu_type).with_context(|| format!("--vcpu-type {:?} is not known (EPYC-v4, EPYC-Rome, EPYC-Milan, EPYC-Genoa), give --vcpu-sig", a.vcpu_type))?,
+    };
+    let kernel = a
+        .kernel
+        .as_ref()
+        .map(|p| files::read("kernel", p))
+        .transpose()?;
+    let initrd = a
+        .initrd
+        .as_ref()
+        .map(|p| files::read("initrd", p))
+        .transpose()?;
+    let precomputed = match &a.snp_ovmf_hash {
+        Some(h) => Some(
+            hex::decode(h.trim())
+                .ok()
+                .and_then(|b| <[u8; 48]>::try_from(b).ok())
+                .context("--snp-ovmf-hash is not 48 bytes of hex")?,
+        ),
+        None => None,
+    };
+    let launch = SnpLaunch {
+        ovmf: &ovmf,
+        kernel: kernel.as_deref(),
+        initrd: initrd.as_deref(),
+        append: a.append.as_deref(),
+        vcpus: a.vcpus,
+        vcpu_sig,
+        guest_features: parse_hex_u64("--guest-features", &a.guest_features)?,
+        vmm: if a.vmm_type == "ec2" {
+            Vmm::Ec2
+        } else {
+            Vmm::Qemu
+        },
+        ovmf_hash: precomputed,
+    };
+    let digest = hex::encode(launch_digest(&launch)?);
+    if let Some(out) = &a.reference_values {
+        let doc = serde_json::json!({ "platforms": ["snp"], "snp": { "measurements": [digest] } });
+        std::fs::write(out, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("write {}", out.display()))?;
+        eprintln!("wrote reference values to {}", out.display());
+    }
+    let text = if a.json {
+        format!("{{\"measurement\": \"{digest}\"}}\n")
+    } else {
+        format!("{digest}\n")
+    };
+    super::attest::write_stdout(&text);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn measure_tdx(a: TdxArgs) -> Result<ExitCode> {

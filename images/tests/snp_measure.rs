@@ -1,0 +1,117 @@
+//! Every SNP case of sev-snp-measure's test suite (shared vectors) gives
+//! its expected launch digest, OVMF hash, or error.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use ciel_images::snp_measure::{
+    MeasureError, Ovmf, SnpLaunch, Vmm, cpu_sig, launch_digest, ovmf_hash,
+};
+use std::path::PathBuf;
+
+fn dir() -> PathBuf {
+    std::env::var_os("CIEL_VECTORS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"))
+        .join("measure/sev-snp-measure")
+}
+
+fn fixture(arg: &serde_json::Value) -> Vec<u8> {
+    let s = arg.as_str().unwrap();
+    let name = s
+        .rsplit(['/', '\''])
+        .find(|p| !p.is_empty() && *p != " ")
+        .unwrap();
+    std::fs::read(dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn sev_snp_measure_cases() {
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir().join("test_guest_cases.json")).unwrap())
+            .unwrap();
+    let mut checked = 0;
+    let mut skipped_gce = 0;
+    let mut failures = Vec::new();
+    for case in doc["cases"].as_array().unwrap() {
+        let a = &case["args"];
+        let name = case["test"].as_str().unwrap();
+        if a["mode"] != "SevMode.SEV_SNP" || a.get("dump_vmsa").is_some_and(|d| d == true) {
+            continue;
+        }
+        let ovmf = Ovmf::parse(fixture(&a["ovmf_file"])).unwrap();
+        let empty: Vec<u8> = Vec::new();
+        let kernel = a["kernel"].as_str().map(|_| empty.as_slice());
+        let initrd = a["initrd"].as_str().map(|_| empty.as_slice());
+        let vmm = match a.get("vmm_type").and_then(|v| v.as_str()) {
+            Some(v) if v.ends_with("ec2") => Vmm::Ec2,
+            // GCE launches are not reproduced yet (the CLI refuses them).
+            Some(v) if v.ends_with("gce") => {
+                skipped_gce += 1;
+                continue;
+            }
+            _ => Vmm::Qemu,
+        };
+        let mut precomputed = None;
+        if let Some(h) = a.get("snp_ovmf_hash_str").and_then(|h| h.as_str()) {
+            if h.starts_with('<') {
+                let ours = ovmf_hash(&ovmf);
+                if let Some(want) = case.get("expected_ovmf_hash").and_then(|w| w.as_str()) {
+                    if hex::encode(ours) != want {
+                        failures.push(format!("{name}: ovmf hash {} != {want}", hex::encode(ours)));
+                    }
+                }
+                precomputed = Some(ours);
+            } else {
+                precomputed = Some(hex::decode(h).unwrap().try_into().unwrap());
+            }
+        }
+        let launch = SnpLaunch {
+            ovmf: &ovmf,
+            kernel,
+            initrd,
+            append: a["append"].as_str(),
+            vcpus: a["vcpus"].as_u64().unwrap() as u32,
+            vcpu_sig: if a["vcpu_sig"].is_null() {
+                0
+            } else {
+                cpu_sig(23, 1, 2)
+            },
+            guest_features: u64::from_str_radix(
+                a["guest_features"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("0x"),
+                16,
+            )
+            .unwrap(),
+            vmm,
+            ovmf_hash: precomputed,
+        };
+        let got = launch_digest(&launch);
+        match (
+            case["expect_error"].as_str(),
+            case["expected_launch_digest"].as_str(),
+            got,
+        ) {
+            (Some(_), _, Err(MeasureError::NoKernelHashes)) => {}
+            (None, Some(want), Ok(d)) if hex::encode(d) == want => {}
+            (_, want, got) => failures.push(format!(
+                "{name}: want {want:?}, got {:?}",
+                got.map(hex::encode)
+            )),
+        }
+        checked += 1;
+    }
+    assert!(checked >= 15, "only {checked} SNP cases");
+    assert_eq!(skipped_gce, 2);
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
