@@ -59,10 +59,10 @@ fn sev_snp_measure_cases() {
         if let Some(h) = a.get("snp_ovmf_hash_str").and_then(|h| h.as_str()) {
             if h.starts_with('<') {
                 let ours = ovmf_hash(&ovmf);
-                if let Some(want) = case.get("expected_ovmf_hash").and_then(|w| w.as_str()) {
-                    if hex::encode(ours) != want {
-                        failures.push(format!("{name}: ovmf hash {} != {want}", hex::encode(ours)));
-                    }
+                if let Some(want) = case.get("expected_ovmf_hash").and_then(|w| w.as_str())
+                    && hex::encode(ours) != want
+                {
+                    failures.push(format!("{name}: ovmf hash {} != {want}", hex::encode(ours)));
                 }
                 precomputed = Some(ours);
             } else {
