@@ -161,6 +161,11 @@ impl Ovmf {
         }
         let count =
             u32_at(&self.data, start + 12).ok_or_else(|| bad("SEV metadata header".into()))?;
+        if count as usize > self.data.len().saturating_sub(start + 16) / 12 {
+            return Err(bad(format!(
+                "SEV metadata claims {count} sections, more than the image holds"
+            )));
+        }
         (0..count as usize)
             .map(|i| {
                 let at = start + 16 + i * 12;
