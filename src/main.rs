@@ -35,6 +35,9 @@ enum Command {
     /// Guest images and the measurements they produce.
     #[command(subcommand)]
     Image(cli::image::ImageCommand),
+    /// The untrusted host side: launching confidential guests.
+    #[command(subcommand)]
+    Host(cli::host::HostCommand),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cli::seal::run_inspect(a),
         Command::Kbs(cmd) => cli::kbs::run(cmd),
         Command::Image(cmd) => cli::image::run(cmd),
+        Command::Host(cmd) => cli::host::run(cmd),
     };
     match result {
         Ok(code) => code,

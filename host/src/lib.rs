@@ -8,6 +8,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod launch;
+
 use std::fmt;
 use std::path::PathBuf;
 

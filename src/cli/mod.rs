@@ -3,6 +3,7 @@
 
 pub mod attest;
 mod files;
+pub mod host;
 pub mod image;
 pub mod kbs;
 pub mod seal;
