@@ -173,3 +173,68 @@ fn snp_launch_digest_matches_sev_snp_measure_and_feeds_a_policy() {
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("SNP_KERNEL_HASHES"), "{}", run.stderr);
 }
+
+#[test]
+fn image_build_is_reproducible_and_launchable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let enclave = tmp.path().join("enclave");
+    let kernel = tmp.path().join("vmlinuz");
+    let mods = tmp.path().join("mods");
+    std::fs::create_dir(&mods).unwrap();
+    std::fs::write(&enclave, b"\x7fELF static enclave").unwrap();
+    std::fs::write(&kernel, b"MZ kernel").unwrap();
+    std::fs::write(mods.join("vsock.ko"), b"vsock").unwrap();
+    std::fs::write(mods.join("vmw_vsock_virtio_transport.ko"), b"transport").unwrap();
+    std::fs::write(
+        mods.join("load-order"),
+        "vsock.ko\nvmw_vsock_virtio_transport.ko\n",
+    )
+    .unwrap();
+    let build = |out: &std::path::Path| {
+        ciel([
+            "image".as_ref(),
+            "build".as_ref(),
+            "--enclave".as_ref(),
+            enclave.as_os_str(),
+            "--kernel".as_ref(),
+            kernel.as_os_str(),
+            "--modules".as_ref(),
+            mods.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    assert_eq!(build(&a).code, 0);
+    assert_eq!(build(&b).code, 0);
+    for f in ["initrd", "kernel", "cmdline", "manifest.json"] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f} differs between two builds"
+        );
+    }
+    let initrd = std::fs::read(a.join("initrd")).unwrap();
+    assert!(initrd.starts_with(b"070701"));
+    // Not into a non-empty directory.
+    assert_eq!(build(&a).code, 2);
+    // The host can launch it.
+    let run = ciel([
+        "host".as_ref(),
+        "launch".as_ref(),
+        "--platform".as_ref(),
+        "snp".as_ref(),
+        "--image".as_ref(),
+        a.as_os_str(),
+        "--firmware".as_ref(),
+        "OVMF.fd".as_ref(),
+        "--dry-run".as_ref(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("kernel-hashes=on")
+            && run.stdout.contains("-append 'console=ttyS0 panic=-1'"),
+        "{}",
+        run.stdout
+    );
+}

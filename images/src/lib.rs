@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod build;
 pub mod ccel;
 pub mod cpio;
 pub mod snp_measure;

@@ -1,0 +1,155 @@
+//! The guest image: a deterministic initramfs with the enclave runtime as
+//! `/init`, the kernel modules it loads (in order), the kernel and its
+//! command line, and a manifest of digests. The same inputs always give
+//! the same bytes, so anyone can rebuild the image and recompute its
+//! launch measurement.
+
+use crate::cpio::{Archive, CpioError, Node};
+
+/// Inputs of an image.
+#[derive(Debug, Clone)]
+pub struct ImageInputs {
+    /// The enclave runtime, statically linked; becomes `/init`.
+    pub init: Vec<u8>,
+    /// Kernel modules in load order: (file name, contents).
+    pub modules: Vec<(String, Vec<u8>)>,
+    pub cmdline: String,
+}
+
+/// Why an image could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    #[error("module name {0:?}: only a plain file name ending in .ko is allowed")]
+    ModuleName(String),
+    #[error("module {0:?} is listed twice")]
+    DuplicateModule(String),
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
+    #[error(transparent)]
+    Cpio(#[from] CpioError),
+}
+
+/// Where modules live in the initramfs, and the file naming their order.
+pub const MODULE_DIR: &str = "lib/modules";
+pub const MODULE_ORDER: &str = "etc/ciel/modules.order";
+
+/// Builds the initramfs bytes.
+pub fn initramfs(inputs: &ImageInputs) -> Result<Vec<u8>, BuildError> {
+    if inputs.cmdline.contains('\n') || inputs.cmdline.len() > 4096 {
+        return Err(BuildError::Cmdline("one line, at most 4096 bytes".into()));
+    }
+    let mut a = Archive::new();
+    for dir in [
+        "dev",
+        "proc",
+        "sys",
+        "run",
+        "tmp",
+        "etc",
+        "etc/ciel",
+        "lib",
+        MODULE_DIR,
+        "sys/kernel",
+        "sys/kernel/config",
+    ] {
+        a.insert(dir, Node::Dir { mode: 0o755 })?;
+    }
+    // The console node exists before any devtmpfs is mounted: the kernel
+    // opens it for PID 1's stdio.
+    a.insert(
+        "dev/console",
+        Node::CharDevice {
+            mode: 0o600,
+            major: 5,
+            minor: 1,
+        },
+    )?;
+    a.insert(
+        "init",
+        Node::File {
+            mode: 0o755,
+            data: inputs.init.clone(),
+        },
+    )?;
+    let mut order = String::new();
+    for (name, data) in &inputs.modules {
+        if name.contains('/') || name.starts_with('.') || !name.ends_with(".ko") {
+            return Err(BuildError::ModuleName(name.clone()));
+        }
+        if order.lines().any(|l| l == name) {
+            return Err(BuildError::DuplicateModule(name.clone()));
+        }
+        a.insert(
+            &format!("{MODULE_DIR}/{name}"),
+            Node::File {
+                mode: 0o644,
+                data: data.clone(),
+            },
+        )?;
+        order.push_str(name);
+        order.push('\n');
+    }
+    a.insert(
+        MODULE_ORDER,
+        Node::File {
+            mode: 0o644,
+            data: order.into_bytes(),
+        },
+    )?;
+    Ok(a.to_bytes()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> ImageInputs {
+        ImageInputs {
+            init: b"\x7fELF-enclave".to_vec(),
+            modules: vec![
+                ("vsock.ko".into(), b"m1".to_vec()),
+                (
+                    "vmw_vsock_virtio_transport_common.ko".into(),
+                    b"m2".to_vec(),
+                ),
+            ],
+            cmdline: "console=ttyS0".into(),
+        }
+    }
+
+    #[test]
+    fn deterministic_with_the_expected_entries() {
+        let (a, b) = (initramfs(&inputs()), initramfs(&inputs()));
+        assert_eq!(a, b);
+        let bytes = a.unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        for name in [
+            "init\0",
+            "dev/console\0",
+            "lib/modules/vsock.ko\0",
+            "etc/ciel/modules.order\0",
+            "TRAILER!!!\0",
+        ] {
+            assert!(text.contains(name), "{name}");
+        }
+        // Load order is kept as given, not sorted.
+        assert!(text.contains("vsock.ko\nvmw_vsock_virtio_transport_common.ko\n"));
+        let mut other = inputs();
+        other.init.push(0);
+        assert_ne!(initramfs(&other).unwrap_or_default(), bytes);
+    }
+
+    #[test]
+    fn refuses_odd_module_names_and_multiline_cmdlines() {
+        let mut i = inputs();
+        i.modules.push(("../evil.ko".into(), vec![]));
+        assert!(matches!(initramfs(&i), Err(BuildError::ModuleName(_))));
+        let mut i = inputs();
+        i.modules.push(("vsock.ko".into(), vec![]));
+        assert!(matches!(initramfs(&i), Err(BuildError::DuplicateModule(_))));
+        let mut i = inputs();
+        i.cmdline = "a\nb".into();
+        assert!(initramfs(&i).is_err());
+    }
+}
