@@ -663,6 +663,30 @@ impl io::Seek for PlaintextReader<'_> {
     }
 }
 
+/// Authenticates and decrypts every chunk of `body` in place, in parallel
+/// on the current rayon pool; returns the failures.
+fn open_chunks(
+    body: &mut [u8],
+    stride: usize,
+    aead: &LessSafeKey,
+    h: &SealedHeader,
+) -> Vec<Result<(), SealError>> {
+    use rayon::prelude::*;
+    body.par_chunks_mut(stride)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let i = i as u64;
+            aead.open_in_place(h.nonce(i)?, Aad::from(h.aad), chunk)
+                .map(|_| ())
+                .map_err(|_| SealError::ChunkAuthentication {
+                    chunk: i,
+                    offset: h.chunk_offset(i),
+                })
+        })
+        .filter(Result::is_err)
+        .collect()
+}
+
 /// Unseals a whole sealed file held in memory, decrypting in place on
 /// `options.threads` threads (no copy). The buffer is zeroized if
 /// anything fails.
@@ -694,34 +718,20 @@ pub fn unseal_in_memory(
     let threads = options.threads.max(1);
     let body = buf.get_mut(h.len..).unwrap_or_default();
     let stride = (h.header.chunk_size as usize).saturating_add(TAG_LEN);
-    let chunks: Vec<(u64, &mut [u8])> = (0u64..).zip(body.chunks_mut(stride)).collect();
-    let per_thread = chunks.len().div_ceil(threads).max(1);
-    let results: Vec<Result<(), SealError>> = std::thread::scope(|s| {
-        let mut rest = chunks;
-        let mut handles = Vec::new();
-        while !rest.is_empty() {
-            let tail = rest.split_off(per_thread.min(rest.len()));
-            let group = std::mem::replace(&mut rest, tail);
-            let (aead, h) = (&aead, &h);
-            handles.push(s.spawn(move || -> Result<(), SealError> {
-                for (i, chunk) in group {
-                    aead.open_in_place(h.nonce(i)?, Aad::from(h.aad), chunk)
-                        .map_err(|_| SealError::ChunkAuthentication {
-                            chunk: i,
-                            offset: h.chunk_offset(i),
-                        })?;
-                }
-                Ok(())
-            }));
-        }
-        handles
-            .into_iter()
-            .map(|j| {
-                j.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("decryption thread panicked").into()))
-            })
-            .collect()
-    });
+    // Rayon's pool keeps its workers alive between calls, so they are
+    // already spread over the cores when the work arrives (freshly spawned
+    // threads often start on the same core and short jobs finish before the
+    // scheduler moves them). The global pool serves the default thread
+    // count; another count gets a pool of its own.
+    let results = if threads == rayon::current_num_threads() {
+        open_chunks(body, stride, &aead, &h)
+    } else {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| io::Error::other(format!("decryption threads: {e}")))?;
+        pool.install(|| open_chunks(body, stride, &aead, &h))
+    };
     // Report the first failing chunk in file order.
     if let Some(e) = results
         .into_iter()
