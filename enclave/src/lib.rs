@@ -9,5 +9,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod engine;
 pub mod kbs_client;
 pub mod tsm;

@@ -1,0 +1,4 @@
+//! The inference engine. So far: GGUF metadata and the tokenizer.
+
+pub mod gguf;
+pub mod tokenizer;

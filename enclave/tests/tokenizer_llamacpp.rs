@@ -1,0 +1,92 @@
+//! The tokenizer built from the demo model's GGUF gives exactly llama.cpp's
+//! ids for every reference string (`../shared/reference/smollm2-llamacpp.json`).
+//! The model comes from `scripts/fetch-model.sh` (the test script runs it).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use ciel_enclave::engine::gguf::parse_metadata;
+use ciel_enclave::engine::tokenizer::Tokenizer;
+use std::path::PathBuf;
+
+fn model() -> Vec<u8> {
+    let path = std::env::var_os("CIEL_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("CIEL_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ciel")
+                });
+            cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    // Only the metadata is needed: read the first 8 MiB.
+    use std::io::Read;
+    let mut f = std::fs::File::open(&path).unwrap_or_else(|e| {
+        panic!(
+            "demo model {} missing ({e}): run scripts/fetch-model.sh",
+            path.display()
+        )
+    });
+    let mut head = vec![0u8; 8 << 20];
+    let n = f.read(&mut head).unwrap();
+    head.truncate(n);
+    head
+}
+
+fn reference() -> serde_json::Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/reference/smollm2-llamacpp.json");
+    let p = std::env::var_os("CIEL_REFERENCE")
+        .map(PathBuf::from)
+        .unwrap_or(p);
+    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
+}
+
+#[test]
+fn ids_equal_llama_cpp_for_every_reference_string() {
+    let meta = parse_metadata(&model()).unwrap();
+    let tok = Tokenizer::from_gguf(&meta).unwrap();
+    assert_eq!(tok.vocab_size(), 49152);
+    let r = reference();
+    let cases = r["tokenize"].as_array().unwrap();
+    assert!(cases.len() >= 10);
+    for c in cases {
+        let text = c["text"].as_str().unwrap();
+        let want: Vec<u32> = c["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        let got = tok.encode(text, true);
+        assert_eq!(got, want, "ids for {text:?}");
+        assert_eq!(
+            tok.decode(&got, false),
+            c["detokenized"].as_str().unwrap(),
+            "round trip of {text:?}"
+        );
+        assert_eq!(
+            tok.decode(&got, true),
+            text,
+            "round trip with special tokens of {text:?}"
+        );
+    }
+    // The chat prompts of the greedy references tokenize identically too.
+    for g in r["greedy"].as_array().unwrap() {
+        let want: Vec<u32> = g["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(tok.encode(g["prompt"].as_str().unwrap(), true), want);
+    }
+    assert_eq!((tok.bos, tok.eos), (Some(1), Some(2)));
+    // Without special parsing, marker text is ordinary text.
+    assert_ne!(tok.encode("<|im_start|>", false), vec![1]);
+}
