@@ -1,0 +1,123 @@
+//! The language model: a llama-family quantized GGUF run with candle on the
+//! CPU. The prompt goes through in one batched forward pass; generation
+//! then feeds one token at a time against the key/value cache.
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use std::io::{Read, Seek};
+
+/// Why the model could not load or run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ModelError {
+    #[error("model: {0}")]
+    Load(String),
+    #[error("model forward pass: {0}")]
+    Forward(String),
+    #[error("model: the context is full ({0} tokens)")]
+    ContextFull(usize),
+}
+
+/// A loaded model and its position in the current sequence.
+pub struct Model {
+    weights: ModelWeights,
+    device: Device,
+    pos: usize,
+    context: usize,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("pos", &self.pos)
+            .field("context", &self.context)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Loads a GGUF model from a reader (in the guest: decrypted memory).
+    pub fn load<R: Read + Seek>(reader: &mut R) -> Result<Self, ModelError> {
+        let content =
+            gguf_file::Content::read(reader).map_err(|e| ModelError::Load(e.to_string()))?;
+        let context = content
+            .metadata
+            .get("llama.context_length")
+            .and_then(|v| v.to_u32().ok())
+            .map_or(2048, |v| v as usize);
+        let device = Device::Cpu;
+        let weights = ModelWeights::from_gguf(content, reader, &device)
+            .map_err(|e| ModelError::Load(e.to_string()))?;
+        Ok(Model {
+            weights,
+            device,
+            pos: 0,
+            context,
+        })
+    }
+
+    /// Starts a new sequence (the cache is overwritten from position 0).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Feeds `ids` (all at once) and returns the logits after the last one.
+    pub fn forward(&mut self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+        if ids.is_empty() {
+            return Err(ModelError::Forward("no tokens".into()));
+        }
+        if self.pos + ids.len() > self.context {
+            return Err(ModelError::ContextFull(self.context));
+        }
+        let err = |e: candle_core::Error| ModelError::Forward(e.to_string());
+        let input = Tensor::new(ids, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(err)?;
+        let logits = self.weights.forward(&input, self.pos).map_err(err)?;
+        self.pos += ids.len();
+        logits
+            .squeeze(0)
+            .and_then(|t| t.to_dtype(DType::F32))
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(err)
+    }
+}
+
+/// Index of the largest logit (the first one on ties), and its margin over
+/// the runner-up.
+pub fn argmax(logits: &[f32]) -> (u32, f32) {
+    let mut best = (0usize, f32::NEG_INFINITY);
+    let mut second = f32::NEG_INFINITY;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > best.1 {
+            second = best.1;
+            best = (i, l);
+        } else if l > second {
+            second = l;
+        }
+    }
+    (best.0 as u32, best.1 - second)
+}
+
+/// Greedy decoding: the prompt in one pass, then up to `max_new` tokens,
+/// stopping after `eos`.
+pub fn generate_greedy(
+    model: &mut Model,
+    prompt: &[u32],
+    max_new: usize,
+    eos: Option<u32>,
+) -> Result<Vec<u32>, ModelError> {
+    model.reset();
+    let mut out = Vec::new();
+    let mut logits = model.forward(prompt)?;
+    for _ in 0..max_new {
+        let (next, _) = argmax(&logits);
+        out.push(next);
+        if Some(next) == eos {
+            break;
+        }
+        logits = model.forward(&[next])?;
+    }
+    Ok(out)
+}
