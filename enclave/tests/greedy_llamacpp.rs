@@ -87,3 +87,41 @@ fn greedy_completions_match_llama_cpp_until_a_near_tie() {
         assert!(comparable >= 8, "too few comparable steps ({comparable})");
     }
 }
+
+#[test]
+fn the_generation_loop_answers_the_reference_question() {
+    use ciel_enclave::engine::generate::{Finish, Request, generate};
+    use ciel_enclave::engine::gguf::parse_metadata;
+    use ciel_enclave::engine::sampling::SamplingParams;
+    use ciel_enclave::engine::tokenizer::Tokenizer;
+    let bytes = std::fs::read(model_path())
+        .unwrap_or_else(|e| panic!("demo model missing ({e}): run scripts/fetch-model.sh"));
+    let tok = Tokenizer::from_gguf(&parse_metadata(&bytes).unwrap()).unwrap();
+    let mut model = Model::load(&mut std::io::Cursor::new(&bytes)).unwrap();
+    let prompt = tok.encode(
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        true,
+    );
+    let req = Request {
+        prompt,
+        max_tokens: 32,
+        sampling: SamplingParams::default(),
+        stop: vec![],
+    };
+    let mut streamed = String::new();
+    let c = generate(&mut model, &tok, &req, |s| streamed.push_str(s)).unwrap();
+    assert_eq!(c.text, "The capital of France is Paris.");
+    assert_eq!(c.finish, Finish::Stop);
+    assert_eq!(streamed, c.text);
+    // A stop string cuts the answer and is not sent.
+    let req = Request {
+        stop: vec![" Paris".into()],
+        ..req
+    };
+    let mut streamed = String::new();
+    let c = generate(&mut model, &tok, &req, |s| streamed.push_str(s)).unwrap();
+    assert_eq!(
+        (c.text.as_str(), streamed.as_str()),
+        ("The capital of France is", "The capital of France is")
+    );
+}

@@ -1,5 +1,7 @@
 //! The inference engine. So far: GGUF metadata and the tokenizer.
 
+pub mod generate;
 pub mod gguf;
 pub mod model;
+pub mod sampling;
 pub mod tokenizer;

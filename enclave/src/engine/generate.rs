@@ -1,0 +1,240 @@
+//! The generation loop: prompt in one batched pass, then one token at a
+//! time, sampled, streamed out as text, until EOS, a stop string or the
+//! token limit. Text is released only in whole UTF-8 characters, and held
+//! back while it could still turn into a stop string (so a client never
+//! sees the start of a stop sequence).
+
+use super::model::ModelError;
+use super::sampling::{Sampler, SamplingError, SamplingParams};
+use super::tokenizer::Tokenizer;
+
+/// What produces next-token logits (the model; a script in tests).
+pub trait Logits {
+    fn reset(&mut self);
+    fn forward(&mut self, ids: &[u32]) -> Result<Vec<f32>, ModelError>;
+}
+
+impl Logits for super::model::Model {
+    fn reset(&mut self) {
+        super::model::Model::reset(self);
+    }
+    fn forward(&mut self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+        super::model::Model::forward(self, ids)
+    }
+}
+
+/// A generation request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// EOS or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+}
+
+/// The result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub finish: Finish,
+    pub prompt_tokens: usize,
+}
+
+/// Why generation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GenerateError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+}
+
+/// Longest suffix of `text` that is a proper prefix of some stop string.
+fn held_back(text: &str, stops: &[String]) -> usize {
+    stops
+        .iter()
+        .flat_map(|s| {
+            (1..s.len())
+                .rev()
+                .filter(move |&n| s.is_char_boundary(n))
+                .map(move |n| &s[..n])
+        })
+        .filter(|p| text.ends_with(p))
+        .map(str::len)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Runs `req`; `emit` receives text as it becomes final.
+pub fn generate(
+    model: &mut impl Logits,
+    tokenizer: &Tokenizer,
+    req: &Request,
+    mut emit: impl FnMut(&str),
+) -> Result<Completion, GenerateError> {
+    if req.prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    let mut sampler = Sampler::new(req.sampling.clone())?;
+    model.reset();
+    let mut logits = model.forward(&req.prompt)?;
+    let mut ids = Vec::new();
+    let mut sent = 0usize; // bytes of `text` already emitted
+    let mut text = String::new();
+    let mut finish = Finish::Length;
+    for step in 0..req.max_tokens {
+        let next = sampler.sample(&logits);
+        if Some(next) == tokenizer.eos {
+            finish = Finish::Stop;
+            break;
+        }
+        ids.push(next);
+        // Whole characters only: a byte token may end mid-character.
+        let decoded = tokenizer.decode(&ids, false);
+        text = decoded.trim_end_matches('\u{fffd}').to_string();
+        if let Some(at) = req.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+            text.truncate(at);
+            finish = Finish::Stop;
+            break;
+        }
+        let ready = text.len() - held_back(&text, &req.stop);
+        if ready > sent {
+            emit(&text[sent..ready]);
+            sent = ready;
+        }
+        if step + 1 < req.max_tokens {
+            logits = model.forward(&[next])?;
+        }
+    }
+    if finish == Finish::Length {
+        text = tokenizer.decode(&ids, false);
+    }
+    if text.len() > sent {
+        emit(&text[sent..]);
+    }
+    Ok(Completion {
+        ids,
+        text,
+        finish,
+        prompt_tokens: req.prompt.len(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gguf::{Metadata, Value};
+
+    /// A model that always predicts the next token of a script.
+    struct Script {
+        tokens: Vec<u32>,
+        at: usize,
+        vocab: usize,
+    }
+
+    impl Logits for Script {
+        fn reset(&mut self) {
+            self.at = 0;
+        }
+        fn forward(&mut self, _ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+            let mut l = vec![0.0; self.vocab];
+            if let Some(&t) = self.tokens.get(self.at) {
+                l[t as usize] = 10.0;
+            }
+            self.at += 1;
+            Ok(l)
+        }
+    }
+
+    /// A vocabulary of single characters: "a", "b", "c", " ", "\u{e9}" split in two bytes, and EOS.
+    fn tokenizer() -> Tokenizer {
+        let toks = ["<eos>", "a", "b", "c", "\u{120}", "\u{c3}", "\u{a9}"];
+        let mut kv = std::collections::BTreeMap::new();
+        kv.insert(
+            "tokenizer.ggml.model".to_string(),
+            Value::Str("gpt2".into()),
+        );
+        kv.insert(
+            "tokenizer.ggml.tokens".to_string(),
+            Value::Array(toks.iter().map(|t| Value::Str((*t).into())).collect()),
+        );
+        kv.insert(
+            "tokenizer.ggml.token_type".to_string(),
+            Value::Array(vec![
+                Value::U64(3),
+                Value::U64(1),
+                Value::U64(1),
+                Value::U64(1),
+                Value::U64(1),
+                Value::U64(1),
+                Value::U64(1),
+            ]),
+        );
+        kv.insert("tokenizer.ggml.merges".to_string(), Value::Array(vec![]));
+        kv.insert("tokenizer.ggml.eos_token_id".to_string(), Value::U64(0));
+        Tokenizer::from_gguf(&Metadata {
+            version: 3,
+            tensor_count: 0,
+            kv,
+            end: 0,
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn run(script: &[u32], max: usize, stop: &[&str]) -> (Completion, Vec<String>) {
+        let mut m = Script {
+            tokens: script.to_vec(),
+            at: 0,
+            vocab: 7,
+        };
+        let req = Request {
+            prompt: vec![1],
+            max_tokens: max,
+            sampling: SamplingParams::default(),
+            stop: stop.iter().map(|s| s.to_string()).collect(),
+        };
+        let mut pieces = Vec::new();
+        let c = generate(&mut m, &tokenizer(), &req, |s| pieces.push(s.to_string()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        (c, pieces)
+    }
+
+    #[test]
+    fn eos_length_and_stop_strings() {
+        let (c, p) = run(&[1, 2, 0, 3], 10, &[]);
+        assert_eq!((c.text.as_str(), c.finish), ("ab", Finish::Stop));
+        assert_eq!(p.concat(), "ab");
+        let (c, _) = run(&[1, 2, 3, 1], 2, &[]);
+        assert_eq!((c.text.as_str(), c.finish), ("ab", Finish::Length));
+        // "bc" stops; "b" is held back until it is clear it starts "bc".
+        let (c, p) = run(&[1, 2, 3, 1], 10, &["bc"]);
+        assert_eq!((c.text.as_str(), c.finish), ("a", Finish::Stop));
+        assert_eq!(p, vec!["a"]);
+        // "b" followed by "a": the held-back "b" is released.
+        let (c, p) = run(&[1, 2, 1, 0], 10, &["bc"]);
+        assert_eq!(c.text, "aba");
+        assert_eq!(p.concat(), "aba");
+    }
+
+    #[test]
+    fn multibyte_characters_are_emitted_whole() {
+        // é = C3 A9, as two byte tokens.
+        let (c, p) = run(&[1, 5, 6, 0], 10, &[]);
+        assert_eq!(c.text, "a\u{e9}");
+        assert!(p.iter().all(|s| !s.contains('\u{fffd}')), "{p:?}");
+        assert_eq!(p.concat(), "a\u{e9}");
+    }
+}

@@ -1,0 +1,235 @@
+//! Choosing the next token: greedy, or temperature with top-k and top-p
+//! (nucleus) filtering, from a seeded generator so a request with a seed
+//! is reproducible.
+
+/// Sampling parameters (OpenAI-style; 0 temperature means greedy).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens (0 = no limit).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches `top_p`.
+    pub top_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+/// Why parameters were refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SamplingError {
+    #[error("temperature {0} must be between 0 and 2")]
+    Temperature(f32),
+    #[error("top_p {0} must be in (0, 1]")]
+    TopP(f32),
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<(), SamplingError> {
+        if !(0.0..=2.0).contains(&self.temperature) || self.temperature.is_nan() {
+            return Err(SamplingError::Temperature(self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(SamplingError::TopP(self.top_p));
+        }
+        Ok(())
+    }
+}
+
+/// SplitMix64: small, fast, and good enough to draw sampling decisions
+/// (nothing secret depends on it).
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Draws tokens according to its parameters.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: SplitMix64,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self, SamplingError> {
+        params.validate()?;
+        let seed = params.seed;
+        Ok(Sampler {
+            params,
+            rng: SplitMix64(seed),
+        })
+    }
+
+    /// The next token for `logits`.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.params.temperature == 0.0 || self.params.top_k == 1 {
+            return super::model::argmax(logits).0;
+        }
+        let t = f64::from(self.params.temperature);
+        let mut cand: Vec<(u32, f64)> = logits
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.is_finite())
+            .map(|(i, &l)| (i as u32, f64::from(l) / t))
+            .collect();
+        if cand.is_empty() {
+            return 0;
+        }
+        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if self.params.top_k > 0 {
+            cand.truncate(self.params.top_k);
+        }
+        let max = cand[0].1;
+        let mut probs: Vec<(u32, f64)> = cand
+            .into_iter()
+            .map(|(i, l)| (i, (l - max).exp()))
+            .collect();
+        let sum: f64 = probs.iter().map(|p| p.1).sum();
+        probs.iter_mut().for_each(|p| p.1 /= sum);
+        if self.params.top_p < 1.0 {
+            let mut acc = 0.0;
+            let keep = probs
+                .iter()
+                .position(|p| {
+                    acc += p.1;
+                    acc >= f64::from(self.params.top_p)
+                })
+                .map_or(probs.len(), |i| i + 1);
+            probs.truncate(keep);
+            let s: f64 = probs.iter().map(|p| p.1).sum();
+            probs.iter_mut().for_each(|p| p.1 /= s);
+        }
+        let mut r = self.rng.next_f64();
+        for (id, p) in &probs {
+            if r < *p {
+                return *id;
+            }
+            r -= p;
+        }
+        probs.last().map_or(0, |p| p.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(params: SamplingParams, logits: &[f32], n: usize) -> Vec<usize> {
+        let mut s = Sampler::new(params).unwrap_or_else(|e| panic!("{e}"));
+        let mut c = vec![0; logits.len()];
+        for _ in 0..n {
+            c[s.sample(logits) as usize] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn greedy_and_top_k_1_are_argmax() {
+        let logits = [0.1, 2.0, 1.9, -1.0];
+        assert_eq!(
+            counts(SamplingParams::default(), &logits, 10),
+            vec![0, 10, 0, 0]
+        );
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 1,
+            ..Default::default()
+        };
+        assert_eq!(counts(p, &logits, 10), vec![0, 10, 0, 0]);
+    }
+
+    #[test]
+    fn temperature_follows_softmax_and_filters_apply() {
+        // ln(3): token 1 is three times as likely as token 0.
+        let logits = [0.0f32, 3f32.ln(), f32::NEG_INFINITY];
+        let p = SamplingParams {
+            temperature: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
+        let c = counts(p, &logits, 40_000);
+        let ratio = c[1] as f64 / c[0] as f64;
+        assert!((2.8..3.2).contains(&ratio), "ratio {ratio}");
+        assert_eq!(c[2], 0);
+        // top_p 0.5 keeps only the top token (0.75 ≥ 0.5).
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            seed: 7,
+            ..Default::default()
+        };
+        assert_eq!(counts(p, &logits, 100)[0], 0);
+        // top_k 2 of 4 never picks the last two.
+        let p = SamplingParams {
+            temperature: 1.5,
+            top_k: 2,
+            seed: 1,
+            ..Default::default()
+        };
+        let c = counts(p, &[1.0, 1.1, 0.9, 0.8], 1000);
+        assert_eq!(c[2] + c[3], 0);
+    }
+
+    #[test]
+    fn seeds_reproduce_and_bad_parameters_are_refused() {
+        let p = SamplingParams {
+            temperature: 0.8,
+            seed: 42,
+            ..Default::default()
+        };
+        let logits: Vec<f32> = (0..50).map(|i| (i as f32 * 0.37).sin()).collect();
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(p.clone()).unwrap_or_else(|e| panic!("{e}"));
+            (0..20).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(p).unwrap_or_else(|e| panic!("{e}"));
+            (0..20).map(|_| s.sample(&logits)).collect()
+        };
+        assert_eq!(a, b);
+        assert!(
+            Sampler::new(SamplingParams {
+                temperature: 3.0,
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            Sampler::new(SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            Sampler::new(SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            })
+            .is_err()
+        );
+    }
+}
