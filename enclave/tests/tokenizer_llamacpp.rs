@@ -90,3 +90,36 @@ fn ids_equal_llama_cpp_for_every_reference_string() {
     // Without special parsing, marker text is ordinary text.
     assert_ne!(tok.encode("<|im_start|>", false), vec![1]);
 }
+
+#[test]
+fn the_models_chat_template_renders_the_reference_prompt() {
+    use ciel_enclave::engine::chat::{ChatTemplate, Message};
+    let meta = parse_metadata(&model()).unwrap();
+    let t = ChatTemplate::from_gguf(&meta).unwrap();
+    let r = reference();
+    let want = r["greedy"][0]["prompt"].as_str().unwrap();
+    // No system message: the template adds SmolLM's default one.
+    let msgs = [Message {
+        role: "user".into(),
+        content: "Explain in a few sentences why the sky is blue.".into(),
+    }];
+    assert_eq!(t.render(&msgs, true).unwrap(), want);
+    let tok = Tokenizer::from_gguf(&meta).unwrap();
+    let want_ids: Vec<u32> = r["greedy"][0]["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(tok.encode(&t.render(&msgs, true).unwrap(), true), want_ids);
+    assert!(
+        t.render(
+            &[Message {
+                role: "tool".into(),
+                content: "x".into()
+            }],
+            true
+        )
+        .is_err()
+    );
+}
