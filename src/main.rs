@@ -38,6 +38,9 @@ enum Command {
     /// The untrusted host side: launching confidential guests.
     #[command(subcommand)]
     Host(cli::host::HostCommand),
+    /// The guest runtime.
+    #[command(subcommand)]
+    Enclave(cli::enclave::EnclaveCommand),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         Command::Kbs(cmd) => cli::kbs::run(cmd),
         Command::Image(cmd) => cli::image::run(cmd),
         Command::Host(cmd) => cli::host::run(cmd),
+        Command::Enclave(cmd) => cli::enclave::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -2,6 +2,7 @@
 //! clocks and the pure library crates.
 
 pub mod attest;
+pub mod enclave;
 mod files;
 pub mod host;
 pub mod image;

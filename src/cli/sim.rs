@@ -27,6 +27,11 @@ pub fn data_dir() -> Result<PathBuf> {
         .context("no data directory: set CIEL_DATA_DIR or HOME")
 }
 
+/// The simulated SNP hierarchy (generated on first use).
+pub fn load_or_create_snp() -> Result<(SnpSim, PathBuf)> {
+    load_or_create::<SnpSim>()
+}
+
 /// A simulated vendor hierarchy kept under the data directory.
 trait Stored: Sized {
     const DIR: &'static str;
