@@ -1,0 +1,189 @@
+//! `ciel enclave boot --sim` across real processes: the owner seals the demo
+//! model and registers its key at a TLS broker; a simulated guest whose
+//! measurement the policy names receives the key, unseals in memory and
+//! answers as llama.cpp does; a guest the policy does not name gets nothing.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod common;
+use common::{ciel, data_dir};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn model_path() -> PathBuf {
+    std::env::var_os("CIEL_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("CIEL_CACHE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ciel")
+                });
+            cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        })
+}
+
+fn seal(model: &Path, out: &Path, resource: &str, url: &str, kb: &Path) {
+    let run = ciel([
+        "seal".as_ref(),
+        "--in".as_ref(),
+        model.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--resource".as_ref(),
+        resource.as_ref(),
+        "--kbs".as_ref(),
+        url.as_ref(),
+        "--admin-key".as_ref(),
+        kb.join("admin.key").as_os_str(),
+        "--kbs-ca".as_ref(),
+        kb.join("tls-ca.pem").as_os_str(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+}
+
+fn boot(sealed: &Path, url: &str, kb: &Path) -> common::Run {
+    ciel([
+        "enclave".as_ref(),
+        "boot".as_ref(),
+        "--sim".as_ref(),
+        "--kbs".as_ref(),
+        url.as_ref(),
+        "--kbs-ca".as_ref(),
+        kb.join("tls-ca.pem").as_os_str(),
+        "--model".as_ref(),
+        sealed.as_os_str(),
+        "--prompt".as_ref(),
+        "Explain in a few sentences why the sky is blue.".as_ref(),
+        // llama.cpp's first near-tie on this question is at token 13.
+        "--max-tokens".as_ref(),
+        "12".as_ref(),
+    ])
+}
+
+#[test]
+fn simulated_guest_receives_the_key_and_answers_only_if_the_policy_names_it() {
+    let model = model_path();
+    assert!(
+        model.is_file(),
+        "demo model {} missing: run scripts/fetch-model.sh",
+        model.display()
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let kb = tmp.path().join("kbs");
+    assert_eq!(
+        ciel(["kbs".as_ref(), "init".as_ref(), kb.as_os_str()]).code,
+        0
+    );
+    // Creates the simulated hierarchy in the data dir `ciel enclave boot` uses.
+    let sim = ciel([
+        "attest".as_ref(),
+        "sim-report".as_ref(),
+        "--platform".as_ref(),
+        "snp".as_ref(),
+        "--report-data".as_ref(),
+        "00".as_ref(),
+        "--out".as_ref(),
+        tmp.path().join("probe.bin").as_os_str(),
+    ]);
+    assert_eq!(sim.code, 0, "{}", sim.stderr);
+    let ark = std::fs::read(data_dir().join("sim/snp/ark.der")).unwrap();
+    let fp = hex::encode(ring::digest::digest(&ring::digest::SHA256, &ark));
+    let ours = hex::encode(ciel_attestation::sim::SimSnpReport::default().measurement);
+    let other = hex::encode([0x11u8; 48]);
+    for (name, m) in [("ours", &ours), ("other", &other)] {
+        std::fs::write(
+            kb.join(format!("{name}.policy.toml")),
+            format!("danger_simulated_roots = [\"{fp}\"]\n[snp]\nmeasurements = [\"{m}\"]\n"),
+        )
+        .unwrap();
+    }
+    let mut cfg = std::fs::read_to_string(kb.join("kbs.toml")).unwrap();
+    cfg = cfg.replace(
+        "# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]",
+        &format!("danger_simulated_roots = [\"{fp}\"]"),
+    );
+    cfg.push_str(
+        "[[resource]]\npath = \"default/model-key/ours\"\npolicy_file = \"ours.policy.toml\"\n",
+    );
+    cfg.push_str(
+        "[[resource]]\npath = \"default/model-key/other\"\npolicy_file = \"other.policy.toml\"\n",
+    );
+    std::fs::write(kb.join("kbs.toml"), cfg).unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ciel"))
+        .args(["kbs", "serve", "--config"])
+        .arg(kb.join("kbs.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--tls-cert"])
+        .arg(kb.join("tls.pem"))
+        .arg("--tls-key")
+        .arg(kb.join("tls.key"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = Server(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let url = format!("https://127.0.0.1:{port}");
+
+    let sealed = tmp.path().join("ours.csm");
+    seal(&model, &sealed, "default/model-key/ours", &url, &kb);
+    let run = boot(&sealed, &url, &kb);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("SIMULATED"), "{}", run.stderr);
+    let answer = run.stdout.trim_end();
+    let reference: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            std::env::var_os("CIEL_REFERENCE")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                        .join("../shared/reference/smollm2-llamacpp.json")
+                }),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let want = reference["greedy"][0]["text"].as_str().unwrap();
+    assert!(
+        answer.len() >= 40 && want.starts_with(answer),
+        "answer {answer:?} is not a prefix of llama.cpp's {want:?}"
+    );
+
+    // The same model sealed under a key whose policy names another
+    // measurement: refused at the broker, nothing unsealed, nothing answered.
+    let denied = tmp.path().join("other.csm");
+    seal(&model, &denied, "default/model-key/other", &url, &kb);
+    let run = boot(&denied, &url, &kb);
+    assert_ne!(run.code, 0);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("key release for default/model-key/other"),
+        "{}",
+        run.stderr
+    );
+    let audit = std::fs::read_to_string(kb.join("audit.jsonl")).unwrap();
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("default/model-key/other") && l.contains("\"deny")),
+        "{audit}"
+    );
+}
