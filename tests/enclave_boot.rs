@@ -5,31 +5,9 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod common;
-use common::{ciel, data_dir};
+use common::{ciel, data_dir, start_kbs};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn model_path() -> PathBuf {
-    std::env::var_os("CIEL_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("CIEL_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ciel")
-                });
-            cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        })
-}
+use std::process::Stdio;
 
 fn seal(model: &Path, out: &Path, resource: &str, url: &str, kb: &Path) {
     let run = ciel([
@@ -71,7 +49,7 @@ fn boot(sealed: &Path, url: &str, kb: &Path) -> common::Run {
 
 #[test]
 fn simulated_guest_receives_the_key_and_answers_only_if_the_policy_names_it() {
-    let model = model_path();
+    let model = ciel_enclave::engine::demo_model_path();
     assert!(
         model.is_file(),
         "demo model {} missing: run scripts/fetch-model.sh",
@@ -79,10 +57,6 @@ fn simulated_guest_receives_the_key_and_answers_only_if_the_policy_names_it() {
     );
     let tmp = tempfile::tempdir().unwrap();
     let kb = tmp.path().join("kbs");
-    assert_eq!(
-        ciel(["kbs".as_ref(), "init".as_ref(), kb.as_os_str()]).code,
-        0
-    );
     // Creates the simulated hierarchy in the data dir `ciel enclave boot` uses.
     let sim = ciel([
         "attest".as_ref(),
@@ -99,48 +73,16 @@ fn simulated_guest_receives_the_key_and_answers_only_if_the_policy_names_it() {
     let fp = hex::encode(ring::digest::digest(&ring::digest::SHA256, &ark));
     let ours = hex::encode(ciel_attestation::sim::SimSnpReport::default().measurement);
     let other = hex::encode([0x11u8; 48]);
-    for (name, m) in [("ours", &ours), ("other", &other)] {
-        std::fs::write(
-            kb.join(format!("{name}.policy.toml")),
-            format!("danger_simulated_roots = [\"{fp}\"]\n[snp]\nmeasurements = [\"{m}\"]\n"),
-        )
-        .unwrap();
-    }
-    let mut cfg = std::fs::read_to_string(kb.join("kbs.toml")).unwrap();
-    cfg = cfg.replace(
-        "# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]",
-        &format!("danger_simulated_roots = [\"{fp}\"]"),
+    let server = start_kbs(
+        &kb,
+        &fp,
+        &[
+            ("default/model-key/ours", &ours),
+            ("default/model-key/other", &other),
+        ],
+        Stdio::null(),
     );
-    cfg.push_str(
-        "[[resource]]\npath = \"default/model-key/ours\"\npolicy_file = \"ours.policy.toml\"\n",
-    );
-    cfg.push_str(
-        "[[resource]]\npath = \"default/model-key/other\"\npolicy_file = \"other.policy.toml\"\n",
-    );
-    std::fs::write(kb.join("kbs.toml"), cfg).unwrap();
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_ciel"))
-        .args(["kbs", "serve", "--config"])
-        .arg(kb.join("kbs.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--tls-cert"])
-        .arg(kb.join("tls.pem"))
-        .arg("--tls-key")
-        .arg(kb.join("tls.key"))
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _server = Server(child);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let url = format!("https://127.0.0.1:{port}");
+    let url = server.url.clone();
 
     let sealed = tmp.path().join("ours.csm");
     seal(&model, &sealed, "default/model-key/ours", &url, &kb);

@@ -8,35 +8,14 @@ use ciel_attestation::sim::{SimSnpReport, SnpSim};
 use ciel_enclave::kbs_client::sim::SimSnpSource;
 use ciel_enclave::kbs_client::{Backoff, KbsClient};
 use ciel_protocol::sealed::{DataKey, UnsealOptions, unseal_in_memory};
-use common::ciel;
+use common::{ciel, start_kbs};
 use std::io::Read;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use std::process::Stdio;
 
 #[test]
 fn seal_register_attest_release_unseal() {
     let tmp = tempfile::tempdir().unwrap();
     let kb = tmp.path().join("kbs");
-    assert_eq!(
-        ciel(["kbs".as_ref(), "init".as_ref(), kb.as_os_str()]).code,
-        0
-    );
 
     // The guest is simulated; both the broker and the resource policy must name its root.
     let now = std::time::SystemTime::now()
@@ -46,39 +25,14 @@ fn seal_register_attest_release_unseal() {
     let sim = SnpSim::generate(ciel_attestation::UnixTime(now)).unwrap();
     let fp = hex::encode(sim.root_sha256());
     let measurement = hex::encode(SimSnpReport::default().measurement);
-    std::fs::write(
-        kb.join("demo.policy.toml"),
-        format!("danger_simulated_roots = [\"{fp}\"]\n[snp]\nmeasurements = [\"{measurement}\"]\n"),
-    )
-    .unwrap();
-    let mut cfg = std::fs::read_to_string(kb.join("kbs.toml")).unwrap();
-    cfg = cfg.replace(
-        "# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]",
-        &format!("danger_simulated_roots = [\"{fp}\"]"),
+    let mut server = start_kbs(
+        &kb,
+        &fp,
+        &[("default/model-key/demo", &measurement)],
+        Stdio::piped(),
     );
-    cfg.push_str(
-        "[[resource]]\npath = \"default/model-key/demo\"\npolicy_file = \"demo.policy.toml\"\n",
-    );
-    std::fs::write(kb.join("kbs.toml"), cfg).unwrap();
-
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ciel"))
-        .args(["kbs", "serve", "--config"])
-        .arg(kb.join("kbs.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--tls-cert"])
-        .arg(kb.join("tls.pem"))
-        .arg("--tls-key")
-        .arg(kb.join("tls.key"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let _server = Server(child);
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "broker did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut stderr = server.child.stderr.take().unwrap();
+    let url = server.url.clone();
 
     // Seal a model and register its key.
     let model = tmp.path().join("model.gguf");
@@ -86,7 +40,6 @@ fn seal_register_attest_release_unseal() {
     bytes.extend((0..200_000u32).map(|i| (i % 253) as u8));
     std::fs::write(&model, &bytes).unwrap();
     let sealed = tmp.path().join("model.csm");
-    let url = format!("https://127.0.0.1:{port}");
     let run = ciel([
         "seal".as_ref(),
         "--in".as_ref(),
@@ -147,7 +100,7 @@ fn seal_register_attest_release_unseal() {
             && audit.contains("admin-put"),
         "{audit}"
     );
-    drop(_server);
+    drop(server);
     let mut log = String::new();
     let _ = stderr.read_to_string(&mut log);
     assert!(

@@ -18,23 +18,10 @@ use std::hint::black_box;
 use std::io::Cursor;
 use std::path::PathBuf;
 
-fn model_path() -> PathBuf {
-    std::env::var_os("CIEL_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("CIEL_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ciel")
-                });
-            cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        })
-}
-
 const NEW_TOKENS: usize = 32;
 
 fn bench(c: &mut Criterion) {
-    let path = model_path();
+    let path = ciel_enclave::engine::demo_model_path();
     let plain = std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "demo model {} missing ({e}): run scripts/fetch-model.sh",

@@ -15,19 +15,6 @@ use std::path::PathBuf;
 /// Logit margin below which llama.cpp's choice may flip in another engine.
 const NEAR_TIE: f64 = 0.25;
 
-fn model_path() -> PathBuf {
-    std::env::var_os("CIEL_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("CIEL_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ciel")
-                });
-            cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        })
-}
-
 fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()
         .unwrap()
@@ -38,7 +25,7 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
 
 #[test]
 fn greedy_completions_match_llama_cpp_until_a_near_tie() {
-    let path = model_path();
+    let path = ciel_enclave::engine::demo_model_path();
     let mut f = std::fs::File::open(&path).unwrap_or_else(|e| {
         panic!(
             "demo model {} missing ({e}): run scripts/fetch-model.sh",
@@ -94,7 +81,7 @@ fn the_generation_loop_answers_the_reference_question() {
     use ciel_enclave::engine::gguf::parse_metadata;
     use ciel_enclave::engine::sampling::SamplingParams;
     use ciel_enclave::engine::tokenizer::Tokenizer;
-    let bytes = std::fs::read(model_path())
+    let bytes = std::fs::read(ciel_enclave::engine::demo_model_path())
         .unwrap_or_else(|e| panic!("demo model missing ({e}): run scripts/fetch-model.sh"));
     let tok = Tokenizer::from_gguf(&parse_metadata(&bytes).unwrap()).unwrap();
     let mut model = Model::load(&mut std::io::Cursor::new(&bytes)).unwrap();

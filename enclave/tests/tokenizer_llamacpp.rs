@@ -13,16 +13,7 @@ use ciel_enclave::engine::tokenizer::Tokenizer;
 use std::path::PathBuf;
 
 fn model() -> Vec<u8> {
-    let path = std::env::var_os("CIEL_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let cache = std::env::var_os("CIEL_CACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ciel")
-                });
-            cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
+    let path = ciel_enclave::engine::demo_model_path();
     // Only the metadata is needed: read the first 8 MiB.
     use std::io::Read;
     let mut f = std::fs::File::open(&path).unwrap_or_else(|e| {

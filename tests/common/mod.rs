@@ -82,3 +82,74 @@ pub fn scenarios() -> serde_json::Value {
     let text = std::fs::read_to_string(vector("scenarios.json")).expect("read scenarios.json");
     serde_json::from_str(&text).expect("scenarios.json")
 }
+
+/// A `ciel kbs serve` process on a free loopback port; killed when dropped.
+pub struct KbsProcess {
+    pub child: std::process::Child,
+    pub url: String,
+}
+
+impl Drop for KbsProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `ciel kbs init KB`, then a broker that trusts the simulated root `fp`
+/// and releases each `(resource, measurement)` only to a simulated SNP guest
+/// with that measurement, serving TLS on a free loopback port.
+pub fn start_kbs(
+    kb: &std::path::Path,
+    fp: &str,
+    resources: &[(&str, &str)],
+    stderr: std::process::Stdio,
+) -> KbsProcess {
+    let init = ciel(["kbs".as_ref(), "init".as_ref(), kb.as_os_str()]);
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let mut cfg = std::fs::read_to_string(kb.join("kbs.toml")).unwrap();
+    cfg = cfg.replace(
+        "# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]",
+        &format!("danger_simulated_roots = [\"{fp}\"]"),
+    );
+    for (i, (path, measurement)) in resources.iter().enumerate() {
+        let policy = format!("resource{i}.policy.toml");
+        std::fs::write(
+            kb.join(&policy),
+            format!(
+                "danger_simulated_roots = [\"{fp}\"]\n[snp]\nmeasurements = [\"{measurement}\"]\n"
+            ),
+        )
+        .unwrap();
+        cfg.push_str(&format!(
+            "[[resource]]\npath = \"{path}\"\npolicy_file = \"{policy}\"\n"
+        ));
+    }
+    std::fs::write(kb.join("kbs.toml"), cfg).unwrap();
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(env!("CARGO_BIN_EXE_ciel"))
+        .args(["kbs", "serve", "--config"])
+        .arg(kb.join("kbs.toml"))
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--tls-cert"])
+        .arg(kb.join("tls.pem"))
+        .arg("--tls-key")
+        .arg(kb.join("tls.key"))
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let server = KbsProcess {
+        child,
+        url: format!("https://127.0.0.1:{port}"),
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "broker did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    server
+}
