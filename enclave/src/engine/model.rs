@@ -17,6 +17,8 @@ pub enum ModelError {
     Forward(String),
     #[error("model: the context is full ({0} tokens)")]
     ContextFull(usize),
+    #[error("sealed model: {0}")]
+    Sealed(#[from] ciel_protocol::sealed::SealError),
 }
 
 /// A loaded model and its position in the current sequence.
@@ -54,6 +56,22 @@ impl Model {
             device,
             pos: 0,
             context,
+        })
+    }
+
+    /// Loads a model unsealed without the plaintext digest re-check
+    /// (`verify_plaintext_digest: false`), re-checking the digest on another
+    /// thread meanwhile: the serial SHA-256 pass then costs no time beside
+    /// the load. The model is returned only if the digest matches.
+    pub fn load_unsealed(plain: &ciel_protocol::sealed::Plaintext) -> Result<Self, ModelError> {
+        std::thread::scope(|s| {
+            let digest = s.spawn(|| plain.verify_digest());
+            let model = Model::load(&mut plain.reader());
+            let digest = digest
+                .join()
+                .map_err(|_| ModelError::Load("digest check thread panicked".into()))?;
+            digest?;
+            model
         })
     }
 

@@ -47,6 +47,19 @@ impl Plaintext {
         })
     }
 
+    /// Re-checks the plaintext against the header's `plaintext_sha256` (a
+    /// serial SHA-256 pass). [`unseal_in_memory`] does it unless told not
+    /// to; a caller can instead run it beside other work on the plaintext.
+    pub fn verify_digest(&self) -> Result<(), SealError> {
+        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
+        self.chunks().for_each(|c| d.update(c));
+        if hex::encode(d.finish()) == self.header.header.plaintext_sha256 {
+            Ok(())
+        } else {
+            Err(SealError::PlaintextDigest)
+        }
+    }
+
     /// A `Read + Seek` view of the plaintext.
     pub fn reader(&self) -> PlaintextReader<'_> {
         PlaintextReader {
@@ -193,11 +206,7 @@ pub fn unseal_in_memory(
     }
     let plain = Plaintext { buf, header: h };
     if options.verify_plaintext_digest {
-        let mut d = ring::digest::Context::new(&ring::digest::SHA256);
-        plain.chunks().for_each(|c| d.update(c));
-        if hex::encode(d.finish()) != plain.header.header.plaintext_sha256 {
-            return Err(SealError::PlaintextDigest);
-        }
+        plain.verify_digest()?;
     }
     Ok(plain)
 }
