@@ -113,6 +113,30 @@ fn partial_path(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Creates `partial`, lets `write` fill it, then flushes and syncs it; on
+/// any failure the partial file is removed, so nothing half-written (or
+/// half-decrypted) stays behind. The caller renames it into place.
+fn write_partial<T>(
+    partial: &Path,
+    write: impl FnOnce(&mut BufWriter<File>) -> Result<T>,
+) -> Result<T> {
+    let result = (|| -> Result<T> {
+        let mut out = BufWriter::new(
+            File::create(partial).with_context(|| format!("create {}", partial.display()))?,
+        );
+        let value = write(&mut out)?;
+        out.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("write {}", partial.display()))?;
+        Ok(value)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(partial);
+    }
+    result
+}
+
 fn write_key_file(path: &Path, key: &DataKey) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -197,32 +221,18 @@ pub fn run_seal(a: SealArgs) -> Result<ExitCode> {
         chunk_size: a.chunk_size,
     };
     let partial = partial_path(&a.out);
-    let result = (|| -> Result<SealedHeader> {
-        let mut out = BufWriter::new(
-            File::create(&partial).with_context(|| format!("create {}", partial.display()))?,
-        );
+    let h = write_partial(&partial, |out| {
         let mut input = BufReader::new(
             File::open(&a.input).with_context(|| format!("open {}", a.input.display()))?,
         );
         let bar = progress(len, "sealing");
-        let h = sealed::seal(&mut input, len, sha, &key, &params, &mut out, |done| {
+        let h = sealed::seal(&mut input, len, sha, &key, &params, out, |done| {
             bar.set_position(done)
         })
         .with_context(|| format!("seal {}", a.input.display()))?;
         bar.finish_and_clear();
-        out.into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("write {}", partial.display()))?;
         Ok(h)
-    })();
-    let h = match result {
-        Ok(h) => h,
-        Err(e) => {
-            let _ = std::fs::remove_file(&partial);
-            return Err(e);
-        }
-    };
+    })?;
     // The key goes where it was asked before the model is published: a
     // sealed model whose key was lost is no model at all.
     let mut key_notes = Vec::new();
@@ -340,13 +350,11 @@ pub fn run_unseal(a: UnsealArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot read {}", a.input.display()))?
         .len();
     let partial = partial_path(&a.out);
-    let result = (|| -> Result<SealedHeader> {
+    // Never leaves (even authenticated) partial plaintext behind.
+    let h = write_partial(&partial, |out| {
         let mut input = BufReader::with_capacity(
             1 << 20,
             File::open(&a.input).with_context(|| format!("open {}", a.input.display()))?,
-        );
-        let mut out = BufWriter::new(
-            File::create(&partial).with_context(|| format!("create {}", partial.display()))?,
         );
         let bar = progress(total, "unsealing");
         let opts = sealed::UnsealOptions {
@@ -359,30 +367,17 @@ pub fn run_unseal(a: UnsealArgs) -> Result<ExitCode> {
         })
         .with_context(|| format!("sealed model {}", a.input.display()))?;
         bar.finish_and_clear();
-        out.into_inner()
-            .map_err(|e| e.into_error())
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("write {}", partial.display()))?;
         Ok(h)
-    })();
-    match result {
-        Ok(h) => {
-            std::fs::rename(&partial, &a.out)
-                .with_context(|| format!("rename to {}", a.out.display()))?;
-            eprintln!(
-                "unsealed {} ({} bytes, sha256 verified) into {}",
-                h.header.model.name,
-                h.header.plaintext_len,
-                a.out.display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            // Never leave (even authenticated) partial plaintext behind.
-            let _ = std::fs::remove_file(&partial);
-            Err(e)
-        }
-    }
+    })?;
+    std::fs::rename(&partial, &a.out)
+        .with_context(|| format!("rename {} to {}", partial.display(), a.out.display()))?;
+    eprintln!(
+        "unsealed {} ({} bytes, sha256 verified) into {}",
+        h.header.model.name,
+        h.header.plaintext_len,
+        a.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run_inspect(a: InspectArgs) -> Result<ExitCode> {
