@@ -489,11 +489,10 @@ fn tls_broker_is_reached_only_with_its_pinned_ca() {
         rt.block_on(async move {
             let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addr_tx.send(tcp.local_addr().unwrap()).unwrap();
-            let _ =
-                ciel_keybroker::server::serve_tls(TlsListener::new(tcp, tls), state, async move {
-                    let _ = rx.await;
-                })
-                .await;
+            let _ = ciel_keybroker::server::serve(TlsListener::new(tcp, tls), state, async move {
+                let _ = rx.await;
+            })
+            .await;
         });
     });
     let addr = addr_rx.recv().unwrap();

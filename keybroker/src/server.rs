@@ -9,7 +9,7 @@ use crate::problem::{ApiError, Kind};
 use crate::resource::ResourcePath;
 use crate::session::Sessions;
 use crate::store::KeyStore;
-use crate::tls::{ClientAddr, TlsListener};
+use crate::tls::ClientAddr;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -74,26 +74,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Serves plain HTTP until `shutdown` resolves (tests, or behind a TLS proxy).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// Serves until `shutdown` resolves: HTTPS on a [`crate::tls::TlsListener`], or plain
+/// HTTP on a `tokio::net::TcpListener` (tests, or behind a TLS proxy).
+pub async fn serve<L>(
+    listener: L,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<ClientAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
-}
-
-/// Serves HTTPS until `shutdown` resolves.
-pub async fn serve_tls(
-    listener: TlsListener,
-    state: Arc<AppState>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+    ClientAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
     axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<ClientAddr>(),

@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, bail};
 use ciel_keybroker::audit::AuditLog;
 use ciel_keybroker::config::Config;
-use ciel_keybroker::server::{AppState, serve, serve_tls};
+use ciel_keybroker::server::{AppState, serve};
 use ciel_keybroker::store::{KeyStore, read_master_key};
 use ciel_keybroker::tls::{TlsListener, generate_dev_pki, server_config};
 use clap::{Args, Subcommand};
@@ -159,7 +159,7 @@ fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         match tls {
             Some(cfg) => {
                 tracing::info!(%addr, resources, "key broker listening (HTTPS)");
-                serve_tls(TlsListener::new(tcp, cfg), state, shutdown_signal()).await?;
+                serve(TlsListener::new(tcp, cfg), state, shutdown_signal()).await?;
             }
             None => {
                 if !addr.ip().is_loopback() {
