@@ -5,28 +5,9 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod common;
-use common::{ciel, data_dir, start_kbs};
+use common::{ciel, data_dir, seal_registered, start_kbs};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-
-fn seal(model: &Path, out: &Path, resource: &str, url: &str, kb: &Path) {
-    let run = ciel([
-        "seal".as_ref(),
-        "--in".as_ref(),
-        model.as_os_str(),
-        "--out".as_ref(),
-        out.as_os_str(),
-        "--resource".as_ref(),
-        resource.as_ref(),
-        "--kbs".as_ref(),
-        url.as_ref(),
-        "--admin-key".as_ref(),
-        kb.join("admin.key").as_os_str(),
-        "--kbs-ca".as_ref(),
-        kb.join("tls-ca.pem").as_os_str(),
-    ]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
-}
 
 fn boot(sealed: &Path, url: &str, kb: &Path) -> common::Run {
     ciel([
@@ -85,7 +66,7 @@ fn simulated_guest_receives_the_key_and_answers_only_if_the_policy_names_it() {
     let url = server.url.clone();
 
     let sealed = tmp.path().join("ours.csm");
-    seal(&model, &sealed, "default/model-key/ours", &url, &kb);
+    seal_registered(&model, &sealed, "default/model-key/ours", &url, &kb);
     let run = boot(&sealed, &url, &kb);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stderr.contains("SIMULATED"), "{}", run.stderr);
@@ -111,7 +92,7 @@ fn simulated_guest_receives_the_key_and_answers_only_if_the_policy_names_it() {
     // The same model sealed under a key whose policy names another
     // measurement: refused at the broker, nothing unsealed, nothing answered.
     let denied = tmp.path().join("other.csm");
-    seal(&model, &denied, "default/model-key/other", &url, &kb);
+    seal_registered(&model, &denied, "default/model-key/other", &url, &kb);
     let run = boot(&denied, &url, &kb);
     assert_ne!(run.code, 0);
     assert!(run.stdout.is_empty(), "{}", run.stdout);

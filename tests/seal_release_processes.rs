@@ -8,7 +8,7 @@ use ciel_attestation::sim::{SimSnpReport, SnpSim};
 use ciel_enclave::kbs_client::sim::SimSnpSource;
 use ciel_enclave::kbs_client::{Backoff, KbsClient};
 use ciel_protocol::sealed::{DataKey, UnsealOptions, unseal_in_memory};
-use common::{ciel, start_kbs};
+use common::{seal_registered, start_kbs};
 use std::io::Read;
 use std::process::Stdio;
 
@@ -40,22 +40,7 @@ fn seal_register_attest_release_unseal() {
     bytes.extend((0..200_000u32).map(|i| (i % 253) as u8));
     std::fs::write(&model, &bytes).unwrap();
     let sealed = tmp.path().join("model.csm");
-    let run = ciel([
-        "seal".as_ref(),
-        "--in".as_ref(),
-        model.as_os_str(),
-        "--out".as_ref(),
-        sealed.as_os_str(),
-        "--resource".as_ref(),
-        "default/model-key/demo".as_ref(),
-        "--kbs".as_ref(),
-        url.as_ref(),
-        "--admin-key".as_ref(),
-        kb.join("admin.key").as_os_str(),
-        "--kbs-ca".as_ref(),
-        kb.join("tls-ca.pem").as_os_str(),
-    ]);
-    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = seal_registered(&model, &sealed, "default/model-key/demo", &url, &kb);
     assert!(run.stderr.contains("registered at"), "{}", run.stderr);
 
     // The guest: attest, receive the key, unseal in memory.

@@ -153,3 +153,30 @@ pub fn start_kbs(
     }
     server
 }
+
+/// `ciel seal` registering the fresh key at the broker set up by [`start_kbs`].
+pub fn seal_registered(
+    model: &std::path::Path,
+    out: &std::path::Path,
+    resource: &str,
+    url: &str,
+    kb: &std::path::Path,
+) -> Run {
+    let run = ciel([
+        "seal".as_ref(),
+        "--in".as_ref(),
+        model.as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--resource".as_ref(),
+        resource.as_ref(),
+        "--kbs".as_ref(),
+        url.as_ref(),
+        "--admin-key".as_ref(),
+        kb.join("admin.key").as_os_str(),
+        "--kbs-ca".as_ref(),
+        kb.join("tls-ca.pem").as_os_str(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    run
+}
