@@ -3,7 +3,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 mod common;
-use common::{ciel, vector};
+use common::{ciel, sim_report, vector};
 
 #[test]
 fn unreadable_or_unknown_input_exits_2_naming_the_file() {
@@ -72,16 +72,7 @@ fn a_1183_byte_report_is_refused_not_misread() {
 fn simulated_evidence_round_trips_and_warns() {
     let tmp = tempfile::tempdir().expect("tmp");
     let out = tmp.path().join("sim.bin");
-    let run = ciel([
-        "attest".as_ref(),
-        "sim-report".as_ref(),
-        "--platform".as_ref(),
-        "snp".as_ref(),
-        "--report-data".as_ref(),
-        "c0ffee".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
+    let run = sim_report("snp", "c0ffee", &out);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let fp_line = run
         .stderr
@@ -151,16 +142,7 @@ fn sim_report_validates_its_arguments() {
     ]);
     assert_eq!(run.code, 2);
     assert!(run.stderr.contains("at most 64"), "{}", run.stderr);
-    let run = ciel([
-        "attest".as_ref(),
-        "sim-report".as_ref(),
-        "--platform".as_ref(),
-        "sev".as_ref(),
-        "--report-data".as_ref(),
-        "00".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
+    let run = sim_report("sev", "00", &out);
     assert_eq!(run.code, 2);
 }
 
@@ -168,16 +150,7 @@ fn sim_report_validates_its_arguments() {
 fn simulated_tdx_quote_round_trips_with_its_collateral() {
     let tmp = tempfile::tempdir().expect("tmp");
     let out = tmp.path().join("td.quote");
-    let run = ciel([
-        "attest".as_ref(),
-        "sim-report".as_ref(),
-        "--platform".as_ref(),
-        "tdx".as_ref(),
-        "--report-data".as_ref(),
-        "ab".as_ref(),
-        "--out".as_ref(),
-        out.as_os_str(),
-    ]);
+    let run = sim_report("tdx", "ab", &out);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let fp_line = run
         .stderr

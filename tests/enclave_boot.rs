@@ -5,7 +5,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod common;
-use common::{ciel, data_dir, seal_registered, start_kbs};
+use common::{ciel, data_dir, seal_registered, sim_report, start_kbs};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -39,16 +39,7 @@ fn simulated_guest_receives_the_key_and_answers_only_if_the_policy_names_it() {
     let tmp = tempfile::tempdir().unwrap();
     let kb = tmp.path().join("kbs");
     // Creates the simulated hierarchy in the data dir `ciel enclave boot` uses.
-    let sim = ciel([
-        "attest".as_ref(),
-        "sim-report".as_ref(),
-        "--platform".as_ref(),
-        "snp".as_ref(),
-        "--report-data".as_ref(),
-        "00".as_ref(),
-        "--out".as_ref(),
-        tmp.path().join("probe.bin").as_os_str(),
-    ]);
+    let sim = sim_report("snp", "00", &tmp.path().join("probe.bin"));
     assert_eq!(sim.code, 0, "{}", sim.stderr);
     let ark = std::fs::read(data_dir().join("sim/snp/ark.der")).unwrap();
     let fp = hex::encode(ring::digest::digest(&ring::digest::SHA256, &ark));

@@ -180,3 +180,17 @@ pub fn seal_registered(
     assert_eq!(run.code, 0, "{}", run.stderr);
     run
 }
+
+/// `ciel attest sim-report --platform P --report-data HEX --out OUT`.
+pub fn sim_report(platform: &str, report_data: &str, out: &std::path::Path) -> Run {
+    ciel([
+        "attest".as_ref(),
+        "sim-report".as_ref(),
+        "--platform".as_ref(),
+        platform.as_ref(),
+        "--report-data".as_ref(),
+        report_data.as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ])
+}
