@@ -34,6 +34,7 @@ pub mod roots;
 pub mod sim;
 pub mod snp;
 pub mod tdx;
+pub mod tee_evidence;
 pub mod time;
 pub mod verdict;
 pub mod x509;

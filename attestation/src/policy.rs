@@ -67,6 +67,11 @@ pub struct RawPolicy {
     pub report_data: Option<String>,
     /// Maximum age of DCAP collateral (seconds since its issue date).
     pub max_collateral_age_seconds: Option<u64>,
+    /// Allowed model digests (SHA-256 of the plaintext weights, hex); empty
+    /// = any. Evidence does not carry a model: clients check this against
+    /// the guest's runtime-claims document bound into the evidence.
+    #[serde(default)]
+    pub model_sha256: Vec<String>,
     #[serde(default)]
     pub snp: RawSnpPolicy,
     #[serde(default)]
@@ -197,6 +202,8 @@ pub struct Policy {
     simulated_roots: Vec<[u8; 32]>,
     pub report_data: Option<[u8; 64]>,
     pub max_collateral_age_seconds: Option<u64>,
+    /// Allowed model digests (see [`RawPolicy::model_sha256`]).
+    pub model_sha256: Vec<[u8; 32]>,
     pub snp: SnpPolicy,
     pub tdx: TdxPolicy,
     pub sgx: SgxPolicy,
@@ -346,6 +353,11 @@ impl Policy {
             simulated_roots,
             report_data,
             max_collateral_age_seconds: raw.max_collateral_age_seconds,
+            model_sha256: raw
+                .model_sha256
+                .iter()
+                .map(|h| fixed_hex::<32>("model_sha256", h))
+                .collect::<Result<_, _>>()?,
             snp,
             tdx,
             sgx,

@@ -4,8 +4,19 @@
 //! has been verified against the client's own policy. Light dependencies by
 //! design (no inference engine, no vsock).
 //!
-//! This crate starts with the verification report a person reads.
+//! - [`Client`]: `connect(url, policy)` → an attested TLS session (the
+//!   guest's certificate carries its evidence; see [`tls`]), then
+//!   OpenAI-style `chat` (streaming or not), `completions`, `models` and
+//!   fresh evidence on demand;
+//! - [`attested`]: the pure decision on an attestation document, check by
+//!   check;
+//! - [`report`]: the verification report a person reads.
 
 #![forbid(unsafe_code)]
 
+pub mod attested;
+pub mod client;
 pub mod report;
+pub mod tls;
+
+pub use client::{Client, ClientError};

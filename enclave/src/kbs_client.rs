@@ -318,14 +318,15 @@ pub mod sim {
     use base64::engine::general_purpose::STANDARD as B64;
     use ciel_attestation::sim::{SimSnpReport, SnpSim};
 
-    /// Signs reports with a simulated hierarchy.
+    /// Signs reports with a simulated hierarchy (borrowed or shared:
+    /// anything that dereferences to the [`SnpSim`]).
     #[derive(Debug)]
-    pub struct SimSnpSource<'a> {
-        pub sim: &'a SnpSim,
+    pub struct SimSnpSource<S> {
+        pub sim: S,
         pub template: SimSnpReport,
     }
 
-    impl EvidenceSource for SimSnpSource<'_> {
+    impl<S: std::ops::Deref<Target = SnpSim>> EvidenceSource for SimSnpSource<S> {
         fn tee(&self) -> &str {
             "snp"
         }

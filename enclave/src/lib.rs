@@ -11,4 +11,5 @@
 
 pub mod engine;
 pub mod kbs_client;
+pub mod serve;
 pub mod tsm;

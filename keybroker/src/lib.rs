@@ -11,7 +11,6 @@
 
 pub mod audit;
 pub mod config;
-pub mod evidence;
 pub mod problem;
 pub mod resource;
 pub mod server;

@@ -4,7 +4,7 @@
 
 use crate::audit::{AuditLog, Entry};
 use crate::config::Config;
-use crate::evidence;
+use ciel_attestation::tee_evidence as evidence;
 use crate::problem::{ApiError, Kind};
 use crate::resource::ResourcePath;
 use crate::session::Sessions;

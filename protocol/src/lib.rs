@@ -8,11 +8,18 @@
 //! - [`binding`]: Trustee's `report_data` binding of a key-release session
 //!   (SHA-384 of the canonical `{nonce, tee-pubkey}`, zero-padded to 64 bytes).
 //! - [`kbs`]: the Trustee KBS protocol v0.4.0 messages (RCAR).
-//! - [`frame`]: length-prefixed control frames for vsock, with a hard cap.
+//! - [`frame`]: length-prefixed control frames for vsock, with a hard cap;
+//!   [`control`]: the CBOR messages they carry (model blobs for the guest).
+//! - [`claims`]: the runtime-claims document a serving guest attests, and
+//!   the TLS certificate extension that carries it.
+//! - [`endpoint`]: transport addresses (vsock, Unix, TCP).
 
 #![forbid(unsafe_code)]
 
 pub mod binding;
+pub mod claims;
+pub mod control;
+pub mod endpoint;
 pub mod frame;
 pub mod jcs;
 pub mod jwe;

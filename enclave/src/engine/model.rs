@@ -47,7 +47,9 @@ impl Model {
             .metadata
             .get("llama.context_length")
             .and_then(|v| v.to_u32().ok())
-            .map_or(2048, |v| v as usize);
+            .map_or(2048, |v| v as usize)
+            // candle's rotary tables stop at MAX_SEQ_LEN.
+            .min(candle_transformers::models::quantized_llama::MAX_SEQ_LEN);
         let device = Device::Cpu;
         let weights = ModelWeights::from_gguf(content, reader, &device)
             .map_err(|e| ModelError::Load(e.to_string()))?;
@@ -73,6 +75,11 @@ impl Model {
             digest?;
             model
         })
+    }
+
+    /// The longest sequence (prompt and completion) the model takes.
+    pub fn context(&self) -> usize {
+        self.context
     }
 
     /// Starts a new sequence (the cache is overwritten from position 0).

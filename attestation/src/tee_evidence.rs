@@ -1,5 +1,6 @@
-//! `tee-evidence` documents: what a guest sends in `/attest`, decoded into
-//! the attestation crate's evidence and collateral.
+//! `tee-evidence` documents: evidence and its collateral as JSON, the shape
+//! a guest sends to a key broker's `/attest` and the one the guest's TLS
+//! certificate carries, decoded into [`Evidence`] and [`Collateral`].
 //!
 //! Accepted shapes (base64 is standard, padded):
 //! - `snp`, ours: `{"report": b64(1184-byte report), "vcek": b64(DER), "cert_chain": "PEM ASK/ASVK+ARK" (optional)}`
@@ -11,8 +12,8 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use ciel_attestation::collateral::DcapCollateral;
-use ciel_attestation::{Collateral, Evidence, EvidenceKind};
+use crate::collateral::DcapCollateral;
+use crate::{Collateral, Evidence, EvidenceKind};
 
 /// Decoded evidence, its collateral, and the digest of what was sent.
 #[derive(Debug)]

@@ -1,0 +1,181 @@
+//! Deciding whether a guest's attestation document is acceptable: pure, so
+//! the TLS verifier, `/v1/attestation` checks, `ciel verify` and tests all
+//! run the same code.
+//!
+//! Checks, each reported on its own line:
+//! 1. **evidence**: genuine (chain to a root the policy trusts) and allowed
+//!    by the policy (measurement, TCB, debug, …), with `report_data`
+//!    required to equal SHA-512 of the claims' canonical JSON — so every
+//!    claim below is the attested guest's own;
+//! 2. **tls binding**: the claims' TLS key is the key of this session's
+//!    certificate (no one in between);
+//! 3. **model**: the served model's digest is one the policy allows;
+//! 4. **nonce** (fresh evidence only): the claims carry the client's nonce.
+
+use ciel_attestation::tee_evidence;
+use ciel_attestation::{Policy, ReasonKind, UnixTime, Verdict, verify};
+use ciel_protocol::claims::{AttestationDocument, RuntimeClaims};
+
+/// One check and its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// The outcome of verifying one attestation document.
+#[derive(Debug, Clone)]
+pub struct Verification {
+    pub accepted: bool,
+    pub checks: Vec<Check>,
+    /// The attestation verdict (absent if the evidence could not be decoded).
+    pub verdict: Option<Verdict>,
+    pub claims: RuntimeClaims,
+    /// The TLS key (DER SubjectPublicKeyInfo) the document was checked for.
+    pub tls_spki_der: Vec<u8>,
+    pub at: UnixTime,
+}
+
+impl Verification {
+    /// The first failed check, for error messages.
+    pub fn first_failure(&self) -> Option<&Check> {
+        self.checks.iter().find(|c| !c.ok)
+    }
+
+    /// A JSON object for `--json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "accepted": self.accepted,
+            "verified_at": self.at.to_string(),
+            "checks": self.checks,
+            "claims": self.claims,
+            "attestation": self.verdict.as_ref().map(Verdict::to_json),
+        })
+    }
+}
+
+/// Verifies `doc` for a TLS session whose certificate key is `spki_der`.
+/// `nonce`: the client's nonce when the evidence was requested fresh.
+pub fn verify_document(
+    doc: &AttestationDocument,
+    spki_der: &[u8],
+    policy: &Policy,
+    now: UnixTime,
+    nonce: Option<&[u8]>,
+) -> Verification {
+    let mut checks = Vec::new();
+    let mut check = |name, ok, detail: String| checks.push(Check { name, ok, detail });
+    let claims = doc.claims.clone();
+    let verdict = match (
+        tee_evidence::decode(&doc.tee, &doc.evidence, None),
+        claims.report_data(),
+    ) {
+        (Ok(decoded), Ok(report_data)) => {
+            let mut p = policy.clone();
+            p.report_data = Some(report_data);
+            let v = verify(&decoded.evidence, &decoded.collateral, &p, now);
+            let detail = if v.accepted {
+                format!(
+                    "{} evidence accepted{}; report_data = SHA-512(claims)",
+                    v.platform,
+                    if v.simulated {
+                        " (SIMULATED root named by the policy: no confidentiality)"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                v.summary()
+            };
+            check("evidence", v.accepted, detail);
+            if v.has(ReasonKind::ReportDataMismatch) {
+                check(
+                    "claims binding",
+                    false,
+                    "the evidence's report_data is not SHA-512 of these claims".into(),
+                );
+            }
+            Some(v)
+        }
+        (Err(e), _) => {
+            check("evidence", false, format!("cannot decode: {e}"));
+            None
+        }
+        (_, Err(e)) => {
+            check("evidence", false, e.to_string());
+            None
+        }
+    };
+    if claims.platform != doc.tee {
+        check(
+            "platform",
+            false,
+            format!(
+                "claims say {:?} but the evidence is {:?}",
+                claims.platform, doc.tee
+            ),
+        );
+    }
+    let spki_hash = hex::encode(ring::digest::digest(&ring::digest::SHA256, spki_der));
+    let bound = claims.tls_spki_sha256.eq_ignore_ascii_case(&spki_hash);
+    check(
+        "tls binding",
+        bound,
+        if bound {
+            format!("TLS key SHA-256 {spki_hash} is the attested one")
+        } else {
+            format!(
+                "this session's TLS key is {spki_hash}, the attested one is {}",
+                claims.tls_spki_sha256
+            )
+        },
+    );
+    let model_ok = policy.model_sha256.is_empty()
+        || policy
+            .model_sha256
+            .iter()
+            .any(|m| hex::encode(m).eq_ignore_ascii_case(&claims.model.sha256));
+    check(
+        "model",
+        model_ok,
+        if policy.model_sha256.is_empty() {
+            format!(
+                "{} sha256 {} (the policy allows any model)",
+                claims.model.name, claims.model.sha256
+            )
+        } else if model_ok {
+            format!(
+                "{} sha256 {} is allowed",
+                claims.model.name, claims.model.sha256
+            )
+        } else {
+            format!(
+                "{} sha256 {} is not in the policy's model_sha256",
+                claims.model.name, claims.model.sha256
+            )
+        },
+    );
+    if let Some(n) = nonce {
+        let want = hex::encode(n);
+        let ok = claims.nonce.as_deref() == Some(want.as_str());
+        check(
+            "freshness",
+            ok,
+            if ok {
+                "the evidence carries this client's nonce".into()
+            } else {
+                format!("expected nonce {want}, got {:?}", claims.nonce)
+            },
+        );
+    }
+    let accepted = checks.iter().all(|c| c.ok);
+    Verification {
+        accepted,
+        checks,
+        verdict,
+        claims,
+        tls_spki_der: spki_der.to_vec(),
+        at: now,
+    }
+}

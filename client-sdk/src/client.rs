@@ -1,0 +1,383 @@
+//! [`Client`]: an attested TLS session to a ciel guest and the
+//! OpenAI-style calls over it. Every connection is verified during its
+//! handshake (see [`crate::tls`]); no request is written before that.
+
+use crate::attested::{Verification, verify_document};
+use crate::tls::AttestedVerifier;
+use bytes::Bytes;
+use ciel_attestation::{Policy, UnixTime};
+use ciel_protocol::claims::AttestationDocument;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use serde_json::Value;
+
+/// Largest non-streamed response body read (16 MiB).
+const MAX_RESPONSE: usize = 16 << 20;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("URL {0:?}: expected https://HOST:PORT")]
+    Url(String),
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    /// The guest's attestation was refused; nothing was sent.
+    #[error("{addr}: attestation refused: {}", .verification.first_failure().map_or(String::new(), |c| format!("{}: {}", c.name, c.detail)))]
+    Refused {
+        addr: String,
+        verification: Box<Verification>,
+    },
+    #[error("{addr}: TLS: {message}")]
+    Tls { addr: String, message: String },
+    #[error("HTTP: {0}")]
+    Http(String),
+    #[error("the guest answered {status}: {message}")]
+    Api { status: u16, message: String },
+    #[error("unexpected response: {0}")]
+    Protocol(String),
+}
+
+/// An attested connection target.
+#[derive(Debug, Clone)]
+pub struct Client {
+    addr: String,
+    server_name: ServerName<'static>,
+    policy: Policy,
+    verification: Verification,
+}
+
+/// Now, for the verifier (the attestation crate takes no clock).
+pub fn now() -> UnixTime {
+    UnixTime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    )
+}
+
+fn parse_url(url: &str) -> Result<(String, ServerName<'static>), ClientError> {
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| ClientError::Url(url.into()))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| ClientError::Url(url.into()))?;
+    port.parse::<u16>()
+        .map_err(|_| ClientError::Url(url.into()))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    // The certificate's names are not what is checked; SNI is cosmetic.
+    let name = ServerName::try_from(host.to_string())
+        .unwrap_or_else(|_| ServerName::try_from("ciel-enclave").unwrap_or(ServerName::IpAddress(
+            std::net::Ipv4Addr::LOCALHOST.into(),
+        )));
+    Ok((authority.to_string(), name))
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+impl Client {
+    /// Connects to `url` (`https://HOST:PORT`, the host shim), verifies the
+    /// guest's attestation against `policy` during the handshake, and
+    /// returns the session's verified claims. Nothing is sent if the
+    /// verification fails.
+    pub async fn connect(url: &str, policy: Policy) -> Result<Self, ClientError> {
+        let (addr, server_name) = parse_url(url)?;
+        let mut client = Client {
+            addr,
+            server_name,
+            policy,
+            verification: Verification {
+                accepted: false,
+                checks: vec![],
+                verdict: None,
+                claims: placeholder_claims(),
+                tls_spki_der: Vec::new(),
+                at: UnixTime(0),
+            },
+        };
+        let (_, v) = client.open().await?;
+        client.verification = v;
+        Ok(client)
+    }
+
+    /// What the boot-time evidence of the guest proved.
+    pub fn verification(&self) -> &Verification {
+        &self.verification
+    }
+
+    /// A new verified connection.
+    async fn open(&self) -> Result<(Sender, Verification), ClientError> {
+        let verifier = AttestedVerifier::new(self.policy.clone());
+        let config = verifier.client_config().map_err(|message| ClientError::Tls {
+            addr: self.addr.clone(),
+            message,
+        })?;
+        let tcp = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .map_err(|source| ClientError::Connect {
+                addr: self.addr.clone(),
+                source,
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let tls = tokio_rustls::TlsConnector::from(config)
+            .connect(self.server_name.clone(), tcp)
+            .await;
+        let outcome = verifier.outcome();
+        let tls = match (tls, outcome) {
+            (Ok(t), Some(Ok(v))) if v.accepted => (t, v),
+            (_, Some(Ok(v))) if !v.accepted => {
+                return Err(ClientError::Refused {
+                    addr: self.addr.clone(),
+                    verification: Box::new(v),
+                });
+            }
+            (Err(e), _) => {
+                return Err(ClientError::Tls {
+                    addr: self.addr.clone(),
+                    message: e.to_string(),
+                });
+            }
+            (Ok(_), _) => {
+                return Err(ClientError::Tls {
+                    addr: self.addr.clone(),
+                    message: "handshake completed without a certificate check".into(),
+                });
+            }
+        };
+        let (stream, verification) = tls;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok((sender, verification))
+    }
+
+    /// Sends one request on a fresh verified connection.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Bytes>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let (mut sender, _) = self.open().await?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "ciel-enclave");
+        if body.is_some() {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let req = req
+            .body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))
+    }
+
+    /// A JSON call; non-2xx answers become [`ClientError::Api`].
+    pub async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
+        let body = body.map(|b| Bytes::from(b.to_string()));
+        let resp = self.send(method, path, body).await?;
+        let status = resp.status();
+        let bytes = read_body(resp).await?;
+        let value: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::Protocol(format!("response is not JSON: {e}")))?;
+        if !status.is_success() {
+            return Err(api_error(status, &value));
+        }
+        Ok(value)
+    }
+
+    /// `GET /v1/models`.
+    pub async fn models(&self) -> Result<Value, ClientError> {
+        self.json(Method::GET, "/v1/models", None).await
+    }
+
+    /// `POST /v1/chat/completions` (non-streaming).
+    pub async fn chat(&self, request: &Value) -> Result<Value, ClientError> {
+        self.json(Method::POST, "/v1/chat/completions", Some(request))
+            .await
+    }
+
+    /// `POST /v1/completions` (non-streaming).
+    pub async fn completions(&self, request: &Value) -> Result<Value, ClientError> {
+        self.json(Method::POST, "/v1/completions", Some(request)).await
+    }
+
+    /// `POST /v1/chat/completions` with `stream: true`: `on_text` gets each
+    /// piece as it arrives; returns the finish reason.
+    pub async fn chat_stream(
+        &self,
+        request: &Value,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<String, ClientError> {
+        let mut request = request.clone();
+        request["stream"] = Value::Bool(true);
+        let resp = self
+            .send(
+                Method::POST,
+                "/v1/chat/completions",
+                Some(Bytes::from(request.to_string())),
+            )
+            .await?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = read_body(resp).await?;
+            let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(api_error(status, &v));
+        }
+        let mut body = resp.into_body();
+        let mut pending = Vec::new();
+        let mut finish = String::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            if pending.len() > MAX_RESPONSE {
+                return Err(ClientError::Protocol("event larger than 16 MiB".into()));
+            }
+            // Events end with a blank line.
+            while let Some(end) = find(&pending, b"\n\n") {
+                let event: Vec<u8> = pending.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&event);
+                for line in text.lines() {
+                    let Some(data) = line.strip_prefix("data:") else {
+                        continue;
+                    };
+                    let data = data.trim_start();
+                    if data == "[DONE]" {
+                        return Ok(finish);
+                    }
+                    let v: Value = serde_json::from_str(data)
+                        .map_err(|e| ClientError::Protocol(format!("event is not JSON: {e}")))?;
+                    if let Some(err) = v.get("error") {
+                        return Err(ClientError::Api {
+                            status: 500,
+                            message: err["message"].as_str().unwrap_or("").to_string(),
+                        });
+                    }
+                    let choice = &v["choices"][0];
+                    if let Some(t) = choice["delta"]["content"].as_str()
+                        && !t.is_empty()
+                    {
+                        on_text(t);
+                    }
+                    if let Some(f) = choice["finish_reason"].as_str() {
+                        finish = f.to_string();
+                    }
+                }
+            }
+        }
+        Err(ClientError::Protocol(
+            "the stream ended without [DONE]".into(),
+        ))
+    }
+
+    /// Fresh evidence: `GET /v1/attestation` with a random nonce, verified
+    /// against the policy, bound to this session's TLS key and nonce, and
+    /// required to make the same claims as the certificate.
+    pub async fn fresh_attestation(&self) -> Result<Verification, ClientError> {
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let (mut sender, session) = self.open().await?;
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("/v1/attestation?nonce={}", hex::encode(nonce)))
+            .header(hyper::header::HOST, "ciel-enclave")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        let bytes = read_body(resp).await?;
+        if !status.is_success() {
+            let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(api_error(status, &v));
+        }
+        let doc = AttestationDocument::from_json(&bytes)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        // Bound to the key of the session it arrived on.
+        let mut v = verify_document(
+            &doc,
+            &session.tls_spki_der,
+            &self.policy,
+            now(),
+            Some(&nonce),
+        );
+        let same = doc.claims.with_nonce(&nonce) == session.claims.with_nonce(&nonce);
+        v.checks.push(crate::attested::Check {
+            name: "same guest",
+            ok: same,
+            detail: if same {
+                "the fresh claims match the certificate's".into()
+            } else {
+                "the fresh claims differ from the certificate's".into()
+            },
+        });
+        v.accepted = v.accepted && same;
+        if !v.accepted {
+            return Err(ClientError::Refused {
+                addr: self.addr.clone(),
+                verification: Box::new(v),
+            });
+        }
+        Ok(v)
+    }
+}
+
+fn placeholder_claims() -> ciel_protocol::claims::RuntimeClaims {
+    ciel_protocol::claims::RuntimeClaims {
+        version: ciel_protocol::claims::CLAIMS_VERSION,
+        platform: String::new(),
+        runtime: String::new(),
+        tls_spki_sha256: String::new(),
+        model: ciel_protocol::claims::ModelClaims {
+            name: String::new(),
+            sha256: String::new(),
+        },
+        nonce: None,
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn read_body(resp: Response<Incoming>) -> Result<Bytes, ClientError> {
+    let limited = http_body_util::Limited::new(resp.into_body(), MAX_RESPONSE);
+    Ok(limited
+        .collect()
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?
+        .to_bytes())
+}
+
+fn api_error(status: StatusCode, v: &Value) -> ClientError {
+    ClientError::Api {
+        status: status.as_u16(),
+        message: v["error"]["message"]
+            .as_str()
+            .map_or_else(|| v.to_string(), str::to_string),
+    }
+}

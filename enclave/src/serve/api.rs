@@ -1,0 +1,439 @@
+//! The OpenAI-compatible API the guest serves inside its attested TLS:
+//! `POST /v1/chat/completions` (and `stream: true` as server-sent events),
+//! `POST /v1/completions`, `GET /v1/models`, `GET /v1/attestation?nonce=HEX`
+//! and `GET /healthz`. Errors use OpenAI's body shape
+//! (`{"error": {"message", "type", "param", "code"}}`).
+//!
+//! Nothing here logs prompt or completion text: only sizes and outcomes.
+
+use super::attested_tls::attest;
+use super::worker::{Busy, Event, Worker};
+use crate::engine::chat::{ChatTemplate, Message};
+use crate::engine::generate::{Finish, Request};
+use crate::engine::sampling::SamplingParams;
+use crate::kbs_client::EvidenceSource;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use ciel_protocol::claims::RuntimeClaims;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::convert::Infallible;
+use std::sync::Arc;
+
+/// Largest request body (1 MiB).
+pub const MAX_BODY: usize = 1 << 20;
+
+/// Everything the handlers share.
+pub struct ApiState {
+    pub worker: Worker,
+    pub template: ChatTemplate,
+    pub claims: RuntimeClaims,
+    pub platform: Arc<dyn EvidenceSource + Send + Sync>,
+    /// Upper bound on `max_tokens` (default when the request names none: 256).
+    pub max_tokens_limit: usize,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("model", &self.claims.model.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The router.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/v1/models", get(models))
+        .route("/v1/attestation", get(attestation))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .fallback(|| async {
+            api_error(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                None,
+                "unknown route",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// An OpenAI-style error response.
+fn api_error(status: StatusCode, kind: &str, param: Option<&str>, message: &str) -> Response {
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
+        StatusCode::INTERNAL_SERVER_ERROR => "internal_error",
+        _ => "invalid_request",
+    };
+    (
+        status,
+        Json(json!({"error": {"message": message, "type": kind, "param": param, "code": code}})),
+    )
+        .into_response()
+}
+
+fn invalid(param: &str, message: impl std::fmt::Display) -> Response {
+    api_error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        Some(param),
+        &format!("{param}: {message}"),
+    )
+}
+
+/// A JSON body, with OpenAI-style errors for bodies that do not parse.
+struct Body<T>(T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(e) => Err(api_error(
+                e.status(),
+                "invalid_request_error",
+                None,
+                &e.body_text(),
+            )),
+        }
+    }
+}
+
+async fn models(State(st): State<Arc<ApiState>>) -> Json<Value> {
+    Json(json!({
+        "object": "list",
+        "data": [{"id": st.claims.model.name, "object": "model", "created": 0, "owned_by": "ciel"}],
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct NonceQuery {
+    nonce: Option<String>,
+}
+
+/// Fresh evidence: the boot claims with the client's nonce, attested now.
+async fn attestation(State(st): State<Arc<ApiState>>, Query(q): Query<NonceQuery>) -> Response {
+    let Some(nonce) = q.nonce else {
+        return invalid("nonce", "required (hex, 8 to 64 bytes)");
+    };
+    let nonce = match hex::decode(&nonce) {
+        Ok(n) if (8..=64).contains(&n.len()) => n,
+        Ok(n) => return invalid("nonce", format!("{} bytes; 8 to 64 expected", n.len())),
+        Err(e) => return invalid("nonce", format!("not hex: {e}")),
+    };
+    let claims = st.claims.with_nonce(&nonce);
+    let platform = st.platform.clone();
+    match tokio::task::spawn_blocking(move || attest(platform.as_ref(), claims)).await {
+        Ok(Ok(doc)) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            doc.to_json(),
+        )
+            .into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "fresh evidence failed");
+            api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                "the platform could not produce evidence",
+            )
+        }
+        Err(_) => api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            None,
+            "evidence task failed",
+        ),
+    }
+}
+
+/// `stop`: a string or a list of up to 4 strings.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Sampling fields common to both endpoints.
+#[derive(Debug, Deserialize)]
+struct Common {
+    model: Option<String>,
+    max_tokens: Option<usize>,
+    max_completion_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    /// Not in OpenAI's API; accepted as llama.cpp's server does.
+    top_k: Option<usize>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: bool,
+    n: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatBody {
+    messages: Vec<Message>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionBody {
+    prompt: String,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// Checks the common fields and builds the engine request.
+fn build_request(st: &ApiState, c: &Common, prompt: Vec<u32>) -> Result<Request, Response> {
+    if let Some(m) = &c.model
+        && *m != st.claims.model.name
+    {
+        return Err(api_error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model"),
+            &format!(
+                "model {m:?} is not served here (this guest serves {:?})",
+                st.claims.model.name
+            ),
+        ));
+    }
+    if c.n.is_some_and(|n| n != 1) {
+        return Err(invalid("n", "only 1 is supported"));
+    }
+    let max_tokens = c.max_completion_tokens.or(c.max_tokens).unwrap_or(256);
+    if max_tokens == 0 || max_tokens > st.max_tokens_limit {
+        return Err(invalid(
+            "max_tokens",
+            format!("must be between 1 and {}", st.max_tokens_limit),
+        ));
+    }
+    if prompt.is_empty() {
+        return Err(invalid("prompt", "is empty"));
+    }
+    if prompt.len().saturating_add(max_tokens) > st.worker.context {
+        return Err(invalid(
+            "max_tokens",
+            format!(
+                "the prompt ({} tokens) plus max_tokens ({max_tokens}) exceed the model's context of {} tokens",
+                prompt.len(),
+                st.worker.context
+            ),
+        ));
+    }
+    let stop = match &c.stop {
+        None => vec![],
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    if stop.len() > 4 || stop.iter().any(String::is_empty) {
+        return Err(invalid("stop", "at most 4 non-empty strings"));
+    }
+    let sampling = SamplingParams {
+        temperature: c.temperature.unwrap_or(0.0),
+        top_k: c.top_k.unwrap_or(0),
+        top_p: c.top_p.unwrap_or(1.0),
+        seed: c.seed.unwrap_or(0),
+    };
+    if let Err(e) = sampling.validate() {
+        let param = if e.to_string().starts_with("top_p") {
+            "top_p"
+        } else {
+            "temperature"
+        };
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            Some(param),
+            &e.to_string(),
+        ));
+    }
+    Ok(Request {
+        prompt,
+        max_tokens,
+        sampling,
+        stop,
+    })
+}
+
+fn finish_reason(f: Finish) -> &'static str {
+    match f {
+        Finish::Stop => "stop",
+        Finish::Length => "length",
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn request_id(prefix: &str) -> String {
+    let mut b = [0u8; 12];
+    let _ = getrandom::fill(&mut b);
+    format!("{prefix}-{}", hex::encode(b))
+}
+
+/// Which endpoint a response is for: the shapes differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Text,
+}
+
+async fn chat_completions(State(st): State<Arc<ApiState>>, Body(b): Body<ChatBody>) -> Response {
+    if b.messages.is_empty() {
+        return invalid("messages", "at least one message is required");
+    }
+    let prompt = match st.template.render(&b.messages, true) {
+        Ok(p) => p,
+        Err(e) => return invalid("messages", e),
+    };
+    let ids = st.worker.tokenizer.encode(&prompt, true);
+    run(st, &b.common, ids, Kind::Chat).await
+}
+
+async fn completions(State(st): State<Arc<ApiState>>, Body(b): Body<CompletionBody>) -> Response {
+    let mut ids: Vec<u32> = st.worker.tokenizer.bos.into_iter().collect();
+    ids.extend(st.worker.tokenizer.encode(&b.prompt, false));
+    run(st, &b.common, ids, Kind::Text).await
+}
+
+async fn run(st: Arc<ApiState>, common: &Common, prompt: Vec<u32>, kind: Kind) -> Response {
+    let req = match build_request(&st, common, prompt) {
+        Ok(r) => r,
+        Err(resp) => return resp,
+    };
+    let prompt_tokens = req.prompt.len();
+    let events = match st.worker.submit(req) {
+        Ok(rx) => rx,
+        Err(Busy) => {
+            return api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                None,
+                "the request queue is full; retry later",
+            );
+        }
+    };
+    let (id, object) = match kind {
+        Kind::Chat => (request_id("chatcmpl"), "chat.completion"),
+        Kind::Text => (request_id("cmpl"), "text_completion"),
+    };
+    let model = st.claims.model.name.clone();
+    let created = now_secs();
+    if common.stream {
+        return stream(events, kind, id, model, created).into_response();
+    }
+    let mut events = events;
+    let mut text = String::new();
+    while let Some(ev) = events.recv().await {
+        match ev {
+            Event::Text(t) => text.push_str(&t),
+            Event::Failed(e) => {
+                return api_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, &e);
+            }
+            Event::Done(done) => {
+                let usage = json!({
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": done.ids.len(),
+                    "total_tokens": prompt_tokens + done.ids.len(),
+                });
+                let choice = match kind {
+                    Kind::Chat => json!({
+                        "index": 0,
+                        "message": {"role": "assistant", "content": done.text},
+                        "finish_reason": finish_reason(done.finish),
+                    }),
+                    Kind::Text => json!({
+                        "index": 0, "text": done.text, "logprobs": null,
+                        "finish_reason": finish_reason(done.finish),
+                    }),
+                };
+                return Json(json!({
+                    "id": id, "object": object, "created": created, "model": model,
+                    "choices": [choice], "usage": usage,
+                }))
+                .into_response();
+            }
+        }
+    }
+    api_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        None,
+        "the engine stopped",
+    )
+}
+
+/// Server-sent events in OpenAI's chunk format, ending with `[DONE]`.
+fn stream(
+    events: tokio::sync::mpsc::UnboundedReceiver<Event>,
+    kind: Kind,
+    id: String,
+    model: String,
+    created: u64,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+    let object = match kind {
+        Kind::Chat => "chat.completion.chunk",
+        Kind::Text => "text_completion",
+    };
+    // Chat streams open with the assistant's role, as OpenAI's do.
+    let first = (kind == Kind::Chat).then(|| {
+        SseEvent::default().data(
+            json!({"id": id, "object": object, "created": created, "model": model,
+                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]})
+            .to_string(),
+        )
+    });
+    let chunk = move |delta: Option<&str>, finish: Option<&str>| {
+        let choice = match kind {
+            Kind::Chat => json!({
+                "index": 0,
+                "delta": match delta { Some(t) => json!({"content": t}), None => json!({}) },
+                "finish_reason": finish,
+            }),
+            Kind::Text => json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish}),
+        };
+        SseEvent::default().data(
+            json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
+                .to_string(),
+        )
+    };
+    let body = futures_util::stream::unfold(
+        (events, false, chunk),
+        |(mut events, finished, chunk)| async move {
+            if finished {
+                return None;
+            }
+            match events.recv().await {
+                Some(Event::Text(t)) => Some((Ok(chunk(Some(&t), None)), (events, false, chunk))),
+                Some(Event::Done(done)) => Some((
+                    Ok(chunk(None, Some(finish_reason(done.finish)))),
+                    (events, false, chunk),
+                )),
+                Some(Event::Failed(e)) => Some((
+                    Ok(SseEvent::default()
+                        .data(json!({"error": {"message": e, "type": "server_error"}}).to_string())),
+                    (events, true, chunk),
+                )),
+                None => Some((Ok(SseEvent::default().data("[DONE]")), (events, true, chunk))),
+            }
+        },
+    );
+    let head = futures_util::stream::iter(first.map(Ok));
+    Sse::new(futures_util::StreamExt::chain(head, body))
+}

@@ -1,0 +1,188 @@
+//! Fetching a sealed model from the host's blob service: the length first,
+//! then ranges over several connections at once, each range retried on its
+//! own. The host is untrusted: it can only withhold or corrupt bytes, and
+//! the sealed format's authentication catches every corruption later. What
+//! it announces is checked here (lengths, offsets) before memory is taken.
+
+use ciel_protocol::control::{self, ControlError, MAX_BLOB_READ, Message};
+use ciel_transport::Endpoint;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Largest sealed model the guest takes (64 GiB) unless told otherwise.
+pub const DEFAULT_MAX_BLOB: u64 = 64 << 30;
+
+/// Attempts per range.
+const ATTEMPTS: u32 = 3;
+
+/// Why the blob could not be fetched.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error("blob service {endpoint}: {source}")]
+    Io {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    #[error("blob service {endpoint}: {source}")]
+    Control {
+        endpoint: String,
+        source: ControlError,
+    },
+    #[error("the host refused blob {name:?}: {code}: {message}")]
+    Refused {
+        name: String,
+        code: String,
+        message: String,
+    },
+    #[error("the host answered {got} where {expected} was expected")]
+    Unexpected { expected: &'static str, got: String },
+    #[error("the host announces {len} bytes for {name:?}, above the {max}-byte limit")]
+    TooLarge { name: String, len: u64, max: u64 },
+    #[error("cannot reserve {0} bytes of guest memory for the sealed model")]
+    Memory(u64),
+}
+
+async fn exchange(
+    ep: &Endpoint,
+    msg: &Message,
+) -> Result<(ciel_transport::Stream, Message), FetchError> {
+    let io = |source| FetchError::Io {
+        endpoint: ep.to_string(),
+        source,
+    };
+    let ctl = |source| FetchError::Control {
+        endpoint: ep.to_string(),
+        source,
+    };
+    let mut s = ciel_transport::connect(ep).await.map_err(io)?;
+    s.write_all(&control::encode(msg).map_err(ctl)?)
+        .await
+        .map_err(io)?;
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).await.map_err(io)?;
+    let mut body = vec![0u8; control::frame_len(header).map_err(ctl)?];
+    s.read_exact(&mut body).await.map_err(io)?;
+    let reply = control::decode(&body).map_err(ctl)?;
+    if let Message::Error { code, message } = reply {
+        let name = match msg {
+            Message::BlobStat { name } | Message::BlobRead { name, .. } => name.clone(),
+            _ => String::new(),
+        };
+        return Err(FetchError::Refused {
+            name,
+            code,
+            message,
+        });
+    }
+    Ok((s, reply))
+}
+
+fn describe(m: &Message) -> String {
+    match m {
+        Message::BlobStat { .. } => "blob_stat",
+        Message::BlobRead { .. } => "blob_read",
+        Message::BlobInfo { .. } => "blob_info",
+        Message::BlobData { .. } => "blob_data",
+        Message::Error { .. } => "error",
+    }
+    .to_string()
+}
+
+async fn read_range(
+    ep: &Endpoint,
+    name: &str,
+    offset: u64,
+    out: &mut [u8],
+) -> Result<(), FetchError> {
+    let len = out.len() as u64;
+    let req = Message::BlobRead {
+        name: name.to_string(),
+        offset,
+        len,
+    };
+    let (mut s, reply) = exchange(ep, &req).await?;
+    match reply {
+        Message::BlobData { offset: o, len: l } if o == offset && l == len => {}
+        other => {
+            return Err(FetchError::Unexpected {
+                expected: "blob_data for the range asked",
+                got: describe(&other),
+            });
+        }
+    }
+    s.read_exact(out).await.map_err(|source| FetchError::Io {
+        endpoint: ep.to_string(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// The whole blob `name`, read with `parallel` connections at once.
+pub async fn fetch_blob(ep: &Endpoint, name: &str, parallel: usize) -> Result<Vec<u8>, FetchError> {
+    fetch_blob_capped(ep, name, parallel, DEFAULT_MAX_BLOB).await
+}
+
+/// [`fetch_blob`] with an explicit size limit.
+pub async fn fetch_blob_capped(
+    ep: &Endpoint,
+    name: &str,
+    parallel: usize,
+    max: u64,
+) -> Result<Vec<u8>, FetchError> {
+    let (_, info) = exchange(
+        ep,
+        &Message::BlobStat {
+            name: name.to_string(),
+        },
+    )
+    .await?;
+    let len = match info {
+        Message::BlobInfo { name: n, len } if n == name => len,
+        other => {
+            return Err(FetchError::Unexpected {
+                expected: "blob_info",
+                got: describe(&other),
+            });
+        }
+    };
+    if len > max {
+        return Err(FetchError::TooLarge {
+            name: name.to_string(),
+            len,
+            max,
+        });
+    }
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len as usize)
+        .map_err(|_| FetchError::Memory(len))?;
+    buf.resize(len as usize, 0);
+    // Ranges of at most MAX_BLOB_READ, about `parallel` in flight.
+    let parallel = parallel.max(1);
+    let range = (len / parallel as u64 + 1).clamp(1 << 20, MAX_BLOB_READ) as usize;
+    let mut jobs = Vec::new();
+    for (i, part) in buf.chunks_mut(range).enumerate() {
+        let offset = (i * range) as u64;
+        jobs.push(async move {
+            let mut last = None;
+            for attempt in 1..=ATTEMPTS {
+                match read_range(ep, name, offset, part).await {
+                    Ok(()) => return Ok(()),
+                    Err(e @ FetchError::Refused { .. }) => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(offset, attempt, error = %e, "blob range failed; retrying");
+                        last = Some(e);
+                    }
+                }
+            }
+            Err(last.unwrap_or(FetchError::Memory(0)))
+        });
+    }
+    // Bounded concurrency: `parallel` ranges at a time.
+    use futures_util::StreamExt;
+    let mut results = futures_util::stream::iter(jobs).buffer_unordered(parallel);
+    while let Some(r) = results.next().await {
+        r?;
+    }
+    drop(results);
+    Ok(buf)
+}

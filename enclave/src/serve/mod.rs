@@ -1,0 +1,316 @@
+//! The serving guest: boot (key release → sealed model fetched from the
+//! host → authenticated parallel decryption in memory → engine → data key
+//! dropped → attested TLS identity) and then the OpenAI-compatible API on a
+//! transport port, TLS terminating here and nowhere else.
+
+pub mod api;
+pub mod attested_tls;
+pub mod fetch;
+pub mod worker;
+
+use crate::engine::chat::ChatTemplate;
+use crate::engine::gguf::parse_metadata;
+use crate::engine::model::Model;
+use crate::engine::tokenizer::Tokenizer;
+use crate::kbs_client::{Backoff, EvidenceSource, KbsClient};
+use attested_tls::AttestedIdentity;
+use ciel_protocol::claims::ModelClaims;
+use ciel_protocol::sealed::{DataKey, SealedHeader, UnsealOptions, unseal_in_memory};
+use ciel_transport::{Endpoint, Listener};
+use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// How the guest boots and serves.
+pub struct ServeConfig {
+    pub platform: Arc<dyn EvidenceSource + Send + Sync>,
+    /// The key broker, `https://HOST:PORT`.
+    pub kbs_url: String,
+    /// The broker's CA (PEM), pinned.
+    pub kbs_ca_pem: Vec<u8>,
+    /// Reach the broker through the host's relay at this transport address
+    /// (a loopback bridge inside the guest forwards to it); TLS to the
+    /// broker stays end to end.
+    pub kbs_via: Option<Endpoint>,
+    /// The host's model blob service and the sealed model's blob name.
+    pub model_from: Endpoint,
+    pub model_blob: String,
+    /// The name clients use for the model (default: the sealed header's).
+    pub model_name: Option<String>,
+    /// Where the API listens (a vsock port in a VM).
+    pub listen: Endpoint,
+    /// Requests waiting beyond the running one before 429.
+    pub queue: usize,
+    pub max_connections: usize,
+    pub max_tokens_limit: usize,
+    /// Parallel range requests when fetching the model.
+    pub fetch_parallel: usize,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("kbs_url", &self.kbs_url)
+            .field("model_from", &self.model_from)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the guest did not come up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BootError {
+    #[error("fetching the sealed model from the host: {0}")]
+    Fetch(#[from] fetch::FetchError),
+    #[error("sealed model: {0}")]
+    Sealed(#[from] ciel_protocol::sealed::SealError),
+    #[error("key release: {0}")]
+    KeyRelease(#[from] crate::kbs_client::KbsClientError),
+    #[error("the released key is {0} bytes, expected 32")]
+    KeyLength(usize),
+    #[error("model: {0}")]
+    Model(String),
+    #[error(transparent)]
+    Identity(#[from] attested_tls::IdentityError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BootError {
+    let what = what.into();
+    move |source| BootError::Io { what, source }
+}
+
+/// A loopback TCP listener inside the guest whose connections are carried
+/// to `relay` (the host's key-broker relay). Returns the local port.
+async fn start_egress_bridge(relay: Endpoint) -> Result<u16, BootError> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(io_err("egress bridge"))?;
+    let port = l.local_addr().map_err(io_err("egress bridge"))?.port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut local, _)) = l.accept().await else {
+                continue;
+            };
+            let relay = relay.clone();
+            tokio::spawn(async move {
+                match ciel_transport::connect(&relay).await {
+                    Ok(mut remote) => {
+                        let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
+                    }
+                    Err(e) => tracing::warn!(%relay, error = %e, "key broker relay unreachable"),
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+/// `https://host:port/...` with the port replaced.
+fn with_port(url: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("https", url));
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let host = match authority.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
+        _ => authority,
+    };
+    if path.is_empty() {
+        format!("{scheme}://{host}:{port}")
+    } else {
+        format!("{scheme}://{host}:{port}/{path}")
+    }
+}
+
+/// Boots and serves until SIGINT/SIGTERM. `ready` is called with the
+/// verified claims once the API listens.
+pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Result<(), BootError> {
+    let started = std::time::Instant::now();
+    // 1. The sealed model, fetched from the (untrusted) host in parallel.
+    let sealed = fetch::fetch_blob(&cfg.model_from, &cfg.model_blob, cfg.fetch_parallel).await?;
+    let header = SealedHeader::parse(&sealed)?;
+    let resource = header.header.resource.clone();
+    let model_sha256 = header.header.plaintext_sha256.clone();
+    let model_name = cfg
+        .model_name
+        .clone()
+        .unwrap_or_else(|| header.header.model.name.clone());
+    tracing::info!(bytes = sealed.len(), %resource, "sealed model fetched from the host");
+
+    // 2. Key release, through the host's relay when configured.
+    let kbs_url = match &cfg.kbs_via {
+        Some(relay) => with_port(&cfg.kbs_url, start_egress_bridge(relay.clone()).await?),
+        None => cfg.kbs_url.clone(),
+    };
+    let platform = cfg.platform.clone();
+    let ca = cfg.kbs_ca_pem.clone();
+    let res = resource.clone();
+    let key = tokio::task::spawn_blocking(move || {
+        let client = KbsClient::with_pinned_ca(&kbs_url, &ca, Backoff::default())?;
+        client.fetch_resource(&res, platform.as_ref())
+    })
+    .await
+    .map_err(|e| BootError::Model(format!("key release task: {e}")))??;
+    let key: [u8; 32] = key
+        .as_slice()
+        .try_into()
+        .map_err(|_| BootError::KeyLength(key.len()))?;
+    let key = DataKey::from_bytes(key);
+
+    // 3. Decrypt in memory (chunks in parallel, each authenticated before
+    //    use), drop the key, load with the digest re-checked alongside.
+    let (model, tokenizer, template) = tokio::task::spawn_blocking(move || {
+        let options = UnsealOptions {
+            verify_plaintext_digest: false,
+            ..UnsealOptions::default()
+        };
+        let plain = unseal_in_memory(sealed, &key, options)?;
+        drop(key);
+        let mut head = vec![0u8; (8usize << 20).min(plain.len() as usize)];
+        plain
+            .reader()
+            .read_exact(&mut head)
+            .map_err(|e| BootError::Model(format!("reading the model header: {e}")))?;
+        let meta = parse_metadata(&head).map_err(|e| BootError::Model(e.to_string()))?;
+        let tokenizer = Tokenizer::from_gguf(&meta).map_err(|e| BootError::Model(e.to_string()))?;
+        let template = ChatTemplate::from_gguf(&meta).map_err(|e| BootError::Model(e.to_string()))?;
+        let model = Model::load_unsealed(&plain).map_err(|e| BootError::Model(e.to_string()))?;
+        Ok::<_, BootError>((model, tokenizer, template))
+    })
+    .await
+    .map_err(|e| BootError::Model(format!("load task: {e}")))??;
+    tracing::info!("model authenticated, decrypted and loaded; data key dropped");
+
+    // 4. TLS identity and evidence bound to it.
+    let platform = cfg.platform.clone();
+    let model_claims = ModelClaims {
+        name: model_name,
+        sha256: model_sha256,
+    };
+    let identity = tokio::task::spawn_blocking(move || {
+        AttestedIdentity::generate(platform.as_ref(), model_claims)
+    })
+    .await
+    .map_err(|e| BootError::Model(format!("identity task: {e}")))??;
+
+    // 5. Serve.
+    let context = model.context();
+    let worker = worker::Worker::spawn(model, Arc::new(tokenizer), context, cfg.queue)
+        .map_err(io_err("engine thread"))?;
+    let state = Arc::new(api::ApiState {
+        worker,
+        template,
+        claims: identity.claims.clone(),
+        platform: cfg.platform.clone(),
+        max_tokens_limit: cfg.max_tokens_limit,
+    });
+    let listener = Listener::bind(&cfg.listen)
+        .await
+        .map_err(io_err(format!("listening on {}", cfg.listen)))?;
+    tracing::info!(
+        listen = %cfg.listen,
+        boot_ms = started.elapsed().as_millis() as u64,
+        tls_spki_sha256 = %identity.claims.tls_spki_sha256,
+        "serving"
+    );
+    ready(&identity);
+    serve(listener, identity.server_config.clone(), api::router(state), cfg.max_connections).await;
+    Ok(())
+}
+
+/// Accepts connections until SIGINT/SIGTERM; each gets a TLS handshake
+/// (bounded in time) and HTTP/1.1. In-flight connections finish.
+pub async fn serve(
+    listener: Listener,
+    tls: Arc<rustls::ServerConfig>,
+    router: axum::Router,
+    max_connections: usize,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = &mut shutdown => {
+                tracing::info!("shutting down: no new connections");
+                break;
+            }
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection refused: at the connection limit");
+            continue;
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .header_read_timeout(Duration::from_secs(30))
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn with_port_replaces_only_the_port() {
+        assert_eq!(
+            super::with_port("https://127.0.0.1:8443", 9),
+            "https://127.0.0.1:9"
+        );
+        assert_eq!(
+            super::with_port("https://localhost/kbs", 9),
+            "https://localhost:9/kbs"
+        );
+    }
+}

@@ -1,0 +1,101 @@
+//! The engine worker: one thread owns the model and runs requests one at a
+//! time from a bounded queue. A full queue is refused at once (HTTP 429)
+//! rather than letting latency grow without bound; each request gets its
+//! own event channel, so concurrent clients each receive exactly their own
+//! answer.
+
+use crate::engine::generate::{Completion, Logits, Request, generate};
+use crate::engine::tokenizer::Tokenizer;
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, TrySendError};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+/// What a running request produces, in order: text pieces, then one of
+/// `Done` or `Failed`.
+#[derive(Debug)]
+pub enum Event {
+    Text(String),
+    Done(Completion),
+    Failed(String),
+}
+
+struct Job {
+    request: Request,
+    events: UnboundedSender<Event>,
+}
+
+/// The queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// A handle to the worker; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    jobs: SyncSender<Job>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub context: usize,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the prompt: only its size.
+        f.debug_struct("Job")
+            .field("prompt_tokens", &self.request.prompt.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Starts the worker thread with room for `queue` waiting requests.
+    pub fn spawn<M: Logits + Send + 'static>(
+        mut model: M,
+        tokenizer: Arc<Tokenizer>,
+        context: usize,
+        queue: usize,
+    ) -> std::io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(queue);
+        let tk = tokenizer.clone();
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || {
+                for job in rx {
+                    let started = std::time::Instant::now();
+                    let events = job.events;
+                    let result = generate(&mut model, &tk, &job.request, |text| {
+                        // A client that went away no longer receives; the
+                        // request still runs to its token limit.
+                        let _ = events.send(Event::Text(text.to_string()));
+                    });
+                    match result {
+                        Ok(done) => {
+                            tracing::info!(
+                                prompt_tokens = done.prompt_tokens,
+                                completion_tokens = done.ids.len(),
+                                ms = started.elapsed().as_millis() as u64,
+                                "request done"
+                            );
+                            let _ = events.send(Event::Done(done));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "request failed");
+                            let _ = events.send(Event::Failed(e.to_string()));
+                        }
+                    }
+                }
+            })?;
+        Ok(Worker {
+            jobs,
+            tokenizer,
+            context,
+        })
+    }
+
+    /// Queues `request`; its events arrive on the returned receiver.
+    pub fn submit(&self, request: Request) -> Result<UnboundedReceiver<Event>, Busy> {
+        let (events, rx) = unbounded_channel();
+        match self.jobs.try_send(Job { request, events }) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(Busy),
+        }
+    }
+}

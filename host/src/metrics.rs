@@ -1,0 +1,94 @@
+//! Counters the shim exports in Prometheus' text format. They count
+//! connections, bytes and errors per service; they never see content
+//! (which is TLS or sealed ciphertext anyway).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One service's counters.
+#[derive(Debug, Default)]
+pub struct ServiceMetrics {
+    pub connections_total: AtomicU64,
+    pub connections_active: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub bytes_to_guest: AtomicU64,
+    pub bytes_from_guest: AtomicU64,
+    pub errors_total: AtomicU64,
+}
+
+/// All of the shim's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub api: ServiceMetrics,
+    pub blobs: ServiceMetrics,
+    pub kbs_relay: ServiceMetrics,
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let services = [
+            ("api", &self.api),
+            ("blobs", &self.blobs),
+            ("kbs_relay", &self.kbs_relay),
+        ];
+        let series: [(&str, &str, &str, fn(&ServiceMetrics) -> &AtomicU64); 6] = [
+            ("ciel_host_connections_total", "counter", "Connections accepted.", |m| &m.connections_total),
+            ("ciel_host_connections_active", "gauge", "Connections open now.", |m| &m.connections_active),
+            ("ciel_host_connections_refused_total", "counter", "Connections refused at the cap or failing to reach the other side.", |m| &m.connections_refused),
+            ("ciel_host_bytes_to_guest_total", "counter", "Bytes carried towards the guest.", |m| &m.bytes_to_guest),
+            ("ciel_host_bytes_from_guest_total", "counter", "Bytes carried from the guest.", |m| &m.bytes_from_guest),
+            ("ciel_host_errors_total", "counter", "I/O errors and timeouts.", |m| &m.errors_total),
+        ];
+        for (name, kind, help, get) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (service, m) in services {
+                let _ = writeln!(
+                    out,
+                    "{name}{{service=\"{service}\"}} {}",
+                    get(m).load(Ordering::Relaxed)
+                );
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_series_for_every_service() {
+        let m = Metrics::default();
+        m.api.bytes_to_guest.fetch_add(42, Ordering::Relaxed);
+        let text = m.render();
+        assert!(text.contains("ciel_host_bytes_to_guest_total{service=\"api\"} 42\n"));
+        assert!(text.contains("# TYPE ciel_host_connections_active gauge\n"));
+        assert_eq!(text.matches("{service=\"kbs_relay\"}").count(), 6);
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}

@@ -1,0 +1,373 @@
+//! `ciel host serve`: the shim's three services.
+//!
+//! - **API proxy**: client connections (TCP or Unix) are joined byte for
+//!   byte to the guest's API port. Client TLS terminates in the guest; the
+//!   shim never sees plaintext and never touches the bytes.
+//! - **Blob service**: the guest fetches the sealed model by name, in
+//!   ranges ([`ciel_protocol::control`]); names cannot leave the model
+//!   directory.
+//! - **Key-broker relay**: the guest's outbound connections go to the one
+//!   configured broker and nowhere else (TLS to the broker is end to end).
+//!
+//! Every service has a connection cap and an idle timeout; on SIGINT or
+//! SIGTERM the shim stops accepting and gives open connections a grace
+//! period to finish.
+
+use crate::metrics::{Metrics, ServiceMetrics};
+use ciel_protocol::control::{self, MAX_BLOB_READ, Message};
+use ciel_transport::{Endpoint, Listener, Stream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Semaphore, watch};
+
+/// What the shim serves.
+#[derive(Debug, Clone)]
+pub struct ShimConfig {
+    /// Where clients connect (TCP for the world, Unix for local clients).
+    pub listen: Vec<Endpoint>,
+    /// The guest's API port.
+    pub guest_api: Endpoint,
+    /// The blob service: where the guest connects, and the directory of
+    /// sealed models it may read.
+    pub blobs: Option<(Endpoint, PathBuf)>,
+    /// The key-broker relay: where the guest connects, and the broker.
+    pub kbs_relay: Option<(Endpoint, Endpoint)>,
+    /// Connections per service.
+    pub max_connections: usize,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long open connections may finish after a shutdown signal.
+    pub grace: Duration,
+}
+
+/// Why the shim could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShimError {
+    #[error("listening on {endpoint}: {source}")]
+    Bind {
+        endpoint: String,
+        source: std::io::Error,
+    },
+    #[error("model directory {path}: {source}")]
+    ModelDir {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Starts every service and runs until `shutdown` resolves, then drains.
+pub async fn run(
+    cfg: ShimConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), ShimError> {
+    let bind = |ep: Endpoint| async move {
+        Listener::bind(&ep).await.map_err(|source| ShimError::Bind {
+            endpoint: ep.to_string(),
+            source,
+        })
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for ep in &cfg.listen {
+        let l = bind(ep.clone()).await?;
+        tracing::info!(listen = %ep, guest = %cfg.guest_api, "API proxy");
+        tasks.push(tokio::spawn(forward_service(
+            l,
+            cfg.guest_api.clone(),
+            Service::new(&cfg, metrics.clone(), |m| &m.api, stop_rx.clone()),
+        )));
+    }
+    if let Some((ep, dir)) = &cfg.blobs {
+        std::fs::read_dir(dir).map_err(|source| ShimError::ModelDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let l = bind(ep.clone()).await?;
+        tracing::info!(listen = %ep, dir = %dir.display(), "blob service");
+        tasks.push(tokio::spawn(blob_service(
+            l,
+            dir.clone(),
+            Service::new(&cfg, metrics.clone(), |m| &m.blobs, stop_rx.clone()),
+        )));
+    }
+    if let Some((ep, broker)) = &cfg.kbs_relay {
+        let l = bind(ep.clone()).await?;
+        tracing::info!(listen = %ep, broker = %broker, "key-broker relay");
+        tasks.push(tokio::spawn(forward_service(
+            l,
+            broker.clone(),
+            Service::new(&cfg, metrics.clone(), |m| &m.kbs_relay, stop_rx.clone()),
+        )));
+    }
+    shutdown.await;
+    tracing::info!(grace_s = cfg.grace.as_secs(), "shutting down: no new connections");
+    let _ = stop_tx.send(true);
+    let deadline = Instant::now() + cfg.grace;
+    for t in tasks {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let _ = tokio::time::timeout(left, t).await;
+    }
+    Ok(())
+}
+
+/// A service's limits, counters and stop signal.
+#[derive(Clone)]
+struct Service {
+    metrics: Arc<Metrics>,
+    pick: fn(&Metrics) -> &ServiceMetrics,
+    slots: Arc<Semaphore>,
+    idle: Duration,
+    stop: watch::Receiver<bool>,
+    max_connections: usize,
+}
+
+impl Service {
+    fn new(
+        cfg: &ShimConfig,
+        metrics: Arc<Metrics>,
+        pick: fn(&Metrics) -> &ServiceMetrics,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Service {
+            metrics,
+            pick,
+            slots: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
+            idle: cfg.idle_timeout,
+            stop,
+            max_connections: cfg.max_connections.max(1),
+        }
+    }
+
+    fn m(&self) -> &ServiceMetrics {
+        (self.pick)(&self.metrics)
+    }
+
+    /// Accepts until stopped; `handle` runs per connection within the cap.
+    /// Returns once every connection has ended.
+    async fn accept_loop<F, Fut>(mut self, listener: Listener, handle: F)
+    where
+        F: Fn(Stream, String, Service) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = self.stop.changed() => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    self.m().errors_total.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "connection refused: at the connection cap");
+                self.m().connections_refused.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            self.m().connections_total.fetch_add(1, Ordering::Relaxed);
+            self.m().connections_active.fetch_add(1, Ordering::Relaxed);
+            let fut = handle(stream, peer, self.clone());
+            let svc = self.clone();
+            tokio::spawn(async move {
+                fut.await;
+                svc.m().connections_active.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            });
+        }
+        // Wait for the open connections (the caller bounds this in time).
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        let _ = self.slots.acquire_many(all).await;
+    }
+}
+
+/// Joins each accepted connection to `target`.
+async fn forward_service(listener: Listener, target: Endpoint, svc: Service) {
+    svc.accept_loop(listener, move |client, peer, svc| {
+        let target = target.clone();
+        async move {
+            let guest = match ciel_transport::connect(&target).await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(%peer, %target, error = %e, "cannot reach the other side");
+                    svc.m().connections_refused.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            };
+            if let Err(e) = pump(client, guest, &svc).await {
+                tracing::debug!(%peer, error = %e, "connection ended");
+                svc.m().errors_total.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
+    .await;
+}
+
+fn millis_since(t0: Instant) -> u64 {
+    t0.elapsed().as_millis() as u64
+}
+
+/// Copies both ways until both sides are done or nothing moved for the
+/// idle timeout (in either direction: a long answer streaming out keeps a
+/// quiet client connection alive).
+async fn pump(client: Stream, guest: Stream, svc: &Service) -> std::io::Result<()> {
+    let t0 = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let (cr, cw) = tokio::io::split(client);
+    let (gr, gw) = tokio::io::split(guest);
+    let up = copy_one_way(cr, gw, &last, t0, svc.idle, &svc.m().bytes_to_guest);
+    let down = copy_one_way(gr, cw, &last, t0, svc.idle, &svc.m().bytes_from_guest);
+    let (a, b) = tokio::join!(up, down);
+    a.and(b)
+}
+
+async fn copy_one_way(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    last: &AtomicU64,
+    t0: Instant,
+    idle: Duration,
+    counter: &AtomicU64,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = match tokio::time::timeout(idle, from.read(&mut buf)).await {
+            Ok(r) => r?,
+            Err(_) => {
+                let quiet = millis_since(t0).saturating_sub(last.load(Ordering::Relaxed));
+                if quiet >= idle.as_millis() as u64 {
+                    let _ = to.shutdown().await;
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "idle timeout",
+                    ));
+                }
+                continue;
+            }
+        };
+        if n == 0 {
+            // Half-close: the other direction may still be talking.
+            let _ = to.shutdown().await;
+            return Ok(());
+        }
+        let chunk = buf.get(..n).unwrap_or_default();
+        to.write_all(chunk).await?;
+        to.flush().await?;
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(millis_since(t0), Ordering::Relaxed);
+    }
+}
+
+/// Answers one control request per connection.
+async fn blob_service(listener: Listener, dir: PathBuf, svc: Service) {
+    let dir = Arc::new(dir);
+    svc.accept_loop(listener, move |stream, peer, svc| {
+        let dir = dir.clone();
+        async move {
+            let idle = svc.idle;
+            match tokio::time::timeout(idle, serve_blob_request(stream, &dir, &svc)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "blob request failed");
+                    svc.m().errors_total.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "blob request timed out");
+                    svc.m().errors_total.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    })
+    .await;
+}
+
+async fn send(s: &mut Stream, msg: &Message) -> std::io::Result<()> {
+    let bytes = control::encode(msg).map_err(std::io::Error::other)?;
+    s.write_all(&bytes).await
+}
+
+async fn refuse(s: &mut Stream, code: &str, message: String) -> std::io::Result<()> {
+    send(
+        s,
+        &Message::Error {
+            code: code.into(),
+            message,
+        },
+    )
+    .await
+}
+
+async fn open_blob(dir: &Path, name: &str) -> Result<(tokio::fs::File, u64), (String, String)> {
+    if !control::valid_blob_name(name) {
+        return Err(("bad_name".into(), format!("{name:?} is not a blob name")));
+    }
+    let path = dir.join(name);
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| ("not_found".to_string(), format!("{name}: {e}")))?;
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| ("io".to_string(), format!("{name}: {e}")))?;
+    if !meta.is_file() {
+        return Err(("not_found".into(), format!("{name} is not a file")));
+    }
+    Ok((file, meta.len()))
+}
+
+async fn serve_blob_request(mut s: Stream, dir: &Path, svc: &Service) -> std::io::Result<()> {
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).await?;
+    let len = control::frame_len(header).map_err(std::io::Error::other)?;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await?;
+    let msg = match control::decode(&body) {
+        Ok(m) => m,
+        Err(e) => return refuse(&mut s, "bad_request", e.to_string()).await,
+    };
+    match msg {
+        Message::BlobStat { name } => match open_blob(dir, &name).await {
+            Ok((_, len)) => send(&mut s, &Message::BlobInfo { name, len }).await,
+            Err((code, m)) => refuse(&mut s, &code, m).await,
+        },
+        Message::BlobRead { name, offset, len } => {
+            let (mut file, size) = match open_blob(dir, &name).await {
+                Ok(x) => x,
+                Err((code, m)) => return refuse(&mut s, &code, m).await,
+            };
+            let end = offset.checked_add(len);
+            if len > MAX_BLOB_READ || end.is_none_or(|e| e > size) {
+                return refuse(
+                    &mut s,
+                    "bad_range",
+                    format!("{name}: range {offset}+{len} is outside 0..{size} or above {MAX_BLOB_READ} bytes"),
+                )
+                .await;
+            }
+            use tokio::io::AsyncSeekExt;
+            file.seek(std::io::SeekFrom::Start(offset)).await?;
+            send(&mut s, &Message::BlobData { offset, len }).await?;
+            let copied = tokio::io::copy(&mut file.take(len), &mut s).await?;
+            svc.m()
+                .bytes_to_guest
+                .fetch_add(copied, Ordering::Relaxed);
+            s.flush().await
+        }
+        other => {
+            refuse(
+                &mut s,
+                "bad_request",
+                format!("{other:?} is not a request"),
+            )
+            .await
+        }
+    }
+}
