@@ -41,6 +41,15 @@ enum Command {
     /// The guest runtime.
     #[command(subcommand)]
     Enclave(cli::enclave::EnclaveCommand),
+    /// Verify a serving guest's attestation (through its host) against a policy.
+    Verify(cli::client::VerifyArgs),
+    /// Chat with a verified guest (one-shot or interactive, streaming).
+    Chat(cli::client::ChatArgs),
+    /// A local OpenAI-compatible endpoint that forwards only to a verified guest.
+    Proxy(cli::client::ProxyArgs),
+    /// The whole system on this machine: key broker, host and guest as
+    /// separate processes on the SIMULATED platform, verified and asked a question.
+    Demo(cli::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +63,10 @@ fn main() -> ExitCode {
         Command::Image(cmd) => cli::image::run(cmd),
         Command::Host(cmd) => cli::host::run(cmd),
         Command::Enclave(cmd) => cli::enclave::run(cmd),
+        Command::Verify(a) => cli::client::run_verify(a),
+        Command::Chat(a) => cli::client::run_chat(a),
+        Command::Proxy(a) => cli::client::run_proxy(a),
+        Command::Demo(a) => cli::demo::run(a),
     };
     match result {
         Ok(code) => code,

@@ -10,10 +10,10 @@
 //! - `tdx`, Trustee's: `{"quote": b64(quote), "cc_eventlog": b64 (optional)}`; the
 //!   collateral then comes from the broker's `dcap_collateral` file.
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as B64;
 use crate::collateral::DcapCollateral;
 use crate::{Collateral, Evidence, EvidenceKind};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 
 /// Decoded evidence, its collateral, and the digest of what was sent.
 #[derive(Debug)]

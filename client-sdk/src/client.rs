@@ -74,10 +74,10 @@ fn parse_url(url: &str) -> Result<(String, ServerName<'static>), ClientError> {
         .map_err(|_| ClientError::Url(url.into()))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     // The certificate's names are not what is checked; SNI is cosmetic.
-    let name = ServerName::try_from(host.to_string())
-        .unwrap_or_else(|_| ServerName::try_from("ciel-enclave").unwrap_or(ServerName::IpAddress(
-            std::net::Ipv4Addr::LOCALHOST.into(),
-        )));
+    let name = ServerName::try_from(host.to_string()).unwrap_or_else(|_| {
+        ServerName::try_from("ciel-enclave")
+            .unwrap_or(ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
+    });
     Ok((authority.to_string(), name))
 }
 
@@ -116,10 +116,12 @@ impl Client {
     /// A new verified connection.
     async fn open(&self) -> Result<(Sender, Verification), ClientError> {
         let verifier = AttestedVerifier::new(self.policy.clone());
-        let config = verifier.client_config().map_err(|message| ClientError::Tls {
-            addr: self.addr.clone(),
-            message,
-        })?;
+        let config = verifier
+            .client_config()
+            .map_err(|message| ClientError::Tls {
+                addr: self.addr.clone(),
+                message,
+            })?;
         let tcp = tokio::net::TcpStream::connect(&self.addr)
             .await
             .map_err(|source| ClientError::Connect {
@@ -218,7 +220,8 @@ impl Client {
 
     /// `POST /v1/completions` (non-streaming).
     pub async fn completions(&self, request: &Value) -> Result<Value, ClientError> {
-        self.json(Method::POST, "/v1/completions", Some(request)).await
+        self.json(Method::POST, "/v1/completions", Some(request))
+            .await
     }
 
     /// `POST /v1/chat/completions` with `stream: true`: `on_text` gets each

@@ -42,6 +42,42 @@ pub fn render(v: &Verdict, now: UnixTime) -> String {
     o
 }
 
+/// Renders a guest verification ([`crate::attested`]): the decision, what
+/// the guest claims, each check, then the attestation verdict's details.
+pub fn render_verification(v: &crate::attested::Verification) -> String {
+    let mut o = String::new();
+    let c = &v.claims;
+    let _ = writeln!(
+        o,
+        "guest:       {}",
+        if v.accepted { "VERIFIED" } else { "REFUSED" }
+    );
+    let _ = writeln!(o, "runtime:     {} on {}", c.runtime, c.platform);
+    let _ = writeln!(
+        o,
+        "model:       {} (sha256 {})",
+        c.model.name, c.model.sha256
+    );
+    let _ = writeln!(o, "tls key:     sha256 {}", c.tls_spki_sha256);
+    let _ = writeln!(o, "checks:");
+    for check in &v.checks {
+        let _ = writeln!(
+            o,
+            "  [{}] {}: {}",
+            if check.ok { " ok " } else { "FAIL" },
+            check.name,
+            check.detail
+        );
+    }
+    if let Some(verdict) = &v.verdict {
+        let _ = writeln!(o, "evidence:");
+        for line in render(verdict, v.at).lines() {
+            let _ = writeln!(o, "  {line}");
+        }
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

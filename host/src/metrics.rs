@@ -34,12 +34,42 @@ impl Metrics {
             ("kbs_relay", &self.kbs_relay),
         ];
         let series: [(&str, &str, &str, fn(&ServiceMetrics) -> &AtomicU64); 6] = [
-            ("ciel_host_connections_total", "counter", "Connections accepted.", |m| &m.connections_total),
-            ("ciel_host_connections_active", "gauge", "Connections open now.", |m| &m.connections_active),
-            ("ciel_host_connections_refused_total", "counter", "Connections refused at the cap or failing to reach the other side.", |m| &m.connections_refused),
-            ("ciel_host_bytes_to_guest_total", "counter", "Bytes carried towards the guest.", |m| &m.bytes_to_guest),
-            ("ciel_host_bytes_from_guest_total", "counter", "Bytes carried from the guest.", |m| &m.bytes_from_guest),
-            ("ciel_host_errors_total", "counter", "I/O errors and timeouts.", |m| &m.errors_total),
+            (
+                "ciel_host_connections_total",
+                "counter",
+                "Connections accepted.",
+                |m| &m.connections_total,
+            ),
+            (
+                "ciel_host_connections_active",
+                "gauge",
+                "Connections open now.",
+                |m| &m.connections_active,
+            ),
+            (
+                "ciel_host_connections_refused_total",
+                "counter",
+                "Connections refused at the cap or failing to reach the other side.",
+                |m| &m.connections_refused,
+            ),
+            (
+                "ciel_host_bytes_to_guest_total",
+                "counter",
+                "Bytes carried towards the guest.",
+                |m| &m.bytes_to_guest,
+            ),
+            (
+                "ciel_host_bytes_from_guest_total",
+                "counter",
+                "Bytes carried from the guest.",
+                |m| &m.bytes_from_guest,
+            ),
+            (
+                "ciel_host_errors_total",
+                "counter",
+                "I/O errors and timeouts.",
+                |m| &m.errors_total,
+            ),
         ];
         for (name, kind, help, get) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

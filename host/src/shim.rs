@@ -105,7 +105,10 @@ pub async fn run(
         )));
     }
     shutdown.await;
-    tracing::info!(grace_s = cfg.grace.as_secs(), "shutting down: no new connections");
+    tracing::info!(
+        grace_s = cfg.grace.as_secs(),
+        "shutting down: no new connections"
+    );
     let _ = stop_tx.send(true);
     let deadline = Instant::now() + cfg.grace;
     for t in tasks {
@@ -356,18 +359,9 @@ async fn serve_blob_request(mut s: Stream, dir: &Path, svc: &Service) -> std::io
             file.seek(std::io::SeekFrom::Start(offset)).await?;
             send(&mut s, &Message::BlobData { offset, len }).await?;
             let copied = tokio::io::copy(&mut file.take(len), &mut s).await?;
-            svc.m()
-                .bytes_to_guest
-                .fetch_add(copied, Ordering::Relaxed);
+            svc.m().bytes_to_guest.fetch_add(copied, Ordering::Relaxed);
             s.flush().await
         }
-        other => {
-            refuse(
-                &mut s,
-                "bad_request",
-                format!("{other:?} is not a request"),
-            )
-            .await
-        }
+        other => refuse(&mut s, "bad_request", format!("{other:?} is not a request")).await,
     }
 }

@@ -4,7 +4,6 @@
 
 use crate::audit::{AuditLog, Entry};
 use crate::config::Config;
-use ciel_attestation::tee_evidence as evidence;
 use crate::problem::{ApiError, Kind};
 use crate::resource::ResourcePath;
 use crate::session::Sessions;
@@ -17,6 +16,7 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use ciel_attestation::tee_evidence as evidence;
 use ciel_attestation::{UnixTime, verify};
 use ciel_protocol::kbs::{Attestation, AttestationToken, Challenge, PROTOCOL_VERSION, Request};
 use ciel_protocol::{binding, jwe};

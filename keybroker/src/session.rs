@@ -2,10 +2,10 @@
 //! which `/attest` consumes exactly once; attested sessions hold the
 //! verified evidence and the TEE key until they expire.
 
-use ciel_attestation::tee_evidence::Decoded;
 use crate::problem::{ApiError, Kind};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ciel_attestation::tee_evidence::Decoded;
 use ciel_protocol::kbs::Jwk;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -70,7 +70,10 @@ pub enum ClaimsError {
     #[error("attestation document is {0} bytes, more than the {MAX_DOCUMENT}-byte limit")]
     TooLarge(usize),
     #[error("attestation extension at byte {offset}: {message}")]
-    Der { offset: usize, message: &'static str },
+    Der {
+        offset: usize,
+        message: &'static str,
+    },
     #[error("attestation document: {0}")]
     Json(String),
     #[error("attestation document version {0} is not supported (expected {CLAIMS_VERSION})")]

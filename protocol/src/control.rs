@@ -113,7 +113,9 @@ mod tests {
     #[test]
     fn messages_round_trip_and_bad_input_is_refused() {
         let msgs = [
-            Message::BlobStat { name: "m.csm".into() },
+            Message::BlobStat {
+                name: "m.csm".into(),
+            },
             Message::BlobRead {
                 name: "m.csm".into(),
                 offset: 7,

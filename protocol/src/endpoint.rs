@@ -1,4 +1,4 @@
-//! Where a byte stream goes: `vsock://CID:PORT`, `unix:PATH` (optionally
+//! Where a byte stream goes: `vsock://CID:PORT` (CID `any` to listen), `unix:PATH` (optionally
 //! `unix:PATH?connect=PORT`, the host side of a Firecracker /
 //! cloud-hypervisor / vhost-user-vsock multiplexer, which wants
 //! `CONNECT <port>\n` first) or `tcp://HOST:PORT` for development.
@@ -16,7 +16,9 @@ pub enum Endpoint {
 
 /// Why an address was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("transport address {input:?}: {reason} (expected vsock://CID:PORT, unix:PATH[?connect=PORT] or tcp://HOST:PORT)")]
+#[error(
+    "transport address {input:?}: {reason} (expected vsock://CID:PORT, unix:PATH[?connect=PORT] or tcp://HOST:PORT)"
+)]
 pub struct EndpointError {
     pub input: String,
     pub reason: &'static str,
@@ -30,7 +32,11 @@ impl Endpoint {
         };
         if let Some(rest) = s.strip_prefix("vsock://") {
             let (cid, port) = rest.split_once(':').ok_or(err("missing :PORT"))?;
-            let cid = cid.parse().map_err(|_| err("CID is not a number"))?;
+            // `any` is VMADDR_CID_ANY, for listening in a guest.
+            let cid = match cid {
+                "any" => u32::MAX,
+                n => n.parse().map_err(|_| err("CID is not a number or `any`"))?,
+            };
             let port = port.parse().map_err(|_| err("PORT is not a number"))?;
             return Ok(Endpoint::Vsock { cid, port });
         }
@@ -38,7 +44,10 @@ impl Endpoint {
             let (path, connect) = match rest.rsplit_once("?connect=") {
                 Some((p, port)) => (
                     p,
-                    Some(port.parse().map_err(|_| err("connect PORT is not a number"))?),
+                    Some(
+                        port.parse()
+                            .map_err(|_| err("connect PORT is not a number"))?,
+                    ),
                 ),
                 None => (rest, None),
             };
@@ -66,6 +75,10 @@ impl Endpoint {
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Endpoint::Vsock {
+                cid: u32::MAX,
+                port,
+            } => write!(f, "vsock://any:{port}"),
             Endpoint::Vsock { cid, port } => write!(f, "vsock://{cid}:{port}"),
             Endpoint::Unix {
                 path,
@@ -96,6 +109,7 @@ mod tests {
     fn parses_and_prints_every_form() {
         for s in [
             "vsock://3:8443",
+            "vsock://any:8443",
             "unix:/run/ciel/api.sock",
             "unix:/tmp/v.sock?connect=1024",
             "tcp://127.0.0.1:8080",

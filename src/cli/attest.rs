@@ -97,16 +97,7 @@ fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
         collateral.gpu_rims.push(files::read("RIM", p)?);
     }
     let policy = match &a.policy {
-        Some(p) => {
-            let text = files::read("policy", p)?;
-            let text = String::from_utf8(text)
-                .with_context(|| format!("policy {} is not UTF-8", p.display()))?;
-            if p.extension().is_some_and(|e| e == "json") {
-                Policy::from_json(&text).with_context(|| format!("policy {}", p.display()))?
-            } else {
-                Policy::from_toml(&text).with_context(|| format!("policy {}", p.display()))?
-            }
-        }
+        Some(p) => files::load_policy(p)?,
         None => Policy::authenticity_only(),
     };
     let now = match &a.at {

@@ -25,6 +25,51 @@ use std::process::ExitCode;
 pub enum EnclaveCommand {
     /// One-shot boot: key release, in-memory unseal, model load, one answer.
     Boot(BootArgs),
+    /// The guest service: key release through the host's relay, the sealed
+    /// model fetched from the host and decrypted in memory, then the
+    /// OpenAI-compatible API over attested TLS until SIGTERM.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Use the simulated SEV-SNP platform for evidence (development only:
+    /// NO confidentiality).
+    #[arg(long)]
+    pub sim: bool,
+    /// Key broker URL as the guest sees it (https://HOST:PORT).
+    #[arg(long)]
+    pub kbs: String,
+    /// The broker's CA certificate (PEM) to pin.
+    #[arg(long)]
+    pub kbs_ca: PathBuf,
+    /// Reach the broker through the host's relay at this address
+    /// (vsock://2:PORT in a VM; unix:PATH in development).
+    #[arg(long)]
+    pub kbs_via: Option<String>,
+    /// The host's blob service.
+    #[arg(long)]
+    pub model_from: String,
+    /// The sealed model's blob name at the host.
+    #[arg(long)]
+    pub model_blob: String,
+    /// The model's name for clients (default: the sealed header's).
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Where the API listens (vsock://any:PORT in a VM).
+    #[arg(long)]
+    pub listen: String,
+    /// Requests that may wait behind the running one before 429.
+    #[arg(long, default_value_t = 64)]
+    pub queue: usize,
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 2048)]
+    pub max_tokens_limit: usize,
+    /// Parallel range requests when fetching the sealed model.
+    #[arg(long, default_value_t = 4)]
+    pub fetch_parallel: usize,
 }
 
 #[derive(Debug, Args)]
@@ -51,7 +96,57 @@ pub struct BootArgs {
 pub fn run(cmd: EnclaveCommand) -> Result<ExitCode> {
     match cmd {
         EnclaveCommand::Boot(a) => boot(a),
+        EnclaveCommand::Serve(a) => serve(a),
     }
+}
+
+fn endpoint(what: &str, s: &str) -> Result<ciel_transport::Endpoint> {
+    ciel_transport::Endpoint::parse(s).with_context(|| format!("--{what}"))
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode> {
+    super::init_logging();
+    if !a.sim {
+        bail!(
+            "no hardware evidence source is wired into `enclave serve` yet; pass --sim (development only, NO confidentiality)"
+        );
+    }
+    eprintln!(
+        "WARNING: SIMULATED platform: this guest's evidence proves nothing about hardware and gives NO confidentiality."
+    );
+    let (sim, _) = super::sim::load_or_create_snp()?;
+    let platform: std::sync::Arc<dyn ciel_enclave::kbs_client::EvidenceSource + Send + Sync> =
+        std::sync::Arc::new(SimSnpSource {
+            sim: std::sync::Arc::new(sim),
+            template: SimSnpReport::default(),
+        });
+    let cfg = ciel_enclave::serve::ServeConfig {
+        platform,
+        kbs_url: a.kbs.clone(),
+        kbs_ca_pem: files::read("broker CA", &a.kbs_ca)?,
+        kbs_via: a
+            .kbs_via
+            .as_deref()
+            .map(|s| endpoint("kbs-via", s))
+            .transpose()?,
+        model_from: endpoint("model-from", &a.model_from)?,
+        model_blob: a.model_blob.clone(),
+        model_name: a.model_name.clone(),
+        listen: endpoint("listen", &a.listen)?,
+        queue: a.queue,
+        max_connections: a.max_connections,
+        max_tokens_limit: a.max_tokens_limit,
+        fetch_parallel: a.fetch_parallel,
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(ciel_enclave::serve::run(cfg, |id| {
+        tracing::info!(
+            model = %id.claims.model.name,
+            model_sha256 = %id.claims.model.sha256,
+            "ready"
+        );
+    }))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn boot(a: BootArgs) -> Result<ExitCode> {

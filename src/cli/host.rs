@@ -11,6 +11,44 @@ use std::process::ExitCode;
 pub enum HostCommand {
     /// Launch a guest image on SEV-SNP or TDX hardware (or print the command).
     Launch(LaunchArgs),
+    /// The untrusted shim: proxy client connections to the guest's API
+    /// (TLS passes through), serve sealed models to the guest, relay the
+    /// guest's key-broker connections; Prometheus metrics.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where clients connect (tcp://HOST:PORT or unix:PATH); repeatable.
+    #[arg(long, default_value = "tcp://127.0.0.1:8443")]
+    pub listen: Vec<String>,
+    /// The guest's API port (vsock://CID:PORT, unix:PATH[?connect=PORT]).
+    #[arg(long)]
+    pub guest_api: String,
+    /// Directory of sealed models the guest may fetch by name.
+    #[arg(long, requires = "blob_listen")]
+    pub models: Option<PathBuf>,
+    /// Where the guest connects for model blobs.
+    #[arg(long, requires = "models")]
+    pub blob_listen: Option<String>,
+    /// Where the guest connects to reach the key broker.
+    #[arg(long, requires = "kbs_upstream")]
+    pub kbs_relay_listen: Option<String>,
+    /// The key broker (tcp://HOST:PORT): the only place the relay connects to.
+    #[arg(long, requires = "kbs_relay_listen")]
+    pub kbs_upstream: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Open connections per service.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Close a connection after this many seconds without a byte either way.
+    #[arg(long, default_value_t = 300)]
+    pub idle_timeout_secs: u64,
+    /// Seconds open connections get to finish after SIGINT/SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub grace_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -46,7 +84,53 @@ pub struct LaunchArgs {
 pub fn run(cmd: HostCommand) -> Result<ExitCode> {
     match cmd {
         HostCommand::Launch(a) => launch(a),
+        HostCommand::Serve(a) => serve(a),
     }
+}
+
+fn endpoint(what: &str, s: &str) -> Result<ciel_transport::Endpoint> {
+    ciel_transport::Endpoint::parse(s).with_context(|| format!("--{what}"))
+}
+
+fn serve(a: ServeArgs) -> Result<ExitCode> {
+    use std::sync::Arc;
+    super::init_logging();
+    let cfg = ciel_host::shim::ShimConfig {
+        listen: a
+            .listen
+            .iter()
+            .map(|s| endpoint("listen", s))
+            .collect::<Result<_>>()?,
+        guest_api: endpoint("guest-api", &a.guest_api)?,
+        blobs: match (&a.blob_listen, &a.models) {
+            (Some(l), Some(dir)) => Some((endpoint("blob-listen", l)?, dir.clone())),
+            _ => None,
+        },
+        kbs_relay: match (&a.kbs_relay_listen, &a.kbs_upstream) {
+            (Some(l), Some(u)) => Some((
+                endpoint("kbs-relay-listen", l)?,
+                endpoint("kbs-upstream", u)?,
+            )),
+            _ => None,
+        },
+        max_connections: a.max_connections,
+        idle_timeout: std::time::Duration::from_secs(a.idle_timeout_secs.max(1)),
+        grace: std::time::Duration::from_secs(a.grace_secs),
+    };
+    let metrics = Arc::new(ciel_host::metrics::Metrics::default());
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        if let Some(addr) = a.metrics {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics {addr}"))?;
+            tracing::info!(%addr, "metrics at /metrics");
+            tokio::spawn(ciel_host::metrics::serve(l, metrics.clone()));
+        }
+        ciel_host::shim::run(cfg, metrics, ciel_transport::shutdown_signal()).await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn launch(a: LaunchArgs) -> Result<ExitCode> {

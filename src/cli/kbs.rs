@@ -108,22 +108,7 @@ fn init(a: InitArgs) -> Result<ExitCode> {
 
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
+    ciel_transport::shutdown_signal().await;
     tracing::info!("shutting down: finishing requests in flight");
 }
 

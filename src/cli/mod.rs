@@ -2,11 +2,14 @@
 //! clocks and the pure library crates.
 
 pub mod attest;
+pub mod client;
+pub mod demo;
 pub mod enclave;
 mod files;
 pub mod host;
 pub mod image;
 pub mod kbs;
+mod proxy;
 pub mod seal;
 mod sim;
 

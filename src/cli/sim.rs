@@ -29,7 +29,12 @@ pub fn data_dir() -> Result<PathBuf> {
 
 /// The simulated SNP hierarchy (generated on first use).
 pub fn load_or_create_snp() -> Result<(SnpSim, PathBuf)> {
-    load_or_create::<SnpSim>()
+    load_or_create::<SnpSim>(&data_dir()?)
+}
+
+/// The same, under an explicit data directory.
+pub fn load_or_create_snp_in(data: &Path) -> Result<(SnpSim, PathBuf)> {
+    load_or_create::<SnpSim>(data)
 }
 
 /// A simulated vendor hierarchy kept under the data directory.
@@ -70,8 +75,8 @@ impl Stored for TdxSim {
 }
 
 /// Loads a simulated hierarchy, generating and storing it on first use.
-fn load_or_create<T: Stored>() -> Result<(T, PathBuf)> {
-    let dir = data_dir()?.join("sim").join(T::DIR);
+fn load_or_create<T: Stored>(data: &Path) -> Result<(T, PathBuf)> {
+    let dir = data.join("sim").join(T::DIR);
     let load = |dir: &Path| {
         T::from_files(|f| std::fs::read(dir.join(f)).ok()).with_context(|| {
             format!(
@@ -143,7 +148,7 @@ pub fn run_sim_report(a: SimReportArgs) -> Result<ExitCode> {
     let report_data = parse_report_data(&a.report_data)?;
     match a.platform.as_str() {
         "snp" => {
-            let (sim, dir) = load_or_create::<SnpSim>()?;
+            let (sim, dir) = load_or_create::<SnpSim>(&data_dir()?)?;
             let report = sim.report(&SimSnpReport {
                 report_data,
                 ..Default::default()
@@ -173,7 +178,7 @@ pub fn run_sim_report(a: SimReportArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "tdx" => {
-            let (sim, dir) = load_or_create::<TdxSim>()?;
+            let (sim, dir) = load_or_create::<TdxSim>(&data_dir()?)?;
             let quote = sim.quote(&SimTdxQuote {
                 report_data,
                 ..Default::default()

@@ -69,9 +69,9 @@ impl Listener {
             } => Err(invalid(format!(
                 "{ep}: ?connect= is for connecting through a vsock multiplexer, not for listening"
             ))),
-            Endpoint::Vsock { cid, port } => {
-                Ok(Listener::Vsock(VsockListener::bind(VsockAddr::new(*cid, *port))?))
-            }
+            Endpoint::Vsock { cid, port } => Ok(Listener::Vsock(VsockListener::bind(
+                VsockAddr::new(*cid, *port),
+            )?)),
         }
     }
 
@@ -140,11 +140,16 @@ pub async fn connect(ep: &Endpoint) -> io::Result<Stream> {
             let s = UnixStream::connect(path).await?;
             tokio::time::timeout(HANDSHAKE_TIMEOUT, vsock_mux_handshake(s, *port))
                 .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{ep}: CONNECT handshake timed out")))?
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("{ep}: CONNECT handshake timed out"),
+                    )
+                })?
         }
-        Endpoint::Vsock { cid, port } => {
-            Ok(Box::new(VsockStream::connect(VsockAddr::new(*cid, *port)).await?))
-        }
+        Endpoint::Vsock { cid, port } => Ok(Box::new(
+            VsockStream::connect(VsockAddr::new(*cid, *port)).await?,
+        )),
     }
 }
 
@@ -160,7 +165,10 @@ async fn vsock_mux_handshake(mut s: UnixStream, port: u32) -> io::Result<Stream>
     if !text.starts_with("OK ") || !text.ends_with('\n') {
         return Err(io::Error::new(
             io::ErrorKind::ConnectionRefused,
-            format!("vsock multiplexer refused CONNECT {port}: {:?}", text.trim_end()),
+            format!(
+                "vsock multiplexer refused CONNECT {port}: {:?}",
+                text.trim_end()
+            ),
         ));
     }
     // Bytes the multiplexer sent after the line stay in the buffer.
@@ -168,6 +176,23 @@ async fn vsock_mux_handshake(mut s: UnixStream, port: u32) -> io::Result<Stream>
 }
 
 use tokio::io::AsyncReadExt as _;
+
+/// Resolves on SIGINT or SIGTERM: every long-running service (guest API,
+/// host shim) stops accepting on it and drains.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
@@ -225,7 +250,10 @@ mod tests {
         ok.read_exact(&mut rest).await.unwrap();
         assert_eq!(&rest, b"rest");
         let refused = connect(&ep).await.err().unwrap();
-        assert!(refused.to_string().contains("refused CONNECT 5000"), "{refused}");
+        assert!(
+            refused.to_string().contains("refused CONNECT 5000"),
+            "{refused}"
+        );
         mux.await.unwrap();
     }
 }

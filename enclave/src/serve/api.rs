@@ -426,11 +426,15 @@ fn stream(
                     (events, false, chunk),
                 )),
                 Some(Event::Failed(e)) => Some((
-                    Ok(SseEvent::default()
-                        .data(json!({"error": {"message": e, "type": "server_error"}}).to_string())),
+                    Ok(SseEvent::default().data(
+                        json!({"error": {"message": e, "type": "server_error"}}).to_string(),
+                    )),
                     (events, true, chunk),
                 )),
-                None => Some((Ok(SseEvent::default().data("[DONE]")), (events, true, chunk))),
+                None => Some((
+                    Ok(SseEvent::default().data("[DONE]")),
+                    (events, true, chunk),
+                )),
             }
         },
     );

@@ -72,8 +72,8 @@ impl AttestedIdentity {
             nonce: None,
         };
         let document = attest(platform, claims.clone())?;
-        let mut params = rcgen::CertificateParams::new(vec!["ciel-enclave".to_string()])
-            .map_err(cert_err)?;
+        let mut params =
+            rcgen::CertificateParams::new(vec!["ciel-enclave".to_string()]).map_err(cert_err)?;
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "ciel attested guest");

@@ -178,7 +178,8 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
             .map_err(|e| BootError::Model(format!("reading the model header: {e}")))?;
         let meta = parse_metadata(&head).map_err(|e| BootError::Model(e.to_string()))?;
         let tokenizer = Tokenizer::from_gguf(&meta).map_err(|e| BootError::Model(e.to_string()))?;
-        let template = ChatTemplate::from_gguf(&meta).map_err(|e| BootError::Model(e.to_string()))?;
+        let template =
+            ChatTemplate::from_gguf(&meta).map_err(|e| BootError::Model(e.to_string()))?;
         let model = Model::load_unsealed(&plain).map_err(|e| BootError::Model(e.to_string()))?;
         Ok::<_, BootError>((model, tokenizer, template))
     })
@@ -219,7 +220,13 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
         "serving"
     );
     ready(&identity);
-    serve(listener, identity.server_config.clone(), api::router(state), cfg.max_connections).await;
+    serve(
+        listener,
+        identity.server_config.clone(),
+        api::router(state),
+        cfg.max_connections,
+    )
+    .await;
     Ok(())
 }
 
@@ -233,7 +240,7 @@ pub async fn serve(
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
-    let shutdown = shutdown_signal();
+    let shutdown = ciel_transport::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -274,6 +281,7 @@ pub async fn serve(
             };
             let service = hyper_util::service::TowerToHyperService::new(router);
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                 .await
@@ -281,22 +289,6 @@ pub async fn serve(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
-    }
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
     }
 }
 

@@ -1,0 +1,437 @@
+//! `ciel demo`: the whole system on one machine, as separate processes on
+//! the SIMULATED platform, Unix sockets standing in for vsock:
+//!
+//! owner: `kbs init` → `seal --kbs` (key registered at the broker)
+//! broker: `kbs serve` (TLS)            host: `host serve` (untrusted shim)
+//! guest: `enclave serve --sim` (key via the host's relay, model via the
+//!        host's blob service, API on a Unix socket behind the host)
+//! client (this process): verify the guest's attestation, ask, stream.
+//!
+//! Everything is stopped at the end; the exit status says whether it all
+//! worked. The simulated platform gives NO confidentiality: it shows the
+//! protocol, not the protection.
+
+use super::files;
+use anyhow::{Context, Result, bail};
+use ciel_attestation::sim::SimSnpReport;
+use ciel_client::Client;
+use clap::Args;
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The GGUF model (default: SmolLM2-135M-Instruct Q4_1, fetched once).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The question.
+    #[arg(
+        long,
+        default_value = "Explain in a few sentences why the sky is blue."
+    )]
+    pub prompt: String,
+    #[arg(long, default_value_t = 96)]
+    pub max_tokens: usize,
+    /// Keep the demo's files (keys, logs, sealed model) in this directory
+    /// instead of a temporary one.
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// Seconds to wait for the guest to come up.
+    #[arg(long, default_value_t = 300)]
+    pub boot_timeout: u64,
+}
+
+const RESOURCE: &str = "default/model-key/smollm2";
+const BLOB: &str = "smollm2.csm";
+
+fn banner(s: &str) {
+    println!("\n\x1b[1m== {s}\x1b[0m");
+}
+
+/// Children stopped (SIGTERM, then SIGKILL) when dropped, errors included.
+struct Processes {
+    children: Vec<(&'static str, Child, PathBuf)>,
+}
+
+impl Processes {
+    fn spawn(&mut self, name: &'static str, cmd: &mut Command, log: PathBuf) -> Result<()> {
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting the {name}"))?;
+        self.children.push((name, child, log));
+        Ok(())
+    }
+
+    /// Fails if a child has exited, with the end of its log.
+    fn check_alive(&mut self) -> Result<()> {
+        for (name, child, log) in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                let text = std::fs::read_to_string(&*log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!(
+                    "the {name} exited ({status}); the end of {}:\n{}",
+                    log.display(),
+                    tail.join("\n")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self) {
+        for (_, child, _) in &self.children {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (name, child, _) in &mut self.children {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        eprintln!("the {name} did not stop on SIGTERM; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        self.children.clear();
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn run_step(what: &str, cmd: &mut Command) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(())
+}
+
+/// The demo model: `--model`, or fetched (once, checked, cached) by the
+/// repository's `scripts/fetch-model.sh`.
+fn demo_model(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-model.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!("fetching the demo model failed (give one with --model PATH)");
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+pub fn run(a: DemoArgs) -> Result<ExitCode> {
+    let exe = std::env::current_exe().context("locating the ciel binary")?;
+    let temp;
+    let work = match &a.workdir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("create {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("ciel-demo-")
+                .tempdir()
+                .context("creating a temporary directory")?;
+            temp.path().to_path_buf()
+        }
+    };
+    let data = work.join("data");
+    let ciel = |args: &[&str]| {
+        let mut c = Command::new(&exe);
+        c.args(args)
+            .env("CIEL_DATA_DIR", &data)
+            .env("RUST_LOG", "info");
+        c
+    };
+    println!(
+        "\x1b[1;33mWARNING: everything below runs on the SIMULATED platform. It shows the protocol — sealing,\n\
+         attested key release, attested TLS, an untrusted host carrying ciphertext — but gives NO\n\
+         confidentiality: there is no hardware protecting the guest's memory.\x1b[0m"
+    );
+
+    banner("1. The demo model");
+    let model = demo_model(a.model.clone())?;
+    println!("{}", model.display());
+
+    banner("2. The owner: a key broker, a policy for the model's key, the sealed model");
+    let kbs_dir = work.join("kbs");
+    run_step(
+        "kbs init",
+        &mut ciel(&["kbs", "init", &kbs_dir.to_string_lossy()]),
+    )?;
+    let (sim, _) = super::sim::load_or_create_snp_in(&data)?;
+    let root = hex::encode(sim.root_sha256());
+    let measurement = hex::encode(SimSnpReport::default().measurement);
+    let roots_line = format!("danger_simulated_roots = [\"{root}\"]");
+    std::fs::write(
+        kbs_dir.join("model.policy.toml"),
+        format!("{roots_line}\n[snp]\nmeasurements = [\"{measurement}\"]\n"),
+    )?;
+    let cfg_path = kbs_dir.join("kbs.toml");
+    let cfg = std::fs::read_to_string(&cfg_path)?;
+    let cfg = cfg
+        .lines()
+        .map(|l| {
+            if l.starts_with("# danger_simulated_roots") {
+                roots_line.clone()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "{cfg}\n[[resource]]\npath = \"{RESOURCE}\"\npolicy_file = \"model.policy.toml\"\n"
+        ),
+    )?;
+    println!("policy for {RESOURCE}: the simulated root, guest measurement {measurement}");
+
+    let mut procs = Processes {
+        children: Vec::new(),
+    };
+    let kbs_port = free_port()?;
+    let kbs_url = format!("https://127.0.0.1:{kbs_port}");
+    let kbs_ca = kbs_dir.join("tls-ca.pem");
+    procs.spawn(
+        "key broker",
+        &mut ciel(&[
+            "kbs",
+            "serve",
+            "--config",
+            &cfg_path.to_string_lossy(),
+            "--listen",
+            &format!("127.0.0.1:{kbs_port}"),
+            "--tls-cert",
+            &kbs_dir.join("tls.pem").to_string_lossy(),
+            "--tls-key",
+            &kbs_dir.join("tls.key").to_string_lossy(),
+        ]),
+        work.join("kbs.log"),
+    )?;
+    wait_for_port(&mut procs, kbs_port, Duration::from_secs(30))?;
+    let models = work.join("models");
+    std::fs::create_dir_all(&models)?;
+    let sealed = models.join(BLOB);
+    run_step(
+        "seal",
+        ciel(&[
+            "seal",
+            "--in",
+            &model.to_string_lossy(),
+            "--out",
+            &sealed.to_string_lossy(),
+            "--resource",
+            RESOURCE,
+            "--kbs",
+            &kbs_url,
+            "--admin-key",
+            &kbs_dir.join("admin.key").to_string_lossy(),
+            "--kbs-ca",
+            &kbs_ca.to_string_lossy(),
+        ])
+        .stderr(Stdio::inherit()),
+    )?;
+    let header = ciel_protocol::sealed::SealedHeader::parse(&read_head(&sealed)?)
+        .context("the sealed model's header")?;
+    let model_sha256 = header.header.plaintext_sha256.clone();
+
+    banner(
+        "3. The untrusted host and the guest (separate processes; Unix sockets stand in for vsock)",
+    );
+    let host_port = free_port()?;
+    let metrics_port = free_port()?;
+    let sock = |n: &str| format!("unix:{}", work.join(n).display());
+    procs.spawn(
+        "host shim",
+        &mut ciel(&[
+            "host",
+            "serve",
+            "--listen",
+            &format!("tcp://127.0.0.1:{host_port}"),
+            "--guest-api",
+            &sock("guest-api.sock"),
+            "--models",
+            &models.to_string_lossy(),
+            "--blob-listen",
+            &sock("blobs.sock"),
+            "--kbs-relay-listen",
+            &sock("kbs-relay.sock"),
+            "--kbs-upstream",
+            &format!("tcp://127.0.0.1:{kbs_port}"),
+            "--metrics",
+            &format!("127.0.0.1:{metrics_port}"),
+        ]),
+        work.join("host.log"),
+    )?;
+    procs.spawn(
+        "guest",
+        &mut ciel(&[
+            "enclave",
+            "serve",
+            "--sim",
+            "--kbs",
+            &kbs_url,
+            "--kbs-ca",
+            &kbs_ca.to_string_lossy(),
+            "--kbs-via",
+            &sock("kbs-relay.sock"),
+            "--model-from",
+            &sock("blobs.sock"),
+            "--model-blob",
+            BLOB,
+            "--model-name",
+            "smollm2-135m-instruct",
+            "--listen",
+            &sock("guest-api.sock"),
+        ]),
+        work.join("guest.log"),
+    )?;
+    println!(
+        "host: clients at tcp://127.0.0.1:{host_port}; the guest boots (attest, key, fetch, decrypt, load) ..."
+    );
+
+    banner("4. The client verifies the guest before sending anything");
+    let policy_path = work.join("client.policy.toml");
+    std::fs::write(
+        &policy_path,
+        format!(
+            "{roots_line}\nmodel_sha256 = [\"{model_sha256}\"]\n[snp]\nmeasurements = [\"{measurement}\"]\n"
+        ),
+    )?;
+    let policy = files::load_policy(&policy_path)?;
+    let url = format!("https://127.0.0.1:{host_port}");
+    let rt = tokio::runtime::Runtime::new()?;
+    let deadline = Instant::now() + Duration::from_secs(a.boot_timeout);
+    let client = loop {
+        procs.check_alive()?;
+        match rt.block_on(Client::connect(&url, policy.clone())) {
+            Ok(c) => break c,
+            Err(e @ ciel_client::ClientError::Refused { .. }) => return Err(e.into()),
+            Err(e) if Instant::now() > deadline => {
+                bail!("the guest did not come up within {} s: {e}", a.boot_timeout)
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    };
+    super::attest::warn_simulated();
+    print!(
+        "{}",
+        ciel_client::report::render_verification(client.verification())
+    );
+    let fresh = rt.block_on(client.fresh_attestation())?;
+    println!(
+        "fresh evidence for a random client nonce: accepted ({} checks)",
+        fresh.checks.len()
+    );
+
+    banner("5. A question, answered inside the guest, streamed back through the host");
+    println!("> {}", a.prompt);
+    let req = json!({
+        "model": client.verification().claims.model.name,
+        "messages": [{"role": "user", "content": a.prompt}],
+        "max_tokens": a.max_tokens,
+    });
+    let started = Instant::now();
+    let mut first = None;
+    let mut pieces = 0usize;
+    let finish = rt.block_on(client.chat_stream(&req, |t| {
+        first.get_or_insert_with(|| started.elapsed());
+        pieces += 1;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(t.as_bytes());
+        let _ = out.flush();
+    }))?;
+    println!();
+    println!(
+        "(finish: {finish}; first text after {} ms, {pieces} pieces in {} ms)",
+        first.unwrap_or_default().as_millis(),
+        started.elapsed().as_millis()
+    );
+
+    banner("6. What the host saw: byte counts only (TLS and sealed ciphertext)");
+    if let Ok(text) = http_get(metrics_port, "/metrics") {
+        for line in text.lines().filter(|l| {
+            l.starts_with("ciel_host_bytes") || l.starts_with("ciel_host_connections_total")
+        }) {
+            println!("{line}");
+        }
+    }
+    println!("audit log of the key broker:");
+    let audit = std::fs::read_to_string(kbs_dir.join("audit.jsonl")).unwrap_or_default();
+    for line in audit.lines() {
+        println!("  {}", line.chars().take(160).collect::<String>());
+    }
+    drop(client);
+    procs.stop();
+    banner(
+        "Done. Reminder: SIMULATED platform — the protocol ran for real, but nothing here was confidential.",
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Enough of the sealed file to parse its header.
+fn read_head(p: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(p).with_context(|| format!("open {}", p.display()))?;
+    let mut head = Vec::new();
+    f.take(1 << 16).read_to_end(&mut head)?;
+    Ok(head)
+}
+
+fn wait_for_port(procs: &mut Processes, port: u16, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        procs.check_alive()?;
+        if Instant::now() > deadline {
+            bail!(
+                "nothing listens on 127.0.0.1:{port} after {} s",
+                limit.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// A plain-HTTP GET on loopback (the host's metrics).
+fn http_get(port: u16, path: &str) -> Result<String> {
+    let mut resp = ureq::get(&format!("http://127.0.0.1:{port}{path}")).call()?;
+    Ok(resp.body_mut().read_to_string()?)
+}
