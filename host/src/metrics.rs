@@ -16,6 +16,14 @@ pub struct ServiceMetrics {
     pub errors_total: AtomicU64,
 }
 
+/// A metric: name, Prometheus type, help text, and which counter.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ServiceMetrics) -> &AtomicU64,
+);
+
 /// All of the shim's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -33,7 +41,7 @@ impl Metrics {
             ("blobs", &self.blobs),
             ("kbs_relay", &self.kbs_relay),
         ];
-        let series: [(&str, &str, &str, fn(&ServiceMetrics) -> &AtomicU64); 6] = [
+        let series: [Series; 6] = [
             (
                 "ciel_host_connections_total",
                 "counter",
@@ -85,21 +93,6 @@ impl Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_every_series_for_every_service() {
-        let m = Metrics::default();
-        m.api.bytes_to_guest.fetch_add(42, Ordering::Relaxed);
-        let text = m.render();
-        assert!(text.contains("ciel_host_bytes_to_guest_total{service=\"api\"} 42\n"));
-        assert!(text.contains("# TYPE ciel_host_connections_active gauge\n"));
-        assert_eq!(text.matches("{service=\"kbs_relay\"}").count(), 6);
-    }
-}
-
 /// Serves `GET /metrics` on `listener` until the task is dropped.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -121,4 +114,19 @@ pub async fn serve(
         }),
     );
     axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_series_for_every_service() {
+        let m = Metrics::default();
+        m.api.bytes_to_guest.fetch_add(42, Ordering::Relaxed);
+        let text = m.render();
+        assert!(text.contains("ciel_host_bytes_to_guest_total{service=\"api\"} 42\n"));
+        assert!(text.contains("# TYPE ciel_host_connections_active gauge\n"));
+        assert_eq!(text.matches("{service=\"kbs_relay\"}").count(), 6);
+    }
 }

@@ -172,7 +172,8 @@ pub fn decode_extension(der: &[u8]) -> Result<AttestationDocument, ClaimsError> 
         if n == 0 || n > 4 {
             return Err(bad(1, "unsupported length encoding"));
         }
-        let bytes = der.get(2..2 + n).ok_or(bad(2, "truncated length"))?;
+        let header = n.saturating_add(2); // n <= 4
+        let bytes = der.get(2..header).ok_or(bad(2, "truncated length"))?;
         if bytes.first() == Some(&0) {
             return Err(bad(2, "non-minimal length"));
         }
@@ -180,7 +181,7 @@ pub fn decode_extension(der: &[u8]) -> Result<AttestationDocument, ClaimsError> 
         if len < 0x80 {
             return Err(bad(2, "non-minimal length"));
         }
-        (len, 2 + n)
+        (len, header)
     };
     if len > MAX_DOCUMENT {
         return Err(ClaimsError::TooLarge(len));

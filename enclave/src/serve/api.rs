@@ -65,28 +65,58 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-/// An OpenAI-style error response.
-fn api_error(status: StatusCode, kind: &str, param: Option<&str>, message: &str) -> Response {
-    let code = match status {
-        StatusCode::NOT_FOUND => "not_found",
-        StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
-        StatusCode::INTERNAL_SERVER_ERROR => "internal_error",
-        _ => "invalid_request",
-    };
-    (
+/// An OpenAI-style error: `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    param: Option<String>,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = match self.status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
+            StatusCode::INTERNAL_SERVER_ERROR => "internal_error",
+            _ => "invalid_request",
+        };
+        (
+            self.status,
+            Json(json!({"error": {"message": self.message, "type": self.kind, "param": self.param, "code": code}})),
+        )
+            .into_response()
+    }
+}
+
+fn api_error(
+    status: StatusCode,
+    kind: &'static str,
+    param: Option<&str>,
+    message: &str,
+) -> Response {
+    ApiError {
         status,
-        Json(json!({"error": {"message": message, "type": kind, "param": param, "code": code}})),
-    )
-        .into_response()
+        kind,
+        param: param.map(str::to_string),
+        message: message.to_string(),
+    }
+    .into_response()
+}
+
+/// A 400 naming the offending field.
+fn bad_field(param: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError {
+        status: StatusCode::BAD_REQUEST,
+        kind: "invalid_request_error",
+        param: Some(param.to_string()),
+        message: format!("{param}: {message}"),
+    }
 }
 
 fn invalid(param: &str, message: impl std::fmt::Display) -> Response {
-    api_error(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        Some(param),
-        &format!("{param}: {message}"),
-    )
+    bad_field(param, message).into_response()
 }
 
 /// A JSON body, with OpenAI-style errors for bodies that do not parse.
@@ -196,35 +226,35 @@ struct CompletionBody {
 }
 
 /// Checks the common fields and builds the engine request.
-fn build_request(st: &ApiState, c: &Common, prompt: Vec<u32>) -> Result<Request, Response> {
+fn build_request(st: &ApiState, c: &Common, prompt: Vec<u32>) -> Result<Request, ApiError> {
     if let Some(m) = &c.model
         && *m != st.claims.model.name
     {
-        return Err(api_error(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            Some("model"),
-            &format!(
+        return Err(ApiError {
+            status: StatusCode::NOT_FOUND,
+            kind: "invalid_request_error",
+            param: Some("model".into()),
+            message: format!(
                 "model {m:?} is not served here (this guest serves {:?})",
                 st.claims.model.name
             ),
-        ));
+        });
     }
     if c.n.is_some_and(|n| n != 1) {
-        return Err(invalid("n", "only 1 is supported"));
+        return Err(bad_field("n", "only 1 is supported"));
     }
     let max_tokens = c.max_completion_tokens.or(c.max_tokens).unwrap_or(256);
     if max_tokens == 0 || max_tokens > st.max_tokens_limit {
-        return Err(invalid(
+        return Err(bad_field(
             "max_tokens",
             format!("must be between 1 and {}", st.max_tokens_limit),
         ));
     }
     if prompt.is_empty() {
-        return Err(invalid("prompt", "is empty"));
+        return Err(bad_field("prompt", "is empty"));
     }
     if prompt.len().saturating_add(max_tokens) > st.worker.context {
-        return Err(invalid(
+        return Err(bad_field(
             "max_tokens",
             format!(
                 "the prompt ({} tokens) plus max_tokens ({max_tokens}) exceed the model's context of {} tokens",
@@ -239,7 +269,7 @@ fn build_request(st: &ApiState, c: &Common, prompt: Vec<u32>) -> Result<Request,
         Some(Stop::Many(v)) => v.clone(),
     };
     if stop.len() > 4 || stop.iter().any(String::is_empty) {
-        return Err(invalid("stop", "at most 4 non-empty strings"));
+        return Err(bad_field("stop", "at most 4 non-empty strings"));
     }
     let sampling = SamplingParams {
         temperature: c.temperature.unwrap_or(0.0),
@@ -253,12 +283,12 @@ fn build_request(st: &ApiState, c: &Common, prompt: Vec<u32>) -> Result<Request,
         } else {
             "temperature"
         };
-        return Err(api_error(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            Some(param),
-            &e.to_string(),
-        ));
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "invalid_request_error",
+            param: Some(param.into()),
+            message: e.to_string(),
+        });
     }
     Ok(Request {
         prompt,
@@ -315,7 +345,7 @@ async fn completions(State(st): State<Arc<ApiState>>, Body(b): Body<CompletionBo
 async fn run(st: Arc<ApiState>, common: &Common, prompt: Vec<u32>, kind: Kind) -> Response {
     let req = match build_request(&st, common, prompt) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(e) => return e.into_response(),
     };
     let prompt_tokens = req.prompt.len();
     let events = match st.worker.submit(req) {
