@@ -42,6 +42,11 @@ pub struct DemoArgs {
     /// Seconds to wait for the guest to come up.
     #[arg(long, default_value_t = 300)]
     pub boot_timeout: u64,
+    /// After verifying, keep the system up instead of asking the question:
+    /// print one JSON line with the endpoints (client URL, policy, key
+    /// broker, sockets) and serve until SIGINT/SIGTERM.
+    #[arg(long)]
+    pub serve: bool,
 }
 
 const RESOURCE: &str = "default/model-key/smollm2";
@@ -360,6 +365,44 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         "fresh evidence for a random client nonce: accepted ({} checks)",
         fresh.checks.len()
     );
+    if a.serve {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Listen for the signals before saying "ready".
+        let (mut term, mut int) = rt.block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+            ))
+        })?;
+        let ready = json!({
+            "ready": true,
+            "url": url,
+            "policy": policy_path,
+            "workdir": work,
+            "kbs_url": kbs_url,
+            "kbs_ca": kbs_ca,
+            "kbs_relay": sock("kbs-relay.sock"),
+            "guest_api": sock("guest-api.sock"),
+            "metrics": format!("http://127.0.0.1:{metrics_port}/metrics"),
+            "model_sha256": model_sha256,
+            "measurement": measurement,
+            "simulated_root_sha256": root,
+        });
+        println!("{ready}");
+        let _ = std::io::stdout().flush();
+        eprintln!(
+            "serving until Ctrl-C; try: ciel chat {url} --policy {}",
+            policy_path.display()
+        );
+        rt.block_on(async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        });
+        procs.stop();
+        return Ok(ExitCode::SUCCESS);
+    }
 
     banner("5. A question, answered inside the guest, streamed back through the host");
     println!("> {}", a.prompt);
