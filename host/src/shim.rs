@@ -365,3 +365,175 @@ async fn serve_blob_request(mut s: Stream, dir: &Path, svc: &Service) -> std::io
         other => refuse(&mut s, "bad_request", format!("{other:?} is not a request")).await,
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, guest: Endpoint) -> (ShimConfig, Endpoint) {
+        let listen = Endpoint::Unix {
+            path: dir.join("front.sock"),
+            connect: None,
+        };
+        let cfg = ShimConfig {
+            listen: vec![listen.clone()],
+            guest_api: guest,
+            blobs: Some((
+                Endpoint::Unix {
+                    path: dir.join("blobs.sock"),
+                    connect: None,
+                },
+                dir.join("models"),
+            )),
+            kbs_relay: None,
+            max_connections: 4,
+            idle_timeout: Duration::from_secs(2),
+            grace: Duration::from_secs(1),
+        };
+        (cfg, listen)
+    }
+
+    /// A guest that closes right after reading the request: the client must
+    /// see the end of the stream at once, not after the idle timeout.
+    #[tokio::test]
+    async fn a_closing_guest_ends_the_client_connection_promptly() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("models")).unwrap();
+        let guest_ep = Endpoint::Unix {
+            path: dir.path().join("guest.sock"),
+            connect: None,
+        };
+        let guest = Listener::bind(&guest_ep).await.unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = guest.accept().await.unwrap();
+                let mut b = [0u8; 4];
+                s.read_exact(&mut b).await.unwrap();
+                s.write_all(b"bye").await.unwrap();
+                drop(s);
+            }
+        });
+        let (cfg, front) = config(dir.path(), guest_ep);
+        let metrics = Arc::new(Metrics::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shim = tokio::spawn(run(cfg, metrics.clone(), async {
+            let _ = stopped.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut c = ciel_transport::connect(&front).await.unwrap();
+        c.write_all(b"ping").await.unwrap();
+        let mut got = Vec::new();
+        let started = Instant::now();
+        tokio::time::timeout(Duration::from_secs(1), c.read_to_end(&mut got))
+            .await
+            .expect("the client saw no end of stream within 1 s")
+            .unwrap();
+        assert_eq!(got, b"bye");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(metrics.api.bytes_to_guest.load(Ordering::Relaxed), 4);
+        assert_eq!(metrics.api.bytes_from_guest.load(Ordering::Relaxed), 3);
+        let _ = stop.send(());
+        shim.await.unwrap().unwrap();
+    }
+
+    /// Blob names cannot escape the directory, ranges are checked, and a
+    /// good range comes back byte for byte.
+    #[tokio::test]
+    async fn blob_service_checks_names_and_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("models")).unwrap();
+        std::fs::write(dir.path().join("models/m.csm"), b"0123456789").unwrap();
+        std::fs::write(dir.path().join("secret"), b"no").unwrap();
+        let (cfg, _) = config(
+            dir.path(),
+            Endpoint::Unix {
+                path: dir.path().join("none.sock"),
+                connect: None,
+            },
+        );
+        let blobs = cfg.blobs.clone().unwrap().0;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shim = tokio::spawn(run(cfg, Arc::new(Metrics::default()), async {
+            let _ = stopped.await;
+        }));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let ask = |msg: Message| {
+            let blobs = blobs.clone();
+            async move {
+                let mut s = ciel_transport::connect(&blobs).await.unwrap();
+                s.write_all(&control::encode(&msg).unwrap()).await.unwrap();
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).await.unwrap();
+                let len = control::frame_len(rest[..4].try_into().unwrap()).unwrap();
+                (
+                    control::decode(&rest[4..4 + len]).unwrap(),
+                    rest[4 + len..].to_vec(),
+                )
+            }
+        };
+        let (m, _) = ask(Message::BlobStat {
+            name: "m.csm".into(),
+        })
+        .await;
+        assert_eq!(
+            m,
+            Message::BlobInfo {
+                name: "m.csm".into(),
+                len: 10
+            }
+        );
+        let (m, data) = ask(Message::BlobRead {
+            name: "m.csm".into(),
+            offset: 3,
+            len: 4,
+        })
+        .await;
+        assert_eq!(m, Message::BlobData { offset: 3, len: 4 });
+        assert_eq!(data, b"3456");
+        for (msg, code) in [
+            (
+                Message::BlobStat {
+                    name: "../secret".into(),
+                },
+                "bad_name",
+            ),
+            (
+                Message::BlobStat {
+                    name: "absent".into(),
+                },
+                "not_found",
+            ),
+            (
+                Message::BlobRead {
+                    name: "m.csm".into(),
+                    offset: 8,
+                    len: 4,
+                },
+                "bad_range",
+            ),
+            (
+                Message::BlobRead {
+                    name: "m.csm".into(),
+                    offset: u64::MAX,
+                    len: 2,
+                },
+                "bad_range",
+            ),
+            (
+                Message::BlobInfo {
+                    name: "m.csm".into(),
+                    len: 1,
+                },
+                "bad_request",
+            ),
+        ] {
+            match ask(msg.clone()).await.0 {
+                Message::Error { code: c, .. } => assert_eq!(c, code, "{msg:?}"),
+                other => panic!("{msg:?} answered {other:?}"),
+            }
+        }
+        let _ = stop.send(());
+        shim.await.unwrap().unwrap();
+    }
+}
