@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The main job, for a newcomer on a fresh machine: build ciel, verify real
 # hardware attestation evidence (AMD SEV-SNP, Intel TDX, NVIDIA H100)
-# bundled in the repository, then run the owner → key broker → guest path
-# with a sealed model on the simulated platform.
+# bundled in the repository, then `ciel demo`: seal the demo model, start the
+# key broker, the host shim and the guest, verify the guest from the client
+# and stream an answer (simulated platform: no confidentiality).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -46,28 +47,7 @@ echo "-- with a policy that names it:"
 $ciel attest verify "$tmp/sim.bin" --vcek "$tmp/sim.bin.vcek.der" --cert-chain "$tmp/sim.bin.chain.pem" \
     --policy "$tmp/policy.toml" | head -n 5
 
-banner "6. Sealed model, attested key release, inference (simulated guest — NO confidentiality)"
-model=$(./scripts/fetch-model.sh)
-$ciel kbs init "$tmp/kbs" 2>/dev/null
-root_line="danger_simulated_roots = [\"$fp\"]"
-measurement=$(python3 -c 'import hashlib; print(hashlib.sha384(b"ciel simulated guest").hexdigest())')
-printf '%s\n[snp]\nmeasurements = ["%s"]\n' "$root_line" "$measurement" > "$tmp/kbs/model.policy.toml"
-sed -i "s|^# danger_simulated_roots = .*|$root_line|" "$tmp/kbs/kbs.toml"
-printf '[[resource]]\npath = "default/model-key/smollm2"\npolicy_file = "model.policy.toml"\n' >> "$tmp/kbs/kbs.toml"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-$ciel kbs serve --config "$tmp/kbs/kbs.toml" --listen "127.0.0.1:$port" \
-    --tls-cert "$tmp/kbs/tls.pem" --tls-key "$tmp/kbs/tls.key" 2> "$tmp/kbs.log" &
-kbs_pid=$!
-trap 'kill $kbs_pid 2>/dev/null; rm -rf "$tmp"' EXIT
-for _ in $(seq 50); do (echo > "/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
-echo "-- the owner seals the model and registers its key at the broker:"
-$ciel seal --in "$model" --out "$tmp/model.csm" --resource default/model-key/smollm2 \
-    --kbs "https://127.0.0.1:$port" --admin-key "$tmp/kbs/admin.key" --kbs-ca "$tmp/kbs/tls-ca.pem"
-$ciel inspect "$tmp/model.csm"
-echo "-- the guest attests, receives the key, unseals in memory and answers:"
-RUST_LOG=warn $ciel enclave boot --sim --kbs "https://127.0.0.1:$port" --kbs-ca "$tmp/kbs/tls-ca.pem" \
-    --model "$tmp/model.csm" --prompt "Explain in a few sentences why the sky is blue." --max-tokens 60
-echo "-- the broker's audit log:"
-cut -c1-200 "$tmp/kbs/audit.jsonl"
+banner "6. The whole system: key broker, untrusted host and guest as separate processes (simulated platform — NO confidentiality)"
+$ciel demo
 
 banner "Done: every verdict above was computed now, from the bytes: real evidence against pinned vendor roots, simulated evidence only because a policy named its root."
