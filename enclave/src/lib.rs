@@ -11,5 +11,6 @@
 
 pub mod engine;
 pub mod kbs_client;
+pub mod platform;
 pub mod serve;
 pub mod tsm;

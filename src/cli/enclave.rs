@@ -34,7 +34,8 @@ pub enum EnclaveCommand {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Use the simulated SEV-SNP platform for evidence (development only:
-    /// NO confidentiality).
+    /// NO confidentiality). Without it, evidence comes from the hardware
+    /// through configfs-tsm (SEV-SNP or TDX guest kernels).
     #[arg(long)]
     pub sim: bool,
     /// Key broker URL as the guest sees it (https://HOST:PORT).
@@ -106,20 +107,26 @@ fn endpoint(what: &str, s: &str) -> Result<ciel_transport::Endpoint> {
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {
     super::init_logging();
-    if !a.sim {
-        bail!(
-            "no hardware evidence source is wired into `enclave serve` yet; pass --sim (development only, NO confidentiality)"
+    use ciel_enclave::kbs_client::EvidenceSource;
+    let platform: std::sync::Arc<dyn EvidenceSource + Send + Sync> = if a.sim {
+        eprintln!(
+            "WARNING: SIMULATED platform: this guest's evidence proves nothing about hardware and gives NO confidentiality."
         );
-    }
-    eprintln!(
-        "WARNING: SIMULATED platform: this guest's evidence proves nothing about hardware and gives NO confidentiality."
-    );
-    let (sim, _) = super::sim::load_or_create_snp()?;
-    let platform: std::sync::Arc<dyn ciel_enclave::kbs_client::EvidenceSource + Send + Sync> =
+        let (sim, _) = super::sim::load_or_create_snp()?;
         std::sync::Arc::new(SimSnpSource {
             sim: std::sync::Arc::new(sim),
             template: SimSnpReport::default(),
-        });
+        })
+    } else {
+        let tsm = ciel_enclave::platform::TsmSource::detect()
+            .map_err(anyhow::Error::msg)
+            .context("hardware evidence through configfs-tsm (on a machine without SEV-SNP or TDX, pass --sim for development)")?;
+        tracing::info!(
+            tee = tsm.tee(),
+            "evidence from the hardware through configfs-tsm"
+        );
+        std::sync::Arc::new(tsm)
+    };
     let cfg = ciel_enclave::serve::ServeConfig {
         platform,
         kbs_url: a.kbs.clone(),

@@ -1,6 +1,7 @@
 //! AMD SEV-SNP: the attestation report, the VCEK/VLEK certificate chain to
 //! a pinned ARK, and the checks that tie the certificate to the report.
 
+pub mod cert_table;
 mod claims;
 pub mod report;
 mod verify;

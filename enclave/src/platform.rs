@@ -1,0 +1,186 @@
+//! Where the guest's evidence comes from: the hardware through configfs-tsm
+//! ([`TsmSource`]), or the simulated platform
+//! ([`crate::kbs_client::sim::SimSnpSource`], development only). Both
+//! produce the `tee-evidence` JSON the key broker and clients accept.
+
+use crate::kbs_client::EvidenceSource;
+use crate::tsm::{RealFs, TSM_REPORT_ROOT, TsmFs, get_report};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ciel_attestation::snp::cert_table::CertTable;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Evidence through configfs-tsm. SEV-SNP (`sev_guest`): the report and the
+/// VCEK/VLEK, ASK and ARK from the certificate table in `auxblob`. TDX
+/// (`tdx_guest`): the quote (its collateral comes from the verifier side).
+#[derive(Debug)]
+pub struct TsmSource<F: TsmFs = RealFs> {
+    fs: F,
+    root: PathBuf,
+    tee: &'static str,
+    requests: AtomicU64,
+}
+
+impl TsmSource<RealFs> {
+    /// The kernel's configfs-tsm, provider detected with one request.
+    pub fn detect() -> Result<Self, String> {
+        TsmSource::with_fs(RealFs, PathBuf::from(TSM_REPORT_ROOT))
+    }
+}
+
+impl<F: TsmFs> TsmSource<F> {
+    /// configfs-tsm through `fs` under `root`; one request with an all-zero
+    /// `report_data` learns the provider.
+    pub fn with_fs(fs: F, root: PathBuf) -> Result<Self, String> {
+        let probe =
+            get_report(&fs, &root, &request_name(0), &[0u8; 64]).map_err(|e| e.to_string())?;
+        let tee = match probe.provider.as_str() {
+            "sev_guest" => "snp",
+            "tdx_guest" => "tdx",
+            other => {
+                return Err(format!(
+                    "configfs-tsm provider {other:?} is not supported (sev_guest, tdx_guest)"
+                ));
+            }
+        };
+        Ok(TsmSource {
+            fs,
+            root,
+            tee,
+            requests: AtomicU64::new(1),
+        })
+    }
+}
+
+fn request_name(n: u64) -> String {
+    format!("ciel-{}-{n}", std::process::id())
+}
+
+fn pem_cert(der: &[u8]) -> String {
+    let b64 = B64.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+impl<F: TsmFs + Send + Sync> EvidenceSource for TsmSource<F> {
+    fn tee(&self) -> &str {
+        self.tee
+    }
+
+    fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String> {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        let r = get_report(&self.fs, &self.root, &request_name(n), &report_data)
+            .map_err(|e| e.to_string())?;
+        match self.tee {
+            "snp" => {
+                let aux = r.auxblob.ok_or(
+                    "configfs-tsm gave no auxblob: the host did not provide the SNP certificate table (VCEK)",
+                )?;
+                let table = CertTable::parse(&aux).map_err(|e| e.to_string())?;
+                let mut doc = serde_json::json!({
+                    "report": B64.encode(&r.outblob),
+                    "vcek": B64.encode(table.signer().map_err(|e| e.to_string())?),
+                });
+                let chain: String = [&table.ask, &table.ark]
+                    .into_iter()
+                    .flatten()
+                    .map(|c| pem_cert(c))
+                    .collect();
+                if !chain.is_empty() {
+                    doc["cert_chain"] = chain.into();
+                }
+                Ok(doc)
+            }
+            _ => Ok(serde_json::json!({"quote": B64.encode(&r.outblob)})),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use ciel_attestation::sim::{SimSnpReport, SnpSim};
+    use ciel_attestation::{Policy, UnixTime, tee_evidence, verify};
+    use std::io;
+    use std::path::Path;
+
+    /// A configfs-tsm that signs with the simulated SNP hierarchy: outblob
+    /// is a report for the inblob, auxblob the certificate table.
+    struct SimKernel {
+        sim: SnpSim,
+    }
+
+    impl TsmFs for SimKernel {
+        fn mkdir(&self, path: &Path) -> io::Result<()> {
+            std::fs::create_dir(path)?;
+            std::fs::write(path.join("generation"), "1\n")?;
+            std::fs::write(path.join("provider"), "sev_guest\n")
+        }
+        fn write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+            std::fs::write(path, data)
+        }
+        fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+            let dir = path.parent().ok_or(io::ErrorKind::NotFound)?;
+            if path.ends_with("outblob") {
+                let inblob = std::fs::read(dir.join("inblob"))?;
+                let report_data: [u8; 64] =
+                    inblob.try_into().map_err(|_| io::ErrorKind::InvalidData)?;
+                return self
+                    .sim
+                    .report(&SimSnpReport {
+                        report_data,
+                        ..SimSnpReport::default()
+                    })
+                    .map_err(io::Error::other);
+            }
+            if path.ends_with("auxblob") {
+                let chain =
+                    ciel_attestation::x509::Cert::parse_bundle(&self.sim.chain_pem()).unwrap();
+                return Ok(CertTable {
+                    vcek: Some(self.sim.vcek_der().to_vec()),
+                    ask: chain
+                        .iter()
+                        .find(|c| !c.self_issued())
+                        .map(|c| c.der().to_vec()),
+                    ark: chain
+                        .iter()
+                        .find(|c| c.self_issued())
+                        .map(|c| c.der().to_vec()),
+                    vlek: None,
+                }
+                .encode());
+            }
+            std::fs::read(path)
+        }
+        fn rmdir(&self, path: &Path) -> io::Result<()> {
+            std::fs::remove_dir_all(path)
+        }
+    }
+
+    #[test]
+    fn snp_evidence_from_configfs_verifies_with_its_certificate_table() {
+        let now = UnixTime(1_790_000_000);
+        let sim = SnpSim::generate(now).unwrap();
+        let root_sha = sim.root_sha256();
+        let dir = tempfile::tempdir().unwrap();
+        let src = TsmSource::with_fs(SimKernel { sim }, dir.path().to_path_buf()).unwrap();
+        assert_eq!(src.tee(), "snp");
+        let rd = [0x5a; 64];
+        let doc = src.evidence(rd).unwrap();
+        let decoded = tee_evidence::decode("snp", &doc, None).unwrap();
+        let mut policy = Policy::authenticity_only();
+        policy.danger_trust_simulated_root(root_sha);
+        policy.report_data = Some(rd);
+        let v = verify(&decoded.evidence, &decoded.collateral, &policy, now);
+        assert!(v.accepted, "{}", v.summary());
+        // Every request directory was removed.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
