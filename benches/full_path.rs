@@ -31,6 +31,23 @@ struct Run {
     total: Duration,
 }
 
+/// Runs `f`, which streams text into the callback it gets: the time to
+/// the first text and in all.
+fn timed(out: &mut String, f: impl FnOnce(&mut dyn FnMut(&str))) -> Run {
+    out.clear();
+    let start = Instant::now();
+    let mut first = None;
+    f(&mut |t: &str| {
+        first.get_or_insert_with(|| start.elapsed());
+        out.push_str(t);
+    });
+    let total = start.elapsed();
+    Run {
+        ttft: first.unwrap_or(total),
+        total,
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -69,22 +86,14 @@ fn main() {
         stop: vec![],
     };
     let mut bare = |out: &mut String| -> (Run, usize) {
-        out.clear();
-        let start = Instant::now();
-        let mut first = None;
-        let done = generate(&mut model, &tokenizer, &req, |t| {
-            first.get_or_insert_with(|| start.elapsed());
-            out.push_str(t);
-        })
-        .unwrap();
-        let total = start.elapsed();
-        (
-            Run {
-                ttft: first.unwrap_or(total),
-                total,
-            },
-            done.ids.len(),
-        )
+        let mut tokens = 0;
+        let run = timed(out, |emit| {
+            tokens = generate(&mut model, &tokenizer, &req, emit)
+                .unwrap()
+                .ids
+                .len();
+        });
+        (run, tokens)
     };
 
     // The full system, as separate processes.
@@ -120,19 +129,9 @@ fn main() {
         "max_tokens": NEW_TOKENS,
     });
     let full = |out: &mut String| -> Run {
-        out.clear();
-        let start = Instant::now();
-        let mut first = None;
-        rt.block_on(client.chat_stream(&body, |t| {
-            first.get_or_insert_with(|| start.elapsed());
-            out.push_str(t);
-        }))
-        .unwrap();
-        let total = start.elapsed();
-        Run {
-            ttft: first.unwrap_or(total),
-            total,
-        }
+        timed(out, |emit| {
+            rt.block_on(client.chat_stream(&body, emit)).unwrap();
+        })
     };
 
     // Warm both, and require the same answer.

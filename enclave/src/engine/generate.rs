@@ -136,63 +136,7 @@ pub fn generate(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::gguf::{Metadata, Value};
-
-    /// A model that always predicts the next token of a script.
-    struct Script {
-        tokens: Vec<u32>,
-        at: usize,
-        vocab: usize,
-    }
-
-    impl Logits for Script {
-        fn reset(&mut self) {
-            self.at = 0;
-        }
-        fn forward(&mut self, _ids: &[u32]) -> Result<Vec<f32>, ModelError> {
-            let mut l = vec![0.0; self.vocab];
-            if let Some(&t) = self.tokens.get(self.at) {
-                l[t as usize] = 10.0;
-            }
-            self.at += 1;
-            Ok(l)
-        }
-    }
-
-    /// A vocabulary of single characters: "a", "b", "c", " ", "\u{e9}" split in two bytes, and EOS.
-    fn tokenizer() -> Tokenizer {
-        let toks = ["<eos>", "a", "b", "c", "\u{120}", "\u{c3}", "\u{a9}"];
-        let mut kv = std::collections::BTreeMap::new();
-        kv.insert(
-            "tokenizer.ggml.model".to_string(),
-            Value::Str("gpt2".into()),
-        );
-        kv.insert(
-            "tokenizer.ggml.tokens".to_string(),
-            Value::Array(toks.iter().map(|t| Value::Str((*t).into())).collect()),
-        );
-        kv.insert(
-            "tokenizer.ggml.token_type".to_string(),
-            Value::Array(vec![
-                Value::U64(3),
-                Value::U64(1),
-                Value::U64(1),
-                Value::U64(1),
-                Value::U64(1),
-                Value::U64(1),
-                Value::U64(1),
-            ]),
-        );
-        kv.insert("tokenizer.ggml.merges".to_string(), Value::Array(vec![]));
-        kv.insert("tokenizer.ggml.eos_token_id".to_string(), Value::U64(0));
-        Tokenizer::from_gguf(&Metadata {
-            version: 3,
-            tensor_count: 0,
-            kv,
-            end: 0,
-        })
-        .unwrap_or_else(|e| panic!("{e}"))
-    }
+    use crate::engine::testing::{Script, tokenizer};
 
     fn run(script: &[u32], max: usize, stop: &[&str]) -> (Completion, Vec<String>) {
         let mut m = Script {

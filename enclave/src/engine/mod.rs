@@ -6,6 +6,8 @@ pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod sampling;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod tokenizer;
 
 use std::path::PathBuf;

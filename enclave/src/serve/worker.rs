@@ -99,3 +99,68 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::engine::model::ModelError;
+    use crate::engine::sampling::SamplingParams;
+    use crate::engine::testing::{Script, tokenizer};
+
+    /// A scripted model slow enough that requests pile up.
+    struct Slow(Script);
+
+    impl Logits for Slow {
+        fn reset(&mut self) {
+            self.0.reset();
+        }
+        fn forward(&mut self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+            std::thread::sleep(std::time::Duration::from_millis(40));
+            self.0.forward(ids)
+        }
+    }
+
+    fn request(max_tokens: usize) -> Request {
+        Request {
+            prompt: vec![1],
+            max_tokens,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+        }
+    }
+
+    async fn text_of(mut rx: UnboundedReceiver<Event>) -> String {
+        let mut text = String::new();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                Event::Text(t) => text.push_str(&t),
+                Event::Done(done) => {
+                    assert_eq!(done.text, text);
+                    return text;
+                }
+                Event::Failed(e) => panic!("{e}"),
+            }
+        }
+        panic!("no Done event")
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_and_each_request_gets_its_own_answer() {
+        let model = Slow(Script {
+            tokens: vec![1, 2, 3, 1, 2, 3],
+            at: 0,
+            vocab: 7,
+        });
+        let w = Worker::spawn(model, Arc::new(tokenizer()), 64, 1).unwrap();
+        let first = w.submit(request(5)).unwrap();
+        // Let the worker take the first job; the queue then holds one more.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let second = w.submit(request(2)).unwrap();
+        assert_eq!(w.submit(request(1)).err(), Some(Busy));
+        assert_eq!(text_of(first).await, "abcab");
+        assert_eq!(text_of(second).await, "ab");
+        // Room again.
+        assert_eq!(text_of(w.submit(request(3)).unwrap()).await, "abc");
+    }
+}
