@@ -50,6 +50,8 @@ enum Command {
     /// The whole system on this machine: key broker, host and guest as
     /// separate processes on the SIMULATED platform, verified and asked a question.
     Demo(cli::demo::DemoArgs),
+    /// Benchmarks, each figure beside its baseline in the same run.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => cli::client::run_chat(a),
         Command::Proxy(a) => cli::client::run_proxy(a),
         Command::Demo(a) => cli::demo::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     };
     match result {
         Ok(code) => code,

@@ -165,6 +165,16 @@ fn serving_system_end_to_end() {
     evidence_not_bound_to_the_tls_key_is_refused(&sys, &rt, &client);
     a_tampered_model_is_never_served(&sys);
 
+    // No prompt or completion text in any log.
+    let work = PathBuf::from(sys.s("workdir"));
+    for log in ["guest.log", "host.log", "kbs.log"] {
+        let text = std::fs::read_to_string(work.join(log)).unwrap();
+        assert!(!text.is_empty(), "{log} is empty");
+        for secret in ["capital of France", "short sentence about", whole.trim()] {
+            assert!(!text.contains(secret), "{log} contains {secret:?}");
+        }
+    }
+
     // The host only ever counted bytes.
     let metrics = ureq::get(sys.s("metrics"))
         .call()

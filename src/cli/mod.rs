@@ -2,10 +2,11 @@
 //! clocks and the pure library crates.
 
 pub mod attest;
+pub mod bench;
 pub mod client;
 pub mod demo;
 pub mod enclave;
-mod files;
+pub mod files;
 pub mod host;
 pub mod image;
 pub mod kbs;

@@ -1,0 +1,313 @@
+//! `inference`: the bare engine in this process against the full path —
+//! client → host shim → guest over attested TLS, the guest a separate
+//! process on the simulated platform (`ciel demo --serve`) — same model,
+//! prompt, greedy decoding, machine and threads, runs interleaved; at 1
+//! client and at 8 concurrent clients. The answers must be identical. With
+//! `llama-cpp-python` installed, llama.cpp on the same GGUF too.
+
+use super::Report;
+use anyhow::{Context, Result, bail};
+use ciel_enclave::engine::chat::{ChatTemplate, Message};
+use ciel_enclave::engine::generate::{Request, generate};
+use ciel_enclave::engine::gguf::parse_metadata;
+use ciel_enclave::engine::model::Model;
+use ciel_enclave::engine::sampling::SamplingParams;
+use ciel_enclave::engine::tokenizer::Tokenizer;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PROMPT: &str = "Write a long story about a dragon who learns to bake bread.";
+
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    ttft: Duration,
+    total: Duration,
+}
+
+/// Runs `f`, which streams text into the callback it gets: the time to the
+/// first text and in all.
+fn timed(out: &mut String, f: impl FnOnce(&mut dyn FnMut(&str)) -> Result<()>) -> Result<Run> {
+    out.clear();
+    let start = Instant::now();
+    let mut first = None;
+    f(&mut |t: &str| {
+        first.get_or_insert_with(|| start.elapsed());
+        out.push_str(t);
+    })?;
+    let total = start.elapsed();
+    Ok(Run {
+        ttft: first.unwrap_or(total),
+        total,
+    })
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// `ciel demo --serve`, stopped when dropped.
+struct System(Child);
+
+impl Drop for System {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn run(r: &mut Report) -> Result<()> {
+    let path = r.model_path();
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "model {} (scripts/fetch-model.sh, or --model)",
+            path.display()
+        )
+    })?;
+    let meta = parse_metadata(bytes.get(..(8 << 20).min(bytes.len())).unwrap_or_default())?;
+    let tokenizer = Tokenizer::from_gguf(&meta)?;
+    let template = ChatTemplate::from_gguf(&meta)?;
+    let mut model = Model::load(&mut std::io::Cursor::new(&bytes))?;
+    drop(bytes);
+    let new_tokens = if r.quick { 32 } else { 128 };
+    let runs = if r.quick { 2 } else { 5 };
+    let text = template.render(
+        &[Message {
+            role: "user".into(),
+            content: PROMPT.into(),
+        }],
+        true,
+    )?;
+    let req = Request {
+        prompt: tokenizer.encode(&text, true),
+        max_tokens: new_tokens,
+        sampling: SamplingParams::default(),
+        stop: vec![],
+    };
+    let generated = std::cell::Cell::new(0usize);
+    let mut bare = |out: &mut String| {
+        timed(out, |emit| {
+            generated.set(generate(&mut model, &tokenizer, &req, emit)?.ids.len());
+            Ok(())
+        })
+    };
+
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["demo", "--serve", "--workdir"])
+        .arg(dir.path().join("w"))
+        .arg("--model")
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting ciel demo --serve")?;
+    let stdout = child.stdout.take().context("demo stdout")?;
+    let _system = System(child);
+    let Some(ready) = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with('{'))
+    else {
+        bail!("ciel demo --serve did not become ready (run `ciel demo` to see why)");
+    };
+    let info: serde_json::Value = serde_json::from_str(&ready)?;
+    let policy = super::super::files::load_policy(std::path::Path::new(
+        info["policy"].as_str().unwrap_or_default(),
+    ))?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let url = info["url"].as_str().unwrap_or_default().to_string();
+    let client = rt.block_on(ciel_client::Client::connect(&url, policy))?;
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": new_tokens,
+    });
+    let full = |out: &mut String| {
+        timed(out, |emit| {
+            rt.block_on(client.chat_stream(&body, emit))?;
+            Ok(())
+        })
+    };
+
+    // Warm both; the answers must be the same.
+    let (mut a, mut b) = (String::new(), String::new());
+    bare(&mut a)?;
+    full(&mut b)?;
+    anyhow::ensure!(
+        a == b,
+        "the full path answered differently from the bare engine"
+    );
+    let (mut bare_runs, mut full_runs) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        bare_runs.push(bare(&mut a)?);
+        full_runs.push(full(&mut b)?);
+        anyhow::ensure!(
+            a == b,
+            "the full path answered differently from the bare engine"
+        );
+    }
+    let tokens = generated.get();
+    let stats = |v: &[Run]| {
+        let total = median(v.iter().map(|x| x.total).collect());
+        let ttft = median(v.iter().map(|x| x.ttft).collect());
+        let decode = (tokens as f64 - 1.0) / (total - ttft).as_secs_f64().max(1e-9);
+        (
+            ttft.as_secs_f64() * 1e3,
+            decode,
+            tokens as f64 / total.as_secs_f64(),
+        )
+    };
+    let (bt, bd, bo) = stats(&bare_runs);
+    let (ft, fd, fo) = stats(&full_runs);
+    let prompt = req.prompt.len() as f64;
+    r.add(
+        "inference",
+        format!("bare engine: time to first token ({prompt} prompt tokens)"),
+        bt,
+        "ms",
+    );
+    r.compare(
+        "inference",
+        "full path: time to first token",
+        ft,
+        "ms",
+        bt / ft,
+        "bare engine (latency ratio)",
+    );
+    r.add(
+        "inference",
+        "bare engine: prompt tokens/s (to first token)",
+        prompt / (bt / 1e3),
+        "tok/s",
+    );
+    r.compare(
+        "inference",
+        "full path: prompt tokens/s (to first token)",
+        prompt / (ft / 1e3),
+        "tok/s",
+        bt / ft,
+        "bare engine",
+    );
+    r.add(
+        "inference",
+        format!("bare engine: generation tokens/s ({tokens} tokens)"),
+        bd,
+        "tok/s",
+    );
+    r.compare(
+        "inference",
+        "full path: generation tokens/s",
+        fd,
+        "tok/s",
+        fd / bd,
+        "bare engine",
+    );
+    r.compare(
+        "inference",
+        "full path: tokens/s overall (incl. first token)",
+        fo,
+        "tok/s",
+        fo / bo,
+        "bare engine",
+    );
+
+    // 8 clients at once against 8 requests back to back in the engine (it
+    // serves one request at a time in both cases).
+    let clients = 8;
+    let start = Instant::now();
+    for _ in 0..clients {
+        bare(&mut a)?;
+    }
+    let bare8 = (clients * tokens) as f64 / start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let answers: Vec<String> = rt.block_on(async {
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let (c, body) = (client.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut s = String::new();
+                    c.chat_stream(&body, |t| s.push_str(t)).await.map(|_| s)
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await??);
+        }
+        Ok::<_, anyhow::Error>(out)
+    })?;
+    let full8 = (clients * tokens) as f64 / start.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        answers.iter().all(|x| *x == a),
+        "a concurrent client got another answer"
+    );
+    r.add(
+        "inference",
+        "bare engine: 8 requests back to back, tokens/s",
+        bare8,
+        "tok/s",
+    );
+    r.compare(
+        "inference",
+        "full path: 8 concurrent clients, tokens/s",
+        full8,
+        "tok/s",
+        full8 / bare8,
+        "bare engine",
+    );
+
+    llama_cpp(r, &path, &text, new_tokens, bo);
+    Ok(())
+}
+
+/// llama.cpp (through `llama-cpp-python`) on the same GGUF and prompt, when
+/// installed: its tokens/s and ours against it.
+fn llama_cpp(r: &mut Report, model: &std::path::Path, prompt: &str, n: usize, ours: f64) {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let script = r#"
+import sys, time
+from llama_cpp import Llama
+m = Llama(model_path=sys.argv[1], n_threads=int(sys.argv[3]), n_ctx=2048, verbose=False)
+t = time.time()
+out = m(sys.argv[2], max_tokens=int(sys.argv[4]), temperature=0.0, top_k=1)
+dt = time.time() - t
+print(out["usage"]["completion_tokens"] / dt)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(model)
+        .arg(prompt)
+        .arg(threads.to_string())
+        .arg(n.to_string())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            if let Ok(tps) = String::from_utf8_lossy(&o.stdout).trim().parse::<f64>() {
+                r.add(
+                    "inference",
+                    "llama.cpp (llama-cpp-python): tokens/s overall",
+                    tps,
+                    "tok/s",
+                );
+                r.compare(
+                    "inference",
+                    "bare engine vs llama.cpp: tokens/s overall",
+                    ours,
+                    "tok/s",
+                    ours / tps,
+                    "llama.cpp",
+                );
+            }
+        }
+        _ => {
+            if !r.is_json() {
+                println!(
+                    "inference   llama.cpp comparison skipped: `python3 -c 'import llama_cpp'` fails (pip install llama-cpp-python)"
+                );
+            }
+        }
+    }
+}

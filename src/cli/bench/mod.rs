@@ -1,0 +1,219 @@
+//! `ciel bench [--json] [--quick] [SUITE...]`: every figure measured beside
+//! its baseline in the same run, and reported as a ratio to it.
+//!
+//! Suites: `unseal` (vs. bare `ring` AES-256-GCM and memcpy; sealed vs.
+//! plaintext model load), `verify` (real SNP, TDX, NVIDIA evidence),
+//! `keyrelease` (loopback broker, simulated evidence, 1 and 16 guests),
+//! `proxy` (the host shim vs. a direct socket), `inference` (the bare
+//! engine vs. client → host → guest over attested TLS).
+
+mod inference;
+mod keyrelease;
+mod proxy;
+mod unseal;
+mod verify;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use serde::Serialize;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Suites to run (default: all): unseal, verify, keyrelease, proxy, inference.
+    pub suites: Vec<String>,
+    /// Fewer iterations and smaller inputs (about 2 minutes in all).
+    #[arg(long)]
+    pub quick: bool,
+    /// Print one JSON object (documented in BENCHMARKS.md) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The GGUF model for `unseal` and `inference` (default: the demo model).
+    #[arg(long)]
+    pub model: Option<std::path::PathBuf>,
+}
+
+const SUITES: [&str; 5] = ["unseal", "verify", "keyrelease", "proxy", "inference"];
+
+/// One measured figure, with the baseline it is compared to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figure {
+    pub suite: &'static str,
+    pub name: String,
+    pub value: f64,
+    pub unit: &'static str,
+    /// `value / baseline` (or `baseline / value` for latencies: above 1 is
+    /// always better for ciel), and what the baseline is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+}
+
+/// Collects figures and prints each as it comes (unless `--json`).
+pub struct Report {
+    pub quick: bool,
+    json: bool,
+    figures: Vec<Figure>,
+    pub model: Option<std::path::PathBuf>,
+}
+
+impl Report {
+    pub fn add(
+        &mut self,
+        suite: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+    ) {
+        self.push(Figure {
+            suite,
+            name: name.into(),
+            value,
+            unit,
+            ratio: None,
+            baseline: None,
+        });
+    }
+
+    /// A figure and its ratio to `baseline`.
+    pub fn compare(
+        &mut self,
+        suite: &'static str,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        ratio: f64,
+        baseline: impl Into<String>,
+    ) {
+        self.push(Figure {
+            suite,
+            name: name.into(),
+            value,
+            unit,
+            ratio: Some(ratio),
+            baseline: Some(baseline.into()),
+        });
+    }
+
+    fn push(&mut self, f: Figure) {
+        if !self.json {
+            let ratio = f
+                .ratio
+                .map(|r| format!("{r:>7.3}x  vs {}", f.baseline.as_deref().unwrap_or("")))
+                .unwrap_or_default();
+            println!(
+                "{:<11} {:<52} {:>12.3} {:<8} {ratio}",
+                f.suite, f.name, f.value, f.unit
+            );
+        }
+        self.figures.push(f);
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// The model the unseal and inference suites use.
+    pub fn model_path(&self) -> std::path::PathBuf {
+        self.model
+            .clone()
+            .unwrap_or_else(ciel_enclave::engine::demo_model_path)
+    }
+}
+
+/// Durations of `n` runs of `f`.
+pub fn sample(n: usize, mut f: impl FnMut()) -> Vec<Duration> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect()
+}
+
+/// The `p`-th percentile (0..=100) of `v`, in milliseconds.
+pub fn percentile_ms(v: &[Duration], p: f64) -> f64 {
+    let mut s: Vec<Duration> = v.to_vec();
+    s.sort();
+    let i = ((s.len().saturating_sub(1)) as f64 * p / 100.0).round() as usize;
+    s.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e3)
+}
+
+/// GiB/s for `bytes` in the median of `v`.
+pub fn gib_per_s(bytes: usize, v: &[Duration]) -> f64 {
+    let ms = percentile_ms(v, 50.0);
+    bytes as f64 / (1u64 << 30) as f64 / (ms / 1e3)
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "cpu": cpu,
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "os": std::env::consts::OS,
+        "ciel": env!("CARGO_PKG_VERSION"),
+    })
+}
+
+pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    let suites: Vec<String> = if a.suites.is_empty() {
+        SUITES.iter().map(|s| s.to_string()).collect()
+    } else {
+        a.suites.clone()
+    };
+    if let Some(bad) = suites.iter().find(|s| !SUITES.contains(&s.as_str())) {
+        bail!(
+            "unknown suite {bad:?}; the suites are {}",
+            SUITES.join(", ")
+        );
+    }
+    let mut r = Report {
+        quick: a.quick,
+        json: a.json,
+        figures: Vec::new(),
+        model: a.model.clone(),
+    };
+    if !a.json {
+        println!(
+            "ciel bench{} on {} ({} threads); ratios above 1 favour ciel over its baseline only where noted",
+            if a.quick { " --quick" } else { "" },
+            machine()["cpu"].as_str().unwrap_or("?"),
+            machine()["threads"]
+        );
+    }
+    let started = Instant::now();
+    for s in &suites {
+        match s.as_str() {
+            "unseal" => unseal::run(&mut r)?,
+            "verify" => verify::run(&mut r)?,
+            "keyrelease" => keyrelease::run(&mut r)?,
+            "proxy" => proxy::run(&mut r)?,
+            "inference" => inference::run(&mut r)?,
+            _ => {}
+        }
+    }
+    if a.json {
+        let out = serde_json::json!({
+            "machine": machine(),
+            "quick": a.quick,
+            "suites": suites,
+            "seconds": started.elapsed().as_secs_f64(),
+            "figures": r.figures,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("({:.0} s)", started.elapsed().as_secs_f64());
+    }
+    Ok(ExitCode::SUCCESS)
+}
