@@ -7,7 +7,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     if let Ok(a) = serde_json::from_slice::<Attestation>(data) {
         let _ = ciel_protocol::binding::report_data(&a.runtime_data);
         for tee in ["snp", "tdx", "other"] {
-            let _ = ciel_keybroker::evidence::decode(tee, &a.tee_evidence, None);
+            let _ = ciel_attestation::tee_evidence::decode(tee, &a.tee_evidence, None);
         }
     }
     if let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) {
