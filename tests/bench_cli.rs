@@ -6,7 +6,14 @@ mod common;
 
 #[test]
 fn quick_json_has_every_figure_of_the_fast_suites() {
-    let run = common::ciel(["bench", "--quick", "--json", "verify", "keyrelease", "proxy"]);
+    let run = common::ciel([
+        "bench",
+        "--quick",
+        "--json",
+        "verify",
+        "keyrelease",
+        "proxy",
+    ]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let out = run.json();
     assert_eq!(out["quick"], true);
@@ -44,5 +51,9 @@ fn quick_json_has_every_figure_of_the_fast_suites() {
 fn unknown_suites_are_refused() {
     let run = common::ciel(["bench", "warp-drive"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("unknown suite \"warp-drive\""), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unknown suite \"warp-drive\""),
+        "{}",
+        run.stderr
+    );
 }

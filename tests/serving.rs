@@ -164,6 +164,7 @@ fn serving_system_end_to_end() {
     clients_refuse_what_their_policy_does_not_allow(&sys, &rt);
     evidence_not_bound_to_the_tls_key_is_refused(&sys, &rt, &client);
     a_tampered_model_is_never_served(&sys);
+    a_key_broker_that_is_down_is_a_clear_final_error(&sys);
 
     // No prompt or completion text in any log.
     let work = PathBuf::from(sys.s("workdir"));
@@ -511,16 +512,11 @@ fn evidence_not_bound_to_the_tls_key_is_refused(
     }
 }
 
-/// The host serves a sealed model with one flipped byte: the guest stops
-/// with an error naming the chunk and never opens its API.
-fn a_tampered_model_is_never_served(sys: &System) {
-    let work = Path::new(&sys.s("workdir")).to_path_buf();
-    let dir = sys.dir.path().join("tampered");
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut bytes = std::fs::read(work.join("models/smollm2.csm")).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0x80;
-    std::fs::write(dir.join("smollm2.csm"), &bytes).unwrap();
+/// A host shim serving `dir` as its model directory on `dir/blobs.sock`,
+/// then `ciel enclave serve` against it with `kbs` as the broker; returns
+/// the guest's exit status and stderr, and where its API would have been.
+fn boot_guest_against(sys: &System, dir: &Path, kbs: &str) -> (std::process::Output, PathBuf) {
+    let work = PathBuf::from(sys.s("workdir"));
     let blobs = format!("unix:{}", dir.join("blobs.sock").display());
     let api = dir.join("api.sock");
     let mut host = Command::new(env!("CARGO_BIN_EXE_ciel"))
@@ -533,7 +529,7 @@ fn a_tampered_model_is_never_served(sys: &System) {
         ])
         .arg(format!("unix:{}", api.display()))
         .arg("--models")
-        .arg(&dir)
+        .arg(dir)
         .args(["--blob-listen", &blobs])
         .stderr(Stdio::null())
         .spawn()
@@ -548,7 +544,7 @@ fn a_tampered_model_is_never_served(sys: &System) {
             "serve",
             "--sim",
             "--kbs",
-            &sys.s("kbs_url"),
+            kbs,
             "--kbs-ca",
             &sys.s("kbs_ca"),
         ])
@@ -565,6 +561,20 @@ fn a_tampered_model_is_never_served(sys: &System) {
         .unwrap();
     let _ = host.kill();
     let _ = host.wait();
+    (guest, api)
+}
+
+/// The host serves a sealed model with one flipped byte: the guest stops
+/// with an error naming the chunk and never opens its API.
+fn a_tampered_model_is_never_served(sys: &System) {
+    let work = PathBuf::from(sys.s("workdir"));
+    let dir = sys.dir.path().join("tampered");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut bytes = std::fs::read(work.join("models/smollm2.csm")).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x80;
+    std::fs::write(dir.join("smollm2.csm"), &bytes).unwrap();
+    let (guest, api) = boot_guest_against(sys, &dir, &sys.s("kbs_url"));
     let stderr = String::from_utf8_lossy(&guest.stderr);
     assert!(
         !guest.status.success(),
@@ -578,4 +588,26 @@ fn a_tampered_model_is_never_served(sys: &System) {
         !api.exists(),
         "the guest opened its API with a tampered model"
     );
+}
+
+/// No broker at boot: the guest retries with backoff, then stops with an
+/// error saying so, and never serves.
+fn a_key_broker_that_is_down_is_a_clear_final_error(sys: &System) {
+    let work = PathBuf::from(sys.s("workdir"));
+    let dir = sys.dir.path().join("nobroker");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(work.join("models/smollm2.csm"), dir.join("smollm2.csm")).unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let started = Instant::now();
+    let (guest, api) = boot_guest_against(sys, &dir, &format!("https://127.0.0.1:{port}"));
+    let stderr = String::from_utf8_lossy(&guest.stderr);
+    assert_eq!(guest.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("unreachable after 6 attempts"), "{stderr}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "no backoff between attempts"
+    );
+    assert!(!api.exists());
 }
