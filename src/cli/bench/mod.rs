@@ -104,7 +104,7 @@ impl Report {
                 .map(|r| format!("{r:>7.3}x  vs {}", f.baseline.as_deref().unwrap_or("")))
                 .unwrap_or_default();
             println!(
-                "{:<11} {:<52} {:>12.3} {:<8} {ratio}",
+                "{:<11} {:<60} {:>12.3} {:<8} {ratio}",
                 f.suite, f.name, f.value, f.unit
             );
         }
