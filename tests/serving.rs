@@ -163,6 +163,7 @@ fn serving_system_end_to_end() {
     a_hostile_host_cannot_alter_the_stream(&sys, &rt);
     clients_refuse_what_their_policy_does_not_allow(&sys, &rt);
     evidence_not_bound_to_the_tls_key_is_refused(&sys, &rt, &client);
+    the_local_proxy_serves_unmodified_openai_clients(&sys, &whole);
     a_tampered_model_is_never_served(&sys);
     a_key_broker_that_is_down_is_a_clear_final_error(&sys);
 
@@ -610,4 +611,65 @@ fn a_key_broker_that_is_down_is_a_clear_final_error(sys: &System) {
         "no backoff between attempts"
     );
     assert!(!api.exists());
+}
+
+/// `ciel proxy`: plain HTTP on loopback for unmodified OpenAI clients, each
+/// request forwarded on its own verified connection; a proxy whose policy
+/// refuses the guest never starts.
+fn the_local_proxy_serves_unmodified_openai_clients(sys: &System, expected: &str) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_ciel"))
+        .args([
+            "proxy",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--upstream",
+        ])
+        .arg(sys.s("url"))
+        .arg("--policy")
+        .arg(sys.s("policy"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "ciel proxy did not listen");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let answer: Value = ureq::post(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+        .send_json(chat_request("What is the capital of France?", 16))
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert_eq!(content(&answer), expected);
+    let models: Value = ureq::get(format!("http://127.0.0.1:{port}/v1/models"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert_eq!(models["data"][0]["id"], "smollm2-135m-instruct");
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+
+    let refusing = sys.write_policy("proxy-refuses.toml", "[snp]\nmeasurements = []\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_ciel"))
+        .args(["proxy", "--listen", "127.0.0.1:0", "--upstream"])
+        .arg(sys.s("url"))
+        .arg("--policy")
+        .arg(&refusing)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("untrusted_root"));
 }

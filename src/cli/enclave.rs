@@ -118,14 +118,29 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             template: SimSnpReport::default(),
         })
     } else {
-        let tsm = ciel_enclave::platform::TsmSource::detect()
-            .map_err(anyhow::Error::msg)
-            .context("hardware evidence through configfs-tsm (on a machine without SEV-SNP or TDX, pass --sim for development)")?;
-        tracing::info!(
-            tee = tsm.tee(),
-            "evidence from the hardware through configfs-tsm"
-        );
-        std::sync::Arc::new(tsm)
+        use ciel_enclave::platform::{SevGuestSource, TsmSource};
+        match TsmSource::detect() {
+            Ok(tsm) => {
+                tracing::info!(
+                    tee = tsm.tee(),
+                    "evidence from the hardware through configfs-tsm"
+                );
+                std::sync::Arc::new(tsm)
+            }
+            Err(tsm_error) => match SevGuestSource::detect() {
+                Some(dev) => {
+                    tracing::info!(
+                        device = SevGuestSource::DEVICE,
+                        "evidence from the hardware through the SEV guest driver"
+                    );
+                    std::sync::Arc::new(dev)
+                }
+                None => bail!(
+                    "no hardware evidence: configfs-tsm: {tsm_error}; and no {} (TDX quotes need configfs-tsm). On a machine without SEV-SNP or TDX, pass --sim for development",
+                    SevGuestSource::DEVICE
+                ),
+            },
+        }
     };
     let cfg = ciel_enclave::serve::ServeConfig {
         platform,

@@ -1,7 +1,12 @@
 //! Where the guest's evidence comes from: the hardware through configfs-tsm
-//! ([`TsmSource`]), or the simulated platform
-//! ([`crate::kbs_client::sim::SimSnpSource`], development only). Both
+//! ([`TsmSource`]) or, on kernels without it, `/dev/sev-guest`
+//! ([`SevGuestSource`], [`devices`]); or the simulated platform
+//! ([`crate::kbs_client::sim::SimSnpSource`], development only). All
 //! produce the `tee-evidence` JSON the key broker and clients accept.
+//!
+//! [`devices`] is the only module of ciel allowed `unsafe` (its ioctls).
+
+pub mod devices;
 
 use crate::kbs_client::EvidenceSource;
 use crate::tsm::{RealFs, TSM_REPORT_ROOT, TsmFs, get_report};
@@ -82,23 +87,63 @@ impl<F: TsmFs + Send + Sync> EvidenceSource for TsmSource<F> {
                 let aux = r.auxblob.ok_or(
                     "configfs-tsm gave no auxblob: the host did not provide the SNP certificate table (VCEK)",
                 )?;
-                let table = CertTable::parse(&aux).map_err(|e| e.to_string())?;
-                let mut doc = serde_json::json!({
-                    "report": B64.encode(&r.outblob),
-                    "vcek": B64.encode(table.signer().map_err(|e| e.to_string())?),
-                });
-                let chain: String = [&table.ask, &table.ark]
-                    .into_iter()
-                    .flatten()
-                    .map(|c| pem_cert(c))
-                    .collect();
-                if !chain.is_empty() {
-                    doc["cert_chain"] = chain.into();
-                }
-                Ok(doc)
+                snp_evidence(&r.outblob, &aux)
             }
             _ => Ok(serde_json::json!({"quote": B64.encode(&r.outblob)})),
         }
+    }
+}
+
+/// SNP `tee-evidence` from a report and the host's certificate table:
+/// `{report, vcek (the VCEK or VLEK), cert_chain (ASK/ARK PEM, if given)}`.
+fn snp_evidence(report: &[u8], table: &[u8]) -> Result<serde_json::Value, String> {
+    let table = CertTable::parse(table).map_err(|e| e.to_string())?;
+    let mut doc = serde_json::json!({
+        "report": B64.encode(report),
+        "vcek": B64.encode(table.signer().map_err(|e| e.to_string())?),
+    });
+    let chain: String = [&table.ask, &table.ark]
+        .into_iter()
+        .flatten()
+        .map(|c| pem_cert(c))
+        .collect();
+    if !chain.is_empty() {
+        doc["cert_chain"] = chain.into();
+    }
+    Ok(doc)
+}
+
+/// SEV-SNP evidence through `/dev/sev-guest` (`SNP_GET_EXT_REPORT`).
+#[derive(Debug)]
+pub struct SevGuestSource {
+    device: PathBuf,
+}
+
+impl SevGuestSource {
+    pub const DEVICE: &'static str = "/dev/sev-guest";
+
+    /// The device, if it exists.
+    pub fn detect() -> Option<Self> {
+        let device = PathBuf::from(Self::DEVICE);
+        device.exists().then_some(SevGuestSource { device })
+    }
+}
+
+impl EvidenceSource for SevGuestSource {
+    fn tee(&self) -> &str {
+        "snp"
+    }
+
+    fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String> {
+        let (report, table) =
+            devices::snp_extended_report(&self.device, report_data).map_err(|e| e.to_string())?;
+        if table.is_empty() {
+            return Err(format!(
+                "{}: the host supplied no certificate table (VCEK); configure it with the host's SNP certificates",
+                self.device.display()
+            ));
+        }
+        snp_evidence(&report, &table)
     }
 }
 
