@@ -186,3 +186,121 @@ pub async fn fetch_blob_capped(
     drop(results);
     Ok(buf)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ciel_transport::Listener;
+
+    /// A hostile blob service: answers `blob_stat` truthfully about a blob
+    /// of `len` bytes, then misbehaves on reads as `lie` says.
+    #[derive(Clone, Copy)]
+    enum Lie {
+        None,
+        WrongOffset,
+        ShortThenClose,
+        HugeFrame,
+        Refuse,
+    }
+
+    async fn hostile_host(ep: Endpoint, len: u64, lie: Lie) {
+        let l = Listener::bind(&ep).await.unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut h = [0u8; 4];
+                    s.read_exact(&mut h).await.unwrap();
+                    let mut body = vec![0u8; control::frame_len(h).unwrap()];
+                    s.read_exact(&mut body).await.unwrap();
+                    let reply = match control::decode(&body).unwrap() {
+                        Message::BlobStat { name } => Message::BlobInfo { name, len },
+                        Message::BlobRead { offset, len, .. } => match lie {
+                            Lie::None | Lie::ShortThenClose => Message::BlobData { offset, len },
+                            Lie::WrongOffset => Message::BlobData {
+                                offset: offset + 1,
+                                len,
+                            },
+                            Lie::Refuse => Message::Error {
+                                code: "not_found".into(),
+                                message: "gone".into(),
+                            },
+                            Lie::HugeFrame => {
+                                let _ = s.write_all(&u32::MAX.to_be_bytes()).await;
+                                return;
+                            }
+                        },
+                        other => panic!("{other:?}"),
+                    };
+                    s.write_all(&control::encode(&reply).unwrap())
+                        .await
+                        .unwrap();
+                    if let Message::BlobData { offset, len } = reply {
+                        let data: Vec<u8> = (offset..offset + len).map(|i| i as u8).collect();
+                        let n = if matches!(lie, Lie::ShortThenClose) {
+                            data.len() / 2
+                        } else {
+                            data.len()
+                        };
+                        let _ = s.write_all(&data[..n]).await;
+                    }
+                });
+            }
+        });
+    }
+
+    #[tokio::test]
+    async fn every_lie_of_the_host_is_an_error_and_the_truth_arrives_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let len = 3 << 20;
+        for (i, lie) in [
+            Lie::None,
+            Lie::WrongOffset,
+            Lie::ShortThenClose,
+            Lie::HugeFrame,
+            Lie::Refuse,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let ep = Endpoint::Unix {
+                path: dir.path().join(format!("b{i}.sock")),
+                connect: None,
+            };
+            hostile_host(ep.clone(), len, lie).await;
+            let got = fetch_blob(&ep, "m.csm", 3).await;
+            match lie {
+                Lie::None => {
+                    let got = got.unwrap();
+                    assert_eq!(got.len() as u64, len);
+                    assert!(got.iter().enumerate().all(|(i, &b)| b == i as u8));
+                }
+                Lie::WrongOffset => {
+                    assert!(matches!(got, Err(FetchError::Unexpected { .. })), "{got:?}")
+                }
+                Lie::ShortThenClose => {
+                    assert!(matches!(got, Err(FetchError::Io { .. })), "{got:?}")
+                }
+                Lie::HugeFrame => {
+                    assert!(matches!(got, Err(FetchError::Control { .. })), "{got:?}")
+                }
+                Lie::Refuse => assert!(matches!(got, Err(FetchError::Refused { .. })), "{got:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_announced_size_above_the_limit_is_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let ep = Endpoint::Unix {
+            path: dir.path().join("big.sock"),
+            connect: None,
+        };
+        hostile_host(ep.clone(), u64::MAX, Lie::None).await;
+        let got = fetch_blob(&ep, "m.csm", 2).await;
+        assert!(
+            matches!(got, Err(FetchError::TooLarge { len: u64::MAX, .. })),
+            "{got:?}"
+        );
+    }
+}
