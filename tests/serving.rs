@@ -160,6 +160,7 @@ fn serving_system_end_to_end() {
     assert_eq!(status, 422);
 
     sixteen_concurrent_clients_each_get_their_own_answer(&sys, &rt);
+    thirty_two_clients_under_load_for_a_bounded_time(&sys, &rt);
     a_hostile_host_cannot_alter_the_stream(&sys, &rt);
     clients_refuse_what_their_policy_does_not_allow(&sys, &rt);
     evidence_not_bound_to_the_tls_key_is_refused(&sys, &rt, &client);
@@ -672,4 +673,74 @@ fn the_local_proxy_serves_unmodified_openai_clients(sys: &System, expected: &str
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("untrusted_root"));
+}
+
+/// 32 clients, each asking its own question again and again for a bounded
+/// time: no errors (429s would be counted; the queue holds 64), every
+/// answer the one that question gets alone; latency percentiles and the
+/// guest's peak memory printed for the record.
+fn thirty_two_clients_under_load_for_a_bounded_time(sys: &System, rt: &tokio::runtime::Runtime) {
+    let client = rt
+        .block_on(Client::connect(&sys.s("url"), sys.policy()))
+        .unwrap();
+    let reqs: Vec<Value> = (0..32)
+        .map(|i| chat_request(&format!("Count from {i} to {}.", i + 3), 6))
+        .collect();
+    let alone: Vec<String> = reqs
+        .iter()
+        .map(|r| content(&rt.block_on(client.chat(r)).unwrap()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let results: Vec<(Vec<Duration>, usize)> = rt.block_on(async {
+        let tasks: Vec<_> = reqs
+            .iter()
+            .cloned()
+            .zip(alone.iter().cloned())
+            .map(|(req, want)| {
+                let c = client.clone();
+                tokio::spawn(async move {
+                    let (mut lat, mut busy) = (Vec::new(), 0usize);
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        match c.chat(&req).await {
+                            Ok(v) => {
+                                assert_eq!(content(&v), want, "a client got another answer");
+                                lat.push(t.elapsed());
+                            }
+                            Err(ClientError::Api { status: 429, .. }) => busy += 1,
+                            Err(e) => panic!("request failed under load: {e}"),
+                        }
+                    }
+                    (lat, busy)
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    let mut all: Vec<Duration> = results.iter().flat_map(|(l, _)| l.clone()).collect();
+    let busy: usize = results.iter().map(|(_, b)| b).sum();
+    assert!(
+        results.iter().all(|(l, _)| !l.is_empty()),
+        "a client never got an answer"
+    );
+    assert_eq!(busy, 0, "429s with a queue larger than the client count");
+    all.sort();
+    let pct = |p: usize| all[(all.len() - 1) * p / 100];
+    let guest = sys.info["pids"]["guest"].as_u64().unwrap();
+    let hwm = std::fs::read_to_string(format!("/proc/{guest}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        .unwrap_or_default();
+    eprintln!(
+        "load: 32 clients, 20 s: {} answers, p50 {:?}, p99 {:?}, guest peak RSS {hwm} kB",
+        all.len(),
+        pct(50),
+        pct(99)
+    );
 }

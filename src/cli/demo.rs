@@ -74,6 +74,15 @@ impl Processes {
         Ok(())
     }
 
+    /// Process ids by role (for watching memory, or signals in tests).
+    fn pids(&self) -> serde_json::Value {
+        self.children
+            .iter()
+            .map(|(name, child, _)| (name.to_string(), json!(child.id())))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
     /// Fails if a child has exited, with the end of its log.
     fn check_alive(&mut self) -> Result<()> {
         for (name, child, log) in &mut self.children {
@@ -387,6 +396,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             "model_sha256": model_sha256,
             "measurement": measurement,
             "simulated_root_sha256": root,
+            "pids": procs.pids(),
         });
         println!("{ready}");
         let _ = std::io::stdout().flush();
