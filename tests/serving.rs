@@ -251,6 +251,10 @@ enum Tamper {
     Flip,
     Drop,
     Inject,
+    /// The whole record sent twice.
+    Duplicate,
+    /// The record held back and sent after the next one.
+    Reorder,
 }
 
 /// A TCP relay in front of the host that alters the `nth` TLS
@@ -287,6 +291,7 @@ fn relay_records(
     nth: usize,
 ) {
     let mut seen = 0usize;
+    let mut held: Option<Vec<u8>> = None;
     loop {
         let mut head = [0u8; 5];
         if from.read_exact(&mut head).is_err() {
@@ -299,6 +304,7 @@ fn relay_records(
             let _ = to.shutdown(std::net::Shutdown::Write);
             return;
         }
+        let mut copies = 1;
         if head[0] == 23 {
             seen += 1;
             if seen == nth {
@@ -308,14 +314,23 @@ fn relay_records(
                         body.remove(len / 2);
                     }
                     Some(Tamper::Inject) => body.insert(len / 2, 0x42),
+                    Some(Tamper::Duplicate) => copies = 2,
+                    Some(Tamper::Reorder) => {
+                        held = Some([&head[..], &body].concat());
+                        continue;
+                    }
                     None => {}
                 }
             }
         }
-        if to
-            .write_all(&head)
-            .and_then(|()| to.write_all(&body))
-            .is_err()
+        let record = [&head[..], &body].concat();
+        for _ in 0..copies {
+            if to.write_all(&record).is_err() {
+                return;
+            }
+        }
+        if let Some(r) = held.take()
+            && to.write_all(&r).is_err()
         {
             return;
         }
@@ -333,10 +348,23 @@ fn a_hostile_host_cannot_alter_the_stream(sys: &System, rt: &tokio::runtime::Run
         rt.block_on(c.chat_stream(&req, |t| s.push_str(t))).unwrap();
         s
     };
-    for tamper in [Tamper::Flip, Tamper::Drop, Tamper::Inject] {
+    for tamper in [
+        Tamper::Flip,
+        Tamper::Drop,
+        Tamper::Inject,
+        Tamper::Duplicate,
+        Tamper::Reorder,
+    ] {
         // Downstream: record 1 is inside the handshake, record 12 inside the
-        // streamed answer. Upstream: record 2 is the client's request.
-        for (nth, downstream) in [(1, true), (12, true), (2, false)] {
+        // streamed answer. Upstream: record 1 is the client's Finished,
+        // record 2 its request (a held-back request would just stall, so
+        // the reordering case swaps Finished and request).
+        let upstream = if matches!(tamper, Tamper::Reorder) {
+            1
+        } else {
+            2
+        };
+        for (nth, downstream) in [(1, true), (12, true), (upstream, false)] {
             let port = hostile_relay(sys.s("url"), tamper, nth, downstream);
             let url = format!("https://127.0.0.1:{port}");
             let mut received = String::new();
