@@ -165,6 +165,7 @@ fn serving_system_end_to_end() {
     clients_refuse_what_their_policy_does_not_allow(&sys, &rt);
     evidence_not_bound_to_the_tls_key_is_refused(&sys, &rt, &client);
     the_local_proxy_serves_unmodified_openai_clients(&sys, &whole);
+    ciel_chat_answers_one_shot_and_interactively(&sys, &whole);
     a_tampered_model_is_never_served(&sys);
     a_key_broker_that_is_down_is_a_clear_final_error(&sys);
 
@@ -771,4 +772,50 @@ fn thirty_two_clients_under_load_for_a_bounded_time(sys: &System, rt: &tokio::ru
         pct(50),
         pct(99)
     );
+}
+
+/// `ciel chat`: one-shot prints the streamed answer; interactive reads one
+/// question per line and keeps the conversation.
+fn ciel_chat_answers_one_shot_and_interactively(sys: &System, expected: &str) {
+    let url = sys.s("url");
+    let policy = sys.s("policy");
+    let args = [
+        "chat",
+        url.as_str(),
+        "--policy",
+        policy.as_str(),
+        "--max-tokens",
+        "16",
+    ];
+    let one = common::ciel(
+        args.iter()
+            .copied()
+            .chain(["What is the capital of France?"]),
+    );
+    assert_eq!(one.code, 0, "{}", one.stderr);
+    assert_eq!(one.stdout.trim_end(), expected.trim_end());
+    assert!(one.stderr.contains("SIMULATED"), "{}", one.stderr);
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ciel"))
+        .args(args)
+        .env("CIEL_DATA_DIR", common::data_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"What is the capital of France?\nAnd of Italy?\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The first turn's answer, then the second's after it.
+    let rest = text
+        .strip_prefix(expected.trim_end())
+        .unwrap_or_else(|| panic!("the first answer should be {expected:?}: {text:?}"));
+    assert!(!rest.trim().is_empty(), "no second answer: {text:?}");
 }
