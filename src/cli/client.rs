@@ -53,7 +53,7 @@ pub struct ChatArgs {
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// Local plain-HTTP address for unmodified OpenAI clients.
+    /// Local plain-HTTP address for unmodified OpenAI clients (loopback only).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
     /// The guest, through its host (https://HOST:PORT).
@@ -214,6 +214,12 @@ pub fn run_chat(a: ChatArgs) -> Result<ExitCode> {
 
 pub fn run_proxy(a: ProxyArgs) -> Result<ExitCode> {
     super::init_logging();
+    if !a.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {}: the proxy speaks plain HTTP to its clients, so it listens on loopback only (prompts would cross the network unencrypted)",
+            a.listen
+        );
+    }
     let policy = files::load_policy(&a.policy)?;
     runtime()?.block_on(async {
         let client = match Client::connect(&a.upstream, policy).await {
