@@ -6,15 +6,14 @@
 //! `llama-cpp-python` installed, llama.cpp on the same GGUF too.
 
 use super::Report;
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use ciel_enclave::engine::chat::{ChatTemplate, Message};
 use ciel_enclave::engine::generate::{Request, generate};
 use ciel_enclave::engine::gguf::parse_metadata;
 use ciel_enclave::engine::model::Model;
 use ciel_enclave::engine::sampling::SamplingParams;
 use ciel_enclave::engine::tokenizer::Tokenizer;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const PROMPT: &str = "Write a long story about a dragon who learns to bake bread.";
@@ -45,18 +44,6 @@ fn timed(out: &mut String, f: impl FnOnce(&mut dyn FnMut(&str)) -> Result<()>) -
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v.get(v.len() / 2).copied().unwrap_or_default()
-}
-
-/// `ciel demo --serve`, stopped when dropped.
-struct System(Child);
-
-impl Drop for System {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
 }
 
 pub fn run(r: &mut Report) -> Result<()> {
@@ -95,32 +82,9 @@ pub fn run(r: &mut Report) -> Result<()> {
         })
     };
 
-    let dir = tempfile::tempdir()?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["demo", "--serve", "--workdir"])
-        .arg(dir.path().join("w"))
-        .arg("--model")
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting ciel demo --serve")?;
-    let stdout = child.stdout.take().context("demo stdout")?;
-    let _system = System(child);
-    let Some(ready) = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with('{'))
-    else {
-        bail!("ciel demo --serve did not become ready (run `ciel demo` to see why)");
-    };
-    let info: serde_json::Value = serde_json::from_str(&ready)?;
-    let policy = super::super::files::load_policy(std::path::Path::new(
-        info["policy"].as_str().unwrap_or_default(),
-    ))?;
+    let system = super::system::System::start(&path)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let url = info["url"].as_str().unwrap_or_default().to_string();
-    let client = rt.block_on(ciel_client::Client::connect(&url, policy))?;
+    let client = system.client(&rt)?;
     let body = serde_json::json!({
         "messages": [{"role": "user", "content": PROMPT}],
         "max_tokens": new_tokens,

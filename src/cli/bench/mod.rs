@@ -5,11 +5,14 @@
 //! plaintext model load), `verify` (real SNP, TDX, NVIDIA evidence),
 //! `keyrelease` (loopback broker, simulated evidence, 1 and 16 guests),
 //! `proxy` (the host shim vs. a direct socket), `inference` (the bare
-//! engine vs. client → host → guest over attested TLS).
+//! engine vs. client → host → guest over attested TLS), `load` (32
+//! clients through the host shim vs. one at a time).
 
 mod inference;
 mod keyrelease;
+mod load;
 mod proxy;
+mod system;
 mod unseal;
 mod verify;
 
@@ -21,7 +24,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Suites to run (default: all): unseal, verify, keyrelease, proxy, inference.
+    /// Suites to run (default: all): unseal, verify, keyrelease, proxy, inference, load.
     pub suites: Vec<String>,
     /// Fewer iterations and smaller inputs (about 2 minutes in all).
     #[arg(long)]
@@ -34,7 +37,14 @@ pub struct BenchArgs {
     pub model: Option<std::path::PathBuf>,
 }
 
-const SUITES: [&str; 5] = ["unseal", "verify", "keyrelease", "proxy", "inference"];
+const SUITES: [&str; 6] = [
+    "unseal",
+    "verify",
+    "keyrelease",
+    "proxy",
+    "inference",
+    "load",
+];
 
 /// One measured figure, with the baseline it is compared to.
 #[derive(Debug, Clone, Serialize)]
@@ -200,6 +210,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             "keyrelease" => keyrelease::run(&mut r)?,
             "proxy" => proxy::run(&mut r)?,
             "inference" => inference::run(&mut r)?,
+            "load" => load::run(&mut r)?,
             _ => {}
         }
     }
