@@ -7,17 +7,13 @@
 use super::files;
 use anyhow::{Context, Result, bail};
 use ciel_attestation::sim::SimSnpReport;
-use ciel_enclave::engine::chat::{ChatTemplate, Message};
+use ciel_enclave::engine::chat::Message;
 use ciel_enclave::engine::generate::{Request, generate};
-use ciel_enclave::engine::gguf::parse_metadata;
-use ciel_enclave::engine::model::Model;
 use ciel_enclave::engine::sampling::SamplingParams;
-use ciel_enclave::engine::tokenizer::Tokenizer;
 use ciel_enclave::kbs_client::sim::SimSnpSource;
 use ciel_enclave::kbs_client::{Backoff, KbsClient};
-use ciel_protocol::sealed::{DataKey, UnsealOptions, unseal_in_memory};
+use ciel_protocol::sealed::DataKey;
 use clap::{Args, Subcommand};
-use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -201,28 +197,12 @@ fn boot(a: BootArgs) -> Result<ExitCode> {
         .map_err(|_| anyhow::anyhow!("the released key is {} bytes, expected 32", key.len()))?;
     let key = DataKey::from_bytes(key);
     let t = std::time::Instant::now();
-    // The plaintext digest is re-checked beside the load (Model::load_unsealed).
-    let options = UnsealOptions {
-        verify_plaintext_digest: false,
-        ..UnsealOptions::default()
-    };
-    let plain = unseal_in_memory(sealed, &key, options).context("unsealing the model")?;
-    drop(key);
+    let (mut model, tokenizer, template) =
+        ciel_enclave::serve::load_sealed_model(sealed, key).context("the sealed model")?;
     tracing::info!(
-        bytes = plain.len(),
         ms = t.elapsed().as_millis() as u64,
-        "model unsealed in memory; data key dropped"
+        "model unsealed and loaded in memory; data key dropped"
     );
-    let mut head = vec![0u8; (8usize << 20).min(plain.len() as usize)];
-    plain
-        .reader()
-        .read_exact(&mut head)
-        .context("reading the model header")?;
-    let meta = parse_metadata(&head).context("model metadata")?;
-    let tokenizer = Tokenizer::from_gguf(&meta)?;
-    let template = ChatTemplate::from_gguf(&meta)?;
-    let mut model = Model::load_unsealed(&plain)?;
-    drop(plain);
     let prompt = template.render(
         &[Message {
             role: "user".into(),

@@ -127,6 +127,32 @@ fn with_port(url: &str, port: u16) -> String {
     }
 }
 
+/// Decrypts a sealed model in memory (chunks in parallel, each
+/// authenticated before use), drops the key, and loads the engine with the
+/// plaintext digest re-checked beside the load: the model, its tokenizer
+/// and its chat template. The plaintext is zeroized when this returns.
+pub fn load_sealed_model(
+    sealed: Vec<u8>,
+    key: DataKey,
+) -> Result<(Model, Tokenizer, ChatTemplate), BootError> {
+    let options = UnsealOptions {
+        verify_plaintext_digest: false,
+        ..UnsealOptions::default()
+    };
+    let plain = unseal_in_memory(sealed, &key, options)?;
+    drop(key);
+    let mut head = vec![0u8; (8usize << 20).min(plain.len() as usize)];
+    plain
+        .reader()
+        .read_exact(&mut head)
+        .map_err(|e| BootError::Model(format!("reading the model header: {e}")))?;
+    let meta = parse_metadata(&head).map_err(|e| BootError::Model(e.to_string()))?;
+    let tokenizer = Tokenizer::from_gguf(&meta).map_err(|e| BootError::Model(e.to_string()))?;
+    let template = ChatTemplate::from_gguf(&meta).map_err(|e| BootError::Model(e.to_string()))?;
+    let model = Model::load_unsealed(&plain).map_err(|e| BootError::Model(e.to_string()))?;
+    Ok((model, tokenizer, template))
+}
+
 /// Boots and serves until SIGINT/SIGTERM. `ready` is called with the
 /// verified claims once the API listens.
 pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Result<(), BootError> {
@@ -164,27 +190,10 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
 
     // 3. Decrypt in memory (chunks in parallel, each authenticated before
     //    use), drop the key, load with the digest re-checked alongside.
-    let (model, tokenizer, template) = tokio::task::spawn_blocking(move || {
-        let options = UnsealOptions {
-            verify_plaintext_digest: false,
-            ..UnsealOptions::default()
-        };
-        let plain = unseal_in_memory(sealed, &key, options)?;
-        drop(key);
-        let mut head = vec![0u8; (8usize << 20).min(plain.len() as usize)];
-        plain
-            .reader()
-            .read_exact(&mut head)
-            .map_err(|e| BootError::Model(format!("reading the model header: {e}")))?;
-        let meta = parse_metadata(&head).map_err(|e| BootError::Model(e.to_string()))?;
-        let tokenizer = Tokenizer::from_gguf(&meta).map_err(|e| BootError::Model(e.to_string()))?;
-        let template =
-            ChatTemplate::from_gguf(&meta).map_err(|e| BootError::Model(e.to_string()))?;
-        let model = Model::load_unsealed(&plain).map_err(|e| BootError::Model(e.to_string()))?;
-        Ok::<_, BootError>((model, tokenizer, template))
-    })
-    .await
-    .map_err(|e| BootError::Model(format!("load task: {e}")))??;
+    let (model, tokenizer, template) =
+        tokio::task::spawn_blocking(move || load_sealed_model(sealed, key))
+            .await
+            .map_err(|e| BootError::Model(format!("load task: {e}")))??;
     tracing::info!("model authenticated, decrypted and loaded; data key dropped");
 
     // 4. TLS identity and evidence bound to it.
