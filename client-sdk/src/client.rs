@@ -44,12 +44,18 @@ pub enum ClientError {
     Protocol(String),
 }
 
-/// An attested connection target.
+/// Where to connect and what to require of the guest there.
 #[derive(Debug, Clone)]
-pub struct Client {
+struct Target {
     addr: String,
     server_name: ServerName<'static>,
     policy: Policy,
+}
+
+/// An attested connection target and what its guest proved.
+#[derive(Debug, Clone)]
+pub struct Client {
+    target: Target,
     verification: Verification,
 }
 
@@ -83,36 +89,7 @@ fn parse_url(url: &str) -> Result<(String, ServerName<'static>), ClientError> {
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-impl Client {
-    /// Connects to `url` (`https://HOST:PORT`, the host shim), verifies the
-    /// guest's attestation against `policy` during the handshake, and
-    /// returns the session's verified claims. Nothing is sent if the
-    /// verification fails.
-    pub async fn connect(url: &str, policy: Policy) -> Result<Self, ClientError> {
-        let (addr, server_name) = parse_url(url)?;
-        let mut client = Client {
-            addr,
-            server_name,
-            policy,
-            verification: Verification {
-                accepted: false,
-                checks: vec![],
-                verdict: None,
-                claims: placeholder_claims(),
-                tls_spki_der: Vec::new(),
-                at: UnixTime(0),
-            },
-        };
-        let (_, v) = client.open().await?;
-        client.verification = v;
-        Ok(client)
-    }
-
-    /// What the boot-time evidence of the guest proved.
-    pub fn verification(&self) -> &Verification {
-        &self.verification
-    }
-
+impl Target {
     /// A new verified connection.
     async fn open(&self) -> Result<(Sender, Verification), ClientError> {
         let verifier = AttestedVerifier::new(self.policy.clone());
@@ -163,6 +140,31 @@ impl Client {
         });
         Ok((sender, verification))
     }
+}
+
+impl Client {
+    /// Connects to `url` (`https://HOST:PORT`, the host shim), verifies the
+    /// guest's attestation against `policy` during the handshake, and
+    /// returns the session's verified claims. Nothing is sent if the
+    /// verification fails.
+    pub async fn connect(url: &str, policy: Policy) -> Result<Self, ClientError> {
+        let (addr, server_name) = parse_url(url)?;
+        let target = Target {
+            addr,
+            server_name,
+            policy,
+        };
+        let (_, verification) = target.open().await?;
+        Ok(Client {
+            target,
+            verification,
+        })
+    }
+
+    /// What the boot-time evidence of the guest proved.
+    pub fn verification(&self) -> &Verification {
+        &self.verification
+    }
 
     /// Sends one request on a fresh verified connection.
     pub async fn send(
@@ -171,7 +173,7 @@ impl Client {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let (mut sender, _) = self.open().await?;
+        let (mut sender, _) = self.target.open().await?;
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -248,6 +250,7 @@ impl Client {
         }
         let mut body = resp.into_body();
         let mut pending = Vec::new();
+        let mut scanned = 0usize;
         let mut finish = String::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
@@ -258,8 +261,10 @@ impl Client {
             if pending.len() > MAX_RESPONSE {
                 return Err(ClientError::Protocol("event larger than 16 MiB".into()));
             }
-            // Events end with a blank line.
-            while let Some(end) = find(&pending, b"\n\n") {
+            // Events end with a blank line; bytes already searched are not
+            // searched again (a long event arrives in many frames).
+            while let Some(end) = find(&pending[scanned..], b"\n\n").map(|i| i + scanned) {
+                scanned = 0;
                 let event: Vec<u8> = pending.drain(..end + 2).collect();
                 let text = String::from_utf8_lossy(&event);
                 for line in text.lines() {
@@ -289,6 +294,8 @@ impl Client {
                     }
                 }
             }
+            // A terminator may straddle this frame and the next.
+            scanned = pending.len().saturating_sub(1);
         }
         Err(ClientError::Protocol(
             "the stream ended without [DONE]".into(),
@@ -301,7 +308,7 @@ impl Client {
     pub async fn fresh_attestation(&self) -> Result<Verification, ClientError> {
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let (mut sender, session) = self.open().await?;
+        let (mut sender, session) = self.target.open().await?;
         let req = Request::builder()
             .method(Method::GET)
             .uri(format!("/v1/attestation?nonce={}", hex::encode(nonce)))
@@ -324,7 +331,7 @@ impl Client {
         let mut v = verify_document(
             &doc,
             &session.tls_spki_der,
-            &self.policy,
+            &self.target.policy,
             now(),
             Some(&nonce),
         );
@@ -341,25 +348,11 @@ impl Client {
         v.accepted = v.accepted && same;
         if !v.accepted {
             return Err(ClientError::Refused {
-                addr: self.addr.clone(),
+                addr: self.target.addr.clone(),
                 verification: Box::new(v),
             });
         }
         Ok(v)
-    }
-}
-
-fn placeholder_claims() -> ciel_protocol::claims::RuntimeClaims {
-    ciel_protocol::claims::RuntimeClaims {
-        version: ciel_protocol::claims::CLAIMS_VERSION,
-        platform: String::new(),
-        runtime: String::new(),
-        tls_spki_sha256: String::new(),
-        model: ciel_protocol::claims::ModelClaims {
-            name: String::new(),
-            sha256: String::new(),
-        },
-        nonce: None,
     }
 }
 
