@@ -350,12 +350,20 @@ async fn run(st: Arc<ApiState>, common: &Common, prompt: Vec<u32>, kind: Kind) -
     let prompt_tokens = req.prompt.len();
     let events = match st.worker.submit(req) {
         Ok(rx) => rx,
-        Err(Busy) => {
+        Err(Busy::Full) => {
             return api_error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
                 None,
                 "the request queue is full; retry later",
+            );
+        }
+        Err(Busy::Stopped) => {
+            return api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                "the engine has stopped",
             );
         }
     };

@@ -24,9 +24,14 @@ struct Job {
     events: UnboundedSender<Event>,
 }
 
-/// The queue is full.
+/// Why a request was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Busy;
+pub enum Busy {
+    /// The queue is full: retry later (HTTP 429).
+    Full,
+    /// The engine thread has stopped: nothing will run (HTTP 500).
+    Stopped,
+}
 
 /// A handle to the worker; cheap to clone.
 #[derive(Debug, Clone)]
@@ -95,7 +100,8 @@ impl Worker {
         let (events, rx) = unbounded_channel();
         match self.jobs.try_send(Job { request, events }) {
             Ok(()) => Ok(rx),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(Busy),
+            Err(TrySendError::Full(_)) => Err(Busy::Full),
+            Err(TrySendError::Disconnected(_)) => Err(Busy::Stopped),
         }
     }
 }
@@ -157,10 +163,29 @@ mod tests {
         // Let the worker take the first job; the queue then holds one more.
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         let second = w.submit(request(2)).unwrap();
-        assert_eq!(w.submit(request(1)).err(), Some(Busy));
+        assert_eq!(w.submit(request(1)).err(), Some(Busy::Full));
         assert_eq!(text_of(first).await, "abcab");
         assert_eq!(text_of(second).await, "ab");
         // Room again.
         assert_eq!(text_of(w.submit(request(3)).unwrap()).await, "abc");
+    }
+
+    /// A model that dies on its first use.
+    struct Dead;
+
+    impl Logits for Dead {
+        fn reset(&mut self) {}
+        fn forward(&mut self, _ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+            panic!("engine died")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dead_engine_is_not_reported_as_a_full_queue() {
+        let w = Worker::spawn(Dead, Arc::new(tokenizer()), 64, 4).unwrap();
+        let mut first = w.submit(request(1)).unwrap();
+        // The thread panicked: the request's channel closes with no Done.
+        assert!(first.recv().await.is_none());
+        assert_eq!(w.submit(request(1)).err(), Some(Busy::Stopped));
     }
 }
