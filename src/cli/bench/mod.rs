@@ -194,12 +194,13 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         figures: Vec::new(),
         model: a.model.clone(),
     };
+    let machine = machine();
     if !a.json {
         println!(
             "ciel bench{} on {} ({} threads); ratios above 1 favour ciel over its baseline only where noted",
             if a.quick { " --quick" } else { "" },
-            machine()["cpu"].as_str().unwrap_or("?"),
-            machine()["threads"]
+            machine["cpu"].as_str().unwrap_or("?"),
+            machine["threads"]
         );
     }
     let started = Instant::now();
@@ -216,7 +217,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     }
     if a.json {
         let out = serde_json::json!({
-            "machine": machine(),
+            "machine": machine,
             "quick": a.quick,
             "suites": suites,
             "seconds": started.elapsed().as_secs_f64(),
