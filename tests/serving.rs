@@ -156,6 +156,9 @@ fn serving_system_end_to_end() {
     let (status, msg) = err(json!({"messages": [{"role": "wizard", "content": "x"}]}));
     assert_eq!(status, 400);
     assert!(msg.contains("role"), "{msg}");
+    let (status, msg) = err(json!({"messages": [{"role": "user", "content": "x"}], "top_p": 0.0}));
+    assert_eq!(status, 400);
+    assert!(msg.contains("top_p"), "{msg}");
     let (status, _) = err(json!({"messages": "not a list"}));
     assert_eq!(status, 422);
 

@@ -15,7 +15,9 @@
 pub use ciel_protocol::endpoint::Endpoint;
 use std::io;
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt, BufReader,
+};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_vsock::{VsockAddr, VsockListener, VsockStream};
 
@@ -174,8 +176,6 @@ async fn vsock_mux_handshake(mut s: UnixStream, port: u32) -> io::Result<Stream>
     // Bytes the multiplexer sent after the line stay in the buffer.
     Ok(Box::new(reader))
 }
-
-use tokio::io::AsyncReadExt as _;
 
 /// Resolves on SIGINT or SIGTERM: every long-running service (guest API,
 /// host shim) stops accepting on it and drains.

@@ -10,7 +10,7 @@ use super::attested_tls::attest;
 use super::worker::{Busy, Event, Worker};
 use crate::engine::chat::{ChatTemplate, Message};
 use crate::engine::generate::{Finish, Request};
-use crate::engine::sampling::SamplingParams;
+use crate::engine::sampling::{SamplingError, SamplingParams};
 use crate::kbs_client::EvidenceSource;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
@@ -278,10 +278,9 @@ fn build_request(st: &ApiState, c: &Common, prompt: Vec<u32>) -> Result<Request,
         seed: c.seed.unwrap_or(0),
     };
     if let Err(e) = sampling.validate() {
-        let param = if e.to_string().starts_with("top_p") {
-            "top_p"
-        } else {
-            "temperature"
+        let param = match e {
+            SamplingError::TopP(_) => "top_p",
+            _ => "temperature",
         };
         return Err(ApiError {
             status: StatusCode::BAD_REQUEST,

@@ -163,18 +163,18 @@ pub async fn fetch_blob_capped(
     for (i, part) in buf.chunks_mut(range).enumerate() {
         let offset = (i * range) as u64;
         jobs.push(async move {
-            let mut last = None;
-            for attempt in 1..=ATTEMPTS {
+            let mut attempt = 1;
+            loop {
                 match read_range(ep, name, offset, part).await {
                     Ok(()) => return Ok(()),
                     Err(e @ FetchError::Refused { .. }) => return Err(e),
+                    Err(e) if attempt >= ATTEMPTS => return Err(e),
                     Err(e) => {
                         tracing::warn!(offset, attempt, error = %e, "blob range failed; retrying");
-                        last = Some(e);
+                        attempt += 1;
                     }
                 }
             }
-            Err(last.unwrap_or(FetchError::Memory(0)))
         });
     }
     // Bounded concurrency: `parallel` ranges at a time.
