@@ -13,6 +13,7 @@ use ciel_enclave::engine::sampling::SamplingParams;
 use ciel_enclave::kbs_client::sim::SimSnpSource;
 use ciel_enclave::kbs_client::{Backoff, KbsClient};
 use ciel_protocol::sealed::DataKey;
+use ciel_transport::Endpoint;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -43,10 +44,10 @@ pub struct ServeArgs {
     /// Reach the broker through the host's relay at this address
     /// (vsock://2:PORT in a VM; unix:PATH in development).
     #[arg(long)]
-    pub kbs_via: Option<String>,
+    pub kbs_via: Option<Endpoint>,
     /// The host's blob service.
     #[arg(long)]
-    pub model_from: String,
+    pub model_from: Endpoint,
     /// The sealed model's blob name at the host.
     #[arg(long)]
     pub model_blob: String,
@@ -55,7 +56,7 @@ pub struct ServeArgs {
     pub model_name: Option<String>,
     /// Where the API listens (vsock://any:PORT in a VM).
     #[arg(long)]
-    pub listen: String,
+    pub listen: Endpoint,
     /// Requests that may wait behind the running one before 429.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
@@ -95,10 +96,6 @@ pub fn run(cmd: EnclaveCommand) -> Result<ExitCode> {
         EnclaveCommand::Boot(a) => boot(a),
         EnclaveCommand::Serve(a) => serve(a),
     }
-}
-
-fn endpoint(what: &str, s: &str) -> Result<ciel_transport::Endpoint> {
-    ciel_transport::Endpoint::parse(s).with_context(|| format!("--{what}"))
 }
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {
@@ -142,15 +139,11 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         platform,
         kbs_url: a.kbs.clone(),
         kbs_ca_pem: files::read("broker CA", &a.kbs_ca)?,
-        kbs_via: a
-            .kbs_via
-            .as_deref()
-            .map(|s| endpoint("kbs-via", s))
-            .transpose()?,
-        model_from: endpoint("model-from", &a.model_from)?,
+        kbs_via: a.kbs_via.clone(),
+        model_from: a.model_from.clone(),
         model_blob: a.model_blob.clone(),
         model_name: a.model_name.clone(),
-        listen: endpoint("listen", &a.listen)?,
+        listen: a.listen.clone(),
         queue: a.queue,
         max_connections: a.max_connections,
         max_tokens_limit: a.max_tokens_limit,

@@ -3,6 +3,7 @@
 use super::files;
 use anyhow::{Context, Result, bail};
 use ciel_host::launch::{LaunchSpec, Platform, qemu_args, shell_line};
+use ciel_transport::Endpoint;
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,22 +22,22 @@ pub enum HostCommand {
 pub struct ServeArgs {
     /// Where clients connect (tcp://HOST:PORT or unix:PATH); repeatable.
     #[arg(long, default_value = "tcp://127.0.0.1:8443")]
-    pub listen: Vec<String>,
+    pub listen: Vec<Endpoint>,
     /// The guest's API port (vsock://CID:PORT, unix:PATH[?connect=PORT]).
     #[arg(long)]
-    pub guest_api: String,
+    pub guest_api: Endpoint,
     /// Directory of sealed models the guest may fetch by name.
     #[arg(long, requires = "blob_listen")]
     pub models: Option<PathBuf>,
     /// Where the guest connects for model blobs.
     #[arg(long, requires = "models")]
-    pub blob_listen: Option<String>,
+    pub blob_listen: Option<Endpoint>,
     /// Where the guest connects to reach the key broker.
     #[arg(long, requires = "kbs_upstream")]
-    pub kbs_relay_listen: Option<String>,
+    pub kbs_relay_listen: Option<Endpoint>,
     /// The key broker (tcp://HOST:PORT): the only place the relay connects to.
     #[arg(long, requires = "kbs_relay_listen")]
-    pub kbs_upstream: Option<String>,
+    pub kbs_upstream: Option<Endpoint>,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
@@ -88,31 +89,14 @@ pub fn run(cmd: HostCommand) -> Result<ExitCode> {
     }
 }
 
-fn endpoint(what: &str, s: &str) -> Result<ciel_transport::Endpoint> {
-    ciel_transport::Endpoint::parse(s).with_context(|| format!("--{what}"))
-}
-
 fn serve(a: ServeArgs) -> Result<ExitCode> {
     use std::sync::Arc;
     super::init_logging();
     let cfg = ciel_host::shim::ShimConfig {
-        listen: a
-            .listen
-            .iter()
-            .map(|s| endpoint("listen", s))
-            .collect::<Result<_>>()?,
-        guest_api: endpoint("guest-api", &a.guest_api)?,
-        blobs: match (&a.blob_listen, &a.models) {
-            (Some(l), Some(dir)) => Some((endpoint("blob-listen", l)?, dir.clone())),
-            _ => None,
-        },
-        kbs_relay: match (&a.kbs_relay_listen, &a.kbs_upstream) {
-            (Some(l), Some(u)) => Some((
-                endpoint("kbs-relay-listen", l)?,
-                endpoint("kbs-upstream", u)?,
-            )),
-            _ => None,
-        },
+        listen: a.listen.clone(),
+        guest_api: a.guest_api.clone(),
+        blobs: a.blob_listen.clone().zip(a.models.clone()),
+        kbs_relay: a.kbs_relay_listen.clone().zip(a.kbs_upstream.clone()),
         max_connections: a.max_connections,
         idle_timeout: std::time::Duration::from_secs(a.idle_timeout_secs.max(1)),
         grace: std::time::Duration::from_secs(a.grace_secs),
