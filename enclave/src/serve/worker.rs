@@ -63,16 +63,22 @@ impl Worker {
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || {
-                for job in rx {
+                while let Ok(job) = rx.recv() {
                     let started = std::time::Instant::now();
                     let events = job.events;
-                    let result = generate(&mut model, &tk, &job.request, |text| {
-                        // A client that went away no longer receives; the
-                        // request still runs to its token limit.
-                        let _ = events.send(Event::Text(text.to_string()));
-                    });
+                    // A panic in the engine leaves the model in an unknown
+                    // state, so the worker stops. It closes the queue before
+                    // answering, so that once a client has seen the failure
+                    // every later request is refused as `Stopped`.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        generate(&mut model, &tk, &job.request, |text| {
+                            // A client that went away no longer receives;
+                            // the request still runs to its token limit.
+                            let _ = events.send(Event::Text(text.to_string()));
+                        })
+                    }));
                     match result {
-                        Ok(done) => {
+                        Ok(Ok(done)) => {
                             tracing::info!(
                                 prompt_tokens = done.prompt_tokens,
                                 completion_tokens = done.ids.len(),
@@ -81,9 +87,15 @@ impl Worker {
                             );
                             let _ = events.send(Event::Done(done));
                         }
-                        Err(e) => {
+                        Ok(Err(e)) => {
                             tracing::warn!(error = %e, "request failed");
                             let _ = events.send(Event::Failed(e.to_string()));
+                        }
+                        Err(_) => {
+                            drop(rx);
+                            tracing::error!("the engine panicked; no further requests will run");
+                            let _ = events.send(Event::Failed("the engine stopped".into()));
+                            return;
                         }
                     }
                 }
@@ -136,8 +148,10 @@ mod tests {
         }
     }
 
-    async fn text_of(mut rx: UnboundedReceiver<Event>) -> String {
-        let mut text = String::new();
+    /// The whole text of a request whose first pieces, `seen`, were already
+    /// received; checks that the pieces add up to the final text.
+    async fn text_of(mut rx: UnboundedReceiver<Event>, seen: &str) -> String {
+        let mut text = seen.to_string();
         while let Some(ev) = rx.recv().await {
             match ev {
                 Event::Text(t) => text.push_str(&t),
@@ -159,15 +173,19 @@ mod tests {
             vocab: 7,
         });
         let w = Worker::spawn(model, Arc::new(tokenizer()), 64, 1).unwrap();
-        let first = w.submit(request(5)).unwrap();
-        // Let the worker take the first job; the queue then holds one more.
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let mut first = w.submit(request(5)).unwrap();
+        // The first piece of text shows the worker has taken the first job
+        // off the queue, which then has room for exactly one more.
+        match first.recv().await {
+            Some(Event::Text(t)) => assert_eq!(t, "a"),
+            other => panic!("expected text, got {other:?}"),
+        }
         let second = w.submit(request(2)).unwrap();
         assert_eq!(w.submit(request(1)).err(), Some(Busy::Full));
-        assert_eq!(text_of(first).await, "abcab");
-        assert_eq!(text_of(second).await, "ab");
+        assert_eq!(text_of(first, "a").await, "abcab");
+        assert_eq!(text_of(second, "").await, "ab");
         // Room again.
-        assert_eq!(text_of(w.submit(request(3)).unwrap()).await, "abc");
+        assert_eq!(text_of(w.submit(request(3)).unwrap(), "").await, "abc");
     }
 
     /// A model that dies on its first use.
@@ -184,7 +202,12 @@ mod tests {
     async fn a_dead_engine_is_not_reported_as_a_full_queue() {
         let w = Worker::spawn(Dead, Arc::new(tokenizer()), 64, 4).unwrap();
         let mut first = w.submit(request(1)).unwrap();
-        // The thread panicked: the request's channel closes with no Done.
+        // The engine panicked: the request is told so, and nothing more is
+        // queued behind it.
+        match first.recv().await {
+            Some(Event::Failed(e)) => assert_eq!(e, "the engine stopped"),
+            other => panic!("expected Failed, got {other:?}"),
+        }
         assert!(first.recv().await.is_none());
         assert_eq!(w.submit(request(1)).err(), Some(Busy::Stopped));
     }
