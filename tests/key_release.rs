@@ -14,7 +14,7 @@ use ciel_attestation::sim::{SimSnpReport, SnpSim};
 use ciel_enclave::kbs_client::sim::SimSnpSource;
 use ciel_enclave::kbs_client::{Backoff, EvidenceSource, KbsClient, KbsClientError};
 use ciel_keybroker::ResourcePath;
-use ciel_keybroker::audit::AuditLog;
+use ciel_keybroker::audit::{AuditLog, AuditSink, verify};
 use ciel_keybroker::config::Config;
 use ciel_keybroker::server::{AppState, admin_message, serve};
 use ciel_keybroker::store::KeyStore;
@@ -53,6 +53,18 @@ impl Broker {
 
 /// Starts a broker whose resources name the policies given (TOML bodies).
 fn start(ttl: u64, trust_sim: bool, resources: &[(&str, String)]) -> Broker {
+    start_with_audit(ttl, trust_sim, resources, |c| {
+        AuditLog::open(&c.audit_log).unwrap()
+    })
+}
+
+/// [`start`], with the audit log the closure makes.
+fn start_with_audit(
+    ttl: u64,
+    trust_sim: bool,
+    resources: &[(&str, String)],
+    audit_log: impl FnOnce(&Config) -> AuditLog,
+) -> Broker {
     let dir = tempfile::tempdir().unwrap();
     let fp = hex::encode(sim().root_sha256());
     std::fs::write(dir.path().join("master.key"), hex::encode([9u8; 32])).unwrap();
@@ -87,7 +99,7 @@ fn start(ttl: u64, trust_sim: bool, resources: &[(&str, String)]) -> Broker {
             .put(&ResourcePath::parse(path).unwrap(), &KEY)
             .unwrap();
     }
-    let audit = AuditLog::open(&config.audit_log).unwrap();
+    let audit = audit_log(&config);
     let state = Arc::new(AppState::new(config, store, audit));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -562,4 +574,61 @@ fn trustee_shaped_snp_evidence_is_accepted() {
         .fetch_resource("default/model-key/demo", &TrusteeShapedSnp)
         .unwrap();
     assert_eq!(key.as_slice(), &KEY);
+}
+
+/// An audit disk that is full while the flag is set.
+struct AuditDisk {
+    full: Arc<std::sync::atomic::AtomicBool>,
+    written: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl AuditSink for AuditDisk {
+    fn append_durably(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if self.full.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::from_raw_os_error(28));
+        }
+        self.written.lock().unwrap().extend_from_slice(bytes);
+        Ok(())
+    }
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.written.lock().unwrap().truncate(len as usize);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_broker_that_cannot_write_its_audit_log_releases_nothing() {
+    let full = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let disk = AuditDisk {
+        full: full.clone(),
+        written: written.clone(),
+    };
+    let policy = format!("[snp]\nmeasurements = [\"{}\"]\n", measurement());
+    let b = start_with_audit(300, true, &[("default/model-key/demo", policy)], |c| {
+        let empty = verify(&c.audit_log).unwrap();
+        AuditLog::with_sink(&c.audit_log, Box::new(disk), empty)
+    });
+    let source = SimSnpSource {
+        sim: sim(),
+        template: SimSnpReport::default(),
+    };
+    let err = client(&b)
+        .fetch_resource("default/model-key/demo", &source)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("audit log cannot be written") && err.contains("urn:ciel:kbs:audit-failure"),
+        "{err}"
+    );
+    assert!(written.lock().unwrap().is_empty());
+
+    // Room again: the same broker releases, and the release is on record.
+    full.store(false, std::sync::atomic::Ordering::SeqCst);
+    let key = client(&b)
+        .fetch_resource("default/model-key/demo", &source)
+        .unwrap();
+    assert_eq!(key.as_slice(), &KEY);
+    let log = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("\"decision\":\"release\""), "{log}");
 }

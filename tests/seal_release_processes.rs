@@ -96,4 +96,61 @@ fn seal_register_attest_release_unseal() {
         !log.contains(&hex::encode(key)),
         "key material in the broker log"
     );
+    assert!(
+        log.contains("audit log chain verified"),
+        "the broker checks its audit log at start: {log}"
+    );
+
+    // The audit log's chain holds; an edited entry breaks it, and the
+    // broker then refuses to start, naming the file and the line.
+    let audit_path = kb.join("audit.jsonl");
+    let check = common::ciel([
+        "kbs".as_ref(),
+        "verify-audit".as_ref(),
+        audit_path.as_os_str(),
+    ]);
+    assert_eq!(check.code, 0, "{}", check.stderr);
+    assert!(check.stdout.contains("chain intact"), "{}", check.stdout);
+    // (The first entry: an edit of the last one shows only against a head
+    // kept elsewhere.)
+    let edited = audit.replacen("\"client\":\"", "\"client\":\"10.", 1);
+    assert_ne!(edited, audit);
+    std::fs::write(&audit_path, &edited).unwrap();
+    let check = common::ciel([
+        "kbs".as_ref(),
+        "verify-audit".as_ref(),
+        audit_path.as_os_str(),
+    ]);
+    assert_eq!(check.code, 2, "{}", check.stdout);
+    assert!(check.stderr.contains("line"), "{}", check.stderr);
+    let serve = |what: &str| {
+        let run = common::ciel([
+            "kbs".as_ref(),
+            "serve".as_ref(),
+            "--config".as_ref(),
+            kb.join("kbs.toml").as_os_str(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+        ]);
+        assert_ne!(run.code, 0, "the broker started with a {what}");
+        run.stderr
+    };
+    let err = serve("broken audit chain");
+    assert!(
+        err.contains("audit.jsonl, line") && err.contains("edited, inserted or removed"),
+        "{err}"
+    );
+    std::fs::write(&audit_path, &audit).unwrap();
+
+    // A key store that does not decrypt also stops it, before any request.
+    let store_path = kb.join("keys.json");
+    let store = std::fs::read_to_string(&store_path).unwrap();
+    let tampered = store.replacen("\"ciphertext\": \"", "\"ciphertext\": \"00", 1);
+    assert_ne!(tampered, store);
+    std::fs::write(&store_path, tampered).unwrap();
+    let err = serve("tampered key store");
+    assert!(
+        err.contains("keys.json") && err.contains("does not decrypt"),
+        "{err}"
+    );
 }

@@ -164,7 +164,15 @@ impl KbsClient {
         match resp {
             Err(e) => Outcome::Retry(e.to_string()),
             Ok(r) if r.status().is_success() => Outcome::Ok(r),
-            Ok(r) if r.status().is_server_error() => Outcome::Retry(format!("HTTP {}", r.status())),
+            Ok(mut r) if r.status().is_server_error() => {
+                // The broker's own account of the failure, when it gives one
+                // (a full audit disk is not the same as an overloaded proxy).
+                let status = r.status();
+                match r.body_mut().read_json::<Problem>() {
+                    Ok(p) => Outcome::Retry(format!("HTTP {status}: {} ({})", p.detail, p.kind)),
+                    Err(_) => Outcome::Retry(format!("HTTP {status}")),
+                }
+            }
             Ok(mut r) => {
                 let status = r.status().as_u16();
                 let problem: Option<Problem> = r.body_mut().read_json().ok();

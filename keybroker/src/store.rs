@@ -196,12 +196,26 @@ impl KeyStore {
                 path: self.path.clone(),
                 message: "seal failed".into(),
             })?;
-        self.data.keys.entry(name).or_default().push(StoredKey {
-            version,
-            nonce: hex::encode(nonce),
-            ciphertext: hex::encode(&buf),
-        });
-        self.save()?;
+        self.data
+            .keys
+            .entry(name.clone())
+            .or_default()
+            .push(StoredKey {
+                version,
+                nonce: hex::encode(nonce),
+                ciphertext: hex::encode(&buf),
+            });
+        if let Err(e) = self.save() {
+            // Not on disk, so not in the store: a key the broker would lose
+            // at its next restart must never be released.
+            if let Some(versions) = self.data.keys.get_mut(&name) {
+                versions.pop();
+                if versions.is_empty() {
+                    self.data.keys.remove(&name);
+                }
+            }
+            return Err(e);
+        }
         Ok(version)
     }
 
@@ -268,6 +282,19 @@ mod tests {
             KeyStore::open(&path, &[2; 32]),
             Err(StoreError::Corrupt { .. })
         ));
+        // A write that fails (here: the temporary file's name is taken by a
+        // directory) leaves the store as it was, in memory and on disk.
+        let mut s = s;
+        let tmp = dir.path().join("keys.json.tmp");
+        std::fs::create_dir(&tmp).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(s.put(&r, &[9; 32]), Err(StoreError::Io { .. })));
+        assert_eq!(s.get(&r, None).ok().flatten().map(|(v, _)| v), Some(2));
+        let other =
+            ResourcePath::parse("default/model-key/other").unwrap_or_else(|e| panic!("{e}"));
+        assert!(s.put(&other, &[9; 32]).is_err());
+        assert!(s.get(&other, None).ok().flatten().is_none());
+        assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), text);
+        std::fs::remove_dir(&tmp).unwrap_or_else(|e| panic!("{e}"));
         let swapped = text.replacen("\"version\": 1", "\"version\": 3", 1);
         std::fs::write(&path, swapped).unwrap_or_default();
         assert!(matches!(

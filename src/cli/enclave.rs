@@ -60,8 +60,16 @@ pub struct ServeArgs {
     /// Requests that may wait behind the running one before 429.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
+    /// Open client connections; more are closed at once.
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
+    /// Seconds a client has to finish its TLS handshake.
+    #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]
+    pub handshake_timeout: f64,
+    /// Seconds a client has to send a request's headers, and again its body
+    /// (408 after that): slow-drip clients cannot hold connections.
+    #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
+    pub request_timeout: f64,
     /// Largest max_tokens a request may ask for.
     #[arg(long, default_value_t = 2048)]
     pub max_tokens_limit: usize,
@@ -145,7 +153,11 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         model_name: a.model_name.clone(),
         listen: a.listen.clone(),
         queue: a.queue,
-        max_connections: a.max_connections,
+        limits: ciel_enclave::serve::ConnectionLimits {
+            max_connections: a.max_connections,
+            handshake: std::time::Duration::from_secs_f64(a.handshake_timeout),
+            request_read: std::time::Duration::from_secs_f64(a.request_timeout),
+        },
         max_tokens_limit: a.max_tokens_limit,
         fetch_parallel: a.fetch_parallel,
     };
@@ -217,4 +229,18 @@ fn boot(a: BootArgs) -> Result<ExitCode> {
     })?;
     let _ = writeln!(out);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A number of seconds, more than zero and at most a day.
+fn positive_seconds(text: &str) -> Result<f64, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if secs > 0.0 && secs <= 86_400.0 {
+        Ok(secs)
+    } else {
+        Err(format!(
+            "{text} s is out of range (more than 0, at most 86400)"
+        ))
+    }
 }

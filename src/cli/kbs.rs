@@ -1,4 +1,5 @@
-//! `ciel kbs init | serve`: run the key broker.
+//! `ciel kbs init | serve | verify-audit`: run the key broker, check its
+//! audit log.
 
 use anyhow::{Context, Result, bail};
 use ciel_keybroker::audit::AuditLog;
@@ -18,6 +19,15 @@ pub enum KbsCommand {
     Init(InitArgs),
     /// Serve the key broker (Trustee KBS protocol v0.4.0).
     Serve(ServeArgs),
+    /// Check an audit log's hash chain; prints its entry count and head
+    /// (keep the head elsewhere to detect a log later cut short).
+    VerifyAudit(VerifyAuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyAuditArgs {
+    /// The audit log (JSON lines).
+    pub log: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -50,7 +60,22 @@ pub fn run(cmd: KbsCommand) -> Result<ExitCode> {
     match cmd {
         KbsCommand::Init(a) => init(a),
         KbsCommand::Serve(a) => serve_cmd(a),
+        KbsCommand::VerifyAudit(a) => verify_audit(a),
     }
+}
+
+fn verify_audit(a: VerifyAuditArgs) -> Result<ExitCode> {
+    if !a.log.exists() {
+        bail!("audit log {}: no such file", a.log.display());
+    }
+    let chain = ciel_keybroker::audit::verify(&a.log)?;
+    println!(
+        "{}: chain intact, {} entries, head {}",
+        a.log.display(),
+        chain.entries,
+        chain.head
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn write_new(path: &Path, bytes: &[u8], private: bool) -> Result<()> {
@@ -126,8 +151,17 @@ fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     let master = read_master_key(&config.master_key_file)?;
     let store = KeyStore::open(&config.key_store, &master)?;
     drop(master);
-    let audit = AuditLog::open(&config.audit_log)
-        .with_context(|| format!("audit log {}", config.audit_log.display()))?;
+    // A broken chain stops the broker here: it never appends to a log it
+    // cannot vouch for.
+    let audit = AuditLog::open(&config.audit_log)?;
+    if let Some(chain) = audit.chain() {
+        tracing::info!(
+            log = %config.audit_log.display(),
+            entries = chain.entries,
+            head = %chain.head,
+            "audit log chain verified"
+        );
+    }
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => Some(server_config(c, k)?),
         _ => None,

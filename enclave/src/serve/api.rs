@@ -79,6 +79,8 @@ impl IntoResponse for ApiError {
         let code = match self.status {
             StatusCode::NOT_FOUND => "not_found",
             StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
+            StatusCode::REQUEST_TIMEOUT => "request_timeout",
+            StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
             StatusCode::INTERNAL_SERVER_ERROR => "internal_error",
             _ => "invalid_request",
         };
@@ -90,7 +92,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn api_error(
+pub(super) fn api_error(
     status: StatusCode,
     kind: &'static str,
     param: Option<&str>,

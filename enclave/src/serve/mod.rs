@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod attested_tls;
+pub mod connections;
 pub mod fetch;
 pub mod worker;
 
@@ -17,10 +18,9 @@ use attested_tls::AttestedIdentity;
 use ciel_protocol::claims::ModelClaims;
 use ciel_protocol::sealed::{DataKey, SealedHeader, UnsealOptions, unseal_in_memory};
 use ciel_transport::{Endpoint, Listener};
+pub use connections::{ConnectionLimits, serve};
 use std::io::Read;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::Semaphore;
 
 /// How the guest boots and serves.
 pub struct ServeConfig {
@@ -42,7 +42,8 @@ pub struct ServeConfig {
     pub listen: Endpoint,
     /// Requests waiting beyond the running one before 429.
     pub queue: usize,
-    pub max_connections: usize,
+    /// Bounds on connections and on slow clients.
+    pub limits: ConnectionLimits,
     pub max_tokens_limit: usize,
     /// Parallel range requests when fetching the model.
     pub fetch_parallel: usize,
@@ -233,72 +234,10 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
         listener,
         identity.server_config.clone(),
         api::router(state),
-        cfg.max_connections,
+        cfg.limits,
     )
     .await;
     Ok(())
-}
-
-/// Accepts connections until SIGINT/SIGTERM; each gets a TLS handshake
-/// (bounded in time) and HTTP/1.1. In-flight connections finish.
-pub async fn serve(
-    listener: Listener,
-    tls: Arc<rustls::ServerConfig>,
-    router: axum::Router,
-    max_connections: usize,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
-    let shutdown = ciel_transport::shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
-            () = &mut shutdown => {
-                tracing::info!("shutting down: no new connections");
-                break;
-            }
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "connection refused: at the connection limit");
-            continue;
-        };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::warn!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::warn!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = hyper_util::service::TowerToHyperService::new(router);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
 }
 
 #[cfg(test)]
