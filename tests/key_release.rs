@@ -139,6 +139,7 @@ fn client(b: &Broker) -> KbsClient {
             attempts: 2,
             first: Duration::from_millis(10),
             max: Duration::from_millis(20),
+            attempt_timeout: Duration::from_secs(30),
         },
     )
 }
@@ -517,6 +518,7 @@ fn tls_broker_is_reached_only_with_its_pinned_ca() {
         attempts: 1,
         first: Duration::from_millis(10),
         max: Duration::from_millis(10),
+        attempt_timeout: Duration::from_secs(30),
     };
     let c = KbsClient::with_pinned_ca(&base, pki.ca_pem.as_bytes(), backoff).unwrap();
     assert_eq!(
@@ -631,4 +633,103 @@ fn a_broker_that_cannot_write_its_audit_log_releases_nothing() {
     assert_eq!(key.as_slice(), &KEY);
     let log = String::from_utf8(written.lock().unwrap().clone()).unwrap();
     assert!(log.contains("\"decision\":\"release\""), "{log}");
+}
+
+/// Reads one HTTP/1.1 message (head and a `content-length` body) from `r`;
+/// `None` at the end of the stream.
+fn read_http_message(r: &mut impl std::io::BufRead) -> Option<Vec<u8>> {
+    let mut message = Vec::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        message.extend_from_slice(line.as_bytes());
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().ok()?;
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0u8; length];
+    r.read_exact(&mut body).ok()?;
+    message.extend_from_slice(&body);
+    Some(message)
+}
+
+/// A relay in front of the broker that keeps the broker's answer to the
+/// first `GET /kbs/v0/resource` it carries and, from then on, answers every
+/// later one with that recording: a replayed key-release response.
+fn replaying_relay(upstream: std::net::SocketAddr) -> String {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let recorded: Arc<std::sync::Mutex<Option<Vec<u8>>>> = Arc::default();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut client) = conn else { return };
+            let recorded = recorded.clone();
+            std::thread::spawn(move || {
+                let mut server = std::net::TcpStream::connect(upstream).unwrap();
+                let mut from_client = std::io::BufReader::new(client.try_clone().unwrap());
+                let mut from_server = std::io::BufReader::new(server.try_clone().unwrap());
+                while let Some(request) = read_http_message(&mut from_client) {
+                    server.write_all(&request).unwrap();
+                    let Some(answer) = read_http_message(&mut from_server) else {
+                        return;
+                    };
+                    let mut answer = answer;
+                    if request.starts_with(b"GET /kbs/v0/resource/") {
+                        let mut r = recorded.lock().unwrap();
+                        match r.as_ref() {
+                            Some(old) => answer = old.clone(),
+                            None => *r = Some(answer.clone()),
+                        }
+                    }
+                    if client.write_all(&answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// A key-release response replayed from an earlier session is useless to
+/// the guest: it is encrypted to that session's key, so the guest refuses
+/// it instead of taking it for its key.
+#[test]
+fn a_replayed_key_release_response_is_refused() {
+    let policy = format!("[snp]\nmeasurements = [\"{}\"]\n", measurement());
+    let b = start(300, true, &[("default/model-key/demo", policy)]);
+    let upstream = b.base.trim_start_matches("http://").parse().unwrap();
+    let relay = Broker {
+        base: replaying_relay(upstream),
+        ..b
+    };
+    let source = SimSnpSource {
+        sim: sim(),
+        template: SimSnpReport::default(),
+    };
+    // The first session's answer is genuine (and recorded on the way).
+    let key = client(&relay)
+        .fetch_resource("default/model-key/demo", &source)
+        .unwrap();
+    assert_eq!(key.as_slice(), &KEY);
+    // The second session gets the first one's answer.
+    match client(&relay).fetch_resource("default/model-key/demo", &source) {
+        Err(KbsClientError::Jwe(e)) => {
+            assert!(matches!(e, ciel_protocol::jwe::JweError::Unwrap), "{e}")
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(k) => panic!(
+            "a replayed response was taken for a key ({} bytes)",
+            k.len()
+        ),
+    }
 }

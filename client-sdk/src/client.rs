@@ -42,6 +42,14 @@ pub enum ClientError {
     Api { status: u16, message: String },
     #[error("unexpected response: {0}")]
     Protocol(String),
+    /// A streamed answer stopped part-way (the host or the guest went
+    /// away); what arrived before is all there is.
+    #[error("{addr}: the answer stopped after {pieces} pieces, incomplete: {cause}")]
+    Interrupted {
+        addr: String,
+        pieces: usize,
+        cause: String,
+    },
 }
 
 /// Where to connect and what to require of the guest there.
@@ -252,8 +260,14 @@ impl Client {
         let mut pending = Vec::new();
         let mut scanned = 0usize;
         let mut finish = String::new();
+        let mut pieces = 0usize;
+        let interrupted = |pieces: usize, cause: String| ClientError::Interrupted {
+            addr: self.target.addr.clone(),
+            pieces,
+            cause,
+        };
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+            let frame = frame.map_err(|e| interrupted(pieces, e.to_string()))?;
             let Some(data) = frame.data_ref() else {
                 continue;
             };
@@ -287,6 +301,7 @@ impl Client {
                     if let Some(t) = choice["delta"]["content"].as_str()
                         && !t.is_empty()
                     {
+                        pieces += 1;
                         on_text(t);
                     }
                     if let Some(f) = choice["finish_reason"].as_str() {
@@ -297,7 +312,8 @@ impl Client {
             // A terminator may straddle this frame and the next.
             scanned = pending.len().saturating_sub(1);
         }
-        Err(ClientError::Protocol(
+        Err(interrupted(
+            pieces,
             "the stream ended without [DONE]".into(),
         ))
     }

@@ -49,8 +49,13 @@ pub enum KbsClientError {
 #[derive(Debug, Clone, Copy)]
 pub struct Backoff {
     pub attempts: u32,
+    /// The wait after the first failure; it doubles up to `max`.
     pub first: Duration,
     pub max: Duration,
+    /// How long one attempt (one HTTP exchange) may take: a broker that
+    /// accepts connections but never answers is a failed attempt, not a
+    /// hang.
+    pub attempt_timeout: Duration,
 }
 
 impl Default for Backoff {
@@ -59,6 +64,7 @@ impl Default for Backoff {
             attempts: 6,
             first: Duration::from_millis(200),
             max: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -82,7 +88,7 @@ impl KbsClient {
     pub fn new(base: &str, backoff: Backoff) -> Self {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_global(Some(backoff.attempt_timeout))
             .build()
             .into();
         KbsClient {
@@ -117,7 +123,7 @@ impl KbsClient {
             .build();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
+            .timeout_global(Some(backoff.attempt_timeout))
             .tls_config(tls)
             .build()
             .into();

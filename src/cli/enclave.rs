@@ -76,6 +76,13 @@ pub struct ServeArgs {
     /// Parallel range requests when fetching the sealed model.
     #[arg(long, default_value_t = 4)]
     pub fetch_parallel: usize,
+    /// Attempts at each key-broker step before giving up (with backoff
+    /// between them: 0.2 s doubling up to 5 s).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub kbs_attempts: u32,
+    /// Seconds one exchange with the key broker may take.
+    #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
+    pub kbs_timeout: f64,
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +167,11 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         },
         max_tokens_limit: a.max_tokens_limit,
         fetch_parallel: a.fetch_parallel,
+        kbs_backoff: Backoff {
+            attempts: a.kbs_attempts,
+            attempt_timeout: std::time::Duration::from_secs_f64(a.kbs_timeout),
+            ..Backoff::default()
+        },
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(ciel_enclave::serve::run(cfg, |id| {

@@ -12,6 +12,7 @@ use crate::engine::chat::{ChatTemplate, Message};
 use crate::engine::generate::{Finish, Request};
 use crate::engine::sampling::{SamplingError, SamplingParams};
 use crate::kbs_client::EvidenceSource;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -67,11 +68,24 @@ pub fn router(state: Arc<ApiState>) -> Router {
 
 /// An OpenAI-style error: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
-struct ApiError {
+pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
     param: Option<String>,
     message: String,
+}
+
+impl ApiError {
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> u16 {
+        self.status.as_u16()
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -121,23 +135,21 @@ fn invalid(param: &str, message: impl std::fmt::Display) -> Response {
     bad_field(param, message).into_response()
 }
 
-/// A JSON body, with OpenAI-style errors for bodies that do not parse.
-struct Body<T>(T);
-
-impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
-    type Rejection = Response;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Response> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(e) => Err(api_error(
-                e.status(),
-                "invalid_request_error",
-                None,
-                &e.body_text(),
-            )),
+/// A JSON body of type `T`, with OpenAI-style errors: 400 for bytes that
+/// are not JSON, 422 for JSON of the wrong shape.
+fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        let status = match e.classify() {
+            serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError {
+            status,
+            kind: "invalid_request_error",
+            param: None,
+            message: format!("the request body: {e}"),
         }
-    }
+    })
 }
 
 async fn models(State(st): State<Arc<ApiState>>) -> Json<Value> {
@@ -227,10 +239,70 @@ struct CompletionBody {
     common: Common,
 }
 
+/// What a request may ask of this guest.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits<'a> {
+    /// The served model's name.
+    pub model: &'a str,
+    pub max_tokens_limit: usize,
+    /// The model's context, in tokens.
+    pub context: usize,
+}
+
+/// Which endpoint a body is for: the shapes of request and answer differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Chat,
+    Text,
+}
+
+/// A request checked and ready for the engine.
+#[derive(Debug)]
+pub struct Prepared {
+    pub request: Request,
+    pub stream: bool,
+}
+
+/// Everything between the bytes of a request body and the engine, without
+/// I/O: parse, check every field, render the chat template, tokenize (with
+/// `encode`, given the text and whether it is a rendered chat), check the
+/// context. Bodies are attacker-controlled; this is what the fuzzer drives.
+pub fn prepare(
+    route: Route,
+    body: &[u8],
+    template: &ChatTemplate,
+    encode: &dyn Fn(&str, bool) -> Vec<u32>,
+    limits: &RequestLimits<'_>,
+) -> Result<Prepared, ApiError> {
+    let (common, ids) = match route {
+        Route::Chat => {
+            let b: ChatBody = parse_body(body)?;
+            if b.messages.is_empty() {
+                return Err(bad_field("messages", "at least one message is required"));
+            }
+            let prompt = template
+                .render(&b.messages, true)
+                .map_err(|e| bad_field("messages", e))?;
+            (b.common, encode(&prompt, true))
+        }
+        Route::Text => {
+            let b: CompletionBody = parse_body(body)?;
+            (b.common, encode(&b.prompt, false))
+        }
+    };
+    let stream = common.stream;
+    let request = build_request(limits, &common, ids)?;
+    Ok(Prepared { request, stream })
+}
+
 /// Checks the common fields and builds the engine request.
-fn build_request(st: &ApiState, c: &Common, prompt: Vec<u32>) -> Result<Request, ApiError> {
+fn build_request(
+    lim: &RequestLimits<'_>,
+    c: &Common,
+    prompt: Vec<u32>,
+) -> Result<Request, ApiError> {
     if let Some(m) = &c.model
-        && *m != st.claims.model.name
+        && *m != lim.model
     {
         return Err(ApiError {
             status: StatusCode::NOT_FOUND,
@@ -238,7 +310,7 @@ fn build_request(st: &ApiState, c: &Common, prompt: Vec<u32>) -> Result<Request,
             param: Some("model".into()),
             message: format!(
                 "model {m:?} is not served here (this guest serves {:?})",
-                st.claims.model.name
+                lim.model
             ),
         });
     }
@@ -246,22 +318,22 @@ fn build_request(st: &ApiState, c: &Common, prompt: Vec<u32>) -> Result<Request,
         return Err(bad_field("n", "only 1 is supported"));
     }
     let max_tokens = c.max_completion_tokens.or(c.max_tokens).unwrap_or(256);
-    if max_tokens == 0 || max_tokens > st.max_tokens_limit {
+    if max_tokens == 0 || max_tokens > lim.max_tokens_limit {
         return Err(bad_field(
             "max_tokens",
-            format!("must be between 1 and {}", st.max_tokens_limit),
+            format!("must be between 1 and {}", lim.max_tokens_limit),
         ));
     }
     if prompt.is_empty() {
         return Err(bad_field("prompt", "is empty"));
     }
-    if prompt.len().saturating_add(max_tokens) > st.worker.context {
+    if prompt.len().saturating_add(max_tokens) > lim.context {
         return Err(bad_field(
             "max_tokens",
             format!(
                 "the prompt ({} tokens) plus max_tokens ({max_tokens}) exceed the model's context of {} tokens",
                 prompt.len(),
-                st.worker.context
+                lim.context
             ),
         ));
     }
@@ -318,34 +390,35 @@ fn request_id(prefix: &str) -> String {
     format!("{prefix}-{}", hex::encode(b))
 }
 
-/// Which endpoint a response is for: the shapes differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Chat,
-    Text,
+async fn chat_completions(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
+    run(st, Route::Chat, &body).await
 }
 
-async fn chat_completions(State(st): State<Arc<ApiState>>, Body(b): Body<ChatBody>) -> Response {
-    if b.messages.is_empty() {
-        return invalid("messages", "at least one message is required");
-    }
-    let prompt = match st.template.render(&b.messages, true) {
-        Ok(p) => p,
-        Err(e) => return invalid("messages", e),
+async fn completions(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
+    run(st, Route::Text, &body).await
+}
+
+async fn run(st: Arc<ApiState>, kind: Route, body: &[u8]) -> Response {
+    let tokenizer = &st.worker.tokenizer;
+    let encode = |text: &str, chat: bool| {
+        if chat {
+            tokenizer.encode(text, true)
+        } else {
+            let mut ids: Vec<u32> = tokenizer.bos.into_iter().collect();
+            ids.extend(tokenizer.encode(text, false));
+            ids
+        }
     };
-    let ids = st.worker.tokenizer.encode(&prompt, true);
-    run(st, &b.common, ids, Kind::Chat).await
-}
-
-async fn completions(State(st): State<Arc<ApiState>>, Body(b): Body<CompletionBody>) -> Response {
-    let mut ids: Vec<u32> = st.worker.tokenizer.bos.into_iter().collect();
-    ids.extend(st.worker.tokenizer.encode(&b.prompt, false));
-    run(st, &b.common, ids, Kind::Text).await
-}
-
-async fn run(st: Arc<ApiState>, common: &Common, prompt: Vec<u32>, kind: Kind) -> Response {
-    let req = match build_request(&st, common, prompt) {
-        Ok(r) => r,
+    let limits = RequestLimits {
+        model: &st.claims.model.name,
+        max_tokens_limit: st.max_tokens_limit,
+        context: st.worker.context,
+    };
+    let Prepared {
+        request: req,
+        stream: streamed,
+    } = match prepare(kind, body, &st.template, &encode, &limits) {
+        Ok(p) => p,
         Err(e) => return e.into_response(),
     };
     let prompt_tokens = req.prompt.len();
@@ -369,12 +442,12 @@ async fn run(st: Arc<ApiState>, common: &Common, prompt: Vec<u32>, kind: Kind) -
         }
     };
     let (id, object) = match kind {
-        Kind::Chat => (request_id("chatcmpl"), "chat.completion"),
-        Kind::Text => (request_id("cmpl"), "text_completion"),
+        Route::Chat => (request_id("chatcmpl"), "chat.completion"),
+        Route::Text => (request_id("cmpl"), "text_completion"),
     };
     let model = st.claims.model.name.clone();
     let created = now_secs();
-    if common.stream {
+    if streamed {
         return stream(events, kind, id, model, created).into_response();
     }
     let mut events = events;
@@ -392,12 +465,12 @@ async fn run(st: Arc<ApiState>, common: &Common, prompt: Vec<u32>, kind: Kind) -
                     "total_tokens": prompt_tokens + done.ids.len(),
                 });
                 let choice = match kind {
-                    Kind::Chat => json!({
+                    Route::Chat => json!({
                         "index": 0,
                         "message": {"role": "assistant", "content": done.text},
                         "finish_reason": finish_reason(done.finish),
                     }),
-                    Kind::Text => json!({
+                    Route::Text => json!({
                         "index": 0, "text": done.text, "logprobs": null,
                         "finish_reason": finish_reason(done.finish),
                     }),
@@ -421,17 +494,17 @@ async fn run(st: Arc<ApiState>, common: &Common, prompt: Vec<u32>, kind: Kind) -
 /// Server-sent events in OpenAI's chunk format, ending with `[DONE]`.
 fn stream(
     events: tokio::sync::mpsc::UnboundedReceiver<Event>,
-    kind: Kind,
+    kind: Route,
     id: String,
     model: String,
     created: u64,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let object = match kind {
-        Kind::Chat => "chat.completion.chunk",
-        Kind::Text => "text_completion",
+        Route::Chat => "chat.completion.chunk",
+        Route::Text => "text_completion",
     };
     // Chat streams open with the assistant's role, as OpenAI's do.
-    let first = (kind == Kind::Chat).then(|| {
+    let first = (kind == Route::Chat).then(|| {
         SseEvent::default().data(
             json!({"id": id, "object": object, "created": created, "model": model,
                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]})
@@ -440,12 +513,14 @@ fn stream(
     });
     let chunk = move |delta: Option<&str>, finish: Option<&str>| {
         let choice = match kind {
-            Kind::Chat => json!({
+            Route::Chat => json!({
                 "index": 0,
                 "delta": match delta { Some(t) => json!({"content": t}), None => json!({}) },
                 "finish_reason": finish,
             }),
-            Kind::Text => json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish}),
+            Route::Text => {
+                json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish})
+            }
         };
         SseEvent::default().data(
             json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})

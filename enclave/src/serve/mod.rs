@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub max_tokens_limit: usize,
     /// Parallel range requests when fetching the model.
     pub fetch_parallel: usize,
+    /// Retries and per-attempt timeout for the key release.
+    pub kbs_backoff: Backoff,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -176,9 +178,10 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
     };
     let platform = cfg.platform.clone();
     let ca = cfg.kbs_ca_pem.clone();
+    let backoff = cfg.kbs_backoff;
     let res = resource.clone();
     let key = tokio::task::spawn_blocking(move || {
-        let client = KbsClient::with_pinned_ca(&kbs_url, &ca, Backoff::default())?;
+        let client = KbsClient::with_pinned_ca(&kbs_url, &ca, backoff)?;
         client.fetch_resource(&res, platform.as_ref())
     })
     .await
