@@ -9,7 +9,7 @@
     clippy::arithmetic_side_effects
 )]
 
-use ciel_enclave::engine::model::{Model, argmax};
+use ciel_enclave::engine::model::{Kernels, Model, argmax};
 use ciel_protocol::sealed::{
     DataKey, ModelInfo, SealParams, UnsealOptions, seal, unseal_in_memory,
 };
@@ -103,36 +103,43 @@ fn bench(c: &mut Criterion) {
     );
     g.finish();
 
-    let mut model = Model::load(&mut Cursor::new(&plain[..])).unwrap();
-    let mut g = c.benchmark_group("engine-demo-model");
-    g.sample_size(10);
-    g.throughput(Throughput::Elements(prompt.len() as u64));
-    g.bench_function(format!("prompt pass, {} tokens", prompt.len()), |b| {
-        b.iter(|| {
-            model.reset();
-            black_box(model.forward(&prompt).unwrap())
-        })
-    });
-    g.throughput(Throughput::Elements(NEW_TOKENS as u64));
-    g.bench_function("greedy generation, 32 tokens after the prompt", |b| {
-        // The prompt pass before each sample is not timed.
-        b.iter_custom(|iters| {
-            let mut total = std::time::Duration::ZERO;
-            for _ in 0..iters {
+    // Each figure twice: candle's kernels throughout (the baseline), then
+    // ours (the AVX2 Q4_1 kernel; the same logits to the bit).
+    for (name, kernels) in [
+        ("candle kernels", Kernels::Candle),
+        ("ciel kernels", Kernels::Ciel),
+    ] {
+        let mut model = Model::load_with(&mut Cursor::new(&plain[..]), kernels).unwrap();
+        let mut g = c.benchmark_group(format!("engine-demo-model/{name}"));
+        g.sample_size(10);
+        g.throughput(Throughput::Elements(prompt.len() as u64));
+        g.bench_function(format!("prompt pass, {} tokens", prompt.len()), |b| {
+            b.iter(|| {
                 model.reset();
-                let mut logits = model.forward(&prompt).unwrap();
-                let t = std::time::Instant::now();
-                for _ in 0..NEW_TOKENS {
-                    let (next, _) = argmax(&logits);
-                    logits = model.forward(&[next]).unwrap();
+                black_box(model.forward(&prompt).unwrap())
+            })
+        });
+        g.throughput(Throughput::Elements(NEW_TOKENS as u64));
+        g.bench_function("greedy generation, 32 tokens after the prompt", |b| {
+            // The prompt pass before each sample is not timed.
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    model.reset();
+                    let mut logits = model.forward(&prompt).unwrap();
+                    let t = std::time::Instant::now();
+                    for _ in 0..NEW_TOKENS {
+                        let (next, _) = argmax(&logits);
+                        logits = model.forward(&[next]).unwrap();
+                    }
+                    total += t.elapsed();
+                    black_box(&logits);
                 }
-                total += t.elapsed();
-                black_box(&logits);
-            }
-            total
-        })
-    });
-    g.finish();
+                total
+            })
+        });
+        g.finish();
+    }
 }
 
 criterion_group!(benches, bench);

@@ -112,3 +112,27 @@ fn the_generation_loop_answers_the_reference_question() {
         ("The capital of France is", "The capital of France is")
     );
 }
+
+/// Our llama pass with the AVX2 Q4_1 kernel gives candle's logits to the
+/// bit on the demo model, for a prompt pass and then token by token — so
+/// switching kernels changes speed, never an answer.
+#[test]
+fn our_kernels_give_candles_logits_bit_for_bit() {
+    use ciel_enclave::engine::model::Kernels;
+    let path = ciel_enclave::engine::demo_model_path();
+    let load = |k| Model::load_with(&mut std::fs::File::open(&path).unwrap(), k).unwrap();
+    let (mut ours, mut candle) = (load(Kernels::Ciel), load(Kernels::Candle));
+    let prompt: Vec<u32> = vec![1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 30, 2];
+    let mut step = prompt.clone();
+    for round in 0..6 {
+        let (a, b) = (ours.forward(&step).unwrap(), candle.forward(&step).unwrap());
+        assert_eq!(a.len(), b.len());
+        let differing = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
+        assert_eq!(differing, 0, "round {round}: {differing} logits differ");
+        step = vec![argmax(&a).0];
+    }
+}

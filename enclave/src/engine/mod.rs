@@ -4,7 +4,9 @@
 pub mod chat;
 pub mod generate;
 pub mod gguf;
+pub mod llama;
 pub mod model;
+pub mod q4_1;
 pub mod sampling;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -2,6 +2,7 @@
 //! CPU. The prompt goes through in one batched forward pass; generation
 //! then feeds one token at a time against the key/value cache.
 
+use super::llama::Llama;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
@@ -21,9 +22,25 @@ pub enum ModelError {
     Sealed(#[from] ciel_protocol::sealed::SealError),
 }
 
+/// Which code runs the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// Our llama pass with the AVX2 Q4_1 kernel ([`super::llama`]); other
+    /// architectures fall back to candle's.
+    Ciel,
+    /// candle's `quantized_llama` throughout (the baseline the benchmarks
+    /// compare against).
+    Candle,
+}
+
+enum Weights {
+    Ciel(Box<Llama>),
+    Candle(Box<ModelWeights>),
+}
+
 /// A loaded model and its position in the current sequence.
 pub struct Model {
-    weights: ModelWeights,
+    weights: Weights,
     device: Device,
     pos: usize,
     context: usize,
@@ -41,6 +58,11 @@ impl std::fmt::Debug for Model {
 impl Model {
     /// Loads a GGUF model from a reader (in the guest: decrypted memory).
     pub fn load<R: Read + Seek>(reader: &mut R) -> Result<Self, ModelError> {
+        Self::load_with(reader, Kernels::Ciel)
+    }
+
+    /// [`Model::load`], choosing the kernels.
+    pub fn load_with<R: Read + Seek>(reader: &mut R, kernels: Kernels) -> Result<Self, ModelError> {
         let content =
             gguf_file::Content::read(reader).map_err(|e| ModelError::Load(e.to_string()))?;
         let context = content
@@ -51,8 +73,16 @@ impl Model {
             // candle's rotary tables stop at MAX_SEQ_LEN.
             .min(candle_transformers::models::quantized_llama::MAX_SEQ_LEN);
         let device = Device::Cpu;
-        let weights = ModelWeights::from_gguf(content, reader, &device)
-            .map_err(|e| ModelError::Load(e.to_string()))?;
+        let load = |e: candle_core::Error| ModelError::Load(e.to_string());
+        let weights = if kernels == Kernels::Ciel && Llama::serves(&content) {
+            Weights::Ciel(Box::new(
+                Llama::from_gguf(&content, reader, &device).map_err(load)?,
+            ))
+        } else {
+            Weights::Candle(Box::new(
+                ModelWeights::from_gguf(content, reader, &device).map_err(load)?,
+            ))
+        };
         Ok(Model {
             weights,
             device,
@@ -99,7 +129,11 @@ impl Model {
         let input = Tensor::new(ids, &self.device)
             .and_then(|t| t.unsqueeze(0))
             .map_err(err)?;
-        let logits = self.weights.forward(&input, self.pos).map_err(err)?;
+        let logits = match &mut self.weights {
+            Weights::Ciel(w) => w.forward(&input, self.pos),
+            Weights::Candle(w) => w.forward(&input, self.pos),
+        }
+        .map_err(err)?;
         self.pos += ids.len();
         logits
             .squeeze(0)

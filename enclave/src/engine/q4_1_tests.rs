@@ -1,0 +1,90 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+
+/// Deterministic values in about [-scale, scale].
+fn values(count: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..count)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+#[test]
+fn the_vector_block_dot_equals_the_scalar_one() {
+    let mut cases: Vec<([u8; 16], [i8; BLOCK])> = vec![
+        ([0xFF; 16], [127; BLOCK]),
+        ([0xFF; 16], [-128; BLOCK]),
+        ([0x00; 16], [-128; BLOCK]),
+        ([0xF0; 16], [-127; BLOCK]),
+    ];
+    for seed in 0..2000u64 {
+        let v = values(48, seed, 1.0);
+        let mut w = [0u8; 16];
+        let mut a = [0i8; BLOCK];
+        for (w, v) in w.iter_mut().zip(&v) {
+            *w = ((v + 1.0) * 127.9) as u8;
+        }
+        for (a, v) in a.iter_mut().zip(&v[16..]) {
+            *a = (v * 128.0).clamp(-128.0, 127.0) as i8;
+        }
+        cases.push((w, a));
+    }
+    for (w, a) in &cases {
+        assert_eq!(block_dot(w, a), block_dot_scalar(w, a), "{w:?} {a:?}");
+    }
+}
+
+/// Our product against candle's own Q4_1 path on the same quantized
+/// weights: equal to the bit, for one row (generation) and several
+/// (a prompt), with a row count that does not fill the last task.
+#[test]
+fn products_equal_candles_bit_for_bit() {
+    for (n, k, rows) in [
+        (40, 64, 1),
+        (40, 64, 7),
+        (576, 576, 1),
+        (192, 576, 3),
+        (576, 1536, 2),
+    ] {
+        let w = Tensor::from_vec(values(n * k, n as u64, 0.5), (n, k), &Device::Cpu).unwrap();
+        let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
+        let ours = Q4_1Matrix::from_blocks(n, k, &q.data().unwrap()).unwrap();
+        assert_eq!((ours.rows(), ours.cols()), (n, k));
+        let x = values(rows * k, 7 + rows as u64, 3.0);
+        let theirs = QMatMul::from_qtensor(q)
+            .unwrap()
+            .forward(&Tensor::from_vec(x.clone(), (rows, k), &Device::Cpu).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let got = ours.matmul(&x);
+        assert_eq!(got.len(), theirs.len());
+        for (i, (a, b)) in got.iter().zip(&theirs).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{n}×{k}, {rows} rows: element {i}: {a} vs {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn malformed_weights_are_refused() {
+    assert!(Q4_1Matrix::from_blocks(2, 33, &[0; 40]).is_err());
+    assert!(Q4_1Matrix::from_blocks(2, 32, &[0; 39]).is_err());
+    assert!(Q4_1Matrix::from_blocks(usize::MAX, 64, &[]).is_err());
+    assert!(Q4_1Matrix::from_blocks(2, 32, &[0; 40]).is_ok());
+}
