@@ -11,7 +11,8 @@
 //! vectorized (AVX2 `vpmaddubsw`/`vpmaddwd`), and rows run in parallel.
 
 use half::f16;
-use rayon::prelude::*;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Values per block.
 pub const BLOCK: usize = 32;
@@ -78,22 +79,34 @@ impl Q4_1Matrix {
     }
 
     /// `x` (`rows × k`, row-major) times this matrix transposed: `rows × n`,
-    /// row-major.
+    /// row-major. Output features are split into contiguous ranges run on
+    /// candle's own thread pool, so that the engine's threads never compete
+    /// with a second pool.
     pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
         let rows = x.len() / self.k;
         let acts: Vec<Q8_1Row> = x.chunks_exact(self.k).map(Q8_1Row::quantize).collect();
         let per_row = self.k / BLOCK;
-        // One task per run of output features; each writes its own
-        // `features × rows` slab, transposed into place afterwards.
-        const FEATURES_PER_TASK: usize = 16;
+        let pool = candle_core::utils::barrier_pool();
+        let threads = pool_threads();
+        let span = self.n.div_ceil(threads).max(1);
+        // Feature-major (`n × rows`): each thread writes its own slab.
         let mut by_feature = vec![0f32; self.n * rows];
-        by_feature
-            .par_chunks_mut(FEATURES_PER_TASK * rows)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * FEATURES_PER_TASK;
+        let slabs: Vec<Mutex<&mut [f32]>> =
+            by_feature.chunks_mut(span * rows).map(Mutex::new).collect();
+        // Each thread takes slabs until none is left, whatever the pool's
+        // size turns out to be.
+        let next = AtomicUsize::new(0);
+        pool.execute(|_| {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(slab) = slabs.get(i) else {
+                    return;
+                };
+                let Ok(mut out) = slab.lock() else {
+                    return;
+                };
                 for (f, out) in out.chunks_exact_mut(rows).enumerate() {
-                    let at = (first + f) * per_row;
+                    let at = (i * span + f) * per_row;
                     let w = WeightRow {
                         d: &self.d[at..at + per_row],
                         m: &self.m[at..at + per_row],
@@ -103,7 +116,9 @@ impl Q4_1Matrix {
                         *o = dot(&w, a);
                     }
                 }
-            });
+            }
+        });
+        drop(slabs);
         if rows == 1 {
             return by_feature;
         }
@@ -115,6 +130,13 @@ impl Q4_1Matrix {
         }
         out
     }
+}
+
+/// The size of candle's pool, asked once: candle works it out afresh on
+/// every call (reading `/proc/cpuinfo`, ~10 % of a generation step).
+fn pool_threads() -> usize {
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
 }
 
 /// One row of weights.
@@ -166,29 +188,31 @@ impl Q8_1Row {
 /// `Σ_blocks (Σ q_w·q_a) · d_w · d_a + m_w · s_a`, accumulated in block
 /// order, as ggml's `vec_dot_q4_1_q8_1` reference does.
 fn dot(w: &WeightRow<'_>, a: &Q8_1Row) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        avx2::dot(w, a)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    {
+        dot_with(w, a, block_dot_scalar)
+    }
+}
+
+/// [`dot`] with the given integer block product: the float arithmetic in
+/// one place for both versions.
+#[inline(always)]
+fn dot_with(w: &WeightRow<'_>, a: &Q8_1Row, block: impl Fn(&[u8; 16], &[i8; BLOCK]) -> i32) -> f32 {
     let mut sum = 0f32;
     for b in 0..w.qs.len() {
-        let sumi = block_dot(&w.qs[b], &a.qs[b]);
+        let sumi = block(&w.qs[b], &a.qs[b]);
         sum += sumi as f32 * w.d[b] * a.d[b] + w.m[b] * a.s[b];
     }
     sum
 }
 
-/// The exact integer dot product of one block: weight nibble `j` (low) and
-/// `j + 16` (high) of byte `j`, times activation `j` and `j + 16`.
-#[inline(always)]
-fn block_dot(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    {
-        avx2::block_dot_checked(w, a)
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-    {
-        block_dot_scalar(w, a)
-    }
-}
-
-/// The reference the SIMD version must equal.
+/// The exact integer dot product of one block (the reference): weight
+/// nibble `j` (low) and `j + 16` (high) of byte `j`, times activation `j`
+/// and `j + 16`.
 #[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2"), allow(dead_code))]
 fn block_dot_scalar(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
     let mut sum = 0i32;
@@ -201,22 +225,35 @@ fn block_dot_scalar(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 mod avx2 {
-    use super::BLOCK;
+    use super::{BLOCK, Q8_1Row, WeightRow, dot_with};
     use std::arch::x86_64::*;
 
     /// The build targets x86-64-v3 (`.cargo/config.toml`), so AVX2 is a
     /// compile-time fact here (`cfg(target_feature = "avx2")` above).
-    #[inline(always)]
     #[allow(unsafe_code)]
-    pub(super) fn block_dot_checked(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
+    pub(super) fn dot(w: &WeightRow<'_>, a: &Q8_1Row) -> f32 {
         // SAFETY: this module is compiled only when the build enables AVX2
         // for every function (`cfg(target_feature = "avx2")`), so the CPU
-        // running this code has it; `block_dot` itself is safe Rust with
-        // no pointer access.
+        // running this code has it; `dot_avx2` itself is safe Rust with no
+        // pointer access.
+        unsafe { dot_avx2(w, a) }
+    }
+
+    /// The whole row under AVX2, so that the block product inlines.
+    #[target_feature(enable = "avx2")]
+    fn dot_avx2(w: &WeightRow<'_>, a: &Q8_1Row) -> f32 {
+        dot_with(w, a, |w, a| block_dot(w, a))
+    }
+
+    #[allow(unsafe_code)]
+    #[cfg(test)]
+    pub(super) fn block_dot_for_tests(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
+        // SAFETY: as for `dot`.
         unsafe { block_dot(w, a) }
     }
 
     #[target_feature(enable = "avx2")]
+    #[inline]
     fn block_dot(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
         let word = |b: &[u8]| {
             let mut x = [0u8; 8];
