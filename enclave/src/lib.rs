@@ -8,7 +8,8 @@
 //! Linux interface common to SEV-SNP and TDX guests.
 
 // `unsafe` is denied everywhere but `platform::devices` (the guest
-// drivers' ioctls), which allows it for its one call.
+// drivers' ioctls) and the entry to the engine's AVX2 kernel
+// (`engine::q4_1::avx2::dot`), each allowing it for its one call.
 #![deny(unsafe_code)]
 
 pub mod engine;

@@ -5,7 +5,8 @@
 //! can turn into a verifiable quote — remote verifiers need the quote that
 //! configfs-tsm returns).
 //!
-//! This is the only place in ciel with `unsafe`: one `ioctl(2)` per
+//! With the entry to the engine's AVX2 kernel, this is one of the two
+//! places in ciel with `unsafe`: one `ioctl(2)` per
 //! request, on structs laid out as the kernel's UAPI headers
 //! (`linux/sev-guest.h`, `linux/tdx-guest.h`) declare them; the layouts are
 //! pinned by tests.

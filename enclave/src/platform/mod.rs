@@ -4,7 +4,8 @@
 //! ([`crate::kbs_client::sim::SimSnpSource`], development only). All
 //! produce the `tee-evidence` JSON the key broker and clients accept.
 //!
-//! [`devices`] is the only module of ciel allowed `unsafe` (its ioctls).
+//! [`devices`] is the only module here allowed `unsafe` (its ioctls; the
+//! only other `unsafe` in ciel enters the engine's AVX2 kernel).
 
 pub mod devices;
 
