@@ -37,6 +37,13 @@ impl Linear {
             Linear::Candle(q) => q.forward(x),
             Linear::Q4_1(w) => {
                 let mut dims = x.dims().to_vec();
+                if dims.last() != Some(&w.cols()) {
+                    return Err(candle_core::Error::Msg(format!(
+                        "input of shape {dims:?} for a {} × {} weight",
+                        w.rows(),
+                        w.cols()
+                    )));
+                }
                 let data = x.flatten_all()?.to_vec1::<f32>()?;
                 let out = w.matmul(&data);
                 if let Some(last) = dims.last_mut() {

@@ -82,8 +82,14 @@ impl Q4_1Matrix {
     /// row-major. Output features are split into contiguous ranges run on
     /// candle's own thread pool, so that the engine's threads never compete
     /// with a second pool.
+    ///
+    /// `x.len()` must be a multiple of `k` (a trailing partial row is
+    /// ignored); the llama pass checks the shape before calling.
     pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
         let rows = x.len() / self.k;
+        if rows == 0 || self.n == 0 {
+            return Vec::new();
+        }
         let acts: Vec<Q8_1Row> = x.chunks_exact(self.k).map(Q8_1Row::quantize).collect();
         let per_row = self.k / BLOCK;
         let pool = candle_core::utils::barrier_pool();

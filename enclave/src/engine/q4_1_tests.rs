@@ -93,3 +93,10 @@ fn malformed_weights_are_refused() {
     assert!(Q4_1Matrix::from_blocks(usize::MAX, 64, &[]).is_err());
     assert!(Q4_1Matrix::from_blocks(2, 32, &[0; 40]).is_ok());
 }
+
+#[test]
+fn an_empty_input_gives_an_empty_output() {
+    let m = Q4_1Matrix::from_blocks(2, 32, &[0; 40]).unwrap();
+    assert!(m.matmul(&[]).is_empty());
+    assert_eq!(m.matmul(&[1.0; 32]).len(), 2);
+}
