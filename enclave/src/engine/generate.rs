@@ -39,6 +39,9 @@ pub enum Finish {
     Stop,
     /// `max_tokens` reached.
     Length,
+    /// Whoever asked stopped waiting (a client that went away): the rest
+    /// was not computed.
+    Abandoned,
 }
 
 /// The result.
@@ -83,6 +86,18 @@ pub fn generate(
     model: &mut impl Logits,
     tokenizer: &Tokenizer,
     req: &Request,
+    emit: impl FnMut(&str),
+) -> Result<Completion, GenerateError> {
+    generate_while(model, tokenizer, req, || true, emit)
+}
+
+/// [`generate`], asking `wanted` before each new token: once it says no,
+/// generation ends as [`Finish::Abandoned`] without computing the rest.
+pub fn generate_while(
+    model: &mut impl Logits,
+    tokenizer: &Tokenizer,
+    req: &Request,
+    mut wanted: impl FnMut() -> bool,
     mut emit: impl FnMut(&str),
 ) -> Result<Completion, GenerateError> {
     if req.prompt.is_empty() {
@@ -96,6 +111,10 @@ pub fn generate(
     let mut text = String::new();
     let mut finish = Finish::Length;
     for step in 0..req.max_tokens {
+        if !wanted() {
+            finish = Finish::Abandoned;
+            break;
+        }
         let next = sampler.sample(&logits);
         if Some(next) == tokenizer.eos {
             finish = Finish::Stop;
@@ -171,6 +190,35 @@ mod tests {
         let (c, p) = run(&[1, 2, 1, 0], 10, &["bc"]);
         assert_eq!(c.text, "aba");
         assert_eq!(p.concat(), "aba");
+    }
+
+    #[test]
+    fn an_unwanted_request_stops_computing() {
+        let mut m = Script {
+            tokens: [1, 2, 3].repeat(10),
+            at: 0,
+            vocab: 7,
+        };
+        let req = Request {
+            prompt: vec![1],
+            max_tokens: 1000,
+            sampling: SamplingParams::default(),
+            stop: vec![],
+        };
+        let mut asked = 0;
+        let c = generate_while(
+            &mut m,
+            &tokenizer(),
+            &req,
+            || {
+                asked += 1;
+                asked <= 4
+            },
+            |_| {},
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.finish, c.ids.len()), (Finish::Abandoned, 4));
+        assert_eq!(c.text, "abca");
     }
 
     #[test]

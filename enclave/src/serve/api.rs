@@ -375,6 +375,8 @@ fn finish_reason(f: Finish) -> &'static str {
     match f {
         Finish::Stop => "stop",
         Finish::Length => "length",
+        // Never seen by a client: it is gone.
+        Finish::Abandoned => "cancelled",
     }
 }
 

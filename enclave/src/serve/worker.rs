@@ -4,7 +4,7 @@
 //! own event channel, so concurrent clients each receive exactly their own
 //! answer.
 
-use crate::engine::generate::{Completion, Logits, Request, generate};
+use crate::engine::generate::{Completion, Finish, Logits, Request, generate_while};
 use crate::engine::tokenizer::Tokenizer;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -66,18 +66,37 @@ impl Worker {
                 while let Ok(job) = rx.recv() {
                     let started = std::time::Instant::now();
                     let events = job.events;
+                    if events.is_closed() {
+                        tracing::info!("request dropped: its client left while it waited");
+                        continue;
+                    }
                     // A panic in the engine leaves the model in an unknown
                     // state, so the worker stops. It closes the queue before
                     // answering, so that once a client has seen the failure
                     // every later request is refused as `Stopped`.
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        generate(&mut model, &tk, &job.request, |text| {
-                            // A client that went away no longer receives;
-                            // the request still runs to its token limit.
-                            let _ = events.send(Event::Text(text.to_string()));
-                        })
+                        // A client that went away (its receiver dropped) ends
+                        // its request at the next token: no compute is
+                        // spent on answers nobody reads.
+                        generate_while(
+                            &mut model,
+                            &tk,
+                            &job.request,
+                            || !events.is_closed(),
+                            |text| {
+                                let _ = events.send(Event::Text(text.to_string()));
+                            },
+                        )
                     }));
                     match result {
+                        Ok(Ok(done)) if done.finish == Finish::Abandoned => {
+                            tracing::info!(
+                                prompt_tokens = done.prompt_tokens,
+                                completion_tokens = done.ids.len(),
+                                ms = started.elapsed().as_millis() as u64,
+                                "request abandoned by its client"
+                            );
+                        }
                         Ok(Ok(done)) => {
                             tracing::info!(
                                 prompt_tokens = done.prompt_tokens,
@@ -186,6 +205,45 @@ mod tests {
         assert_eq!(text_of(second, "").await, "ab");
         // Room again.
         assert_eq!(text_of(w.submit(request(3)).unwrap(), "").await, "abc");
+    }
+
+    /// A scripted model that counts its forward passes.
+    struct Counted(Script, Arc<std::sync::atomic::AtomicUsize>);
+
+    impl Logits for Counted {
+        fn reset(&mut self) {
+            self.0.reset();
+        }
+        fn forward(&mut self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            self.0.forward(ids)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_stops_its_request() {
+        let passes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let model = Counted(
+            Script {
+                // Far more than the test waits for: only leaving stops it.
+                tokens: [1, 2, 3].repeat(700),
+                at: 0,
+                vocab: 7,
+            },
+            passes.clone(),
+        );
+        let w = Worker::spawn(model, Arc::new(tokenizer()), 4096, 4).unwrap();
+        let mut first = w.submit(request(2000)).unwrap();
+        assert!(matches!(first.recv().await, Some(Event::Text(_))));
+        drop(first);
+        // The next request runs to its end, so the first one has stopped.
+        assert_eq!(text_of(w.submit(request(3)).unwrap(), "").await, "abc");
+        let used = passes.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            used < 100,
+            "{used} forward passes for a client that left after one token"
+        );
     }
 
     /// A model that dies on its first use.
