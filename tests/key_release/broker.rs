@@ -1,0 +1,129 @@
+//! A broker in-process on loopback, and the simulated guest's side.
+
+use super::*;
+
+pub fn sim() -> &'static SnpSim {
+    static S: OnceLock<SnpSim> = OnceLock::new();
+    S.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        SnpSim::generate(ciel_attestation::UnixTime(now)).unwrap()
+    })
+}
+
+pub const KEY: [u8; 32] = [0x42; 32];
+
+pub struct Broker {
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub admin: ring::signature::Ed25519KeyPair,
+    pub _shutdown: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Broker {
+    pub fn audit(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("audit.jsonl")).unwrap_or_default()
+    }
+}
+
+/// Starts a broker whose resources name the policies given (TOML bodies).
+pub fn start(ttl: u64, trust_sim: bool, resources: &[(&str, String)]) -> Broker {
+    start_with_audit(ttl, trust_sim, resources, |c| {
+        AuditLog::open(&c.audit_log).unwrap()
+    })
+}
+
+/// [`start`], with the audit log the closure makes.
+pub fn start_with_audit(
+    ttl: u64,
+    trust_sim: bool,
+    resources: &[(&str, String)],
+    audit_log: impl FnOnce(&Config) -> AuditLog,
+) -> Broker {
+    let dir = tempfile::tempdir().unwrap();
+    let fp = hex::encode(sim().root_sha256());
+    std::fs::write(dir.path().join("master.key"), hex::encode([9u8; 32])).unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let admin = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    use ring::signature::KeyPair;
+    let mut cfg = format!(
+        "key_store = \"keys.json\"\nmaster_key_file = \"master.key\"\naudit_log = \"audit.jsonl\"\nsession_ttl_seconds = {ttl}\nadmin_public_key = \"{}\"\n",
+        hex::encode(admin.public_key().as_ref())
+    );
+    if trust_sim {
+        cfg.push_str(&format!("danger_simulated_roots = [\"{fp}\"]\n"));
+    }
+    for (i, (path, policy)) in resources.iter().enumerate() {
+        let pf = format!("policy{i}.toml");
+        std::fs::write(
+            dir.path().join(&pf),
+            format!("danger_simulated_roots = [\"{fp}\"]\n{policy}"),
+        )
+        .unwrap();
+        cfg.push_str(&format!(
+            "[[resource]]\npath = \"{path}\"\npolicy_file = \"{pf}\"\n"
+        ));
+    }
+    std::fs::write(dir.path().join("kbs.toml"), cfg).unwrap();
+    let config = Config::load(&dir.path().join("kbs.toml")).unwrap();
+    let master = ciel_keybroker::store::read_master_key(&config.master_key_file).unwrap();
+    let mut store = KeyStore::open(&config.key_store, &master).unwrap();
+    for (path, _) in resources {
+        store
+            .put(&ResourcePath::parse(path).unwrap(), &KEY)
+            .unwrap();
+    }
+    let audit = audit_log(&config);
+    let state = Arc::new(AppState::new(config, store, audit));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            serve(listener, state, async move {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+        });
+    });
+    let addr = addr_rx.recv().unwrap();
+    Broker {
+        base: format!("http://{addr}"),
+        dir,
+        admin,
+        _shutdown: tx,
+    }
+}
+
+pub fn measurement() -> String {
+    hex::encode(SimSnpReport::default().measurement)
+}
+
+pub fn client(b: &Broker) -> KbsClient {
+    KbsClient::new(
+        &b.base,
+        Backoff {
+            attempts: 2,
+            first: Duration::from_millis(10),
+            max: Duration::from_millis(20),
+            attempt_timeout: Duration::from_secs(30),
+        },
+    )
+}
+
+pub fn refused_kind(e: KbsClientError) -> String {
+    match e {
+        KbsClientError::Refused { kind, .. } => kind,
+        other => panic!("expected a refusal, got {other}"),
+    }
+}
