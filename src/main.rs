@@ -55,6 +55,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // In the guest image this binary is `/init`: as PID 1 it sets up the
+    // VM and runs itself, with the kernel command line's words after `--`,
+    // as the runtime (`ciel_enclave::init`).
+    if std::process::id() == 1 {
+        let mut argv = std::env::args_os();
+        let program = argv
+            .next()
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "/init".into());
+        let args: Vec<_> = argv.collect();
+        ciel_enclave::init::run(&program, &args);
+    }
+    // A blocked signal mask survives exec: the runtime started by PID 1
+    // takes its signals back.
+    let _ = ciel_enclave::init::supervised_signals().thread_unblock();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Attest(cmd) => cli::attest::run(cmd),

@@ -13,6 +13,7 @@
 #![deny(unsafe_code)]
 
 pub mod engine;
+pub mod init;
 pub mod kbs_client;
 pub mod platform;
 pub mod serve;
