@@ -1,12 +1,12 @@
 //! The guest's PID 1. In the image the runtime is `/init`; the kernel starts
 //! it with the words after `--` on its (measured) command line, e.g.
 //! `console=ttyS0 -- enclave serve --kbs … --listen vsock://any:8000`.
-//! As PID 1 it mounts what the runtime needs (`/proc`, `/sys`, `/dev`,
-//! configfs for configfs-tsm), loads the image's kernel modules in their
-//! recorded order (vsock transports), runs the runtime as its child with
-//! those words, reaps every child, passes SIGTERM/SIGINT/SIGPWR on to the
-//! runtime, and powers the VM off when the runtime ends — a guest never
-//! lingers without its service.
+//! As PID 1 it mounts what the runtime needs (`/proc`, `/sys`, `/dev`),
+//! loads the image's kernel modules in their recorded order (virtio, vsock
+//! transports, configfs), mounts configfs (for configfs-tsm), runs the
+//! runtime as its child with those words, reaps every child, passes
+//! SIGTERM/SIGINT/SIGPWR on to the runtime, and powers the VM off when the
+//! runtime ends — a guest never lingers without its service.
 
 use nix::errno::Errno;
 use nix::mount::{MsFlags, mount};
@@ -37,13 +37,33 @@ pub fn supervised_signals() -> SigSet {
     set
 }
 
-/// File systems PID 1 mounts: (source, target, type).
-const MOUNTS: [(&str, &str, &str); 4] = [
+/// File systems PID 1 mounts before loading modules: (source, target, type).
+const EARLY_MOUNTS: [(&str, &str, &str); 3] = [
     ("proc", "/proc", "proc"),
     ("sysfs", "/sys", "sysfs"),
     ("devtmpfs", "/dev", "devtmpfs"),
-    ("configfs", "/sys/kernel/config", "configfs"),
 ];
+
+/// configfs (for configfs-tsm) comes after the modules: distribution
+/// kernels such as Debian's cloud kernel build it as one.
+const CONFIGFS: (&str, &str, &str) = ("configfs", "/sys/kernel/config", "configfs");
+
+fn mount_fs((source, target, fstype): (&str, &str, &str)) {
+    let _ = std::fs::create_dir_all(target);
+    match mount(
+        Some(source),
+        target,
+        Some(fstype),
+        MsFlags::empty(),
+        None::<&str>,
+    ) {
+        Ok(()) => say(format_args!("mounted {fstype} on {target}")),
+        Err(Errno::EBUSY) => {}
+        // configfs may be absent from the kernel: the runtime then says so
+        // itself when it looks for configfs-tsm.
+        Err(e) => say(format_args!("mount {fstype} on {target}: {e}")),
+    }
+}
 
 fn say(what: std::fmt::Arguments<'_>) {
     eprintln!("ciel-init: {what}");
@@ -56,23 +76,11 @@ pub fn run(program: &Path, args: &[OsString]) -> ! {
     if let Err(e) = signals.thread_block() {
         say(format_args!("cannot block signals: {e}"));
     }
-    for (source, target, fstype) in MOUNTS {
-        let _ = std::fs::create_dir_all(target);
-        match mount(
-            Some(source),
-            target,
-            Some(fstype),
-            MsFlags::empty(),
-            None::<&str>,
-        ) {
-            Ok(()) => say(format_args!("mounted {fstype} on {target}")),
-            Err(Errno::EBUSY) => {}
-            // configfs is absent from kernels without it: the runtime then
-            // says so itself when it looks for configfs-tsm.
-            Err(e) => say(format_args!("mount {fstype} on {target}: {e}")),
-        }
+    for fs in EARLY_MOUNTS {
+        mount_fs(fs);
     }
     load_modules(Path::new(MODULE_DIR), Path::new(MODULE_ORDER));
+    mount_fs(CONFIGFS);
     let status = match std::process::Command::new(program).args(args).spawn() {
         Ok(child) => supervise(Pid::from_raw(child.id() as i32), &signals),
         Err(e) => {
