@@ -59,7 +59,7 @@ fn as_pid_1_the_runtime_runs_and_its_end_powers_the_vm_off() {
 fn sigterm_to_pid_1_stops_the_runtime_gracefully_then_powers_off() {
     // A long-running runtime that drains and exits 0 on SIGTERM.
     let dir = tempfile::tempdir().unwrap();
-    let unshare = as_pid1(&[
+    let mut unshare = as_pid1(&[
         "host",
         "serve",
         "--listen",
@@ -71,31 +71,43 @@ fn sigterm_to_pid_1_stops_the_runtime_gracefully_then_powers_off() {
     ])
     .spawn()
     .unwrap();
-    // PID 1 of the namespace is unshare's child; wait for the runtime (its
-    // child) to be up before asking it to stop.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let init = loop {
-        let children =
-            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id()))
-                .unwrap_or_default();
-        if let Some(init) = children.split_whitespace().next() {
-            let runtime = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
-                .unwrap_or_default();
-            if !runtime.trim().is_empty() {
-                break init.to_string();
-            }
+    // The console, line by line: the runtime is ready for SIGTERM once it
+    // says its API proxy listens (its signal handler is in place by then).
+    let console = unshare.stderr.take().unwrap();
+    let (line_tx, lines) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(console)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = line_tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
         }
-        assert!(Instant::now() < deadline, "PID 1 never started its runtime");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    std::thread::sleep(Duration::from_millis(300));
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains("API proxy") => break,
+            Ok(_) => {}
+            Err(_) => panic!("the runtime never came up under PID 1"),
+        }
+    }
+    // PID 1 of the namespace is unshare's child.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.id())).unwrap();
+    let init = children.split_whitespace().next().unwrap().to_string();
     let sent = Command::new("kill")
         .args(["-TERM", &init])
         .status()
         .unwrap();
     assert!(sent.success());
-    let out = unshare.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let status = unshare.wait().unwrap();
+    let stderr = reader.join().unwrap();
     assert!(
         stderr.contains("SIGTERM: asking the runtime to stop"),
         "{stderr}"
@@ -104,7 +116,7 @@ fn sigterm_to_pid_1_stops_the_runtime_gracefully_then_powers_off() {
         stderr.contains("the runtime ended (Exited(Pid(2), 0)); powering off"),
         "{stderr}"
     );
-    assert_eq!(out.status.signal(), Some(SIGINT), "{stderr}");
+    assert_eq!(status.signal(), Some(SIGINT), "{stderr}");
 }
 
 #[test]
