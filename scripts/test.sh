@@ -17,6 +17,10 @@ banner "Demo model (for the tokenizer tests; cached after the first fetch)"
 banner "Unit, property and end-to-end tests"
 cargo test --workspace --locked --no-fail-fast
 
+banner "VM boot test (the image under QEMU TCG, virtio-vsock to the host shim)"
+eval "$(./scripts/vm-assets.sh)"
+cargo test --locked --test vm_boot -- --ignored --nocapture
+
 banner "Fuzz smoke run (every parser of untrusted bytes, a few seconds each)"
 ./scripts/fuzz-smoke.sh
 

@@ -238,3 +238,72 @@ fn image_build_is_reproducible_and_launchable() {
         run.stdout
     );
 }
+
+#[test]
+fn gce_and_svsm_launches_from_the_command_line() {
+    let dir = vector("measure/sev-snp-measure");
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    // sev-snp-measure's test_snp_gce_with_multiple_vcpus_default.
+    let run = ciel([
+        "image".as_ref(),
+        "measure".as_ref(),
+        "snp".as_ref(),
+        "--ovmf".as_ref(),
+        dir.join("ovmf_AmdSev_suffix.bin").as_os_str(),
+        "--kernel".as_ref(),
+        empty.as_os_str(),
+        "--initrd".as_ref(),
+        empty.as_os_str(),
+        "--append".as_ref(),
+        "".as_ref(),
+        "--vcpus".as_ref(),
+        "4".as_ref(),
+        "--vmm-type".as_ref(),
+        "gce".as_ref(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout.trim(),
+        "5c5debf100fc339f90276e761ee1f1658d08922c3b20e2a2e6c7a6c3370b2452a15a00eae11886a93d6fd1e7ab81e29d"
+    );
+    // test_snp_svsm_2_vcpus.
+    let svsm = |vars: &str| {
+        ciel([
+            "image".as_ref(),
+            "measure".as_ref(),
+            "snp".as_ref(),
+            "--ovmf".as_ref(),
+            dir.join("svsm_ovmf.fd").as_os_str(),
+            "--svsm".as_ref(),
+            dir.join("svsm.bin").as_os_str(),
+            "--ovmf-vars-size".as_ref(),
+            vars.as_ref(),
+            "--vcpus".as_ref(),
+            "2".as_ref(),
+            "--vcpu-type".as_ref(),
+            "EPYC-v4".as_ref(),
+            "--guest-features".as_ref(),
+            "0x21".as_ref(),
+        ])
+    };
+    let run = svsm("540672");
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(
+        run.stdout.trim(),
+        "9b94745036aafddf4f7f8b00c7513abb5b7703178cb95aaa57928bd963d68d3bfcb715d6019b9167ee2517b11b0d9be7"
+    );
+    // Another variable-store size moves the SVSM, and so the digest.
+    let moved = svsm("528384");
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert_ne!(moved.stdout, run.stdout);
+    // A store that leaves no room below 4 GiB is an error, not a digest.
+    let absurd = svsm("5000000000");
+    assert_eq!(absurd.code, 2, "{}", absurd.stdout);
+    assert!(
+        absurd.stderr.contains("ovmf-vars-size"),
+        "{}",
+        absurd.stderr
+    );
+}

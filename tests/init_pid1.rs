@@ -15,11 +15,20 @@ use std::time::{Duration, Instant};
 
 fn as_pid1(args: &[&str]) -> Command {
     let mut c = Command::new("unshare");
-    c.args(["--pid", "--fork", "--mount", "--propagation", "private"])
-        .arg(env!("CARGO_BIN_EXE_ciel"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    // A fresh network namespace too: its loopback interface starts down,
+    // as a VM's does, and the runtime below needs 127.0.0.1.
+    c.args([
+        "--pid",
+        "--fork",
+        "--mount",
+        "--net",
+        "--propagation",
+        "private",
+    ])
+    .arg(env!("CARGO_BIN_EXE_ciel"))
+    .args(args)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     c
 }
 
@@ -38,6 +47,7 @@ fn as_pid_1_the_runtime_runs_and_its_end_powers_the_vm_off() {
         stderr.contains("ciel-init: mounted proc on /proc"),
         "{stderr}"
     );
+    assert!(stderr.contains("ciel-init: loopback up"), "{stderr}");
     assert!(
         stderr.contains("the runtime ended (Exited(Pid(2), 0)); powering off"),
         "{stderr}"

@@ -3,10 +3,11 @@
 //! `console=ttyS0 -- enclave serve --kbs … --listen vsock://any:8000`.
 //! As PID 1 it mounts what the runtime needs (`/proc`, `/sys`, `/dev`),
 //! loads the image's kernel modules in their recorded order (virtio, vsock
-//! transports, configfs), mounts configfs (for configfs-tsm), runs the
-//! runtime as its child with those words, reaps every child, passes
-//! SIGTERM/SIGINT/SIGPWR on to the runtime, and powers the VM off when the
-//! runtime ends — a guest never lingers without its service.
+//! transports, configfs), mounts configfs (for configfs-tsm), sets the
+//! loopback interface up, runs the runtime as its child with those words,
+//! reaps every child, passes SIGTERM/SIGINT/SIGPWR (and Ctrl-Alt-Del, as
+//! SIGINT) on to the runtime, and powers the VM off when the runtime ends —
+//! a guest never lingers without its service.
 
 use nix::errno::Errno;
 use nix::mount::{MsFlags, mount};
@@ -79,8 +80,21 @@ pub fn run(program: &Path, args: &[OsString]) -> ! {
     for fs in EARLY_MOUNTS {
         mount_fs(fs);
     }
+    // Ctrl-Alt-Del (a VMM's "send key", or an operator at the console)
+    // then reaches PID 1 as SIGINT and stops the runtime in order, instead
+    // of resetting the VM under its clients. (Outside the initial PID
+    // namespace the kernel refuses this, harmlessly.)
+    if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
+        say(format_args!("Ctrl-Alt-Del stays a reset: {e}"));
+    }
     load_modules(Path::new(MODULE_DIR), Path::new(MODULE_ORDER));
     mount_fs(CONFIGFS);
+    // The runtime bridges its key-broker TLS over 127.0.0.1, and a fresh
+    // kernel's loopback interface is down.
+    match loopback_up() {
+        Ok(()) => say(format_args!("loopback up")),
+        Err(e) => say(format_args!("cannot bring the loopback interface up: {e}")),
+    }
     let status = match std::process::Command::new(program).args(args).spawn() {
         Ok(child) => supervise(Pid::from_raw(child.id() as i32), &signals),
         Err(e) => {
@@ -120,6 +134,49 @@ pub fn load_modules(dir: &Path, order: &Path) -> usize {
         }
     }
     loaded
+}
+
+/// Sets `lo` up with one rtnetlink request (RTM_NEWLINK, IFF_UP) and
+/// waits for the kernel's acknowledgement. Safe wrappers only: nix has no
+/// interface-flags call, but netlink is just bytes on a socket.
+pub fn loopback_up() -> Result<(), Errno> {
+    use nix::sys::socket::{AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
+    use std::os::fd::AsRawFd;
+    const RTM_NEWLINK: u16 = 16;
+    const NLM_F_REQUEST_ACK: u16 = 0x1 | 0x4;
+    const NLMSG_ERROR: u16 = 2;
+    const IFF_UP: u32 = 1;
+    let index = nix::net::if_::if_nametoindex("lo")?;
+    let sock = nix::sys::socket::socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkRoute,
+    )?;
+    // nlmsghdr (length, type, flags, sequence, port) then ifinfomsg
+    // (family, pad, type, index, flags, change mask).
+    let mut msg = Vec::with_capacity(32);
+    msg.extend_from_slice(&32u32.to_ne_bytes());
+    msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
+    msg.extend_from_slice(&NLM_F_REQUEST_ACK.to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&[0, 0, 0, 0]);
+    msg.extend_from_slice(&index.to_ne_bytes());
+    msg.extend_from_slice(&IFF_UP.to_ne_bytes());
+    msg.extend_from_slice(&IFF_UP.to_ne_bytes());
+    nix::sys::socket::send(sock.as_raw_fd(), &msg, MsgFlags::empty())?;
+    let mut reply = [0u8; 256];
+    let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut reply, MsgFlags::empty())?;
+    let field = |at: usize| reply.get(at..at + 4).and_then(|b| b.try_into().ok());
+    match (
+        reply.get(4..6).map(|t| u16::from_ne_bytes([t[0], t[1]])),
+        field(16).map(i32::from_ne_bytes),
+    ) {
+        (Some(NLMSG_ERROR), Some(0)) if n >= 20 => Ok(()),
+        (Some(NLMSG_ERROR), Some(e)) if n >= 20 => Err(Errno::from_raw(-e)),
+        _ => Err(Errno::EPROTO),
+    }
 }
 
 /// Waits for signals: reaps every exited child (orphans re-parented to

@@ -13,6 +13,10 @@ pub struct ImageInputs {
     pub init: Vec<u8>,
     /// Kernel modules in load order: (file name, contents).
     pub modules: Vec<(String, Vec<u8>)>,
+    /// Further files: (path in the image, relative; contents). Their parent
+    /// directories are created. For what the runtime reads at boot and must
+    /// be measured with it: the key broker's CA, a simulated platform's keys.
+    pub files: Vec<(String, Vec<u8>)>,
     pub cmdline: String,
 }
 
@@ -24,6 +28,8 @@ pub enum BuildError {
     ModuleName(String),
     #[error("module {0:?} is listed twice")]
     DuplicateModule(String),
+    #[error("image file {0:?}: a relative path outside the runtime's own entries is required")]
+    FilePath(String),
     #[error("kernel command line: {0}")]
     Cmdline(String),
     #[error(transparent)]
@@ -97,7 +103,44 @@ pub fn initramfs(inputs: &ImageInputs) -> Result<Vec<u8>, BuildError> {
             data: order.into_bytes(),
         },
     )?;
+    for (path, data) in &inputs.files {
+        add_file(&mut a, path, data)?;
+    }
     Ok(a.to_bytes()?)
+}
+
+/// Adds an extra file, creating its parent directories; the runtime's own
+/// entries (`/init`, the modules, their order, the console) cannot be
+/// replaced this way, nor can a directory become a file.
+fn add_file(a: &mut Archive, path: &str, data: &[u8]) -> Result<(), BuildError> {
+    let reserved = path == "init"
+        || path == MODULE_ORDER
+        || path.starts_with(&format!("{MODULE_DIR}/"))
+        || path.starts_with("dev/");
+    if reserved || a.get(path).is_some() {
+        return Err(BuildError::FilePath(path.to_string()));
+    }
+    let mut parent = String::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    for seg in segments.iter().take(segments.len().saturating_sub(1)) {
+        if !parent.is_empty() {
+            parent.push('/');
+        }
+        parent.push_str(seg);
+        match a.get(&parent) {
+            None => a.insert(&parent, Node::Dir { mode: 0o755 })?,
+            Some(Node::Dir { .. }) => {}
+            Some(_) => return Err(BuildError::FilePath(path.to_string())),
+        }
+    }
+    a.insert(
+        path,
+        Node::File {
+            mode: 0o600,
+            data: data.to_vec(),
+        },
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -114,6 +157,7 @@ mod tests {
                     b"m2".to_vec(),
                 ),
             ],
+            files: vec![("etc/ciel/kbs-ca.pem".into(), b"PEM".to_vec())],
             cmdline: "console=ttyS0".into(),
         }
     }
@@ -129,6 +173,7 @@ mod tests {
             "dev/console\0",
             "lib/modules/vsock.ko\0",
             "etc/ciel/modules.order\0",
+            "etc/ciel/kbs-ca.pem\0",
             "TRAILER!!!\0",
         ] {
             assert!(text.contains(name), "{name}");
@@ -151,5 +196,35 @@ mod tests {
         let mut i = inputs();
         i.cmdline = "a\nb".into();
         assert!(initramfs(&i).is_err());
+    }
+
+    #[test]
+    fn extra_files_get_their_directories_but_cannot_replace_the_runtime() {
+        let mut i = inputs();
+        i.files = vec![("var/lib/ciel/sim/snp/vcek.key".into(), b"k".to_vec())];
+        let bytes = initramfs(&i).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        for name in [
+            "var\0",
+            "var/lib\0",
+            "var/lib/ciel/sim/snp\0",
+            "var/lib/ciel/sim/snp/vcek.key\0",
+        ] {
+            assert!(text.contains(name), "{name}");
+        }
+        for bad in [
+            "init",
+            "lib/modules/vsock.ko",
+            "etc/ciel/modules.order",
+            "dev/console",
+            "etc/ciel/kbs-ca.pem/x",
+            "etc",
+            "../x",
+            "/etc/x",
+        ] {
+            let mut i = inputs();
+            i.files.push((bad.into(), vec![]));
+            assert!(initramfs(&i).is_err(), "{bad}");
+        }
     }
 }

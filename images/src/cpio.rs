@@ -57,6 +57,11 @@ impl Archive {
         Ok(())
     }
 
+    /// The entry at `path`, if any.
+    pub fn get(&self, path: &str) -> Option<&Node> {
+        self.entries.get(path)
+    }
+
     /// The archive bytes.
     pub fn to_bytes(&self) -> Result<Vec<u8>, CpioError> {
         let mut out = Vec::new();

@@ -13,3 +13,4 @@ pub mod build;
 pub mod ccel;
 pub mod cpio;
 pub mod snp_measure;
+mod snp_vmsa;

@@ -3,7 +3,11 @@
 //! the OVMF image, the direct-boot kernel/initrd/cmdline hashes, the VMSA
 //! of each vCPU — so that a policy can name the MEASUREMENT a genuine
 //! launch of this image produces (SEV-SNP ABI spec, "SNP_LAUNCH_UPDATE";
-//! results equal AMD's `sev-snp-measure` tool's).
+//! results equal AMD's `sev-snp-measure` tool's). Also a Coconut SVSM
+//! launched below OVMF.
+
+pub use crate::snp_vmsa::Vmm;
+use crate::snp_vmsa::{BSP_EIP, ovmf_vmsa, svsm_vmsa};
 
 /// Why a digest could not be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,12 +26,12 @@ pub enum MeasureError {
 const PAGE: usize = 4096;
 const FOUR_GB: u64 = 0x1_0000_0000;
 const VMSA_GPA: u64 = 0xFFFF_FFFF_F000;
-const BSP_EIP: u64 = 0xFFFF_FFF0;
 
 // Page types of SNP_LAUNCH_UPDATE.
 const PAGE_NORMAL: u8 = 1;
 const PAGE_VMSA: u8 = 2;
 const PAGE_ZERO: u8 = 3;
+const PAGE_UNMEASURED: u8 = 4;
 const PAGE_SECRETS: u8 = 5;
 const PAGE_CPUID: u8 = 6;
 
@@ -53,6 +57,8 @@ const HASH_TABLE_HEADER_GUID: &str = "9438d606-4f22-4cc9-b479-a793d411fd21";
 const CMDLINE_GUID: &str = "97d02dd8-bd20-4c94-aa78-e7714d36ab2a";
 const INITRD_GUID: &str = "44baf731-3a2f-4bd7-9af1-41e29169781d";
 const KERNEL_GUID: &str = "4de79437-abd2-427f-b835-d5b172d2045b";
+/// In a Coconut SVSM image: its entry point, relative to where it is loaded.
+const SVSM_INFO_GUID: &str = "a789a612-0597-4c4b-a49f-cbb1fe9d1ddd";
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     b.get(at..at.checked_add(4)?)
@@ -83,20 +89,37 @@ struct SectionDesc {
     kind: Section,
 }
 
-/// An OVMF image: its bytes, GUIDed footer table and SEV metadata.
+/// An OVMF image (or a Coconut SVSM image, which has the same footer
+/// table): its bytes, GUIDed footer table, SEV metadata, and where it ends
+/// in guest memory.
 #[derive(Debug)]
 pub struct Ovmf {
     data: Vec<u8>,
+    end: u64,
     table: Vec<([u8; 16], Vec<u8>)>,
     sections: Vec<SectionDesc>,
 }
 
 impl Ovmf {
-    /// Parses an OVMF image (the whole `OVMF.fd`, or its last pages).
+    /// Parses an OVMF image (the whole `OVMF.fd`, or its last pages),
+    /// loaded so that it ends at 4 GiB.
     pub fn parse(data: Vec<u8>) -> Result<Self, MeasureError> {
+        Self::parse_ending_at(data, FOUR_GB)
+    }
+
+    /// Parses an image loaded so that it ends at `end` (a Coconut SVSM sits
+    /// below OVMF and its variable store).
+    pub fn parse_ending_at(data: Vec<u8>, end: u64) -> Result<Self, MeasureError> {
         let bad = |m: &str| MeasureError::Ovmf(m.to_string());
-        if data.is_empty() || !data.len().is_multiple_of(PAGE) || data.len() as u64 > FOUR_GB {
-            return Err(bad("size is not a non-zero multiple of 4 KiB below 4 GiB"));
+        if data.is_empty()
+            || !data.len().is_multiple_of(PAGE)
+            || !end.is_multiple_of(PAGE as u64)
+            || data.len() as u64 > end
+            || end > FOUR_GB
+        {
+            return Err(bad(
+                "size is not a non-zero multiple of 4 KiB that fits below its end (at most 4 GiB)",
+            ));
         }
         // The footer entry ends 32 bytes before the end: u16 size, GUID.
         let footer = data
@@ -130,6 +153,7 @@ impl Ovmf {
         }
         let mut ovmf = Ovmf {
             data,
+            end,
             table,
             sections: Vec::new(),
         };
@@ -198,9 +222,16 @@ impl Ovmf {
             .collect()
     }
 
-    /// Guest physical address the image is loaded at (it ends at 4 GiB).
+    /// Guest physical address the image is loaded at.
     pub fn gpa(&self) -> u64 {
-        FOUR_GB - self.data.len() as u64
+        self.end - self.data.len() as u64
+    }
+
+    /// A Coconut SVSM image's entry point (guest physical).
+    fn svsm_entry(&self) -> Option<u64> {
+        self.entry(SVSM_INFO_GUID)
+            .and_then(|e| u32_at(e, 0))
+            .map(|off| self.gpa() + u64::from(off))
     }
 
     fn sev_es_reset_eip(&self) -> Option<u32> {
@@ -251,15 +282,6 @@ impl Gctx {
     }
 }
 
-/// Which VMM launches the guest: it decides VMSA details and the CPUID page.
-/// (GCE's launch differs in ways not reproduced yet; it is refused rather
-/// than measured wrongly.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Vmm {
-    Qemu,
-    Ec2,
-}
-
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct SnpLaunch<'a> {
@@ -269,13 +291,17 @@ pub struct SnpLaunch<'a> {
     pub initrd: Option<&'a [u8]>,
     pub append: Option<&'a str>,
     pub vcpus: u32,
-    /// CPUID(1).EAX signature given to the guest (QEMU/EC2).
+    /// CPUID(1).EAX signature given to the guest (QEMU only: EC2 and
+    /// GCE report a fixed one).
     pub vcpu_sig: u32,
     /// SEV_FEATURES of the VMSAs (`guest_features`, e.g. 0x1 or 0x21).
     pub guest_features: u64,
     pub vmm: Vmm,
     /// A precomputed OVMF hash to start from instead of hashing the image.
     pub ovmf_hash: Option<[u8; 48]>,
+    /// A Coconut SVSM launched below OVMF (QEMU only; no direct boot): the
+    /// SVSM image, parsed to end where OVMF's variable store begins.
+    pub svsm: Option<&'a Ovmf>,
 }
 
 /// CPUID signature from family/model/stepping (as QEMU builds it).
@@ -339,91 +365,12 @@ fn hashes_page(
     Ok(page)
 }
 
-/// The register values that differ between VMMs.
-#[derive(Debug, Clone, Copy)]
-struct VmsaRegs {
-    cs_flags_bsp: u16,
-    cs_flags_ap: u16,
-    ss_flags: u16,
-    tr_flags: u16,
-    rdx: u64,
-    mxcsr: u32,
-    fcw: u16,
-}
-
-impl Vmm {
-    fn regs(self, vcpu_sig: u32) -> VmsaRegs {
-        match self {
-            Vmm::Qemu => VmsaRegs {
-                cs_flags_bsp: 0x9b,
-                cs_flags_ap: 0x9b,
-                ss_flags: 0x93,
-                tr_flags: 0x8b,
-                rdx: u64::from(vcpu_sig),
-                mxcsr: 0x1f80,
-                fcw: 0x37f,
-            },
-            // EC2's (Firecracker-derived) VMM: other segment attributes, RDX
-            // 0x600 whatever the CPU, and no x87/SSE control words.
-            Vmm::Ec2 => VmsaRegs {
-                cs_flags_bsp: 0x9a,
-                cs_flags_ap: 0x9b,
-                ss_flags: 0x92,
-                tr_flags: 0x83,
-                rdx: 0x600,
-                mxcsr: 0,
-                fcw: 0,
-            },
-        }
+impl Gctx {
+    fn vmsa(&mut self, page: &[u8]) {
+        let mut d = [0u8; 48];
+        d.copy_from_slice(ring::digest::digest(&ring::digest::SHA384, page).as_ref());
+        self.update(PAGE_VMSA, VMSA_GPA, &d);
     }
-}
-
-/// One vCPU's VMSA page (AMD APM vol. 2, the SEV-ES save area).
-fn vmsa_page(eip: u64, l: &SnpLaunch<'_>) -> Vec<u8> {
-    vmsa_page_with(eip, l.guest_features, l.vmm.regs(l.vcpu_sig))
-}
-
-fn vmsa_page_with(eip: u64, guest_features: u64, r: VmsaRegs) -> Vec<u8> {
-    let mut v = vec![0u8; PAGE];
-    let mut put = |at: usize, bytes: &[u8]| v[at..at + bytes.len()].copy_from_slice(bytes);
-    let cs_flags = if eip == BSP_EIP {
-        r.cs_flags_bsp
-    } else {
-        r.cs_flags_ap
-    };
-    let (ss_flags, tr_flags, rdx, mxcsr, fcw) = (r.ss_flags, r.tr_flags, r.rdx, r.mxcsr, r.fcw);
-    let seg = |sel: u16, attr: u16, limit: u32, base: u64| {
-        let mut s = Vec::with_capacity(16);
-        s.extend_from_slice(&sel.to_le_bytes());
-        s.extend_from_slice(&attr.to_le_bytes());
-        s.extend_from_slice(&limit.to_le_bytes());
-        s.extend_from_slice(&base.to_le_bytes());
-        s
-    };
-    put(0x00, &seg(0, 0x93, 0xffff, 0)); // es
-    put(0x10, &seg(0xf000, cs_flags, 0xffff, eip & 0xffff_0000)); // cs
-    put(0x20, &seg(0, ss_flags, 0xffff, 0)); // ss
-    put(0x30, &seg(0, 0x93, 0xffff, 0)); // ds
-    put(0x40, &seg(0, 0x93, 0xffff, 0)); // fs
-    put(0x50, &seg(0, 0x93, 0xffff, 0)); // gs
-    put(0x60, &seg(0, 0, 0xffff, 0)); // gdtr
-    put(0x70, &seg(0, 0x82, 0xffff, 0)); // ldtr
-    put(0x80, &seg(0, 0, 0xffff, 0)); // idtr
-    put(0x90, &seg(0, tr_flags, 0xffff, 0)); // tr
-    put(0xd0, &0x1000u64.to_le_bytes()); // efer: SVME
-    put(0x148, &0x40u64.to_le_bytes()); // cr4: MCE
-    put(0x158, &0x10u64.to_le_bytes()); // cr0: ET
-    put(0x160, &0x400u64.to_le_bytes()); // dr7
-    put(0x168, &0xffff_0ff0u64.to_le_bytes()); // dr6
-    put(0x170, &0x2u64.to_le_bytes()); // rflags
-    put(0x178, &(eip & 0xffff).to_le_bytes()); // rip
-    put(0x268, &0x0007_0406_0007_0406u64.to_le_bytes()); // g_pat
-    put(0x310, &rdx.to_le_bytes()); // rdx
-    put(0x3b0, &guest_features.to_le_bytes()); // sev_features
-    put(0x3e8, &0x1u64.to_le_bytes()); // xcr0
-    put(0x408, &mxcsr.to_le_bytes()); // mxcsr
-    put(0x410, &fcw.to_le_bytes()); // x87_fcw
-    v
 }
 
 /// The launch digest (48 bytes) for `l`.
@@ -438,21 +385,71 @@ pub fn launch_digest(l: &SnpLaunch<'_>) -> Result<[u8; 48], MeasureError> {
             ld: ovmf_hash(ovmf),
         },
     };
+    if let Some(svsm) = l.svsm {
+        return svsm_digest(g, svsm, l);
+    }
+    metadata_pages(&mut g, ovmf, l.kernel.map(|k| (k, l)), l.vmm)?;
+    let ap_eip = ovmf.sev_es_reset_eip().map(u64::from);
+    for i in 0..l.vcpus {
+        let eip = if i == 0 {
+            BSP_EIP
+        } else {
+            ap_eip.ok_or_else(|| MeasureError::Ovmf("no SEV-ES reset block for APs".into()))?
+        };
+        g.vmsa(&ovmf_vmsa(l.vmm, eip, l.vcpu_sig, l.guest_features));
+    }
+    Ok(g.ld)
+}
+
+/// OVMF, then the SVSM image, its metadata pages, and a VMSA per vCPU all
+/// starting in the SVSM (which then starts OVMF itself, unmeasured).
+fn svsm_digest(mut g: Gctx, svsm: &Ovmf, l: &SnpLaunch<'_>) -> Result<[u8; 48], MeasureError> {
+    if l.vmm != Vmm::Qemu || l.kernel.is_some() {
+        return Err(MeasureError::Input(
+            "an SVSM launch is measured for QEMU without direct kernel boot only".into(),
+        ));
+    }
+    if svsm.end > l.ovmf.gpa() {
+        return Err(MeasureError::Input("the SVSM image overlaps OVMF".into()));
+    }
+    let entry = svsm
+        .svsm_entry()
+        .ok_or_else(|| MeasureError::Ovmf("the SVSM image has no SVSM_INFO entry".into()))?;
+    g.normal_pages(svsm.gpa(), &svsm.data);
+    metadata_pages(&mut g, svsm, None, Vmm::Qemu)?;
+    let page = svsm_vmsa(entry, l.vcpu_sig);
+    for _ in 0..l.vcpus {
+        g.vmsa(&page);
+    }
+    Ok(g.ld)
+}
+
+/// The pages the firmware's SEV metadata names, as the VMM loads them;
+/// `direct_boot` gives the kernel and the rest of the launch for the
+/// kernel-hashes page.
+fn metadata_pages(
+    g: &mut Gctx,
+    ovmf: &Ovmf,
+    direct_boot: Option<(&[u8], &SnpLaunch<'_>)>,
+    vmm: Vmm,
+) -> Result<(), MeasureError> {
     let has_hashes_section = ovmf
         .sections
         .iter()
         .any(|s| s.kind == Section::KernelHashes);
-    if l.kernel.is_some() && !has_hashes_section {
+    if direct_boot.is_some() && !has_hashes_section {
         return Err(MeasureError::NoKernelHashes);
     }
     for s in &ovmf.sections {
         match s.kind {
+            // GCE accepts the firmware's pre-validated memory unmeasured.
+            Section::SecMem if vmm == Vmm::Gce => g.zero_pages(s.gpa, s.size, PAGE_UNMEASURED),
             Section::SecMem | Section::SvsmCaa => g.zero_pages(s.gpa, s.size, PAGE_ZERO),
             Section::Secrets => g.update(PAGE_SECRETS, s.gpa, &[0; 48]),
-            Section::Cpuid if l.vmm != Vmm::Ec2 => g.update(PAGE_CPUID, s.gpa, &[0; 48]),
+            Section::Cpuid if vmm != Vmm::Ec2 => g.update(PAGE_CPUID, s.gpa, &[0; 48]),
             Section::Cpuid => {}
-            Section::KernelHashes => match l.kernel {
-                Some(kernel) => {
+            Section::KernelHashes => match direct_boot {
+                Some((kernel, l)) => {
                     let table_gpa = ovmf
                         .hashes_table_gpa()
                         .ok_or(MeasureError::NoKernelHashes)?;
@@ -465,22 +462,10 @@ pub fn launch_digest(l: &SnpLaunch<'_>) -> Result<[u8; 48], MeasureError> {
         }
     }
     // EC2 measures the CPUID page last.
-    if l.vmm == Vmm::Ec2 {
+    if vmm == Vmm::Ec2 {
         for s in ovmf.sections.iter().filter(|s| s.kind == Section::Cpuid) {
             g.update(PAGE_CPUID, s.gpa, &[0; 48]);
         }
     }
-    let ap_eip = ovmf.sev_es_reset_eip().map(u64::from);
-    for i in 0..l.vcpus {
-        let eip = if i == 0 {
-            BSP_EIP
-        } else {
-            ap_eip.ok_or_else(|| MeasureError::Ovmf("no SEV-ES reset block for APs".into()))?
-        };
-        let page = vmsa_page(eip, l);
-        let mut d = [0u8; 48];
-        d.copy_from_slice(ring::digest::digest(&ring::digest::SHA384, &page).as_ref());
-        g.update(PAGE_VMSA, VMSA_GPA, &d);
-    }
-    Ok(g.ld)
+    Ok(())
 }

@@ -34,26 +34,34 @@ fn sev_snp_measure_cases() {
         serde_json::from_slice(&std::fs::read(dir().join("test_guest_cases.json")).unwrap())
             .unwrap();
     let mut checked = 0;
-    let mut skipped_gce = 0;
+    let mut svsm_cases = 0;
     let mut failures = Vec::new();
     for case in doc["cases"].as_array().unwrap() {
         let a = &case["args"];
         let name = case["test"].as_str().unwrap();
-        if a["mode"] != "SevMode.SEV_SNP" || a.get("dump_vmsa").is_some_and(|d| d == true) {
+        // SEV and SEV-ES are not SNP; the VMSA dumps have no digest.
+        let svsm_mode = a["mode"] == "SevMode.SEV_SNP_SVSM";
+        if !(a["mode"] == "SevMode.SEV_SNP" || svsm_mode)
+            || a.get("dump_vmsa").is_some_and(|d| d == true)
+        {
             continue;
         }
         let ovmf = Ovmf::parse(fixture(&a["ovmf_file"])).unwrap();
+        // The SVSM sits below OVMF and OVMF's variable store.
+        let svsm = svsm_mode.then(|| {
+            svsm_cases += 1;
+            let vars = a["ovmf_vars_size"].as_u64().unwrap();
+            Ovmf::parse_ending_at(fixture(&a["svsm_file"]), ovmf.gpa() - vars).unwrap()
+        });
         let empty: Vec<u8> = Vec::new();
         let kernel = a["kernel"].as_str().map(|_| empty.as_slice());
         let initrd = a["initrd"].as_str().map(|_| empty.as_slice());
         let vmm = match a.get("vmm_type").and_then(|v| v.as_str()) {
             Some(v) if v.ends_with("ec2") => Vmm::Ec2,
-            // GCE launches are not reproduced yet (the CLI refuses them).
-            Some(v) if v.ends_with("gce") => {
-                skipped_gce += 1;
-                continue;
-            }
-            _ => Vmm::Qemu,
+            Some(v) if v.ends_with("gce") => Vmm::Gce,
+            Some(v) if v.ends_with("QEMU") => Vmm::Qemu,
+            None => Vmm::Qemu,
+            Some(v) => panic!("{name}: VMM type {v}"),
         };
         let mut precomputed = None;
         if let Some(h) = a.get("snp_ovmf_hash_str").and_then(|h| h.as_str()) {
@@ -90,6 +98,7 @@ fn sev_snp_measure_cases() {
             .unwrap(),
             vmm,
             ovmf_hash: precomputed,
+            svsm: svsm.as_ref(),
         };
         let got = launch_digest(&launch);
         match (
@@ -106,8 +115,9 @@ fn sev_snp_measure_cases() {
         }
         checked += 1;
     }
-    assert!(checked >= 15, "only {checked} SNP cases");
-    assert_eq!(skipped_gce, 2);
+    // 17 SNP cases (2 of them GCE) and 2 SVSM cases, none left out.
+    assert_eq!(checked, 19, "SNP cases checked");
+    assert_eq!(svsm_cases, 2);
     assert!(
         failures.is_empty(),
         "{} of {checked} failed:\n{}",

@@ -27,7 +27,14 @@ pub struct BuildArgs {
     /// load order, else they load in name order.
     #[arg(long)]
     pub modules: Option<PathBuf>,
-    /// Kernel command line.
+    /// A further file for the image, as IMAGE_PATH=HOST_FILE (e.g.
+    /// etc/ciel/kbs-ca.pem=./kbs/tls-ca.pem); repeatable. It is measured
+    /// with the image, so pin configuration here, not on the host.
+    #[arg(long = "file", value_name = "IMAGE_PATH=HOST_FILE")]
+    pub files: Vec<String>,
+    /// Kernel command line. Words after `--` are the runtime's arguments
+    /// (e.g. `console=ttyS0 panic=-1 -- enclave serve ...`); other
+    /// KEY=VALUE words become its environment.
     #[arg(long, default_value = "console=ttyS0 panic=-1")]
     pub cmdline: String,
     /// Output directory (created; must not exist or be empty).
@@ -38,7 +45,7 @@ pub struct BuildArgs {
 #[derive(Debug, Subcommand)]
 pub enum MeasureCommand {
     /// SEV-SNP: the launch digest (MEASUREMENT) of a guest (same results as AMD's sev-snp-measure).
-    Snp(SnpArgs),
+    Snp(Box<SnpArgs>),
     /// TDX: replay a CC event log (CCEL) into RTMR0..RTMR3.
     Tdx(TdxArgs),
 }
@@ -66,12 +73,20 @@ pub struct SnpArgs {
     /// vCPU signature (CPUID 1 EAX) instead of --vcpu-type, e.g. 0x800f12.
     #[arg(long)]
     pub vcpu_sig: Option<String>,
-    /// The VMM that launches the guest.
-    #[arg(long, default_value = "qemu", value_parser = ["qemu", "ec2"])]
+    /// The VMM that launches the guest (EC2 and GCE ignore the vCPU type).
+    #[arg(long, default_value = "qemu", value_parser = ["qemu", "ec2", "gce"])]
     pub vmm_type: String,
-    /// SEV_FEATURES of the guest (hex).
+    /// SEV_FEATURES of the guest (hex). With --svsm the measured VMSAs are
+    /// the SVSM's own (SNP alone); the guest's features are not in the digest.
     #[arg(long, default_value = "0x1")]
     pub guest_features: String,
+    /// A Coconut SVSM image launched below OVMF (QEMU, no direct boot).
+    #[arg(long, requires = "ovmf_vars_size", conflicts_with_all = ["kernel", "ovmf_hash_only", "snp_ovmf_hash"])]
+    pub svsm: Option<PathBuf>,
+    /// Size in bytes of OVMF's variable store (OVMF_VARS.fd), which sits
+    /// between the SVSM and OVMF.
+    #[arg(long, requires = "svsm")]
+    pub ovmf_vars_size: Option<u64>,
     /// Start from a precomputed OVMF hash (hex) instead of hashing --ovmf.
     #[arg(long)]
     pub snp_ovmf_hash: Option<String>,
@@ -103,7 +118,7 @@ pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
     match cmd {
         ImageCommand::Build(a) => build(a),
         ImageCommand::Measure(MeasureCommand::Tdx(a)) => measure_tdx(a),
-        ImageCommand::Measure(MeasureCommand::Snp(a)) => measure_snp(a),
+        ImageCommand::Measure(MeasureCommand::Snp(a)) => measure_snp(*a),
     }
 }
 
@@ -147,9 +162,21 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
             modules.push((n, data));
         }
     }
+    let mut extra = Vec::new();
+    for spec in &a.files {
+        let (guest, host) = spec
+            .split_once('=')
+            .with_context(|| format!("--file {spec:?}: expected IMAGE_PATH=HOST_FILE"))?;
+        let guest = guest.trim_start_matches('/').to_string();
+        extra.push((
+            guest,
+            files::read("image file", std::path::Path::new(host))?,
+        ));
+    }
     let inputs = ciel_images::build::ImageInputs {
         init,
         modules,
+        files: extra,
         cmdline: a.cmdline.clone(),
     };
     let initrd = ciel_images::build::initramfs(&inputs)?;
@@ -160,6 +187,7 @@ fn build(a: BuildArgs) -> Result<ExitCode> {
         "init_sha256": sha256_hex(&inputs.init),
         "cmdline": a.cmdline,
         "modules": inputs.modules.iter().map(|(n, d)| serde_json::json!({"name": n, "sha256": sha256_hex(d)})).collect::<Vec<_>>(),
+        "files": inputs.files.iter().map(|(n, d)| serde_json::json!({"path": n, "sha256": sha256_hex(d)})).collect::<Vec<_>>(),
     });
     std::fs::create_dir_all(&a.out).with_context(|| format!("create {}", a.out.display()))?;
     let write = |name: &str, bytes: &[u8]| {
@@ -223,6 +251,19 @@ fn measure_snp(a: SnpArgs) -> Result<ExitCode> {
         ),
         None => None,
     };
+    let svsm = match &a.svsm {
+        Some(path) => {
+            let end = ovmf
+                .gpa()
+                .checked_sub(a.ovmf_vars_size.unwrap_or(0))
+                .context("--ovmf-vars-size is larger than the space below OVMF")?;
+            Some(
+                Ovmf::parse_ending_at(files::read("SVSM image", path)?, end)
+                    .with_context(|| format!("{}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     let launch = SnpLaunch {
         ovmf: &ovmf,
         kernel: kernel.as_deref(),
@@ -231,12 +272,13 @@ fn measure_snp(a: SnpArgs) -> Result<ExitCode> {
         vcpus: a.vcpus,
         vcpu_sig,
         guest_features: parse_hex_u64("--guest-features", &a.guest_features)?,
-        vmm: if a.vmm_type == "ec2" {
-            Vmm::Ec2
-        } else {
-            Vmm::Qemu
+        vmm: match a.vmm_type.as_str() {
+            "ec2" => Vmm::Ec2,
+            "gce" => Vmm::Gce,
+            _ => Vmm::Qemu,
         },
         ovmf_hash: precomputed,
+        svsm: svsm.as_ref(),
     };
     let digest = hex::encode(launch_digest(&launch)?);
     if let Some(out) = &a.reference_values {

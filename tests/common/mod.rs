@@ -127,11 +127,7 @@ pub fn start_kbs(
     }
     std::fs::write(kb.join("kbs.toml"), cfg).unwrap();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_ciel"))
         .args(["kbs", "serve", "--config"])
         .arg(kb.join("kbs.toml"))
@@ -193,4 +189,24 @@ pub fn sim_report(platform: &str, report_data: &str, out: &std::path::Path) -> R
         "--out".as_ref(),
         out.as_os_str(),
     ])
+}
+
+/// A free loopback TCP port (bound, then released for a child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped, so that a failing test leaves no
+/// guest, VM or daemon behind.
+pub struct Running(pub std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

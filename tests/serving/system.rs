@@ -1,6 +1,7 @@
 //! Starting the system under test, and single guests beside it.
 
 use super::*;
+pub use crate::common::{Running, free_port};
 
 /// The whole system, stopped (SIGTERM) when dropped.
 pub struct System {
@@ -85,15 +86,6 @@ impl Drop for System {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// A free loopback TCP port (bound, then released for a child to take).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A host shim of the test's own, killed when dropped.
@@ -181,17 +173,6 @@ pub fn guest_command(
     .stdout(Stdio::null())
     .stderr(log);
     cmd
-}
-
-/// A child process killed when dropped, so that a failing test leaves no
-/// guest behind.
-pub struct Running(pub Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A host shim serving `dir` as its model directory on `dir/blobs.sock`,

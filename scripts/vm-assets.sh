@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Everything the VM boot test (tests/vm_boot.rs) needs, installed or built
+# once and cached; idempotent. Prints `export NAME=VALUE` lines for the test:
+#
+#   eval "$(./scripts/vm-assets.sh)" && cargo test --test vm_boot -- --ignored
+#
+# - qemu-system-x86_64 (Debian package qemu-system-x86; TCG, no KVM needed)
+# - Debian's cloud kernel, SHA-256 pinned, with the modules the guest loads
+#   (virtio PCI, vsock over virtio, configfs), in load order
+# - vhost-device-vsock (the rust-vmm vhost-user vsock device; cargo install)
+# - the ciel binary linked statically (it is the image's /init)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+cache="${CIEL_CACHE:-$HOME/.cache/ciel}/vm"
+kernel_pkg=linux-image-6.1.0-48-cloud-amd64
+kernel_deb_sha=1cc5f8ddd400cd87c8b524d8b985fffa47e5a5f87284d2125f8420f582d6b93e
+vhost_version=0.3.0
+# The guest loads these, in this order (Debian's modules.dep has no say in
+# an initramfs without modprobe): the virtio PCI transport, vsock over
+# virtio, then configfs (for configfs-tsm on confidential hardware).
+modules=(virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
+         vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport configfs)
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+ensure_qemu() {
+    command -v qemu-system-x86_64 >/dev/null 2>&1 && return
+    banner "Installing qemu-system-x86 (once)" >&2
+    as_root apt-get update -q >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-system-x86 >&2
+}
+
+# The kernel and modules, extracted from the pinned .deb into $cache/kernel.
+ensure_kernel() {
+    local dir="$cache/kernel" stamp="$cache/kernel/.from-$kernel_deb_sha"
+    [ -f "$stamp" ] && return
+    banner "Fetching $kernel_pkg (SHA-256 pinned, once)" >&2
+    local work
+    work=$(mktemp -d)
+    # shellcheck disable=SC2064
+    trap "rm -rf '$work'" RETURN
+    (cd "$work" && { apt-get download -q "$kernel_pkg" >&2 2>/dev/null ||
+        { as_root apt-get update -q >&2 && apt-get download -q "$kernel_pkg" >&2; }; })
+    local deb
+    deb=$(ls "$work"/*.deb)
+    if ! echo "$kernel_deb_sha  $deb" | sha256sum -c --status; then
+        echo "$deb: SHA-256 is not the pinned $kernel_deb_sha; refusing it" >&2
+        exit 1
+    fi
+    dpkg-deb -x "$deb" "$work/x"
+    rm -rf "$dir" && mkdir -p "$dir/modules"
+    cp "$work"/x/boot/vmlinuz-* "$dir/vmlinuz"
+    : > "$dir/modules/load-order"
+    local m path
+    for m in "${modules[@]}"; do
+        path=$(find "$work/x/lib/modules" -name "$m.ko" | head -n 1)
+        [ -n "$path" ] || { echo "$kernel_pkg has no $m.ko" >&2; exit 1; }
+        cp "$path" "$dir/modules/"
+        echo "$m.ko" >> "$dir/modules/load-order"
+    done
+    touch "$stamp"
+}
+
+ensure_vhost_device_vsock() {
+    if vhost-device-vsock --version 2>/dev/null | grep -q "$vhost_version"; then
+        return
+    fi
+    banner "Installing vhost-device-vsock $vhost_version (once)" >&2
+    cargo install --locked --quiet vhost-device-vsock --version "$vhost_version" >&2
+}
+
+# The guest's /init: ciel, statically linked against glibc (no loader or
+# shared libraries in the image), in the `guest` profile. RUSTFLAGS replaces
+# .cargo/config.toml's flags, so the x86-64-v3 baseline is repeated here.
+build_static_ciel() {
+    banner "Building the guest runtime (static)" >&2
+    RUSTFLAGS="-C target-cpu=x86-64-v3 -C target-feature=+crt-static" cargo build --locked --quiet \
+        --profile guest --target x86_64-unknown-linux-gnu -p ciel --bin ciel >&2
+}
+
+ensure_toolchain
+ensure_qemu
+ensure_kernel
+ensure_vhost_device_vsock
+build_static_ciel
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+cat <<EOF
+export CIEL_VM_KERNEL='$cache/kernel/vmlinuz'
+export CIEL_VM_MODULES='$cache/kernel/modules'
+export CIEL_VM_INIT='$target_dir/x86_64-unknown-linux-gnu/guest/ciel'
+export CIEL_VM_QEMU='$(command -v qemu-system-x86_64)'
+export CIEL_VM_VHOST_VSOCK='$(command -v vhost-device-vsock)'
+EOF
