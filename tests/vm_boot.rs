@@ -166,6 +166,21 @@ fn the_image_boots_and_answers_over_vsock() {
          --model-name smollm2-135m-instruct --listen vsock://any:{API_PORT} --kbs-timeout 120",
         kbs.url
     );
+    // The runtime must not depend on where it was built, or nobody could
+    // rebuild the image bit for bit: no checkout path inside.
+    let init = std::fs::read(&assets.init).unwrap();
+    let checkout = env!("CARGO_MANIFEST_DIR").as_bytes();
+    assert!(
+        !init.windows(checkout.len()).any(|w| w == checkout),
+        "{} embeds the checkout path {}",
+        assets.init.display(),
+        env!("CARGO_MANIFEST_DIR")
+    );
+    eprintln!(
+        "runtime (/init): {} bytes, sha256 {}",
+        init.len(),
+        sha256_hex(&init)
+    );
     let image = dir.join("image");
     build_image(&assets, &image, &files, &cmdline);
     // Rebuilt from the same inputs, the image is the same, byte for byte.

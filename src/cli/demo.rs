@@ -151,12 +151,26 @@ fn run_step(what: &str, cmd: &mut Command) -> Result<()> {
 }
 
 /// The demo model: `--model`, or fetched (once, checked, cached) by the
-/// repository's `scripts/fetch-model.sh`.
+/// repository's `scripts/fetch-model.sh`, found above the running binary
+/// (`target/*/ciel`) or in the current directory. (Not a path fixed at
+/// build time: the binary is the guest image's `/init`, and must not
+/// depend on where it was built.)
 fn demo_model(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p);
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-model.sh");
+    let exe = std::env::current_exe().context("locating the ciel binary")?;
+    let cwd = std::env::current_dir().context("the current directory")?;
+    let Some(script) = exe
+        .ancestors()
+        .chain(std::iter::once(cwd.as_path()))
+        .map(|d| d.join("scripts/fetch-model.sh"))
+        .find(|p| p.is_file())
+    else {
+        bail!(
+            "no demo model: give one with --model PATH, or run ciel demo from the repository (its scripts/fetch-model.sh fetches it)"
+        );
+    };
     let out = Command::new("bash")
         .arg(&script)
         .stderr(Stdio::inherit())
