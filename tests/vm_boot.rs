@@ -120,6 +120,105 @@ fn oracle_answer(system: &str, question: &str) -> String {
         .expect("the oracle has this prompt")
 }
 
+/// The host side of one VM: the vsock device (guest CID 3; the guest's
+/// connections to host port P arrive at `vm.vsock_P`, and `vm.vsock` takes
+/// `CONNECT PORT` for the guest's listeners), then the shim on those sockets.
+struct Host {
+    vhost_socket: PathBuf,
+    port: u16,
+    _vhost: Running,
+    _shim: Running,
+}
+
+impl Host {
+    fn start(assets: &Assets, dir: &Path, models: &Path, kbs_url: &str) -> Host {
+        let vsock = dir.join("vm.vsock");
+        let vhost_socket = dir.join("vhost-user.sock");
+        let vhost = spawn(
+            Command::new(&assets.vhost_vsock)
+                .arg("--guest-cid=3")
+                .arg(format!("--socket={}", vhost_socket.display()))
+                .arg(format!("--uds-path={}", vsock.display())),
+            &dir.join("vhost.log"),
+        );
+        wait_for(
+            "vhost-device-vsock's socket",
+            Duration::from_secs(20),
+            || vhost_socket.exists(),
+        );
+        let port = free_port();
+        let shim = spawn(
+            Command::new(env!("CARGO_BIN_EXE_ciel"))
+                .args(["host", "serve", "--listen"])
+                .arg(format!("tcp://127.0.0.1:{port}"))
+                .arg(format!(
+                    "--guest-api=unix:{}?connect={API_PORT}",
+                    vsock.display()
+                ))
+                .arg(format!("--models={}", models.display()))
+                .arg(format!(
+                    "--blob-listen=unix:{}_{BLOB_PORT}",
+                    vsock.display()
+                ))
+                .arg(format!(
+                    "--kbs-relay-listen=unix:{}_{RELAY_PORT}",
+                    vsock.display()
+                ))
+                .arg(format!(
+                    "--kbs-upstream=tcp://{}",
+                    kbs_url.trim_start_matches("https://")
+                )),
+            &dir.join("host.log"),
+        );
+        wait_for("the host shim", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Host {
+            vhost_socket,
+            port,
+            _vhost: vhost,
+            _shim: shim,
+        }
+    }
+}
+
+/// QEMU without KVM (TCG), 2 vCPUs and 1.5 GiB, the image's kernel, initrd
+/// and command line, virtio-vsock through the vhost-user device, the serial
+/// console to a file and the monitor on a Unix socket.
+fn qemu(
+    assets: &Assets,
+    image: &Path,
+    vhost_socket: &Path,
+    console: &Path,
+    monitor: &Path,
+) -> Command {
+    let cmdline = std::fs::read_to_string(image.join("cmdline")).unwrap();
+    let mut c = Command::new(&assets.qemu);
+    c.args(["-nodefaults", "-display", "none", "-no-reboot"])
+        .args(["-machine", "q35", "-accel", "tcg", "-cpu", "max"])
+        .args(["-smp", "2", "-m", "1536"])
+        // vhost-user needs the guest's memory shared with the device.
+        .args([
+            "-object",
+            "memory-backend-memfd,id=mem,size=1536M,share=on",
+            "-numa",
+            "node,memdev=mem",
+        ])
+        .arg("-kernel")
+        .arg(image.join("kernel"))
+        .arg("-initrd")
+        .arg(image.join("initrd"))
+        .args(["-append", cmdline.trim_end()])
+        .arg("-chardev")
+        .arg(format!("socket,id=vsock,path={}", vhost_socket.display()))
+        .args(["-device", "vhost-user-vsock-pci,chardev=vsock"])
+        .arg("-serial")
+        .arg(format!("file:{}", console.display()))
+        .arg("-monitor")
+        .arg(format!("unix:{},server=on,wait=off", monitor.display()));
+    c
+}
+
 #[test]
 #[ignore = "boots a VM: needs `eval \"$(./scripts/vm-assets.sh)\"` (./scripts/test.sh runs it)"]
 fn the_image_boots_and_answers_over_vsock() {
@@ -193,79 +292,14 @@ fn the_image_boots_and_answers_over_vsock() {
         sha256_hex(&initrd)
     );
 
-    // The host: the vsock device (guest CID 3; the guest's connections to
-    // host port P arrive at `vm.vsock_P`), then the shim on those sockets.
-    let vsock = dir.join("vm.vsock");
-    let vhost_socket = dir.join("vhost-user.sock");
-    let _vhost = spawn(
-        Command::new(&assets.vhost_vsock)
-            .arg("--guest-cid=3")
-            .arg(format!("--socket={}", vhost_socket.display()))
-            .arg(format!("--uds-path={}", vsock.display())),
-        &dir.join("vhost.log"),
-    );
-    wait_for(
-        "vhost-device-vsock's socket",
-        Duration::from_secs(20),
-        || vhost_socket.exists(),
-    );
-    let port = free_port();
-    let _host = spawn(
-        Command::new(env!("CARGO_BIN_EXE_ciel"))
-            .args(["host", "serve", "--listen"])
-            .arg(format!("tcp://127.0.0.1:{port}"))
-            .arg(format!(
-                "--guest-api=unix:{}?connect={API_PORT}",
-                vsock.display()
-            ))
-            .arg(format!("--models={}", models.display()))
-            .arg(format!(
-                "--blob-listen=unix:{}_{BLOB_PORT}",
-                vsock.display()
-            ))
-            .arg(format!(
-                "--kbs-relay-listen=unix:{}_{RELAY_PORT}",
-                vsock.display()
-            ))
-            .arg(format!(
-                "--kbs-upstream=tcp://{}",
-                kbs.url.trim_start_matches("https://")
-            )),
-        &dir.join("host.log"),
-    );
-    wait_for("the host shim", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let host = Host::start(&assets, dir, &models, &kbs.url);
 
     // The VM.
     let console = dir.join("console.log");
     let monitor = dir.join("monitor.sock");
-    let cmdline_file = std::fs::read_to_string(image.join("cmdline")).unwrap();
     let booted = Instant::now();
     let mut vm = spawn(
-        Command::new(&assets.qemu)
-            .args(["-nodefaults", "-display", "none", "-no-reboot"])
-            .args(["-machine", "q35", "-accel", "tcg", "-cpu", "max"])
-            .args(["-smp", "2", "-m", "1536"])
-            // vhost-user needs the guest's memory shared with the device.
-            .args([
-                "-object",
-                "memory-backend-memfd,id=mem,size=1536M,share=on",
-                "-numa",
-                "node,memdev=mem",
-            ])
-            .arg("-kernel")
-            .arg(image.join("kernel"))
-            .arg("-initrd")
-            .arg(image.join("initrd"))
-            .args(["-append", cmdline_file.trim_end()])
-            .arg("-chardev")
-            .arg(format!("socket,id=vsock,path={}", vhost_socket.display()))
-            .args(["-device", "vhost-user-vsock-pci,chardev=vsock"])
-            .arg("-serial")
-            .arg(format!("file:{}", console.display()))
-            .arg("-monitor")
-            .arg(format!("unix:{},server=on,wait=off", monitor.display())),
+        &mut qemu(&assets, &image, &host.vhost_socket, &console, &monitor),
         &dir.join("qemu.log"),
     );
     let report = |what: &str| -> String {
@@ -302,7 +336,7 @@ fn the_image_boots_and_answers_over_vsock() {
     ))
     .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let url = format!("https://127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{}", host.port);
     let client = rt
         .block_on(Client::connect(&url, policy))
         .unwrap_or_else(|e| panic!("{}", report(&format!("connect: {e}"))));
