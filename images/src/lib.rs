@@ -2,10 +2,10 @@
 //!
 //! A client or key broker can only trust a measurement it can recompute.
 //! This crate builds guest images reproducibly (bit for bit from the same
-//! inputs) and will compute the launch measurements the hardware reports.
-//!
-//! So far: the initramfs format ([`cpio`]) and TDX RTMR replay from a CC
-//! event log ([`ccel`]).
+//! inputs) and computes the launch measurements the hardware reports:
+//! the image itself ([`build`], in the [`cpio`] initramfs format), the
+//! SEV-SNP launch digest ([`snp_measure`]), TDX's RTMRs replayed from a CC
+//! event log ([`ccel`]) and MRTD from a TDVF image ([`tdvf`]).
 
 #![forbid(unsafe_code)]
 
@@ -14,3 +14,4 @@ pub mod ccel;
 pub mod cpio;
 pub mod snp_measure;
 mod snp_vmsa;
+pub mod tdvf;

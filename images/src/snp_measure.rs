@@ -161,7 +161,8 @@ impl Ovmf {
         Ok(ovmf)
     }
 
-    fn entry(&self, g: &str) -> Option<&[u8]> {
+    /// The data of the footer table's entry with GUID `g`, if any.
+    pub(crate) fn entry(&self, g: &str) -> Option<&[u8]> {
         let g = guid(g);
         self.table
             .iter()
@@ -220,6 +221,11 @@ impl Ovmf {
                 })
             })
             .collect()
+    }
+
+    /// The image's bytes.
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.data
     }
 
     /// Guest physical address the image is loaded at.

@@ -46,7 +46,8 @@ pub struct BuildArgs {
 pub enum MeasureCommand {
     /// SEV-SNP: the launch digest (MEASUREMENT) of a guest (same results as AMD's sev-snp-measure).
     Snp(Box<SnpArgs>),
-    /// TDX: replay a CC event log (CCEL) into RTMR0..RTMR3.
+    /// TDX: replay a CC event log (CCEL) into RTMR0..RTMR3, and/or compute
+    /// MRTD from a TDVF image.
     Tdx(TdxArgs),
 }
 
@@ -102,10 +103,19 @@ pub struct SnpArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("input").required(true).multiple(true).args(["ccel", "tdvf"]))]
 pub struct TdxArgs {
     /// The CC event log (the ACPI CCEL table's log area).
     #[arg(long)]
-    pub ccel: PathBuf,
+    pub ccel: Option<PathBuf>,
+    /// A TDVF image (TDX-enabled OVMF.fd): compute MRTD.
+    #[arg(long)]
+    pub tdvf: Option<PathBuf>,
+    /// How the VMM adds the TDVF's pages: `interleaved` (each page added,
+    /// then measured: upstream KVM and QEMU 10.1+) or `adds-first` (a
+    /// section's pages all added, then measured: earlier TDX trees).
+    #[arg(long, default_value = "interleaved", value_parser = ["interleaved", "adds-first"], requires = "tdvf")]
+    pub page_add_order: String,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -297,14 +307,43 @@ fn measure_snp(a: SnpArgs) -> Result<ExitCode> {
 }
 
 fn measure_tdx(a: TdxArgs) -> Result<ExitCode> {
-    let log = files::read("CC event log", &a.ccel)?;
-    let r = ciel_images::ccel::replay(&log).with_context(|| format!("{}", a.ccel.display()))?;
-    let rtmr: Vec<String> = r.rtmr.iter().map(hex::encode).collect();
+    use ciel_images::tdvf::{PageAddOrder, mrtd};
+    let mrtd = match &a.tdvf {
+        Some(path) => {
+            let image = ciel_images::snp_measure::Ovmf::parse(files::read("TDVF image", path)?)
+                .with_context(|| format!("{}", path.display()))?;
+            let order = if a.page_add_order == "adds-first" {
+                PageAddOrder::AddsFirst
+            } else {
+                PageAddOrder::Interleaved
+            };
+            Some(hex::encode(
+                mrtd(&image, order).with_context(|| format!("{}", path.display()))?,
+            ))
+        }
+        None => None,
+    };
+    let replay = match &a.ccel {
+        Some(path) => {
+            let log = files::read("CC event log", path)?;
+            Some(ciel_images::ccel::replay(&log).with_context(|| format!("{}", path.display()))?)
+        }
+        None => None,
+    };
+    let rtmr: Option<Vec<String>> = replay
+        .as_ref()
+        .map(|r| r.rtmr.iter().map(hex::encode).collect());
     if let Some(out) = &a.reference_values {
-        let doc = serde_json::json!({
-            "platforms": ["tdx"],
-            "tdx": { "rtmr0": [rtmr[0]], "rtmr1": [rtmr[1]], "rtmr2": [rtmr[2]], "rtmr3": [rtmr[3]] }
-        });
+        let mut tdx = serde_json::Map::new();
+        if let Some(m) = &mrtd {
+            tdx.insert("mrtd".into(), serde_json::json!([m]));
+        }
+        if let Some(r) = &rtmr {
+            for (i, v) in r.iter().enumerate() {
+                tdx.insert(format!("rtmr{i}"), serde_json::json!([v]));
+            }
+        }
+        let doc = serde_json::json!({ "platforms": ["tdx"], "tdx": tdx });
         std::fs::write(out, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("write {}", out.display()))?;
         eprintln!(
@@ -313,24 +352,35 @@ fn measure_tdx(a: TdxArgs) -> Result<ExitCode> {
         );
     }
     let text = if a.json {
-        let events: Vec<serde_json::Value> = r
-            .events
-            .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "offset": e.offset, "mr_index": e.mr_index, "event_type": e.event_type,
-                    "sha384": e.sha384.map(hex::encode), "data_len": e.data_len,
+        let mut doc = serde_json::Map::new();
+        if let Some(m) = &mrtd {
+            doc.insert("mrtd".into(), serde_json::json!(m));
+        }
+        if let (Some(r), Some(replay)) = (&rtmr, &replay) {
+            let events: Vec<serde_json::Value> = replay
+                .events
+                .iter()
+                .map(|e| {
+                    serde_json::json!({
+                        "offset": e.offset, "mr_index": e.mr_index, "event_type": e.event_type,
+                        "sha384": e.sha384.map(hex::encode), "data_len": e.data_len,
+                    })
                 })
-            })
-            .collect();
-        format!(
-            "{}\n",
-            serde_json::to_string_pretty(&serde_json::json!({"rtmr": rtmr, "events": events}))?
-        )
+                .collect();
+            doc.insert("rtmr".into(), serde_json::json!(r));
+            doc.insert("events".into(), serde_json::json!(events));
+        }
+        format!("{}\n", serde_json::to_string_pretty(&doc)?)
     } else {
-        let mut s = format!("events: {}\n", r.events.len());
-        for (i, v) in rtmr.iter().enumerate() {
-            s.push_str(&format!("RTMR{i}: {v}\n"));
+        let mut s = String::new();
+        if let Some(m) = &mrtd {
+            s.push_str(&format!("MRTD: {m}\n"));
+        }
+        if let (Some(r), Some(replay)) = (&rtmr, &replay) {
+            s.push_str(&format!("events: {}\n", replay.events.len()));
+            for (i, v) in r.iter().enumerate() {
+                s.push_str(&format!("RTMR{i}: {v}\n"));
+            }
         }
         s
     };
