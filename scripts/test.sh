@@ -18,7 +18,9 @@ banner "Unit, property and end-to-end tests"
 cargo test --workspace --locked --no-fail-fast
 
 banner "VM boot test (the image under QEMU TCG, virtio-vsock to the host shim)"
-eval "$(./scripts/vm-assets.sh)"
+# (An assignment, so that a failing installer stops the suite here.)
+vm_env=$(./scripts/vm-assets.sh)
+eval "$vm_env"
 cargo test --locked --test vm_boot -- --ignored --nocapture
 
 banner "Fuzz smoke run (every parser of untrusted bytes, a few seconds each)"
