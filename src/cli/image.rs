@@ -119,7 +119,7 @@ pub struct TdxArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
-    /// Write the RTMRs as policy reference values (a JSON policy document).
+    /// Write MRTD and/or the RTMRs as policy reference values (a JSON policy document).
     #[arg(long)]
     pub reference_values: Option<PathBuf>,
 }
