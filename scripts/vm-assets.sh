@@ -37,10 +37,8 @@ ensure_kernel() {
     local dir="$cache/kernel" stamp="$cache/kernel/.from-$kernel_deb_sha"
     [ -f "$stamp" ] && return
     banner "Fetching $kernel_pkg (SHA-256 pinned, once)" >&2
-    local work
     work=$(mktemp -d)
-    # shellcheck disable=SC2064
-    trap "rm -rf '$work'" RETURN
+    trap 'rm -rf "$work"' EXIT
     (cd "$work" && { apt-get download -q "$kernel_pkg" >&2 2>/dev/null ||
         { as_root apt-get update -q >&2 && apt-get download -q "$kernel_pkg" >&2; }; })
     local deb
