@@ -91,8 +91,9 @@ pub fn generate(
     generate_while(model, tokenizer, req, || true, emit)
 }
 
-/// [`generate`], asking `wanted` before each new token: once it says no,
-/// generation ends as [`Finish::Abandoned`] without computing the rest.
+/// [`generate`], asking `wanted` before the prompt pass and before each new
+/// token: once it says no, generation ends as [`Finish::Abandoned`] without
+/// computing the rest (nothing at all for a request nobody waits for).
 pub fn generate_while(
     model: &mut impl Logits,
     tokenizer: &Tokenizer,
@@ -104,6 +105,14 @@ pub fn generate_while(
         return Err(GenerateError::EmptyPrompt);
     }
     let mut sampler = Sampler::new(req.sampling.clone())?;
+    if !wanted() {
+        return Ok(Completion {
+            ids: Vec::new(),
+            text: String::new(),
+            finish: Finish::Abandoned,
+            prompt_tokens: req.prompt.len(),
+        });
+    }
     model.reset();
     let mut logits = model.forward(&req.prompt)?;
     let mut ids = Vec::new();
@@ -212,13 +221,20 @@ mod tests {
             &req,
             || {
                 asked += 1;
-                asked <= 4
+                asked <= 5
             },
             |_| {},
         )
         .unwrap_or_else(|e| panic!("{e}"));
+        // Asked before the prompt pass, then before each of 4 tokens.
         assert_eq!((c.finish, c.ids.len()), (Finish::Abandoned, 4));
         assert_eq!(c.text, "abca");
+
+        // A request nobody waits for any more is not even read: no pass.
+        m.at = 7;
+        let c = generate_while(&mut m, &tokenizer(), &req, || false, |_| {})
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((c.finish, c.ids.len(), m.at), (Finish::Abandoned, 0, 7));
     }
 
     #[test]

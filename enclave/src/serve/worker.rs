@@ -66,18 +66,14 @@ impl Worker {
                 while let Ok(job) = rx.recv() {
                     let started = std::time::Instant::now();
                     let events = job.events;
-                    if events.is_closed() {
-                        tracing::info!("request dropped: its client left while it waited");
-                        continue;
-                    }
                     // A panic in the engine leaves the model in an unknown
                     // state, so the worker stops. It closes the queue before
                     // answering, so that once a client has seen the failure
                     // every later request is refused as `Stopped`.
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        // A client that went away (its receiver dropped) ends
-                        // its request at the next token: no compute is
-                        // spent on answers nobody reads.
+                        // A client that went away (its receiver dropped),
+                        // even while its request waited, ends it at the next
+                        // step: no compute is spent on answers nobody reads.
                         generate_while(
                             &mut model,
                             &tk,
@@ -89,21 +85,15 @@ impl Worker {
                         )
                     }));
                     match result {
-                        Ok(Ok(done)) if done.finish == Finish::Abandoned => {
-                            tracing::info!(
-                                prompt_tokens = done.prompt_tokens,
-                                completion_tokens = done.ids.len(),
-                                ms = started.elapsed().as_millis() as u64,
-                                "request abandoned by its client"
-                            );
-                        }
                         Ok(Ok(done)) => {
                             tracing::info!(
                                 prompt_tokens = done.prompt_tokens,
                                 completion_tokens = done.ids.len(),
                                 ms = started.elapsed().as_millis() as u64,
+                                abandoned = done.finish == Finish::Abandoned,
                                 "request done"
                             );
+                            // (Nobody receives it if the client has gone.)
                             let _ = events.send(Event::Done(done));
                         }
                         Ok(Err(e)) => {
