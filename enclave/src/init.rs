@@ -87,7 +87,8 @@ pub fn run(program: &Path, args: &[OsString]) -> ! {
     if let Err(e) = nix::sys::reboot::set_cad_enabled(false) {
         say(format_args!("Ctrl-Alt-Del stays a reset: {e}"));
     }
-    load_modules(Path::new(MODULE_DIR), Path::new(MODULE_ORDER));
+    let loaded = load_modules(Path::new(MODULE_DIR), Path::new(MODULE_ORDER));
+    say(format_args!("{loaded} module(s) loaded"));
     mount_fs(CONFIGFS);
     // The runtime bridges its key-broker TLS over 127.0.0.1, and a fresh
     // kernel's loopback interface is down.
@@ -117,7 +118,7 @@ pub fn run(program: &Path, args: &[OsString]) -> ! {
 
 /// Loads each module named in `order` from `dir`; one already loaded is
 /// fine, any other failure is reported and the rest still loaded.
-pub fn load_modules(dir: &Path, order: &Path) -> usize {
+fn load_modules(dir: &Path, order: &Path) -> usize {
     let Ok(list) = std::fs::read_to_string(order) else {
         return 0;
     };
@@ -166,15 +167,22 @@ pub fn loopback_up() -> Result<(), Errno> {
     msg.extend_from_slice(&IFF_UP.to_ne_bytes());
     msg.extend_from_slice(&IFF_UP.to_ne_bytes());
     nix::sys::socket::send(sock.as_raw_fd(), &msg, MsgFlags::empty())?;
-    let mut reply = [0u8; 256];
-    let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut reply, MsgFlags::empty())?;
-    let field = |at: usize| reply.get(at..at + 4).and_then(|b| b.try_into().ok());
-    match (
-        reply.get(4..6).map(|t| u16::from_ne_bytes([t[0], t[1]])),
-        field(16).map(i32::from_ne_bytes),
-    ) {
-        (Some(NLMSG_ERROR), Some(0)) if n >= 20 => Ok(()),
-        (Some(NLMSG_ERROR), Some(e)) if n >= 20 => Err(Errno::from_raw(-e)),
+    let mut buf = [0u8; 256];
+    let n = nix::sys::socket::recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty())?;
+    // The acknowledgement: nlmsghdr with type NLMSG_ERROR, then the error
+    // code (0 for success, else a negative errno).
+    let reply = buf.get(..n).unwrap_or_default();
+    let kind = reply
+        .get(4..6)
+        .and_then(|b| b.try_into().ok())
+        .map(u16::from_ne_bytes);
+    let code = reply
+        .get(16..20)
+        .and_then(|b| b.try_into().ok())
+        .map(i32::from_ne_bytes);
+    match (kind, code) {
+        (Some(NLMSG_ERROR), Some(0)) => Ok(()),
+        (Some(NLMSG_ERROR), Some(e)) => Err(Errno::from_raw(-e)),
         _ => Err(Errno::EPROTO),
     }
 }
