@@ -109,14 +109,12 @@ pub fn initramfs(inputs: &ImageInputs) -> Result<Vec<u8>, BuildError> {
     Ok(a.to_bytes()?)
 }
 
-/// Adds an extra file, creating its parent directories; the runtime's own
-/// entries (`/init`, the modules, their order, the console) cannot be
-/// replaced this way, nor can a directory become a file.
+/// Adds an extra file, creating its parent directories. Called after the
+/// runtime's own entries are in, so none of them (`/init`, the modules,
+/// their order, the console, a directory) can be replaced; nor can a file
+/// be put where the modules live or under `/dev`, which devtmpfs hides.
 fn add_file(a: &mut Archive, path: &str, data: &[u8]) -> Result<(), BuildError> {
-    let reserved = path == "init"
-        || path == MODULE_ORDER
-        || path.starts_with(&format!("{MODULE_DIR}/"))
-        || path.starts_with("dev/");
+    let reserved = path.starts_with(&format!("{MODULE_DIR}/")) || path.starts_with("dev/");
     if reserved || a.get(path).is_some() {
         return Err(BuildError::FilePath(path.to_string()));
     }

@@ -326,20 +326,20 @@ fn measure_tdx(a: TdxArgs) -> Result<ExitCode> {
     let replay = match &a.ccel {
         Some(path) => {
             let log = files::read("CC event log", path)?;
-            Some(ciel_images::ccel::replay(&log).with_context(|| format!("{}", path.display()))?)
+            let r =
+                ciel_images::ccel::replay(&log).with_context(|| format!("{}", path.display()))?;
+            let rtmr: Vec<String> = r.rtmr.iter().map(hex::encode).collect();
+            Some((r, rtmr))
         }
         None => None,
     };
-    let rtmr: Option<Vec<String>> = replay
-        .as_ref()
-        .map(|r| r.rtmr.iter().map(hex::encode).collect());
     if let Some(out) = &a.reference_values {
         let mut tdx = serde_json::Map::new();
         if let Some(m) = &mrtd {
             tdx.insert("mrtd".into(), serde_json::json!([m]));
         }
-        if let Some(r) = &rtmr {
-            for (i, v) in r.iter().enumerate() {
+        if let Some((_, rtmr)) = &replay {
+            for (i, v) in rtmr.iter().enumerate() {
                 tdx.insert(format!("rtmr{i}"), serde_json::json!([v]));
             }
         }
@@ -356,7 +356,7 @@ fn measure_tdx(a: TdxArgs) -> Result<ExitCode> {
         if let Some(m) = &mrtd {
             doc.insert("mrtd".into(), serde_json::json!(m));
         }
-        if let (Some(r), Some(replay)) = (&rtmr, &replay) {
+        if let Some((replay, rtmr)) = &replay {
             let events: Vec<serde_json::Value> = replay
                 .events
                 .iter()
@@ -367,7 +367,7 @@ fn measure_tdx(a: TdxArgs) -> Result<ExitCode> {
                     })
                 })
                 .collect();
-            doc.insert("rtmr".into(), serde_json::json!(r));
+            doc.insert("rtmr".into(), serde_json::json!(rtmr));
             doc.insert("events".into(), serde_json::json!(events));
         }
         format!("{}\n", serde_json::to_string_pretty(&doc)?)
@@ -376,9 +376,9 @@ fn measure_tdx(a: TdxArgs) -> Result<ExitCode> {
         if let Some(m) = &mrtd {
             s.push_str(&format!("MRTD: {m}\n"));
         }
-        if let (Some(r), Some(replay)) = (&rtmr, &replay) {
+        if let Some((replay, rtmr)) = &replay {
             s.push_str(&format!("events: {}\n", replay.events.len()));
-            for (i, v) in r.iter().enumerate() {
+            for (i, v) in rtmr.iter().enumerate() {
                 s.push_str(&format!("RTMR{i}: {v}\n"));
             }
         }
