@@ -26,6 +26,9 @@ pub enum MeasureError {
 const PAGE: usize = 4096;
 const FOUR_GB: u64 = 0x1_0000_0000;
 const VMSA_GPA: u64 = 0xFFFF_FFFF_F000;
+/// As many as `ciel host launch` gives a guest: bounds the work a mistyped
+/// count asks for.
+pub const MAX_VCPUS: u32 = 512;
 
 // Page types of SNP_LAUNCH_UPDATE.
 const PAGE_NORMAL: u8 = 1;
@@ -267,16 +270,18 @@ impl Gctx {
         info[98] = page_type;
         // 99: IMI page (0); 100..103: VMPL permissions and reserved (0).
         info[104..112].copy_from_slice(&gpa.to_le_bytes());
-        self.ld
-            .copy_from_slice(ring::digest::digest(&ring::digest::SHA384, &info).as_ref());
+        self.ld = sha384(&info);
     }
 
     fn normal_pages(&mut self, gpa: u64, data: &[u8]) {
         for (i, page) in data.chunks(PAGE).enumerate() {
-            let mut d = [0u8; 48];
-            d.copy_from_slice(ring::digest::digest(&ring::digest::SHA384, page).as_ref());
-            self.update(PAGE_NORMAL, gpa + (i * PAGE) as u64, &d);
+            self.update(PAGE_NORMAL, gpa + (i * PAGE) as u64, &sha384(page));
         }
+    }
+
+    /// One vCPU's VMSA, given the SHA-384 of its page.
+    fn vmsa(&mut self, page_digest: &[u8; 48]) {
+        self.update(PAGE_VMSA, VMSA_GPA, page_digest);
     }
 
     fn zero_pages(&mut self, gpa: u64, size: u64, page_type: u8) {
@@ -371,18 +376,13 @@ fn hashes_page(
     Ok(page)
 }
 
-impl Gctx {
-    fn vmsa(&mut self, page: &[u8]) {
-        let mut d = [0u8; 48];
-        d.copy_from_slice(ring::digest::digest(&ring::digest::SHA384, page).as_ref());
-        self.update(PAGE_VMSA, VMSA_GPA, &d);
-    }
-}
-
 /// The launch digest (48 bytes) for `l`.
 pub fn launch_digest(l: &SnpLaunch<'_>) -> Result<[u8; 48], MeasureError> {
-    if l.vcpus == 0 {
-        return Err(MeasureError::Input("at least one vCPU".into()));
+    if l.vcpus == 0 || l.vcpus > MAX_VCPUS {
+        return Err(MeasureError::Input(format!(
+            "{} vCPUs: 1 to {MAX_VCPUS}",
+            l.vcpus
+        )));
     }
     let ovmf = l.ovmf;
     let mut g = match l.ovmf_hash {
@@ -394,17 +394,50 @@ pub fn launch_digest(l: &SnpLaunch<'_>) -> Result<[u8; 48], MeasureError> {
     if let Some(svsm) = l.svsm {
         return svsm_digest(g, svsm, l);
     }
-    metadata_pages(&mut g, ovmf, l.kernel.map(|k| (k, l)), l.vmm)?;
-    let ap_eip = ovmf.sev_es_reset_eip().map(u64::from);
-    for i in 0..l.vcpus {
-        let eip = if i == 0 {
-            BSP_EIP
-        } else {
-            ap_eip.ok_or_else(|| MeasureError::Ovmf("no SEV-ES reset block for APs".into()))?
-        };
-        g.vmsa(&ovmf_vmsa(l.vmm, eip, l.vcpu_sig, l.guest_features));
+    let kernel_hashes = match l.kernel {
+        Some(kernel) => {
+            let table_gpa = ovmf
+                .hashes_table_gpa()
+                .ok_or(MeasureError::NoKernelHashes)?;
+            let offset = (table_gpa & 0xfff) as usize;
+            Some(hashes_page(
+                kernel,
+                l.initrd.unwrap_or(&[]),
+                l.append,
+                offset,
+            )?)
+        }
+        None => None,
+    };
+    metadata_pages(&mut g, ovmf, kernel_hashes.as_deref(), l.vmm)?;
+    g.vmsa(&sha384(&ovmf_vmsa(
+        l.vmm,
+        BSP_EIP,
+        l.vcpu_sig,
+        l.guest_features,
+    )));
+    if l.vcpus > 1 {
+        // Every application processor starts alike: one page, hashed once.
+        let ap_eip = ovmf
+            .sev_es_reset_eip()
+            .ok_or_else(|| MeasureError::Ovmf("no SEV-ES reset block for APs".into()))?;
+        let ap = sha384(&ovmf_vmsa(
+            l.vmm,
+            u64::from(ap_eip),
+            l.vcpu_sig,
+            l.guest_features,
+        ));
+        for _ in 1..l.vcpus {
+            g.vmsa(&ap);
+        }
     }
     Ok(g.ld)
+}
+
+fn sha384(b: &[u8]) -> [u8; 48] {
+    let mut d = [0u8; 48];
+    d.copy_from_slice(ring::digest::digest(&ring::digest::SHA384, b).as_ref());
+    d
 }
 
 /// OVMF, then the SVSM image, its metadata pages, and a VMSA per vCPU all
@@ -423,7 +456,7 @@ fn svsm_digest(mut g: Gctx, svsm: &Ovmf, l: &SnpLaunch<'_>) -> Result<[u8; 48], 
         .ok_or_else(|| MeasureError::Ovmf("the SVSM image has no SVSM_INFO entry".into()))?;
     g.normal_pages(svsm.gpa(), &svsm.data);
     metadata_pages(&mut g, svsm, None, Vmm::Qemu)?;
-    let page = svsm_vmsa(entry, l.vcpu_sig);
+    let page = sha384(&svsm_vmsa(entry, l.vcpu_sig));
     for _ in 0..l.vcpus {
         g.vmsa(&page);
     }
@@ -431,19 +464,19 @@ fn svsm_digest(mut g: Gctx, svsm: &Ovmf, l: &SnpLaunch<'_>) -> Result<[u8; 48], 
 }
 
 /// The pages the firmware's SEV metadata names, as the VMM loads them;
-/// `direct_boot` gives the kernel and the rest of the launch for the
-/// kernel-hashes page.
+/// `kernel_hashes` is the hashes page of a direct boot (kernel, initrd,
+/// command line), measured in place of the zero page otherwise there.
 fn metadata_pages(
     g: &mut Gctx,
     ovmf: &Ovmf,
-    direct_boot: Option<(&[u8], &SnpLaunch<'_>)>,
+    kernel_hashes: Option<&[u8]>,
     vmm: Vmm,
 ) -> Result<(), MeasureError> {
     let has_hashes_section = ovmf
         .sections
         .iter()
         .any(|s| s.kind == Section::KernelHashes);
-    if direct_boot.is_some() && !has_hashes_section {
+    if kernel_hashes.is_some() && !has_hashes_section {
         return Err(MeasureError::NoKernelHashes);
     }
     for s in &ovmf.sections {
@@ -454,15 +487,8 @@ fn metadata_pages(
             Section::Secrets => g.update(PAGE_SECRETS, s.gpa, &[0; 48]),
             Section::Cpuid if vmm != Vmm::Ec2 => g.update(PAGE_CPUID, s.gpa, &[0; 48]),
             Section::Cpuid => {}
-            Section::KernelHashes => match direct_boot {
-                Some((kernel, l)) => {
-                    let table_gpa = ovmf
-                        .hashes_table_gpa()
-                        .ok_or(MeasureError::NoKernelHashes)?;
-                    let offset = (table_gpa & 0xfff) as usize;
-                    let page = hashes_page(kernel, l.initrd.unwrap_or(&[]), l.append, offset)?;
-                    g.normal_pages(s.gpa, &page);
-                }
+            Section::KernelHashes => match kernel_hashes {
+                Some(page) => g.normal_pages(s.gpa, page),
                 None => g.zero_pages(s.gpa, s.size, PAGE_ZERO),
             },
         }

@@ -125,3 +125,32 @@ fn sev_snp_measure_cases() {
         failures.join("\n")
     );
 }
+
+#[test]
+fn a_vcpu_count_outside_1_to_512_is_refused() {
+    let ovmf = Ovmf::parse(std::fs::read(dir().join("ovmf_AmdSev_suffix.bin")).unwrap()).unwrap();
+    for (vcpus, ok) in [
+        (0, false),
+        (1, true),
+        (ciel_images::snp_measure::MAX_VCPUS, true),
+        (ciel_images::snp_measure::MAX_VCPUS + 1, false),
+        (u32::MAX, false),
+    ] {
+        let launch = SnpLaunch {
+            ovmf: &ovmf,
+            kernel: None,
+            initrd: None,
+            append: None,
+            vcpus,
+            vcpu_sig: cpu_sig(23, 1, 2),
+            guest_features: 1,
+            vmm: Vmm::Qemu,
+            ovmf_hash: None,
+            svsm: None,
+        };
+        match launch_digest(&launch) {
+            Ok(_) => assert!(ok, "{vcpus} vCPUs measured"),
+            Err(e) => assert!(!ok && matches!(e, MeasureError::Input(_)), "{vcpus}: {e}"),
+        }
+    }
+}
