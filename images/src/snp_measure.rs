@@ -63,7 +63,13 @@ const KERNEL_GUID: &str = "4de79437-abd2-427f-b835-d5b172d2045b";
 /// In a Coconut SVSM image: its entry point, relative to where it is loaded.
 const SVSM_INFO_GUID: &str = "a789a612-0597-4c4b-a49f-cbb1fe9d1ddd";
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    b.get(at..at.checked_add(8)?)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_le_bytes)
+}
+
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     b.get(at..at.checked_add(4)?)
         .and_then(|s| s.try_into().ok())
         .map(u32::from_le_bytes)

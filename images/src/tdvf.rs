@@ -10,7 +10,7 @@
 //! measured right after it is added (upstream KVM and QEMU) or all of a
 //! section's pages are added first (earlier TDX QEMU/KVM trees).
 
-use crate::snp_measure::{MeasureError, Ovmf};
+use crate::snp_measure::{MeasureError, Ovmf, u32_at, u64_at};
 
 /// The OVMF footer entry whose last four bytes give the TDVF descriptor's
 /// offset from the end of the image.
@@ -63,24 +63,14 @@ pub fn tdvf_sections(image: &Ovmf) -> Result<Vec<TdvfSection>, MeasureError> {
     let from_end = entry
         .len()
         .checked_sub(4)
-        .and_then(|at| entry.get(at..))
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_le_bytes)
+        .and_then(|at| u32_at(entry, at))
         .ok_or_else(|| bad("offset entry shorter than 4 bytes".into()))?;
     let start = data
         .len()
         .checked_sub(from_end as usize)
         .ok_or_else(|| bad(format!("descriptor offset {from_end} is beyond the image")))?;
-    let u32_at = |at: usize| {
-        data.get(at..at + 4)
-            .and_then(|b| b.try_into().ok())
-            .map(u32::from_le_bytes)
-    };
-    let u64_at = |at: usize| {
-        data.get(at..at + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
+    let u32_at = |at: usize| u32_at(data, at);
+    let u64_at = |at: usize| u64_at(data, at);
     if data.get(start..start + 4) != Some(b"TDVF") {
         return Err(bad(format!("no TDVF signature at image offset {start}")));
     }
