@@ -78,6 +78,30 @@ pub fn start_with_audit(
     }
     let audit = audit_log(&config);
     let state = Arc::new(AppState::new(config, store, audit));
+    let (addr, tx) = serve_in_background(move |listener, stop| async move {
+        serve(listener, state, async move {
+            let _ = stop.await;
+        })
+        .await
+        .unwrap();
+    });
+    Broker {
+        base: format!("http://{addr}"),
+        dir,
+        admin,
+        _shutdown: tx,
+    }
+}
+
+/// Runs `server` on a fresh loopback listener, on a runtime of its own in
+/// a background thread; it stops when the returned sender is dropped.
+pub fn serve_in_background<F, Fut>(
+    server: F,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>)
+where
+    F: FnOnce(tokio::net::TcpListener, tokio::sync::oneshot::Receiver<()>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -89,19 +113,18 @@ pub fn start_with_audit(
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            serve(listener, state, async move {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
+            server(listener, rx).await
         });
     });
-    let addr = addr_rx.recv().unwrap();
-    Broker {
-        base: format!("http://{addr}"),
-        dir,
-        admin,
-        _shutdown: tx,
+    (addr_rx.recv().unwrap(), tx)
+}
+
+/// A simulated guest with the default report: the measurement the
+/// tests' policies allow.
+pub fn genuine_guest() -> SimSnpSource<&'static SnpSim> {
+    SimSnpSource {
+        sim: sim(),
+        template: SimSnpReport::default(),
     }
 }
 

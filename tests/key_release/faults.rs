@@ -36,10 +36,7 @@ fn a_broker_that_cannot_write_its_audit_log_releases_nothing() {
         let empty = verify(&c.audit_log).unwrap();
         AuditLog::with_sink(&c.audit_log, Box::new(disk), empty)
     });
-    let source = SimSnpSource {
-        sim: sim(),
-        template: SimSnpReport::default(),
-    };
+    let source = genuine_guest();
     let err = client(&b)
         .fetch_resource("default/model-key/demo", &source)
         .unwrap_err()
@@ -137,10 +134,7 @@ fn a_replayed_key_release_response_is_refused() {
         base: replaying_relay(upstream),
         ..b
     };
-    let source = SimSnpSource {
-        sim: sim(),
-        template: SimSnpReport::default(),
-    };
+    let source = genuine_guest();
     // The first session's answer is genuine (and recorded on the way).
     let key = client(&relay)
         .fetch_resource("default/model-key/demo", &source)

@@ -50,10 +50,7 @@ fn release_flow_and_policy_refusals() {
             ),
         ],
     );
-    let good = SimSnpSource {
-        sim: sim(),
-        template: SimSnpReport::default(),
-    };
+    let good = genuine_guest();
     let key = client(&b)
         .fetch_resource("default/model-key/demo", &good)
         .unwrap();
@@ -155,10 +152,7 @@ fn attest(
 }
 
 fn evidence_for(runtime: &RuntimeData) -> serde_json::Value {
-    let good = SimSnpSource {
-        sim: sim(),
-        template: SimSnpReport::default(),
-    };
+    let good = genuine_guest();
     good.evidence(binding::report_data(runtime).unwrap())
         .unwrap()
 }
@@ -289,10 +283,7 @@ fn expired_sessions_and_untrusted_roots_are_refused() {
 
     // A broker that does not name the simulated root refuses simulated evidence outright.
     let strict = start(300, false, &[("default/model-key/demo", String::new())]);
-    let good = SimSnpSource {
-        sim: sim(),
-        template: SimSnpReport::default(),
-    };
+    let good = genuine_guest();
     let e = client(&strict)
         .fetch_resource("default/model-key/demo", &good)
         .unwrap_err();
@@ -326,10 +317,7 @@ fn admin_puts_need_a_valid_signature_and_rotation_keeps_old_versions() {
     let v: serde_json::Value = r.body_mut().read_json().unwrap();
     assert_eq!(v["version"], 2);
     // The newest version is released; guests can still ask for the old one.
-    let good = SimSnpSource {
-        sim: sim(),
-        template: SimSnpReport::default(),
-    };
+    let good = genuine_guest();
     assert_eq!(
         client(&b)
             .fetch_resource("default/model-key/demo", &good)
@@ -369,29 +357,14 @@ fn tls_broker_is_reached_only_with_its_pinned_ca() {
     let store = KeyStore::open(&config.key_store, &master).unwrap();
     let audit = AuditLog::open(&config.audit_log).unwrap();
     let state = Arc::new(AppState::new(config, store, audit));
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addr_tx.send(tcp.local_addr().unwrap()).unwrap();
-            let _ = ciel_keybroker::server::serve(TlsListener::new(tcp, tls), state, async move {
-                let _ = rx.await;
-            })
-            .await;
-        });
+    let (addr, _stop) = serve_in_background(move |tcp, stop| async move {
+        let _ = ciel_keybroker::server::serve(TlsListener::new(tcp, tls), state, async move {
+            let _ = stop.await;
+        })
+        .await;
     });
-    let addr = addr_rx.recv().unwrap();
     let base = format!("https://127.0.0.1:{}", addr.port());
-    let good = SimSnpSource {
-        sim: sim(),
-        template: SimSnpReport::default(),
-    };
+    let good = genuine_guest();
     let backoff = Backoff {
         attempts: 1,
         first: Duration::from_millis(10),
