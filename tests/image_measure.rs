@@ -4,8 +4,26 @@
 
 mod common;
 use ciel_attestation::sim::{SimTdxQuote, TdxSim};
-use ciel_attestation::{Collateral, Evidence, Policy, ReasonKind, UnixTime, verify};
+use ciel_attestation::{Collateral, Evidence, Policy, ReasonKind, UnixTime, Verdict, verify};
 use common::{ciel, vector};
+
+/// The verdict on a simulated TD's quote under the reference values in
+/// `rv`, plus (for a simulated quote) the simulated root.
+fn simulated_td_under(rv: &std::path::Path) -> impl Fn(SimTdxQuote) -> Verdict {
+    let now = UnixTime(1_790_000_000);
+    let sim = TdxSim::generate(UnixTime(now.0 - 86_400)).unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(rv).unwrap()).unwrap();
+    doc["danger_simulated_roots"] = serde_json::json!([hex::encode(sim.root_sha256())]);
+    let policy = Policy::from_json(&doc.to_string()).unwrap();
+    let col = Collateral {
+        dcap: Some(sim.collateral(now).unwrap()),
+        ..Default::default()
+    };
+    move |q| {
+        let quote = sim.quote(&q).unwrap();
+        verify(&Evidence::parse(&quote).unwrap(), &col, &policy, now)
+    }
+}
 
 #[test]
 fn replayed_rtmrs_become_a_policy_that_a_matching_quote_satisfies() {
@@ -30,49 +48,23 @@ fn replayed_rtmrs_become_a_policy_that_a_matching_quote_satisfies() {
     );
     assert_eq!(out["events"].as_array().unwrap().len(), 37);
 
-    // The reference values, plus (for this simulated quote) the simulated root.
-    let now = 1_790_000_000;
-    let sim = TdxSim::generate(UnixTime(now - 86_400)).unwrap();
-    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&rv).unwrap()).unwrap();
-    doc["danger_simulated_roots"] = serde_json::json!([hex::encode(sim.root_sha256())]);
-    let policy = Policy::from_json(&doc.to_string()).unwrap();
-
     let mut rtmr = [[0u8; 48]; 4];
     for (i, r) in rtmr.iter_mut().enumerate() {
         r.copy_from_slice(&hex::decode(out["rtmr"][i].as_str().unwrap()).unwrap());
     }
-    let col = Collateral {
-        dcap: Some(sim.collateral(UnixTime(now)).unwrap()),
+    let verdict = simulated_td_under(&rv);
+    let v = verdict(SimTdxQuote {
+        rtmr,
         ..Default::default()
-    };
-    let quote = sim
-        .quote(&SimTdxQuote {
-            rtmr,
-            ..Default::default()
-        })
-        .unwrap();
-    let v = verify(
-        &Evidence::parse(&quote).unwrap(),
-        &col,
-        &policy,
-        UnixTime(now),
-    );
+    });
     assert!(v.accepted, "{:?}", v.reasons);
 
     // A TD whose boot chain differs (one event more in RTMR1) is refused.
     rtmr[1][0] ^= 1;
-    let quote = sim
-        .quote(&SimTdxQuote {
-            rtmr,
-            ..Default::default()
-        })
-        .unwrap();
-    let v = verify(
-        &Evidence::parse(&quote).unwrap(),
-        &col,
-        &policy,
-        UnixTime(now),
-    );
+    let v = verdict(SimTdxQuote {
+        rtmr,
+        ..Default::default()
+    });
     assert!(v.has(ReasonKind::RtmrNotAllowed), "{:?}", v.reasons);
 
     // And a garbage log is a clear error.
@@ -358,29 +350,14 @@ fn mrtd_from_a_tdvf_becomes_a_policy_that_a_matching_quote_satisfies() {
     assert_eq!(run.code, 0, "{}", run.stderr);
     let mrtd_hex = run.json()["mrtd"].as_str().unwrap().to_string();
 
-    let now = 1_790_000_000;
-    let sim = TdxSim::generate(UnixTime(now - 86_400)).unwrap();
-    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&rv).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&rv).unwrap()).unwrap();
     assert_eq!(doc["tdx"]["mrtd"][0], mrtd_hex.as_str());
-    doc["danger_simulated_roots"] = serde_json::json!([hex::encode(sim.root_sha256())]);
-    let policy = Policy::from_json(&doc.to_string()).unwrap();
-    let col = Collateral {
-        dcap: Some(sim.collateral(UnixTime(now)).unwrap()),
-        ..Default::default()
-    };
-    let verdict = |mrtd: [u8; 48]| {
-        let quote = sim
-            .quote(&SimTdxQuote {
-                mrtd,
-                ..Default::default()
-            })
-            .unwrap();
-        verify(
-            &Evidence::parse(&quote).unwrap(),
-            &col,
-            &policy,
-            UnixTime(now),
-        )
+    let under_policy = simulated_td_under(&rv);
+    let verdict = |mrtd| {
+        under_policy(SimTdxQuote {
+            mrtd,
+            ..Default::default()
+        })
     };
     let mut mrtd: [u8; 48] = hex::decode(&mrtd_hex).unwrap().try_into().unwrap();
     let v = verdict(mrtd);
