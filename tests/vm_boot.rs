@@ -14,7 +14,7 @@ mod common;
 use ciel_attestation::Policy;
 use ciel_attestation::sim::{SimSnpReport, SnpSim};
 use ciel_client::Client;
-use common::{Running, ciel, data_dir, free_port, seal_registered, sim_report, start_kbs};
+use common::{Running, ciel, free_port, seal_registered, start_kbs};
 use serde_json::{Value, json};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -228,10 +228,11 @@ fn the_image_boots_and_answers_over_vsock() {
 
     // The owner: a simulated hierarchy, a broker that releases the model's
     // key to a simulated guest with the expected measurement, the sealed model.
-    let made = sim_report("snp", &"00".repeat(64), &dir.join("first.report"));
-    assert_eq!(made.code, 0, "{}", made.stderr);
-    let sim_dir = data_dir().join("sim/snp");
-    let sim = SnpSim::from_files(|f| std::fs::read(sim_dir.join(f)).ok()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sim = SnpSim::generate(ciel_attestation::UnixTime(now)).unwrap();
     let fp = hex::encode(sim.root_sha256());
     let measurement = hex::encode(SimSnpReport::default().measurement);
     let kb = dir.join("kbs");
@@ -249,15 +250,15 @@ fn the_image_boots_and_answers_over_vsock() {
     // The image: the broker's CA pinned and the simulated platform's keys
     // inside (so measured with it), the runtime's arguments on the kernel
     // command line.
+    // (The simulated keys in the layout `ciel --sim` reads from
+    // $CIEL_DATA_DIR/sim/snp.)
     let mut files = vec![("etc/ciel/kbs-ca.pem".to_string(), kb.join("tls-ca.pem"))];
-    for e in std::fs::read_dir(&sim_dir).unwrap() {
-        let e = e.unwrap();
-        files.push((
-            format!("var/lib/ciel/sim/snp/{}", e.file_name().to_string_lossy()),
-            e.path(),
-        ));
+    std::fs::create_dir(dir.join("sim")).unwrap();
+    for (name, bytes) in sim.to_files().unwrap() {
+        let host = dir.join("sim").join(name);
+        std::fs::write(&host, bytes).unwrap();
+        files.push((format!("var/lib/ciel/sim/snp/{name}"), host));
     }
-    files.sort();
     let cmdline = format!(
         "console=ttyS0 panic=-1 CIEL_DATA_DIR=/var/lib/ciel RUST_LOG=info -- enclave serve --sim \
          --kbs {} --kbs-ca /etc/ciel/kbs-ca.pem --kbs-via vsock://2:{RELAY_PORT} \
@@ -397,6 +398,17 @@ fn the_image_boots_and_answers_over_vsock() {
             && console_text.contains("powering off"),
         "{}",
         report("no orderly stop on the console")
+    );
+    // PID 1 loaded every module the image lists.
+    let listed = std::fs::read_to_string(assets.modules.join("load-order"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    assert!(
+        console_text.contains(&format!("ciel-init: {listed} module(s) loaded")),
+        "{}",
+        report("not every module loaded")
     );
     // Neither the prompt nor the answer shows on the guest's console.
     assert!(!console_text.contains(question) && !console_text.contains(text));
