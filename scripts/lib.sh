@@ -12,12 +12,20 @@ ensure_toolchain() {
     command -v python3 >/dev/null 2>&1 || { echo "python3 is needed by the scripts" >&2; exit 2; }
 }
 
-# cargo-deny, installed once into cargo's bin dir (cached across runs).
-ensure_cargo_deny() {
-    local want=0.20
-    if cargo deny --version 2>/dev/null | grep -q "cargo-deny $want"; then
+# A tool from crates, installed once into cargo's bin dir (cached across
+# runs) unless `CMD...` already prints a line starting with WANT; progress
+# goes to stderr, so scripts that print results on stdout can use it.
+#   ensure_cargo_tool WANT CRATE VERSION_REQ CMD...
+ensure_cargo_tool() {
+    local want=$1 crate=$2 version=$3
+    shift 3
+    if "$@" 2>/dev/null | grep -q "^$want"; then
         return
     fi
-    banner "Installing cargo-deny $want (once)"
-    cargo install --locked --quiet cargo-deny --version "~$want"
+    banner "Installing $crate $version (once)" >&2
+    cargo install --locked --quiet "$crate" --version "$version" >&2
+}
+
+ensure_cargo_deny() {
+    ensure_cargo_tool "cargo-deny 0.20" cargo-deny "~0.20" cargo deny --version
 }

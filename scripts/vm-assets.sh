@@ -61,13 +61,6 @@ ensure_kernel() {
     touch "$stamp"
 }
 
-ensure_vhost_device_vsock() {
-    if vhost-device-vsock --version 2>/dev/null | grep -q "$vhost_version"; then
-        return
-    fi
-    banner "Installing vhost-device-vsock $vhost_version (once)" >&2
-    cargo install --locked --quiet vhost-device-vsock --version "$vhost_version" >&2
-}
 
 # The guest's /init: ciel, statically linked against glibc (no loader or
 # shared libraries in the image), in the `guest` profile. RUSTFLAGS replaces
@@ -81,7 +74,8 @@ build_static_ciel() {
 ensure_toolchain
 ensure_qemu
 ensure_kernel
-ensure_vhost_device_vsock
+ensure_cargo_tool "vhost-device-vsock $vhost_version" vhost-device-vsock "=$vhost_version" \
+    vhost-device-vsock --version
 build_static_ciel
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 cat <<EOF
