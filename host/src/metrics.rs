@@ -2,26 +2,33 @@
 //! connections, bytes and errors per service; they never see content
 //! (which is TLS or sealed ciphertext anyway).
 
+use ciel_transport::server::ConnectionCounters;
 use std::fmt::Write;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One service's counters.
 #[derive(Debug, Default)]
 pub struct ServiceMetrics {
-    pub connections_total: AtomicU64,
-    pub connections_active: AtomicU64,
-    pub connections_refused: AtomicU64,
+    /// The server loop's: accepted, open, refused at the cap, accept errors.
+    pub connections: Arc<ConnectionCounters>,
+    /// Connections whose other side could not be reached.
+    pub unreachable: AtomicU64,
     pub bytes_to_guest: AtomicU64,
     pub bytes_from_guest: AtomicU64,
     pub errors_total: AtomicU64,
 }
 
-/// A metric: name, Prometheus type, help text, and which counter.
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// A metric: name, Prometheus type, help text, and its value.
 type Series = (
     &'static str,
     &'static str,
     &'static str,
-    fn(&ServiceMetrics) -> &AtomicU64,
+    fn(&ServiceMetrics) -> u64,
 );
 
 /// All of the shim's counters.
@@ -46,58 +53,58 @@ impl Metrics {
                 "ciel_host_connections_total",
                 "counter",
                 "Connections accepted.",
-                |m| &m.connections_total,
+                |m| get(&m.connections.accepted),
             ),
             (
                 "ciel_host_connections_active",
                 "gauge",
                 "Connections open now.",
-                |m| &m.connections_active,
+                |m| get(&m.connections.active),
             ),
             (
                 "ciel_host_connections_refused_total",
                 "counter",
                 "Connections refused at the cap or failing to reach the other side.",
-                |m| &m.connections_refused,
+                |m| get(&m.connections.refused) + get(&m.unreachable),
             ),
             (
                 "ciel_host_bytes_to_guest_total",
                 "counter",
                 "Bytes carried towards the guest.",
-                |m| &m.bytes_to_guest,
+                |m| get(&m.bytes_to_guest),
             ),
             (
                 "ciel_host_bytes_from_guest_total",
                 "counter",
                 "Bytes carried from the guest.",
-                |m| &m.bytes_from_guest,
+                |m| get(&m.bytes_from_guest),
             ),
             (
                 "ciel_host_errors_total",
                 "counter",
-                "I/O errors and timeouts.",
-                |m| &m.errors_total,
+                "I/O errors, timeouts and failed accepts.",
+                |m| get(&m.errors_total) + get(&m.connections.accept_errors),
             ),
         ];
         for (name, kind, help, get) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for (service, m) in services {
-                let _ = writeln!(
-                    out,
-                    "{name}{{service=\"{service}\"}} {}",
-                    get(m).load(Ordering::Relaxed)
-                );
+                let _ = writeln!(out, "{name}{{service=\"{service}\"}} {}", get(m));
             }
         }
         out
     }
 }
 
-/// Serves `GET /metrics` on `listener` until the task is dropped.
+/// Serves `GET /metrics` on `listener` (the one server loop, plain HTTP)
+/// until `shutdown` resolves.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
-    metrics: std::sync::Arc<Metrics>,
-) -> std::io::Result<()> {
+    listener: ciel_transport::Listener,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use ciel_transport::http::{HttpLimits, HttpService};
+    use std::time::Duration;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -113,7 +120,21 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app).await
+    let service = HttpService {
+        router: app,
+        tls: None,
+        limits: HttpLimits {
+            handshake: Duration::from_secs(10),
+            request_read: Duration::from_secs(10),
+            max_body: 4096,
+        },
+        refuse_body: ciel_transport::http::refuse_in_plain_text,
+    };
+    let limits = ciel_transport::server::Limits {
+        max_connections: 16,
+        grace: Duration::from_secs(1),
+    };
+    ciel_transport::http::serve(listener, limits, Arc::default(), service, shutdown).await
 }
 
 #[cfg(test)]

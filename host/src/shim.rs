@@ -15,13 +15,14 @@
 
 use crate::metrics::{Metrics, ServiceMetrics};
 use ciel_protocol::control::{self, MAX_BLOB_READ, Message};
+use ciel_transport::server::{self, Limits};
 use ciel_transport::{Endpoint, Listener, Stream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 /// What the shim serves.
 #[derive(Debug, Clone)]
@@ -72,6 +73,17 @@ pub async fn run(
         })
     };
     let (stop_tx, stop_rx) = watch::channel(false);
+    let limits = Limits {
+        max_connections: cfg.max_connections.max(1),
+        grace: cfg.grace,
+    };
+    let service = |pick: fn(&Metrics) -> &ServiceMetrics| Service {
+        metrics: metrics.clone(),
+        pick,
+        idle: cfg.idle_timeout,
+        limits,
+        stop: stop_rx.clone(),
+    };
     let mut tasks = Vec::new();
     for ep in &cfg.listen {
         let l = bind(ep.clone()).await?;
@@ -79,7 +91,7 @@ pub async fn run(
         tasks.push(tokio::spawn(forward_service(
             l,
             cfg.guest_api.clone(),
-            Service::new(&cfg, metrics.clone(), |m| &m.api, stop_rx.clone()),
+            service(|m| &m.api),
         )));
     }
     if let Some((ep, dir)) = &cfg.blobs {
@@ -92,7 +104,7 @@ pub async fn run(
         tasks.push(tokio::spawn(blob_service(
             l,
             dir.clone(),
-            Service::new(&cfg, metrics.clone(), |m| &m.blobs, stop_rx.clone()),
+            service(|m| &m.blobs),
         )));
     }
     if let Some((ep, broker)) = &cfg.kbs_relay {
@@ -101,19 +113,14 @@ pub async fn run(
         tasks.push(tokio::spawn(forward_service(
             l,
             broker.clone(),
-            Service::new(&cfg, metrics.clone(), |m| &m.kbs_relay, stop_rx.clone()),
+            service(|m| &m.kbs_relay),
         )));
     }
     shutdown.await;
-    tracing::info!(
-        grace_s = cfg.grace.as_secs(),
-        "shutting down: no new connections"
-    );
     let _ = stop_tx.send(true);
-    let deadline = Instant::now() + cfg.grace;
+    // Each service drains within the grace period on its own.
     for t in tasks {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let _ = tokio::time::timeout(left, t).await;
+        let _ = t.await;
     }
     Ok(())
 }
@@ -123,72 +130,33 @@ pub async fn run(
 struct Service {
     metrics: Arc<Metrics>,
     pick: fn(&Metrics) -> &ServiceMetrics,
-    slots: Arc<Semaphore>,
     idle: Duration,
+    limits: Limits,
     stop: watch::Receiver<bool>,
-    max_connections: usize,
 }
 
 impl Service {
-    fn new(
-        cfg: &ShimConfig,
-        metrics: Arc<Metrics>,
-        pick: fn(&Metrics) -> &ServiceMetrics,
-        stop: watch::Receiver<bool>,
-    ) -> Self {
-        Service {
-            metrics,
-            pick,
-            slots: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
-            idle: cfg.idle_timeout,
-            stop,
-            max_connections: cfg.max_connections.max(1),
-        }
-    }
-
     fn m(&self) -> &ServiceMetrics {
         (self.pick)(&self.metrics)
     }
 
-    /// Accepts until stopped; `handle` runs per connection within the cap.
-    /// Returns once every connection has ended.
-    async fn accept_loop<F, Fut>(mut self, listener: Listener, handle: F)
+    /// Runs the one server loop until stopped: `handle` per connection,
+    /// within the cap. Returns once every connection has ended or been cut
+    /// at the grace period.
+    async fn accept_loop<F, Fut>(self, listener: Listener, handle: F)
     where
         F: Fn(Stream, String, Service) -> Fut,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = self.stop.changed() => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    self.m().errors_total.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "connection refused: at the connection cap");
-                self.m().connections_refused.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            self.m().connections_total.fetch_add(1, Ordering::Relaxed);
-            self.m().connections_active.fetch_add(1, Ordering::Relaxed);
-            let fut = handle(stream, peer, self.clone());
-            let svc = self.clone();
-            tokio::spawn(async move {
-                fut.await;
-                svc.m().connections_active.fetch_sub(1, Ordering::Relaxed);
-                drop(permit);
-            });
-        }
-        // Wait for the open connections (the caller bounds this in time).
-        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
-        let _ = self.slots.acquire_many(all).await;
+        let mut stop = self.stop.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        let counters = self.m().connections.clone();
+        server::serve(listener, self.limits, counters, stopped, |stream, conn| {
+            handle(stream, conn.peer, self.clone())
+        })
+        .await
     }
 }
 
@@ -201,7 +169,7 @@ async fn forward_service(listener: Listener, target: Endpoint, svc: Service) {
                 Ok(g) => g,
                 Err(e) => {
                     tracing::warn!(%peer, %target, error = %e, "cannot reach the other side");
-                    svc.m().connections_refused.fetch_add(1, Ordering::Relaxed);
+                    svc.m().unreachable.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
             };

@@ -31,6 +31,10 @@ pub enum Kind {
     AuditFailure,
     /// Too many sessions in flight.
     Busy,
+    /// The request body is larger than the broker accepts.
+    TooLarge,
+    /// The request did not arrive within the deadline.
+    Timeout,
     /// Anything else on our side.
     Internal,
 }
@@ -49,8 +53,16 @@ impl Kind {
             Kind::Unauthorized => "urn:ciel:kbs:unauthorized",
             Kind::AuditFailure => "urn:ciel:kbs:audit-failure",
             Kind::Busy => "urn:ciel:kbs:busy",
+            Kind::TooLarge => "urn:ciel:kbs:too-large",
+            Kind::Timeout => "urn:ciel:kbs:timeout",
             Kind::Internal => "urn:ciel:kbs:internal",
         }
+    }
+
+    /// The problem type without its URN prefix (`bad-nonce`): a metrics label.
+    pub fn reason(self) -> &'static str {
+        let urn = self.urn();
+        urn.strip_prefix("urn:ciel:kbs:").unwrap_or(urn)
     }
 
     fn status(self) -> StatusCode {
@@ -63,6 +75,8 @@ impl Kind {
             Kind::BadNonce | Kind::BadEvidence | Kind::PolicyDenied => StatusCode::FORBIDDEN,
             Kind::UnknownResource => StatusCode::NOT_FOUND,
             Kind::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::Timeout => StatusCode::REQUEST_TIMEOUT,
             Kind::AuditFailure | Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,6 +106,8 @@ impl IntoResponse for ApiError {
         })
         .unwrap_or_default();
         let mut r = (self.kind.status(), body).into_response();
+        // For the metrics middleware: refusals are counted by kind.
+        r.extensions_mut().insert(self.kind);
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),

@@ -4,15 +4,16 @@
 
 use crate::audit::{AuditLog, Entry};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::problem::{ApiError, Kind};
 use crate::resource::ResourcePath;
 use crate::session::Sessions;
 use crate::store::KeyStore;
-use crate::tls::ClientAddr;
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -20,8 +21,11 @@ use ciel_attestation::tee_evidence as evidence;
 use ciel_attestation::{UnixTime, verify};
 use ciel_protocol::kbs::{Attestation, AttestationToken, Challenge, PROTOCOL_VERSION, Request};
 use ciel_protocol::{binding, jwe};
-use std::net::SocketAddr;
+use ciel_transport::Listener;
+use ciel_transport::http::{BodyRefusal, HttpLimits, HttpService, Peer};
+use ciel_transport::server::Limits;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 const COOKIE: &str = "kbs-session-id";
 /// Admin requests must be signed within this many seconds of now.
@@ -36,6 +40,7 @@ pub struct AppState {
     pub sessions: Sessions,
     pub store: Mutex<KeyStore>,
     pub audit: AuditLog,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -46,6 +51,7 @@ impl AppState {
             sessions,
             store: Mutex::new(store),
             audit,
+            metrics: Arc::new(Metrics::new()),
         }
     }
 }
@@ -71,27 +77,79 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/kbs/v0/admin/resource/{repo}/{kind}/{tag}",
             post(admin_put),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            crate::metrics::record,
+        ))
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves: HTTPS on a [`crate::tls::TlsListener`], or plain
-/// HTTP on a `tokio::net::TcpListener` (tests, or behind a TLS proxy).
-pub async fn serve<L>(
-    listener: L,
+/// How the broker listens: TLS (or plain HTTP on loopback), and the
+/// bounds of the one server loop.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub limits: Limits,
+    pub http: HttpLimits,
+}
+
+impl ServeOptions {
+    /// Open connections by default.
+    pub const MAX_CONNECTIONS: usize = 1024;
+    /// Largest request body: evidence with its collateral and GPU reports.
+    pub const MAX_BODY: usize = 2 << 20;
+
+    /// The defaults: 1024 connections, 10 s for the TLS handshake and for
+    /// each request's headers and body, 2 MiB bodies, 10 s to drain.
+    pub fn new(tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        ServeOptions {
+            tls,
+            limits: Limits {
+                max_connections: Self::MAX_CONNECTIONS,
+                grace: Duration::from_secs(10),
+            },
+            http: HttpLimits {
+                handshake: Duration::from_secs(10),
+                request_read: Duration::from_secs(10),
+                max_body: Self::MAX_BODY,
+            },
+        }
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, finishing requests in
+/// flight: every connection, its TLS handshake included, in its own task
+/// under the connection cap and deadlines ([`ciel_transport::http`]).
+pub async fn serve(
+    listener: Listener,
     state: Arc<AppState>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-    ClientAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
-{
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<ClientAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let counters = state.metrics.connections.clone();
+    let service = HttpService {
+        router: router(state),
+        tls: options.tls,
+        limits: options.http,
+        refuse_body,
+    };
+    ciel_transport::http::serve(listener, options.limits, counters, service, shutdown).await
+}
+
+/// Refused bodies as RFC 7807 problems.
+fn refuse_body(refusal: &BodyRefusal) -> Response {
+    let kind = match refusal {
+        BodyRefusal::TooLarge { .. } => Kind::TooLarge,
+        BodyRefusal::TooSlow { .. } => Kind::Timeout,
+        _ => Kind::BadRequest,
+    };
+    ApiError::new(kind, refusal.to_string()).into_response()
+}
+
+/// `GET /metrics` for this broker, to serve on a listener of its own.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    let metrics = state.metrics.clone();
+    crate::metrics::router(metrics, move || state.sessions.len())
 }
 
 fn cookie(headers: &HeaderMap) -> Option<String> {
@@ -166,7 +224,7 @@ fn audit(st: &AppState, e: Entry) -> Result<(), ApiError> {
 }
 
 fn entry(
-    client: SocketAddr,
+    client: &str,
     event: &'static str,
     resource: Option<String>,
     decision: &'static str,
@@ -188,7 +246,7 @@ fn entry(
 
 async fn attest(
     State(st): State<Arc<AppState>>,
-    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    Extension(Peer(client)): Extension<Peer>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -202,7 +260,7 @@ async fn attest(
     let req: Attestation = json_body(&body, "attestation request")?;
     let refuse =
         |kind: Kind, code: &str, detail: String, ev: Option<&evidence::Decoded>| -> ApiError {
-            let e = entry(client, "attest", None, "deny", vec![code.to_string()], ev);
+            let e = entry(&client, "attest", None, "deny", vec![code.to_string()], ev);
             if let Err(a) = audit(&st, e) {
                 return a;
             }
@@ -226,7 +284,7 @@ async fn attest(
     );
     if !verdict.accepted {
         let (codes, detail) = (verdict.reason_codes(), verdict.summary());
-        let e = entry(client, "attest", None, "deny", codes, Some(&decoded));
+        let e = entry(&client, "attest", None, "deny", codes, Some(&decoded));
         audit(&st, e)?;
         return Err(ApiError::new(Kind::BadEvidence, detail));
     }
@@ -250,7 +308,7 @@ async fn attest(
     }
     audit(
         &st,
-        entry(client, "attest", None, "accept", vec![], Some(&decoded)),
+        entry(&client, "attest", None, "accept", vec![], Some(&decoded)),
     )?;
     let token = st
         .sessions
@@ -266,7 +324,7 @@ struct ResourceQuery {
 
 async fn resource(
     State(st): State<Arc<AppState>>,
-    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    Extension(Peer(client)): Extension<Peer>,
     Path((repo, kind, tag)): Path<(String, String, String)>,
     Query(q): Query<ResourceQuery>,
     headers: HeaderMap,
@@ -279,7 +337,7 @@ async fn resource(
     let name = path.to_string();
     let deny = |kind: Kind, code: &str, detail: String| -> ApiError {
         let e = entry(
-            client,
+            &client,
             "resource",
             Some(name.clone()),
             "deny",
@@ -304,7 +362,7 @@ async fn resource(
         audit(
             &st,
             entry(
-                client,
+                &client,
                 "resource",
                 Some(name.clone()),
                 "deny",
@@ -334,7 +392,7 @@ async fn resource(
     audit(
         &st,
         entry(
-            client,
+            &client,
             "resource",
             Some(format!("{name}#v{version}")),
             "release",
@@ -356,7 +414,7 @@ pub fn admin_message(method: &str, path: &str, timestamp: u64, body: &[u8]) -> S
 
 async fn admin_put(
     State(st): State<Arc<AppState>>,
-    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
+    Extension(Peer(client)): Extension<Peer>,
     Path((repo, kind, tag)): Path<(String, String, String)>,
     headers: HeaderMap,
     body: Bytes,

@@ -73,6 +73,19 @@ impl Sessions {
             .map_err(|_| ApiError::new(Kind::Internal, "session table poisoned"))
     }
 
+    /// Sessions not yet expired (for metrics).
+    pub fn len(&self) -> usize {
+        let ttl = self.ttl;
+        self.lock()
+            .map(|m| m.values().filter(|s| s.created.elapsed() < ttl).count())
+            .unwrap_or(0)
+    }
+
+    /// Whether no session is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Starts a session: (id, nonce).
     pub fn create(&self, tee: &str) -> Result<(String, String), ApiError> {
         let mut map = self.lock()?;

@@ -234,15 +234,11 @@ pub fn run_proxy(a: ProxyArgs) -> Result<ExitCode> {
             model_sha256 = %claims.model.sha256,
             "upstream verified; every forwarded request is verified again on its own connection"
         );
-        let listener = tokio::net::TcpListener::bind(a.listen)
+        let listener = ciel_transport::Listener::bind(&ciel_transport::Endpoint::Tcp(a.listen.to_string()))
             .await
             .with_context(|| format!("--listen {}", a.listen))?;
         tracing::info!(listen = %a.listen, "OpenAI-compatible endpoint (plain HTTP, local use only)");
-        let app = super::proxy::router(std::sync::Arc::new(client));
-        axum::serve(listener, app)
-            .with_graceful_shutdown(ciel_transport::shutdown_signal())
-            .await
-            .context("serving")?;
+        super::proxy::serve(listener, std::sync::Arc::new(client)).await;
         Ok(ExitCode::SUCCESS)
     })
 }

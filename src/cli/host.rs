@@ -105,11 +105,16 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         if let Some(addr) = a.metrics {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("--metrics {addr}"))?;
+            let l =
+                ciel_transport::Listener::bind(&ciel_transport::Endpoint::Tcp(addr.to_string()))
+                    .await
+                    .with_context(|| format!("--metrics {addr}"))?;
             tracing::info!(%addr, "metrics at /metrics");
-            tokio::spawn(ciel_host::metrics::serve(l, metrics.clone()));
+            tokio::spawn(ciel_host::metrics::serve(
+                l,
+                metrics.clone(),
+                std::future::pending(),
+            ));
         }
         ciel_host::shim::run(cfg, metrics, ciel_transport::shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(())

@@ -4,13 +4,15 @@
 use anyhow::{Context, Result, bail};
 use ciel_keybroker::audit::AuditLog;
 use ciel_keybroker::config::Config;
-use ciel_keybroker::server::{AppState, serve};
+use ciel_keybroker::server::{AppState, ServeOptions, metrics_router, serve};
 use ciel_keybroker::store::{KeyStore, read_master_key};
-use ciel_keybroker::tls::{TlsListener, generate_dev_pki, server_config};
+use ciel_keybroker::tls::{generate_dev_pki, server_config};
+use ciel_transport::{Endpoint, Listener};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Subcommand)]
 pub enum KbsCommand {
@@ -54,6 +56,19 @@ pub struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Serve Prometheus metrics (`GET /metrics`, plain HTTP) on this
+    /// address, apart from the guests' listener.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// Open connections at most; one more is closed at once.
+    #[arg(long, default_value_t = ServeOptions::MAX_CONNECTIONS, value_parser = clap::value_parser!(usize))]
+    pub max_connections: usize,
+    /// Seconds a client has to finish its TLS handshake.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub handshake_timeout: u64,
+    /// Seconds a client has to send a request's headers, and again its body.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub request_timeout: u64,
 }
 
 pub fn run(cmd: KbsCommand) -> Result<ExitCode> {
@@ -137,6 +152,12 @@ async fn shutdown_signal() {
     tracing::info!("shutting down: finishing requests in flight");
 }
 
+async fn bind_tcp(addr: &str, flag: &str) -> Result<Listener> {
+    Listener::bind(&Endpoint::Tcp(addr.to_string()))
+        .await
+        .with_context(|| format!("{flag} {addr}"))
+}
+
 fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     super::init_logging();
     let config = Config::load(&a.config)?;
@@ -168,25 +189,53 @@ fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     };
     let resources = config.resources.len();
     let state = Arc::new(AppState::new(config, store, audit));
+    let mut options = ServeOptions::new(tls);
+    options.limits.max_connections = a.max_connections.max(1);
+    options.http.handshake = Duration::from_secs(a.handshake_timeout);
+    options.http.request_read = Duration::from_secs(a.request_timeout);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
-        let tcp = tokio::net::TcpListener::bind(&a.listen).await.with_context(|| format!("listen on {}", a.listen))?;
-        let addr = tcp.local_addr()?;
-        match tls {
-            Some(cfg) => {
-                tracing::info!(%addr, resources, "key broker listening (HTTPS)");
-                serve(TlsListener::new(tcp, cfg), state, shutdown_signal()).await?;
+        let listener = bind_tcp(&a.listen, "--listen").await?;
+        let addr = listener.tcp_addr()?;
+        if options.tls.is_some() {
+            tracing::info!(%addr, resources, max_connections = options.limits.max_connections, "key broker listening (HTTPS)");
+        } else {
+            if !addr.ip().is_loopback() {
+                bail!("refusing plain HTTP on a non-loopback address {addr}: give --tls-cert and --tls-key");
             }
-            None => {
-                if !addr.ip().is_loopback() {
-                    bail!("refusing plain HTTP on a non-loopback address {addr}: give --tls-cert and --tls-key");
-                }
-                tracing::warn!(%addr, resources, "key broker listening on plain HTTP (loopback development only)");
-                serve(tcp, state, shutdown_signal()).await?;
+            tracing::warn!(%addr, resources, "key broker listening on plain HTTP (loopback development only)");
+        }
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let metrics = match &a.metrics_listen {
+            Some(m) => {
+                let l = bind_tcp(m, "--metrics-listen").await?;
+                tracing::info!(addr = %l.tcp_addr()?, "metrics at /metrics");
+                let mut stop = stop_rx.clone();
+                Some(tokio::spawn(ciel_transport::http::serve(
+                    l,
+                    ciel_transport::server::Limits { max_connections: 16, grace: Duration::from_secs(1) },
+                    Arc::default(),
+                    ciel_transport::http::HttpService {
+                        router: metrics_router(state.clone()),
+                        tls: None,
+                        limits: options.http,
+        refuse_body: ciel_transport::http::refuse_in_plain_text,
+                    },
+                    async move { let _ = stop.wait_for(|s| *s).await; },
+                )))
             }
+            None => None,
+        };
+        serve(listener, state, options, async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+        if let Some(m) = metrics {
+            let _ = m.await;
         }
         Ok::<(), anyhow::Error>(())
     })?;

@@ -18,6 +18,29 @@ pub fn router(client: Arc<Client>) -> axum::Router {
     axum::Router::new().fallback(forward).with_state(client)
 }
 
+/// Serves the proxy on the one server loop until SIGINT/SIGTERM: local
+/// clients' bodies capped and read within a deadline before forwarding.
+pub async fn serve(listener: ciel_transport::Listener, client: Arc<Client>) {
+    use ciel_transport::http::{HttpLimits, HttpService};
+    use std::time::Duration;
+    let service = HttpService {
+        router: router(client),
+        tls: None,
+        limits: HttpLimits {
+            handshake: Duration::from_secs(10),
+            request_read: Duration::from_secs(30),
+            max_body: MAX_BODY,
+        },
+        refuse_body: |r| error(r.status(), r.to_string()),
+    };
+    let limits = ciel_transport::server::Limits {
+        max_connections: 256,
+        grace: Duration::from_secs(30),
+    };
+    let shutdown = ciel_transport::shutdown_signal();
+    ciel_transport::http::serve(listener, limits, Arc::default(), service, shutdown).await
+}
+
 fn error(status: StatusCode, message: String) -> Response {
     (
         status,
@@ -33,9 +56,10 @@ async fn forward(State(client): State<Arc<Client>>, req: Request) -> Response {
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_string();
-    let body = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
+    // Already read whole, capped, by the server loop.
+    let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}")),
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
     };
     let body = (!body.is_empty()).then_some(body);
     match client.send(parts.method, &path, body).await {

@@ -19,6 +19,7 @@ pub struct Broker {
     pub base: String,
     pub dir: tempfile::TempDir,
     pub admin: ring::signature::Ed25519KeyPair,
+    pub state: Arc<AppState>,
     pub _shutdown: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -78,18 +79,57 @@ pub fn start_with_audit(
     }
     let audit = audit_log(&config);
     let state = Arc::new(AppState::new(config, store, audit));
+    let serving = state.clone();
     let (addr, tx) = serve_in_background(move |listener, stop| async move {
-        serve(listener, state, async move {
+        serve(listener, serving, ServeOptions::new(None), async move {
             let _ = stop.await;
         })
-        .await
-        .unwrap();
+        .await;
     });
     Broker {
         base: format!("http://{addr}"),
         dir,
         admin,
+        state,
         _shutdown: tx,
+    }
+}
+
+/// A second broker over TLS on `b`'s files (config, keys, audit log).
+pub struct TlsBroker {
+    pub base: String,
+    pub ca_pem: String,
+    pub state: Arc<AppState>,
+    pub _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// Starts a [`TlsBroker`] with the default options as `adjust` leaves them.
+pub fn start_tls(b: &Broker, adjust: impl FnOnce(&mut ServeOptions)) -> TlsBroker {
+    use ciel_keybroker::tls::{generate_dev_pki, server_config};
+    let pki = generate_dev_pki(&["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let dir = b.dir.path();
+    std::fs::write(dir.join("tls.pem"), &pki.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &pki.key_pem).unwrap();
+    let tls = server_config(&dir.join("tls.pem"), &dir.join("tls.key")).unwrap();
+    let config = Config::load(&dir.join("kbs.toml")).unwrap();
+    let master = ciel_keybroker::store::read_master_key(&config.master_key_file).unwrap();
+    let store = KeyStore::open(&config.key_store, &master).unwrap();
+    let audit = AuditLog::open(&config.audit_log).unwrap();
+    let state = Arc::new(AppState::new(config, store, audit));
+    let mut options = ServeOptions::new(Some(tls));
+    adjust(&mut options);
+    let serving = state.clone();
+    let (addr, stop) = serve_in_background(move |listener, stop| async move {
+        serve(listener, serving, options, async move {
+            let _ = stop.await;
+        })
+        .await;
+    });
+    TlsBroker {
+        base: format!("https://127.0.0.1:{}", addr.port()),
+        ca_pem: pki.ca_pem,
+        state,
+        _stop: stop,
     }
 }
 
@@ -99,7 +139,7 @@ pub fn serve_in_background<F, Fut>(
     server: F,
 ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>)
 where
-    F: FnOnce(tokio::net::TcpListener, tokio::sync::oneshot::Receiver<()>) -> Fut + Send + 'static,
+    F: FnOnce(ciel_transport::Listener, tokio::sync::oneshot::Receiver<()>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -111,8 +151,9 @@ where
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let ep = ciel_transport::Endpoint::Tcp("127.0.0.1:0".into());
+            let listener = ciel_transport::Listener::bind(&ep).await.unwrap();
+            addr_tx.send(listener.tcp_addr().unwrap()).unwrap();
             server(listener, rx).await
         });
     });

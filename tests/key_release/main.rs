@@ -10,6 +10,7 @@
 
 mod broker;
 mod faults;
+mod slow_clients;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -20,7 +21,7 @@ use ciel_enclave::kbs_client::{Backoff, EvidenceSource, KbsClient, KbsClientErro
 use ciel_keybroker::ResourcePath;
 use ciel_keybroker::audit::{AuditLog, AuditSink, verify};
 use ciel_keybroker::config::Config;
-use ciel_keybroker::server::{AppState, admin_message, serve};
+use ciel_keybroker::server::{AppState, ServeOptions, admin_message, serve};
 use ciel_keybroker::store::KeyStore;
 use ciel_protocol::binding;
 use ciel_protocol::jwe::TeeKeyPair;
@@ -344,26 +345,10 @@ fn admin_puts_need_a_valid_signature_and_rotation_keeps_old_versions() {
 
 #[test]
 fn tls_broker_is_reached_only_with_its_pinned_ca() {
-    use ciel_keybroker::tls::{TlsListener, generate_dev_pki, server_config};
+    use ciel_keybroker::tls::generate_dev_pki;
     let b = start(300, true, &[("default/model-key/demo", String::new())]);
-    // Reuse the plain broker's state files for a second, TLS, broker.
-    let pki = generate_dev_pki(&["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
-    let dir = b.dir.path();
-    std::fs::write(dir.join("tls.pem"), &pki.cert_pem).unwrap();
-    std::fs::write(dir.join("tls.key"), &pki.key_pem).unwrap();
-    let tls = server_config(&dir.join("tls.pem"), &dir.join("tls.key")).unwrap();
-    let config = Config::load(&dir.join("kbs.toml")).unwrap();
-    let master = ciel_keybroker::store::read_master_key(&config.master_key_file).unwrap();
-    let store = KeyStore::open(&config.key_store, &master).unwrap();
-    let audit = AuditLog::open(&config.audit_log).unwrap();
-    let state = Arc::new(AppState::new(config, store, audit));
-    let (addr, _stop) = serve_in_background(move |tcp, stop| async move {
-        let _ = ciel_keybroker::server::serve(TlsListener::new(tcp, tls), state, async move {
-            let _ = stop.await;
-        })
-        .await;
-    });
-    let base = format!("https://127.0.0.1:{}", addr.port());
+    let t = start_tls(&b, |_| {});
+    let (base, pki_ca) = (t.base.clone(), t.ca_pem.clone());
     let good = genuine_guest();
     let backoff = Backoff {
         attempts: 1,
@@ -371,7 +356,7 @@ fn tls_broker_is_reached_only_with_its_pinned_ca() {
         max: Duration::from_millis(10),
         attempt_timeout: Duration::from_secs(30),
     };
-    let c = KbsClient::with_pinned_ca(&base, pki.ca_pem.as_bytes(), backoff).unwrap();
+    let c = KbsClient::with_pinned_ca(&base, pki_ca.as_bytes(), backoff).unwrap();
     assert_eq!(
         c.fetch_resource("default/model-key/demo", &good)
             .unwrap()
@@ -387,7 +372,7 @@ fn tls_broker_is_reached_only_with_its_pinned_ca() {
     assert!(matches!(e, KbsClientError::Unreachable { .. }), "{e}");
     // Plain HTTP to the TLS port fails too.
     assert!(
-        KbsClient::new(&format!("http://127.0.0.1:{}", addr.port()), backoff)
+        KbsClient::new(&base.replace("https://", "http://"), backoff)
             .fetch_resource("default/model-key/demo", &good)
             .is_err()
     );

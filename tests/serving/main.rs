@@ -9,11 +9,13 @@ mod clients;
 mod common;
 mod faults;
 mod hostile;
+mod slow_clients;
 mod system;
 
 use clients::*;
 use faults::*;
 use hostile::*;
+use slow_clients::*;
 use system::*;
 
 use ciel_attestation::Policy;
@@ -99,6 +101,7 @@ fn serving_system_end_to_end() {
     let (status, _) = err(json!({"messages": "not a list"}));
     assert_eq!(status, 422);
 
+    silent_and_dripping_clients_do_not_delay_an_attested_client(&sys, &rt);
     sixteen_concurrent_clients_each_get_their_own_answer(&sys, &rt);
     thirty_two_clients_under_load_for_a_bounded_time(&sys, &rt);
     a_hostile_host_cannot_alter_the_stream(&sys, &rt);

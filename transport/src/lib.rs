@@ -7,10 +7,16 @@
 //! one socket after a `CONNECT <port>\n` / `OK <n>\n` exchange) and TCP for
 //! development. Addresses are [`Endpoint`]s from `ciel-protocol`.
 //!
+//! Every service runs on [`server::serve`], the one server loop (HTTP
+//! services on [`http::serve`] over it).
+//!
 //! Nothing here trusts the other side: what flows over these streams is
 //! TLS, sealed ciphertext or size-capped control frames.
 
 #![forbid(unsafe_code)]
+
+pub mod http;
+pub mod server;
 
 pub use ciel_protocol::endpoint::Endpoint;
 use std::io;
@@ -93,6 +99,15 @@ impl Listener {
                 let (s, a) = l.accept().await?;
                 Ok((Box::new(s), format!("vsock://{}:{}", a.cid(), a.port())))
             }
+        }
+    }
+
+    /// The bound TCP address (with the port the OS chose for `:0`); an
+    /// error for other transports.
+    pub fn tcp_addr(&self) -> io::Result<std::net::SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr(),
+            _ => Err(invalid("not a TCP listener".into())),
         }
     }
 

@@ -90,28 +90,37 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BootError {
 }
 
 /// A loopback TCP listener inside the guest whose connections are carried
-/// to `relay` (the host's key-broker relay). Returns the local port.
+/// to `relay` (the host's key-broker relay), on the one server loop.
+/// Returns the local port; the bridge lives as long as the guest.
 async fn start_egress_bridge(relay: Endpoint) -> Result<u16, BootError> {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+    use ciel_transport::server::{ConnectionCounters, Limits};
+    let l = Listener::bind(&Endpoint::Tcp("127.0.0.1:0".into()))
         .await
         .map_err(io_err("egress bridge"))?;
-    let port = l.local_addr().map_err(io_err("egress bridge"))?.port();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut local, _)) = l.accept().await else {
-                continue;
-            };
+    let port = l.tcp_addr().map_err(io_err("egress bridge"))?.port();
+    // Only the guest's own key-release client connects here.
+    let limits = Limits {
+        max_connections: 64,
+        grace: std::time::Duration::ZERO,
+    };
+    let counters = Arc::new(ConnectionCounters::default());
+    tokio::spawn(ciel_transport::server::serve(
+        l,
+        limits,
+        counters,
+        std::future::pending(),
+        move |mut local, _| {
             let relay = relay.clone();
-            tokio::spawn(async move {
+            async move {
                 match ciel_transport::connect(&relay).await {
                     Ok(mut remote) => {
                         let _ = tokio::io::copy_bidirectional(&mut local, &mut remote).await;
                     }
                     Err(e) => tracing::warn!(%relay, error = %e, "key broker relay unreachable"),
                 }
-            });
-        }
-    });
+            }
+        },
+    ));
     Ok(port)
 }
 

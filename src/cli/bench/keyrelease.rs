@@ -11,7 +11,7 @@ use ciel_enclave::kbs_client::{Backoff, KbsClient};
 use ciel_keybroker::ResourcePath;
 use ciel_keybroker::audit::AuditLog;
 use ciel_keybroker::config::Config;
-use ciel_keybroker::server::{AppState, serve};
+use ciel_keybroker::server::{AppState, ServeOptions, serve};
 use ciel_keybroker::store::KeyStore;
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,11 +47,12 @@ fn start_broker(sim: &SnpSim, dir: &std::path::Path) -> Result<String> {
             return;
         };
         rt.block_on(async move {
-            let Ok(l) = tokio::net::TcpListener::bind("127.0.0.1:0").await else {
+            let ep = ciel_transport::Endpoint::Tcp("127.0.0.1:0".into());
+            let Ok(l) = ciel_transport::Listener::bind(&ep).await else {
                 return;
             };
-            let _ = tx.send(l.local_addr());
-            let _ = serve(l, state, std::future::pending()).await;
+            let _ = tx.send(l.tcp_addr());
+            serve(l, state, ServeOptions::new(None), std::future::pending()).await;
         });
     });
     let addr = rx.recv().context("broker thread")??;

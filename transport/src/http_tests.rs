@@ -1,12 +1,13 @@
-//! Slow and oversized clients against the real accept loop, over a Unix
-//! socket, with short limits so that each case ends in well under a second
-//! of waiting.
+//! Silent, slow and oversized clients against the real server loop, over a
+//! Unix socket, with short limits so that each case ends in well under a
+//! second of waiting.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
 use super::*;
+use crate::Endpoint;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use ciel_transport::Endpoint;
 use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
@@ -14,11 +15,23 @@ use std::path::PathBuf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-const LIMITS: ConnectionLimits = ConnectionLimits {
-    max_connections: 4,
+const MAX_BODY: usize = 4096;
+
+const HTTP: HttpLimits = HttpLimits {
     handshake: Duration::from_millis(300),
     request_read: Duration::from_millis(300),
+    max_body: MAX_BODY,
 };
+
+const LIMITS: Limits = Limits {
+    max_connections: 4,
+    grace: Duration::from_millis(100),
+};
+
+/// The service's own answer to a refused body.
+fn refuse_body(r: &BodyRefusal) -> Response {
+    (r.status(), format!("refused: {r}")).into_response()
+}
 
 /// How long a test waits for the server to act; far above the limits.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -98,6 +111,10 @@ struct Server {
 }
 
 async fn start() -> Server {
+    start_with(LIMITS, HTTP).await
+}
+
+async fn start_with(limits: Limits, http: HttpLimits) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("api.sock");
     let listener = Listener::bind(&Endpoint::Unix {
@@ -109,11 +126,22 @@ async fn start() -> Server {
     let router = axum::Router::new()
         .route("/ok", get(|| async { "ok" }))
         .route(
+            "/peer",
+            get(|axum::Extension(Peer(p)): axum::Extension<Peer>| async move { p }),
+        )
+        .route(
             "/echo",
             post(|body: axum::body::Bytes| async move { format!("{} bytes", body.len()) }),
         );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(serve_until(listener, server_tls(), router, LIMITS, async {
+    let service = HttpService {
+        router,
+        tls: Some(server_tls()),
+        limits: http,
+        refuse_body,
+    };
+    let counters = Arc::new(ConnectionCounters::default());
+    tokio::spawn(serve(listener, limits, counters, service, async {
         let _ = stopped.await;
     }));
     Server {
@@ -170,10 +198,16 @@ async fn drip_until_closed<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
 }
 
 async fn get_ok(path: &PathBuf) -> String {
+    get_path(path, "/ok").await
+}
+
+async fn get_path(path: &PathBuf, what: &str) -> String {
     let mut s = tls_connect(path).await;
-    s.write_all(b"GET /ok HTTP/1.1\r\nhost: guest\r\nconnection: close\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {what} HTTP/1.1\r\nhost: guest\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
@@ -226,7 +260,10 @@ async fn a_body_that_drips_gets_408_naming_the_deadline() {
         .unwrap();
     let reply = String::from_utf8(drip_until_closed(s, b"{").await).unwrap();
     assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
-    assert!(reply.contains("did not arrive within 0.3 s"), "{reply}");
+    assert!(
+        reply.contains("refused: the request body did not arrive within 0.3 s"),
+        "{reply}"
+    );
 }
 
 #[tokio::test]
@@ -244,6 +281,10 @@ async fn bodies_are_capped_and_honest_requests_pass() {
     let _ = tokio::time::timeout(PATIENCE, s.read_to_end(&mut reply)).await;
     let reply = String::from_utf8_lossy(&reply);
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(
+        reply.contains("refused: the request body is larger than 4096 bytes"),
+        "{reply}"
+    );
 
     let mut s = tls_connect(&server.path).await;
     s.write_all(b"POST /echo HTTP/1.1\r\nhost: guest\r\nconnection: close\r\ncontent-length: 5\r\n\r\nhello")
@@ -253,4 +294,60 @@ async fn bodies_are_capped_and_honest_requests_pass() {
     s.read_to_string(&mut reply).await.unwrap();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(reply.ends_with("5 bytes"), "{reply}");
+}
+
+#[tokio::test]
+async fn handlers_see_the_peer() {
+    let server = start().await;
+    let reply = get_path(&server.path, "/peer").await;
+    assert!(
+        reply.ends_with(&format!("unix:{}", server.path.display())),
+        "{reply}"
+    );
+}
+
+/// 100 silent clients and 100 whose handshakes drip, all holding their
+/// connections for as long as the deadlines allow (here far longer than the
+/// test): a client arriving after them is answered at once.
+#[tokio::test]
+async fn silent_and_dripping_clients_do_not_delay_an_honest_one() {
+    let server = start_with(
+        Limits {
+            max_connections: 1000,
+            grace: Duration::from_millis(100),
+        },
+        HttpLimits {
+            handshake: Duration::from_secs(60),
+            request_read: Duration::from_secs(60),
+            max_body: MAX_BODY,
+        },
+    )
+    .await;
+    let mut attackers = Vec::new();
+    for i in 0..200 {
+        let s = UnixStream::connect(&server.path).await.unwrap();
+        attackers.push(tokio::spawn(async move {
+            let (_rd, mut wr) = tokio::io::split(s);
+            if i % 2 == 0 {
+                // Silent: holds the connection open.
+                std::future::pending::<()>().await;
+            }
+            for b in [0x16u8, 0x03, 0x01].iter().cycle() {
+                if wr.write_all(&[*b]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    let t0 = std::time::Instant::now();
+    assert!(get_ok(&server.path).await.ends_with("ok"));
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "an honest request took {took:?} behind 200 slow clients"
+    );
+    for a in attackers {
+        a.abort();
+    }
 }
