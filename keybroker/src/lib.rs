@@ -11,6 +11,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod ear;
 pub mod metrics;
 pub mod problem;
 pub mod resource;

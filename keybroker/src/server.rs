@@ -41,18 +41,26 @@ pub struct AppState {
     pub store: Mutex<KeyStore>,
     pub audit: AuditLog,
     pub metrics: Arc<Metrics>,
+    /// Signs the EAR attestation tokens `/attest` returns.
+    pub tokens: crate::ear::EarSigner,
 }
 
 impl AppState {
-    pub fn new(config: Config, store: KeyStore, audit: AuditLog) -> Self {
+    /// The broker's state, with a fresh EAR token signing key.
+    pub fn new(
+        config: Config,
+        store: KeyStore,
+        audit: AuditLog,
+    ) -> Result<Self, crate::ear::EarError> {
         let sessions = Sessions::new(config.session_ttl, config.max_sessions);
-        AppState {
+        Ok(AppState {
             config,
             sessions,
             store: Mutex::new(store),
             audit,
             metrics: Arc::new(Metrics::new()),
-        }
+            tokens: crate::ear::EarSigner::generate()?,
+        })
     }
 }
 
@@ -310,9 +318,20 @@ async fn attest(
         &st,
         entry(&client, "attest", None, "accept", vec![], Some(&decoded)),
     )?;
+    let iat = now();
+    let token = st
+        .tokens
+        .issue(&crate::ear::Appraisal {
+            evidence: &decoded,
+            nonce: &req.runtime_data.nonce,
+            tee_pubkey: &req.runtime_data.tee_pubkey,
+            iat,
+            exp: iat.saturating_add(st.sessions.ttl().as_secs()),
+        })
+        .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?;
     let token = st
         .sessions
-        .attest(&id, req.runtime_data.tee_pubkey, decoded)?;
+        .attest(&id, req.runtime_data.tee_pubkey, decoded, token)?;
     tracing::info!(%client, "session attested");
     Ok(Json(AttestationToken { token }).into_response())
 }

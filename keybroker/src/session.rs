@@ -73,6 +73,11 @@ impl Sessions {
             .map_err(|_| ApiError::new(Kind::Internal, "session table poisoned"))
     }
 
+    /// How long a session lives.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Sessions not yet expired (for metrics).
     pub fn len(&self) -> usize {
         let ttl = self.ttl;
@@ -133,9 +138,14 @@ impl Sessions {
         Ok((s.tee.clone(), s.nonce.clone()))
     }
 
-    /// Marks a session attested; returns its bearer token.
-    pub fn attest(&self, id: &str, tee_pubkey: Jwk, evidence: Decoded) -> Result<String, ApiError> {
-        let token = random_b64()?;
+    /// Marks a session attested, with the bearer token issued for it.
+    pub fn attest(
+        &self,
+        id: &str,
+        tee_pubkey: Jwk,
+        evidence: Decoded,
+        token: String,
+    ) -> Result<String, ApiError> {
         let mut map = self.lock()?;
         let s = map
             .get_mut(id)

@@ -188,7 +188,7 @@ fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         _ => None,
     };
     let resources = config.resources.len();
-    let state = Arc::new(AppState::new(config, store, audit));
+    let state = Arc::new(AppState::new(config, store, audit)?);
     let mut options = ServeOptions::new(tls);
     options.limits.max_connections = a.max_connections.max(1);
     options.http.handshake = Duration::from_secs(a.handshake_timeout);

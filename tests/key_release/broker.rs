@@ -78,7 +78,7 @@ pub fn start_with_audit(
             .unwrap();
     }
     let audit = audit_log(&config);
-    let state = Arc::new(AppState::new(config, store, audit));
+    let state = Arc::new(AppState::new(config, store, audit).unwrap());
     let serving = state.clone();
     let (addr, tx) = serve_in_background(move |listener, stop| async move {
         serve(listener, serving, ServeOptions::new(None), async move {
@@ -115,7 +115,7 @@ pub fn start_tls(b: &Broker, adjust: impl FnOnce(&mut ServeOptions)) -> TlsBroke
     let master = ciel_keybroker::store::read_master_key(&config.master_key_file).unwrap();
     let store = KeyStore::open(&config.key_store, &master).unwrap();
     let audit = AuditLog::open(&config.audit_log).unwrap();
-    let state = Arc::new(AppState::new(config, store, audit));
+    let state = Arc::new(AppState::new(config, store, audit).unwrap());
     let mut options = ServeOptions::new(Some(tls));
     adjust(&mut options);
     let serving = state.clone();

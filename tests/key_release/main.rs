@@ -9,6 +9,7 @@
 )]
 
 mod broker;
+mod ear_token;
 mod faults;
 mod slow_clients;
 

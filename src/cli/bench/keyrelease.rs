@@ -37,7 +37,7 @@ fn start_broker(sim: &SnpSim, dir: &std::path::Path) -> Result<String> {
     let mut store = KeyStore::open(&config.key_store, &master)?;
     store.put(&ResourcePath::parse(RESOURCE)?, &[1; 32])?;
     let audit = AuditLog::open(&config.audit_log)?;
-    let state = Arc::new(AppState::new(config, store, audit));
+    let state = Arc::new(AppState::new(config, store, audit)?);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let Ok(rt) = tokio::runtime::Builder::new_multi_thread()

@@ -1,0 +1,136 @@
+//! The attestation token `/attest` returns, as Trustee issues it: an EAR
+//! (Entity Attestation Result, draft-fv-rats-ear) JWT signed by the broker
+//! with ES256, its public key in the header's `jwk`, one submodule per
+//! attested TEE (`cpu0`) whose annotated evidence carries the runtime data
+//! (`tee-pubkey`, `nonce`) at the path Trustee's token verifier reads
+//! (`/submods/cpu0/ear.veraison.annotated-evidence/runtime_data_claims/tee-pubkey`).
+//! Trustee-style clients can therefore parse its expiry and present it as
+//! `Authorization: Bearer`; the broker itself recognises the exact token it
+//! issued for a session and never trusts claims read back from one.
+//!
+//! The signing key is generated when the broker starts: tokens live no
+//! longer than the in-memory sessions they stand for.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ciel_attestation::tee_evidence::Decoded;
+use ciel_protocol::kbs::Jwk;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use serde_json::{Value, json};
+
+/// The EAR profile Trustee and Veraison use.
+pub const EAR_PROFILE: &str = "tag:github.com,2023:veraison/ear";
+
+/// Why a token could not be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EarError {
+    #[error("EAR signing key: {0}")]
+    Key(String),
+    #[error("signing the EAR token failed")]
+    Sign,
+    #[error("EAR claims: {0}")]
+    Claims(#[from] serde_json::Error),
+}
+
+/// What one token says.
+#[derive(Debug)]
+pub struct Appraisal<'a> {
+    pub evidence: &'a Decoded,
+    pub nonce: &'a str,
+    pub tee_pubkey: &'a Jwk,
+    /// Issued at and expiry (Unix seconds).
+    pub iat: u64,
+    pub exp: u64,
+}
+
+/// The broker's token signer (ES256, P-256).
+pub struct EarSigner {
+    key: EcdsaKeyPair,
+    rng: SystemRandom,
+    jwk: Value,
+}
+
+impl std::fmt::Debug for EarSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EarSigner")
+            .field("jwk", &self.jwk)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EarSigner {
+    /// A fresh signing key.
+    pub fn generate() -> Result<Self, EarError> {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| EarError::Key("generation failed".into()))?;
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+            .map_err(|e| EarError::Key(e.to_string()))?;
+        // An uncompressed SEC1 point: 0x04 ‖ x ‖ y, 32 bytes each.
+        let point = key.public_key().as_ref();
+        let (x, y) = match (point.get(1..33), point.get(33..65)) {
+            (Some(x), Some(y)) if point.len() == 65 => (x, y),
+            _ => return Err(EarError::Key("unexpected public key encoding".into())),
+        };
+        let jwk = json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "alg": "ES256",
+            "x": B64.encode(x),
+            "y": B64.encode(y),
+        });
+        Ok(EarSigner { key, rng, jwk })
+    }
+
+    /// The public key tokens are signed with, as a JWK.
+    pub fn public_jwk(&self) -> &Value {
+        &self.jwk
+    }
+
+    /// A signed EAR token for an accepted `/attest`.
+    pub fn issue(&self, a: &Appraisal<'_>) -> Result<String, EarError> {
+        let header = json!({ "alg": "ES256", "typ": "JWT", "jwk": self.jwk });
+        let platform = format!("{:?}", a.evidence.evidence.kind()).to_lowercase();
+        let claims = json!({
+            "eat_profile": EAR_PROFILE,
+            "iat": a.iat,
+            "exp": a.exp,
+            "iss": "ciel-keybroker",
+            "ear.verifier-id": {
+                "developer": "ciel",
+                "build": concat!("ciel-keybroker ", env!("CARGO_PKG_VERSION")),
+            },
+            "submods": {
+                "cpu0": {
+                    "ear.status": "affirming",
+                    // Checked at /attest: the evidence's signature chain to
+                    // a vendor root the policy trusts. Measurements are the
+                    // resource policies' (checked again at each release).
+                    "ear.trustworthiness-vector": { "hardware": 2 },
+                    "ear.appraisal-policy-id": "ciel:attest",
+                    "ear.veraison.annotated-evidence": {
+                        "platform": platform,
+                        "measurement": a.evidence.evidence.measurement(),
+                        "evidence_sha256": a.evidence.sha256,
+                        "runtime_data_claims": {
+                            "nonce": a.nonce,
+                            "tee-pubkey": a.tee_pubkey,
+                        },
+                    },
+                },
+            },
+        });
+        let signing_input = format!(
+            "{}.{}",
+            B64.encode(serde_json::to_vec(&header)?),
+            B64.encode(serde_json::to_vec(&claims)?)
+        );
+        let sig = self
+            .key
+            .sign(&self.rng, signing_input.as_bytes())
+            .map_err(|_| EarError::Sign)?;
+        Ok(format!("{signing_input}.{}", B64.encode(sig.as_ref())))
+    }
+}

@@ -1,0 +1,96 @@
+//! The attestation token `/attest` returns is an EAR JWT as Trustee issues
+//! it: signed by the broker (ES256, the key in the header), its expiry
+//! readable, the TEE key at the path Trustee's verifier reads, and good as
+//! `Authorization: Bearer` for exactly the session it was issued to.
+
+use super::*;
+
+fn b64_json(part: &str) -> serde_json::Value {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+fn get_resource(base: &str, bearer: &str) -> (u16, serde_json::Value) {
+    let mut r = ureq::get(&format!("{base}/kbs/v0/resource/default/model-key/demo"))
+        .header("authorization", &format!("Bearer {bearer}"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .unwrap();
+    (r.status().as_u16(), r.body_mut().read_json().unwrap())
+}
+
+#[test]
+fn the_attestation_token_is_a_signed_ear_that_works_as_a_bearer() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let b = start(300, true, &[("default/model-key/demo", String::new())]);
+    let tee = TeeKeyPair::generate();
+    let (cookie, nonce) = auth(&b.base);
+    let rt = RuntimeData {
+        nonce: nonce.clone(),
+        tee_pubkey: tee.public_jwk(),
+    };
+    let (status, body) = attest(&b.base, Some(&cookie), &rt, evidence_for(&rt));
+    assert_eq!(status, 200, "{body}");
+    let token = body["token"].as_str().unwrap().to_string();
+    let parts: Vec<&str> = token.split('.').collect();
+    assert_eq!(parts.len(), 3, "{token}");
+    let (header, claims) = (b64_json(parts[0]), b64_json(parts[1]));
+
+    // Signed by the key in the header, which is the broker's.
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(&header["jwk"], b.state.tokens.public_jwk());
+    let coord = |c: &str| {
+        URL_SAFE_NO_PAD
+            .decode(header["jwk"][c].as_str().unwrap())
+            .unwrap()
+    };
+    let point = [vec![4u8], coord("x"), coord("y")].concat();
+    let key =
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, point);
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    let sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+    key.verify(signed.as_bytes(), &sig).unwrap();
+    // One changed claim and the signature no longer holds.
+    let mut forged = claims.clone();
+    forged["exp"] = serde_json::json!(u64::MAX);
+    let forged_part = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged).unwrap());
+    assert!(
+        key.verify(format!("{}.{forged_part}", parts[0]).as_bytes(), &sig)
+            .is_err()
+    );
+
+    // The EAR claims Trustee-style clients read.
+    assert_eq!(claims["eat_profile"], "tag:github.com,2023:veraison/ear");
+    let (iat, exp) = (
+        claims["iat"].as_u64().unwrap(),
+        claims["exp"].as_u64().unwrap(),
+    );
+    assert_eq!(exp - iat, 300, "the token lives as long as the session");
+    let cpu0 = &claims["submods"]["cpu0"];
+    assert_eq!(cpu0["ear.status"], "affirming");
+    let annotated = &cpu0["ear.veraison.annotated-evidence"];
+    assert_eq!(annotated["platform"], "snp");
+    assert_eq!(annotated["measurement"], measurement());
+    assert_eq!(
+        claims
+            .pointer("/submods/cpu0/ear.veraison.annotated-evidence/runtime_data_claims/tee-pubkey")
+            .unwrap(),
+        &serde_json::to_value(tee.public_jwk()).unwrap()
+    );
+    assert_eq!(annotated["runtime_data_claims"]["nonce"], nonce.as_str());
+
+    // As a bearer (no cookie), the token gets the key, encrypted to the TEE key.
+    let (status, jwe) = get_resource(&b.base, &token);
+    assert_eq!(status, 200, "{jwe}");
+    let jwe: ciel_protocol::jwe::Jwe = serde_json::from_value(jwe).unwrap();
+    assert_eq!(tee.decrypt(&jwe).unwrap().as_slice(), &KEY);
+    // A token with a forged claim (the signature kept) is no session's token.
+    let (status, problem) =
+        get_resource(&b.base, &format!("{}.{forged_part}.{}", parts[0], parts[2]));
+    assert_eq!(
+        (status, problem["type"].as_str()),
+        (401, Some("urn:ciel:kbs:expired-session"))
+    );
+}
