@@ -28,8 +28,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const COOKIE: &str = "kbs-session-id";
-/// Admin requests must be signed within this many seconds of now.
-const ADMIN_SKEW: u64 = 300;
 /// Largest resource an admin may store.
 const MAX_RESOURCE: usize = 64 * 1024;
 
@@ -43,6 +41,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Signs the EAR attestation tokens `/attest` returns.
     pub tokens: crate::ear::EarSigner,
+    /// Nonces of admin requests already accepted.
+    pub admin_nonces: crate::admin::ReplayGuard,
 }
 
 impl AppState {
@@ -60,6 +60,7 @@ impl AppState {
             audit,
             metrics: Arc::new(Metrics::new()),
             tokens: crate::ear::EarSigner::generate()?,
+            admin_nonces: crate::admin::ReplayGuard::default(),
         })
     }
 }
@@ -425,12 +426,6 @@ async fn resource(
     Ok(Json(jwe).into_response())
 }
 
-/// The message an admin signs: method, path, timestamp, body digest.
-pub fn admin_message(method: &str, path: &str, timestamp: u64, body: &[u8]) -> String {
-    let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, body).as_ref());
-    format!("{method}\n{path}\n{timestamp}\n{digest}")
-}
-
 async fn admin_put(
     State(st): State<Arc<AppState>>,
     Extension(Peer(client)): Extension<Peer>,
@@ -438,31 +433,15 @@ async fn admin_put(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let unauthorized = |m: &str| ApiError::new(Kind::Unauthorized, m.to_string());
-    let pk = st.config.admin_public_key.ok_or_else(|| {
-        unauthorized("admin endpoints are disabled (no admin_public_key configured)")
-    })?;
-    let ts: u64 = headers
-        .get("x-ciel-admin-timestamp")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| unauthorized("missing x-ciel-admin-timestamp"))?;
-    if now().abs_diff(ts) > ADMIN_SKEW {
-        return Err(unauthorized(
-            "admin request timestamp is more than 5 minutes off",
-        ));
-    }
-    use base64::Engine;
-    let sig = headers
-        .get("x-ciel-admin-signature")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
-        .ok_or_else(|| unauthorized("missing or malformed x-ciel-admin-signature"))?;
     let path_str = format!("/kbs/v0/admin/resource/{repo}/{kind}/{tag}");
-    let msg = admin_message("POST", &path_str, ts, &body);
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk)
-        .verify(msg.as_bytes(), &sig)
-        .map_err(|_| unauthorized("admin signature does not verify"))?;
+    crate::admin::authorize(
+        st.config.admin_public_key,
+        &st.admin_nonces,
+        &headers,
+        ("POST", &path_str),
+        &body,
+        now(),
+    )?;
     let path = ResourcePath::parse(&format!("{repo}/{kind}/{tag}"))
         .map_err(|e| ApiError::new(Kind::BadRequest, e.to_string()))?;
     if body.is_empty() || body.len() > MAX_RESOURCE {

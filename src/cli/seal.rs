@@ -288,8 +288,10 @@ fn register_key(
     })?;
     let path = format!("/kbs/v0/admin/resource/{resource}");
     let now = files::now();
-    let sig = pair
-        .sign(ciel_keybroker::server::admin_message("POST", &path, now, key.as_bytes()).as_bytes());
+    use ciel_keybroker::admin;
+    let nonce = admin::fresh_nonce().map_err(|e| anyhow::anyhow!("{}", e.detail))?;
+    let sig =
+        pair.sign(admin::admin_message("POST", &path, now, &nonce, key.as_bytes()).as_bytes());
     let mut cfg = ureq::Agent::config_builder().http_status_as_error(false);
     if let Some(ca) = ca {
         let pem = files::read("broker CA", ca)?;
@@ -315,9 +317,10 @@ fn register_key(
     let agent: ureq::Agent = cfg.build().into();
     let mut resp = agent
         .post(&format!("{}{path}", url.trim_end_matches('/')))
-        .header("x-ciel-admin-timestamp", now.to_string())
+        .header(admin::TIMESTAMP_HEADER, now.to_string())
+        .header(admin::NONCE_HEADER, &nonce)
         .header(
-            "x-ciel-admin-signature",
+            admin::SIGNATURE_HEADER,
             base64::engine::general_purpose::STANDARD.encode(sig.as_ref()),
         )
         .send(&key.as_bytes()[..])

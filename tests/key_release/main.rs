@@ -20,9 +20,10 @@ use ciel_attestation::sim::{SimSnpReport, SnpSim};
 use ciel_enclave::kbs_client::sim::SimSnpSource;
 use ciel_enclave::kbs_client::{Backoff, EvidenceSource, KbsClient, KbsClientError};
 use ciel_keybroker::ResourcePath;
+use ciel_keybroker::admin::admin_message;
 use ciel_keybroker::audit::{AuditLog, AuditSink, verify};
 use ciel_keybroker::config::Config;
-use ciel_keybroker::server::{AppState, ServeOptions, admin_message, serve};
+use ciel_keybroker::server::{AppState, ServeOptions, serve};
 use ciel_keybroker::store::KeyStore;
 use ciel_protocol::binding;
 use ciel_protocol::jwe::TeeKeyPair;
@@ -306,15 +307,20 @@ fn admin_puts_need_a_valid_signature_and_rotation_keeps_old_versions() {
         .unwrap()
         .as_secs();
     let body = [0x77u8; 32];
+    let nonce = "a-fresh-nonce-0001";
     let sig = b
         .admin
-        .sign(admin_message("POST", path, now, &body).as_bytes());
-    let mut r = agent
-        .post(&format!("{}{path}", b.base))
-        .header("x-ciel-admin-timestamp", now.to_string())
-        .header("x-ciel-admin-signature", B64.encode(sig.as_ref()))
-        .send(&body[..])
-        .unwrap();
+        .sign(admin_message("POST", path, now, nonce, &body).as_bytes());
+    let send = |nonce: &str, body: &[u8]| {
+        agent
+            .post(&format!("{}{path}", b.base))
+            .header("x-ciel-admin-timestamp", now.to_string())
+            .header("x-ciel-admin-nonce", nonce)
+            .header("x-ciel-admin-signature", B64.encode(sig.as_ref()))
+            .send(body)
+            .unwrap()
+    };
+    let mut r = send(nonce, &body);
     assert_eq!(r.status().as_u16(), 200);
     let v: serde_json::Value = r.body_mut().read_json().unwrap();
     assert_eq!(v["version"], 2);
@@ -334,14 +340,35 @@ fn admin_puts_need_a_valid_signature_and_rotation_keeps_old_versions() {
             .as_slice(),
         &KEY
     );
-    // A signature over another body is refused.
-    let r = agent
-        .post(&format!("{}{path}", b.base))
-        .header("x-ciel-admin-timestamp", now.to_string())
-        .header("x-ciel-admin-signature", B64.encode(sig.as_ref()))
-        .send(&[1u8; 32][..])
-        .unwrap();
+    // A signature over another body, or another nonce, is refused.
+    assert_eq!(send("another-nonce-0002", &body).status().as_u16(), 401);
+    let mut r = send(nonce, &[1u8; 32]);
     assert_eq!(r.status().as_u16(), 401);
+    let p: serde_json::Value = r.body_mut().read_json().unwrap();
+    assert!(
+        p["detail"].as_str().unwrap().contains("does not verify"),
+        "{p}"
+    );
+    // The same signed request again, inside the timestamp window: refused
+    // as a replay, and no third version is stored.
+    let mut r = send(nonce, &body);
+    assert_eq!(r.status().as_u16(), 401);
+    let p: serde_json::Value = r.body_mut().read_json().unwrap();
+    assert!(p["detail"].as_str().unwrap().contains("replayed"), "{p}");
+    assert_eq!(
+        b.state
+            .store
+            .lock()
+            .unwrap()
+            .get(
+                &ResourcePath::parse("default/model-key/demo").unwrap(),
+                None
+            )
+            .unwrap()
+            .unwrap()
+            .0,
+        2
+    );
 }
 
 #[test]
