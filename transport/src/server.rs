@@ -16,7 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// What a service allows.
@@ -28,7 +28,8 @@ pub struct Limits {
     pub grace: Duration,
 }
 
-/// A service's connection counters, for its metrics.
+/// A service's connection counters, for its metrics; one set per
+/// [`serve`] (its `active` is that loop's cap count too).
 #[derive(Debug, Default)]
 pub struct ConnectionCounters {
     /// Connections accepted and handed to the service.
@@ -120,8 +121,9 @@ pub async fn serve<H, F>(
     H: FnMut(Stream, Connection) -> F,
     F: Future<Output = ()> + Send + 'static,
 {
+    // (A cap of 0 would refuse everything; callers' flags refuse it.)
     let cap = limits.max_connections.max(1);
-    let slots = Arc::new(Semaphore::new(cap));
+    let cap_open = u64::try_from(cap).unwrap_or(u64::MAX);
     let (drain_tx, drain_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut backoff = AcceptBackoff(AcceptBackoff::FIRST);
@@ -131,10 +133,6 @@ pub async fn serve<H, F>(
     };
     tokio::pin!(shutdown);
     loop {
-        // Finished connections leave the set as they go.
-        while let Some(done) = tasks.try_join_next() {
-            report_panic(done);
-        }
         let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -154,12 +152,16 @@ pub async fn serve<H, F>(
             }
         };
         backoff = AcceptBackoff(AcceptBackoff::FIRST);
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        // Finished connections leave the set as they go; the open count is
+        // `active` (only this loop adds to it, each task takes itself off
+        // as it ends), so it is also the cap's.
+        reap(&mut tasks);
+        if counters.active.load(Ordering::Relaxed) >= cap_open {
             ConnectionCounters::add(&counters.refused);
             refusals.refused(&peer, cap);
             drop(stream);
             continue;
-        };
+        }
         ConnectionCounters::add(&counters.accepted);
         ConnectionCounters::add(&counters.active);
         let conn = handle(
@@ -171,12 +173,12 @@ pub async fn serve<H, F>(
         );
         let counters = counters.clone();
         tasks.spawn(async move {
-            let _permit = permit;
             let _active = Active(counters);
             conn.await;
         });
     }
     drop(listener);
+    reap(&mut tasks);
     let open = tasks.len();
     tracing::info!(
         open,
@@ -206,6 +208,13 @@ struct Active(Arc<ConnectionCounters>);
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes the finished connections out of the set.
+fn reap(tasks: &mut JoinSet<()>) {
+    while let Some(done) = tasks.try_join_next() {
+        report_panic(done);
     }
 }
 
