@@ -97,14 +97,8 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` on `listener` (the one server loop, plain HTTP)
-/// until `shutdown` resolves.
-pub async fn serve(
-    listener: ciel_transport::Listener,
-    metrics: Arc<Metrics>,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
-    use ciel_transport::http::{HttpLimits, HttpService};
-    use std::time::Duration;
+/// for as long as the process lives.
+pub async fn serve(listener: ciel_transport::Listener, metrics: Arc<Metrics>) {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -120,21 +114,7 @@ pub async fn serve(
             }
         }),
     );
-    let service = HttpService {
-        router: app,
-        tls: None,
-        limits: HttpLimits {
-            handshake: Duration::from_secs(10),
-            request_read: Duration::from_secs(10),
-            max_body: 4096,
-        },
-        refuse_body: ciel_transport::http::refuse_in_plain_text,
-    };
-    let limits = ciel_transport::server::Limits {
-        max_connections: 16,
-        grace: Duration::from_secs(1),
-    };
-    ciel_transport::http::serve(listener, limits, Arc::default(), service, shutdown).await
+    ciel_transport::http::serve_metrics(listener, app).await
 }
 
 #[cfg(test)]

@@ -110,11 +110,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
                     .await
                     .with_context(|| format!("--metrics {addr}"))?;
             tracing::info!(%addr, "metrics at /metrics");
-            tokio::spawn(ciel_host::metrics::serve(
-                l,
-                metrics.clone(),
-                std::future::pending(),
-            ));
+            tokio::spawn(ciel_host::metrics::serve(l, metrics.clone()));
         }
         ciel_host::shim::run(cfg, metrics, ciel_transport::shutdown_signal()).await?;
         Ok::<_, anyhow::Error>(())

@@ -208,35 +208,15 @@ fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
             }
             tracing::warn!(%addr, resources, "key broker listening on plain HTTP (loopback development only)");
         }
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let metrics = match &a.metrics_listen {
-            Some(m) => {
-                let l = bind_tcp(m, "--metrics-listen").await?;
-                tracing::info!(addr = %l.tcp_addr()?, "metrics at /metrics");
-                let mut stop = stop_rx.clone();
-                Some(tokio::spawn(ciel_transport::http::serve(
-                    l,
-                    ciel_transport::server::Limits { max_connections: 16, grace: Duration::from_secs(1) },
-                    Arc::default(),
-                    ciel_transport::http::HttpService {
-                        router: metrics_router(state.clone()),
-                        tls: None,
-                        limits: options.http,
-        refuse_body: ciel_transport::http::refuse_in_plain_text,
-                    },
-                    async move { let _ = stop.wait_for(|s| *s).await; },
-                )))
-            }
-            None => None,
-        };
-        serve(listener, state, options, async move {
-            shutdown_signal().await;
-            let _ = stop_tx.send(true);
-        })
-        .await;
-        if let Some(m) = metrics {
-            let _ = m.await;
+        if let Some(m) = &a.metrics_listen {
+            let l = bind_tcp(m, "--metrics-listen").await?;
+            tracing::info!(addr = %l.tcp_addr()?, "metrics at /metrics");
+            tokio::spawn(ciel_transport::http::serve_metrics(
+                l,
+                metrics_router(state.clone()),
+            ));
         }
+        serve(listener, state, options, shutdown_signal()).await;
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(ExitCode::SUCCESS)

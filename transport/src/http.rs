@@ -55,11 +55,40 @@ impl BodyRefusal {
     }
 }
 
-/// A refusal as its status and a line of text: for services with no error
-/// shape of their own (metrics endpoints).
-pub fn refuse_in_plain_text(refusal: &BodyRefusal) -> Response {
+/// A refusal as its status and a line of text, for services with no error
+/// shape of their own.
+fn refuse_in_plain_text(refusal: &BodyRefusal) -> Response {
     use axum::response::IntoResponse;
     (refusal.status(), refusal.to_string()).into_response()
+}
+
+/// Serves a metrics endpoint (`router`, plain HTTP, GETs only so bodies are
+/// tiny) on `listener` for as long as the process lives (a scrape needs no
+/// drain): 16 connections, 10 s deadlines, 4 KiB bodies, refusals as plain
+/// text.
+pub async fn serve_metrics(listener: Listener, router: axum::Router) {
+    let service = HttpService {
+        router,
+        tls: None,
+        limits: HttpLimits {
+            handshake: Duration::from_secs(10),
+            request_read: Duration::from_secs(10),
+            max_body: 4096,
+        },
+        refuse_body: refuse_in_plain_text,
+    };
+    let limits = Limits {
+        max_connections: 16,
+        grace: Duration::from_secs(1),
+    };
+    serve(
+        listener,
+        limits,
+        Arc::default(),
+        service,
+        std::future::pending(),
+    )
+    .await
 }
 
 impl std::fmt::Display for BodyRefusal {
