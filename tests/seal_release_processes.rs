@@ -8,7 +8,7 @@ use ciel_attestation::sim::{SimSnpReport, SnpSim};
 use ciel_enclave::kbs_client::sim::SimSnpSource;
 use ciel_enclave::kbs_client::{Backoff, KbsClient};
 use ciel_protocol::sealed::{DataKey, UnsealOptions, unseal_in_memory};
-use common::{seal_registered, start_kbs};
+use common::{ciel, seal_registered, start_kbs};
 use std::io::Read;
 use std::process::Stdio;
 
@@ -153,4 +153,26 @@ fn seal_register_attest_release_unseal() {
         err.contains("keys.json") && err.contains("does not decrypt"),
         "{err}"
     );
+}
+
+/// A connection cap of zero would refuse every client: each server's flag
+/// refuses it, naming the flag, before anything starts.
+#[test]
+fn a_connection_cap_of_zero_is_refused() {
+    for args in [
+        &["kbs", "serve", "--config", "none.toml"][..],
+        &["host", "serve", "--guest-api", "unix:/nonexistent"][..],
+        &["enclave", "serve", "--sim"][..],
+    ] {
+        let run = ciel(args.iter().copied().chain(["--max-connections", "0"]));
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("--max-connections")
+                && run
+                    .stderr
+                    .contains("not a connection count from 1 to 1000000"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
 }

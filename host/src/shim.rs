@@ -74,7 +74,7 @@ pub async fn run(
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let limits = Limits {
-        max_connections: cfg.max_connections.max(1),
+        max_connections: cfg.max_connections,
         grace: cfg.grace,
     };
     let service = |pick: fn(&Metrics) -> &ServiceMetrics| Service {

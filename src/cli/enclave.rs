@@ -61,7 +61,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
     /// Open client connections; more are closed at once.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::connection_cap)]
     pub max_connections: usize,
     /// Seconds a client has to finish its TLS handshake.
     #[arg(long, default_value_t = 10.0, value_parser = positive_seconds)]

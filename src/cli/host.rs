@@ -42,7 +42,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
     /// Open connections per service.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 1024, value_parser = super::connection_cap)]
     pub max_connections: usize,
     /// Close a connection after this many seconds without a byte either way.
     #[arg(long, default_value_t = 300)]

@@ -61,7 +61,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
     /// Open connections at most; one more is closed at once.
-    #[arg(long, default_value_t = ServeOptions::MAX_CONNECTIONS, value_parser = clap::value_parser!(usize))]
+    #[arg(long, default_value_t = ServeOptions::MAX_CONNECTIONS, value_parser = super::connection_cap)]
     pub max_connections: usize,
     /// Seconds a client has to finish its TLS handshake.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
@@ -190,7 +190,7 @@ fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
     let resources = config.resources.len();
     let state = Arc::new(AppState::new(config, store, audit)?);
     let mut options = ServeOptions::new(tls);
-    options.limits.max_connections = a.max_connections.max(1);
+    options.limits.max_connections = a.max_connections;
     options.http.handshake = Duration::from_secs(a.handshake_timeout);
     options.http.request_read = Duration::from_secs(a.request_timeout);
     let rt = tokio::runtime::Builder::new_multi_thread()

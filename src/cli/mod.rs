@@ -15,6 +15,17 @@ pub mod seal;
 mod sim;
 
 /// Logs to stderr; `RUST_LOG` filters (default: info).
+/// A `--max-connections` value: at least one (a cap of zero would refuse
+/// every client), at most a million.
+pub fn connection_cap(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{text:?} is not a connection count from 1 to 1000000"
+        )),
+    }
+}
+
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
