@@ -176,22 +176,19 @@ pub async fn record(State(metrics): State<Arc<Metrics>>, req: Request, next: Nex
     response
 }
 
-/// `GET /metrics` for [`Metrics`], with the session count from `sessions`.
-pub fn router(
-    metrics: Arc<Metrics>,
-    sessions: impl Fn() -> usize + Clone + Send + Sync + 'static,
-) -> axum::Router {
+/// `GET /metrics`, answered with what `text` renders at each scrape.
+pub fn router(text: impl Fn() -> String + Clone + Send + Sync + 'static) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let text = metrics.render(sessions());
+            let body = text();
             async move {
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    text,
+                    body,
                 )
                     .into_response()
             }

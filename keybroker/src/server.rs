@@ -46,6 +46,11 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The metrics' OpenMetrics text, with the sessions open now.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render(self.sessions.open_count())
+    }
+
     /// The broker's state, with a fresh EAR token signing key.
     pub fn new(
         config: Config,
@@ -157,8 +162,7 @@ fn refuse_body(refusal: &BodyRefusal) -> Response {
 
 /// `GET /metrics` for this broker, to serve on a listener of its own.
 pub fn metrics_router(state: Arc<AppState>) -> Router {
-    let metrics = state.metrics.clone();
-    crate::metrics::router(metrics, move || state.sessions.len())
+    crate::metrics::router(move || state.metrics_text())
 }
 
 fn cookie(headers: &HeaderMap) -> Option<String> {

@@ -79,16 +79,11 @@ impl Sessions {
     }
 
     /// Sessions not yet expired (for metrics).
-    pub fn len(&self) -> usize {
+    pub fn open_count(&self) -> usize {
         let ttl = self.ttl;
         self.lock()
             .map(|m| m.values().filter(|s| s.created.elapsed() < ttl).count())
             .unwrap_or(0)
-    }
-
-    /// Whether no session is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// Starts a session: (id, nonce).

@@ -103,7 +103,7 @@ fn silent_and_dripping_clients_do_not_delay_a_release() {
     for s in [stop_tls, stop_plain] {
         s.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    let text = t.state.metrics.render(t.state.sessions.len());
+    let text = t.state.metrics_text();
     assert!(text.contains("ciel_kbs_releases_total 4\n"), "{text}");
 }
 
@@ -147,14 +147,14 @@ fn the_connection_cap_holds_and_refusals_are_counted() {
         .call()
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
-    let text = b.state.metrics.render(b.state.sessions.len());
+    let text = b.state.metrics_text();
     assert!(
         text.contains(
             "ciel_kbs_refusals_total{endpoint=\"resource\",reason=\"missing-session\"} 1\n"
         ),
         "{text}"
     );
-    let text = t.state.metrics.render(t.state.sessions.len());
+    let text = t.state.metrics_text();
     assert!(text.contains("ciel_kbs_releases_total 1\n"), "{text}");
     assert!(
         text.contains("ciel_kbs_request_duration_seconds_count{endpoint=\"attest\"} 1\n"),

@@ -42,8 +42,29 @@ pub fn silent_and_dripping_clients_do_not_delay_an_attested_client(
     let front = sys.s("url");
     let front = front.trim_start_matches("https://").to_string();
     let at_shim = attack(50, move || std::net::TcpStream::connect(&front).unwrap());
-    // Let the attackers' connections be accepted before the honest client.
-    std::thread::sleep(Duration::from_millis(500));
+    // The shim has taken the 100 it carries (the guest accepts its own
+    // socket's in the order they came, ahead of the honest client's).
+    let open = || -> u64 {
+        let text = ureq::get(sys.s("metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("ciel_host_connections_active{service=\"api\"} "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    while open() < 100 {
+        assert!(
+            Instant::now() < until,
+            "the shim took only {} of the 100",
+            open()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for _ in 0..3 {
         let t0 = Instant::now();
         let client = rt

@@ -12,6 +12,7 @@ use rustls::DigitallySignedStruct;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -106,6 +107,7 @@ impl ServerCertVerifier for AnyCertificate {
 
 struct Server {
     path: PathBuf,
+    counters: Arc<ConnectionCounters>,
     _dir: tempfile::TempDir,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
@@ -141,11 +143,12 @@ async fn start_with(limits: Limits, http: HttpLimits) -> Server {
         refuse_body,
     };
     let counters = Arc::new(ConnectionCounters::default());
-    tokio::spawn(serve(listener, limits, counters, service, async {
+    tokio::spawn(serve(listener, limits, counters.clone(), service, async {
         let _ = stopped.await;
     }));
     Server {
         path,
+        counters,
         _dir: dir,
         _stop: stop,
     }
@@ -339,6 +342,15 @@ async fn silent_and_dripping_clients_do_not_delay_an_honest_one() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }));
+    }
+    // Every one of them is in the server's hands before the honest client.
+    let t0 = std::time::Instant::now();
+    while server.counters.accepted.load(Ordering::Relaxed) < 200 {
+        assert!(
+            t0.elapsed() < PATIENCE,
+            "the slow clients were not all accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let t0 = std::time::Instant::now();
     assert!(get_ok(&server.path).await.ends_with("ok"));
