@@ -11,8 +11,9 @@ cargo fmt --all -- --check
 banner "Lints (clippy, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-banner "Demo model (for the tokenizer tests; cached after the first fetch)"
-./scripts/fetch-model.sh >/dev/null
+banner "Real models (the engine's llama.cpp comparisons; cached after the first fetch)"
+./scripts/fetch-model.sh smollm2 >/dev/null
+./scripts/fetch-model.sh gemma3 >/dev/null
 
 banner "Unit, property and end-to-end tests"
 cargo test --workspace --locked --no-fail-fast

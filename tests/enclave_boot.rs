@@ -30,7 +30,7 @@ fn boot(sealed: &Path, url: &str, kb: &Path) -> common::Run {
 
 #[test]
 fn simulated_guest_receives_the_key_and_answers_only_if_the_policy_names_it() {
-    let model = ciel_enclave::engine::demo_model_path();
+    let model = ciel_engine::demo_model_path();
     assert!(
         model.is_file(),
         "demo model {} missing: run scripts/fetch-model.sh",

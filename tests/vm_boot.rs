@@ -244,7 +244,7 @@ fn the_image_boots_and_answers_over_vsock() {
     );
     let models = dir.join("models");
     std::fs::create_dir(&models).unwrap();
-    let model = ciel_enclave::engine::demo_model_path();
+    let model = ciel_engine::demo_model_path();
     seal_registered(&model, &models.join("smollm2.csm"), RESOURCE, &kbs.url, &kb);
 
     // The image: the broker's CA pinned and the simulated platform's keys

@@ -239,16 +239,32 @@ impl Client {
     pub async fn chat_stream(
         &self,
         request: &Value,
+        on_text: impl FnMut(&str),
+    ) -> Result<String, ClientError> {
+        self.stream("/v1/chat/completions", request, on_text).await
+    }
+
+    /// `POST /v1/completions` with `stream: true`, as [`Client::chat_stream`].
+    pub async fn completions_stream(
+        &self,
+        request: &Value,
+        on_text: impl FnMut(&str),
+    ) -> Result<String, ClientError> {
+        self.stream("/v1/completions", request, on_text).await
+    }
+
+    /// A streamed completion: server-sent events until `[DONE]`, each
+    /// choice's text (chat: `delta.content`; completions: `text`) passed on.
+    async fn stream(
+        &self,
+        path: &str,
+        request: &Value,
         mut on_text: impl FnMut(&str),
     ) -> Result<String, ClientError> {
         let mut request = request.clone();
         request["stream"] = Value::Bool(true);
         let resp = self
-            .send(
-                Method::POST,
-                "/v1/chat/completions",
-                Some(Bytes::from(request.to_string())),
-            )
+            .send(Method::POST, path, Some(Bytes::from(request.to_string())))
             .await?;
         let status = resp.status();
         if !status.is_success() {
@@ -298,7 +314,10 @@ impl Client {
                         });
                     }
                     let choice = &v["choices"][0];
-                    if let Some(t) = choice["delta"]["content"].as_str()
+                    let text = choice["delta"]["content"]
+                        .as_str()
+                        .or_else(|| choice["text"].as_str());
+                    if let Some(t) = text
                         && !t.is_empty()
                     {
                         pieces += 1;

@@ -8,13 +8,13 @@
 //! Linux interface common to SEV-SNP and TDX guests.
 
 // `unsafe` is denied everywhere but `platform::devices` (the guest
-// drivers' ioctls) and the entry to the engine's AVX2 kernel
-// (`engine::q4_1::avx2::dot`), each allowing it for its one call.
+// drivers' ioctls), which allows it for its one call. The inference engine
+// and its kernels are their own crate, `ciel-engine`.
 #![deny(unsafe_code)]
 
-pub mod engine;
 pub mod init;
 pub mod kbs_client;
 pub mod platform;
+pub mod sealed_model;
 pub mod serve;
 pub mod tsm;

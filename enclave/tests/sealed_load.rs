@@ -2,7 +2,7 @@
 //! matches the digest its header claims, checked beside the load.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use ciel_enclave::engine::model::{Model, ModelError};
+use ciel_enclave::sealed_model::{SealedModelError, load_unsealed};
 use ciel_protocol::sealed::{
     DataKey, ModelInfo, SealError, SealParams, UnsealOptions, seal, unseal_in_memory,
 };
@@ -32,7 +32,7 @@ fn sealed_with_claim(plain: &[u8], claimed_sha256: [u8; 32], key: &DataKey) -> V
 
 #[test]
 fn sealed_load_refuses_a_plaintext_that_is_not_the_claimed_model() {
-    let path = ciel_enclave::engine::demo_model_path();
+    let path = ciel_engine::demo_model_path();
     let plain = std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "demo model {} missing ({e}): run scripts/fetch-model.sh",
@@ -48,14 +48,14 @@ fn sealed_load_refuses_a_plaintext_that_is_not_the_claimed_model() {
     sha.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &plain).as_ref());
 
     let honest = unseal_in_memory(sealed_with_claim(&plain, sha, &key), &key, options).unwrap();
-    let mut model = Model::load_unsealed(&honest).unwrap();
+    let mut model = load_unsealed(&honest).unwrap();
     assert_eq!(model.forward(&[1]).unwrap().len(), 49152);
 
     // Authentic chunks (the sealer holds the key) but a false digest claim.
     sha[0] ^= 1;
     let lying = unseal_in_memory(sealed_with_claim(&plain, sha, &key), &key, options).unwrap();
-    match Model::load_unsealed(&lying) {
-        Err(ModelError::Sealed(SealError::PlaintextDigest)) => {}
+    match load_unsealed(&lying) {
+        Err(SealedModelError::Sealed(SealError::PlaintextDigest)) => {}
         other => panic!("expected a digest refusal, got {other:?}"),
     }
 }

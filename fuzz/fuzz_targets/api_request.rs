@@ -3,7 +3,7 @@
 //! rendered over the messages, tokenized, the context checked. The first
 //! byte picks the endpoint (chat or plain completion).
 #![no_main]
-use ciel_enclave::engine::chat::ChatTemplate;
+use ciel_engine::chat::ChatTemplate;
 use ciel_enclave::serve::api::{RequestLimits, Route, prepare};
 use std::sync::OnceLock;
 
@@ -28,7 +28,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
         max_tokens_limit: 2048,
         context: 8192,
     };
-    if let Ok(p) = prepare(route, body, template(), &encode, &limits) {
+    if let Ok(p) = prepare(route, body, Some(template()), &encode, &limits) {
         assert!(p.request.max_tokens >= 1 && p.request.max_tokens <= 2048);
         assert!(p.request.prompt.len() + p.request.max_tokens <= 8192);
     }

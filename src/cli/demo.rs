@@ -27,6 +27,9 @@ pub struct DemoArgs {
     /// The GGUF model (default: SmolLM2-135M-Instruct Q4_1, fetched once).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// The model's name in the API (default: the file's stem).
+    #[arg(long)]
+    pub model_name: Option<String>,
     /// The question.
     #[arg(
         long,
@@ -50,6 +53,8 @@ pub struct DemoArgs {
 }
 
 const RESOURCE: &str = "default/model-key/smollm2";
+/// The file `scripts/fetch-model.sh` caches the demo model as.
+const DEMO_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const BLOB: &str = "smollm2.csm";
 
 fn banner(s: &str) {
@@ -215,6 +220,27 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     banner("1. The demo model");
     let model = demo_model(a.model.clone())?;
     println!("{}", model.display());
+    // The name clients see: --model-name, the demo model's, or the file's
+    // stem.
+    let model_name = match &a.model_name {
+        Some(n) => n.clone(),
+        None if model.file_name() == Some(std::ffi::OsStr::new(DEMO_MODEL_FILE)) => {
+            "smollm2-135m-instruct".to_string()
+        }
+        None => model
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_lowercase())
+            .unwrap_or_else(|| "model".into()),
+    };
+    // A base model (no chat template) is asked through /v1/completions.
+    let chat_model = {
+        let mut f =
+            std::fs::File::open(&model).with_context(|| format!("opening {}", model.display()))?;
+        ciel_engine::gguf::read_metadata(&mut f)
+            .with_context(|| format!("the metadata of {}", model.display()))?
+            .get("tokenizer.chat_template")
+            .is_some()
+    };
 
     banner("2. The owner: a key broker, a policy for the model's key, the sealed model");
     let kbs_dir = work.join("kbs");
@@ -345,7 +371,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             "--model-blob",
             BLOB,
             "--model-name",
-            "smollm2-135m-instruct",
+            &model_name,
             "--listen",
             &sock("guest-api.sock"),
         ]),
@@ -430,21 +456,43 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
 
     banner("5. A question, answered inside the guest, streamed back through the host");
     println!("> {}", a.prompt);
-    let req = json!({
-        "model": client.verification().claims.model.name,
-        "messages": [{"role": "user", "content": a.prompt}],
-        "max_tokens": a.max_tokens,
-    });
     let started = Instant::now();
     let mut first = None;
     let mut pieces = 0usize;
-    let finish = rt.block_on(client.chat_stream(&req, |t| {
-        first.get_or_insert_with(|| started.elapsed());
-        pieces += 1;
-        let mut out = std::io::stdout().lock();
-        let _ = out.write_all(t.as_bytes());
-        let _ = out.flush();
-    }))?;
+    let finish = if chat_model {
+        let req = json!({
+            "model": client.verification().claims.model.name,
+            "messages": [{"role": "user", "content": a.prompt}],
+            "max_tokens": a.max_tokens,
+        });
+        rt.block_on(client.chat_stream(&req, |t| {
+            first.get_or_insert_with(|| started.elapsed());
+            pieces += 1;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(t.as_bytes());
+            let _ = out.flush();
+        }))?
+    } else {
+        println!(
+            "(the model has no chat template: its continuation of the prompt, from /v1/completions)"
+        );
+        let req = json!({
+            "model": client.verification().claims.model.name,
+            "prompt": a.prompt,
+            "max_tokens": a.max_tokens,
+        });
+        let answer = rt.block_on(client.completions(&req))?;
+        first = Some(started.elapsed());
+        pieces = 1;
+        print!(
+            "{}",
+            answer["choices"][0]["text"].as_str().unwrap_or_default()
+        );
+        answer["choices"][0]["finish_reason"]
+            .as_str()
+            .unwrap_or("unknown")
+            .to_string()
+    };
     println!();
     println!(
         "(finish: {finish}; first text after {} ms, {pieces} pieces in {} ms)",

@@ -7,11 +7,11 @@
 use super::files;
 use anyhow::{Context, Result, bail};
 use ciel_attestation::sim::SimSnpReport;
-use ciel_enclave::engine::chat::Message;
-use ciel_enclave::engine::generate::{Request, generate};
-use ciel_enclave::engine::sampling::SamplingParams;
 use ciel_enclave::kbs_client::sim::SimSnpSource;
 use ciel_enclave::kbs_client::{Backoff, KbsClient};
+use ciel_engine::chat::Message;
+use ciel_engine::generate::{Request, generate};
+use ciel_engine::sampling::SamplingParams;
 use ciel_protocol::sealed::DataKey;
 use ciel_transport::Endpoint;
 use clap::{Args, Subcommand};
@@ -220,15 +220,23 @@ fn boot(a: BootArgs) -> Result<ExitCode> {
         ms = t.elapsed().as_millis() as u64,
         "model unsealed and loaded in memory; data key dropped"
     );
-    let prompt = template.render(
-        &[Message {
-            role: "user".into(),
-            content: a.prompt.clone(),
-        }],
-        true,
-    )?;
+    // A chat model answers the prompt as a user message; a base model (no
+    // chat template) continues it as raw text.
+    let prompt_ids = match &template {
+        Some(t) => tokenizer.encode_chat(&t.render(
+            &[Message {
+                role: "user".into(),
+                content: a.prompt.clone(),
+            }],
+            true,
+        )?),
+        None => {
+            eprintln!("note: the model has no chat template; continuing the prompt as raw text");
+            tokenizer.encode_prompt(&a.prompt, true)
+        }
+    };
     let req = Request {
-        prompt: tokenizer.encode(&prompt, true),
+        prompt: prompt_ids,
         max_tokens: a.max_tokens,
         sampling: SamplingParams::default(),
         stop: vec![],

@@ -18,7 +18,7 @@ impl System {
             .args(["demo", "--serve", "--boot-timeout", "300", "--workdir"])
             .arg(dir.path().join("w"))
             .arg("--model")
-            .arg(ciel_enclave::engine::demo_model_path())
+            .arg(ciel_engine::demo_model_path())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -8,9 +8,6 @@
 
 use super::attested_tls::attest;
 use super::worker::{Busy, Event, Worker};
-use crate::engine::chat::{ChatTemplate, Message};
-use crate::engine::generate::{Finish, Request};
-use crate::engine::sampling::{SamplingError, SamplingParams};
 use crate::kbs_client::EvidenceSource;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
@@ -19,6 +16,9 @@ use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use ciel_engine::chat::{ChatTemplate, Message};
+use ciel_engine::generate::{Finish, Request};
+use ciel_engine::sampling::{SamplingError, SamplingParams};
 use ciel_protocol::claims::RuntimeClaims;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,7 +31,8 @@ pub const MAX_BODY: usize = 1 << 20;
 /// Everything the handlers share.
 pub struct ApiState {
     pub worker: Worker,
-    pub template: ChatTemplate,
+    /// The model's chat template; a base model has none.
+    pub template: Option<ChatTemplate>,
     pub claims: RuntimeClaims,
     pub platform: Arc<dyn EvidenceSource + Send + Sync>,
     /// Upper bound on `max_tokens` (default when the request names none: 256).
@@ -270,7 +271,7 @@ pub struct Prepared {
 pub fn prepare(
     route: Route,
     body: &[u8],
-    template: &ChatTemplate,
+    template: Option<&ChatTemplate>,
     encode: &dyn Fn(&str, bool) -> Vec<u32>,
     limits: &RequestLimits<'_>,
 ) -> Result<Prepared, ApiError> {
@@ -280,6 +281,12 @@ pub fn prepare(
             if b.messages.is_empty() {
                 return Err(bad_field("messages", "at least one message is required"));
             }
+            let Some(template) = template else {
+                return Err(bad_field(
+                    "messages",
+                    "this model has no chat template (tokenizer.chat_template): send raw prompts to /v1/completions",
+                ));
+            };
             let prompt = template
                 .render(&b.messages, true)
                 .map_err(|e| bad_field("messages", e))?;
@@ -402,13 +409,14 @@ async fn completions(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
 
 async fn run(st: Arc<ApiState>, kind: Route, body: &[u8]) -> Response {
     let tokenizer = &st.worker.tokenizer;
+    // Chat: the rendered template, BOS/EOS added unless it wrote them.
+    // Completions: the prompt as llama.cpp's and vLLM's servers take it,
+    // special-token text parsed, BOS/EOS where the model adds them.
     let encode = |text: &str, chat: bool| {
         if chat {
-            tokenizer.encode(text, true)
+            tokenizer.encode_chat(text)
         } else {
-            let mut ids: Vec<u32> = tokenizer.bos.into_iter().collect();
-            ids.extend(tokenizer.encode(text, false));
-            ids
+            tokenizer.encode_prompt(text, true)
         }
     };
     let limits = RequestLimits {
@@ -419,7 +427,7 @@ async fn run(st: Arc<ApiState>, kind: Route, body: &[u8]) -> Response {
     let Prepared {
         request: req,
         stream: streamed,
-    } = match prepare(kind, body, &st.template, &encode, &limits) {
+    } = match prepare(kind, body, st.template.as_ref(), &encode, &limits) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };

@@ -9,17 +9,16 @@ pub mod connections;
 pub mod fetch;
 pub mod worker;
 
-use crate::engine::chat::ChatTemplate;
-use crate::engine::gguf::parse_metadata;
-use crate::engine::model::Model;
-use crate::engine::tokenizer::Tokenizer;
 use crate::kbs_client::{Backoff, EvidenceSource, KbsClient};
 use attested_tls::AttestedIdentity;
+use ciel_engine::chat::{ChatError, ChatTemplate};
+use ciel_engine::gguf::read_metadata;
+use ciel_engine::model::Model;
+use ciel_engine::tokenizer::Tokenizer;
 use ciel_protocol::claims::ModelClaims;
 use ciel_protocol::sealed::{DataKey, SealedHeader, UnsealOptions, unseal_in_memory};
 use ciel_transport::{Endpoint, Listener};
 pub use connections::{ConnectionLimits, serve};
-use std::io::Read;
 use std::sync::Arc;
 
 /// How the guest boots and serves.
@@ -142,26 +141,33 @@ fn with_port(url: &str, port: u16) -> String {
 /// Decrypts a sealed model in memory (chunks in parallel, each
 /// authenticated before use), drops the key, and loads the engine with the
 /// plaintext digest re-checked beside the load: the model, its tokenizer
-/// and its chat template. The plaintext is zeroized when this returns.
+/// and its chat template, if it has one. The plaintext is zeroized when this returns.
 pub fn load_sealed_model(
     sealed: Vec<u8>,
     key: DataKey,
-) -> Result<(Model, Tokenizer, ChatTemplate), BootError> {
+) -> Result<(Model, Tokenizer, Option<ChatTemplate>), BootError> {
     let options = UnsealOptions {
         verify_plaintext_digest: false,
         ..UnsealOptions::default()
     };
     let plain = unseal_in_memory(sealed, &key, options)?;
     drop(key);
-    let mut head = vec![0u8; (8usize << 20).min(plain.len() as usize)];
-    plain
-        .reader()
-        .read_exact(&mut head)
-        .map_err(|e| BootError::Model(format!("reading the model header: {e}")))?;
-    let meta = parse_metadata(&head).map_err(|e| BootError::Model(e.to_string()))?;
+    let meta = read_metadata(&mut plain.reader()).map_err(|e| BootError::Model(e.to_string()))?;
     let tokenizer = Tokenizer::from_gguf(&meta).map_err(|e| BootError::Model(e.to_string()))?;
-    let template = ChatTemplate::from_gguf(&meta).map_err(|e| BootError::Model(e.to_string()))?;
-    let model = Model::load_unsealed(&plain).map_err(|e| BootError::Model(e.to_string()))?;
+    // A base model has no chat template: it serves completions, and chat
+    // requests get a 400 saying so.
+    let template = match ChatTemplate::from_gguf(&meta) {
+        Ok(t) => Some(t),
+        Err(ChatError::NoTemplate) => {
+            tracing::warn!(
+                "the model has no chat template: /v1/chat/completions will refuse requests"
+            );
+            None
+        }
+        Err(e) => return Err(BootError::Model(e.to_string())),
+    };
+    let model =
+        crate::sealed_model::load_unsealed(&plain).map_err(|e| BootError::Model(e.to_string()))?;
     Ok((model, tokenizer, template))
 }
 

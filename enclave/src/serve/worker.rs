@@ -4,8 +4,8 @@
 //! own event channel, so concurrent clients each receive exactly their own
 //! answer.
 
-use crate::engine::generate::{Completion, Finish, Logits, Request, generate_while};
-use crate::engine::tokenizer::Tokenizer;
+use ciel_engine::generate::{Completion, Finish, Logits, Request, generate_while};
+use ciel_engine::tokenizer::Tokenizer;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -131,9 +131,9 @@ impl Worker {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::engine::model::ModelError;
-    use crate::engine::sampling::SamplingParams;
-    use crate::engine::testing::{Script, tokenizer};
+    use ciel_engine::model::ModelError;
+    use ciel_engine::sampling::SamplingParams;
+    use ciel_engine::testing::{Script, tokenizer};
 
     /// A scripted model slow enough that requests pile up.
     struct Slow(Script);

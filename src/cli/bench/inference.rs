@@ -7,12 +7,12 @@
 
 use super::Report;
 use anyhow::{Context, Result};
-use ciel_enclave::engine::chat::{ChatTemplate, Message};
-use ciel_enclave::engine::generate::{Request, generate};
-use ciel_enclave::engine::gguf::parse_metadata;
-use ciel_enclave::engine::model::Model;
-use ciel_enclave::engine::sampling::SamplingParams;
-use ciel_enclave::engine::tokenizer::Tokenizer;
+use ciel_engine::chat::{ChatError, ChatTemplate, Message};
+use ciel_engine::generate::{Request, generate};
+use ciel_engine::gguf::read_metadata;
+use ciel_engine::model::Model;
+use ciel_engine::sampling::SamplingParams;
+use ciel_engine::tokenizer::Tokenizer;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -54,22 +54,35 @@ pub fn run(r: &mut Report) -> Result<()> {
             path.display()
         )
     })?;
-    let meta = parse_metadata(bytes.get(..(8 << 20).min(bytes.len())).unwrap_or_default())?;
+    let meta = read_metadata(&mut std::io::Cursor::new(&bytes))?;
     let tokenizer = Tokenizer::from_gguf(&meta)?;
-    let template = ChatTemplate::from_gguf(&meta)?;
+    // A chat model is asked the question; a base model (no chat template)
+    // continues it, through /v1/completions.
+    let template = match ChatTemplate::from_gguf(&meta) {
+        Ok(t) => Some(t),
+        Err(ChatError::NoTemplate) => None,
+        Err(e) => return Err(e.into()),
+    };
     let mut model = Model::load(&mut std::io::Cursor::new(&bytes))?;
     drop(bytes);
     let new_tokens = if r.quick { 32 } else { 128 };
     let runs = if r.quick { 2 } else { 5 };
-    let text = template.render(
-        &[Message {
-            role: "user".into(),
-            content: PROMPT.into(),
-        }],
-        true,
-    )?;
+    let (text, prompt) = match &template {
+        Some(t) => {
+            let text = t.render(
+                &[Message {
+                    role: "user".into(),
+                    content: PROMPT.into(),
+                }],
+                true,
+            )?;
+            let ids = tokenizer.encode_chat(&text);
+            (text, ids)
+        }
+        None => (PROMPT.to_string(), tokenizer.encode_prompt(PROMPT, true)),
+    };
     let req = Request {
-        prompt: tokenizer.encode(&text, true),
+        prompt,
         max_tokens: new_tokens,
         sampling: SamplingParams::default(),
         stop: vec![],
@@ -85,13 +98,22 @@ pub fn run(r: &mut Report) -> Result<()> {
     let system = super::system::System::start(&path)?;
     let rt = tokio::runtime::Runtime::new()?;
     let client = system.client(&rt)?;
-    let body = serde_json::json!({
-        "messages": [{"role": "user", "content": PROMPT}],
-        "max_tokens": new_tokens,
-    });
+    let chat = template.is_some();
+    let body = if chat {
+        serde_json::json!({
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": new_tokens,
+        })
+    } else {
+        serde_json::json!({"prompt": PROMPT, "max_tokens": new_tokens})
+    };
     let full = |out: &mut String| {
         timed(out, |emit| {
-            rt.block_on(client.chat_stream(&body, emit))?;
+            if chat {
+                rt.block_on(client.chat_stream(&body, emit))?;
+            } else {
+                rt.block_on(client.completions_stream(&body, emit))?;
+            }
             Ok(())
         })
     };
@@ -193,7 +215,13 @@ pub fn run(r: &mut Report) -> Result<()> {
                 let (c, body) = (client.clone(), body.clone());
                 tokio::spawn(async move {
                     let mut s = String::new();
-                    c.chat_stream(&body, |t| s.push_str(t)).await.map(|_| s)
+                    if chat {
+                        c.chat_stream(&body, |t| s.push_str(t)).await.map(|_| s)
+                    } else {
+                        c.completions_stream(&body, |t| s.push_str(t))
+                            .await
+                            .map(|_| s)
+                    }
                 })
             })
             .collect();

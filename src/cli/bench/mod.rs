@@ -129,7 +129,7 @@ impl Report {
     pub fn model_path(&self) -> std::path::PathBuf {
         self.model
             .clone()
-            .unwrap_or_else(ciel_enclave::engine::demo_model_path)
+            .unwrap_or_else(ciel_engine::demo_model_path)
     }
 }
 

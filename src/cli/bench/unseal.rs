@@ -5,7 +5,7 @@
 
 use super::{Report, gib_per_s, percentile_ms, sample};
 use anyhow::{Context, Result};
-use ciel_enclave::engine::model::Model;
+use ciel_engine::model::Model;
 use ciel_protocol::sealed::{
     DataKey, ModelInfo, SealParams, UnsealOptions, seal, unseal_in_memory,
 };
@@ -175,7 +175,7 @@ pub fn run(r: &mut Report) -> Result<()> {
     let sealed_load = sample(runs, || {
         let input = inputs.pop().unwrap_or_default();
         if let Ok(p) = unseal_in_memory(input, &key, options) {
-            let _ = std::hint::black_box(Model::load_unsealed(&p).is_ok());
+            let _ = std::hint::black_box(ciel_enclave::sealed_model::load_unsealed(&p).is_ok());
         }
     });
     let (p, s) = (

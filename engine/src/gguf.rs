@@ -14,6 +14,8 @@ pub enum GgufError {
     Version(u32),
     #[error("GGUF: {what} at offset {offset} runs past the end of the data")]
     Truncated { what: &'static str, offset: usize },
+    #[error("GGUF: reading the file: {0}")]
+    Io(String),
     #[error("GGUF: {what} at offset {offset}: {message}")]
     Invalid {
         what: &'static str,
@@ -179,6 +181,30 @@ impl<'a> Cursor<'a> {
 }
 
 /// Parses the metadata from the start of a GGUF file.
+/// The largest metadata section [`read_metadata`] reads (a 262,144-token
+/// SentencePiece vocabulary takes 6.5 MB; a BPE one with its merges ~8 MB).
+pub const MAX_METADATA: usize = 256 << 20;
+
+/// Reads a model file's metadata from its start: 8 MiB first, doubling
+/// while the section runs past what was read, up to [`MAX_METADATA`].
+pub fn read_metadata<R: std::io::Read>(reader: &mut R) -> Result<Metadata, GgufError> {
+    let mut head = Vec::new();
+    let mut want = 8usize << 20;
+    loop {
+        let have = head.len();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(&mut *reader, (want - have) as u64),
+            &mut head,
+        )
+        .map_err(|e| GgufError::Io(e.to_string()))?;
+        let at_end = head.len() < want;
+        match parse_metadata(&head) {
+            Err(GgufError::Truncated { .. }) if !at_end && want < MAX_METADATA => want *= 2,
+            other => return other,
+        }
+    }
+}
+
 pub fn parse_metadata(b: &[u8]) -> Result<Metadata, GgufError> {
     let mut c = Cursor { b, p: 0, budget: 0 };
     if c.take(4, "magic")? != b"GGUF" {

@@ -27,6 +27,9 @@ pub enum ChatError {
 #[derive(Debug)]
 pub struct ChatTemplate {
     env: minijinja::Environment<'static>,
+    /// The texts of the model's BOS and EOS tokens (`{{ bos_token }}`).
+    bos_token: String,
+    eos_token: String,
 }
 
 impl ChatTemplate {
@@ -35,16 +38,47 @@ impl ChatTemplate {
             .get("tokenizer.chat_template")
             .and_then(Value::as_str)
             .ok_or(ChatError::NoTemplate)?;
-        Self::new(source.to_string())
+        let token = |key: &str| -> String {
+            let id = meta.get(key).and_then(Value::as_u64);
+            let tokens = meta.get("tokenizer.ggml.tokens").and_then(Value::as_array);
+            match (id, tokens) {
+                (Some(id), Some(t)) => usize::try_from(id)
+                    .ok()
+                    .and_then(|i| t.get(i))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+                _ => String::new(),
+            }
+        };
+        let mut t = Self::new(source.to_string())?;
+        t.bos_token = token("tokenizer.ggml.bos_token_id");
+        t.eos_token = token("tokenizer.ggml.eos_token_id");
+        Ok(t)
     }
 
     pub fn new(source: String) -> Result<Self, ChatError> {
         let mut env = minijinja::Environment::new();
         // Templates are data from the model file: no filesystem loader, and
         // recursion is bounded by minijinja's default fuel-free limits.
+        // Templates refuse what they cannot render (Gemma's: a system
+        // message) by calling `raise_exception`, as in Hugging Face's.
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    message,
+                ))
+            },
+        );
         env.add_template_owned("chat", source)
             .map_err(|e| ChatError::Template(e.to_string()))?;
-        Ok(ChatTemplate { env })
+        Ok(ChatTemplate {
+            env,
+            bos_token: String::new(),
+            eos_token: String::new(),
+        })
     }
 
     /// The prompt for `messages`, ending with the assistant's turn marker
@@ -66,7 +100,12 @@ impl ChatTemplate {
             .env
             .get_template("chat")
             .map_err(|e| ChatError::Template(e.to_string()))?;
-        t.render(minijinja::context! { messages => messages, add_generation_prompt => add_generation_prompt })
-            .map_err(|e| ChatError::Template(e.to_string()))
+        t.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => &self.bos_token,
+            eos_token => &self.eos_token,
+        })
+        .map_err(|e| ChatError::Template(e.to_string()))
     }
 }

@@ -3,13 +3,13 @@
 //! transposed: 576 outputs of 1536 inputs) and its most common one (576 ×
 //! 576), for one row (a generation step) and 41 rows (a prompt pass). The
 //! same quantized weights and inputs for both; the outputs are equal to the
-//! bit (tested in `engine::q4_1`).
-//! Run: `cargo bench -p ciel-enclave --bench q4_1`.
+//! bit (tested in `q4_1`).
+//! Run: `cargo bench -p ciel-engine --bench q4_1`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-use ciel_enclave::engine::q4_1::Q4_1Matrix;
+use ciel_engine::q4_1::Q4_1Matrix;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 

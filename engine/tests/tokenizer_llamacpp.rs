@@ -8,12 +8,12 @@
     clippy::panic
 )]
 
-use ciel_enclave::engine::gguf::parse_metadata;
-use ciel_enclave::engine::tokenizer::Tokenizer;
+use ciel_engine::gguf::parse_metadata;
+use ciel_engine::tokenizer::Tokenizer;
 use std::path::PathBuf;
 
 fn model() -> Vec<u8> {
-    let path = ciel_enclave::engine::demo_model_path();
+    let path = ciel_engine::demo_model_path();
     // Only the metadata is needed: read the first 8 MiB.
     use std::io::Read;
     let mut f = std::fs::File::open(&path).unwrap_or_else(|e| {
@@ -84,7 +84,7 @@ fn ids_equal_llama_cpp_for_every_reference_string() {
 
 #[test]
 fn the_models_chat_template_renders_the_reference_prompt() {
-    use ciel_enclave::engine::chat::{ChatTemplate, Message};
+    use ciel_engine::chat::{ChatTemplate, Message};
     let meta = parse_metadata(&model()).unwrap();
     let t = ChatTemplate::from_gguf(&meta).unwrap();
     let r = reference();

@@ -9,23 +9,18 @@
     clippy::needless_range_loop
 )]
 
-use ciel_enclave::engine::model::{Model, argmax};
+mod common;
+use common::{ids, margins};
+
+use ciel_engine::model::{Model, argmax};
 use std::path::PathBuf;
 
 /// Logit margin below which llama.cpp's choice may flip in another engine.
 const NEAR_TIE: f64 = 0.25;
 
-fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 #[test]
 fn greedy_completions_match_llama_cpp_until_a_near_tie() {
-    let path = ciel_enclave::engine::demo_model_path();
+    let path = ciel_engine::demo_model_path();
     let mut f = std::fs::File::open(&path).unwrap_or_else(|e| {
         panic!(
             "demo model {} missing ({e}): run scripts/fetch-model.sh",
@@ -43,12 +38,7 @@ fn greedy_completions_match_llama_cpp_until_a_near_tie() {
     for case in r["greedy"].as_array().unwrap() {
         let prompt = ids(&case["prompt_ids"]);
         let want = ids(&case["greedy_ids"]);
-        let margins: Vec<f64> = case["top1_margin"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m.as_f64().unwrap())
-            .collect();
+        let margins = margins(case);
         // Compare while llama.cpp's choice was clear; stop at the first near-tie.
         let comparable = margins
             .iter()
@@ -77,11 +67,11 @@ fn greedy_completions_match_llama_cpp_until_a_near_tie() {
 
 #[test]
 fn the_generation_loop_answers_the_reference_question() {
-    use ciel_enclave::engine::generate::{Finish, Request, generate};
-    use ciel_enclave::engine::gguf::parse_metadata;
-    use ciel_enclave::engine::sampling::SamplingParams;
-    use ciel_enclave::engine::tokenizer::Tokenizer;
-    let bytes = std::fs::read(ciel_enclave::engine::demo_model_path())
+    use ciel_engine::generate::{Finish, Request, generate};
+    use ciel_engine::gguf::parse_metadata;
+    use ciel_engine::sampling::SamplingParams;
+    use ciel_engine::tokenizer::Tokenizer;
+    let bytes = std::fs::read(ciel_engine::demo_model_path())
         .unwrap_or_else(|e| panic!("demo model missing ({e}): run scripts/fetch-model.sh"));
     let tok = Tokenizer::from_gguf(&parse_metadata(&bytes).unwrap()).unwrap();
     let mut model = Model::load(&mut std::io::Cursor::new(&bytes)).unwrap();
@@ -118,8 +108,8 @@ fn the_generation_loop_answers_the_reference_question() {
 /// switching kernels changes speed, never an answer.
 #[test]
 fn our_kernels_give_candles_logits_bit_for_bit() {
-    use ciel_enclave::engine::model::Kernels;
-    let path = ciel_enclave::engine::demo_model_path();
+    use ciel_engine::model::Kernels;
+    let path = ciel_engine::demo_model_path();
     let load = |k| Model::load_with(&mut std::fs::File::open(&path).unwrap(), k).unwrap();
     let (mut ours, mut candle) = (load(Kernels::Ciel), load(Kernels::Candle));
     let prompt: Vec<u32> = vec![1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 30, 2];

@@ -1,8 +1,11 @@
-//! The language model: a llama-family quantized GGUF run with candle on the
-//! CPU. The prompt goes through in one batched forward pass; generation
-//! then feeds one token at a time against the key/value cache.
+//! The language model: a quantized GGUF of one of the architectures in
+//! [`super::arch`], run with candle on the CPU through our forward pass
+//! ([`super::transformer`]). The prompt goes through in one batched forward
+//! pass; generation then feeds one token at a time against the key/value
+//! cache.
 
-use super::llama::Llama;
+use super::arch::{Arch, Config};
+use super::transformer::Transformer;
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
@@ -18,23 +21,26 @@ pub enum ModelError {
     Forward(String),
     #[error("model: the context is full ({0} tokens)")]
     ContextFull(usize),
-    #[error("sealed model: {0}")]
-    Sealed(#[from] ciel_protocol::sealed::SealError),
+    #[error("model: GGUF metadata key `{0}` is missing or has the wrong type")]
+    MissingKey(String),
+    #[error("model: architecture {0:?} is not supported (llama, gemma3 are)")]
+    Architecture(String),
+    #[error("model: {0}")]
+    Unsupported(String),
 }
 
 /// Which code runs the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    /// Our llama pass with the AVX2 Q4_1 kernel ([`super::llama`]); other
-    /// architectures fall back to candle's.
+    /// Our forward pass with the AVX2 Q4_1 kernel ([`super::transformer`]).
     Ciel,
-    /// candle's `quantized_llama` throughout (the baseline the benchmarks
-    /// compare against).
+    /// candle's `quantized_llama` throughout, for llama models only (the
+    /// baseline the benchmarks compare against).
     Candle,
 }
 
 enum Weights {
-    Ciel(Box<Llama>),
+    Ciel(Box<Transformer>),
     Candle(Box<ModelWeights>),
 }
 
@@ -65,45 +71,40 @@ impl Model {
     pub fn load_with<R: Read + Seek>(reader: &mut R, kernels: Kernels) -> Result<Self, ModelError> {
         let content =
             gguf_file::Content::read(reader).map_err(|e| ModelError::Load(e.to_string()))?;
-        let context = content
-            .metadata
-            .get("llama.context_length")
-            .and_then(|v| v.to_u32().ok())
-            .map_or(2048, |v| v as usize)
-            // candle's rotary tables stop at MAX_SEQ_LEN.
-            .min(candle_transformers::models::quantized_llama::MAX_SEQ_LEN);
+        let config = Config::from_gguf(&content.metadata)?;
         let device = Device::Cpu;
         let load = |e: candle_core::Error| ModelError::Load(e.to_string());
-        let weights = if kernels == Kernels::Ciel && Llama::serves(&content) {
-            Weights::Ciel(Box::new(
-                Llama::from_gguf(&content, reader, &device).map_err(load)?,
-            ))
-        } else {
-            Weights::Candle(Box::new(
-                ModelWeights::from_gguf(content, reader, &device).map_err(load)?,
-            ))
+        let (weights, context) = match kernels {
+            Kernels::Candle if config.arch == Arch::Llama => (
+                Weights::Candle(Box::new(
+                    ModelWeights::from_gguf(content, reader, &device).map_err(load)?,
+                )),
+                // candle's rotary tables stop at MAX_SEQ_LEN.
+                config
+                    .context
+                    .min(candle_transformers::models::quantized_llama::MAX_SEQ_LEN),
+            ),
+            Kernels::Candle => {
+                return Err(ModelError::Unsupported(format!(
+                    "candle's kernels run llama models only, not {}",
+                    config.arch.name()
+                )));
+            }
+            Kernels::Ciel => {
+                let context = config.context;
+                (
+                    Weights::Ciel(Box::new(
+                        Transformer::from_gguf(config, &content, reader, &device).map_err(load)?,
+                    )),
+                    context,
+                )
+            }
         };
         Ok(Model {
             weights,
             device,
             pos: 0,
             context,
-        })
-    }
-
-    /// Loads a model unsealed without the plaintext digest re-check
-    /// (`verify_plaintext_digest: false`), re-checking the digest on another
-    /// thread meanwhile: the serial SHA-256 pass then costs no time beside
-    /// the load. The model is returned only if the digest matches.
-    pub fn load_unsealed(plain: &ciel_protocol::sealed::Plaintext) -> Result<Self, ModelError> {
-        std::thread::scope(|s| {
-            let digest = s.spawn(|| plain.verify_digest());
-            let model = Model::load(&mut plain.reader());
-            let digest = digest
-                .join()
-                .map_err(|_| ModelError::Load("digest check thread panicked".into()))?;
-            digest?;
-            model
         })
     }
 

@@ -1,13 +1,14 @@
 //! Test doubles for the engine: a scripted model and a tiny tokenizer.
 #![allow(clippy::indexing_slicing)]
 
-use super::generate::Logits;
-use super::gguf::{Metadata, Value};
-use super::model::ModelError;
-use super::tokenizer::Tokenizer;
+use crate::generate::Logits;
+use crate::gguf::{Metadata, Value};
+use crate::model::ModelError;
+use crate::tokenizer::Tokenizer;
 
 /// A model that always predicts the next token of a script.
-pub(crate) struct Script {
+#[derive(Debug)]
+pub struct Script {
     pub tokens: Vec<u32>,
     pub at: usize,
     pub vocab: usize,
@@ -28,7 +29,7 @@ impl Logits for Script {
 }
 
 /// A vocabulary of single characters: "a", "b", "c", " ", "\u{e9}" split in two bytes, and EOS.
-pub(crate) fn tokenizer() -> Tokenizer {
+pub fn tokenizer() -> Tokenizer {
     let toks = ["<eos>", "a", "b", "c", "\u{120}", "\u{c3}", "\u{a9}"];
     let mut kv = std::collections::BTreeMap::new();
     kv.insert(

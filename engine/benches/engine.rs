@@ -1,19 +1,17 @@
 //! The bare engine on the demo model, each figure beside its baseline in
-//! the same run: loading the sealed model (in-memory unseal + load) against
-//! loading the same plaintext from memory, and prompt/generation speed.
+//! the same run: prompt and generation speed with candle's kernels
+//! throughout, then with ours. (The guest's sealed load is benched in
+//! `ciel-enclave`'s `sealed_load`.)
 //! Needs the demo model (`scripts/fetch-model.sh`; or `CIEL_MODEL`).
-//! Run: `cargo bench -p ciel-enclave --bench engine`.
+//! Run: `cargo bench -p ciel-engine --bench engine`.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::arithmetic_side_effects
 )]
 
-use ciel_enclave::engine::model::{Kernels, Model, argmax};
-use ciel_protocol::sealed::{
-    DataKey, ModelInfo, SealParams, UnsealOptions, seal, unseal_in_memory,
-};
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use ciel_engine::model::{Kernels, Model, argmax};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::io::Cursor;
 use std::path::PathBuf;
@@ -21,7 +19,7 @@ use std::path::PathBuf;
 const NEW_TOKENS: usize = 32;
 
 fn bench(c: &mut Criterion) {
-    let path = ciel_enclave::engine::demo_model_path();
+    let path = ciel_engine::demo_model_path();
     let plain = std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "demo model {} missing ({e}): run scripts/fetch-model.sh",
@@ -43,66 +41,6 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|x| x.as_u64().unwrap() as u32)
         .collect();
-    let key = DataKey::from_bytes([9; 32]);
-    let sha: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, &plain)
-        .as_ref()
-        .try_into()
-        .unwrap();
-    let params = SealParams {
-        resource: "bench/model-key/demo".into(),
-        model: ModelInfo {
-            name: "demo".into(),
-            format: "gguf".into(),
-        },
-        chunk_size: 1 << 20,
-    };
-    let mut sealed = Vec::with_capacity(plain.len() + (1 << 16));
-    seal(
-        &mut &plain[..],
-        plain.len() as u64,
-        sha,
-        &key,
-        &params,
-        &mut sealed,
-        |_| {},
-    )
-    .unwrap();
-
-    let mut g = c.benchmark_group("load-demo-model");
-    g.sample_size(10);
-    g.throughput(Throughput::Bytes(plain.len() as u64));
-    g.bench_function("plaintext load (baseline)", |b| {
-        b.iter(|| black_box(Model::load(&mut Cursor::new(&plain[..])).unwrap()))
-    });
-    g.bench_function("sealed load, digest re-checked before the load", |b| {
-        b.iter_batched(
-            || sealed.clone(),
-            |s| {
-                let p = unseal_in_memory(s, &key, UnsealOptions::default()).unwrap();
-                black_box(Model::load(&mut p.reader()).unwrap())
-            },
-            BatchSize::LargeInput,
-        )
-    });
-    g.bench_function(
-        "sealed load, digest re-checked beside the load (guest)",
-        |b| {
-            let options = UnsealOptions {
-                verify_plaintext_digest: false,
-                ..UnsealOptions::default()
-            };
-            b.iter_batched(
-                || sealed.clone(),
-                |s| {
-                    let p = unseal_in_memory(s, &key, options).unwrap();
-                    black_box(Model::load_unsealed(&p).unwrap())
-                },
-                BatchSize::LargeInput,
-            )
-        },
-    );
-    g.finish();
-
     // Each figure twice: candle's kernels throughout (the baseline), then
     // ours (the AVX2 Q4_1 kernel; the same logits to the bit).
     for (name, kernels) in [

@@ -125,7 +125,7 @@ pub fn generate_while(
             break;
         }
         let next = sampler.sample(&logits);
-        if Some(next) == tokenizer.eos {
+        if tokenizer.is_end_of_generation(next) {
             finish = Finish::Stop;
             break;
         }
@@ -164,7 +164,7 @@ pub fn generate_while(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::testing::{Script, tokenizer};
+    use crate::testing::{Script, tokenizer};
 
     fn run(script: &[u32], max: usize, stop: &[&str]) -> (Completion, Vec<String>) {
         let mut m = Script {

@@ -1,0 +1,48 @@
+//! # ciel-engine
+//!
+//! The inference engine: GGUF, the tokenizer, the chat template, the
+//! quantized model, sampling and the generation loop. It depends on nothing
+//! else of ours: the guest runtime (`ciel-enclave`) hands it decrypted
+//! bytes and serves what it generates.
+
+// `unsafe` is denied everywhere but the entries to the SIMD kernels
+// (`q4_1::avx2`), each allowing it for its one call, which the x86-64-v3
+// build (or a run-time feature check) makes sound.
+#![deny(unsafe_code)]
+
+pub mod arch;
+pub mod chat;
+pub mod generate;
+pub mod gguf;
+pub mod model;
+pub mod q4_1;
+pub mod sampling;
+/// Test doubles (a scripted model, a tiny tokenizer), for this crate's tests
+/// and, through the `testing` feature, the guest runtime's.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod tokenizer;
+pub mod transformer;
+
+use std::path::PathBuf;
+
+/// Where `scripts/fetch-model.sh` caches the demo model: `$CIEL_MODEL` if
+/// set, else [`cached_model`]. Used by tests and benchmarks, never by the
+/// guest (which receives its model).
+pub fn demo_model_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("CIEL_MODEL") {
+        return PathBuf::from(p);
+    }
+    cached_model("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// Where `scripts/fetch-model.sh` caches the model file `name`:
+/// `$CIEL_CACHE/models/…`, else `~/.cache/ciel/models/…`.
+pub fn cached_model(name: &str) -> PathBuf {
+    let cache = std::env::var_os("CIEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/ciel")
+        });
+    cache.join("models").join(name)
+}

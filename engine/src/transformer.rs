@@ -1,0 +1,358 @@
+//! The decoder-only transformer forward pass, one for every architecture
+//! in [`super::arch`], with our own Q4_1 kernel in its linear layers.
+//!
+//! For llama it is candle's `quantized_llama` computation — the same candle
+//! operations in the same order for norms, rotary embeddings, attention and
+//! the MLP — with each Q4_1 weight in a [`Q4_1Matrix`] and every other
+//! weight type left to candle's quantized matmul; its logits equal candle's
+//! to the bit (tested), so the engine's outputs do not depend on which path
+//! runs. Gemma 3 adds what llama.cpp's graph for it adds: scaled embeddings,
+//! q/k norms, norms after attention and MLP, GELU, and sliding-window
+//! layers with their own rotary base. Rotary angles are computed for the
+//! positions in each pass, so the context is the model's trained one.
+
+use super::arch::{Activation, Config, RopeStyle};
+use super::q4_1::Q4_1Matrix;
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
+use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use std::io::{Read, Seek};
+
+/// A weight matrix: ours when it is Q4_1, candle's otherwise.
+enum Linear {
+    Q4_1(Q4_1Matrix),
+    Candle(QMatMul),
+}
+
+impl Linear {
+    fn new(t: QTensor) -> Result<Self> {
+        if t.dtype() == GgmlDType::Q4_1
+            && let &[n, k] = t.shape().dims()
+        {
+            let m = Q4_1Matrix::from_blocks(n, k, &t.data()?)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            return Ok(Linear::Q4_1(m));
+        }
+        Ok(Linear::Candle(QMatMul::from_qtensor(t)?))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Candle(q) => q.forward(x),
+            Linear::Q4_1(w) => {
+                let mut dims = x.dims().to_vec();
+                if dims.last() != Some(&w.cols()) {
+                    return Err(candle_core::Error::Msg(format!(
+                        "input of shape {dims:?} for a {} × {} weight",
+                        w.rows(),
+                        w.cols()
+                    )));
+                }
+                let data = x.flatten_all()?.to_vec1::<f32>()?;
+                let out = w.matmul(&data);
+                if let Some(last) = dims.last_mut() {
+                    *last = w.rows();
+                }
+                Tensor::from_vec(out, dims, x.device())
+            }
+        }
+    }
+}
+
+struct Layer {
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    attn_norm: Tensor,
+    ffn_norm: Tensor,
+    /// q and k norms (Gemma 3).
+    qk_norms: Option<(Tensor, Tensor)>,
+    /// Norms of the attention and MLP outputs (Gemma 3).
+    post_norms: Option<(Tensor, Tensor)>,
+    gate: Linear,
+    down: Linear,
+    up: Linear,
+    /// Sliding-window layer: its window.
+    window: Option<usize>,
+    /// Which rotary base (0 global, 1 local).
+    rope: usize,
+    cache: Option<(Tensor, Tensor)>,
+}
+
+/// θ_i = base^(-2i/dim) of one rotary base, as a `1 × dim/2` row.
+struct Rope {
+    theta: Tensor,
+}
+
+impl Rope {
+    fn new(dim: usize, base: f32, device: &Device) -> Result<Self> {
+        let theta: Vec<f32> = (0..dim)
+            .step_by(2)
+            .map(|i| 1f32 / base.powf(i as f32 / dim as f32))
+            .collect();
+        let count = theta.len();
+        Ok(Rope {
+            theta: Tensor::from_vec(theta, (1, count), device)?,
+        })
+    }
+
+    /// cos and sin of `position × scale × θ_i` for `seq` positions from
+    /// `pos` (the products candle's precomputed tables hold, bit for bit).
+    fn tables(&self, pos: usize, seq: usize, scale: f32) -> Result<(Tensor, Tensor)> {
+        let device = self.theta.device();
+        let mut positions = Tensor::arange(pos as u32, (pos + seq) as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((seq, 1))?;
+        if scale != 1.0 {
+            positions = (positions * f64::from(scale))?;
+        }
+        let angles = positions.matmul(&self.theta)?;
+        Ok((angles.cos()?, angles.sin()?))
+    }
+}
+
+/// A decoder-only transformer.
+pub struct Transformer {
+    config: Config,
+    embeddings: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: Linear,
+    ropes: Vec<Rope>,
+    neg_inf: Tensor,
+}
+
+impl std::fmt::Debug for Transformer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transformer")
+            .field("arch", &self.config.arch)
+            .field("layers", &self.layers.len())
+            .field("hidden", &self.config.hidden)
+            .field("heads", &self.config.heads)
+            .field("kv_heads", &self.config.kv_heads)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transformer {
+    pub fn from_gguf<R: Read + Seek>(
+        config: Config,
+        content: &gguf_file::Content,
+        reader: &mut R,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut ropes = vec![Rope::new(config.rope_dim, config.rope_base, device)?];
+        if let Some(s) = &config.sliding {
+            ropes.push(Rope::new(config.rope_dim, s.rope_base, device)?);
+        }
+        let mut tensor = |name: &str| content.tensor(reader, name, device);
+        let embeddings_q = tensor("token_embd.weight")?;
+        let embeddings = embeddings_q.dequantize(device)?;
+        let norm = tensor("output_norm.weight")?.dequantize(device)?;
+        let output = match tensor("output.weight") {
+            Ok(t) => Linear::new(t)?,
+            Err(_) => Linear::new(embeddings_q)?,
+        };
+        let mut layers = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let mut t = |what: &str| tensor(&format!("blk.{i}.{what}.weight"));
+            let mut norm = |what: &str| t(what).and_then(|q| q.dequantize(device));
+            let qk_norms = if config.qk_norm {
+                Some((norm("attn_q_norm")?, norm("attn_k_norm")?))
+            } else {
+                None
+            };
+            let post_norms = if config.post_norms {
+                Some((norm("post_attention_norm")?, norm("post_ffw_norm")?))
+            } else {
+                None
+            };
+            let attn_norm = norm("attn_norm")?;
+            let ffn_norm = norm("ffn_norm")?;
+            let sliding = config.sliding.as_ref().filter(|s| s.applies_to(i));
+            layers.push(Layer {
+                wq: Linear::new(t("attn_q")?)?,
+                wk: Linear::new(t("attn_k")?)?,
+                wv: Linear::new(t("attn_v")?)?,
+                wo: Linear::new(t("attn_output")?)?,
+                attn_norm,
+                ffn_norm,
+                qk_norms,
+                post_norms,
+                gate: Linear::new(t("ffn_gate")?)?,
+                down: Linear::new(t("ffn_down")?)?,
+                up: Linear::new(t("ffn_up")?)?,
+                window: sliding.map(|s| s.window),
+                rope: usize::from(sliding.is_some()),
+                cache: None,
+            });
+        }
+        Ok(Transformer {
+            config,
+            embeddings,
+            layers,
+            norm,
+            output,
+            ropes,
+            neg_inf: Tensor::new(f32::NEG_INFINITY, device)?,
+        })
+    }
+
+    /// Logits after the last of `ids` (shape `1 × seq`), the sequence
+    /// continuing at `pos` (0 starts a new one).
+    pub fn forward(&mut self, ids: &Tensor, pos: usize) -> Result<Tensor> {
+        let (batch, seq) = ids.dims2()?;
+        let device = ids.device().clone();
+        let eps = self.config.eps;
+        let mut tables = Vec::with_capacity(self.ropes.len());
+        for r in &self.ropes {
+            tables.push(r.tables(pos, seq, self.config.rope_scale)?);
+        }
+        let causal = if seq == 1 {
+            None
+        } else {
+            Some(mask(seq, pos, None, &device)?)
+        };
+        let windowed = match &self.config.sliding {
+            Some(s) if seq > 1 || pos + seq > s.window => {
+                Some(mask(seq, pos, Some(s.window), &device)?)
+            }
+            _ => None,
+        };
+        let mut x = self
+            .embeddings
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((batch, seq, self.config.hidden))?;
+        if self.config.scale_embeddings {
+            x = (x * (self.config.hidden as f64).sqrt())?;
+        }
+        for i in 0..self.layers.len() {
+            let layer = &self.layers[i];
+            let mask = if layer.window.is_some() {
+                windowed.as_ref()
+            } else {
+                causal.as_ref()
+            };
+            let (cos, sin) = &tables[layer.rope];
+            let normed = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
+            let mut attn = self.attention(i, &normed, mask, cos, sin, pos)?;
+            let layer = &self.layers[i];
+            if let Some((after_attn, _)) = &layer.post_norms {
+                attn = candle_nn::ops::rms_norm(&attn, after_attn, eps)?;
+            }
+            let x1 = (attn + &x)?;
+            let normed = candle_nn::ops::rms_norm(&x1, &layer.ffn_norm, eps)?;
+            let gate = layer.gate.forward(&normed)?;
+            let up = layer.up.forward(&normed)?;
+            let gate = match self.config.activation {
+                Activation::Silu => candle_nn::ops::silu(&gate)?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            let mut mlp = layer.down.forward(&(gate * up)?)?;
+            if let Some((_, after_mlp)) = &layer.post_norms {
+                mlp = candle_nn::ops::rms_norm(&mlp, after_mlp, eps)?;
+            }
+            x = (mlp + &x1)?;
+        }
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let last = x.i((.., seq - 1, ..))?;
+        let logits = self.output.forward(&last)?;
+        match self.config.final_softcap {
+            None => Ok(logits),
+            Some(cap) => (logits / f64::from(cap))?.tanh()? * f64::from(cap),
+        }
+    }
+
+    fn attention(
+        &mut self,
+        i: usize,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        cos: &Tensor,
+        sin: &Tensor,
+        pos: usize,
+    ) -> Result<Tensor> {
+        let (batch, seq, _) = x.dims3()?;
+        let c = &self.config;
+        let (heads, kv_heads, head_dim) = (c.heads, c.kv_heads, c.head_dim);
+        let layer = &self.layers[i];
+        let mut q = layer
+            .wq
+            .forward(x)?
+            .reshape((batch, seq, heads, head_dim))?;
+        let mut k = layer
+            .wk
+            .forward(x)?
+            .reshape((batch, seq, kv_heads, head_dim))?;
+        if let Some((qn, kn)) = &layer.qk_norms {
+            q = candle_nn::ops::rms_norm(&q, qn, c.eps)?;
+            k = candle_nn::ops::rms_norm(&k, kn, c.eps)?;
+        }
+        let q = q.transpose(1, 2)?;
+        let k = k.transpose(1, 2)?;
+        let v = layer
+            .wv
+            .forward(x)?
+            .reshape((batch, seq, kv_heads, head_dim))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let rotate = |t: &Tensor| match c.rope_style {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&t.contiguous()?, cos, sin),
+            RopeStyle::Halves => candle_nn::rotary_emb::rope(&t.contiguous()?, cos, sin),
+        };
+        let q = rotate(&q)?;
+        let k = rotate(&k)?;
+        let scale = c.attention_scale;
+        let hidden_out = heads * head_dim;
+        let layer = &mut self.layers[i];
+        let (k, v) = match (&layer.cache, pos) {
+            (Some((kc, vc)), p) if p > 0 => {
+                (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
+            }
+            _ => (k, v),
+        };
+        layer.cache = Some((k.clone(), v.clone()));
+        let repeat = heads / kv_heads;
+        let k = repeat_kv(k, repeat)?;
+        let v = repeat_kv(v, repeat)?;
+        // Divided by √head_dim as candle's llama does (bit-equal logits);
+        // multiplied by the configured scale where it differs.
+        let scores = q.matmul(&k.t()?)?;
+        let att = if (scale - 1.0 / (head_dim as f32).sqrt()).abs() < f32::EPSILON {
+            (scores / (head_dim as f64).sqrt())?
+        } else {
+            (scores * f64::from(scale))?
+        };
+        let att = match mask {
+            None => att,
+            Some(mask) => {
+                let mask = mask.broadcast_as(att.shape())?;
+                mask.where_cond(&self.neg_inf.broadcast_as(att.shape().dims())?, &att)?
+            }
+        };
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v.contiguous()?)?;
+        let y = y.transpose(1, 2)?.reshape(&[batch, seq, hidden_out])?;
+        self.layers[i].wo.forward(&y)
+    }
+}
+
+/// Key/value heads repeated to match the query heads (grouped attention).
+fn repeat_kv(x: Tensor, times: usize) -> Result<Tensor> {
+    if times == 1 {
+        return Ok(x);
+    }
+    let (batch, kv_heads, seq, head_dim) = x.dims4()?;
+    Tensor::cat(&vec![&x; times], 2)?.reshape((batch, kv_heads * times, seq, head_dim))
+}
+
+/// 1 where query `i` (at `pos + i`) may not see key `j`: a later key, or
+/// with a window, a key `window` or more positions before it.
+fn mask(seq: usize, pos: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
+    let kv = pos + seq;
+    let hidden = |i: usize, j: usize| j > pos + i || window.is_some_and(|w| pos + i >= j + w);
+    let mask: Vec<u8> = (0..seq)
+        .flat_map(|i| (0..kv).map(move |j| u8::from(hidden(i, j))))
+        .collect();
+    Tensor::from_slice(&mask, (seq, kv), device)
+}
