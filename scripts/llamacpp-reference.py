@@ -3,7 +3,13 @@
 compare against (token ids, detokenized text, greedy continuations with
 each step's top-1 margin, and the top logits of the first steps).
 
-    python3 scripts/llamacpp-reference.py MODEL.gguf OUT.json [--chat]
+    python3 scripts/llamacpp-reference.py MODEL.gguf OUT.json
+    python3 scripts/llamacpp-reference.py --synthetic DIR OUT.json
+
+The second form takes the synthetic models the engine writes
+(`cargo run -p ciel-engine --features testing --example synthetic-gguf DIR`)
+and records, for each, its digest and llama.cpp's whole logits after a
+prompt and after each of a few fed tokens.
 
 Needs llama-cpp-python (pinned below; built with AMX off, see the README).
 The committed references under engine/tests/reference/ came from this
@@ -72,15 +78,61 @@ def greedy(m, prompt_ids, steps):
     return out, margins, first_logits
 
 
+# The synthetic models' prompt (longer than Gemma's 4-token test window)
+# and the tokens fed after it.
+SYNTHETIC_PROMPT = [1, 40, 77, 120, 9, 200, 33, 150, 64, 250, 18, 99]
+SYNTHETIC_FED = [70, 140, 210]
+
+
+def synthetic(folder, out, threads):
+    ref = {
+        "oracle": f"llama.cpp via llama-cpp-python {llama_cpp.__version__}, "
+                  f"n_threads={threads}, f32 K/V cache",
+        "prompt_ids": SYNTHETIC_PROMPT,
+        "fed_ids": SYNTHETIC_FED,
+        "models": [],
+    }
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".gguf"):
+            continue
+        path = os.path.join(folder, name)
+        m = Llama(model_path=path, n_ctx=64, n_threads=threads,
+                  type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
+                  verbose=False)
+        n_vocab = m.n_vocab()
+        steps = []
+        m.reset()
+        m.eval(SYNTHETIC_PROMPT)
+        for fed in [None] + SYNTHETIC_FED:
+            if fed is not None:
+                m.eval([fed])
+            ptr = llama_cpp.llama_get_logits_ith(m.ctx, -1)
+            steps.append([round(float(ptr[i]), 5) for i in range(n_vocab)])
+        ref["models"].append({
+            "file": name,
+            "sha256": hashlib.sha256(open(path, "rb").read()).hexdigest(),
+            "logits": steps,
+        })
+        del m
+    with open(out, "w") as f:
+        json.dump(ref, f)
+        f.write("\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("out")
+    ap.add_argument("--synthetic", action="store_true",
+                    help="MODEL is a folder of synthetic models")
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     if llama_cpp.__version__ != PINNED:
         sys.exit(f"llama-cpp-python {llama_cpp.__version__} found, {PINNED} pinned")
+    if a.synthetic:
+        synthetic(a.model, a.out, a.threads)
+        return
     data = open(a.model, "rb").read()
     # K/V cache in f32, as ciel keeps it (llama.cpp's default f16 cache
     # moves top logits by up to ~0.4 against each other, which would hide

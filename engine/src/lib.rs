@@ -17,6 +17,13 @@ pub mod gguf;
 pub mod model;
 pub mod q4_1;
 pub mod sampling;
+/// Tiny deterministic models of every architecture × weight type, checked
+/// against llama.cpp (the tests, and through `testing`, the reference
+/// script's generator).
+#[cfg(any(test, feature = "testing"))]
+pub mod synthetic;
+#[cfg(test)]
+mod synthetic_tests;
 /// Test doubles (a scripted model, a tiny tokenizer), for this crate's tests
 /// and, through the `testing` feature, the guest runtime's.
 #[cfg(any(test, feature = "testing"))]

@@ -1,0 +1,21 @@
+//! Writes the synthetic models (`ciel_engine::synthetic`) into a folder, for
+//! `scripts/llamacpp-reference.py --synthetic`.
+//! `cargo run -p ciel-engine --features testing --example synthetic-gguf -- DIR`
+
+use ciel_engine::synthetic::{ARCHS, WEIGHT_TYPES, file_name, gguf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::env::args_os()
+        .nth(1)
+        .ok_or("usage: synthetic-gguf DIR")?;
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir)?;
+    for &arch in ARCHS {
+        for (name, dtype) in WEIGHT_TYPES {
+            let path = dir.join(file_name(arch, name));
+            std::fs::write(&path, gguf(arch, *dtype)?)?;
+            println!("{}", path.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! Tiny synthetic GGUF models, one per architecture × weight type, written
+//! deterministically (seeded weights, candle's quantizers, candle's GGUF
+//! writer), so the same bytes come out on every machine. llama.cpp's logits
+//! for them are committed (`tests/reference/synthetic-llamacpp.json`, by
+//! `scripts/llamacpp-reference.py --synthetic`); the tests regenerate the
+//! files, check their digests against the reference's, and compare.
+//!
+//! `cargo run -p ciel-engine --features testing --example synthetic-gguf DIR`
+//! writes them for the reference script.
+
+use crate::arch::Arch;
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file::Value};
+use candle_core::{Device, Tensor};
+
+/// The weight types every architecture is checked in.
+pub const WEIGHT_TYPES: &[(&str, GgmlDType)] = &[
+    ("f32", GgmlDType::F32),
+    ("f16", GgmlDType::F16),
+    ("bf16", GgmlDType::BF16),
+    ("q8_0", GgmlDType::Q8_0),
+    ("q4_0", GgmlDType::Q4_0),
+    ("q4_1", GgmlDType::Q4_1),
+    ("q5_0", GgmlDType::Q5_0),
+    ("q5_1", GgmlDType::Q5_1),
+    ("q2_k", GgmlDType::Q2K),
+    ("q3_k", GgmlDType::Q3K),
+    ("q4_k", GgmlDType::Q4K),
+    ("q5_k", GgmlDType::Q5K),
+    ("q6_k", GgmlDType::Q6K),
+];
+
+/// The architectures written.
+pub const ARCHS: &[Arch] = &[Arch::Llama, Arch::Gemma3];
+
+const HIDDEN: usize = 256;
+const FFN: usize = 256;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const HEAD_DIM: usize = 64;
+const LAYERS: usize = 2;
+/// Gemma 3's window, short enough that the test prompt runs past it.
+const WINDOW: u32 = 4;
+
+/// The file name of one synthetic model.
+pub fn file_name(arch: Arch, weights: &str) -> String {
+    format!("synthetic-{}-{weights}.gguf", arch.name())
+}
+
+/// splitmix64: a fixed, portable stream of weights.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        // Uniform in [-1, 1).
+        ((z >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+    }
+}
+
+/// A SentencePiece vocabulary of `<unk>`, `<s>`, `</s>` and the 256 byte
+/// tokens: enough for llama.cpp to load the model; the tests feed ids.
+fn vocabulary() -> Vec<(String, i32)> {
+    let mut v = vec![
+        ("<unk>".to_string(), 2),
+        ("<s>".into(), 3),
+        ("</s>".into(), 3),
+    ];
+    v.extend((0..=255u8).map(|b| (format!("<0x{b:02X}>"), 6)));
+    v
+}
+
+/// The vocabulary size of every synthetic model.
+pub fn vocab_size() -> usize {
+    vocabulary().len()
+}
+
+/// One synthetic model's GGUF bytes.
+pub fn gguf(arch: Arch, dtype: GgmlDType) -> candle_core::Result<Vec<u8>> {
+    let device = Device::Cpu;
+    // Each architecture has its own weights, the same for every type.
+    let mut rng = Rng(match arch {
+        Arch::Llama => 1,
+        Arch::Gemma3 => 2,
+    });
+    let vocab = vocabulary();
+    let mut tensors: Vec<(String, QTensor)> = Vec::new();
+    let mut matrix = |name: String, rows: usize, cols: usize, scale: f32| {
+        let data: Vec<f32> = (0..rows * cols).map(|_| rng.next() * scale).collect();
+        let t = Tensor::from_vec(data, (rows, cols), &device)?;
+        let q = QTensor::quantize(&t, dtype)?;
+        tensors.push((name, q));
+        Ok::<_, candle_core::Error>(())
+    };
+    // Weights scaled so that activations stay of order one.
+    let w = 1.0 / (HIDDEN as f32).sqrt() * 1.7;
+    // Gemma multiplies embeddings by √hidden: scaled down by as much, so
+    // that attention and the MLP weigh in the residual stream as in llama.
+    let embedding_scale = match arch {
+        Arch::Llama => 1.0,
+        Arch::Gemma3 => 1.0 / (HIDDEN as f32).sqrt(),
+    };
+    matrix(
+        "token_embd.weight".into(),
+        vocab.len(),
+        HIDDEN,
+        embedding_scale,
+    )?;
+    if arch == Arch::Llama {
+        matrix("output.weight".into(), vocab.len(), HIDDEN, w)?;
+    }
+    for i in 0..LAYERS {
+        let n = |what: &str| format!("blk.{i}.{what}.weight");
+        matrix(n("attn_q"), HEADS * HEAD_DIM, HIDDEN, w)?;
+        matrix(n("attn_k"), KV_HEADS * HEAD_DIM, HIDDEN, w)?;
+        matrix(n("attn_v"), KV_HEADS * HEAD_DIM, HIDDEN, w)?;
+        matrix(n("attn_output"), HIDDEN, HEADS * HEAD_DIM, w)?;
+        matrix(n("ffn_gate"), FFN, HIDDEN, w)?;
+        matrix(n("ffn_up"), FFN, HIDDEN, w)?;
+        matrix(n("ffn_down"), HIDDEN, FFN, w)?;
+    }
+    // Norm weights (always f32) around one.
+    let mut norm = |name: String, len: usize| {
+        let data: Vec<f32> = (0..len).map(|_| 1.0 + 0.2 * rng.next()).collect();
+        let t = Tensor::from_vec(data, len, &device)?;
+        tensors.push((name, QTensor::quantize(&t, GgmlDType::F32)?));
+        Ok::<_, candle_core::Error>(())
+    };
+    norm("output_norm.weight".into(), HIDDEN)?;
+    for i in 0..LAYERS {
+        let n = |what: &str| format!("blk.{i}.{what}.weight");
+        norm(n("attn_norm"), HIDDEN)?;
+        norm(n("ffn_norm"), HIDDEN)?;
+        if arch == Arch::Gemma3 {
+            norm(n("attn_q_norm"), HEAD_DIM)?;
+            norm(n("attn_k_norm"), HEAD_DIM)?;
+            norm(n("post_attention_norm"), HIDDEN)?;
+            norm(n("post_ffw_norm"), HIDDEN)?;
+        }
+    }
+    let p = arch.name();
+    let u32v = |v: usize| Value::U32(v as u32);
+    let mut md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(p.into())),
+        (
+            "general.name".into(),
+            Value::String(format!("synthetic {p}")),
+        ),
+        (format!("{p}.context_length"), u32v(512)),
+        (format!("{p}.embedding_length"), u32v(HIDDEN)),
+        (format!("{p}.block_count"), u32v(LAYERS)),
+        (format!("{p}.feed_forward_length"), u32v(FFN)),
+        (format!("{p}.attention.head_count"), u32v(HEADS)),
+        (format!("{p}.attention.head_count_kv"), u32v(KV_HEADS)),
+        (
+            format!("{p}.attention.layer_norm_rms_epsilon"),
+            Value::F32(1e-5),
+        ),
+        (format!("{p}.rope.freq_base"), Value::F32(10_000.0)),
+        (format!("{p}.rope.dimension_count"), u32v(HEAD_DIM)),
+    ];
+    if arch == Arch::Gemma3 {
+        md.extend([
+            (format!("{p}.attention.key_length"), u32v(HEAD_DIM)),
+            (format!("{p}.attention.value_length"), u32v(HEAD_DIM)),
+            (format!("{p}.attention.sliding_window"), Value::U32(WINDOW)),
+            // Layer 0 local, layer 1 global.
+            (format!("{p}.attention.sliding_window_pattern"), u32v(2)),
+            (format!("{p}.rope.freq_base_swa"), Value::F32(100.0)),
+        ]);
+    }
+    md.extend([
+        ("tokenizer.ggml.model".into(), Value::String("llama".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(vocab.iter().map(|t| Value::String(t.0.clone())).collect()),
+        ),
+        (
+            "tokenizer.ggml.scores".into(),
+            Value::Array(vocab.iter().map(|_| Value::F32(0.0)).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(vocab.iter().map(|t| Value::I32(t.1)).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+        ("tokenizer.ggml.unknown_token_id".into(), Value::U32(0)),
+    ]);
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut out = std::io::Cursor::new(Vec::new());
+    candle_core::quantized::gguf_file::write(&mut out, &md_refs, &t_refs)?;
+    Ok(out.into_inner())
+}

@@ -1,0 +1,96 @@
+//! Every architecture × weight type against llama.cpp's logits on the same
+//! synthetic GGUF (`synthetic.rs`; the reference is committed).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use crate::model::Model;
+use crate::synthetic::{ARCHS, WEIGHT_TYPES, file_name, gguf, vocab_size};
+
+/// How far a logit may be from llama.cpp's, as a fraction of the step's
+/// largest logit, by weight type. Measured: f32 ≤ 2.1e-4 (Gemma's GELU goes
+/// through an f16 table in llama.cpp); f16/bf16 ≤ 4.3e-3; quantized types
+/// ≤ 2.6e-2 (activations are quantized too, so an input rounding
+/// differently flips a quantum; llama's Q4_0, Q5_0 and K-quants match to
+/// 2.3e-6). Breaking the model moves f32 logits by 3–6e-2: a wrong
+/// sliding-window edge, a wrong local rotary base, a wrong rotary pairing.
+fn tolerance(weights: &str) -> f64 {
+    match weights {
+        "f32" => 1e-3,
+        "f16" | "bf16" => 1e-2,
+        _ => 3e-2,
+    }
+}
+
+fn reference() -> serde_json::Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/reference/synthetic-llamacpp.json");
+    serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn every_architecture_and_weight_type_gives_llama_cpps_logits() {
+    let r = reference();
+    let prompt = ids(&r["prompt_ids"]);
+    let fed = ids(&r["fed_ids"]);
+    let mut checked = 0;
+    for &arch in ARCHS {
+        for (name, dtype) in WEIGHT_TYPES {
+            let file = file_name(arch, name);
+            let entry = r["models"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["file"] == file.as_str())
+                .unwrap_or_else(|| panic!("no reference for {file}"));
+            let bytes = gguf(arch, *dtype).unwrap();
+            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            assert_eq!(
+                digest,
+                entry["sha256"].as_str().unwrap(),
+                "{file}: the generator no longer writes the bytes llama.cpp was run on"
+            );
+            let mut model = Model::load(&mut std::io::Cursor::new(&bytes)).unwrap();
+            let mut worst = 0f64;
+            for (step, want) in entry["logits"].as_array().unwrap().iter().enumerate() {
+                let logits = if step == 0 {
+                    model.forward(&prompt).unwrap()
+                } else {
+                    model.forward(&[fed[step - 1]]).unwrap()
+                };
+                let want: Vec<f64> = want
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                assert_eq!(logits.len(), vocab_size());
+                assert_eq!(want.len(), vocab_size());
+                let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+                for (i, (&o, &w)) in logits.iter().zip(&want).enumerate() {
+                    let d = (f64::from(o) - w).abs() / scale;
+                    worst = worst.max(d);
+                    assert!(
+                        d <= tolerance(name),
+                        "{file}, step {step}, token {i}: ours {o}, llama.cpp's {w} ({d:.2e} of the largest logit)"
+                    );
+                }
+            }
+            println!("{file}: worst relative difference {worst:.2e}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, ARCHS.len() * WEIGHT_TYPES.len());
+}
