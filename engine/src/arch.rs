@@ -18,6 +18,10 @@ pub enum Arch {
     /// Gemma 3: q/k norms, norms after attention and MLP, GELU, scaled
     /// embeddings, sliding-window layers with their own rotary base.
     Gemma3,
+    /// Qwen2 and Qwen2.5: biases on q, k and v; rotary halves.
+    Qwen2,
+    /// Qwen3: q/k norms; rotary halves.
+    Qwen3,
 }
 
 impl Arch {
@@ -25,6 +29,8 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::Gemma3 => "gemma3",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
         }
     }
 }
@@ -70,6 +76,8 @@ pub struct Config {
     pub scale_embeddings: bool,
     /// Per-head RMS norms of q and k before the rotary embedding.
     pub qk_norm: bool,
+    /// Biases on the q, k and v projections.
+    pub qkv_bias: bool,
     /// RMS norms of the attention and MLP outputs before their residuals.
     pub post_norms: bool,
     pub activation: Activation,
@@ -146,6 +154,8 @@ impl Config {
         let arch = match arch_name.as_str() {
             "llama" => Arch::Llama,
             "gemma3" => Arch::Gemma3,
+            "qwen2" => Arch::Qwen2,
+            "qwen3" => Arch::Qwen3,
             other => return Err(ModelError::Architecture(other.into())),
         };
         let k = Keys {
@@ -210,6 +220,7 @@ impl Config {
             sliding: None,
             scale_embeddings: false,
             qk_norm: false,
+            qkv_bias: false,
             post_norms: false,
             activation: Activation::Silu,
             attention_scale: 1.0 / (head_dim as f32).sqrt(),
@@ -217,6 +228,16 @@ impl Config {
         };
         let config = match arch {
             Arch::Llama => common,
+            Arch::Qwen2 => Config {
+                rope_style: RopeStyle::Halves,
+                qkv_bias: true,
+                ..common
+            },
+            Arch::Qwen3 => Config {
+                rope_style: RopeStyle::Halves,
+                qk_norm: true,
+                ..common
+            },
             Arch::Gemma3 => Config {
                 rope_style: RopeStyle::Halves,
                 sliding: match k.opt_usize("attention.sliding_window")? {

@@ -30,7 +30,7 @@ pub const WEIGHT_TYPES: &[(&str, GgmlDType)] = &[
 ];
 
 /// The architectures written.
-pub const ARCHS: &[Arch] = &[Arch::Llama, Arch::Gemma3];
+pub const ARCHS: &[Arch] = &[Arch::Llama, Arch::Gemma3, Arch::Qwen2, Arch::Qwen3];
 
 const HIDDEN: usize = 256;
 const FFN: usize = 256;
@@ -85,6 +85,8 @@ pub fn gguf(arch: Arch, dtype: GgmlDType) -> candle_core::Result<Vec<u8>> {
     let mut rng = Rng(match arch {
         Arch::Llama => 1,
         Arch::Gemma3 => 2,
+        Arch::Qwen2 => 3,
+        Arch::Qwen3 => 4,
     });
     let vocab = vocabulary();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
@@ -100,8 +102,8 @@ pub fn gguf(arch: Arch, dtype: GgmlDType) -> candle_core::Result<Vec<u8>> {
     // Gemma multiplies embeddings by √hidden: scaled down by as much, so
     // that attention and the MLP weigh in the residual stream as in llama.
     let embedding_scale = match arch {
-        Arch::Llama => 1.0,
         Arch::Gemma3 => 1.0 / (HIDDEN as f32).sqrt(),
+        _ => 1.0,
     };
     matrix(
         "token_embd.weight".into(),
@@ -109,7 +111,9 @@ pub fn gguf(arch: Arch, dtype: GgmlDType) -> candle_core::Result<Vec<u8>> {
         HIDDEN,
         embedding_scale,
     )?;
-    if arch == Arch::Llama {
+    // Gemma ties its output to the embeddings (tested there); the others
+    // have their own, or a tied output would mostly echo the last token.
+    if arch != Arch::Gemma3 {
         matrix("output.weight".into(), vocab.len(), HIDDEN, w)?;
     }
     for i in 0..LAYERS {
@@ -122,23 +126,34 @@ pub fn gguf(arch: Arch, dtype: GgmlDType) -> candle_core::Result<Vec<u8>> {
         matrix(n("ffn_up"), FFN, HIDDEN, w)?;
         matrix(n("ffn_down"), HIDDEN, FFN, w)?;
     }
-    // Norm weights (always f32) around one.
-    let mut norm = |name: String, len: usize| {
-        let data: Vec<f32> = (0..len).map(|_| 1.0 + 0.2 * rng.next()).collect();
+    // Vectors (always f32): norm weights around one, biases around zero.
+    let mut vector = |name: String, len: usize, center: f32| {
+        let data: Vec<f32> = (0..len).map(|_| center + 0.2 * rng.next()).collect();
         let t = Tensor::from_vec(data, len, &device)?;
         tensors.push((name, QTensor::quantize(&t, GgmlDType::F32)?));
         Ok::<_, candle_core::Error>(())
     };
-    norm("output_norm.weight".into(), HIDDEN)?;
+    vector("output_norm.weight".into(), HIDDEN, 1.0)?;
     for i in 0..LAYERS {
         let n = |what: &str| format!("blk.{i}.{what}.weight");
-        norm(n("attn_norm"), HIDDEN)?;
-        norm(n("ffn_norm"), HIDDEN)?;
+        vector(n("attn_norm"), HIDDEN, 1.0)?;
+        vector(n("ffn_norm"), HIDDEN, 1.0)?;
+        if matches!(arch, Arch::Gemma3 | Arch::Qwen3) {
+            vector(n("attn_q_norm"), HEAD_DIM, 1.0)?;
+            vector(n("attn_k_norm"), HEAD_DIM, 1.0)?;
+        }
         if arch == Arch::Gemma3 {
-            norm(n("attn_q_norm"), HEAD_DIM)?;
-            norm(n("attn_k_norm"), HEAD_DIM)?;
-            norm(n("post_attention_norm"), HIDDEN)?;
-            norm(n("post_ffw_norm"), HIDDEN)?;
+            vector(n("post_attention_norm"), HIDDEN, 1.0)?;
+            vector(n("post_ffw_norm"), HIDDEN, 1.0)?;
+        }
+        if arch == Arch::Qwen2 {
+            for (what, len) in [
+                ("attn_q", HEADS * HEAD_DIM),
+                ("attn_k", KV_HEADS * HEAD_DIM),
+                ("attn_v", KV_HEADS * HEAD_DIM),
+            ] {
+                vector(format!("blk.{i}.{what}.bias"), len, 0.0)?;
+            }
         }
     }
     let p = arch.name();

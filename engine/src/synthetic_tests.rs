@@ -11,17 +11,19 @@ use crate::model::Model;
 use crate::synthetic::{ARCHS, WEIGHT_TYPES, file_name, gguf, vocab_size};
 
 /// How far a logit may be from llama.cpp's, as a fraction of the step's
-/// largest logit, by weight type. Measured: f32 ≤ 2.1e-4 (Gemma's GELU goes
-/// through an f16 table in llama.cpp); f16/bf16 ≤ 4.3e-3; quantized types
-/// ≤ 2.6e-2 (activations are quantized too, so an input rounding
-/// differently flips a quantum; llama's Q4_0, Q5_0 and K-quants match to
-/// 2.3e-6). Breaking the model moves f32 logits by 3–6e-2: a wrong
-/// sliding-window edge, a wrong local rotary base, a wrong rotary pairing.
+/// largest logit, by weight type. Measured (llama, gemma3, qwen2, qwen3):
+/// f32 ≤ 2.1e-4 (Gemma's GELU goes through an f16 table in llama.cpp;
+/// the others ≤ 2.7e-6); f16/bf16 ≤ 5.1e-3; quantized types ≤ 3.0e-2
+/// (activations are quantized too, and llama.cpp's kernels for some types —
+/// Q8_0, Q4_1, Q5_1 mostly, on the decode steps — round them differently;
+/// Q5_0 and most K-quants match to 2.3e-6). Breaking the model moves f32
+/// logits by 3–6e-2: a wrong sliding-window edge, a wrong local rotary
+/// base, a wrong rotary pairing.
 fn tolerance(weights: &str) -> f64 {
     match weights {
         "f32" => 1e-3,
         "f16" | "bf16" => 1e-2,
-        _ => 3e-2,
+        _ => 4e-2,
     }
 }
 

@@ -65,8 +65,10 @@ struct Layer {
     wo: Linear,
     attn_norm: Tensor,
     ffn_norm: Tensor,
-    /// q and k norms (Gemma 3).
+    /// q and k norms (Gemma 3, Qwen3).
     qk_norms: Option<(Tensor, Tensor)>,
+    /// q, k and v biases (Qwen2).
+    qkv_biases: Option<[Tensor; 3]>,
     /// Norms of the attention and MLP outputs (Gemma 3).
     post_norms: Option<(Tensor, Tensor)>,
     gate: Linear,
@@ -155,33 +157,49 @@ impl Transformer {
         };
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
-            let mut t = |what: &str| tensor(&format!("blk.{i}.{what}.weight"));
-            let mut norm = |what: &str| t(what).and_then(|q| q.dequantize(device));
+            let mut t = |what: &str| tensor(&format!("blk.{i}.{what}"));
+            let vector = |q: QTensor| q.dequantize(device);
             let qk_norms = if config.qk_norm {
-                Some((norm("attn_q_norm")?, norm("attn_k_norm")?))
+                Some((
+                    vector(t("attn_q_norm.weight")?)?,
+                    vector(t("attn_k_norm.weight")?)?,
+                ))
+            } else {
+                None
+            };
+            let qkv_biases = if config.qkv_bias {
+                Some([
+                    vector(t("attn_q.bias")?)?,
+                    vector(t("attn_k.bias")?)?,
+                    vector(t("attn_v.bias")?)?,
+                ])
             } else {
                 None
             };
             let post_norms = if config.post_norms {
-                Some((norm("post_attention_norm")?, norm("post_ffw_norm")?))
+                Some((
+                    vector(t("post_attention_norm.weight")?)?,
+                    vector(t("post_ffw_norm.weight")?)?,
+                ))
             } else {
                 None
             };
-            let attn_norm = norm("attn_norm")?;
-            let ffn_norm = norm("ffn_norm")?;
+            let attn_norm = vector(t("attn_norm.weight")?)?;
+            let ffn_norm = vector(t("ffn_norm.weight")?)?;
             let sliding = config.sliding.as_ref().filter(|s| s.applies_to(i));
             layers.push(Layer {
-                wq: Linear::new(t("attn_q")?)?,
-                wk: Linear::new(t("attn_k")?)?,
-                wv: Linear::new(t("attn_v")?)?,
-                wo: Linear::new(t("attn_output")?)?,
+                wq: Linear::new(t("attn_q.weight")?)?,
+                wk: Linear::new(t("attn_k.weight")?)?,
+                wv: Linear::new(t("attn_v.weight")?)?,
+                wo: Linear::new(t("attn_output.weight")?)?,
                 attn_norm,
                 ffn_norm,
                 qk_norms,
+                qkv_biases,
                 post_norms,
-                gate: Linear::new(t("ffn_gate")?)?,
-                down: Linear::new(t("ffn_down")?)?,
-                up: Linear::new(t("ffn_up")?)?,
+                gate: Linear::new(t("ffn_gate.weight")?)?,
+                down: Linear::new(t("ffn_down.weight")?)?,
+                up: Linear::new(t("ffn_up.weight")?)?,
                 window: sliding.map(|s| s.window),
                 rope: usize::from(sliding.is_some()),
                 cache: None,
@@ -276,23 +294,22 @@ impl Transformer {
         let c = &self.config;
         let (heads, kv_heads, head_dim) = (c.heads, c.kv_heads, c.head_dim);
         let layer = &self.layers[i];
-        let mut q = layer
-            .wq
-            .forward(x)?
-            .reshape((batch, seq, heads, head_dim))?;
-        let mut k = layer
-            .wk
-            .forward(x)?
-            .reshape((batch, seq, kv_heads, head_dim))?;
+        let project = |w: &Linear, which: usize| {
+            let y = w.forward(x)?;
+            match &layer.qkv_biases {
+                Some(b) => y.broadcast_add(&b[which]),
+                None => Ok(y),
+            }
+        };
+        let mut q = project(&layer.wq, 0)?.reshape((batch, seq, heads, head_dim))?;
+        let mut k = project(&layer.wk, 1)?.reshape((batch, seq, kv_heads, head_dim))?;
         if let Some((qn, kn)) = &layer.qk_norms {
             q = candle_nn::ops::rms_norm(&q, qn, c.eps)?;
             k = candle_nn::ops::rms_norm(&k, kn, c.eps)?;
         }
         let q = q.transpose(1, 2)?;
         let k = k.transpose(1, 2)?;
-        let v = layer
-            .wv
-            .forward(x)?
+        let v = project(&layer.wv, 2)?
             .reshape((batch, seq, kv_heads, head_dim))?
             .transpose(1, 2)?
             .contiguous()?;
