@@ -5,8 +5,12 @@ each step's top-1 margin, and the top logits of the first steps).
 
     python3 scripts/llamacpp-reference.py MODEL.gguf OUT.json
     python3 scripts/llamacpp-reference.py --synthetic DIR OUT.json
+    python3 scripts/llamacpp-reference.py --pre-tokenizers MODEL.gguf OUT.json
 
-The second form takes the synthetic models the engine writes
+The third form runs llama.cpp's tokenizer on MODEL's BPE vocabulary under
+each pre-tokenizer ciel implements (a vocabulary-only copy of the file with
+`tokenizer.ggml.pre` changed), since the models that name them are not at
+hand. The second form takes the synthetic models the engine writes
 (`cargo run -p ciel-engine --features testing --example synthetic-gguf DIR`)
 and records, for each, its digest and llama.cpp's whole logits after a
 prompt and after each of a few fed tokens.
@@ -44,6 +48,9 @@ TEXTS = [
     "",
     " ",
     "ends with space ",
+    "12345 1234567 3.14159 100,000 x2y3",
+    "HELLO'S they'RE I'VE WE'LL\r\n\r\nCRLF  \n  \tmixed",
+    "-->>!!... ???;;; ((nested)) [[x]] {y}",
 ]
 
 PROMPTS = [
@@ -119,12 +126,52 @@ def synthetic(folder, out, threads):
         f.write("\n")
 
 
+PRE_TOKENIZERS = ["default", "gpt-2", "smollm", "llama-bpe", "qwen2"]
+
+
+def pre_tokenizers(model, out):
+    import tempfile
+    import gguf
+    reader = gguf.GGUFReader(model)
+    ref = {
+        "oracle": f"llama.cpp via llama-cpp-python {llama_cpp.__version__} (vocab only)",
+        "model": os.path.basename(model),
+        "pre_tokenizers": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for pre in PRE_TOKENIZERS:
+            path = os.path.join(tmp, f"{pre}.gguf")
+            w = gguf.GGUFWriter(path, reader.fields["general.architecture"].contents())
+            for name, f in reader.fields.items():
+                if name.startswith("GGUF.") or name == "general.architecture":
+                    continue
+                vt = f.types[0]
+                sub = f.types[-1] if vt == gguf.GGUFValueType.ARRAY else None
+                value = pre if name == "tokenizer.ggml.pre" else f.contents()
+                w.add_key_value(name, value, vt, sub_type=sub)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+            m = Llama(model_path=path, vocab_only=True, verbose=False)
+            ref["pre_tokenizers"][pre] = [
+                {"text": t, "ids": m.tokenize(t.encode(), add_bos=False, special=True)}
+                for t in TEXTS
+            ]
+            del m
+    with open(out, "w") as f:
+        json.dump(ref, f, ensure_ascii=False, indent=1)
+        f.write("\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model")
     ap.add_argument("out")
     ap.add_argument("--synthetic", action="store_true",
                     help="MODEL is a folder of synthetic models")
+    ap.add_argument("--pre-tokenizers", action="store_true",
+                    help="MODEL's BPE vocabulary under each pre-tokenizer")
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
@@ -132,6 +179,9 @@ def main():
         sys.exit(f"llama-cpp-python {llama_cpp.__version__} found, {PINNED} pinned")
     if a.synthetic:
         synthetic(a.model, a.out, a.threads)
+        return
+    if a.pre_tokenizers:
+        pre_tokenizers(a.model, a.out)
         return
     data = open(a.model, "rb").read()
     # K/V cache in f32, as ciel keeps it (llama.cpp's default f16 cache

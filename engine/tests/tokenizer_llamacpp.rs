@@ -114,3 +114,37 @@ fn the_models_chat_template_renders_the_reference_prompt() {
         .is_err()
     );
 }
+
+/// Every BPE pre-tokenizer ciel implements gives llama.cpp's ids: the demo
+/// model's vocabulary under each one (`tokenizer.ggml.pre` replaced), as
+/// llama.cpp tokenized it (`reference/smollm2-pre-tokenizers-llamacpp.json`,
+/// from `scripts/llamacpp-reference.py --pre-tokenizers`).
+#[test]
+fn every_pre_tokenizer_gives_llama_cpps_ids() {
+    use ciel_engine::gguf::Value;
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/reference/smollm2-pre-tokenizers-llamacpp.json");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    let mut meta = parse_metadata(&model()).unwrap();
+    let pres = r["pre_tokenizers"].as_object().unwrap();
+    assert!(pres.len() >= 5);
+    for (pre, cases) in pres {
+        meta.kv
+            .insert("tokenizer.ggml.pre".into(), Value::Str(pre.clone()));
+        let tok = Tokenizer::from_gguf(&meta).unwrap();
+        for c in cases.as_array().unwrap() {
+            let text = c["text"].as_str().unwrap();
+            let want: Vec<u32> = c["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(
+                tok.encode(text, true),
+                want,
+                "pre-tokenizer {pre}, text {text:?}"
+            );
+        }
+    }
+}
