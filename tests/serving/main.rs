@@ -98,6 +98,13 @@ fn serving_system_end_to_end() {
     let (status, msg) = err(json!({"messages": [{"role": "user", "content": "x"}], "top_p": 0.0}));
     assert_eq!(status, 400);
     assert!(msg.contains("top_p"), "{msg}");
+    // A parameter this server does not implement is refused, not ignored.
+    let (status, msg) = err(json!({
+        "messages": [{"role": "user", "content": "x"}],
+        "response_format": {"type": "json_object"},
+    }));
+    assert_eq!(status, 400);
+    assert!(msg.contains("response_format"), "{msg}");
     let (status, _) = err(json!({"messages": "not a list"}));
     assert_eq!(status, 422);
 

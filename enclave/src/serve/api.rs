@@ -70,10 +70,10 @@ pub fn router(state: Arc<ApiState>) -> Router {
 /// An OpenAI-style error: `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
-    param: Option<String>,
-    message: String,
+    pub(super) status: StatusCode,
+    pub(super) kind: &'static str,
+    pub(super) param: Option<String>,
+    pub(super) message: String,
 }
 
 impl ApiError {
@@ -275,6 +275,7 @@ pub fn prepare(
     encode: &dyn Fn(&str, bool) -> Vec<u32>,
     limits: &RequestLimits<'_>,
 ) -> Result<Prepared, ApiError> {
+    super::request_fields::refuse_unknown(route, body)?;
     let (common, ids) = match route {
         Route::Chat => {
             let b: ChatBody = parse_body(body)?;

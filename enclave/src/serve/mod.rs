@@ -7,6 +7,7 @@ pub mod api;
 pub mod attested_tls;
 pub mod connections;
 pub mod fetch;
+mod request_fields;
 pub mod worker;
 
 use crate::kbs_client::{Backoff, EvidenceSource, KbsClient};
