@@ -2,7 +2,7 @@
 //! `scripts/llamacpp-reference.py --synthetic`.
 //! `cargo run -p ciel-engine --features testing --example synthetic-gguf -- DIR`
 
-use ciel_engine::synthetic::{ARCHS, WEIGHT_TYPES, file_name, gguf};
+use ciel_engine::synthetic::{ARCHS, WEIGHT_TYPES, file_name, gguf, llama_with_rope_freqs};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args_os()
@@ -17,5 +17,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("{}", path.display());
         }
     }
+    let (name, bytes) = llama_with_rope_freqs()?;
+    let path = dir.join(name);
+    std::fs::write(&path, bytes)?;
+    println!("{}", path.display());
     Ok(())
 }

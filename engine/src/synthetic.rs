@@ -46,6 +46,15 @@ pub fn file_name(arch: Arch, weights: &str) -> String {
     format!("synthetic-{}-{weights}.gguf", arch.name())
 }
 
+/// Llama 3.1's rotary frequency factors (`rope_freqs.weight`), on the f32
+/// llama model: the file name and its bytes.
+pub fn llama_with_rope_freqs() -> candle_core::Result<(String, Vec<u8>)> {
+    Ok((
+        "synthetic-llama-rope-freqs-f32.gguf".into(),
+        write(Arch::Llama, GgmlDType::F32, true)?,
+    ))
+}
+
 /// splitmix64: a fixed, portable stream of weights.
 struct Rng(u64);
 
@@ -80,6 +89,10 @@ pub fn vocab_size() -> usize {
 
 /// One synthetic model's GGUF bytes.
 pub fn gguf(arch: Arch, dtype: GgmlDType) -> candle_core::Result<Vec<u8>> {
+    write(arch, dtype, false)
+}
+
+fn write(arch: Arch, dtype: GgmlDType, rope_freqs: bool) -> candle_core::Result<Vec<u8>> {
     let device = Device::Cpu;
     // Each architecture has its own weights, the same for every type.
     let mut rng = Rng(match arch {
@@ -155,6 +168,17 @@ pub fn gguf(arch: Arch, dtype: GgmlDType) -> candle_core::Result<Vec<u8>> {
                 vector(format!("blk.{i}.{what}.bias"), len, 0.0)?;
             }
         }
+    }
+    if rope_freqs {
+        // Factors from 1 (fast pairs) to 8 (slow ones), as Llama 3.1's.
+        let f: Vec<f32> = (0..HEAD_DIM / 2)
+            .map(|i| 1.0 + 7.0 * i as f32 / (HEAD_DIM / 2 - 1) as f32)
+            .collect();
+        let t = Tensor::from_vec(f, HEAD_DIM / 2, &device)?;
+        tensors.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&t, GgmlDType::F32)?,
+        ));
     }
     let p = arch.name();
     let u32v = |v: usize| Value::U32(v as u32);

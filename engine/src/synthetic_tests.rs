@@ -8,7 +8,7 @@
 )]
 
 use crate::model::Model;
-use crate::synthetic::{ARCHS, WEIGHT_TYPES, file_name, gguf, vocab_size};
+use crate::synthetic::{ARCHS, WEIGHT_TYPES, file_name, gguf, llama_with_rope_freqs, vocab_size};
 
 /// How far a logit may be from llama.cpp's, as a fraction of the step's
 /// largest logit, by weight type. Measured (llama, gemma3, qwen2, qwen3):
@@ -42,57 +42,72 @@ fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
+/// One synthetic model's logits against llama.cpp's, after the digest
+/// check; the worst difference seen.
+fn check(r: &serde_json::Value, file: &str, bytes: &[u8], tolerance: f64) -> f64 {
+    let prompt = ids(&r["prompt_ids"]);
+    let fed = ids(&r["fed_ids"]);
+    let entry = r["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["file"] == file)
+        .unwrap_or_else(|| panic!("no reference for {file}"));
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+    assert_eq!(
+        digest,
+        entry["sha256"].as_str().unwrap(),
+        "{file}: the generator no longer writes the bytes llama.cpp was run on"
+    );
+    let mut model = Model::load(&mut std::io::Cursor::new(bytes)).unwrap();
+    let mut worst = 0f64;
+    for (step, want) in entry["logits"].as_array().unwrap().iter().enumerate() {
+        let logits = if step == 0 {
+            model.forward(&prompt).unwrap()
+        } else {
+            model.forward(&[fed[step - 1]]).unwrap()
+        };
+        let want: Vec<f64> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(logits.len(), vocab_size());
+        assert_eq!(want.len(), vocab_size());
+        let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
+        for (i, (&o, &w)) in logits.iter().zip(&want).enumerate() {
+            let d = (f64::from(o) - w).abs() / scale;
+            worst = worst.max(d);
+            assert!(
+                d <= tolerance,
+                "{file}, step {step}, token {i}: ours {o}, llama.cpp's {w} ({d:.2e} of the largest logit)"
+            );
+        }
+    }
+    println!("{file}: worst relative difference {worst:.2e}");
+    worst
+}
+
 #[test]
 fn every_architecture_and_weight_type_gives_llama_cpps_logits() {
     let r = reference();
-    let prompt = ids(&r["prompt_ids"]);
-    let fed = ids(&r["fed_ids"]);
     let mut checked = 0;
     for &arch in ARCHS {
         for (name, dtype) in WEIGHT_TYPES {
             let file = file_name(arch, name);
-            let entry = r["models"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|m| m["file"] == file.as_str())
-                .unwrap_or_else(|| panic!("no reference for {file}"));
-            let bytes = gguf(arch, *dtype).unwrap();
-            let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-            assert_eq!(
-                digest,
-                entry["sha256"].as_str().unwrap(),
-                "{file}: the generator no longer writes the bytes llama.cpp was run on"
-            );
-            let mut model = Model::load(&mut std::io::Cursor::new(&bytes)).unwrap();
-            let mut worst = 0f64;
-            for (step, want) in entry["logits"].as_array().unwrap().iter().enumerate() {
-                let logits = if step == 0 {
-                    model.forward(&prompt).unwrap()
-                } else {
-                    model.forward(&[fed[step - 1]]).unwrap()
-                };
-                let want: Vec<f64> = want
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap())
-                    .collect();
-                assert_eq!(logits.len(), vocab_size());
-                assert_eq!(want.len(), vocab_size());
-                let scale = want.iter().fold(1f64, |m, v| m.max(v.abs()));
-                for (i, (&o, &w)) in logits.iter().zip(&want).enumerate() {
-                    let d = (f64::from(o) - w).abs() / scale;
-                    worst = worst.max(d);
-                    assert!(
-                        d <= tolerance(name),
-                        "{file}, step {step}, token {i}: ours {o}, llama.cpp's {w} ({d:.2e} of the largest logit)"
-                    );
-                }
-            }
-            println!("{file}: worst relative difference {worst:.2e}");
+            check(&r, &file, &gguf(arch, *dtype).unwrap(), tolerance(name));
             checked += 1;
         }
     }
     assert_eq!(checked, ARCHS.len() * WEIGHT_TYPES.len());
+}
+
+/// Llama 3.1's rotary frequency factors (`rope_freqs.weight`) are applied
+/// as llama.cpp applies them, not ignored.
+#[test]
+fn llama_rope_frequency_factors_give_llama_cpps_logits() {
+    let r = reference();
+    let (file, bytes) = llama_with_rope_freqs().unwrap();
+    check(&r, &file, &bytes, tolerance("f32"));
 }

@@ -87,10 +87,27 @@ struct Rope {
 }
 
 impl Rope {
-    fn new(dim: usize, base: f32, device: &Device) -> Result<Self> {
+    /// With `factors` (Llama 3.1's `rope_freqs.weight`), θ_i is divided by
+    /// factor i, as llama.cpp's rotary embedding does.
+    fn new(dim: usize, base: f32, factors: Option<&[f32]>, device: &Device) -> Result<Self> {
+        if let Some(f) = factors
+            && f.len() != dim / 2
+        {
+            return Err(candle_core::Error::Msg(format!(
+                "rope_freqs.weight has {} factors for {} rotary pairs",
+                f.len(),
+                dim / 2
+            )));
+        }
         let theta: Vec<f32> = (0..dim)
             .step_by(2)
-            .map(|i| 1f32 / base.powf(i as f32 / dim as f32))
+            .map(|i| {
+                let t = 1f32 / base.powf(i as f32 / dim as f32);
+                match factors {
+                    Some(f) => t / f[i / 2],
+                    None => t,
+                }
+            })
             .collect();
         let count = theta.len();
         Ok(Rope {
@@ -143,11 +160,25 @@ impl Transformer {
         reader: &mut R,
         device: &Device,
     ) -> Result<Self> {
-        let mut ropes = vec![Rope::new(config.rope_dim, config.rope_base, device)?];
-        if let Some(s) = &config.sliding {
-            ropes.push(Rope::new(config.rope_dim, s.rope_base, device)?);
-        }
         let mut tensor = |name: &str| content.tensor(reader, name, device);
+        // Llama 3.1+ scales its rotary frequencies by a tensor, not a key.
+        let factors = match content.tensor_infos.contains_key("rope_freqs.weight") {
+            true => Some(
+                tensor("rope_freqs.weight")?
+                    .dequantize(device)?
+                    .to_vec1::<f32>()?,
+            ),
+            false => None,
+        };
+        let mut ropes = vec![Rope::new(
+            config.rope_dim,
+            config.rope_base,
+            factors.as_deref(),
+            device,
+        )?];
+        if let Some(s) = &config.sliding {
+            ropes.push(Rope::new(config.rope_dim, s.rope_base, None, device)?);
+        }
         let embeddings_q = tensor("token_embd.weight")?;
         let embeddings = embeddings_q.dequantize(device)?;
         let norm = tensor("output_norm.weight")?.dequantize(device)?;
