@@ -111,3 +111,47 @@ fn llama_rope_frequency_factors_give_llama_cpps_logits() {
     let (file, bytes) = llama_with_rope_freqs().unwrap();
     check(&r, &file, &bytes, tolerance("f32"));
 }
+
+/// A tensor the forward pass would not read (here: qwen2's q/k/v biases in
+/// a file that says llama) refuses the model instead of being left out.
+#[test]
+fn a_tensor_the_pass_does_not_use_refuses_the_model() {
+    use candle_core::quantized::gguf_file::{self, Value};
+    let bytes = gguf(
+        crate::arch::Arch::Qwen2,
+        candle_core::quantized::GgmlDType::F32,
+    )
+    .unwrap();
+    let mut cursor = std::io::Cursor::new(&bytes);
+    let content = gguf_file::Content::read(&mut cursor).unwrap();
+    let mut metadata: Vec<(String, Value)> = Vec::new();
+    for (k, v) in &content.metadata {
+        let k = k.replace("qwen2.", "llama.");
+        let v = match k.as_str() {
+            "general.architecture" => Value::String("llama".into()),
+            _ => v.clone(),
+        };
+        metadata.push((k, v));
+    }
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|n| {
+            let t = content
+                .tensor(&mut cursor, n, &candle_core::Device::Cpu)
+                .unwrap();
+            (n.clone(), t)
+        })
+        .collect();
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut relabelled = std::io::Cursor::new(Vec::new());
+    gguf_file::write(&mut relabelled, &md, &ts).unwrap();
+    let err = Model::load(&mut std::io::Cursor::new(relabelled.into_inner())).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("does not use") && msg.contains(".bias"),
+        "{msg}"
+    );
+}

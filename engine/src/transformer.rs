@@ -160,7 +160,13 @@ impl Transformer {
         reader: &mut R,
         device: &Device,
     ) -> Result<Self> {
-        let mut tensor = |name: &str| content.tensor(reader, name, device);
+        // Every tensor read is recorded: one the pass does not read would be
+        // a part of the model silently left out, so it is refused below.
+        let mut read = std::collections::HashSet::new();
+        let mut tensor = |name: &str| {
+            read.insert(name.to_string());
+            content.tensor(reader, name, device)
+        };
         // Llama 3.1+ scales its rotary frequencies by a tensor, not a key.
         let factors = match content.tensor_infos.contains_key("rope_freqs.weight") {
             true => Some(
@@ -235,6 +241,20 @@ impl Transformer {
                 rope: usize::from(sliding.is_some()),
                 cache: None,
             });
+        }
+        let mut unused: Vec<&String> = content
+            .tensor_infos
+            .keys()
+            .filter(|n| !read.contains(n.as_str()))
+            .collect();
+        if !unused.is_empty() {
+            unused.sort();
+            return Err(candle_core::Error::Msg(format!(
+                "{} tensor(s) this {} forward pass does not use, e.g. {:?}: refusing rather than leaving part of the model out",
+                unused.len(),
+                config.arch.name(),
+                unused.iter().take(3).collect::<Vec<_>>()
+            )));
         }
         Ok(Transformer {
             config,
