@@ -12,7 +12,6 @@ use crate::kbs_client::EvidenceSource;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -22,7 +21,6 @@ use ciel_engine::sampling::{SamplingError, SamplingParams};
 use ciel_protocol::claims::RuntimeClaims;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::convert::Infallible;
 use std::sync::Arc;
 
 /// Largest request body (1 MiB).
@@ -223,7 +221,16 @@ struct Common {
     stop: Option<Stop>,
     #[serde(default)]
     stream: bool,
+    stream_options: Option<StreamOptions>,
     n: Option<u32>,
+}
+
+/// `stream_options`: with `include_usage`, a last chunk carries the usage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -262,6 +269,8 @@ pub enum Route {
 pub struct Prepared {
     pub request: Request,
     pub stream: bool,
+    /// Streamed with a last chunk carrying the usage.
+    pub include_usage: bool,
 }
 
 /// Everything between the bytes of a request body and the engine, without
@@ -299,8 +308,22 @@ pub fn prepare(
         }
     };
     let stream = common.stream;
+    if common.stream_options.is_some() && !stream {
+        return Err(bad_field(
+            "stream_options",
+            "only allowed when stream is true",
+        ));
+    }
+    let include_usage = common
+        .stream_options
+        .as_ref()
+        .is_some_and(|o| o.include_usage);
     let request = build_request(limits, &common, ids)?;
-    Ok(Prepared { request, stream })
+    Ok(Prepared {
+        request,
+        stream,
+        include_usage,
+    })
 }
 
 /// Checks the common fields and builds the engine request.
@@ -379,7 +402,7 @@ fn build_request(
     })
 }
 
-fn finish_reason(f: Finish) -> &'static str {
+pub(super) fn finish_reason(f: Finish) -> &'static str {
     match f {
         Finish::Stop => "stop",
         Finish::Length => "length",
@@ -428,6 +451,7 @@ async fn run(st: Arc<ApiState>, kind: Route, body: &[u8]) -> Response {
     let Prepared {
         request: req,
         stream: streamed,
+        include_usage,
     } = match prepare(kind, body, st.template.as_ref(), &encode, &limits) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -459,7 +483,7 @@ async fn run(st: Arc<ApiState>, kind: Route, body: &[u8]) -> Response {
     let model = st.claims.model.name.clone();
     let created = now_secs();
     if streamed {
-        return stream(events, kind, id, model, created).into_response();
+        return super::sse::stream(events, kind, id, model, created, include_usage).into_response();
     }
     let mut events = events;
     let mut text = String::new();
@@ -500,69 +524,4 @@ async fn run(st: Arc<ApiState>, kind: Route, body: &[u8]) -> Response {
         None,
         "the engine stopped",
     )
-}
-
-/// Server-sent events in OpenAI's chunk format, ending with `[DONE]`.
-fn stream(
-    events: tokio::sync::mpsc::UnboundedReceiver<Event>,
-    kind: Route,
-    id: String,
-    model: String,
-    created: u64,
-) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
-    let object = match kind {
-        Route::Chat => "chat.completion.chunk",
-        Route::Text => "text_completion",
-    };
-    // Chat streams open with the assistant's role, as OpenAI's do.
-    let first = (kind == Route::Chat).then(|| {
-        SseEvent::default().data(
-            json!({"id": id, "object": object, "created": created, "model": model,
-                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]})
-            .to_string(),
-        )
-    });
-    let chunk = move |delta: Option<&str>, finish: Option<&str>| {
-        let choice = match kind {
-            Route::Chat => json!({
-                "index": 0,
-                "delta": match delta { Some(t) => json!({"content": t}), None => json!({}) },
-                "finish_reason": finish,
-            }),
-            Route::Text => {
-                json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish})
-            }
-        };
-        SseEvent::default().data(
-            json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
-                .to_string(),
-        )
-    };
-    let body = futures_util::stream::unfold(
-        (events, false, chunk),
-        |(mut events, finished, chunk)| async move {
-            if finished {
-                return None;
-            }
-            match events.recv().await {
-                Some(Event::Text(t)) => Some((Ok(chunk(Some(&t), None)), (events, false, chunk))),
-                Some(Event::Done(done)) => Some((
-                    Ok(chunk(None, Some(finish_reason(done.finish)))),
-                    (events, false, chunk),
-                )),
-                Some(Event::Failed(e)) => Some((
-                    Ok(SseEvent::default().data(
-                        json!({"error": {"message": e, "type": "server_error"}}).to_string(),
-                    )),
-                    (events, true, chunk),
-                )),
-                None => Some((
-                    Ok(SseEvent::default().data("[DONE]")),
-                    (events, true, chunk),
-                )),
-            }
-        },
-    );
-    let head = futures_util::stream::iter(first.map(Ok));
-    Sse::new(futures_util::StreamExt::chain(head, body))
 }

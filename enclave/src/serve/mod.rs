@@ -8,6 +8,7 @@ pub mod attested_tls;
 pub mod connections;
 pub mod fetch;
 mod request_fields;
+mod sse;
 pub mod worker;
 
 use crate::kbs_client::{Backoff, EvidenceSource, KbsClient};

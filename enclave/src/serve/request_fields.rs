@@ -17,6 +17,7 @@ const COMMON: &[&str] = &[
     "seed",
     "stop",
     "stream",
+    "stream_options",
     "n",
 ];
 
@@ -30,7 +31,6 @@ const NOT_YET: &[&str] = &[
     "parallel_tool_calls",
     "functions",
     "function_call",
-    "stream_options",
     "presence_penalty",
     "frequency_penalty",
     "logit_bias",
