@@ -81,9 +81,9 @@ pub struct Config {
     /// RMS norms of the attention and MLP outputs before their residuals.
     pub post_norms: bool,
     pub activation: Activation,
-    /// Attention scores are scaled by this (1/√head_dim, but Gemma 3 27B's
-    /// 1/√(hidden/heads)).
-    pub attention_scale: f32,
+    /// Attention scores are divided by the square root of this: the head
+    /// size, but Gemma 3 27B's hidden/heads.
+    pub attention_scale_dim: usize,
     /// Logits are soft-capped: `cap × tanh(logits / cap)`.
     pub final_softcap: Option<f32>,
 }
@@ -223,7 +223,7 @@ impl Config {
             qkv_bias: false,
             post_norms: false,
             activation: Activation::Silu,
-            attention_scale: 1.0 / (head_dim as f32).sqrt(),
+            attention_scale_dim: head_dim,
             final_softcap: None,
         };
         let config = match arch {
@@ -257,10 +257,10 @@ impl Config {
                 final_softcap: k.opt_f32("final_logit_softcapping")?.filter(|c| *c > 0.0),
                 // gemma_pytorch's query_pre_attn_scalar: 27B (62 layers)
                 // scales by hidden/heads, the others by the head size.
-                attention_scale: if common.layers == 62 {
-                    1.0 / ((hidden / heads) as f32).sqrt()
+                attention_scale_dim: if common.layers == 62 {
+                    hidden / heads
                 } else {
-                    common.attention_scale
+                    head_dim
                 },
                 ..common
             },

@@ -74,8 +74,8 @@ struct Layer {
     gate: Linear,
     down: Linear,
     up: Linear,
-    /// Sliding-window layer: its window.
-    window: Option<usize>,
+    /// A sliding-window layer (Gemma's local attention).
+    sliding: bool,
     /// Which rotary base (0 global, 1 local).
     rope: usize,
     cache: Option<(Tensor, Tensor)>,
@@ -237,7 +237,7 @@ impl Transformer {
                 gate: Linear::new(t("ffn_gate.weight")?)?,
                 down: Linear::new(t("ffn_down.weight")?)?,
                 up: Linear::new(t("ffn_up.weight")?)?,
-                window: sliding.map(|s| s.window),
+                sliding: sliding.is_some(),
                 rope: usize::from(sliding.is_some()),
                 cache: None,
             });
@@ -297,7 +297,7 @@ impl Transformer {
         }
         for i in 0..self.layers.len() {
             let layer = &self.layers[i];
-            let mask = if layer.window.is_some() {
+            let mask = if layer.sliding {
                 windowed.as_ref()
             } else {
                 causal.as_ref()
@@ -370,7 +370,7 @@ impl Transformer {
         };
         let q = rotate(&q)?;
         let k = rotate(&k)?;
-        let scale = c.attention_scale;
+        let scale_dim = c.attention_scale_dim;
         let hidden_out = heads * head_dim;
         let layer = &mut self.layers[i];
         let (k, v) = match (&layer.cache, pos) {
@@ -383,14 +383,8 @@ impl Transformer {
         let repeat = heads / kv_heads;
         let k = repeat_kv(k, repeat)?;
         let v = repeat_kv(v, repeat)?;
-        // Divided by √head_dim as candle's llama does (bit-equal logits);
-        // multiplied by the configured scale where it differs.
-        let scores = q.matmul(&k.t()?)?;
-        let att = if (scale - 1.0 / (head_dim as f32).sqrt()).abs() < f32::EPSILON {
-            (scores / (head_dim as f64).sqrt())?
-        } else {
-            (scores * f64::from(scale))?
-        };
+        // Divided as candle's llama does (bit-equal logits there).
+        let att = (q.matmul(&k.t()?)? / (scale_dim as f64).sqrt())?;
         let att = match mask {
             None => att,
             Some(mask) => {

@@ -8,6 +8,9 @@
     clippy::panic
 )]
 
+mod common;
+use common::ids;
+
 use ciel_engine::gguf::parse_metadata;
 use ciel_engine::tokenizer::Tokenizer;
 use std::path::PathBuf;
@@ -48,12 +51,7 @@ fn ids_equal_llama_cpp_for_every_reference_string() {
     assert!(cases.len() >= 10);
     for c in cases {
         let text = c["text"].as_str().unwrap();
-        let want: Vec<u32> = c["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want = ids(&c["ids"]);
         let got = tok.encode(text, true);
         assert_eq!(got, want, "ids for {text:?}");
         assert_eq!(
@@ -69,12 +67,7 @@ fn ids_equal_llama_cpp_for_every_reference_string() {
     }
     // The chat prompts of the greedy references tokenize identically too.
     for g in r["greedy"].as_array().unwrap() {
-        let want: Vec<u32> = g["prompt_ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want = ids(&g["prompt_ids"]);
         assert_eq!(tok.encode(g["prompt"].as_str().unwrap(), true), want);
     }
     assert_eq!((tok.bos, tok.eos), (Some(1), Some(2)));
@@ -96,12 +89,7 @@ fn the_models_chat_template_renders_the_reference_prompt() {
     }];
     assert_eq!(t.render(&msgs, true).unwrap(), want);
     let tok = Tokenizer::from_gguf(&meta).unwrap();
-    let want_ids: Vec<u32> = r["greedy"][0]["prompt_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
+    let want_ids = ids(&r["greedy"][0]["prompt_ids"]);
     assert_eq!(tok.encode(&t.render(&msgs, true).unwrap(), true), want_ids);
     assert!(
         t.render(
@@ -134,15 +122,9 @@ fn every_pre_tokenizer_gives_llama_cpps_ids() {
         let tok = Tokenizer::from_gguf(&meta).unwrap();
         for c in cases.as_array().unwrap() {
             let text = c["text"].as_str().unwrap();
-            let want: Vec<u32> = c["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_u64().unwrap() as u32)
-                .collect();
             assert_eq!(
                 tok.encode(text, true),
-                want,
+                ids(&c["ids"]),
                 "pre-tokenizer {pre}, text {text:?}"
             );
         }

@@ -244,20 +244,13 @@ impl Tokenizer {
             .iter()
             .filter_map(|t| vocab.id(t))
             .collect();
-        for key in ["tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"] {
-            if let Some(Value::U64(i)) = meta.get(key)
-                && (*i as usize) < n
-            {
-                eog.push(*i as u32);
-            }
-        }
+        eog.extend(id("tokenizer.ggml.eot_token_id")?);
+        eog.extend(id("tokenizer.ggml.eom_token_id")?);
         eog.extend(eos);
         eog.sort_unstable();
         eog.dedup();
         for &t in &eog {
-            if let Some(k) = vocab.kinds.get_mut(t as usize)
-                && *k != TokenKind::Control
-            {
+            if let Some(k) = vocab.kinds.get_mut(t as usize) {
                 *k = TokenKind::Control;
             }
         }
