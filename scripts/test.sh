@@ -15,6 +15,10 @@ banner "Real models (the engine's llama.cpp comparisons; cached after the first 
 ./scripts/fetch-model.sh smollm2 >/dev/null
 ./scripts/fetch-model.sh gemma3 >/dev/null
 
+banner "The official openai Python client (pinned, hash-checked; cached after the first install)"
+CIEL_OPENAI_PYTHON=$(./scripts/python-openai.sh)
+export CIEL_OPENAI_PYTHON
+
 banner "Unit, property and end-to-end tests"
 cargo test --workspace --locked --no-fail-fast
 

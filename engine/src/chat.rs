@@ -15,8 +15,6 @@ pub struct Message {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChatError {
-    #[error("the model has no tokenizer.chat_template")]
-    NoTemplate,
     #[error("chat template: {0}")]
     Template(String),
     #[error("message {index}: role {role:?} is not system, user or assistant")]
@@ -32,12 +30,38 @@ pub struct ChatTemplate {
     eos_token: String,
 }
 
+/// The prompt one user message becomes, as text and ids: the model's chat
+/// rendering where it has a template, else the text itself, continued raw
+/// (a base model).
+pub fn user_prompt(
+    template: Option<&ChatTemplate>,
+    tokenizer: &crate::tokenizer::Tokenizer,
+    text: &str,
+) -> Result<(String, Vec<u32>), ChatError> {
+    Ok(match template {
+        Some(t) => {
+            let message = Message {
+                role: "user".into(),
+                content: text.into(),
+            };
+            let rendered = t.render(&[message], true)?;
+            let ids = tokenizer.encode_chat(&rendered);
+            (rendered, ids)
+        }
+        None => (text.to_string(), tokenizer.encode_prompt(text, true)),
+    })
+}
+
 impl ChatTemplate {
-    pub fn from_gguf(meta: &Metadata) -> Result<Self, ChatError> {
-        let source = meta
-            .get("tokenizer.chat_template")
-            .and_then(Value::as_str)
-            .ok_or(ChatError::NoTemplate)?;
+    /// The model's template; `None` for a base model, which has none (it
+    /// continues raw text and is not asked chats).
+    pub fn from_gguf(meta: &Metadata) -> Result<Option<Self>, ChatError> {
+        let Some(source) = meta.get("tokenizer.chat_template") else {
+            return Ok(None);
+        };
+        let source = source
+            .as_str()
+            .ok_or_else(|| ChatError::Template("tokenizer.chat_template is not a string".into()))?;
         let token = |key: &str| -> String {
             let id = meta.get(key).and_then(Value::as_u64);
             let tokens = meta.get("tokenizer.ggml.tokens").and_then(Value::as_array);
@@ -54,7 +78,7 @@ impl ChatTemplate {
         let mut t = Self::new(source.to_string())?;
         t.bos_token = token("tokenizer.ggml.bos_token_id");
         t.eos_token = token("tokenizer.ggml.eos_token_id");
-        Ok(t)
+        Ok(Some(t))
     }
 
     pub fn new(source: String) -> Result<Self, ChatError> {

@@ -14,6 +14,8 @@ pub mod arch;
 pub mod chat;
 pub mod generate;
 pub mod gguf;
+pub mod grammar;
+pub mod logprobs;
 pub mod model;
 pub mod q4_1;
 pub mod sampling;

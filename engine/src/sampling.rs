@@ -83,9 +83,14 @@ impl Sampler {
         })
     }
 
+    /// Whether it always takes the likeliest token.
+    pub fn is_greedy(&self) -> bool {
+        self.params.temperature == 0.0 || self.params.top_k == 1
+    }
+
     /// The next token for `logits`.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        if self.params.temperature == 0.0 || self.params.top_k == 1 {
+        if self.is_greedy() {
             return super::model::argmax(logits).0;
         }
         let t = f64::from(self.params.temperature);

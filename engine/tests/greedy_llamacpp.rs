@@ -84,9 +84,11 @@ fn the_generation_loop_answers_the_reference_question() {
         max_tokens: 32,
         sampling: SamplingParams::default(),
         stop: vec![],
+        logprobs: None,
+        grammar: None,
     };
     let mut streamed = String::new();
-    let c = generate(&mut model, &tok, &req, |s| streamed.push_str(s)).unwrap();
+    let c = generate(&mut model, &tok, &req, |r| streamed.push_str(r.text)).unwrap();
     assert_eq!(c.text, "The capital of France is Paris.");
     assert_eq!(c.finish, Finish::Stop);
     assert_eq!(streamed, c.text);
@@ -96,7 +98,7 @@ fn the_generation_loop_answers_the_reference_question() {
         ..req
     };
     let mut streamed = String::new();
-    let c = generate(&mut model, &tok, &req, |s| streamed.push_str(s)).unwrap();
+    let c = generate(&mut model, &tok, &req, |r| streamed.push_str(r.text)).unwrap();
     assert_eq!(
         (c.text.as_str(), streamed.as_str()),
         ("The capital of France is", "The capital of France is")

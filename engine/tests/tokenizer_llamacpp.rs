@@ -79,7 +79,7 @@ fn ids_equal_llama_cpp_for_every_reference_string() {
 fn the_models_chat_template_renders_the_reference_prompt() {
     use ciel_engine::chat::{ChatTemplate, Message};
     let meta = parse_metadata(&model()).unwrap();
-    let t = ChatTemplate::from_gguf(&meta).unwrap();
+    let t = ChatTemplate::from_gguf(&meta).unwrap().unwrap();
     let r = reference();
     let want = r["greedy"][0]["prompt"].as_str().unwrap();
     // No system message: the template adds SmolLM's default one.

@@ -4,7 +4,7 @@
 //! byte picks the endpoint (chat or plain completion).
 #![no_main]
 use ciel_engine::chat::ChatTemplate;
-use ciel_enclave::serve::api::{RequestLimits, Route, prepare};
+use ciel_enclave::serve::request::{RequestLimits, Route, prepare};
 use std::sync::OnceLock;
 
 fn template() -> &'static ChatTemplate {

@@ -236,9 +236,10 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let chat_model = {
         let mut f =
             std::fs::File::open(&model).with_context(|| format!("opening {}", model.display()))?;
-        ciel_engine::gguf::read_metadata(&mut f)
-            .with_context(|| format!("the metadata of {}", model.display()))?
-            .get("tokenizer.chat_template")
+        let meta = ciel_engine::gguf::read_metadata(&mut f)
+            .with_context(|| format!("the metadata of {}", model.display()))?;
+        ciel_engine::chat::ChatTemplate::from_gguf(&meta)
+            .with_context(|| format!("the chat template of {}", model.display()))?
             .is_some()
     };
 

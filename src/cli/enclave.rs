@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use ciel_attestation::sim::SimSnpReport;
 use ciel_enclave::kbs_client::sim::SimSnpSource;
 use ciel_enclave::kbs_client::{Backoff, KbsClient};
-use ciel_engine::chat::Message;
+use ciel_engine::chat::user_prompt;
 use ciel_engine::generate::{Request, generate};
 use ciel_engine::sampling::SamplingParams;
 use ciel_protocol::sealed::DataKey;
@@ -222,29 +222,22 @@ fn boot(a: BootArgs) -> Result<ExitCode> {
     );
     // A chat model answers the prompt as a user message; a base model (no
     // chat template) continues it as raw text.
-    let prompt_ids = match &template {
-        Some(t) => tokenizer.encode_chat(&t.render(
-            &[Message {
-                role: "user".into(),
-                content: a.prompt.clone(),
-            }],
-            true,
-        )?),
-        None => {
-            eprintln!("note: the model has no chat template; continuing the prompt as raw text");
-            tokenizer.encode_prompt(&a.prompt, true)
-        }
-    };
+    if template.is_none() {
+        eprintln!("note: the model has no chat template; continuing the prompt as raw text");
+    }
+    let (_, prompt_ids) = user_prompt(template.as_ref(), &tokenizer, &a.prompt)?;
     let req = Request {
         prompt: prompt_ids,
         max_tokens: a.max_tokens,
         sampling: SamplingParams::default(),
         stop: vec![],
+        logprobs: None,
+        grammar: None,
     };
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    generate(&mut model, &tokenizer, &req, |s| {
-        let _ = out.write_all(s.as_bytes());
+    generate(&mut model, &tokenizer, &req, |r| {
+        let _ = out.write_all(r.text.as_bytes());
         let _ = out.flush();
     })?;
     let _ = writeln!(out);

@@ -100,6 +100,7 @@ pub fn the_local_proxy_serves_unmodified_openai_clients(sys: &System, expected: 
         .read_json()
         .unwrap();
     assert_eq!(models["data"][0]["id"], "smollm2-135m-instruct");
+    the_official_openai_client_works_unchanged(port, expected);
     let _ = proxy.kill();
     let _ = proxy.wait();
 
@@ -118,6 +119,34 @@ pub fn the_local_proxy_serves_unmodified_openai_clients(sys: &System, expected: 
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("untrusted_root"));
+}
+
+/// The official `openai` Python client through the proxy (pinned; the
+/// README's test command installs it with scripts/python-openai.sh and
+/// names it in CIEL_OPENAI_PYTHON). Without it, says loudly that it did
+/// not run.
+fn the_official_openai_client_works_unchanged(port: u16, expected: &str) {
+    let Some(python) = std::env::var_os("CIEL_OPENAI_PYTHON") else {
+        eprintln!(
+            "WARNING: the openai Python client test did NOT run: CIEL_OPENAI_PYTHON is not set \
+             (scripts/test.sh sets it; or export CIEL_OPENAI_PYTHON=$(scripts/python-openai.sh))"
+        );
+        return;
+    };
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serving/openai_client.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg("smollm2-135m-instruct")
+        .arg(expected)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("all checks passed"), "{stdout}{stderr}");
 }
 
 /// 32 clients, each asking its own question again and again for a bounded

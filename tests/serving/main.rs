@@ -4,6 +4,7 @@
 //! model can and cannot do to it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod api_features;
 mod clients;
 #[path = "../common/mod.rs"]
 mod common;
@@ -12,6 +13,7 @@ mod hostile;
 mod slow_clients;
 mod system;
 
+use api_features::*;
 use clients::*;
 use faults::*;
 use hostile::*;
@@ -101,13 +103,15 @@ fn serving_system_end_to_end() {
     // A parameter this server does not implement is refused, not ignored.
     let (status, msg) = err(json!({
         "messages": [{"role": "user", "content": "x"}],
-        "response_format": {"type": "json_object"},
+        "tools": [],
     }));
     assert_eq!(status, 400);
-    assert!(msg.contains("response_format"), "{msg}");
+    assert!(msg.contains("tools"), "{msg}");
     let (status, _) = err(json!({"messages": "not a list"}));
     assert_eq!(status, 422);
 
+    logprobs_in_both_shapes_and_n_choices(&rt, &client, &whole);
+    answers_in_json_and_to_a_schema(&rt, &client);
     silent_and_dripping_clients_do_not_delay_an_attested_client(&sys, &rt);
     sixteen_concurrent_clients_each_get_their_own_answer(&sys, &rt);
     thirty_two_clients_under_load_for_a_bounded_time(&sys, &rt);

@@ -7,6 +7,8 @@
 //! Nothing here logs prompt or completion text: only sizes and outcomes.
 
 use super::attested_tls::attest;
+use super::request::bad_field;
+use super::request::{Prepared, RequestLimits, Route, prepare};
 use super::worker::{Busy, Event, Worker};
 use crate::kbs_client::EvidenceSource;
 use axum::body::Bytes;
@@ -15,9 +17,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use ciel_engine::chat::{ChatTemplate, Message};
-use ciel_engine::generate::{Finish, Request};
-use ciel_engine::sampling::{SamplingError, SamplingParams};
+use ciel_engine::chat::ChatTemplate;
+use ciel_engine::generate::Finish;
 use ciel_protocol::claims::RuntimeClaims;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -120,35 +121,8 @@ pub(super) fn api_error(
     .into_response()
 }
 
-/// A 400 naming the offending field.
-fn bad_field(param: &str, message: impl std::fmt::Display) -> ApiError {
-    ApiError {
-        status: StatusCode::BAD_REQUEST,
-        kind: "invalid_request_error",
-        param: Some(param.to_string()),
-        message: format!("{param}: {message}"),
-    }
-}
-
 fn invalid(param: &str, message: impl std::fmt::Display) -> Response {
     bad_field(param, message).into_response()
-}
-
-/// A JSON body of type `T`, with OpenAI-style errors: 400 for bytes that
-/// are not JSON, 422 for JSON of the wrong shape.
-fn parse_body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        let status = match e.classify() {
-            serde_json::error::Category::Data => StatusCode::UNPROCESSABLE_ENTITY,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError {
-            status,
-            kind: "invalid_request_error",
-            param: None,
-            message: format!("the request body: {e}"),
-        }
-    })
 }
 
 async fn models(State(st): State<Arc<ApiState>>) -> Json<Value> {
@@ -199,209 +173,6 @@ async fn attestation(State(st): State<Arc<ApiState>>, Query(q): Query<NonceQuery
     }
 }
 
-/// `stop`: a string or a list of up to 4 strings.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
-/// Sampling fields common to both endpoints.
-#[derive(Debug, Deserialize)]
-struct Common {
-    model: Option<String>,
-    max_tokens: Option<usize>,
-    max_completion_tokens: Option<usize>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    /// Not in OpenAI's API; accepted as llama.cpp's server does.
-    top_k: Option<usize>,
-    seed: Option<u64>,
-    stop: Option<Stop>,
-    #[serde(default)]
-    stream: bool,
-    stream_options: Option<StreamOptions>,
-    n: Option<u32>,
-}
-
-/// `stream_options`: with `include_usage`, a last chunk carries the usage.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: bool,
-}
-
-#[derive(Debug, Deserialize)]
-struct ChatBody {
-    messages: Vec<Message>,
-    #[serde(flatten)]
-    common: Common,
-}
-
-#[derive(Debug, Deserialize)]
-struct CompletionBody {
-    prompt: String,
-    #[serde(flatten)]
-    common: Common,
-}
-
-/// What a request may ask of this guest.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestLimits<'a> {
-    /// The served model's name.
-    pub model: &'a str,
-    pub max_tokens_limit: usize,
-    /// The model's context, in tokens.
-    pub context: usize,
-}
-
-/// Which endpoint a body is for: the shapes of request and answer differ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Chat,
-    Text,
-}
-
-/// A request checked and ready for the engine.
-#[derive(Debug)]
-pub struct Prepared {
-    pub request: Request,
-    pub stream: bool,
-    /// Streamed with a last chunk carrying the usage.
-    pub include_usage: bool,
-}
-
-/// Everything between the bytes of a request body and the engine, without
-/// I/O: parse, check every field, render the chat template, tokenize (with
-/// `encode`, given the text and whether it is a rendered chat), check the
-/// context. Bodies are attacker-controlled; this is what the fuzzer drives.
-pub fn prepare(
-    route: Route,
-    body: &[u8],
-    template: Option<&ChatTemplate>,
-    encode: &dyn Fn(&str, bool) -> Vec<u32>,
-    limits: &RequestLimits<'_>,
-) -> Result<Prepared, ApiError> {
-    super::request_fields::refuse_unknown(route, body)?;
-    let (common, ids) = match route {
-        Route::Chat => {
-            let b: ChatBody = parse_body(body)?;
-            if b.messages.is_empty() {
-                return Err(bad_field("messages", "at least one message is required"));
-            }
-            let Some(template) = template else {
-                return Err(bad_field(
-                    "messages",
-                    "this model has no chat template (tokenizer.chat_template): send raw prompts to /v1/completions",
-                ));
-            };
-            let prompt = template
-                .render(&b.messages, true)
-                .map_err(|e| bad_field("messages", e))?;
-            (b.common, encode(&prompt, true))
-        }
-        Route::Text => {
-            let b: CompletionBody = parse_body(body)?;
-            (b.common, encode(&b.prompt, false))
-        }
-    };
-    let stream = common.stream;
-    if common.stream_options.is_some() && !stream {
-        return Err(bad_field(
-            "stream_options",
-            "only allowed when stream is true",
-        ));
-    }
-    let include_usage = common
-        .stream_options
-        .as_ref()
-        .is_some_and(|o| o.include_usage);
-    let request = build_request(limits, &common, ids)?;
-    Ok(Prepared {
-        request,
-        stream,
-        include_usage,
-    })
-}
-
-/// Checks the common fields and builds the engine request.
-fn build_request(
-    lim: &RequestLimits<'_>,
-    c: &Common,
-    prompt: Vec<u32>,
-) -> Result<Request, ApiError> {
-    if let Some(m) = &c.model
-        && *m != lim.model
-    {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            kind: "invalid_request_error",
-            param: Some("model".into()),
-            message: format!(
-                "model {m:?} is not served here (this guest serves {:?})",
-                lim.model
-            ),
-        });
-    }
-    if c.n.is_some_and(|n| n != 1) {
-        return Err(bad_field("n", "only 1 is supported"));
-    }
-    let max_tokens = c.max_completion_tokens.or(c.max_tokens).unwrap_or(256);
-    if max_tokens == 0 || max_tokens > lim.max_tokens_limit {
-        return Err(bad_field(
-            "max_tokens",
-            format!("must be between 1 and {}", lim.max_tokens_limit),
-        ));
-    }
-    if prompt.is_empty() {
-        return Err(bad_field("prompt", "is empty"));
-    }
-    if prompt.len().saturating_add(max_tokens) > lim.context {
-        return Err(bad_field(
-            "max_tokens",
-            format!(
-                "the prompt ({} tokens) plus max_tokens ({max_tokens}) exceed the model's context of {} tokens",
-                prompt.len(),
-                lim.context
-            ),
-        ));
-    }
-    let stop = match &c.stop {
-        None => vec![],
-        Some(Stop::One(s)) => vec![s.clone()],
-        Some(Stop::Many(v)) => v.clone(),
-    };
-    if stop.len() > 4 || stop.iter().any(String::is_empty) {
-        return Err(bad_field("stop", "at most 4 non-empty strings"));
-    }
-    let sampling = SamplingParams {
-        temperature: c.temperature.unwrap_or(0.0),
-        top_k: c.top_k.unwrap_or(0),
-        top_p: c.top_p.unwrap_or(1.0),
-        seed: c.seed.unwrap_or(0),
-    };
-    if let Err(e) = sampling.validate() {
-        let param = match e {
-            SamplingError::TopP(_) => "top_p",
-            _ => "temperature",
-        };
-        return Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            kind: "invalid_request_error",
-            param: Some(param.into()),
-            message: e.to_string(),
-        });
-    }
-    Ok(Request {
-        prompt,
-        max_tokens,
-        sampling,
-        stop,
-    })
-}
-
 pub(super) fn finish_reason(f: Finish) -> &'static str {
     match f {
         Finish::Stop => "stop",
@@ -424,14 +195,15 @@ fn request_id(prefix: &str) -> String {
 }
 
 async fn chat_completions(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
-    run(st, Route::Chat, &body).await
+    run(st, Route::Chat, body).await
 }
 
 async fn completions(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
-    run(st, Route::Text, &body).await
+    run(st, Route::Text, body).await
 }
 
-async fn run(st: Arc<ApiState>, kind: Route, body: &[u8]) -> Response {
+/// [`prepare`] with this server's template, tokenizer and limits.
+fn prepare_request(st: &ApiState, kind: Route, body: &[u8]) -> Result<Prepared, ApiError> {
     let tokenizer = &st.worker.tokenizer;
     // Chat: the rendered template, BOS/EOS added unless it wrote them.
     // Completions: the prompt as llama.cpp's and vLLM's servers take it,
@@ -448,34 +220,63 @@ async fn run(st: Arc<ApiState>, kind: Route, body: &[u8]) -> Response {
         max_tokens_limit: st.max_tokens_limit,
         context: st.worker.context,
     };
+    prepare(kind, body, st.template.as_ref(), &encode, &limits)
+}
+
+async fn run(st: Arc<ApiState>, kind: Route, body: Bytes) -> Response {
+    // Rendering and tokenizing a megabyte of prompt is CPU work: off the
+    // runtime's threads, so that it never stalls other connections.
+    let state = Arc::clone(&st);
+    let prepared = tokio::task::spawn_blocking(move || prepare_request(&state, kind, &body)).await;
     let Prepared {
         request: req,
+        n,
         stream: streamed,
         include_usage,
-    } = match prepare(kind, body, st.template.as_ref(), &encode, &limits) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
-    let prompt_tokens = req.prompt.len();
-    let events = match st.worker.submit(req) {
-        Ok(rx) => rx,
-        Err(Busy::Full) => {
-            return api_error(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limit_error",
-                None,
-                "the request queue is full; retry later",
-            );
-        }
-        Err(Busy::Stopped) => {
+    } = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return e.into_response(),
+        Err(e) => {
             return api_error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "server_error",
                 None,
-                "the engine has stopped",
+                &format!("preparing the request failed: {e}"),
             );
         }
     };
+    let prompt_tokens = req.prompt.len();
+    let logprobs = req
+        .logprobs
+        .is_some()
+        .then(|| Arc::clone(&st.worker.tokenizer));
+    // `n` choices are `n` jobs, choice i drawn with seed + i; if the queue
+    // cannot take them all, those already queued are dropped (their
+    // closed channels cancel them) and the request is a 429.
+    let mut choices = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut r = req.clone();
+        r.sampling.seed = r.sampling.seed.wrapping_add(i as u64);
+        match st.worker.submit(r) {
+            Ok(rx) => choices.push(rx),
+            Err(Busy::Full) => {
+                return api_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    None,
+                    "the request queue is full; retry later",
+                );
+            }
+            Err(Busy::Stopped) => {
+                return api_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    None,
+                    "the engine has stopped",
+                );
+            }
+        }
+    }
     let (id, object) = match kind {
         Route::Chat => (request_id("chatcmpl"), "chat.completion"),
         Route::Text => (request_id("cmpl"), "text_completion"),
@@ -483,45 +284,62 @@ async fn run(st: Arc<ApiState>, kind: Route, body: &[u8]) -> Response {
     let model = st.claims.model.name.clone();
     let created = now_secs();
     if streamed {
-        return super::sse::stream(events, kind, id, model, created, include_usage).into_response();
+        let head = super::sse::StreamHead {
+            kind,
+            id,
+            model,
+            created,
+            include_usage,
+            logprobs,
+        };
+        return super::sse::stream(choices, head).into_response();
     }
-    let mut events = events;
-    let mut text = String::new();
-    while let Some(ev) = events.recv().await {
-        match ev {
-            Event::Text(t) => text.push_str(&t),
-            Event::Failed(e) => {
-                return api_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, &e);
+    let mut answers = Vec::with_capacity(n);
+    let mut completion_tokens = 0;
+    for (index, mut events) in choices.into_iter().enumerate() {
+        let done = loop {
+            match events.recv().await {
+                Some(Event::Text { .. }) => {}
+                Some(Event::Done(done)) => break done,
+                Some(Event::Failed(e)) => {
+                    return api_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", None, &e);
+                }
+                None => {
+                    return api_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "server_error",
+                        None,
+                        "the engine stopped",
+                    );
+                }
             }
-            Event::Done(done) => {
-                let usage = json!({
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": done.ids.len(),
-                    "total_tokens": prompt_tokens + done.ids.len(),
-                });
-                let choice = match kind {
-                    Route::Chat => json!({
-                        "index": 0,
-                        "message": {"role": "assistant", "content": done.text},
-                        "finish_reason": finish_reason(done.finish),
-                    }),
-                    Route::Text => json!({
-                        "index": 0, "text": done.text, "logprobs": null,
-                        "finish_reason": finish_reason(done.finish),
-                    }),
-                };
-                return Json(json!({
-                    "id": id, "object": object, "created": created, "model": model,
-                    "choices": [choice], "usage": usage,
-                }))
-                .into_response();
-            }
-        }
+        };
+        completion_tokens += done.ids.len();
+        let lp = match &logprobs {
+            Some(t) => super::logprobs::to_json(kind, t, &done.logprobs),
+            None => Value::Null,
+        };
+        answers.push(match kind {
+            Route::Chat => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": done.text},
+                "logprobs": lp,
+                "finish_reason": finish_reason(done.finish),
+            }),
+            Route::Text => json!({
+                "index": index, "text": done.text, "logprobs": lp,
+                "finish_reason": finish_reason(done.finish),
+            }),
+        });
     }
-    api_error(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "server_error",
-        None,
-        "the engine stopped",
-    )
+    let usage = json!({
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    });
+    Json(json!({
+        "id": id, "object": object, "created": created, "model": model,
+        "choices": answers, "usage": usage,
+    }))
+    .into_response()
 }

@@ -7,13 +7,15 @@ pub mod api;
 pub mod attested_tls;
 pub mod connections;
 pub mod fetch;
+mod logprobs;
+pub mod request;
 mod request_fields;
 mod sse;
 pub mod worker;
 
 use crate::kbs_client::{Backoff, EvidenceSource, KbsClient};
 use attested_tls::AttestedIdentity;
-use ciel_engine::chat::{ChatError, ChatTemplate};
+use ciel_engine::chat::ChatTemplate;
 use ciel_engine::gguf::read_metadata;
 use ciel_engine::model::Model;
 use ciel_engine::tokenizer::Tokenizer;
@@ -158,16 +160,10 @@ pub fn load_sealed_model(
     let tokenizer = Tokenizer::from_gguf(&meta).map_err(|e| BootError::Model(e.to_string()))?;
     // A base model has no chat template: it serves completions, and chat
     // requests get a 400 saying so.
-    let template = match ChatTemplate::from_gguf(&meta) {
-        Ok(t) => Some(t),
-        Err(ChatError::NoTemplate) => {
-            tracing::warn!(
-                "the model has no chat template: /v1/chat/completions will refuse requests"
-            );
-            None
-        }
-        Err(e) => return Err(BootError::Model(e.to_string())),
-    };
+    let template = ChatTemplate::from_gguf(&meta).map_err(|e| BootError::Model(e.to_string()))?;
+    if template.is_none() {
+        tracing::warn!("the model has no chat template: /v1/chat/completions will refuse requests");
+    }
     let model =
         crate::sealed_model::load_unsealed(&plain).map_err(|e| BootError::Model(e.to_string()))?;
     Ok((model, tokenizer, template))

@@ -1,103 +1,161 @@
 //! Streamed answers: server-sent events in OpenAI's chunk format.
 
-use super::api::{Route, finish_reason};
+use super::api::finish_reason;
+use super::request::Route;
 use super::worker::Event;
 use axum::response::sse::{Event as SseEvent, Sse};
-use ciel_engine::generate::Completion;
+use ciel_engine::logprobs::TokenLogprob;
+use ciel_engine::tokenizer::Tokenizer;
+use futures_util::StreamExt;
+use serde_json::Value;
 use serde_json::json;
+use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::sync::mpsc::UnboundedReceiver;
 
-/// Server-sent events in OpenAI's chunk format, ending with `[DONE]`; with
-/// `include_usage`, the chunk before `[DONE]` has no choices and the usage.
+/// What every chunk of one streamed answer repeats, and what it carries.
+#[derive(Debug)]
+pub(super) struct StreamHead {
+    pub kind: Route,
+    pub id: String,
+    pub model: String,
+    pub created: u64,
+    /// A last chunk with no choices carries the usage.
+    pub include_usage: bool,
+    /// Set when the request asked for log-probabilities: the tokenizer
+    /// that names their tokens.
+    pub logprobs: Option<Arc<Tokenizer>>,
+}
+
+/// Server-sent events in OpenAI's chunk format, ending with `[DONE]`: the
+/// events of each choice (`n` of them) interleaved as they come, each chunk
+/// naming its choice's index. With `include_usage`, the chunk before
+/// `[DONE]` has no choices and the usage of them all.
 pub(super) fn stream(
-    events: tokio::sync::mpsc::UnboundedReceiver<Event>,
-    kind: Route,
-    id: String,
-    model: String,
-    created: u64,
-    include_usage: bool,
+    choices: Vec<UnboundedReceiver<Event>>,
+    head: StreamHead,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+    let StreamHead {
+        kind,
+        id,
+        model,
+        created,
+        include_usage,
+        logprobs,
+    } = head;
     let object = match kind {
         Route::Chat => "chat.completion.chunk",
         Route::Text => "text_completion",
     };
-    // Chat streams open with the assistant's role, as OpenAI's do.
-    let first = (kind == Route::Chat).then(|| {
-        SseEvent::default().data(
-            json!({"id": id, "object": object, "created": created, "model": model,
-                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]})
-            .to_string(),
-        )
-    });
-    let usage_names = (id.clone(), model.clone());
-    let chunk = move |delta: Option<&str>, finish: Option<&str>| {
-        let choice = match kind {
+    let n = choices.len();
+    let event = move |choices: Value, usage: Option<Value>| {
+        let mut body = json!({"id": id, "object": object, "created": created, "model": model,
+                              "choices": choices});
+        if let Some(u) = usage {
+            body["usage"] = u;
+        }
+        SseEvent::default().data(body.to_string())
+    };
+    let chunk = move |index: usize,
+                      delta: Option<&str>,
+                      tokens: &[TokenLogprob],
+                      finish: Option<&str>| {
+        let lp = match (&logprobs, delta) {
+            (Some(t), Some(_)) => super::logprobs::to_json(kind, t, tokens),
+            _ => Value::Null,
+        };
+        match kind {
             Route::Chat => json!({
-                "index": 0,
+                "index": index,
                 "delta": match delta { Some(t) => json!({"content": t}), None => json!({}) },
+                "logprobs": lp,
                 "finish_reason": finish,
             }),
             Route::Text => {
-                json!({"index": 0, "text": delta.unwrap_or(""), "finish_reason": finish})
+                json!({"index": index, "text": delta.unwrap_or(""), "logprobs": lp, "finish_reason": finish})
             }
-        };
-        SseEvent::default().data(
-            json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
-                .to_string(),
-        )
-    };
-    let usage_chunk = {
-        let (id, model) = usage_names;
-        move |done: &Completion| {
-            let usage = json!({
-                "prompt_tokens": done.prompt_tokens,
-                "completion_tokens": done.ids.len(),
-                "total_tokens": done.prompt_tokens + done.ids.len(),
-            });
-            SseEvent::default().data(
-                json!({"id": id, "object": object, "created": created, "model": model,
-                       "choices": [], "usage": usage})
-                .to_string(),
-            )
         }
     };
-    // State: the events, whether the stream has ended, and a chunk due
-    // before the next event (the usage, after the finish chunk).
-    let body = futures_util::stream::unfold(
-        (events, false, None::<SseEvent>),
-        move |(mut events, finished, due)| {
-            let (chunk, usage_chunk) = (chunk.clone(), usage_chunk.clone());
-            async move {
-                if let Some(e) = due {
-                    return Some((Ok(e), (events, false, None)));
+    // Chat streams open with the assistant's role, as OpenAI's do.
+    let mut due = VecDeque::new();
+    if kind == Route::Chat {
+        for index in 0..n {
+            due.push_back(event(
+                json!([{"index": index, "delta": {"role": "assistant", "content": ""},
+                        "logprobs": null, "finish_reason": null}]),
+                None,
+            ));
+        }
+    }
+    let merged =
+        futures_util::stream::select_all(choices.into_iter().enumerate().map(|(index, rx)| {
+            futures_util::stream::unfold(rx, move |mut rx| async move {
+                rx.recv().await.map(|e| ((index, e), rx))
+            })
+            .boxed()
+        }));
+    let state = Streaming {
+        merged,
+        due,
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        ended: false,
+    };
+    Sse::new(futures_util::stream::unfold(state, move |mut st| {
+        let (chunk, event) = (chunk.clone(), event.clone());
+        async move {
+            loop {
+                if let Some(e) = st.due.pop_front() {
+                    return Some((Ok(e), st));
                 }
-                if finished {
+                if st.ended {
                     return None;
                 }
-                match events.recv().await {
-                    Some(Event::Text(t)) => {
-                        Some((Ok(chunk(Some(&t), None)), (events, false, None)))
+                match st.merged.next().await {
+                    Some((i, Event::Text { text, logprobs })) => {
+                        let c = chunk(i, Some(&text), &logprobs, None);
+                        st.due.push_back(event(json!([c]), None));
                     }
-                    Some(Event::Done(done)) => {
-                        let due = include_usage.then(|| usage_chunk(&done));
-                        Some((
-                            Ok(chunk(None, Some(finish_reason(done.finish)))),
-                            (events, false, due),
-                        ))
+                    Some((i, Event::Done(done))) => {
+                        st.prompt_tokens = done.prompt_tokens;
+                        st.completion_tokens += done.ids.len();
+                        let c = chunk(i, None, &[], Some(finish_reason(done.finish)));
+                        st.due.push_back(event(json!([c]), None));
                     }
-                    Some(Event::Failed(e)) => Some((
-                        Ok(SseEvent::default().data(
-                            json!({"error": {"message": e, "type": "server_error"}}).to_string(),
-                        )),
-                        (events, true, None),
-                    )),
-                    None => Some((Ok(SseEvent::default().data("[DONE]")), (events, true, None))),
+                    Some((_, Event::Failed(e))) => {
+                        // The other choices are dropped with the stream.
+                        let error = json!({"error": {"message": e, "type": "server_error"}});
+                        st.due
+                            .push_back(SseEvent::default().data(error.to_string()));
+                        st.ended = true;
+                    }
+                    None => {
+                        if include_usage {
+                            let usage = json!({
+                                "prompt_tokens": st.prompt_tokens,
+                                "completion_tokens": st.completion_tokens,
+                                "total_tokens": st.prompt_tokens + st.completion_tokens,
+                            });
+                            st.due.push_back(event(json!([]), Some(usage)));
+                        }
+                        st.due.push_back(SseEvent::default().data("[DONE]"));
+                        st.ended = true;
+                    }
                 }
             }
-        },
-    );
-    let head = futures_util::stream::iter(first.map(Ok));
-    Sse::new(futures_util::StreamExt::chain(head, body))
+        }
+    }))
+}
+
+/// A stream in progress: the choices' events, chunks due before the next
+/// event, the usage so far, and whether the stream has ended.
+struct Streaming<S> {
+    merged: S,
+    due: VecDeque<SseEvent>,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    ended: bool,
 }
 
 #[cfg(test)]
@@ -105,22 +163,34 @@ pub(super) fn stream(
 mod tests {
     use super::*;
     use axum::response::IntoResponse;
-    use ciel_engine::generate::Finish;
+    use ciel_engine::generate::{Completion, Finish};
     use http_body_util::BodyExt;
 
     async fn body(include_usage: bool) -> String {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tx.send(Event::Text("Hi".into())).unwrap();
+        tx.send(Event::Text {
+            text: "Hi".into(),
+            logprobs: vec![],
+        })
+        .unwrap();
         tx.send(Event::Done(Completion {
             ids: vec![7, 8],
             text: "Hi".into(),
             finish: Finish::Stop,
             prompt_tokens: 5,
+            logprobs: vec![],
         }))
         .unwrap();
         drop(tx);
-        let resp =
-            stream(rx, Route::Chat, "id-1".into(), "m".into(), 0, include_usage).into_response();
+        let head = StreamHead {
+            kind: Route::Chat,
+            id: "id-1".into(),
+            model: "m".into(),
+            created: 0,
+            include_usage,
+            logprobs: None,
+        };
+        let resp = stream(vec![rx], head).into_response();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }

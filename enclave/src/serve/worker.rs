@@ -5,6 +5,7 @@
 //! answer.
 
 use ciel_engine::generate::{Completion, Finish, Logits, Request, generate_while};
+use ciel_engine::logprobs::TokenLogprob;
 use ciel_engine::tokenizer::Tokenizer;
 use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, TrySendError};
@@ -14,7 +15,12 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 /// `Done` or `Failed`.
 #[derive(Debug)]
 pub enum Event {
-    Text(String),
+    /// Text that became final, with its tokens' log-probabilities when
+    /// they were asked for.
+    Text {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
     Done(Completion),
     Failed(String),
 }
@@ -79,8 +85,11 @@ impl Worker {
                             &tk,
                             &job.request,
                             || !events.is_closed(),
-                            |text| {
-                                let _ = events.send(Event::Text(text.to_string()));
+                            |r| {
+                                let _ = events.send(Event::Text {
+                                    text: r.text.to_string(),
+                                    logprobs: r.logprobs.to_vec(),
+                                });
                             },
                         )
                     }));
@@ -154,6 +163,8 @@ mod tests {
             max_tokens,
             sampling: SamplingParams::default(),
             stop: vec![],
+            logprobs: None,
+            grammar: None,
         }
     }
 
@@ -163,7 +174,7 @@ mod tests {
         let mut text = seen.to_string();
         while let Some(ev) = rx.recv().await {
             match ev {
-                Event::Text(t) => text.push_str(&t),
+                Event::Text { text: t, .. } => text.push_str(&t),
                 Event::Done(done) => {
                     assert_eq!(done.text, text);
                     return text;
@@ -186,7 +197,7 @@ mod tests {
         // The first piece of text shows the worker has taken the first job
         // off the queue, which then has room for exactly one more.
         match first.recv().await {
-            Some(Event::Text(t)) => assert_eq!(t, "a"),
+            Some(Event::Text { text, .. }) => assert_eq!(text, "a"),
             other => panic!("expected text, got {other:?}"),
         }
         let second = w.submit(request(2)).unwrap();
@@ -225,7 +236,7 @@ mod tests {
         );
         let w = Worker::spawn(model, Arc::new(tokenizer()), 4096, 4).unwrap();
         let mut first = w.submit(request(2000)).unwrap();
-        assert!(matches!(first.recv().await, Some(Event::Text(_))));
+        assert!(matches!(first.recv().await, Some(Event::Text { .. })));
         drop(first);
         // The next request runs to its end, so the first one has stopped.
         assert_eq!(text_of(w.submit(request(3)).unwrap(), "").await, "abc");

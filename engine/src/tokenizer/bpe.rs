@@ -4,9 +4,10 @@
 //! them), each piece's bytes are mapped to GPT-2's printable byte alphabet
 //! and merged by rank, lowest first, leftmost on ties.
 
-use super::{TokenKind, TokenizerError, Vocab, strings};
+use super::{TokenKind, TokenizerError, Vocab, merge, strings};
 use crate::gguf::{Metadata, Value};
-use fancy_regex::Regex;
+use fancy_regex::{Regex, RegexBuilder};
+use std::cmp::Reverse;
 use std::collections::HashMap;
 
 const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
@@ -62,7 +63,11 @@ fn byte_alphabet() -> [char; 256] {
 }
 
 pub(super) struct Bpe {
-    ranks: HashMap<(String, String), u32>,
+    /// Every symbol a merge names, numbered, so that a pair is looked up
+    /// without building its strings.
+    symbols: HashMap<String, u32>,
+    /// (left, right) symbol numbers → the merge's rank.
+    ranks: HashMap<(u32, u32), u32>,
     pre: Vec<Regex>,
     ignore_merges: bool,
     byte_to_char: [char; 256],
@@ -84,18 +89,33 @@ impl Bpe {
         let regexes = pre
             .patterns
             .iter()
-            .map(|p| Regex::new(p).map_err(|e| TokenizerError::Regex(e.to_string())))
+            .map(|p| {
+                // fancy-regex stops a match after a million backtracking
+                // steps by default, and a one-word prompt of a megabyte
+                // takes one per character: the limit would turn it into a
+                // different split (or, skipped, a quadratic rescan). The
+                // patterns here backtrack at most a few steps per byte, so
+                // no limit is needed.
+                RegexBuilder::new(p)
+                    .backtrack_limit(usize::MAX)
+                    .build()
+                    .map_err(|e| TokenizerError::Regex(e.to_string()))
+            })
             .collect::<Result<_, _>>()?;
         let merges = strings(meta, "tokenizer.ggml.merges")?;
+        let mut symbols = HashMap::with_capacity(merges.len());
         let mut ranks = HashMap::with_capacity(merges.len());
         for (i, m) in merges.iter().enumerate() {
             let (a, b) = m.split_once(' ').ok_or_else(|| TokenizerError::Merge {
                 index: i,
                 merge: m.clone(),
             })?;
-            ranks
-                .entry((a.to_string(), b.to_string()))
-                .or_insert(i as u32);
+            let mut number = |s: &str| {
+                let next = symbols.len() as u32;
+                *symbols.entry(s.to_string()).or_insert(next)
+            };
+            let pair = (number(a), number(b));
+            ranks.entry(pair).or_insert(i as u32);
         }
         let byte_to_char = byte_alphabet();
         let char_to_byte = byte_to_char
@@ -105,6 +125,7 @@ impl Bpe {
             .collect();
         Ok((
             Bpe {
+                symbols,
                 ranks,
                 pre: regexes,
                 ignore_merges: pre.ignore_merges,
@@ -123,7 +144,10 @@ impl Bpe {
             let mut next = Vec::with_capacity(pieces.len());
             for p in pieces {
                 let mut last = 0;
-                for m in re.find_iter(p).flatten() {
+                // Without a backtracking limit a search cannot fail; were
+                // it to, the rest of the piece stays one piece (never a
+                // skipped error and a rescan).
+                for m in re.find_iter(p).map_while(Result::ok) {
                     if m.start() > last {
                         next.push(&p[last..m.start()]);
                     }
@@ -160,23 +184,14 @@ impl Bpe {
     /// Merges the lowest-ranked adjacent pair (leftmost on ties) until none
     /// applies.
     fn merge(&self, vocab: &Vocab, word: &str, out: &mut Vec<u32>) {
-        let mut symbols: Vec<String> = word.chars().map(String::from).collect();
-        loop {
-            let best = symbols
-                .windows(2)
-                .enumerate()
-                .filter_map(|(i, w)| {
-                    self.ranks
-                        .get(&(w[0].clone(), w[1].clone()))
-                        .map(|r| (*r, i))
-                })
-                .min();
-            let Some((_, i)) = best else { break };
-            let merged = format!("{}{}", symbols[i], symbols[i + 1]);
-            symbols.splice(i..i + 2, [merged]);
-        }
-        for s in symbols {
-            match vocab.id(&s) {
+        let rank = |merged: &str, split: usize| {
+            let left = self.symbols.get(&merged[..split])?;
+            let right = self.symbols.get(&merged[split..])?;
+            self.ranks.get(&(*left, *right)).map(|r| Reverse(*r))
+        };
+        for range in merge::merge(word, rank) {
+            let s = &word[range];
+            match vocab.id(s) {
                 Some(id) => out.push(id),
                 // Not in the vocabulary: one token per byte character.
                 None => out.extend(s.chars().filter_map(|c| {

@@ -5,53 +5,13 @@
 //! score of the merged token (leftmost on ties), and what is not in the
 //! vocabulary falls back to its bytes (`<0xAB>` tokens).
 
-use super::{TokenKind, TokenizerError, Vocab};
+use super::{TokenKind, TokenizerError, Vocab, merge};
 use crate::gguf::{Metadata, Value};
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 
 pub(super) struct Spm {
     scores: Vec<f32>,
     add_space_prefix: bool,
-}
-
-/// A candidate merge of two adjacent symbols.
-struct Bigram {
-    score: f32,
-    left: usize,
-    right: usize,
-    /// Bytes of the merged text, to tell a stale candidate.
-    len: usize,
-}
-
-impl PartialEq for Bigram {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Bigram {}
-impl PartialOrd for Bigram {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Bigram {
-    /// The heap's top is the highest score, then the leftmost.
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.score
-            .total_cmp(&other.score)
-            .then(other.left.cmp(&self.left))
-    }
-}
-
-/// A symbol of the text being merged: a byte range, linked to its
-/// neighbours (`len == 0` once merged into its left neighbour).
-#[derive(Clone, Copy)]
-struct Symbol {
-    start: usize,
-    len: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
 }
 
 impl Spm {
@@ -105,53 +65,13 @@ impl Spm {
     }
 
     fn merge(&self, vocab: &Vocab, text: &str, out: &mut Vec<u32>) {
-        let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
-        for (start, c) in text.char_indices() {
-            let i = symbols.len();
-            symbols.push(Symbol {
-                start,
-                len: c.len_utf8(),
-                prev: i.checked_sub(1),
-                next: None,
-            });
-            if let Some(p) = i.checked_sub(1) {
-                symbols[p].next = Some(i);
-            }
-        }
-        let mut queue = BinaryHeap::new();
-        let candidate = |symbols: &[Symbol], left: Option<usize>, right: Option<usize>| {
-            let (l, r) = (left?, right?);
-            let (a, b) = (symbols[l], symbols[r]);
-            let merged = text.get(a.start..b.start + b.len)?;
+        // The pair whose merged text is the best-scored token merges first.
+        let score = |merged: &str, _split: usize| {
             let id = vocab.id(merged)?;
-            Some(Bigram {
-                score: *self.scores.get(id as usize)?,
-                left: l,
-                right: r,
-                len: merged.len(),
-            })
+            self.scores.get(id as usize).copied().map(Score)
         };
-        for i in 1..symbols.len() {
-            queue.extend(candidate(&symbols, Some(i - 1), Some(i)));
-        }
-        while let Some(b) = queue.pop() {
-            let (l, r) = (symbols[b.left], symbols[b.right]);
-            if l.len == 0 || r.len == 0 || l.len + r.len != b.len {
-                continue;
-            }
-            symbols[b.left].len += r.len;
-            symbols[b.right].len = 0;
-            symbols[b.left].next = r.next;
-            if let Some(n) = r.next {
-                symbols[n].prev = Some(b.left);
-            }
-            queue.extend(candidate(&symbols, symbols[b.left].prev, Some(b.left)));
-            queue.extend(candidate(&symbols, Some(b.left), symbols[b.left].next));
-        }
-        let mut at = if symbols.is_empty() { None } else { Some(0) };
-        while let Some(i) = at {
-            let s = symbols[i];
-            let piece = &text[s.start..s.start + s.len];
+        for range in merge::merge(text, score) {
+            let piece = &text[range];
             match vocab.id(piece) {
                 Some(id) => out.push(id),
                 None => {
@@ -160,8 +80,27 @@ impl Spm {
                     }
                 }
             }
-            at = s.next;
         }
+    }
+}
+
+/// A token's score, ordered totally (scores are finite in practice; a NaN
+/// from a file must not make the order undefined).
+struct Score(f32);
+impl PartialEq for Score {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Score {}
+impl PartialOrd for Score {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Score {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
     }
 }
 

@@ -7,7 +7,7 @@
 
 use super::Report;
 use anyhow::{Context, Result};
-use ciel_engine::chat::{ChatError, ChatTemplate, Message};
+use ciel_engine::chat::{ChatTemplate, user_prompt};
 use ciel_engine::generate::{Request, generate};
 use ciel_engine::gguf::read_metadata;
 use ciel_engine::model::Model;
@@ -58,39 +58,25 @@ pub fn run(r: &mut Report) -> Result<()> {
     let tokenizer = Tokenizer::from_gguf(&meta)?;
     // A chat model is asked the question; a base model (no chat template)
     // continues it, through /v1/completions.
-    let template = match ChatTemplate::from_gguf(&meta) {
-        Ok(t) => Some(t),
-        Err(ChatError::NoTemplate) => None,
-        Err(e) => return Err(e.into()),
-    };
+    let template = ChatTemplate::from_gguf(&meta)?;
     let mut model = Model::load(&mut std::io::Cursor::new(&bytes))?;
     drop(bytes);
     let new_tokens = if r.quick { 32 } else { 128 };
     let runs = if r.quick { 2 } else { 5 };
-    let (text, prompt) = match &template {
-        Some(t) => {
-            let text = t.render(
-                &[Message {
-                    role: "user".into(),
-                    content: PROMPT.into(),
-                }],
-                true,
-            )?;
-            let ids = tokenizer.encode_chat(&text);
-            (text, ids)
-        }
-        None => (PROMPT.to_string(), tokenizer.encode_prompt(PROMPT, true)),
-    };
+    let (text, prompt) = user_prompt(template.as_ref(), &tokenizer, PROMPT)?;
     let req = Request {
         prompt,
         max_tokens: new_tokens,
         sampling: SamplingParams::default(),
         stop: vec![],
+        logprobs: None,
+        grammar: None,
     };
     let generated = std::cell::Cell::new(0usize);
     let mut bare = |out: &mut String| {
         timed(out, |emit| {
-            generated.set(generate(&mut model, &tokenizer, &req, emit)?.ids.len());
+            let done = generate(&mut model, &tokenizer, &req, |r| emit(r.text))?;
+            generated.set(done.ids.len());
             Ok(())
         })
     };
