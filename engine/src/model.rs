@@ -50,6 +50,9 @@ pub struct Model {
     device: Device,
     pos: usize,
     context: usize,
+    /// Bytes of K/V cache one token of context takes (f32 keys and values
+    /// of every layer's KV heads).
+    kv_bytes_per_token: usize,
 }
 
 impl std::fmt::Debug for Model {
@@ -72,6 +75,11 @@ impl Model {
         let content =
             gguf_file::Content::read(reader).map_err(|e| ModelError::Load(e.to_string()))?;
         let config = Config::from_gguf(&content.metadata)?;
+        let kv_bytes_per_token = config
+            .layers
+            .saturating_mul(config.kv_heads)
+            .saturating_mul(config.head_dim)
+            .saturating_mul(2 * std::mem::size_of::<f32>());
         let device = Device::Cpu;
         let load = |e: candle_core::Error| ModelError::Load(e.to_string());
         let (weights, context) = match kernels {
@@ -105,7 +113,23 @@ impl Model {
             device,
             pos: 0,
             context,
+            kv_bytes_per_token,
         })
+    }
+
+    /// Bytes of K/V cache one token of context takes.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.kv_bytes_per_token
+    }
+
+    /// Bounds the context so that its K/V cache fits `bytes`; returns the
+    /// context now taken (0: not one token fits).
+    pub fn bound_kv_memory(&mut self, bytes: u64) -> usize {
+        let fits = bytes / (self.kv_bytes_per_token.max(1) as u64);
+        self.context = self
+            .context
+            .min(usize::try_from(fits).unwrap_or(usize::MAX));
+        self.context
     }
 
     /// The longest sequence (prompt and completion) the model takes.

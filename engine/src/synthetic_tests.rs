@@ -155,3 +155,26 @@ fn a_tensor_the_pass_does_not_use_refuses_the_model() {
         "{msg}"
     );
 }
+
+#[test]
+fn the_kv_budget_bounds_the_context_and_a_full_context_is_refused() {
+    let bytes = gguf(
+        crate::arch::Arch::Llama,
+        candle_core::quantized::GgmlDType::F32,
+    )
+    .unwrap();
+    let mut model = Model::load(&mut std::io::Cursor::new(&bytes)).unwrap();
+    // 2 layers × 2 KV heads × 64 dims × (key + value) × 4 bytes.
+    assert_eq!(model.kv_bytes_per_token(), 2 * 2 * 64 * 2 * 4);
+    let trained = model.context();
+    assert_eq!(model.bound_kv_memory(u64::MAX), trained);
+    assert_eq!(model.bound_kv_memory(4 * 2048 + 100), 4);
+    model.reset();
+    model.forward(&[1, 2, 3]).unwrap();
+    model.forward(&[4]).unwrap();
+    assert!(matches!(
+        model.forward(&[5]),
+        Err(crate::model::ModelError::ContextFull(4))
+    ));
+    assert_eq!(model.bound_kv_memory(100), 0);
+}

@@ -73,6 +73,11 @@ pub struct ServeArgs {
     /// Largest max_tokens a request may ask for.
     #[arg(long, default_value_t = 2048)]
     pub max_tokens_limit: usize,
+    /// Memory the K/V cache may take (bytes, or with KiB/MiB/GiB): the
+    /// context served is the model's trained one or what fits, whichever is
+    /// smaller; a request that does not fit is a 400 saying so.
+    #[arg(long, default_value = "2GiB", value_parser = super::byte_size)]
+    pub kv_memory: u64,
     /// Parallel range requests when fetching the sealed model.
     #[arg(long, default_value_t = 4)]
     pub fetch_parallel: usize,
@@ -166,6 +171,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             request_read: std::time::Duration::from_secs_f64(a.request_timeout),
         },
         max_tokens_limit: a.max_tokens_limit,
+        kv_memory: a.kv_memory,
         fetch_parallel: a.fetch_parallel,
         kbs_backoff: Backoff {
             attempts: a.kbs_attempts,

@@ -48,6 +48,9 @@ pub struct ServeConfig {
     /// Bounds on connections and on slow clients.
     pub limits: ConnectionLimits,
     pub max_tokens_limit: usize,
+    /// Bytes the K/V cache may take: the context served is the model's
+    /// trained one or what fits this, whichever is smaller.
+    pub kv_memory: u64,
     /// Parallel range requests when fetching the model.
     pub fetch_parallel: usize,
     /// Retries and per-attempt timeout for the key release.
@@ -225,8 +228,24 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
     .await
     .map_err(|e| BootError::Model(format!("identity task: {e}")))??;
 
-    // 5. Serve.
-    let context = model.context();
+    // 5. Serve, with the context the K/V budget holds.
+    let mut model = model;
+    let trained = model.context();
+    let context = model.bound_kv_memory(cfg.kv_memory);
+    if context == 0 {
+        return Err(BootError::Model(format!(
+            "--kv-memory {} bytes holds no token of this model's K/V cache ({} bytes a token)",
+            cfg.kv_memory,
+            model.kv_bytes_per_token()
+        )));
+    }
+    tracing::info!(
+        trained_context = trained,
+        context,
+        kv_memory = cfg.kv_memory,
+        kv_bytes_per_token = model.kv_bytes_per_token(),
+        "context bounded by the K/V memory budget"
+    );
     let worker = worker::Worker::spawn(model, Arc::new(tokenizer), context, cfg.queue)
         .map_err(io_err("engine thread"))?;
     let state = Arc::new(api::ApiState {

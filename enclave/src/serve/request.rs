@@ -305,7 +305,7 @@ fn build_request(
         return Err(bad_field(
             "max_tokens",
             format!(
-                "the prompt ({} tokens) plus max_tokens ({max_tokens}) exceed the model's context of {} tokens",
+                "the prompt ({} tokens) plus max_tokens ({max_tokens}) exceed this guest's context of {} tokens (the model's, bounded by the K/V memory budget)",
                 prompt.len(),
                 lim.context
             ),

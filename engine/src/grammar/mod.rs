@@ -16,7 +16,7 @@ mod trie;
 
 pub use trie::TokenTrie;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// A set of bytes, as a 256-bit map.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -335,25 +335,63 @@ impl Matcher {
         true
     }
 
-    /// Every token of `trie` that may come next.
+    /// Every token of `trie` that may come next. The walk's states are
+    /// numbered as they are met and each (state, byte) step is worked out
+    /// once: inside a string almost every byte leads back to the same few
+    /// states, so a vocabulary of 262,144 tokens costs a few thousand steps
+    /// and a table lookup per trie node, not a step per node.
     pub fn allowed(&self, trie: &TokenTrie) -> Vec<u32> {
+        let mut walk = Walk {
+            states: Vec::new(),
+            numbers: HashMap::new(),
+            steps: HashMap::new(),
+        };
+        let start = walk.number(self, self.stacks.clone());
         let mut allowed = Vec::new();
-        // Each state carries the bytes it may take, so that a refused byte
-        // costs one bit test, not a step.
-        let start = (self.next_bytes(), self.stacks.clone());
         trie.walk(
             start,
-            &mut |(next_bytes, stacks): &(ByteSet, Vec<Stack>), byte| {
-                if !next_bytes.contains(byte) {
-                    return None;
-                }
-                let next = self.step(stacks, byte);
-                Some((self.next_bytes_of(&next), next))
-            },
+            &mut |&state: &u32, byte| walk.step(self, state, byte),
             &mut allowed,
         );
         allowed.sort_unstable();
         allowed
+    }
+}
+
+/// The states of one walk of the trie, numbered, and the steps between
+/// them already worked out.
+struct Walk {
+    /// Each state's parser stacks (sorted) and the bytes it may take.
+    states: Vec<(Vec<Stack>, ByteSet)>,
+    numbers: HashMap<Vec<Stack>, u32>,
+    steps: HashMap<(u32, u8), Option<u32>>,
+}
+
+impl Walk {
+    fn number(&mut self, m: &Matcher, mut stacks: Vec<Stack>) -> u32 {
+        stacks.sort_unstable();
+        if let Some(&n) = self.numbers.get(&stacks) {
+            return n;
+        }
+        let n = self.states.len() as u32;
+        let next_bytes = m.next_bytes_of(&stacks);
+        self.numbers.insert(stacks.clone(), n);
+        self.states.push((stacks, next_bytes));
+        n
+    }
+
+    fn step(&mut self, m: &Matcher, state: u32, byte: u8) -> Option<u32> {
+        let (stacks, next_bytes) = self.states.get(state as usize)?;
+        if !next_bytes.contains(byte) {
+            return None;
+        }
+        if let Some(&known) = self.steps.get(&(state, byte)) {
+            return known;
+        }
+        let next = m.step(stacks, byte);
+        let result = (!next.is_empty()).then(|| self.number(m, next));
+        self.steps.insert((state, byte), result);
+        result
     }
 }
 
