@@ -9,7 +9,6 @@
 
 use ciel_engine::grammar::Matcher;
 use ciel_engine::grammar::json::{json_object, json_schema};
-use ciel_engine::tokenizer::Tokenizer;
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::sync::Arc;
@@ -24,11 +23,7 @@ fn bench(c: &mut Criterion) {
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "gemma-3-270m-q4_k_m.gguf",
     ] {
-        let path = ciel_engine::cached_model(name);
-        let mut f = std::fs::File::open(&path)
-            .unwrap_or_else(|e| panic!("{} ({e}): run scripts/fetch-model.sh", path.display()));
-        let meta = ciel_engine::gguf::read_metadata(&mut f).unwrap();
-        let tokenizer = Tokenizer::from_gguf(&meta).unwrap();
+        let tokenizer = ciel_engine::cached_tokenizer(name).unwrap_or_else(|e| panic!("{e}"));
         let trie = tokenizer.token_trie();
         let object = Arc::new(json_object());
         let keyed = Arc::new(json_schema(&schema).unwrap());

@@ -55,3 +55,18 @@ pub fn cached_model(name: &str) -> PathBuf {
         });
     cache.join("models").join(name)
 }
+
+/// The tokenizer of the cached model `name`, from its metadata alone (for
+/// benchmarks and tests); the error names the file and the fetch script.
+pub fn cached_tokenizer(name: &str) -> Result<tokenizer::Tokenizer, String> {
+    let path = cached_model(name);
+    let fail = |e: &dyn std::fmt::Display| {
+        format!(
+            "{}: {e} (scripts/fetch-model.sh fetches it)",
+            path.display()
+        )
+    };
+    let mut f = std::fs::File::open(&path).map_err(|e| fail(&e))?;
+    let meta = gguf::read_metadata(&mut f).map_err(|e| fail(&e))?;
+    tokenizer::Tokenizer::from_gguf(&meta).map_err(|e| fail(&e))
+}
