@@ -52,7 +52,6 @@ pub struct DemoArgs {
     pub serve: bool,
 }
 
-const RESOURCE: &str = "default/model-key/smollm2";
 /// The file `scripts/fetch-model.sh` caches the demo model as.
 const DEMO_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const BLOB: &str = "smollm2.csm";
@@ -232,6 +231,21 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             .map(|s| s.to_string_lossy().to_lowercase())
             .unwrap_or_else(|| "model".into()),
     };
+    // The model's key is named after the model (a resource path keeps
+    // letters, digits, '.', '_' and '-').
+    let resource = format!(
+        "default/model-key/{}",
+        model_name
+            .chars()
+            .map(
+                |c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '-'
+                }
+            )
+            .collect::<String>()
+    );
     // A base model (no chat template) is asked through /v1/completions.
     let chat_model = {
         let mut f =
@@ -273,10 +287,10 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     std::fs::write(
         &cfg_path,
         format!(
-            "{cfg}\n[[resource]]\npath = \"{RESOURCE}\"\npolicy_file = \"model.policy.toml\"\n"
+            "{cfg}\n[[resource]]\npath = \"{resource}\"\npolicy_file = \"model.policy.toml\"\n"
         ),
     )?;
-    println!("policy for {RESOURCE}: the simulated root, guest measurement {measurement}");
+    println!("policy for {resource}: the simulated root, guest measurement {measurement}");
 
     let mut procs = Processes {
         children: Vec::new(),
@@ -313,7 +327,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             "--out",
             &sealed.to_string_lossy(),
             "--resource",
-            RESOURCE,
+            &resource,
             "--kbs",
             &kbs_url,
             "--admin-key",
