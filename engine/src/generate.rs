@@ -141,9 +141,7 @@ fn constrained(
     }
     let mut allowed = m.allowed(tokenizer.token_trie());
     if m.is_complete() {
-        allowed.extend(
-            (0..tokenizer.vocab_size() as u32).filter(|&id| tokenizer.is_end_of_generation(id)),
-        );
+        allowed.extend_from_slice(tokenizer.end_of_generation_ids());
     }
     let Some(&first) = allowed.first() else {
         return Err(GenerateError::Grammar);

@@ -104,7 +104,14 @@ struct Builder<'a> {
     string: RuleId,
     any: Option<RuleId>,
     refs: HashMap<String, RuleId>,
+    /// Schemas being compiled inside one another now (see [`MAX_NESTING`]).
+    depth: usize,
 }
+
+/// How deep schemas may nest, `$ref`s followed included: the compiler
+/// recurses once per level, and a chain of thousands of distinct `$ref`s
+/// (each its own definition) would otherwise overflow the thread's stack.
+const MAX_NESTING: usize = 64;
 
 impl<'a> Builder<'a> {
     fn new(root: &'a Value) -> Self {
@@ -118,6 +125,7 @@ impl<'a> Builder<'a> {
             string,
             any: None,
             refs: HashMap::new(),
+            depth: 0,
         }
     }
 
@@ -196,6 +204,19 @@ impl<'a> Builder<'a> {
 
     /// The rule for the values `schema` allows; `path` names it in errors.
     fn value(&mut self, schema: &Value, path: &str) -> Result<RuleId, SchemaError> {
+        if self.depth >= MAX_NESTING {
+            return Err(err(
+                path,
+                format!("schemas nest deeper than {MAX_NESTING} levels ($ref included)"),
+            ));
+        }
+        self.depth += 1;
+        let rule = self.value_at_depth(schema, path);
+        self.depth -= 1;
+        rule
+    }
+
+    fn value_at_depth(&mut self, schema: &Value, path: &str) -> Result<RuleId, SchemaError> {
         let map = match schema {
             Value::Bool(true) => return Ok(self.any()),
             Value::Bool(false) => return Err(err(path, "the schema `false` allows no value")),

@@ -304,35 +304,35 @@ impl Matcher {
         self.stacks.iter().any(Vec::is_empty)
     }
 
-    /// Whether some continuation is possible at all.
-    pub fn is_dead(&self) -> bool {
-        self.stacks.is_empty()
+    /// The stacks alive after `bytes`; `None` where the grammar refuses
+    /// them.
+    fn after(&self, bytes: &[u8]) -> Option<Vec<Stack>> {
+        let mut stacks: Option<Vec<Stack>> = None;
+        for &b in bytes {
+            let next = self.step(stacks.as_deref().unwrap_or(&self.stacks), b);
+            if next.is_empty() {
+                return None;
+            }
+            stacks = Some(next);
+        }
+        Some(stacks.unwrap_or_else(|| self.stacks.clone()))
     }
 
-    /// Whether `bytes` may come next.
+    /// Whether `bytes` (at least one) may come next.
     pub fn accepts(&self, bytes: &[u8]) -> bool {
-        let mut stacks = self.stacks.clone();
-        for &b in bytes {
-            stacks = self.step(&stacks, b);
-            if stacks.is_empty() {
-                return false;
-            }
-        }
-        !bytes.is_empty()
+        !bytes.is_empty() && self.after(bytes).is_some()
     }
 
     /// Takes `bytes` (a token the caller chose among the allowed ones);
     /// false, and no change, if the grammar does not allow them.
     pub fn advance(&mut self, bytes: &[u8]) -> bool {
-        let mut stacks = self.stacks.clone();
-        for &b in bytes {
-            stacks = self.step(&stacks, b);
-            if stacks.is_empty() {
-                return false;
+        match self.after(bytes) {
+            Some(stacks) => {
+                self.stacks = stacks;
+                true
             }
+            None => false,
         }
-        self.stacks = stacks;
-        true
     }
 
     /// Every token of `trie` that may come next. The walk's states are

@@ -131,6 +131,30 @@ fn what_the_compiler_does_not_build_is_refused_by_path() {
         "#/required"
     );
     assert_eq!(refused(json!(false)).path, "#");
+    // A chain of distinct definitions, each referring to the next: refused
+    // at the nesting bound, not followed until the stack overflows.
+    let defs: serde_json::Map<String, Value> = (0..10_000)
+        .map(|i| {
+            (
+                format!("d{i}"),
+                json!({"$ref": format!("#/$defs/d{}", i + 1)}),
+            )
+        })
+        .chain([("d10000".to_string(), json!({"type": "null"}))])
+        .collect();
+    let e = refused(json!({"$defs": defs, "$ref": "#/$defs/d0"}));
+    assert!(e.message.contains("nest deeper than 64"), "{e:?}");
+    let shallow: serde_json::Map<String, Value> = (0..10)
+        .map(|i| {
+            (
+                format!("d{i}"),
+                json!({"$ref": format!("#/$defs/d{}", i + 1)}),
+            )
+        })
+        .chain([("d10".to_string(), json!({"type": "null"}))])
+        .collect();
+    let m = matcher(json_schema(&json!({"$defs": shallow, "$ref": "#/$defs/d0"})).unwrap());
+    assert!(complete(&m, "null"));
     // A definition that is only itself allows nothing.
     assert_eq!(refused(json!({"$ref": "#"})).path, "#");
     // An optional property that could never be written is left out.

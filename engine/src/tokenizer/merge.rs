@@ -208,8 +208,9 @@ mod tests {
     }
 
     #[test]
-    fn a_long_word_merges_in_near_linear_work() {
-        // Quadratic rescans made this minutes; the queue makes it instant.
+    fn a_megabyte_word_merges_into_its_pieces() {
+        // The size a request may carry (its speed is benched, not tested:
+        // `cargo bench -p ciel-engine --bench tokenizer`).
         let text = "a".repeat(1 << 20);
         let rank =
             |merged: &str, _split: usize| (merged.len() <= 8).then_some(Reverse(merged.len()));

@@ -322,6 +322,11 @@ impl Tokenizer {
             .get_or_init(|| crate::grammar::TokenTrie::new(self))
     }
 
+    /// The tokens that end generation, sorted.
+    pub fn end_of_generation_ids(&self) -> &[u32] {
+        &self.eog
+    }
+
     /// Whether `id` ends generation (EOS or an end-of-turn marker).
     pub fn is_end_of_generation(&self, id: u32) -> bool {
         self.eog.binary_search(&id).is_ok()
