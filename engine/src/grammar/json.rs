@@ -102,6 +102,8 @@ struct Builder<'a> {
     root: &'a Value,
     ws: RuleId,
     string: RuleId,
+    /// `number` and `integer`, built once each where a schema uses them.
+    numbers: [Option<RuleId>; 2],
     any: Option<RuleId>,
     refs: HashMap<String, RuleId>,
     /// Schemas being compiled inside one another now (see [`MAX_NESTING`]).
@@ -123,6 +125,7 @@ impl<'a> Builder<'a> {
             root,
             ws,
             string,
+            numbers: [None; 2],
             any: None,
             refs: HashMap::new(),
             depth: 0,
@@ -139,6 +142,17 @@ impl<'a> Builder<'a> {
 
     fn ws(&self) -> Elem {
         Elem::Rule(self.ws)
+    }
+
+    /// A JSON number, or an integer; one rule each however often used.
+    fn number(&mut self, integer: bool) -> RuleId {
+        let slot = usize::from(integer);
+        if let Some(r) = self.numbers[slot] {
+            return r;
+        }
+        let r = number(&mut self.g, integer);
+        self.numbers[slot] = Some(r);
+        r
     }
 
     /// `open ws (close | item ws (, ws item ws)* close)`, with the item
@@ -192,7 +206,7 @@ impl<'a> Builder<'a> {
         let member = self.member(Elem::Rule(self.string), Elem::Rule(any));
         let object = self.sequence(b'{', b'}', member, 0, None);
         let array = self.sequence(b'[', b']', Elem::Rule(any), 0, None);
-        let number = number(&mut self.g, false);
+        let number = self.number(false);
         let alts = [object, array, self.string, number]
             .into_iter()
             .chain(["true", "false", "null"].map(|l| self.g.literal(l.as_bytes())))
@@ -300,8 +314,8 @@ impl<'a> Builder<'a> {
                 "object" => self.object(map, path)?,
                 "array" => self.array(map, path)?,
                 "string" => self.string,
-                "number" => number(&mut self.g, false),
-                "integer" => number(&mut self.g, true),
+                "number" => self.number(false),
+                "integer" => self.number(true),
                 "boolean" => {
                     let t = self.g.literal(b"true");
                     let f = self.g.literal(b"false");

@@ -133,27 +133,21 @@ fn what_the_compiler_does_not_build_is_refused_by_path() {
     assert_eq!(refused(json!(false)).path, "#");
     // A chain of distinct definitions, each referring to the next: refused
     // at the nesting bound, not followed until the stack overflows.
-    let defs: serde_json::Map<String, Value> = (0..10_000)
-        .map(|i| {
-            (
-                format!("d{i}"),
-                json!({"$ref": format!("#/$defs/d{}", i + 1)}),
-            )
-        })
-        .chain([("d10000".to_string(), json!({"type": "null"}))])
-        .collect();
-    let e = refused(json!({"$defs": defs, "$ref": "#/$defs/d0"}));
+    let chain = |links: usize| {
+        let defs: serde_json::Map<String, Value> = (0..links)
+            .map(|i| {
+                (
+                    format!("d{i}"),
+                    json!({"$ref": format!("#/$defs/d{}", i + 1)}),
+                )
+            })
+            .chain([(format!("d{links}"), json!({"type": "null"}))])
+            .collect();
+        json!({"$defs": defs, "$ref": "#/$defs/d0"})
+    };
+    let e = refused(chain(10_000));
     assert!(e.message.contains("nest deeper than 64"), "{e:?}");
-    let shallow: serde_json::Map<String, Value> = (0..10)
-        .map(|i| {
-            (
-                format!("d{i}"),
-                json!({"$ref": format!("#/$defs/d{}", i + 1)}),
-            )
-        })
-        .chain([("d10".to_string(), json!({"type": "null"}))])
-        .collect();
-    let m = matcher(json_schema(&json!({"$defs": shallow, "$ref": "#/$defs/d0"})).unwrap());
+    let m = matcher(json_schema(&chain(10)).unwrap());
     assert!(complete(&m, "null"));
     // A definition that is only itself allows nothing.
     assert_eq!(refused(json!({"$ref": "#"})).path, "#");
