@@ -15,9 +15,10 @@ banner "Real models (the engine's llama.cpp comparisons; cached after the first 
 ./scripts/fetch-model.sh smollm2 >/dev/null
 ./scripts/fetch-model.sh gemma3 >/dev/null
 
-banner "The official openai Python client (pinned, hash-checked; cached after the first install)"
-CIEL_OPENAI_PYTHON=$(./scripts/python-openai.sh)
-export CIEL_OPENAI_PYTHON
+banner "Python: the official openai client, httpx, pytest (pinned, hash-checked; cached), and the Python SDK's wheel (maturin)"
+CIEL_OPENAI_PYTHON=$(./scripts/python-env.sh)
+CIEL_SDK_PYTHON=$(./scripts/python-sdk.sh)
+export CIEL_OPENAI_PYTHON CIEL_SDK_PYTHON
 
 banner "Unit, property and end-to-end tests"
 cargo test --workspace --locked --no-fail-fast

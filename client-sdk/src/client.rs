@@ -52,9 +52,11 @@ pub enum ClientError {
     },
 }
 
-/// Where to connect and what to require of the guest there.
+/// One guest's address and the policy each connection to it must pass.
+/// Every [`Endpoint::open`] is a new TLS connection verified during its
+/// handshake; nothing is written on one that was refused.
 #[derive(Debug, Clone)]
-struct Target {
+pub struct Endpoint {
     addr: String,
     server_name: ServerName<'static>,
     policy: Policy,
@@ -63,7 +65,7 @@ struct Target {
 /// An attested connection target and what its guest proved.
 #[derive(Debug, Clone)]
 pub struct Client {
-    target: Target,
+    endpoint: Endpoint,
     verification: Verification,
 }
 
@@ -95,11 +97,45 @@ fn parse_url(url: &str) -> Result<(String, ServerName<'static>), ClientError> {
     Ok((authority.to_string(), name))
 }
 
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+/// One verified HTTP/1.1 connection to the guest.
+#[derive(Debug)]
+pub struct Connection {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
 
-impl Target {
-    /// A new verified connection.
-    async fn open(&self) -> Result<(Sender, Verification), ClientError> {
+impl Connection {
+    /// Sends `req` and waits for the response's head; the body streams
+    /// from the returned response.
+    pub async fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        self.sender
+            .send_request(req)
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))
+    }
+}
+
+impl Endpoint {
+    /// `url`: `https://HOST:PORT` (a path after it is ignored).
+    pub fn new(url: &str, policy: Policy) -> Result<Self, ClientError> {
+        let (addr, server_name) = parse_url(url)?;
+        Ok(Endpoint {
+            addr,
+            server_name,
+            policy,
+        })
+    }
+
+    /// `HOST:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// A new connection, verified during its handshake, and what the guest
+    /// on it proved. A refused guest is [`ClientError::Refused`].
+    pub async fn open(&self) -> Result<(Connection, Verification), ClientError> {
         let verifier = AttestedVerifier::new(self.policy.clone());
         let config = verifier
             .client_config()
@@ -146,7 +182,7 @@ impl Target {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok((sender, verification))
+        Ok((Connection { sender }, verification))
     }
 }
 
@@ -156,15 +192,10 @@ impl Client {
     /// returns the session's verified claims. Nothing is sent if the
     /// verification fails.
     pub async fn connect(url: &str, policy: Policy) -> Result<Self, ClientError> {
-        let (addr, server_name) = parse_url(url)?;
-        let target = Target {
-            addr,
-            server_name,
-            policy,
-        };
-        let (_, verification) = target.open().await?;
+        let endpoint = Endpoint::new(url, policy)?;
+        let (_, verification) = endpoint.open().await?;
         Ok(Client {
-            target,
+            endpoint,
             verification,
         })
     }
@@ -181,7 +212,7 @@ impl Client {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<Response<Incoming>, ClientError> {
-        let (mut sender, _) = self.target.open().await?;
+        let (mut connection, _) = self.endpoint.open().await?;
         let mut req = Request::builder()
             .method(method)
             .uri(path)
@@ -192,10 +223,7 @@ impl Client {
         let req = req
             .body(Full::new(body.unwrap_or_default()))
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))
+        connection.send(req).await
     }
 
     /// A JSON call; non-2xx answers become [`ClientError::Api`].
@@ -278,7 +306,7 @@ impl Client {
         let mut finish = String::new();
         let mut pieces = 0usize;
         let interrupted = |pieces: usize, cause: String| ClientError::Interrupted {
-            addr: self.target.addr.clone(),
+            addr: self.endpoint.addr.clone(),
             pieces,
             cause,
         };
@@ -343,17 +371,14 @@ impl Client {
     pub async fn fresh_attestation(&self) -> Result<Verification, ClientError> {
         let mut nonce = [0u8; 32];
         getrandom::fill(&mut nonce).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let (mut sender, session) = self.target.open().await?;
+        let (mut connection, session) = self.endpoint.open().await?;
         let req = Request::builder()
             .method(Method::GET)
             .uri(format!("/v1/attestation?nonce={}", hex::encode(nonce)))
             .header(hyper::header::HOST, "ciel-enclave")
             .body(Full::new(Bytes::new()))
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = connection.send(req).await?;
         let status = resp.status();
         let bytes = read_body(resp).await?;
         if !status.is_success() {
@@ -366,7 +391,7 @@ impl Client {
         let mut v = verify_document(
             &doc,
             &session.tls_spki_der,
-            &self.target.policy,
+            &self.endpoint.policy,
             now(),
             Some(&nonce),
         );
@@ -383,7 +408,7 @@ impl Client {
         v.accepted = v.accepted && same;
         if !v.accepted {
             return Err(ClientError::Refused {
-                addr: self.target.addr.clone(),
+                addr: self.endpoint.addr.clone(),
                 verification: Box::new(v),
             });
         }

@@ -10,13 +10,17 @@
 //!   fresh evidence on demand;
 //! - [`attested`]: the pure decision on an attestation document, check by
 //!   check;
+//! - [`Endpoint`]: one verified connection per request, for callers that
+//!   bring their own HTTP requests (the Python SDK's transports);
+//! - [`policy`]: a policy file read with errors that name it;
 //! - [`report`]: the verification report a person reads.
 
 #![forbid(unsafe_code)]
 
 pub mod attested;
 pub mod client;
+pub mod policy;
 pub mod report;
 pub mod tls;
 
-pub use client::{Client, ClientError};
+pub use client::{Client, ClientError, Connection, Endpoint};

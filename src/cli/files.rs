@@ -23,13 +23,5 @@ pub fn now() -> u64 {
 
 /// An attestation policy: TOML, or JSON if the name ends in `.json`.
 pub fn load_policy(p: &Path) -> Result<ciel_attestation::Policy> {
-    use ciel_attestation::Policy;
-    let text = read("policy", p)?;
-    let text =
-        String::from_utf8(text).with_context(|| format!("policy {} is not UTF-8", p.display()))?;
-    if p.extension().is_some_and(|e| e == "json") {
-        Policy::from_json(&text).with_context(|| format!("policy {}", p.display()))
-    } else {
-        Policy::from_toml(&text).with_context(|| format!("policy {}", p.display()))
-    }
+    Ok(ciel_client::policy::load(p)?)
 }

@@ -122,14 +122,14 @@ pub fn the_local_proxy_serves_unmodified_openai_clients(sys: &System, expected: 
 }
 
 /// The official `openai` Python client through the proxy (pinned; the
-/// README's test command installs it with scripts/python-openai.sh and
+/// README's test command installs it with scripts/python-env.sh and
 /// names it in CIEL_OPENAI_PYTHON). Without it, says loudly that it did
 /// not run.
 fn the_official_openai_client_works_unchanged(port: u16, expected: &str) {
     let Some(python) = std::env::var_os("CIEL_OPENAI_PYTHON") else {
         eprintln!(
             "WARNING: the openai Python client test did NOT run: CIEL_OPENAI_PYTHON is not set \
-             (scripts/test.sh sets it; or export CIEL_OPENAI_PYTHON=$(scripts/python-openai.sh))"
+             (scripts/test.sh sets it; or export CIEL_OPENAI_PYTHON=$(scripts/python-env.sh))"
         );
         return;
     };

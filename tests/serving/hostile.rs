@@ -208,14 +208,11 @@ pub fn clients_refuse_what_their_policy_does_not_allow(
     );
 }
 
-/// A guest's genuine attestation document served with another TLS key: the
-/// evidence verifies, the binding does not.
-pub fn evidence_not_bound_to_the_tls_key_is_refused(
-    sys: &System,
+/// The guest's attestation document for a fixed nonce, as it serves it.
+pub fn attestation_document(
     rt: &tokio::runtime::Runtime,
     client: &Client,
-) {
-    use ciel_protocol::claims::{AttestationDocument, EXTENSION_OID, encode_extension};
+) -> ciel_protocol::claims::AttestationDocument {
     let resp = rt
         .block_on(client.send(
             hyper::Method::GET,
@@ -227,41 +224,54 @@ pub fn evidence_not_bound_to_the_tls_key_is_refused(
         use http_body_util::BodyExt;
         resp.into_body().collect().await.unwrap().to_bytes()
     });
-    let genuine = AttestationDocument::from_json(&body).unwrap();
+    ciel_protocol::claims::AttestationDocument::from_json(&body).unwrap()
+}
 
-    let impostor = |doc: &AttestationDocument| -> u16 {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::new(vec!["ciel-enclave".into()]).unwrap();
-        params
-            .custom_extensions
-            .push(rcgen::CustomExtension::from_oid_content(
-                EXTENSION_OID,
-                encode_extension(doc).unwrap(),
-            ));
-        let cert = params.self_signed(&key).unwrap();
-        let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .unwrap();
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let cfg = std::sync::Arc::new(cfg);
-        std::thread::spawn(move || {
-            for conn in l.incoming().flatten() {
-                let mut tls = rustls::ServerConnection::new(cfg.clone()).unwrap();
-                let mut conn = conn;
-                let _ = tls.complete_io(&mut conn);
-            }
-        });
-        port
-    };
+/// A TLS server on loopback that presents `doc` in a certificate for a key
+/// of its own (an impostor without the guest's key); returns its port.
+pub fn impostor(doc: &ciel_protocol::claims::AttestationDocument) -> u16 {
+    use ciel_protocol::claims::{EXTENSION_OID, encode_extension};
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["ciel-enclave".into()]).unwrap();
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::from_oid_content(
+            EXTENSION_OID,
+            encode_extension(doc).unwrap(),
+        ));
+    let cert = params.self_signed(&key).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let cfg = std::sync::Arc::new(cfg);
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let mut tls = rustls::ServerConnection::new(cfg.clone()).unwrap();
+            let mut conn = conn;
+            let _ = tls.complete_io(&mut conn);
+        }
+    });
+    port
+}
+
+/// A guest's genuine attestation document served with another TLS key: the
+/// evidence verifies, the binding does not.
+pub fn evidence_not_bound_to_the_tls_key_is_refused(
+    sys: &System,
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+) {
+    let genuine = attestation_document(rt, client);
     // The genuine document, another key.
     let port = impostor(&genuine);
     match rt.block_on(Client::connect(

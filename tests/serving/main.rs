@@ -10,6 +10,7 @@ mod clients;
 mod common;
 mod faults;
 mod hostile;
+mod python_sdk;
 mod slow_clients;
 mod system;
 
@@ -17,6 +18,7 @@ use api_features::*;
 use clients::*;
 use faults::*;
 use hostile::*;
+use python_sdk::*;
 use slow_clients::*;
 use system::*;
 
@@ -119,6 +121,7 @@ fn serving_system_end_to_end() {
     clients_refuse_what_their_policy_does_not_allow(&sys, &rt);
     evidence_not_bound_to_the_tls_key_is_refused(&sys, &rt, &client);
     the_local_proxy_serves_unmodified_openai_clients(&sys, &whole);
+    the_python_sdk_passes_its_tests(&sys, &rt, &client, &whole);
     ciel_chat_answers_one_shot_and_interactively(&sys, &whole);
     a_tampered_model_is_never_served(&sys);
     a_key_broker_that_is_down_is_a_clear_final_error(&sys);

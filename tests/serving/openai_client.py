@@ -5,7 +5,7 @@ with usage and log-probabilities, n choices, completions, and refusals.
     python openai_client.py BASE_URL MODEL EXPECTED_ANSWER
 
 Run by tests/serving (clients.rs) with the pinned client that
-scripts/python-openai.sh installs. Exits non-zero on the first mismatch.
+scripts/python-env.sh installs. Exits non-zero on the first mismatch.
 """
 
 import json

@@ -1,0 +1,38 @@
+"""The system under test comes from the environment: tests/serving (cargo
+test --test serving) starts `ciel demo --serve`, an impostor, and runs this
+suite with their addresses."""
+
+import os
+from types import SimpleNamespace
+
+import pytest
+
+NAMES = ["CIEL_URL", "CIEL_POLICY", "CIEL_MODEL", "CIEL_MODEL_SHA256", "CIEL_EXPECTED", "CIEL_IMPOSTOR_URL"]
+
+
+@pytest.fixture(scope="session")
+def guest():
+    missing = [n for n in NAMES if not os.environ.get(n)]
+    if missing:
+        pytest.fail(
+            f"{', '.join(missing)} not set: run this suite through `cargo test --test serving` "
+            "(scripts/test.sh), which starts the demo system for it",
+            pytrace=False,
+        )
+    e = os.environ
+    return SimpleNamespace(
+        url=e["CIEL_URL"],
+        policy=e["CIEL_POLICY"],
+        model=e["CIEL_MODEL"],
+        model_sha256=e["CIEL_MODEL_SHA256"],
+        expected=e["CIEL_EXPECTED"],
+        impostor=e["CIEL_IMPOSTOR_URL"],
+    )
+
+
+@pytest.fixture()
+def refusing_policy(tmp_path):
+    """A policy that trusts no root: the simulated guest must be refused."""
+    p = tmp_path / "refuses.toml"
+    p.write_text("[snp]\nmeasurements = []\n")
+    return str(p)
