@@ -193,3 +193,27 @@ fn simulated_tdx_quote_round_trips_with_its_collateral() {
             .starts_with("ab00")
     );
 }
+
+/// `--vcek` takes the bundle Azure's THIM serves (VCEK, then ASK and ARK,
+/// one PEM): the chain comes from it, and its ARK is still the pinned one.
+#[test]
+fn a_cloud_vcek_bundle_verifies() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let vcek = std::fs::read(vector("snp/oak/milan_oc_release.vcek.der")).expect("vcek");
+    let mut bundle = pem::encode(&pem::Pem::new("CERTIFICATE", vcek)).into_bytes();
+    bundle.extend(std::fs::read(vector("snp/go-sev-guest/ask_ark_milan.pem")).expect("chain"));
+    let path = tmp.path().join("thim.pem");
+    std::fs::write(&path, &bundle).expect("write");
+    let report = vector("snp/oak/milan_oc_release.report.bin");
+    let run = ciel([
+        "attest".as_ref(),
+        "verify".as_ref(),
+        report.as_os_str(),
+        "--vcek".as_ref(),
+        path.as_os_str(),
+        "--at".as_ref(),
+        "2025-10-01T08:00:00Z".as_ref(),
+    ]);
+    assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("verdict:     ACCEPT"), "{}", run.stdout);
+}

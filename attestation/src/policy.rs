@@ -12,7 +12,7 @@
 //! [`Policy::danger_trust_simulated_root`].
 
 use crate::roots::AmdProduct;
-use crate::snp::SnpReport;
+use crate::snp::{SnpReport, TcbMinimums};
 use crate::verdict::{Platform, ReasonKind, TcbStatus, Verdict};
 use crate::x509::Cert;
 use serde::Deserialize;
@@ -95,8 +95,16 @@ pub struct RawSnpPolicy {
     pub products: Vec<String>,
     #[serde(default)]
     pub vmpls: Vec<u32>,
+    /// Minimums of the reported TCB (the one the VCEK is derived from).
     #[serde(default)]
     pub min_tcb: MinTcb,
+    #[serde(default)]
+    pub min_committed_tcb: MinTcb,
+    #[serde(default)]
+    pub min_current_tcb: MinTcb,
+    /// Minimums of the TCB the guest was launched on.
+    #[serde(default)]
+    pub min_launch_tcb: MinTcb,
     pub min_guest_svn: Option<u32>,
     #[serde(default)]
     pub danger_allow_debug: bool,
@@ -159,7 +167,7 @@ pub struct SnpPolicy {
     pub chip_ids: Vec<Vec<u8>>,
     pub products: Vec<AmdProduct>,
     pub vmpls: Vec<u32>,
-    pub min_tcb: MinTcb,
+    pub min_tcb: TcbMinimums,
     pub min_guest_svn: Option<u32>,
     pub allow_debug: bool,
     pub allow_migration_agent: bool,
@@ -307,7 +315,12 @@ impl Policy {
                 })
                 .collect::<Result<_, _>>()?,
             vmpls: s.vmpls,
-            min_tcb: s.min_tcb,
+            min_tcb: TcbMinimums {
+                reported: s.min_tcb,
+                committed: s.min_committed_tcb,
+                current: s.min_current_tcb,
+                launch: s.min_launch_tcb,
+            },
             min_guest_svn: s.min_guest_svn,
             allow_debug: s.danger_allow_debug,
             allow_migration_agent: s.allow_migration_agent,
@@ -552,27 +565,8 @@ pub(crate) fn apply_snp(
             format!("guest_svn {} < minimum {min}", raw.guest_svn.get()),
         );
     }
-    let tcb = report.reported_tcb(turin);
-    let m = s.min_tcb;
-    for (name, have, want) in [
-        ("fmc", tcb.fmc, m.fmc),
-        ("bl", Some(tcb.bl), m.bl),
-        ("tee", Some(tcb.tee), m.tee),
-        ("snp", Some(tcb.snp), m.snp),
-        ("ucode", Some(tcb.ucode), m.ucode),
-    ] {
-        if let Some(want) = want
-            && have.is_none_or(|h| h < want)
-        {
-            status = TcbStatus::OutOfDate;
-            v.reject(
-                ReasonKind::TcbBelowMinimum,
-                format!(
-                    "reported_tcb.{name} = {} is below the minimum {want}",
-                    have.map_or("absent".into(), |h| h.to_string())
-                ),
-            );
-        }
+    if !crate::snp::check_tcbs(report, turin, &s.min_tcb, v) {
+        status = TcbStatus::OutOfDate;
     }
     status
 }

@@ -156,6 +156,10 @@ pub enum ReasonKind {
     TcbBelowMinimum,
     /// The TCB is revoked.
     TcbRevoked,
+    /// SNP: the report's TCBs are not reported ≤ committed ≤ current.
+    TcbOrderViolated,
+    /// SNP: the guest was launched on a TCB below the policy's minimum.
+    LaunchTcbBelowMinimum,
     // --- policy ---
     /// The root is trusted but the policy does not allow this platform.
     PlatformNotAllowed,
@@ -227,6 +231,8 @@ impl ReasonKind {
             TcbStatusNotAllowed => "tcb_status_not_allowed",
             TcbBelowMinimum => "tcb_below_minimum",
             TcbRevoked => "tcb_revoked",
+            TcbOrderViolated => "tcb_order_violated",
+            LaunchTcbBelowMinimum => "launch_tcb_below_minimum",
             PlatformNotAllowed => "platform_not_allowed",
             DebugAllowed => "debug_allowed",
             MigrationAgentAllowed => "migration_agent_allowed",

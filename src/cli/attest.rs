@@ -26,7 +26,8 @@ pub enum AttestCommand {
 pub struct VerifyArgs {
     /// Evidence file: raw SNP report, DCAP quote or NVIDIA SPDM report (binary or hex text).
     pub evidence: PathBuf,
-    /// SNP: the VCEK or VLEK certificate (DER or PEM).
+    /// SNP: the VCEK or VLEK certificate (DER or PEM), or a PEM bundle with
+    /// its chain as clouds serve it (Azure THIM: VCEK, ASK, ARK).
     #[arg(long)]
     pub vcek: Option<PathBuf>,
     /// SNP: PEM bundle with the ASK or ASVK and the ARK (default: built-in for the product).

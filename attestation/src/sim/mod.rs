@@ -14,7 +14,7 @@ mod certs;
 mod snp;
 mod tdx;
 
-pub use snp::{LeafSpec, SimSnpReport, SnpSim};
+pub use snp::{LeafSpec, SIM_TCB, SimSnpReport, SnpSim};
 pub use tdx::{SimTdxQuote, TD_ATTRIBUTES_DEFAULT, TdxSim};
 
 /// The simulated platform failed.

@@ -62,6 +62,11 @@ pub struct SimSnpReport {
     pub turin: bool,
     /// Signed by a VLEK (SIGNING_KEY = 1) rather than a VCEK.
     pub vlek: bool,
+    /// The committed, current and launch TCBs (raw TCB_VERSIONs); `None`:
+    /// the chip's TCB, which is also the reported one.
+    pub committed_tcb: Option<u64>,
+    pub current_tcb: Option<u64>,
+    pub launch_tcb: Option<u64>,
 }
 
 impl Default for SimSnpReport {
@@ -76,12 +81,15 @@ impl Default for SimSnpReport {
             vmpl: 0,
             turin: false,
             vlek: false,
+            committed_tcb: None,
+            current_tcb: None,
+            launch_tcb: None,
         }
     }
 }
 
 /// The TCB the simulated chip reports (Milan/Genoa layout): bl 10, tee 0, snp 25, ucode 84.
-const SIM_TCB: u64 = 0x5419_0000_0000_000a;
+pub const SIM_TCB: u64 = 0x5419_0000_0000_000a;
 
 impl SnpSim {
     /// Generates a fresh hierarchy whose certificates are valid from a day
@@ -236,10 +244,10 @@ impl SnpSim {
         r.policy = U64::new(req.policy);
         r.vmpl = U32::new(req.vmpl);
         r.signature_algo = U32::new(1);
-        r.current_tcb = U64::new(tcb);
         r.reported_tcb = U64::new(tcb);
-        r.committed_tcb = U64::new(tcb);
-        r.launch_tcb = U64::new(tcb);
+        r.committed_tcb = U64::new(req.committed_tcb.unwrap_or(tcb));
+        r.current_tcb = U64::new(req.current_tcb.unwrap_or(tcb));
+        r.launch_tcb = U64::new(req.launch_tcb.unwrap_or(tcb));
         r.platform_info = U64::new(0x25);
         r.report_data = req.report_data;
         r.measurement = req.measurement;

@@ -4,8 +4,10 @@
 pub mod cert_table;
 mod claims;
 pub mod report;
+mod tcb;
 mod verify;
 
 pub use claims::{SnpClaims, TcbClaims};
 pub use report::{GuestPolicy, SigningKey, SnpReport, TcbVersion};
+pub use tcb::{TcbKind, TcbMinimums, check_tcbs};
 pub use verify::{SnpCollateral, verify_snp};

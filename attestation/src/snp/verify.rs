@@ -135,17 +135,16 @@ fn establish_chain(
             "no VCEK/VLEK certificate given (fetch it from AMD KDS for this chip_id and reported_tcb)",
         )
     })?;
-    let mut leaves = Cert::parse_bundle(signer)?;
-    if leaves.len() != 1 {
-        return Err(CertError::new(
-            ReasonKind::CertificateMalformed,
-            "expected exactly one VCEK/VLEK certificate",
-        ));
-    }
-    let leaf = leaves.remove(0);
-    let candidates: Vec<Cert> = match &col.chain {
-        Some(bundle) => Cert::parse_bundle(bundle)?,
-        None => builtin_candidates(report, &leaf)?,
+    // A bundle as the clouds ship it (Azure's THIM: VCEK, then ASK and
+    // ARK) brings its chain along; the ARK must still be a pinned one.
+    let (leaf, bundled) = split_leaf(Cert::parse_bundle(signer)?)?;
+    let candidates: Vec<Cert> = match (&col.chain, bundled.is_empty()) {
+        (Some(bundle), _) => bundled
+            .into_iter()
+            .chain(Cert::parse_bundle(bundle)?)
+            .collect(),
+        (None, true) => builtin_candidates(report, &leaf)?,
+        (None, false) => bundled.into_iter().chain(builtin_certs(report)?).collect(),
     };
     let intermediate = candidates
         .iter()
@@ -198,9 +197,31 @@ fn establish_chain(
     })
 }
 
-/// The built-in ASK/ASVK and ARK for the leaf's product, chosen from the
-/// report's CPUID (v3+) or, for v2 reports, from the leaf's issuer.
-fn builtin_candidates(report: &SnpReport, leaf: &Cert) -> Result<Vec<Cert>, CertError> {
+/// The VCEK/VLEK of a bundle and the other certificates. A lone
+/// certificate is the signer whatever it holds (its checks come later); in
+/// a bundle the signer is the one certificate with AMD's TCB extensions.
+fn split_leaf(mut certs: Vec<Cert>) -> Result<(Cert, Vec<Cert>), CertError> {
+    if certs.len() == 1 {
+        return Ok((certs.remove(0), Vec::new()));
+    }
+    let is_leaf = |c: &Cert| c.extension(&OID_BL_SPL).is_some();
+    let leaves = certs.iter().filter(|c| is_leaf(c)).count();
+    if leaves != 1 {
+        return Err(CertError::new(
+            ReasonKind::CertificateMalformed,
+            format!(
+                "expected exactly one VCEK/VLEK certificate, found {leaves} with TCB extensions among {}",
+                certs.len()
+            ),
+        ));
+    }
+    let (mut leaf, others): (Vec<Cert>, Vec<Cert>) = certs.iter().cloned().partition(is_leaf);
+    Ok((leaf.remove(0), others))
+}
+
+/// The built-in ASKs/ASVKs and ARKs of the report's product (every
+/// product for v2 reports, which carry no CPUID).
+fn builtin_certs(report: &SnpReport) -> Result<Vec<Cert>, CertError> {
     let products: Vec<AmdProduct> = match report.product() {
         Some(p) => vec![p],
         None => AmdProduct::ALL.to_vec(),
@@ -208,10 +229,16 @@ fn builtin_candidates(report: &SnpReport, leaf: &Cert) -> Result<Vec<Cert>, Cert
     let mut out = Vec::new();
     for p in products {
         for der in [p.ask_der(), p.asvk_der(), p.ark_der()] {
-            let c = Cert::from_der(der)?;
-            out.push(c);
+            out.push(Cert::from_der(der)?);
         }
     }
+    Ok(out)
+}
+
+/// The built-in chain candidates for `leaf`, chosen from the report's CPUID
+/// (v3+) or, for v2 reports, from the leaf's issuer.
+fn builtin_candidates(report: &SnpReport, leaf: &Cert) -> Result<Vec<Cert>, CertError> {
+    let out = builtin_certs(report)?;
     if !out.iter().any(|c| leaf.issued_by(c)) {
         return Err(CertError::new(
             ReasonKind::ChainIssuerMismatch,

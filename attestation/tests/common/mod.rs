@@ -77,3 +77,15 @@ pub fn sim() -> &'static SnpSim {
     static SIM: OnceLock<SnpSim> = OnceLock::new();
     SIM.get_or_init(|| SnpSim::generate(SNP_AT).expect("generate sim"))
 }
+
+/// A file of the shared real-hardware vectors (`$CIEL_VECTORS`, else
+/// `../shared/vectors` beside the checkout).
+pub fn shared_vector(rel: &str) -> Vec<u8> {
+    let dir = std::env::var_os("CIEL_VECTORS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors")
+        });
+    let p = dir.join(rel);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{} (set CIEL_VECTORS): {e}", p.display()))
+}
