@@ -293,7 +293,8 @@ fn choose_root(
 }
 
 /// Maps dcap-qvl's error text onto our reason kinds. dcap-qvl reports
-/// errors as `anyhow` chains; the phrases below are its own.
+/// errors as `anyhow` chains; the phrases below are its own, and
+/// `tests/dcap_errors.rs` pins the reason each real fault gets.
 fn classify_dcap_error(msg: &str) -> ReasonKind {
     let m = msg.to_ascii_lowercase();
     let has = |s: &str| m.contains(s);
@@ -305,10 +306,12 @@ fn classify_dcap_error(msg: &str) -> ReasonKind {
         ReasonKind::CertificateRevoked
     } else if has("expired") && (has("tcbinfo") || has("qe identity") || has("tcb info"))
         || has("issue date is in the future")
+        || has("crlexpired")
     {
         ReasonKind::CollateralExpired
     } else if has("signature is invalid for tcb_info")
         || has("signature is invalid for qe_identity")
+        || has("invalidcrlsignature")
     {
         ReasonKind::CollateralSignatureInvalid
     } else if has("qe report hash mismatch") {
