@@ -41,7 +41,19 @@ struct RawConfig {
 struct RawResource {
     path: String,
     /// Attestation policy (TOML) that evidence must satisfy for release.
-    policy_file: PathBuf,
+    policy_file: Option<PathBuf>,
+    /// A Trustee resource policy (Rego) over the attestation token's
+    /// claims; with `policy_file`, both must allow the release.
+    rego_policy_file: Option<PathBuf>,
+}
+
+/// What releasing one resource requires.
+#[derive(Debug)]
+pub struct ResourcePolicy {
+    /// The TOML policy over the evidence (`None`: the broker's authenticity
+    /// policy, with the Rego policy deciding).
+    pub evidence: Option<Policy>,
+    pub rego: Option<crate::rego::RegoPolicy>,
 }
 
 /// A validated configuration.
@@ -56,7 +68,7 @@ pub struct Config {
     /// The authenticity policy applied at `/attest`.
     pub attest_policy: Policy,
     /// Release policy per resource.
-    pub resources: BTreeMap<ResourcePath, Policy>,
+    pub resources: BTreeMap<ResourcePath, ResourcePolicy>,
     /// Collateral for TDX evidence in Trustee's shape (quote only).
     pub dcap_collateral: Option<ciel_attestation::collateral::DcapCollateral>,
 }
@@ -93,12 +105,35 @@ impl Config {
         let mut resources = BTreeMap::new();
         for r in &raw.resource {
             let rp = ResourcePath::parse(&r.path).map_err(|e| err(e.to_string()))?;
-            let pf = rel(&r.policy_file);
-            let text = std::fs::read_to_string(&pf)
-                .map_err(|e| err(format!("resource {rp}: policy {}: {e}", pf.display())))?;
-            let policy = Policy::from_toml(&text)
-                .map_err(|e| err(format!("resource {rp}: policy {}: {e}", pf.display())))?;
-            if resources.insert(rp.clone(), policy).is_some() {
+            if r.policy_file.is_none() && r.rego_policy_file.is_none() {
+                return Err(err(format!(
+                    "resource {rp} names no policy: give policy_file (TOML), rego_policy_file (Rego) or both"
+                )));
+            }
+            let evidence = match &r.policy_file {
+                Some(pf) => {
+                    let pf = rel(pf);
+                    let text = std::fs::read_to_string(&pf)
+                        .map_err(|e| err(format!("resource {rp}: policy {}: {e}", pf.display())))?;
+                    Some(
+                        Policy::from_toml(&text).map_err(|e| {
+                            err(format!("resource {rp}: policy {}: {e}", pf.display()))
+                        })?,
+                    )
+                }
+                None => None,
+            };
+            let rego = match &r.rego_policy_file {
+                Some(p) => Some(
+                    crate::rego::RegoPolicy::load(&rel(p))
+                        .map_err(|e| err(format!("resource {rp}: {e}")))?,
+                ),
+                None => None,
+            };
+            if resources
+                .insert(rp.clone(), ResourcePolicy { evidence, rego })
+                .is_some()
+            {
                 return Err(err(format!("resource {rp} is configured twice")));
             }
         }

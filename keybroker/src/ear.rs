@@ -43,6 +43,9 @@ pub struct Appraisal<'a> {
     /// Issued at and expiry (Unix seconds).
     pub iat: u64,
     pub exp: u64,
+    /// The verdict's parsed claims of the evidence (measurement, TCB, …),
+    /// carried in the annotated evidence under the platform's name.
+    pub evidence_claims: Option<Value>,
 }
 
 /// The broker's token signer (ES256, P-256).
@@ -89,39 +92,10 @@ impl EarSigner {
         &self.jwk
     }
 
-    /// A signed EAR token for an accepted `/attest`.
-    pub fn issue(&self, a: &Appraisal<'_>) -> Result<String, EarError> {
+    /// A signed EAR token for an accepted `/attest`, and its claims.
+    pub fn issue(&self, a: &Appraisal<'_>) -> Result<(String, Value), EarError> {
         let header = json!({ "alg": "ES256", "typ": "JWT", "jwk": self.jwk });
-        let platform = format!("{:?}", a.evidence.evidence.kind()).to_lowercase();
-        let claims = json!({
-            "eat_profile": EAR_PROFILE,
-            "iat": a.iat,
-            "exp": a.exp,
-            "iss": "ciel-keybroker",
-            "ear.verifier-id": {
-                "developer": "ciel",
-                "build": concat!("ciel-keybroker ", env!("CARGO_PKG_VERSION")),
-            },
-            "submods": {
-                "cpu0": {
-                    "ear.status": "affirming",
-                    // Checked at /attest: the evidence's signature chain to
-                    // a vendor root the policy trusts. Measurements are the
-                    // resource policies' (checked again at each release).
-                    "ear.trustworthiness-vector": { "hardware": 2 },
-                    "ear.appraisal-policy-id": "ciel:attest",
-                    "ear.veraison.annotated-evidence": {
-                        "platform": platform,
-                        "measurement": a.evidence.evidence.measurement(),
-                        "evidence_sha256": a.evidence.sha256,
-                        "runtime_data_claims": {
-                            "nonce": a.nonce,
-                            "tee-pubkey": a.tee_pubkey,
-                        },
-                    },
-                },
-            },
-        });
+        let claims = claims(a);
         let signing_input = format!(
             "{}.{}",
             B64.encode(serde_json::to_vec(&header)?),
@@ -131,6 +105,48 @@ impl EarSigner {
             .key
             .sign(&self.rng, signing_input.as_bytes())
             .map_err(|_| EarError::Sign)?;
-        Ok(format!("{signing_input}.{}", B64.encode(sig.as_ref())))
+        Ok((
+            format!("{signing_input}.{}", B64.encode(sig.as_ref())),
+            claims,
+        ))
     }
+}
+
+/// The EAR claims for one appraisal.
+fn claims(a: &Appraisal<'_>) -> Value {
+    let platform = format!("{:?}", a.evidence.evidence.kind()).to_lowercase();
+    let mut claims = json!({
+        "eat_profile": EAR_PROFILE,
+        "iat": a.iat,
+        "exp": a.exp,
+        "iss": "ciel-keybroker",
+        "ear.verifier-id": {
+            "developer": "ciel",
+            "build": concat!("ciel-keybroker ", env!("CARGO_PKG_VERSION")),
+        },
+        "submods": {
+            "cpu0": {
+                "ear.status": "affirming",
+                // Checked at /attest: the evidence's signature chain to
+                // a vendor root the policy trusts. Measurements are the
+                // resource policies' (checked again at each release).
+                "ear.trustworthiness-vector": { "hardware": 2 },
+                "ear.appraisal-policy-id": "ciel:attest",
+                "ear.veraison.annotated-evidence": {
+                    "platform": platform,
+                    "measurement": a.evidence.evidence.measurement(),
+                    "evidence_sha256": a.evidence.sha256,
+                    "runtime_data_claims": {
+                        "nonce": a.nonce,
+                        "tee-pubkey": a.tee_pubkey,
+                    },
+                },
+            },
+        },
+    });
+    if let Some(evidence_claims) = &a.evidence_claims {
+        claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"][platform.as_str()] =
+            evidence_claims.clone();
+    }
+    claims
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod ear;
 pub mod metrics;
 pub mod problem;
+pub mod rego;
 pub mod resource;
 pub mod server;
 pub mod session;

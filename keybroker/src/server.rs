@@ -324,7 +324,7 @@ async fn attest(
         entry(&client, "attest", None, "accept", vec![], Some(&decoded)),
     )?;
     let iat = now();
-    let token = st
+    let (token, claims) = st
         .tokens
         .issue(&crate::ear::Appraisal {
             evidence: &decoded,
@@ -332,11 +332,15 @@ async fn attest(
             tee_pubkey: &req.runtime_data.tee_pubkey,
             iat,
             exp: iat.saturating_add(st.sessions.ttl().as_secs()),
+            evidence_claims: verdict
+                .claims
+                .as_ref()
+                .and_then(|c| serde_json::to_value(c).ok()),
         })
         .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?;
     let token = st
         .sessions
-        .attest(&id, req.runtime_data.tee_pubkey, decoded, token)?;
+        .attest(&id, req.runtime_data.tee_pubkey, decoded, token, claims)?;
     tracing::info!(%client, "session attested");
     Ok(Json(AttestationToken { token }).into_response())
 }
@@ -353,9 +357,10 @@ async fn resource(
     Query(q): Query<ResourceQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (tee_pubkey, ev) = st
+    let session = st
         .sessions
         .attested(cookie(&headers).as_deref(), bearer(&headers).as_deref())?;
+    let (tee_pubkey, ev) = (session.tee_pubkey, session.evidence);
     let path = ResourcePath::parse(&format!("{repo}/{kind}/{tag}"))
         .map_err(|e| ApiError::new(Kind::UnknownResource, e.to_string()))?;
     let name = path.to_string();
@@ -380,7 +385,12 @@ async fn resource(
             format!("no resource {name}"),
         ));
     };
-    let verdict = verify(&ev.evidence, &ev.collateral, policy, UnixTime(now()));
+    let verdict = verify(
+        &ev.evidence,
+        &ev.collateral,
+        policy.evidence.as_ref().unwrap_or(&st.config.attest_policy),
+        UnixTime(now()),
+    );
     if !verdict.accepted {
         let (codes, detail) = (verdict.reason_codes(), verdict.summary());
         audit(
@@ -395,6 +405,19 @@ async fn resource(
             ),
         )?;
         return Err(ApiError::new(Kind::PolicyDenied, detail));
+    }
+    if let Some(rego) = &policy.rego {
+        match rego.allows(&session.claims, &name) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(deny(
+                    Kind::PolicyDenied,
+                    "rego_denied",
+                    format!("{}: data.policy.allow is not true", rego.path().display()),
+                ));
+            }
+            Err(e) => return Err(deny(Kind::PolicyDenied, "rego_error", e.to_string())),
+        }
     }
     let key = {
         let store = st

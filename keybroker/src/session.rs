@@ -20,10 +20,18 @@ pub enum State {
     Spent,
     /// Evidence verified and bound to `tee_pubkey`.
     Attested {
-        tee_pubkey: Jwk,
-        evidence: Arc<Decoded>,
+        session: Arc<Attested>,
         token: String,
     },
+}
+
+/// What an attested session proved.
+#[derive(Debug, Clone)]
+pub struct Attested {
+    pub tee_pubkey: Jwk,
+    pub evidence: Arc<Decoded>,
+    /// The claims of the token issued for it (the input of Rego policies).
+    pub claims: Arc<serde_json::Value>,
 }
 
 #[derive(Debug)]
@@ -140,14 +148,18 @@ impl Sessions {
         tee_pubkey: Jwk,
         evidence: Decoded,
         token: String,
+        claims: serde_json::Value,
     ) -> Result<String, ApiError> {
         let mut map = self.lock()?;
         let s = map
             .get_mut(id)
             .ok_or_else(|| ApiError::new(Kind::ExpiredSession, "unknown session"))?;
         s.state = State::Attested {
-            tee_pubkey,
-            evidence: Arc::new(evidence),
+            session: Arc::new(Attested {
+                tee_pubkey,
+                evidence: Arc::new(evidence),
+                claims: Arc::new(claims),
+            }),
             token: token.clone(),
         };
         Ok(token)
@@ -158,7 +170,7 @@ impl Sessions {
         &self,
         cookie: Option<&str>,
         token: Option<&str>,
-    ) -> Result<(Jwk, Arc<Decoded>), ApiError> {
+    ) -> Result<Attested, ApiError> {
         let map = self.lock()?;
         let s = match (cookie, token) {
             (Some(id), _) => map.get(id),
@@ -180,11 +192,7 @@ impl Sessions {
             ));
         }
         match &s.state {
-            State::Attested {
-                tee_pubkey,
-                evidence,
-                ..
-            } => Ok((tee_pubkey.clone(), evidence.clone())),
+            State::Attested { session, .. } => Ok(session.as_ref().clone()),
             _ => Err(ApiError::new(
                 Kind::NotAttested,
                 "this session has not attested",

@@ -135,7 +135,7 @@ fn init(a: InitArgs) -> Result<ExitCode> {
     write_new(&a.dir.join("tls.pem"), pki.cert_pem.as_bytes(), false)?;
     write_new(&a.dir.join("tls.key"), pki.key_pem.as_bytes(), true)?;
     let config = format!(
-        "# ciel key broker configuration (paths relative to this file)\nkey_store = \"keys.json\"\nmaster_key_file = \"master.key\"\naudit_log = \"audit.jsonl\"\nsession_ttl_seconds = 300\n# Ed25519 public key of admin.key: signs `ciel seal --kbs` registrations.\nadmin_public_key = \"{}\"\n# DANGER: trust simulated evidence (development only):\n# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]\n\n# Every resource names the attestation policy a guest must satisfy:\n# [[resource]]\n# path = \"default/model-key/my-model\"\n# policy_file = \"my-model.policy.toml\"\n",
+        "# ciel key broker configuration (paths relative to this file)\nkey_store = \"keys.json\"\nmaster_key_file = \"master.key\"\naudit_log = \"audit.jsonl\"\nsession_ttl_seconds = 300\n# Ed25519 public key of admin.key: signs `ciel seal --kbs` registrations.\nadmin_public_key = \"{}\"\n# DANGER: trust simulated evidence (development only):\n# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]\n\n# Every resource names the attestation policy a guest must satisfy: ciel's TOML\n# over the evidence, a Trustee resource policy (Rego, `package policy`, `allow`)\n# over the attestation token's claims and the resource path, or both:\n# [[resource]]\n# path = \"default/model-key/my-model\"\n# policy_file = \"my-model.policy.toml\"\n# rego_policy_file = \"my-model.rego\"\n",
         hex::encode(pair.public_key().as_ref())
     );
     write_new(&a.dir.join("kbs.toml"), config.as_bytes(), false)?;

@@ -43,6 +43,34 @@ pub fn start_with_audit(
     resources: &[(&str, String)],
     audit_log: impl FnOnce(&Config) -> AuditLog,
 ) -> Broker {
+    let resources: Vec<(&str, Policies)> = resources
+        .iter()
+        .map(|(path, toml)| {
+            (
+                *path,
+                Policies {
+                    toml: Some(toml.clone()),
+                    rego: None,
+                },
+            )
+        })
+        .collect();
+    start_with_policies(ttl, trust_sim, &resources, audit_log)
+}
+
+/// A resource's policies: TOML (with the simulated root trusted), Rego, or both.
+pub struct Policies {
+    pub toml: Option<String>,
+    pub rego: Option<String>,
+}
+
+/// A broker whose resources name the policies given.
+pub fn start_with_policies(
+    ttl: u64,
+    trust_sim: bool,
+    resources: &[(&str, Policies)],
+    audit_log: impl FnOnce(&Config) -> AuditLog,
+) -> Broker {
     let dir = tempfile::tempdir().unwrap();
     let fp = hex::encode(sim().root_sha256());
     std::fs::write(dir.path().join("master.key"), hex::encode([9u8; 32])).unwrap();
@@ -57,16 +85,22 @@ pub fn start_with_audit(
     if trust_sim {
         cfg.push_str(&format!("danger_simulated_roots = [\"{fp}\"]\n"));
     }
-    for (i, (path, policy)) in resources.iter().enumerate() {
-        let pf = format!("policy{i}.toml");
-        std::fs::write(
-            dir.path().join(&pf),
-            format!("danger_simulated_roots = [\"{fp}\"]\n{policy}"),
-        )
-        .unwrap();
-        cfg.push_str(&format!(
-            "[[resource]]\npath = \"{path}\"\npolicy_file = \"{pf}\"\n"
-        ));
+    for (i, (path, policies)) in resources.iter().enumerate() {
+        cfg.push_str(&format!("[[resource]]\npath = \"{path}\"\n"));
+        if let Some(policy) = &policies.toml {
+            let pf = format!("policy{i}.toml");
+            std::fs::write(
+                dir.path().join(&pf),
+                format!("danger_simulated_roots = [\"{fp}\"]\n{policy}"),
+            )
+            .unwrap();
+            cfg.push_str(&format!("policy_file = \"{pf}\"\n"));
+        }
+        if let Some(rego) = &policies.rego {
+            let rf = format!("policy{i}.rego");
+            std::fs::write(dir.path().join(&rf), rego).unwrap();
+            cfg.push_str(&format!("rego_policy_file = \"{rf}\"\n"));
+        }
     }
     std::fs::write(dir.path().join("kbs.toml"), cfg).unwrap();
     let config = Config::load(&dir.path().join("kbs.toml")).unwrap();

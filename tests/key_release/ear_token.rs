@@ -94,3 +94,91 @@ fn the_attestation_token_is_a_signed_ear_that_works_as_a_bearer() {
         (401, Some("urn:ciel:kbs:expired-session"))
     );
 }
+
+/// A Trustee-style Rego resource policy decides over the token's claims
+/// (the EAR above, with the evidence's parsed claims under `snp`) and the
+/// resource path, alone or beside a TOML policy; a refusal is audited.
+#[test]
+fn a_rego_resource_policy_decides_over_the_token_claims() {
+    let m = measurement();
+    let rego = |want: &str| {
+        format!(
+            "package policy\n\nimport rego.v1\n\ndefault allow := false\n\n\
+             allow if {{\n    input.submods.cpu0[\"ear.status\"] == \"affirming\"\n    \
+             input.submods.cpu0[\"ear.veraison.annotated-evidence\"].snp.measurement == \"{want}\"\n    \
+             split(data[\"resource-path\"], \"/\")[1] == \"model-key\"\n}}\n"
+        )
+    };
+    let policies = [
+        // Rego alone, satisfied.
+        ("default/model-key/demo", None, Some(rego(&m))),
+        // Rego alone, another measurement.
+        (
+            "default/model-key/other",
+            None,
+            Some(rego(&"00".repeat(48))),
+        ),
+        // TOML refuses even though the Rego policy allows.
+        (
+            "default/model-key/both",
+            Some(format!("[snp]\nmeasurements = [\"{}\"]\n", "11".repeat(48))),
+            Some(rego(&m)),
+        ),
+    ];
+    let resources: Vec<(&str, Policies)> = policies
+        .iter()
+        .map(|(p, toml, rego)| {
+            (
+                *p,
+                Policies {
+                    toml: toml.clone(),
+                    rego: rego.clone(),
+                },
+            )
+        })
+        .collect();
+    let b = start_with_policies(300, true, &resources, |c| {
+        AuditLog::open(&c.audit_log).unwrap()
+    });
+    let tee = TeeKeyPair::generate();
+    let (cookie, nonce) = auth(&b.base);
+    let rt = RuntimeData {
+        nonce,
+        tee_pubkey: tee.public_jwk(),
+    };
+    let (status, body) = attest(&b.base, Some(&cookie), &rt, evidence_for(&rt));
+    assert_eq!(status, 200, "{body}");
+    let token = body["token"].as_str().unwrap();
+    let get = |path: &str| {
+        let mut r = ureq::get(&format!("{}/kbs/v0/resource/{path}", b.base))
+            .header("authorization", &format!("Bearer {token}"))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.body_mut().read_json::<serde_json::Value>().unwrap(),
+        )
+    };
+    let (status, jwe) = get("default/model-key/demo");
+    assert_eq!(status, 200, "{jwe}");
+    let jwe: ciel_protocol::jwe::Jwe = serde_json::from_value(jwe).unwrap();
+    assert_eq!(tee.decrypt(&jwe).unwrap().as_slice(), &KEY);
+
+    let (status, problem) = get("default/model-key/other");
+    assert_eq!(status, 403, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("policy1.rego"),
+        "{problem}"
+    );
+    let (status, problem) = get("default/model-key/both");
+    assert_eq!(status, 403, "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("measurement"),
+        "{problem}"
+    );
+    let audit = b.audit();
+    assert!(audit.contains("rego_denied"), "{audit}");
+}
