@@ -1,5 +1,6 @@
-//! Authenticating admin requests: an Ed25519 signature over the method,
-//! path, timestamp, a fresh nonce and the body's SHA-256. The timestamp
+//! Authenticating admin requests: an Ed25519 signature, by one of the
+//! configured admin keys, over the method, path, timestamp, a fresh nonce
+//! and the body's SHA-256; then the key's roles decide what it may do. The timestamp
 //! must be within [`ADMIN_SKEW`] of the broker's clock, and each nonce is
 //! accepted once within that window, so a captured request cannot be
 //! replayed (to register the same key again as a new version, say).
@@ -19,6 +20,62 @@ const MAX_REMEMBERED: usize = 100_000;
 pub const TIMESTAMP_HEADER: &str = "x-ciel-admin-timestamp";
 pub const NONCE_HEADER: &str = "x-ciel-admin-nonce";
 pub const SIGNATURE_HEADER: &str = "x-ciel-admin-signature";
+
+/// What an admin key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Store the first version of a resource's key.
+    Register,
+    /// Store a new version of a resource that has one.
+    Rotate,
+    /// Retire a version (never released again, kept for audit).
+    Retire,
+    /// Read the audit log.
+    Audit,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Register, Role::Rotate, Role::Retire, Role::Audit];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Register => "register",
+            Role::Rotate => "rotate",
+            Role::Retire => "retire",
+            Role::Audit => "audit",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| r.name() == s)
+    }
+}
+
+/// One admin: a name (for the audit log), an Ed25519 key and its roles.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminKey {
+    pub name: String,
+    pub public_key: [u8; 32],
+    pub roles: Vec<Role>,
+}
+
+impl AdminKey {
+    /// Refuses (403) unless this key has `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.roles.contains(&role) {
+            Ok(())
+        } else {
+            Err(ApiError::new(
+                Kind::Forbidden,
+                format!(
+                    "admin key {:?} does not have the {} role",
+                    self.name,
+                    role.name()
+                ),
+            ))
+        }
+    }
+}
 
 /// The message an admin signs: method, path, timestamp, nonce, body digest.
 pub fn admin_message(method: &str, path: &str, timestamp: u64, nonce: &str, body: &[u8]) -> String {
@@ -72,19 +129,22 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Checks an admin request's signature, timestamp and nonce.
-pub fn authorize(
-    public_key: Option<[u8; 32]>,
+/// Checks an admin request's signature, timestamp and nonce; returns the
+/// admin key that signed it.
+pub fn authorize<'k>(
+    keys: &'k [AdminKey],
     guard: &ReplayGuard,
     headers: &HeaderMap,
     (method, path): (&str, &str),
     body: &[u8],
     now: u64,
-) -> Result<(), ApiError> {
+) -> Result<&'k AdminKey, ApiError> {
     let unauthorized = |m: &str| ApiError::new(Kind::Unauthorized, m.to_string());
-    let pk = public_key.ok_or_else(|| {
-        unauthorized("admin endpoints are disabled (no admin_public_key configured)")
-    })?;
+    if keys.is_empty() {
+        return Err(unauthorized(
+            "admin endpoints are disabled (no admin key configured)",
+        ));
+    }
     let ts: u64 = header(headers, TIMESTAMP_HEADER)
         .and_then(|v| v.parse().ok())
         .ok_or_else(|| unauthorized("missing x-ciel-admin-timestamp"))?;
@@ -106,12 +166,18 @@ pub fn authorize(
         .and_then(|v| base64::engine::general_purpose::STANDARD.decode(v).ok())
         .ok_or_else(|| unauthorized("missing or malformed x-ciel-admin-signature"))?;
     let msg = admin_message(method, path, ts, nonce, body);
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, pk)
-        .verify(msg.as_bytes(), &sig)
-        .map_err(|_| unauthorized("admin signature does not verify"))?;
+    let signer = keys
+        .iter()
+        .find(|k| {
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, k.public_key)
+                .verify(msg.as_bytes(), &sig)
+                .is_ok()
+        })
+        .ok_or_else(|| unauthorized("admin signature does not verify with any admin key"))?;
     // Only a validly signed request is remembered, so strangers cannot
     // fill the table.
-    guard.admit(nonce, ts, now)
+    guard.admit(nonce, ts, now)?;
+    Ok(signer)
 }
 
 #[cfg(test)]

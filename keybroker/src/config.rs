@@ -25,8 +25,11 @@ struct RawConfig {
     audit_log: PathBuf,
     session_ttl_seconds: Option<u64>,
     max_sessions: Option<usize>,
-    /// Ed25519 public key (hex) whose signatures authorize admin requests.
+    /// Ed25519 public key (hex) whose signatures authorize admin requests
+    /// (every role; `[[admin]]` tables name keys with chosen roles).
     admin_public_key: Option<String>,
+    #[serde(default)]
+    admin: Vec<RawAdmin>,
     /// DANGER: simulated roots accepted as authentic at `/attest`.
     #[serde(default)]
     danger_simulated_roots: Vec<String>,
@@ -34,6 +37,15 @@ struct RawConfig {
     resource: Vec<RawResource>,
     /// DCAP collateral (JSON) for TDX evidence that carries none.
     dcap_collateral: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    name: String,
+    public_key: String,
+    /// Any of register, rotate, retire, audit.
+    roles: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,7 +76,8 @@ pub struct Config {
     pub audit_log: PathBuf,
     pub session_ttl: Duration,
     pub max_sessions: usize,
-    pub admin_public_key: Option<[u8; 32]>,
+    /// The keys that may sign admin requests, with their roles.
+    pub admin_keys: Vec<crate::admin::AdminKey>,
     /// The authenticity policy applied at `/attest`.
     pub attest_policy: Policy,
     /// Release policy per resource.
@@ -137,15 +150,7 @@ impl Config {
                 return Err(err(format!("resource {rp} is configured twice")));
             }
         }
-        let admin_public_key = match &raw.admin_public_key {
-            Some(h) => Some(
-                hex::decode(h)
-                    .ok()
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| err("admin_public_key: not a 32-byte hex Ed25519 key".into()))?,
-            ),
-            None => None,
-        };
+        let admin_keys = admin_keys(&raw).map_err(err)?;
         let dcap_collateral = match &raw.dcap_collateral {
             Some(p) => {
                 let p = rel(p);
@@ -165,9 +170,59 @@ impl Config {
             audit_log: rel(&raw.audit_log),
             session_ttl: Duration::from_secs(raw.session_ttl_seconds.unwrap_or(300)),
             max_sessions: raw.max_sessions.unwrap_or(10_000),
-            admin_public_key,
+            admin_keys,
             attest_policy,
             resources,
         })
     }
+}
+
+fn ed25519_key(field: &str, hex_key: &str) -> Result<[u8; 32], String> {
+    hex::decode(hex_key)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("{field}: not a 32-byte hex Ed25519 key"))
+}
+
+/// `admin_public_key` (every role, named "admin") and the `[[admin]]` keys.
+fn admin_keys(raw: &RawConfig) -> Result<Vec<crate::admin::AdminKey>, String> {
+    use crate::admin::{AdminKey, Role};
+    let mut keys = Vec::new();
+    if let Some(h) = &raw.admin_public_key {
+        keys.push(AdminKey {
+            name: "admin".into(),
+            public_key: ed25519_key("admin_public_key", h)?,
+            roles: Role::ALL.to_vec(),
+        });
+    }
+    for (i, a) in raw.admin.iter().enumerate() {
+        let field = format!("admin[{i}] ({:?})", a.name);
+        if a.name.is_empty() || keys.iter().any(|k: &AdminKey| k.name == a.name) {
+            return Err(format!("{field}: the name must be non-empty and unique"));
+        }
+        let public_key = ed25519_key(&format!("{field}.public_key"), &a.public_key)?;
+        if keys.iter().any(|k| k.public_key == public_key) {
+            return Err(format!("{field}: this public key is already configured"));
+        }
+        if a.roles.is_empty() {
+            return Err(format!(
+                "{field}.roles: empty (register, rotate, retire, audit)"
+            ));
+        }
+        let roles = a
+            .roles
+            .iter()
+            .map(|r| {
+                Role::parse(r).ok_or_else(|| {
+                    format!("{field}.roles: unknown role {r:?} (register, rotate, retire, audit)")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        keys.push(AdminKey {
+            name: a.name.clone(),
+            public_key,
+            roles,
+        });
+    }
+    Ok(keys)
 }

@@ -27,6 +27,8 @@ pub enum Kind {
     NotAttested,
     /// Admin authentication failed.
     Unauthorized,
+    /// A validly signed admin request whose key lacks the role it needs.
+    Forbidden,
     /// The audit log could not be written: nothing is released unaudited.
     AuditFailure,
     /// Too many sessions in flight.
@@ -51,6 +53,7 @@ impl Kind {
             Kind::UnknownResource => "urn:ciel:kbs:unknown-resource",
             Kind::NotAttested => "urn:ciel:kbs:not-attested",
             Kind::Unauthorized => "urn:ciel:kbs:unauthorized",
+            Kind::Forbidden => "urn:ciel:kbs:forbidden",
             Kind::AuditFailure => "urn:ciel:kbs:audit-failure",
             Kind::Busy => "urn:ciel:kbs:busy",
             Kind::TooLarge => "urn:ciel:kbs:too-large",
@@ -72,7 +75,9 @@ impl Kind {
             | Kind::ExpiredSession
             | Kind::NotAttested
             | Kind::Unauthorized => StatusCode::UNAUTHORIZED,
-            Kind::BadNonce | Kind::BadEvidence | Kind::PolicyDenied => StatusCode::FORBIDDEN,
+            Kind::BadNonce | Kind::BadEvidence | Kind::PolicyDenied | Kind::Forbidden => {
+                StatusCode::FORBIDDEN
+            }
             Kind::UnknownResource => StatusCode::NOT_FOUND,
             Kind::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,

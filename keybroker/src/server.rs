@@ -29,7 +29,7 @@ use std::time::Duration;
 
 const COOKIE: &str = "kbs-session-id";
 /// Largest resource an admin may store.
-const MAX_RESOURCE: usize = 64 * 1024;
+pub(crate) const MAX_RESOURCE: usize = 64 * 1024;
 
 /// Everything the handlers share.
 #[derive(Debug)]
@@ -70,14 +70,14 @@ impl AppState {
     }
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
-fn rfc3339_now() -> String {
+pub(crate) fn rfc3339_now() -> String {
     UnixTime(now()).to_string()
 }
 
@@ -89,8 +89,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/kbs/v0/resource/{repo}/{kind}/{tag}", get(resource))
         .route(
             "/kbs/v0/admin/resource/{repo}/{kind}/{tag}",
-            post(admin_put),
+            post(crate::admin_api::put),
         )
+        .route(
+            "/kbs/v0/admin/retire/{repo}/{kind}/{tag}/{version}",
+            post(crate::admin_api::retire),
+        )
+        .route("/kbs/v0/admin/audit", get(crate::admin_api::read_audit))
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             crate::metrics::record,
@@ -226,7 +231,7 @@ async fn auth(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, 
     Ok(r)
 }
 
-fn audit(st: &AppState, e: Entry) -> Result<(), ApiError> {
+pub(crate) fn audit(st: &AppState, e: Entry) -> Result<(), ApiError> {
     st.audit.append(&e).map_err(|err| {
         tracing::error!(error = %err, log = %st.audit.path().display(), "audit log write failed");
         ApiError::new(
@@ -428,12 +433,25 @@ async fn resource(
             .get(&path, q.version)
             .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?
     };
-    let Some((version, key)) = key else {
-        return Err(deny(
-            Kind::UnknownResource,
-            "unknown_resource",
-            format!("no key stored for {name}"),
-        ));
+    let (version, key) = match key {
+        Ok(found) => found,
+        Err(crate::store::Lookup::Missing) => {
+            return Err(deny(
+                Kind::UnknownResource,
+                "unknown_resource",
+                format!("no key stored for {name}"),
+            ));
+        }
+        Err(crate::store::Lookup::Retired(v)) => {
+            return Err(deny(
+                Kind::UnknownResource,
+                "key_retired",
+                match q.version {
+                    Some(_) => format!("version {v} of {name} is retired"),
+                    None => format!("every version of {name} is retired (the newest is {v})"),
+                },
+            ));
+        }
     };
     // The release is recorded before anything leaves.
     audit(
@@ -451,57 +469,4 @@ async fn resource(
         .map_err(|e| ApiError::new(Kind::BadRequest, format!("tee-pubkey: {e}")))?;
     tracing::info!(%client, resource = %name, version, "resource released");
     Ok(Json(jwe).into_response())
-}
-
-async fn admin_put(
-    State(st): State<Arc<AppState>>,
-    Extension(Peer(client)): Extension<Peer>,
-    Path((repo, kind, tag)): Path<(String, String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let path_str = format!("/kbs/v0/admin/resource/{repo}/{kind}/{tag}");
-    crate::admin::authorize(
-        st.config.admin_public_key,
-        &st.admin_nonces,
-        &headers,
-        ("POST", &path_str),
-        &body,
-        now(),
-    )?;
-    let path = ResourcePath::parse(&format!("{repo}/{kind}/{tag}"))
-        .map_err(|e| ApiError::new(Kind::BadRequest, e.to_string()))?;
-    if body.is_empty() || body.len() > MAX_RESOURCE {
-        return Err(ApiError::new(
-            Kind::BadRequest,
-            format!("resource of {} bytes (1..={MAX_RESOURCE})", body.len()),
-        ));
-    }
-    let version = {
-        let mut store = st
-            .store
-            .lock()
-            .map_err(|_| ApiError::new(Kind::Internal, "key store lock"))?;
-        store
-            .put(&path, &body)
-            .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?
-    };
-    audit(
-        &st,
-        Entry {
-            time: rfc3339_now(),
-            client: client.to_string(),
-            event: "admin-put",
-            resource: Some(format!("{path}#v{version}")),
-            decision: "stored",
-            reasons: vec![],
-            evidence_sha256: None,
-            platform: None,
-            measurement: None,
-        },
-    )?;
-    Ok(
-        Json(serde_json::json!({ "resource": path.to_string(), "version": version }))
-            .into_response(),
-    )
 }

@@ -31,6 +31,11 @@ struct StoredKey {
     version: u32,
     nonce: String,
     ciphertext: String,
+    /// Retired: kept (for audit) but never released again. Bound into the
+    /// ciphertext's associated data, so editing the flag back makes the
+    /// store refuse to open.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    retired: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -75,8 +80,22 @@ pub fn read_master_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, StoreError> {
     Ok(out)
 }
 
-fn aad(resource: &str, version: u32) -> Vec<u8> {
-    format!("ciel-keystore-v1|{resource}|{version}").into_bytes()
+fn aad(resource: &str, version: u32, retired: bool) -> Vec<u8> {
+    if retired {
+        format!("ciel-keystore-v1|{resource}|{version}|retired").into_bytes()
+    } else {
+        format!("ciel-keystore-v1|{resource}|{version}").into_bytes()
+    }
+}
+
+/// A version's state, for refusals that say why nothing is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// No such resource or version.
+    Missing,
+    /// The version asked for (or, with none asked for, every version) is
+    /// retired.
+    Retired(u32),
 }
 
 impl KeyStore {
@@ -141,7 +160,7 @@ impl KeyStore {
             .master
             .open_in_place(
                 Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(resource, k.version)),
+                Aad::from(aad(resource, k.version, k.retired)),
                 buf.as_mut_slice(),
             )
             .map_err(|_| corrupt("does not decrypt (wrong master key or tampered store)"))?
@@ -150,23 +169,108 @@ impl KeyStore {
         Ok(buf)
     }
 
-    /// The newest version of `resource`, or a given version.
+    /// The newest version of `resource` that is not retired, or a given
+    /// version unless it is retired.
     pub fn get(
         &self,
         resource: &ResourcePath,
         version: Option<u32>,
-    ) -> Result<Option<VersionedKey>, StoreError> {
+    ) -> Result<Result<VersionedKey, Lookup>, StoreError> {
         let Some(versions) = self.data.keys.get(&resource.to_string()) else {
-            return Ok(None);
+            return Ok(Err(Lookup::Missing));
         };
         let found = match version {
             Some(v) => versions.iter().find(|k| k.version == v),
-            None => versions.iter().max_by_key(|k| k.version),
+            None => versions
+                .iter()
+                .filter(|k| !k.retired)
+                .max_by_key(|k| k.version)
+                .or_else(|| versions.iter().max_by_key(|k| k.version)),
         };
         match found {
-            Some(k) => Ok(Some((k.version, self.decrypt(&resource.to_string(), k)?))),
-            None => Ok(None),
+            Some(k) if k.retired => Ok(Err(Lookup::Retired(k.version))),
+            Some(k) => Ok(Ok((k.version, self.decrypt(&resource.to_string(), k)?))),
+            None => Ok(Err(Lookup::Missing)),
         }
+    }
+
+    /// Whether `resource` has any version (retired ones included).
+    pub fn contains(&self, resource: &ResourcePath) -> bool {
+        self.data.keys.contains_key(&resource.to_string())
+    }
+
+    /// Retires `version` of `resource`: kept, never released again. The
+    /// key is sealed again under the retired associated data. `Ok(false)`:
+    /// no such version; retiring a retired version changes nothing.
+    pub fn retire(&mut self, resource: &ResourcePath, version: u32) -> Result<bool, StoreError> {
+        let name = resource.to_string();
+        let Some(k) = self
+            .data
+            .keys
+            .get(&name)
+            .and_then(|vs| vs.iter().find(|k| k.version == version))
+        else {
+            return Ok(false);
+        };
+        if k.retired {
+            return Ok(true);
+        }
+        let plain = self.decrypt(&name, k)?;
+        let sealed = self.seal(&name, version, true, &plain)?;
+        let slot = self
+            .data
+            .keys
+            .get_mut(&name)
+            .and_then(|vs| vs.iter_mut().find(|k| k.version == version));
+        let Some(slot) = slot else {
+            return Ok(false);
+        };
+        let before = std::mem::replace(slot, sealed);
+        if let Err(e) = self.save() {
+            // Not retired on disk: not retired here either.
+            if let Some(slot) = self
+                .data
+                .keys
+                .get_mut(&name)
+                .and_then(|vs| vs.iter_mut().find(|k| k.version == version))
+            {
+                *slot = before;
+            }
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// `key` sealed for `resource` version `version`, under a fresh nonce.
+    fn seal(
+        &self,
+        resource: &str,
+        version: u32,
+        retired: bool,
+        key: &[u8],
+    ) -> Result<StoredKey, StoreError> {
+        let mut nonce = [0u8; 12];
+        getrandom::fill(&mut nonce).map_err(|e| StoreError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let mut buf = Zeroizing::new(key.to_vec());
+        self.master
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad(resource, version, retired)),
+                &mut *buf,
+            )
+            .map_err(|_| StoreError::Corrupt {
+                path: self.path.clone(),
+                message: "seal failed".into(),
+            })?;
+        Ok(StoredKey {
+            version,
+            nonce: hex::encode(nonce),
+            ciphertext: hex::encode(buf.as_slice()),
+            retired,
+        })
     }
 
     /// Adds a new version of `resource` holding `key`; returns its number.
@@ -180,31 +284,8 @@ impl KeyStore {
             .and_then(|v| v.iter().map(|k| k.version).max())
             .unwrap_or(0)
             .saturating_add(1);
-        let mut nonce = [0u8; 12];
-        getrandom::fill(&mut nonce).map_err(|e| StoreError::Io {
-            path: self.path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let mut buf = key.to_vec();
-        self.master
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(&name, version)),
-                &mut buf,
-            )
-            .map_err(|_| StoreError::Corrupt {
-                path: self.path.clone(),
-                message: "seal failed".into(),
-            })?;
-        self.data
-            .keys
-            .entry(name.clone())
-            .or_default()
-            .push(StoredKey {
-                version,
-                nonce: hex::encode(nonce),
-                ciphertext: hex::encode(&buf),
-            });
+        let sealed = self.seal(&name, version, false, key)?;
+        self.data.keys.entry(name.clone()).or_default().push(sealed);
         if let Err(e) = self.save() {
             // Not on disk, so not in the store: a key the broker would lose
             // at its next restart must never be released.
@@ -264,16 +345,16 @@ mod tests {
         let (v, k) = s
             .get(&r, None)
             .ok()
-            .flatten()
+            .and_then(Result::ok)
             .unwrap_or_else(|| panic!("latest"));
         assert_eq!((v, k.as_slice()), (2, &[8u8; 32][..]));
         let (v, k) = s
             .get(&r, Some(1))
             .ok()
-            .flatten()
+            .and_then(Result::ok)
             .unwrap_or_else(|| panic!("v1"));
         assert_eq!((v, k.as_slice()), (1, &[7u8; 32][..]));
-        assert!(s.get(&r, Some(3)).ok().flatten().is_none());
+        assert!(s.get(&r, Some(3)).ok().and_then(Result::ok).is_none());
         // The file holds no plaintext key.
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(!text.contains(&hex::encode([7u8; 32])));
@@ -288,15 +369,53 @@ mod tests {
         let tmp = dir.path().join("keys.json.tmp");
         std::fs::create_dir(&tmp).unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(s.put(&r, &[9; 32]), Err(StoreError::Io { .. })));
-        assert_eq!(s.get(&r, None).ok().flatten().map(|(v, _)| v), Some(2));
+        assert_eq!(
+            s.get(&r, None).ok().and_then(Result::ok).map(|(v, _)| v),
+            Some(2)
+        );
         let other =
             ResourcePath::parse("default/model-key/other").unwrap_or_else(|e| panic!("{e}"));
         assert!(s.put(&other, &[9; 32]).is_err());
-        assert!(s.get(&other, None).ok().flatten().is_none());
+        assert!(s.get(&other, None).ok().and_then(Result::ok).is_none());
         assert_eq!(std::fs::read_to_string(&path).unwrap_or_default(), text);
         std::fs::remove_dir(&tmp).unwrap_or_else(|e| panic!("{e}"));
         let swapped = text.replacen("\"version\": 1", "\"version\": 3", 1);
         std::fs::write(&path, swapped).unwrap_or_default();
+        assert!(matches!(
+            KeyStore::open(&path, &[1; 32]),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn retired_versions_are_kept_never_released_and_cannot_be_unretired_by_editing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("keys.json");
+        let r = ResourcePath::parse("default/model-key/demo").unwrap_or_else(|e| panic!("{e}"));
+        let mut s = KeyStore::open(&path, &[1; 32]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.put(&r, &[7; 32]).ok(), Some(1));
+        assert_eq!(s.put(&r, &[8; 32]).ok(), Some(2));
+        assert_eq!(s.retire(&r, 2).ok(), Some(true));
+        assert_eq!(s.retire(&r, 9).ok(), Some(false));
+        // The newest live version is released; the retired one is named.
+        let latest = s.get(&r, None).ok().and_then(Result::ok).map(|(v, _)| v);
+        assert_eq!(latest, Some(1));
+        assert!(matches!(s.get(&r, Some(2)), Ok(Err(Lookup::Retired(2)))));
+        // It survives a restart, kept in the file.
+        let s = KeyStore::open(&path, &[1; 32]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(s.get(&r, Some(2)), Ok(Err(Lookup::Retired(2)))));
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(text.matches("\"retired\": true").count(), 1, "{text}");
+        // With every version retired, nothing is released and the reason says so.
+        let mut s = s;
+        assert_eq!(s.retire(&r, 1).ok(), Some(true));
+        assert!(matches!(s.get(&r, None), Ok(Err(Lookup::Retired(2)))));
+        assert!(s.contains(&r));
+        // Editing the flag away makes the store refuse to open.
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let edited = text.replacen("\"retired\": true", "\"retired\": false", 1);
+        assert_ne!(edited, text, "{text}");
+        std::fs::write(&path, edited).unwrap_or_default();
         assert!(matches!(
             KeyStore::open(&path, &[1; 32]),
             Err(StoreError::Corrupt { .. })

@@ -55,7 +55,7 @@ pub fn start_with_audit(
             )
         })
         .collect();
-    start_with_policies(ttl, trust_sim, &resources, audit_log)
+    start_with_policies(ttl, trust_sim, &resources, "", audit_log)
 }
 
 /// A resource's policies: TOML (with the simulated root trusted), Rego, or both.
@@ -69,6 +69,7 @@ pub fn start_with_policies(
     ttl: u64,
     trust_sim: bool,
     resources: &[(&str, Policies)],
+    extra_config: &str,
     audit_log: impl FnOnce(&Config) -> AuditLog,
 ) -> Broker {
     let dir = tempfile::tempdir().unwrap();
@@ -85,6 +86,7 @@ pub fn start_with_policies(
     if trust_sim {
         cfg.push_str(&format!("danger_simulated_roots = [\"{fp}\"]\n"));
     }
+    cfg.push_str(extra_config);
     for (i, (path, policies)) in resources.iter().enumerate() {
         cfg.push_str(&format!("[[resource]]\npath = \"{path}\"\n"));
         if let Some(policy) = &policies.toml {

@@ -137,7 +137,7 @@ fn a_rego_resource_policy_decides_over_the_token_claims() {
             )
         })
         .collect();
-    let b = start_with_policies(300, true, &resources, |c| {
+    let b = start_with_policies(300, true, &resources, "", |c| {
         AuditLog::open(&c.audit_log).unwrap()
     });
     let tee = TeeKeyPair::generate();

@@ -8,6 +8,7 @@
     clippy::panic
 )]
 
+mod admin;
 mod broker;
 mod ear_token;
 mod faults;
