@@ -24,6 +24,12 @@ pub enum KbsCommand {
     /// Check an audit log's hash chain; prints its entry count and head
     /// (keep the head elsewhere to detect a log later cut short).
     VerifyAudit(VerifyAuditArgs),
+    /// Retire a key version at a running broker (an admin key with the
+    /// retire role): never released again, kept for audit.
+    Retire(super::kbs_admin::RetireArgs),
+    /// Print a running broker's audit log (an admin key with the audit
+    /// role), after the broker checked its hash chain.
+    Audit(super::kbs_admin::AuditArgs),
 }
 
 #[derive(Debug, Args)]
@@ -76,6 +82,8 @@ pub fn run(cmd: KbsCommand) -> Result<ExitCode> {
         KbsCommand::Init(a) => init(a),
         KbsCommand::Serve(a) => serve_cmd(a),
         KbsCommand::VerifyAudit(a) => verify_audit(a),
+        KbsCommand::Retire(a) => super::kbs_admin::retire(a),
+        KbsCommand::Audit(a) => super::kbs_admin::audit(a),
     }
 }
 
@@ -135,7 +143,7 @@ fn init(a: InitArgs) -> Result<ExitCode> {
     write_new(&a.dir.join("tls.pem"), pki.cert_pem.as_bytes(), false)?;
     write_new(&a.dir.join("tls.key"), pki.key_pem.as_bytes(), true)?;
     let config = format!(
-        "# ciel key broker configuration (paths relative to this file)\nkey_store = \"keys.json\"\nmaster_key_file = \"master.key\"\naudit_log = \"audit.jsonl\"\nsession_ttl_seconds = 300\n# Ed25519 public key of admin.key: signs `ciel seal --kbs` registrations.\nadmin_public_key = \"{}\"\n# DANGER: trust simulated evidence (development only):\n# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]\n\n# Every resource names the attestation policy a guest must satisfy: ciel's TOML\n# over the evidence, a Trustee resource policy (Rego, `package policy`, `allow`)\n# over the attestation token's claims and the resource path, or both:\n# [[resource]]\n# path = \"default/model-key/my-model\"\n# policy_file = \"my-model.policy.toml\"\n# rego_policy_file = \"my-model.rego\"\n",
+        "# ciel key broker configuration (paths relative to this file)\nkey_store = \"keys.json\"\nmaster_key_file = \"master.key\"\naudit_log = \"audit.jsonl\"\nsession_ttl_seconds = 300\n# Ed25519 public key of admin.key: signs `ciel seal --kbs` registrations.\nadmin_public_key = \"{}\"\n# More admins, each with only the roles it needs (register, rotate, retire, audit):\n# [[admin]]\n# name = \"auditor\"\n# public_key = \"<hex Ed25519 public key>\"\n# roles = [\"audit\"]\n# DANGER: trust simulated evidence (development only):\n# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]\n\n# Every resource names the attestation policy a guest must satisfy: ciel's TOML\n# over the evidence, a Trustee resource policy (Rego, `package policy`, `allow`)\n# over the attestation token's claims and the resource path, or both:\n# [[resource]]\n# path = \"default/model-key/my-model\"\n# policy_file = \"my-model.policy.toml\"\n# rego_policy_file = \"my-model.rego\"\n",
         hex::encode(pair.public_key().as_ref())
     );
     write_new(&a.dir.join("kbs.toml"), config.as_bytes(), false)?;

@@ -10,6 +10,7 @@ pub mod files;
 pub mod host;
 pub mod image;
 pub mod kbs;
+mod kbs_admin;
 mod proxy;
 pub mod seal;
 mod sim;

@@ -278,64 +278,11 @@ fn register_key(
     resource: &ResourcePath,
     key: &DataKey,
 ) -> Result<u64> {
-    use base64::Engine;
-    let pkcs8 = files::read("admin key", admin_key)?;
-    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|_| {
-        anyhow::anyhow!(
-            "admin key {} is not an Ed25519 PKCS#8 key",
-            admin_key.display()
-        )
-    })?;
     let path = format!("/kbs/v0/admin/resource/{resource}");
-    let now = files::now();
-    use ciel_keybroker::admin;
-    let nonce = admin::fresh_nonce().map_err(|e| anyhow::anyhow!("{}", e.detail))?;
-    let sig =
-        pair.sign(admin::admin_message("POST", &path, now, &nonce, key.as_bytes()).as_bytes());
-    let mut cfg = ureq::Agent::config_builder().http_status_as_error(false);
-    if let Some(ca) = ca {
-        let pem = files::read("broker CA", ca)?;
-        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
-            .filter_map(|i| match i {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
-                _ => None,
-            })
-            .collect();
-        if certs.is_empty() {
-            bail!("broker CA {}: no certificate", ca.display());
-        }
-        cfg = cfg.tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-                .build(),
-        );
-    } else if url.starts_with("https://") {
-        bail!(
-            "--kbs {url}: give --kbs-ca with the broker's CA certificate (no system roots are trusted)"
-        );
-    }
-    let agent: ureq::Agent = cfg.build().into();
-    let mut resp = agent
-        .post(&format!("{}{path}", url.trim_end_matches('/')))
-        .header(admin::TIMESTAMP_HEADER, now.to_string())
-        .header(admin::NONCE_HEADER, &nonce)
-        .header(
-            admin::SIGNATURE_HEADER,
-            base64::engine::general_purpose::STANDARD.encode(sig.as_ref()),
-        )
-        .send(&key.as_bytes()[..])
-        .with_context(|| format!("key broker {url}"))?;
-    let body: serde_json::Value = resp
-        .body_mut()
-        .read_json()
-        .unwrap_or(serde_json::Value::Null);
-    if !resp.status().is_success() {
-        bail!(
-            "key broker {url} refused the key ({}): {}",
-            resp.status(),
-            body["detail"].as_str().unwrap_or("no detail")
-        );
-    }
+    let answer =
+        super::kbs_admin::request(url, admin_key, ca, ("POST", &path), &key.as_bytes()[..])?;
+    let body: serde_json::Value =
+        serde_json::from_slice(&answer).context("key broker answer is not JSON")?;
     body["version"]
         .as_u64()
         .context("key broker answer has no version")
