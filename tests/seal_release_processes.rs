@@ -78,9 +78,46 @@ fn seal_register_attest_release_unseal() {
             .is_err()
     );
 
+    // The admin CLI: the audit log from the running broker, then the key
+    // version retired, after which no guest gets it.
+    let admin = |args: &[&str]| {
+        let mut all: Vec<std::ffi::OsString> = vec!["kbs".into()];
+        all.extend(args.iter().map(std::ffi::OsString::from));
+        all.extend([
+            "--kbs".into(),
+            url.clone().into(),
+            "--kbs-ca".into(),
+            kb.join("tls-ca.pem").into_os_string(),
+            "--admin-key".into(),
+            kb.join("admin.key").into_os_string(),
+        ]);
+        common::ciel(all)
+    };
+    let log = admin(&["audit"]);
+    assert_eq!(log.code, 0, "{}", log.stderr);
+    assert!(
+        log.stdout.contains("admin-put") && log.stdout.contains("\"release\""),
+        "{}",
+        log.stdout
+    );
+    let retired = admin(&["retire", "default/model-key/demo", "1"]);
+    assert_eq!(retired.code, 0, "{}", retired.stderr);
+    let e = client
+        .fetch_resource("default/model-key/demo", &source)
+        .unwrap_err();
+    assert!(e.to_string().contains("retired"), "{e}");
+    let missing = admin(&["retire", "default/model-key/demo", "7"]);
+    assert_ne!(missing.code, 0);
+    assert!(
+        missing.stderr.contains("no version 7"),
+        "{}",
+        missing.stderr
+    );
+
     let audit = std::fs::read_to_string(kb.join("audit.jsonl")).unwrap();
     assert!(
-        audit.contains("\"release\"")
+        audit.contains("admin-retire")
+            && audit.contains("\"release\"")
             && audit.contains("measurement_not_allowed")
             && audit.contains("admin-put"),
         "{audit}"

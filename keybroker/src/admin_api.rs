@@ -31,6 +31,23 @@ fn admin_entry(client: &str, event: &'static str, resource: String, admin: &str)
     }
 }
 
+/// The admin key that signed this request (see `crate::admin::authorize`).
+fn signer<'s>(
+    st: &'s AppState,
+    headers: &HeaderMap,
+    request: (&str, &str),
+    body: &[u8],
+) -> Result<&'s crate::admin::AdminKey, ApiError> {
+    authorize(
+        &st.config.admin_keys,
+        &st.admin_nonces,
+        headers,
+        request,
+        body,
+        now(),
+    )
+}
+
 fn resource_path(repo: &str, kind: &str, tag: &str) -> Result<ResourcePath, ApiError> {
     ResourcePath::parse(&format!("{repo}/{kind}/{tag}"))
         .map_err(|e| ApiError::new(Kind::BadRequest, e.to_string()))
@@ -45,14 +62,7 @@ pub async fn put(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let signed_path = format!("/kbs/v0/admin/resource/{repo}/{kind}/{tag}");
-    let admin = authorize(
-        &st.config.admin_keys,
-        &st.admin_nonces,
-        &headers,
-        ("POST", &signed_path),
-        &body,
-        now(),
-    )?;
+    let admin = signer(&st, &headers, ("POST", &signed_path), &body)?;
     let path = resource_path(&repo, &kind, &tag)?;
     if body.is_empty() || body.len() > MAX_RESOURCE {
         return Err(ApiError::new(
@@ -103,14 +113,7 @@ pub async fn retire(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let signed_path = format!("/kbs/v0/admin/retire/{repo}/{kind}/{tag}/{version}");
-    let admin = authorize(
-        &st.config.admin_keys,
-        &st.admin_nonces,
-        &headers,
-        ("POST", &signed_path),
-        &body,
-        now(),
-    )?;
+    let admin = signer(&st, &headers, ("POST", &signed_path), &body)?;
     admin.require(Role::Retire)?;
     let path = resource_path(&repo, &kind, &tag)?;
     let version: u32 = version.parse().map_err(|_| {
@@ -158,14 +161,7 @@ pub async fn read_audit(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let admin = authorize(
-        &st.config.admin_keys,
-        &st.admin_nonces,
-        &headers,
-        ("GET", "/kbs/v0/admin/audit"),
-        b"",
-        now(),
-    )?;
+    let admin = signer(&st, &headers, ("GET", "/kbs/v0/admin/audit"), b"")?;
     admin.require(Role::Audit)?;
     let path = st.audit.path().to_path_buf();
     let text = tokio::task::spawn_blocking(move || {
