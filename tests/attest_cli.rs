@@ -216,4 +216,26 @@ fn a_cloud_vcek_bundle_verifies() {
     ]);
     assert_eq!(run.code, 0, "{} {}", run.stdout, run.stderr);
     assert!(run.stdout.contains("verdict:     ACCEPT"), "{}", run.stdout);
+
+    // `--crl` reaches the verifier: a file that is no CRL is a refusal
+    // naming it (AMD's real CRL is not among the shared vectors).
+    let junk = tmp.path().join("junk.crl");
+    std::fs::write(&junk, b"not a CRL").expect("write");
+    let run = ciel([
+        "attest".as_ref(),
+        "verify".as_ref(),
+        report.as_os_str(),
+        "--vcek".as_ref(),
+        path.as_os_str(),
+        "--crl".as_ref(),
+        junk.as_os_str(),
+        "--at".as_ref(),
+        "2025-10-01T08:00:00Z".as_ref(),
+    ]);
+    assert_eq!(run.code, 1, "{} {}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains("[collateral_malformed] AMD CRL DER"),
+        "{}",
+        run.stdout
+    );
 }

@@ -29,6 +29,8 @@ pub struct Collateral {
     pub snp_signer: Option<Vec<u8>>,
     /// SNP: PEM bundle of ASK/ASVK + ARK (default: built-in).
     pub snp_chain: Option<Vec<u8>>,
+    /// SNP: the ARK's CRL (KDS `crl`, DER or PEM).
+    pub snp_crl: Option<Vec<u8>>,
     /// DCAP: TCB info, QE identity, CRLs and their issuer chains.
     pub dcap: Option<DcapCollateral>,
     /// NVIDIA: the GPU's device certificate chain (PEM, leaf first).

@@ -113,6 +113,9 @@ pub struct RawSnpPolicy {
     pub allow_smt: Option<bool>,
     #[serde(default)]
     pub require_single_socket: bool,
+    /// Refuse evidence unless AMD's CRL is given (and then checked).
+    #[serde(default)]
+    pub require_crl: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -173,6 +176,7 @@ pub struct SnpPolicy {
     pub allow_migration_agent: bool,
     pub allow_smt: bool,
     pub require_single_socket: bool,
+    pub require_crl: bool,
 }
 
 /// TDX rules, validated.
@@ -326,6 +330,7 @@ impl Policy {
             allow_migration_agent: s.allow_migration_agent,
             allow_smt: s.allow_smt.unwrap_or(true),
             require_single_socket: s.require_single_socket,
+            require_crl: s.require_crl,
         };
         let t = raw.tdx;
         let tdx = TdxPolicy {

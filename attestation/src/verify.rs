@@ -22,6 +22,7 @@ pub fn verify(
             let col = SnpCollateral {
                 signer: collateral.snp_signer.clone(),
                 chain: collateral.snp_chain.clone(),
+                crl: collateral.snp_crl.clone(),
             };
             verify_snp(report, &col, policy, now)
         }

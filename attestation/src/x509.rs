@@ -185,38 +185,29 @@ impl Cert {
 
     /// Verifies that `self` was signed by `issuer`'s key.
     pub fn verify_signed_by(&self, issuer: &Cert, name: &str) -> Result<(), CertError> {
-        let tbs = tbs_bytes(&self.der).ok_or_else(|| {
-            CertError::new(
-                ReasonKind::CertificateMalformed,
-                format!("{name}: cannot locate TBSCertificate"),
-            )
-        })?;
-        let sig_alg = self.parsed.signature_algorithm();
-        // RFC 5280 §4.1.1.2: the unsigned outer algorithm must equal the
-        // signed inner one, or an attacker could change its parameters.
-        if sig_alg.to_der().ok() != self.parsed.tbs_certificate().signature().to_der().ok() {
-            return Err(CertError::new(
-                ReasonKind::CertificateMalformed,
-                format!("{name}: signatureAlgorithm differs from tbsCertificate.signature"),
-            ));
-        }
-        let sig = self.parsed.signature().as_bytes().ok_or_else(|| {
-            CertError::new(
-                ReasonKind::CertificateMalformed,
-                format!("{name}: signature has unused bits"),
-            )
-        })?;
-        let alg = signature_algorithm(sig_alg, issuer).map_err(|m| {
-            CertError::new(ReasonKind::UnsupportedAlgorithm, format!("{name}: {m}"))
-        })?;
-        UnparsedPublicKey::new(alg, issuer.public_key_bytes())
-            .verify(tbs, sig)
-            .map_err(|_| {
-                CertError::new(
-                    ReasonKind::CertificateSignatureInvalid,
-                    format!("{name}: signature by {} does not verify", issuer.subject()),
-                )
-            })
+        let signed = Signed {
+            der: &self.der,
+            outer: self.parsed.signature_algorithm(),
+            inner: self.parsed.tbs_certificate().signature(),
+            signature: self.parsed.signature(),
+        };
+        signed.verify(issuer).map_err(|f| match f {
+            SignatureFailure::Malformed(m) => {
+                CertError::new(ReasonKind::CertificateMalformed, format!("{name}: {m}"))
+            }
+            SignatureFailure::Unsupported(m) => {
+                CertError::new(ReasonKind::UnsupportedAlgorithm, format!("{name}: {m}"))
+            }
+            SignatureFailure::Invalid => CertError::new(
+                ReasonKind::CertificateSignatureInvalid,
+                format!("{name}: signature by {} does not verify", issuer.subject()),
+            ),
+        })
+    }
+
+    /// The serial number's bytes (DER INTEGER content).
+    pub fn serial(&self) -> &[u8] {
+        self.parsed.tbs_certificate().serial_number().as_bytes()
     }
 
     /// The value of the extension `oid`, if present.
@@ -227,6 +218,47 @@ impl Cert {
             .iter()
             .find(|e| &e.extn_id == oid)
             .map(|e| e.extn_value.as_bytes())
+    }
+}
+
+/// Why a signature over a signed structure (certificate or CRL) failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SignatureFailure {
+    Malformed(String),
+    Unsupported(String),
+    Invalid,
+}
+
+/// A signed X.509 structure: `SEQUENCE { tbs, signatureAlgorithm,
+/// signatureValue }`, with the algorithm also named inside `tbs`.
+pub(crate) struct Signed<'a> {
+    /// The whole structure's DER (the signed bytes are its first element).
+    pub der: &'a [u8],
+    pub outer: &'a x509_cert::spki::AlgorithmIdentifierOwned,
+    pub inner: &'a x509_cert::spki::AlgorithmIdentifierOwned,
+    pub signature: &'a x509_cert::der::asn1::BitString,
+}
+
+impl Signed<'_> {
+    /// Verifies the signature with `issuer`'s key.
+    pub(crate) fn verify(&self, issuer: &Cert) -> Result<(), SignatureFailure> {
+        let tbs = tbs_bytes(self.der)
+            .ok_or_else(|| SignatureFailure::Malformed("cannot locate the signed part".into()))?;
+        // RFC 5280 §4.1.1.2 / §5.1.1.2: the unsigned outer algorithm must
+        // equal the signed inner one, or its parameters could be changed.
+        if self.outer.to_der().ok() != self.inner.to_der().ok() {
+            return Err(SignatureFailure::Malformed(
+                "signatureAlgorithm differs from the signed one".into(),
+            ));
+        }
+        let sig = self
+            .signature
+            .as_bytes()
+            .ok_or_else(|| SignatureFailure::Malformed("signature has unused bits".into()))?;
+        let alg = signature_algorithm(self.outer, issuer).map_err(SignatureFailure::Unsupported)?;
+        UnparsedPublicKey::new(alg, issuer.public_key_bytes())
+            .verify(tbs, sig)
+            .map_err(|_| SignatureFailure::Invalid)
     }
 }
 
@@ -276,7 +308,7 @@ fn contains_oid(der: &[u8], oid: &ObjectIdentifier) -> bool {
     der.windows(needle.len()).any(|w| w == needle)
 }
 
-/// The exact TBSCertificate bytes as signed (not a re-encoding, which could
+/// The exact TBSCertificate (or TBSCertList) bytes as signed (not a re-encoding, which could
 /// differ for certificates that are not strictly DER).
 pub(crate) fn tbs_bytes(cert_der: &[u8]) -> Option<&[u8]> {
     let (_, outer_len, outer_hdr) = der_header(cert_der)?;

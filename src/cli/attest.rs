@@ -33,6 +33,10 @@ pub struct VerifyArgs {
     /// SNP: PEM bundle with the ASK or ASVK and the ARK (default: built-in for the product).
     #[arg(long)]
     pub cert_chain: Option<PathBuf>,
+    /// SNP: AMD's CRL for the product (KDS `crl`, DER or PEM), checked for
+    /// the ASK/ASVK and VCEK/VLEK (a policy with `snp.require_crl` needs it).
+    #[arg(long)]
+    pub crl: Option<PathBuf>,
     /// DCAP: collateral JSON (TCB info, QE identity, CRLs and issuer chains).
     #[arg(long)]
     pub collateral: Option<PathBuf>,
@@ -83,6 +87,9 @@ fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
     }
     if let Some(p) = &a.cert_chain {
         collateral.snp_chain = Some(files::read("certificate chain", p)?);
+    }
+    if let Some(p) = &a.crl {
+        collateral.snp_crl = Some(files::read("CRL", p)?);
     }
     if let Some(p) = &a.collateral {
         let text = files::read("collateral", p)?;

@@ -109,3 +109,48 @@ pub(crate) fn build_pss(
         .map_err(crypto)?;
     cert.to_der().map_err(crypto)
 }
+
+/// A CRL as AMD's KDS serves one: issued by `issuer_dn`, signed RSA-PSS
+/// SHA-384 with `key`, valid from `this_update` to `next_update`, listing
+/// `revoked` serial numbers.
+pub(crate) fn crl_pss(
+    issuer_dn: &str,
+    key: &rsa::PrivateKey,
+    this_update: UnixTime,
+    next_update: UnixTime,
+    revoked: &[u32],
+) -> Result<Vec<u8>, SimError> {
+    use rsa::signature::{RandomizedSigner, SignatureEncoding};
+    use x509_cert::crl::{CertificateList, RevokedCert, TbsCertList};
+    use x509_cert::der::asn1::BitString;
+    use x509_cert::spki::DynSignatureAlgorithmIdentifier;
+    let signer = rsa::pss::SigningKey::<sha2::Sha384>::new(key.clone());
+    let algorithm = signer.signature_algorithm_identifier().map_err(crypto)?;
+    let revoked = revoked
+        .iter()
+        .map(|&n| {
+            Ok(RevokedCert {
+                serial_number: serial(n),
+                revocation_date: x509_time(this_update)?,
+                crl_entry_extensions: None,
+            })
+        })
+        .collect::<Result<Vec<_>, SimError>>()?;
+    let tbs = TbsCertList {
+        version: x509_cert::Version::V2,
+        signature: algorithm.clone(),
+        issuer: name(issuer_dn)?,
+        this_update: x509_time(this_update)?,
+        next_update: Some(x509_time(next_update)?),
+        revoked_certificates: (!revoked.is_empty()).then_some(revoked),
+        crl_extensions: None,
+    };
+    let tbs_der = tbs.to_der().map_err(crypto)?;
+    let signature = signer.sign_with_rng(&mut super::os_rng(), &tbs_der);
+    let list = CertificateList {
+        tbs_cert_list: tbs,
+        signature_algorithm: algorithm,
+        signature: BitString::from_bytes(&signature.to_vec()).map_err(crypto)?,
+    };
+    list.to_der().map_err(crypto)
+}

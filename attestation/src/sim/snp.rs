@@ -210,6 +210,18 @@ impl SnpSim {
         &self.vcek
     }
 
+    /// The ARK's CRL (DER), valid from `this_update` to `next_update`,
+    /// revoking the certificates with these serial numbers (ARK 1, ASK 2,
+    /// VCEK 3, ASVK 4).
+    pub fn crl(
+        &self,
+        this_update: UnixTime,
+        next_update: UnixTime,
+        revoked: &[u32],
+    ) -> Result<Vec<u8>, SimError> {
+        super::certs::crl_pss(ARK_DN, &self.ark_key, this_update, next_update, revoked)
+    }
+
     /// PEM bundle of the ASK, ASVK and ARK, the `--cert-chain` for sim reports.
     pub fn chain_pem(&self) -> Vec<u8> {
         let blocks = [

@@ -3,6 +3,7 @@
 
 pub mod cert_table;
 mod claims;
+mod crl;
 pub mod report;
 mod tcb;
 mod verify;

@@ -6,7 +6,9 @@
 //! 4. check the report's CPU is the chain's product;
 //! 5. verify the report signature with the VCEK/VLEK;
 //! 6. check the certificate's TCB and hwID extensions against the report;
-//! 7. apply the policy (guest policy bits, measurements, TCB minimums...).
+//! 7. check AMD's CRL, when given (required by `snp.require_crl`), for the
+//!    ASK/ASVK and VCEK/VLEK;
+//! 8. apply the policy (guest policy bits, measurements, TCB rules...).
 
 use super::claims::SnpClaims;
 use super::report::{SigningKey, SnpReport};
@@ -26,6 +28,8 @@ pub struct SnpCollateral {
     /// A PEM bundle with the ASK or ASVK and the ARK. Default: the built-in
     /// chain of the report's product.
     pub chain: Option<Vec<u8>>,
+    /// The ARK's CRL (DER or PEM).
+    pub crl: Option<Vec<u8>>,
 }
 
 // AMD's VCEK extension OIDs (AMD "Versioned Chip Endorsement Key" spec).
@@ -91,6 +95,19 @@ pub fn verify_snp(
         if let Err(e) = cert.check_validity(now, name) {
             v.reject(e.kind, e.message);
         }
+    }
+    match &collateral.crl {
+        Some(crl) => {
+            let certs = [(&chain.intermediate, "ASK/ASVK"), (&chain.leaf, "VCEK/VLEK")];
+            for e in super::crl::check_crl(crl, &chain.root, certs, now) {
+                v.reject(e.kind, e.message);
+            }
+        }
+        None if policy.snp.require_crl => v.reject(
+            ReasonKind::CollateralMissing,
+            "the policy requires AMD's CRL (snp.require_crl) and none was given (KDS: /vcek/v1/{product}/crl)",
+        ),
+        None => {}
     }
     if let Err(e) = check_key_kind(report, &chain) {
         v.reject(e.kind, e.message);
