@@ -72,7 +72,7 @@ def _timeouts(request: Any) -> Tuple[Optional[float], Optional[float]]:
 def _streams(httpx: Any) -> Tuple[type, type]:
     """Body stream classes for ``httpx`` (one pair per module)."""
 
-    class SyncStream(httpx.SyncByteStream):  # type: ignore[misc, name-defined]
+    class SyncStream(httpx.SyncByteStream):  # type: ignore[misc]
         def __init__(self, response: _native.Response, request: Any) -> None:
             self._response = response
             self._request = request
@@ -88,7 +88,7 @@ def _streams(httpx: Any) -> Tuple[type, type]:
         def close(self) -> None:
             self._response.close()
 
-    class AsyncStream(httpx.AsyncByteStream):  # type: ignore[misc, name-defined]
+    class AsyncStream(httpx.AsyncByteStream):  # type: ignore[misc]
         def __init__(self, response: _native.Response, request: Any) -> None:
             self._response = response
             self._request = request
