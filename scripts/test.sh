@@ -20,6 +20,9 @@ CIEL_OPENAI_PYTHON=$(./scripts/python-env.sh)
 CIEL_SDK_PYTHON=$(./scripts/python-sdk.sh)
 export CIEL_OPENAI_PYTHON CIEL_SDK_PYTHON
 
+banner "Python SDK type hints (mypy --strict)"
+"$CIEL_SDK_PYTHON" -m mypy --strict --no-incremental python/ciel
+
 banner "Unit, property and end-to-end tests"
 cargo test --workspace --locked --no-fail-fast
 
