@@ -27,7 +27,6 @@ const ALLOW: &str = "data.policy.allow";
 const TIME_LIMIT: Duration = Duration::from_millis(500);
 
 /// A loaded, parsed Rego policy.
-#[derive(Clone)]
 pub struct RegoPolicy {
     path: PathBuf,
     engine: Engine,
@@ -88,16 +87,17 @@ impl RegoPolicy {
                 }
             )));
         }
-        let policy = RegoPolicy {
+        // The rule must exist: evaluating it on empty input shows that
+        // without deciding anything (regorus refuses an undeclared rule).
+        decide(&parsed, &serde_json::json!({}), "check/the/rule").map_err(|m| {
+            error(format!(
+                "{m}: the policy must define `allow` in `package policy` ({ALLOW})"
+            ))
+        })?;
+        Ok(RegoPolicy {
             path: path.to_path_buf(),
             engine: parsed,
-        };
-        // The rule must exist: evaluating it on empty input shows that
-        // without deciding anything.
-        policy
-            .allows(&serde_json::json!({}), "check/the/rule")
-            .map_err(|e| error(e.to_string()))?;
-        Ok(policy)
+        })
     }
 
     /// The policy's file.
@@ -112,24 +112,31 @@ impl RegoPolicy {
         claims: &serde_json::Value,
         resource_path: &str,
     ) -> Result<bool, RegoError> {
-        let error = |message: String| RegoError::Eval {
+        decide(&self.engine, claims, resource_path).map_err(|message| RegoError::Eval {
             path: self.path.clone(),
             message,
-        };
-        let mut e = self.engine.clone();
-        let input =
-            Value::from_json_str(&claims.to_string()).map_err(|e| error(format!("{e:#}")))?;
-        e.set_input(input);
-        let data = serde_json::json!({ "resource-path": resource_path, "plugin": "resource" });
-        e.add_data(Value::from_json_str(&data.to_string()).map_err(|e| error(format!("{e:#}")))?)
-            .map_err(|e| error(format!("{e:#}")))?;
-        match e.eval_rule(ALLOW.to_string()) {
-            Ok(Value::Bool(true)) => Ok(true),
-            // `false`, or undefined (no default): not allowed.
-            Ok(Value::Bool(false) | Value::Undefined) => Ok(false),
-            Ok(v) => Err(error(format!("{ALLOW} is {v}, not a boolean"))),
-            Err(e) => Err(error(format!("{e:#}"))),
-        }
+        })
+    }
+}
+
+/// `data.policy.allow` for `claims` and `resource_path`, on a copy of the
+/// loaded engine (each decision starts from the policy alone).
+fn decide(
+    engine: &Engine,
+    claims: &serde_json::Value,
+    resource_path: &str,
+) -> Result<bool, String> {
+    let mut e = engine.clone();
+    e.set_input(Value::from(claims.clone()));
+    let data = serde_json::json!({ "resource-path": resource_path, "plugin": "resource" });
+    e.add_data(Value::from(data))
+        .map_err(|e| format!("{e:#}"))?;
+    match e.eval_rule(ALLOW.to_string()) {
+        Ok(Value::Bool(true)) => Ok(true),
+        // `false`, or undefined (no default): not allowed.
+        Ok(Value::Bool(false) | Value::Undefined) => Ok(false),
+        Ok(v) => Err(format!("{ALLOW} is {v}, not a boolean")),
+        Err(e) => Err(format!("{e:#}")),
     }
 }
 
@@ -231,6 +238,11 @@ allow if {
                 "pkg.rego",
                 "package other\n\ndefault allow := true\n",
                 "no `package policy`",
+            ),
+            (
+                "rule.rego",
+                "package policy\n\nfoo := true\n",
+                "must define `allow`",
             ),
         ] {
             let e = RegoPolicy::load(&write(&dir, name, text)).unwrap_err();
