@@ -16,7 +16,7 @@
 use ring::digest::{SHA256, digest};
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -141,12 +141,20 @@ pub fn verify(path: &Path) -> Result<Chain, AuditError> {
     if !file.metadata().map_err(io)?.is_file() {
         return Err(io(std::io::Error::other("not a regular file")));
     }
+    verify_lines(path, BufReader::new(file))
+}
+
+/// Checks the chain of the lines `reader` yields (errors name `path`).
+fn verify_lines(path: &Path, mut reader: impl BufRead) -> Result<Chain, AuditError> {
+    let io = |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut chain = Chain {
         entries: 0,
         len: 0,
         head: GENESIS.into(),
     };
-    let mut reader = BufReader::new(file);
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -220,6 +228,40 @@ impl AuditLog {
     /// The chain as it stands.
     pub fn chain(&self) -> Option<Chain> {
         self.state.lock().ok().map(|s| s.chain.clone())
+    }
+
+    /// The log as this broker has written it so far, read from its file and
+    /// checked: the bytes up to the length this log knows (a concurrent
+    /// append cannot leave half a line in it), and their chain must end in
+    /// the head this log holds (a file edited behind the broker's back is
+    /// an error, not an answer).
+    pub fn snapshot(&self) -> Result<Vec<u8>, AuditError> {
+        let known = self.chain().ok_or_else(|| AuditError::Poisoned {
+            path: self.path.clone(),
+        })?;
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let len = usize::try_from(known.len).map_err(|e| io(std::io::Error::other(e)))?;
+        let mut bytes = Vec::with_capacity(len);
+        File::open(&self.path)
+            .map_err(io)?
+            .take(known.len)
+            .read_to_end(&mut bytes)
+            .map_err(io)?;
+        let read = verify_lines(&self.path, &bytes[..])?;
+        if read != known {
+            return Err(AuditError::Corrupt {
+                path: self.path.clone(),
+                line: read.entries,
+                message: format!(
+                    "the file's first {} bytes end in head {} ({} entries), but this broker wrote {} ({} entries): the log was changed behind it",
+                    read.len, read.head, read.entries, known.head, known.entries
+                ),
+            });
+        }
+        Ok(bytes)
     }
 
     /// Appends one entry and makes it durable; an error means it is not in

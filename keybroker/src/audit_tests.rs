@@ -202,3 +202,40 @@ fn a_failed_rollback_refuses_every_later_append() {
         Err(AuditError::Poisoned { .. })
     ));
 }
+
+#[test]
+fn a_snapshot_is_what_the_broker_wrote_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let log = AuditLog::open(&path).unwrap();
+    for n in 0..3 {
+        log.append(&entry(n)).unwrap();
+    }
+    let written = std::fs::read(&path).unwrap();
+    assert_eq!(log.snapshot().unwrap(), written);
+    // Bytes past what the log knows (an append in progress) are left out.
+    let mut longer = written.clone();
+    longer.extend_from_slice(b"{\"half\":");
+    std::fs::write(&path, &longer).unwrap();
+    assert_eq!(log.snapshot().unwrap(), written);
+    // The same length, an entry edited: refused, not served — the first
+    // (its successor's link breaks) and the last (which no link covers,
+    // but the head this log holds does).
+    let text = String::from_utf8(written).unwrap();
+    for (edited, says) in [
+        (
+            text.replacen("00:00Z", "00:09Z", 1),
+            "edited, inserted or removed",
+        ),
+        (text.replacen("00:02Z", "00:09Z", 1), "changed behind it"),
+    ] {
+        assert_ne!(edited, text);
+        std::fs::write(&path, edited).unwrap();
+        match log.snapshot() {
+            Err(AuditError::Corrupt { message, .. }) => {
+                assert!(message.contains(says), "{message}")
+            }
+            other => panic!("an edited log was served: {other:?}"),
+        }
+    }
+}

@@ -365,7 +365,7 @@ async fn resource(
     let session = st
         .sessions
         .attested(cookie(&headers).as_deref(), bearer(&headers).as_deref())?;
-    let (tee_pubkey, ev) = (session.tee_pubkey, session.evidence);
+    let (tee_pubkey, ev) = (&session.tee_pubkey, &session.evidence);
     let path = ResourcePath::parse(&format!("{repo}/{kind}/{tag}"))
         .map_err(|e| ApiError::new(Kind::UnknownResource, e.to_string()))?;
     let name = path.to_string();
@@ -376,7 +376,7 @@ async fn resource(
             Some(name.clone()),
             "deny",
             vec![code.to_string()],
-            Some(&ev),
+            Some(ev),
         );
         match audit(&st, e) {
             Ok(()) => ApiError::new(kind, detail),
@@ -406,7 +406,7 @@ async fn resource(
                 Some(name.clone()),
                 "deny",
                 codes,
-                Some(&ev),
+                Some(ev),
             ),
         )?;
         return Err(ApiError::new(Kind::PolicyDenied, detail));
@@ -462,10 +462,10 @@ async fn resource(
             Some(format!("{name}#v{version}")),
             "release",
             vec![],
-            Some(&ev),
+            Some(ev),
         ),
     )?;
-    let jwe = jwe::encrypt(&tee_pubkey, &key)
+    let jwe = jwe::encrypt(tee_pubkey, &key)
         .map_err(|e| ApiError::new(Kind::BadRequest, format!("tee-pubkey: {e}")))?;
     tracing::info!(%client, resource = %name, version, "resource released");
     Ok(Json(jwe).into_response())

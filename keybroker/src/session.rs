@@ -26,12 +26,12 @@ pub enum State {
 }
 
 /// What an attested session proved.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Attested {
     pub tee_pubkey: Jwk,
-    pub evidence: Arc<Decoded>,
+    pub evidence: Decoded,
     /// The claims of the token issued for it (the input of Rego policies).
-    pub claims: Arc<serde_json::Value>,
+    pub claims: serde_json::Value,
 }
 
 #[derive(Debug)]
@@ -157,8 +157,8 @@ impl Sessions {
         s.state = State::Attested {
             session: Arc::new(Attested {
                 tee_pubkey,
-                evidence: Arc::new(evidence),
-                claims: Arc::new(claims),
+                evidence,
+                claims,
             }),
             token: token.clone(),
         };
@@ -170,7 +170,7 @@ impl Sessions {
         &self,
         cookie: Option<&str>,
         token: Option<&str>,
-    ) -> Result<Attested, ApiError> {
+    ) -> Result<Arc<Attested>, ApiError> {
         let map = self.lock()?;
         let s = match (cookie, token) {
             (Some(id), _) => map.get(id),
@@ -192,7 +192,7 @@ impl Sessions {
             ));
         }
         match &s.state {
-            State::Attested { session, .. } => Ok(session.as_ref().clone()),
+            State::Attested { session, .. } => Ok(session.clone()),
             _ => Err(ApiError::new(
                 Kind::NotAttested,
                 "this session has not attested",

@@ -204,41 +204,41 @@ impl KeyStore {
     /// no such version; retiring a retired version changes nothing.
     pub fn retire(&mut self, resource: &ResourcePath, version: u32) -> Result<bool, StoreError> {
         let name = resource.to_string();
-        let Some(k) = self
-            .data
-            .keys
-            .get(&name)
-            .and_then(|vs| vs.iter().find(|k| k.version == version))
-        else {
+        let Some(k) = self.stored(&name, version) else {
             return Ok(false);
         };
         if k.retired {
             return Ok(true);
         }
-        let plain = self.decrypt(&name, k)?;
-        let sealed = self.seal(&name, version, true, &plain)?;
-        let slot = self
-            .data
-            .keys
-            .get_mut(&name)
-            .and_then(|vs| vs.iter_mut().find(|k| k.version == version));
-        let Some(slot) = slot else {
+        let sealed = self.seal(&name, version, true, &self.decrypt(&name, k)?)?;
+        let Some(slot) = self.stored_mut(&name, version) else {
             return Ok(false);
         };
         let before = std::mem::replace(slot, sealed);
         if let Err(e) = self.save() {
             // Not retired on disk: not retired here either.
-            if let Some(slot) = self
-                .data
-                .keys
-                .get_mut(&name)
-                .and_then(|vs| vs.iter_mut().find(|k| k.version == version))
-            {
+            if let Some(slot) = self.stored_mut(&name, version) {
                 *slot = before;
             }
             return Err(e);
         }
         Ok(true)
+    }
+
+    fn stored(&self, name: &str, version: u32) -> Option<&StoredKey> {
+        self.data
+            .keys
+            .get(name)?
+            .iter()
+            .find(|k| k.version == version)
+    }
+
+    fn stored_mut(&mut self, name: &str, version: u32) -> Option<&mut StoredKey> {
+        self.data
+            .keys
+            .get_mut(name)?
+            .iter_mut()
+            .find(|k| k.version == version)
     }
 
     /// `key` sealed for `resource` version `version`, under a fresh nonce.
