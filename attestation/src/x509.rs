@@ -266,7 +266,7 @@ fn const_oid_cn() -> ObjectIdentifier {
     ObjectIdentifier::new_unwrap("2.5.4.3")
 }
 
-fn looks_like_pem(bytes: &[u8]) -> bool {
+pub(crate) fn looks_like_pem(bytes: &[u8]) -> bool {
     bytes.windows(11).any(|w| w == b"-----BEGIN ")
 }
 

@@ -15,7 +15,7 @@ fn malformed(m: impl Into<String>) -> CertError {
 
 /// The CRL's DER, from DER or PEM (`X509 CRL`).
 fn der_of(bytes: &[u8]) -> Result<Vec<u8>, CertError> {
-    if bytes.starts_with(b"-----BEGIN") || bytes.windows(14).any(|w| w == b"BEGIN X509 CRL") {
+    if crate::x509::looks_like_pem(bytes) {
         let p = pem::parse(bytes).map_err(|e| malformed(format!("AMD CRL PEM: {e}")))?;
         if p.tag() != "X509 CRL" {
             return Err(malformed(format!(

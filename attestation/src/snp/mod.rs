@@ -10,5 +10,6 @@ mod verify;
 
 pub use claims::{SnpClaims, TcbClaims};
 pub use report::{GuestPolicy, SigningKey, SnpReport, TcbVersion};
-pub use tcb::{TcbKind, TcbMinimums, check_tcbs};
+pub use tcb::TcbMinimums;
+pub(crate) use tcb::check_tcbs;
 pub use verify::{SnpCollateral, verify_snp};

@@ -18,7 +18,7 @@ use crate::verdict::{ReasonKind, Verdict};
 
 /// Which TCB of the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TcbKind {
+enum TcbKind {
     Reported,
     Committed,
     Current,
@@ -56,36 +56,36 @@ fn tcb(report: &SnpReport, kind: TcbKind, turin: bool) -> TcbVersion {
     TcbVersion::decode(value, turin)
 }
 
-/// `(name, value)` of each component the layout has.
-fn components(t: &TcbVersion) -> Vec<(&'static str, u8)> {
-    let mut out = Vec::with_capacity(5);
-    if let Some(fmc) = t.fmc {
-        out.push(("fmc", fmc));
-    }
-    out.extend([
-        ("bl", t.bl),
-        ("tee", t.tee),
-        ("snp", t.snp),
-        ("ucode", t.ucode),
-    ]);
-    out
+/// The components by name, in one order for TCBs and minimums alike
+/// (`fmc` is `None` before Turin).
+const NAMES: [&str; 5] = ["fmc", "bl", "tee", "snp", "ucode"];
+
+fn components(t: &TcbVersion) -> [Option<u8>; 5] {
+    [t.fmc, Some(t.bl), Some(t.tee), Some(t.snp), Some(t.ucode)]
+}
+
+fn minimums(m: &MinTcb) -> [Option<u8>; 5] {
+    [m.fmc, m.bl, m.tee, m.snp, m.ucode]
 }
 
 /// Applies the order and the minimums; returns whether every minimum held
 /// (the TCB status is out of date otherwise).
-pub fn check_tcbs(
+pub(crate) fn check_tcbs(
     report: &SnpReport,
     turin: bool,
-    minimums: &TcbMinimums,
+    minimums_of: &TcbMinimums,
     v: &mut Verdict,
 ) -> bool {
     for (lower, upper) in [
         (TcbKind::Reported, TcbKind::Committed),
         (TcbKind::Committed, TcbKind::Current),
     ] {
-        let (lo, hi) = (tcb(report, lower, turin), tcb(report, upper, turin));
-        for ((name, l), (_, h)) in components(&lo).into_iter().zip(components(&hi)) {
-            if l > h {
+        let lo = components(&tcb(report, lower, turin));
+        let hi = components(&tcb(report, upper, turin));
+        for ((name, l), h) in NAMES.iter().zip(lo).zip(hi) {
+            if let (Some(l), Some(h)) = (l, h)
+                && l > h
+            {
                 v.reject(
                     ReasonKind::TcbOrderViolated,
                     format!(
@@ -99,19 +99,13 @@ pub fn check_tcbs(
     }
     let mut met = true;
     for (kind, min) in [
-        (TcbKind::Reported, minimums.reported),
-        (TcbKind::Committed, minimums.committed),
-        (TcbKind::Current, minimums.current),
-        (TcbKind::Launch, minimums.launch),
+        (TcbKind::Reported, minimums_of.reported),
+        (TcbKind::Committed, minimums_of.committed),
+        (TcbKind::Current, minimums_of.current),
+        (TcbKind::Launch, minimums_of.launch),
     ] {
-        let have = tcb(report, kind, turin);
-        for (name, want, got) in [
-            ("fmc", min.fmc, have.fmc),
-            ("bl", min.bl, Some(have.bl)),
-            ("tee", min.tee, Some(have.tee)),
-            ("snp", min.snp, Some(have.snp)),
-            ("ucode", min.ucode, Some(have.ucode)),
-        ] {
+        let have = components(&tcb(report, kind, turin));
+        for ((name, want), got) in NAMES.iter().zip(minimums(&min)).zip(have) {
             if let Some(want) = want
                 && got.is_none_or(|g| g < want)
             {

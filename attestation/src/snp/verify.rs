@@ -221,19 +221,20 @@ fn split_leaf(mut certs: Vec<Cert>) -> Result<(Cert, Vec<Cert>), CertError> {
     if certs.len() == 1 {
         return Ok((certs.remove(0), Vec::new()));
     }
-    let is_leaf = |c: &Cert| c.extension(&OID_BL_SPL).is_some();
-    let leaves = certs.iter().filter(|c| is_leaf(c)).count();
-    if leaves != 1 {
-        return Err(CertError::new(
+    let total = certs.len();
+    let (mut leaves, others): (Vec<Cert>, Vec<Cert>) = certs
+        .into_iter()
+        .partition(|c| c.extension(&OID_BL_SPL).is_some());
+    let found = leaves.len();
+    match leaves.pop() {
+        Some(leaf) if found == 1 => Ok((leaf, others)),
+        _ => Err(CertError::new(
             ReasonKind::CertificateMalformed,
             format!(
-                "expected exactly one VCEK/VLEK certificate, found {leaves} with TCB extensions among {}",
-                certs.len()
+                "expected exactly one VCEK/VLEK certificate, found {found} with TCB extensions among {total}"
             ),
-        ));
+        )),
     }
-    let (mut leaf, others): (Vec<Cert>, Vec<Cert>) = certs.iter().cloned().partition(is_leaf);
-    Ok((leaf.remove(0), others))
 }
 
 /// The built-in ASKs/ASVKs and ARKs of the report's product (every
