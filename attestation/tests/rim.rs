@@ -8,15 +8,13 @@
     clippy::arithmetic_side_effects
 )]
 
+mod common;
 use ciel_attestation::nvidia::rim::verify_rim;
 use ciel_attestation::{ReasonKind, UnixTime};
 use std::path::PathBuf;
 
 fn vectors() -> PathBuf {
-    std::env::var_os("CIEL_VECTORS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"))
-        .join("gpu/nvtrust-local_gpu_verifier")
+    common::shared_vectors().join("gpu/nvtrust-local_gpu_verifier")
 }
 
 /// 2024-01-01T00:00:00Z: inside every RIM signer's validity (MANIFEST.md).

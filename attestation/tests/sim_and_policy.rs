@@ -10,34 +10,8 @@
 
 mod common;
 use ciel_attestation::sim::SimSnpReport;
-use ciel_attestation::{Collateral, Evidence, Policy, ReasonKind, TcbStatus, Verdict, verify};
-use common::{SNP_AT, sim};
-
-fn sim_collateral(vcek: &[u8]) -> Collateral {
-    Collateral {
-        snp_signer: Some(vcek.to_vec()),
-        snp_chain: Some(sim().chain_pem()),
-        ..Default::default()
-    }
-}
-
-fn trusting_policy(extra: &str) -> Policy {
-    let text = format!(
-        "danger_simulated_roots = [\"{}\"]\n{extra}",
-        hex::encode(sim().root_sha256())
-    );
-    Policy::from_toml(&text).unwrap()
-}
-
-fn check(req: &SimSnpReport, policy: &Policy) -> Verdict {
-    let report = sim().report(req).unwrap();
-    verify(
-        &Evidence::parse(&report).unwrap(),
-        &sim_collateral(sim().vcek_der()),
-        policy,
-        SNP_AT,
-    )
-}
+use ciel_attestation::{Evidence, Policy, ReasonKind, TcbStatus, verify};
+use common::{SNP_AT, check, shared_vectors, sim, sim_collateral, trusting_policy};
 
 #[test]
 fn simulated_report_is_accepted_only_when_the_policy_names_the_root() {
@@ -405,11 +379,7 @@ fn a_report_naming_the_other_key_kind_is_rejected() {
 fn real_turin_vcek_chains_to_the_pinned_turin_root() {
     use ciel_attestation::roots::AmdProduct;
     use ciel_attestation::x509::Cert;
-    let dir = std::env::var_os("CIEL_VECTORS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors")
-        });
+    let dir = shared_vectors();
     let vcek =
         Cert::from_der(&std::fs::read(dir.join("snp/virtee-sev/vcek_turin.der")).unwrap()).unwrap();
     let ask = Cert::from_der(AmdProduct::Turin.ask_der()).unwrap();

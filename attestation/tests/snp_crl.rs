@@ -11,28 +11,21 @@
 
 mod common;
 use ciel_attestation::sim::{SimSnpReport, SnpSim};
-use ciel_attestation::{Collateral, Evidence, Policy, ReasonKind, UnixTime, Verdict, verify};
-use common::{SNP_AT, sim};
+use ciel_attestation::{Collateral, Evidence, ReasonKind, UnixTime, Verdict, verify};
+use common::{SNP_AT, sim, sim_collateral, trusting_policy};
 
 const DAY: u64 = 86_400;
 
 fn check(crl: Option<Vec<u8>>, extra: &str) -> Verdict {
-    let policy = Policy::from_toml(&format!(
-        "danger_simulated_roots = [\"{}\"]\n{extra}",
-        hex::encode(sim().root_sha256())
-    ))
-    .unwrap();
     let report = sim().report(&SimSnpReport::default()).unwrap();
     let collateral = Collateral {
-        snp_signer: Some(sim().vcek_der().to_vec()),
-        snp_chain: Some(sim().chain_pem()),
         snp_crl: crl,
-        ..Default::default()
+        ..sim_collateral(sim().vcek_der())
     };
     verify(
         &Evidence::parse(&report).unwrap(),
         &collateral,
-        &policy,
+        &trusting_policy(extra),
         SNP_AT,
     )
 }

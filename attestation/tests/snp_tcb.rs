@@ -11,26 +11,10 @@
 mod common;
 use ciel_attestation::sim::{SIM_TCB, SimSnpReport};
 use ciel_attestation::{Collateral, Evidence, Policy, ReasonKind, TcbStatus, Verdict, verify};
-use common::{SNP_AT, shared_vector, sim, snp_vectors};
+use common::{SNP_AT, shared_vector, snp_vectors, trusting_policy};
 
 fn check(req: &SimSnpReport, extra: &str) -> Verdict {
-    let policy = Policy::from_toml(&format!(
-        "danger_simulated_roots = [\"{}\"]\n{extra}",
-        hex::encode(sim().root_sha256())
-    ))
-    .unwrap();
-    let report = sim().report(req).unwrap();
-    let collateral = Collateral {
-        snp_signer: Some(sim().vcek_der().to_vec()),
-        snp_chain: Some(sim().chain_pem()),
-        ..Default::default()
-    };
-    verify(
-        &Evidence::parse(&report).unwrap(),
-        &collateral,
-        &policy,
-        SNP_AT,
-    )
+    common::check(req, &trusting_policy(extra))
 }
 
 /// SIM_TCB with its SNP SPL (byte 6, Milan/Genoa layout) set to `spl`.

@@ -78,14 +78,50 @@ pub fn sim() -> &'static SnpSim {
     SIM.get_or_init(|| SnpSim::generate(SNP_AT).expect("generate sim"))
 }
 
-/// A file of the shared real-hardware vectors (`$CIEL_VECTORS`, else
-/// `../shared/vectors` beside the checkout).
-pub fn shared_vector(rel: &str) -> Vec<u8> {
-    let dir = std::env::var_os("CIEL_VECTORS")
+/// The shared real-hardware vectors: `$CIEL_VECTORS`, else
+/// `../shared/vectors` beside the checkout.
+pub fn shared_vectors() -> std::path::PathBuf {
+    std::env::var_os("CIEL_VECTORS")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
             std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors")
-        });
-    let p = dir.join(rel);
+        })
+}
+
+/// One file of the shared vectors.
+pub fn shared_vector(rel: &str) -> Vec<u8> {
+    let p = shared_vectors().join(rel);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{} (set CIEL_VECTORS): {e}", p.display()))
+}
+
+/// The simulated hierarchy's collateral for a report signed by `vcek`.
+pub fn sim_collateral(vcek: &[u8]) -> Collateral {
+    Collateral {
+        snp_signer: Some(vcek.to_vec()),
+        snp_chain: Some(sim().chain_pem()),
+        ..Default::default()
+    }
+}
+
+/// A policy that names the simulated root, plus `extra` (TOML).
+pub fn trusting_policy(extra: &str) -> ciel_attestation::Policy {
+    let text = format!(
+        "danger_simulated_roots = [\"{}\"]\n{extra}",
+        hex::encode(sim().root_sha256())
+    );
+    ciel_attestation::Policy::from_toml(&text).unwrap()
+}
+
+/// A simulated report for `req`, verified against `policy` at [`SNP_AT`].
+pub fn check(
+    req: &ciel_attestation::sim::SimSnpReport,
+    policy: &ciel_attestation::Policy,
+) -> ciel_attestation::Verdict {
+    let report = sim().report(req).unwrap();
+    ciel_attestation::verify(
+        &ciel_attestation::Evidence::parse(&report).unwrap(),
+        &sim_collateral(sim().vcek_der()),
+        policy,
+        SNP_AT,
+    )
 }
