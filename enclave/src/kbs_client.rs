@@ -83,6 +83,22 @@ enum Outcome<T> {
     Fail(KbsClientError),
 }
 
+/// A TLS configuration that trusts exactly the certificates in `ca_pem`
+/// (never the system's roots); `None` if it holds none.
+pub fn pinned_tls(ca_pem: &[u8]) -> Option<ureq::tls::TlsConfig> {
+    let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(ca_pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
+            _ => None,
+        })
+        .collect();
+    (!certs.is_empty()).then(|| {
+        ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+            .build()
+    })
+}
+
 impl KbsClient {
     /// `base` like `http://127.0.0.1:8080` (no trailing slash).
     pub fn new(base: &str, backoff: Backoff) -> Self {
@@ -106,21 +122,10 @@ impl KbsClient {
         ca_pem: &[u8],
         backoff: Backoff,
     ) -> Result<Self, KbsClientError> {
-        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(ca_pem)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
-                _ => None,
-            })
-            .collect();
-        if certs.is_empty() {
-            return Err(KbsClientError::Protocol {
-                step: "setup",
-                message: "pinned CA: no certificate in PEM".into(),
-            });
-        }
-        let tls = ureq::tls::TlsConfig::builder()
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-            .build();
+        let tls = pinned_tls(ca_pem).ok_or_else(|| KbsClientError::Protocol {
+            step: "setup",
+            message: "pinned CA: no certificate in PEM".into(),
+        })?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(backoff.attempt_timeout))

@@ -63,48 +63,29 @@ pub fn request(
     let mut cfg = ureq::Agent::config_builder().http_status_as_error(false);
     if let Some(ca) = ca {
         let pem = files::read("broker CA", ca)?;
-        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
-            .filter_map(|i| match i {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c.to_owned()),
-                _ => None,
-            })
-            .collect();
-        if certs.is_empty() {
-            bail!("broker CA {}: no certificate", ca.display());
-        }
-        cfg = cfg.tls_config(
-            ureq::tls::TlsConfig::builder()
-                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
-                .build(),
-        );
+        let tls = ciel_enclave::kbs_client::pinned_tls(&pem)
+            .with_context(|| format!("broker CA {}: no certificate", ca.display()))?;
+        cfg = cfg.tls_config(tls);
     } else if url.starts_with("https://") {
         bail!(
             "--kbs {url}: give --kbs-ca with the broker's CA certificate (no system roots are trusted)"
         );
     }
     let agent: ureq::Agent = cfg.build().into();
-    let full = format!("{}{path}", url.trim_end_matches('/'));
-    let stamp = now.to_string();
-    let signature = base64::engine::general_purpose::STANDARD.encode(sig.as_ref());
-    let headers = [
-        (admin::TIMESTAMP_HEADER, stamp.as_str()),
-        (admin::NONCE_HEADER, nonce.as_str()),
-        (admin::SIGNATURE_HEADER, signature.as_str()),
-    ];
-    let mut resp = if method == "GET" {
-        let mut r = agent.get(&full);
-        for (k, v) in headers {
-            r = r.header(k, v);
-        }
-        r.call()
-    } else {
-        let mut r = agent.post(&full);
-        for (k, v) in headers {
-            r = r.header(k, v);
-        }
-        r.send(body)
-    }
-    .with_context(|| format!("key broker {url}"))?;
+    let request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", url.trim_end_matches('/')))
+        .header(admin::TIMESTAMP_HEADER, now.to_string())
+        .header(admin::NONCE_HEADER, &nonce)
+        .header(
+            admin::SIGNATURE_HEADER,
+            base64::engine::general_purpose::STANDARD.encode(sig.as_ref()),
+        )
+        .body(body.to_vec())
+        .with_context(|| format!("key broker {url}: building the request"))?;
+    let mut resp = agent
+        .run(request)
+        .with_context(|| format!("key broker {url}"))?;
     let bytes = resp
         .body_mut()
         .with_config()
