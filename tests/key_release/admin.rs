@@ -28,25 +28,15 @@ fn admin(b: &Broker, key: &Ed25519KeyPair, method: &str, path: &str, body: &[u8]
         .http_status_as_error(false)
         .build()
         .into();
-    let url = format!("{}{path}", b.base);
-    let headers = [
-        ("x-ciel-admin-timestamp", now.to_string()),
-        ("x-ciel-admin-nonce", nonce.clone()),
-        ("x-ciel-admin-signature", B64.encode(sig.as_ref())),
-    ];
-    let mut r = if method == "GET" {
-        let mut req = agent.get(&url);
-        for (k, v) in &headers {
-            req = req.header(*k, v);
-        }
-        req.call().unwrap()
-    } else {
-        let mut req = agent.post(&url);
-        for (k, v) in &headers {
-            req = req.header(*k, v);
-        }
-        req.send(body).unwrap()
-    };
+    let request = ureq::http::Request::builder()
+        .method(method)
+        .uri(format!("{}{path}", b.base))
+        .header("x-ciel-admin-timestamp", now.to_string())
+        .header("x-ciel-admin-nonce", nonce)
+        .header("x-ciel-admin-signature", B64.encode(sig.as_ref()))
+        .body(body.to_vec())
+        .unwrap();
+    let mut r = agent.run(request).unwrap();
     (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
 }
 
