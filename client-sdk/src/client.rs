@@ -128,11 +128,6 @@ impl Endpoint {
         })
     }
 
-    /// `HOST:PORT`.
-    pub fn addr(&self) -> &str {
-        &self.addr
-    }
-
     /// A new connection, verified during its handshake, and what the guest
     /// on it proved. A refused guest is [`ClientError::Refused`].
     pub async fn open(&self) -> Result<(Connection, Verification), ClientError> {
