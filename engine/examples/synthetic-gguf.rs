@@ -2,7 +2,9 @@
 //! `scripts/llamacpp-reference.py --synthetic`.
 //! `cargo run -p ciel-engine --features testing --example synthetic-gguf -- DIR`
 
-use ciel_engine::synthetic::{ARCHS, WEIGHT_TYPES, file_name, gguf, llama_with_rope_freqs};
+use ciel_engine::synthetic::{
+    ARCHS, WEIGHT_TYPES, file_name, gguf, llama_with_rope_freqs, phi3_with_long_rope,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::args_os()
@@ -17,9 +19,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("{}", path.display());
         }
     }
-    let (name, bytes) = llama_with_rope_freqs()?;
-    let path = dir.join(name);
-    std::fs::write(&path, bytes)?;
-    println!("{}", path.display());
+    for (name, bytes) in [
+        llama_with_rope_freqs()?,
+        phi3_with_long_rope(16)?,
+        phi3_with_long_rope(512)?,
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes)?;
+        println!("{}", path.display());
+    }
     Ok(())
 }

@@ -22,6 +22,10 @@ pub enum Arch {
     Qwen2,
     /// Qwen3: q/k norms; rotary halves.
     Qwen3,
+    /// Phi-3 and Phi-3.5 (mini, medium): q, k and v in one matrix, gate and
+    /// up in one, rotary halves, LongRoPE factors for the long-context
+    /// models.
+    Phi3,
 }
 
 impl Arch {
@@ -31,6 +35,7 @@ impl Arch {
             Arch::Gemma3 => "gemma3",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
         }
     }
 }
@@ -86,6 +91,11 @@ pub struct Config {
     pub attention_scale_dim: usize,
     /// Logits are soft-capped: `cap × tanh(logits / cap)`.
     pub final_softcap: Option<f32>,
+    /// LongRoPE (Phi-3 128k): the context the short factors are for (the
+    /// long ones apply when more is served), and the factor the rotary
+    /// cos and sin are multiplied by (`rope.scaling.attn_factor`).
+    pub rope_original_context: usize,
+    pub rope_attn_factor: f32,
 }
 
 /// Gemma's local-attention layers.
@@ -156,6 +166,7 @@ impl Config {
             "gemma3" => Arch::Gemma3,
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
+            "phi3" => Arch::Phi3,
             other => return Err(ModelError::Architecture(other.into())),
         };
         let k = Keys {
@@ -204,7 +215,7 @@ impl Config {
                 )));
             }
         };
-        let common = Config {
+        let mut common = Config {
             arch,
             layers: k.usize("block_count")?,
             hidden,
@@ -225,7 +236,12 @@ impl Config {
             activation: Activation::Silu,
             attention_scale_dim: head_dim,
             final_softcap: None,
+            rope_original_context: k.usize("context_length")?,
+            rope_attn_factor: k.opt_f32("rope.scaling.attn_factor")?.unwrap_or(1.0),
         };
+        if let Some(n) = k.opt_usize("rope.scaling.original_context_length")? {
+            common.rope_original_context = n;
+        }
         let config = match arch {
             Arch::Llama => common,
             Arch::Qwen2 => Config {
@@ -236,6 +252,13 @@ impl Config {
             Arch::Qwen3 => Config {
                 rope_style: RopeStyle::Halves,
                 qk_norm: true,
+                ..common
+            },
+            // `phi3.attention.sliding_window` is read by llama.cpp and then
+            // switched off (its converters do not write it right, llama.cpp
+            // #13676): every layer attends to the whole context, as there.
+            Arch::Phi3 => Config {
+                rope_style: RopeStyle::Halves,
                 ..common
             },
             Arch::Gemma3 => Config {

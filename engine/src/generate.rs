@@ -39,6 +39,47 @@ pub struct Request {
     /// Only text of this grammar may be written (a JSON schema's values),
     /// and generation ends only where a sentence of it is complete.
     pub grammar: Option<Arc<Grammar>>,
+    /// With a grammar: where it starts holding (`None`: from the start,
+    /// and the text is streamed as usual). See [`Trigger`].
+    pub trigger: Option<Trigger>,
+}
+
+/// Where a grammar starts holding: once `text` appears in the answer
+/// (anywhere, or only as its start after blanks when `at_start`), the
+/// grammar holds from the trigger's first byte on (a tool call that the
+/// model began of its own accord). Text from the trigger on is never
+/// streamed: the caller reads it from the [`Completion`] (the calls). An
+/// empty `text` starts the grammar at once, so nothing is streamed (a call
+/// that must be made). Should the grammar refuse what the model wrote at
+/// the trigger, the trigger is dropped and the answer goes on as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trigger {
+    pub text: String,
+    pub at_start: bool,
+}
+
+impl Trigger {
+    /// Where the trigger is in `text`, if it is.
+    fn find(&self, text: &str) -> Option<usize> {
+        if self.at_start {
+            let lead = text.len() - text.trim_start().len();
+            text[lead..].starts_with(&self.text).then_some(lead)
+        } else {
+            text.find(&self.text)
+        }
+    }
+
+    /// How much of the end of `text` to hold back while it could still
+    /// become the trigger; `None` when it no longer can (an answer that
+    /// began otherwise, for a trigger at the start).
+    fn held_back(&self, text: &str) -> Option<usize> {
+        if self.at_start {
+            let body = text.trim_start();
+            self.text.starts_with(body).then_some(text.len())
+        } else {
+            Some(held_back(text, std::slice::from_ref(&self.text)))
+        }
+    }
 }
 
 /// Text that became final, and the log-probabilities of the tokens it
@@ -182,7 +223,20 @@ pub fn generate_while(
         return Err(GenerateError::EmptyPrompt);
     }
     let mut sampler = Sampler::new(req.sampling.clone())?;
-    let mut matcher = req.grammar.clone().map(Matcher::new);
+    // The grammar holds now, or waits for its trigger; `silent_from`: where
+    // the text stops being streamed.
+    let mut matcher = None;
+    let mut pending = None;
+    let mut silent_from = None;
+    match (&req.grammar, &req.trigger) {
+        (Some(g), Some(t)) if t.text.is_empty() => {
+            matcher = Some(Matcher::new(Arc::clone(g)));
+            silent_from = Some(0);
+        }
+        (Some(g), Some(t)) => pending = Some((g, t)),
+        (Some(g), None) => matcher = Some(Matcher::new(Arc::clone(g))),
+        (None, _) => {}
+    }
     if !wanted() {
         return Ok(Completion {
             ids: Vec::new(),
@@ -237,7 +291,29 @@ pub fn generate_while(
             finish = Finish::Stop;
             break;
         }
-        let ready = text.len() - held_back(&text, &req.stop);
+        let mut hold = held_back(&text, &req.stop);
+        if let Some((g, t)) = pending {
+            if let Some(at) = t.find(&text) {
+                // Once, taken or not: the grammar from the trigger on.
+                pending = None;
+                let mut m = Matcher::new(Arc::clone(g));
+                if m.advance(&text.as_bytes()[at..]) {
+                    matcher = Some(m);
+                    // At the start: the blanks before it were held back
+                    // and go unstreamed too.
+                    silent_from = Some(if t.at_start { sent } else { at });
+                }
+            } else {
+                match t.held_back(&text) {
+                    Some(h) => hold = hold.max(h),
+                    None => pending = None,
+                }
+            }
+        }
+        let ready = match silent_from {
+            Some(at) => at.max(sent),
+            None => text.len() - hold,
+        };
         if ready > sent {
             // The tokens whose text is now all out go with it.
             let done = sent_logprobs + ends[sent_logprobs..].partition_point(|&e| e <= ready);
@@ -261,10 +337,17 @@ pub fn generate_while(
         let kept = logprobs.partition_point(|lp| lp.text_offset < chars);
         logprobs.truncate(kept.max(sent_logprobs));
     }
-    if text.len() > sent || logprobs.len() > sent_logprobs {
+    // What is left to stream: the rest, or up to where the text went silent.
+    let end = silent_from.map_or(text.len(), |at| at.clamp(sent, text.len()));
+    let last = match silent_from {
+        Some(_) => (sent_logprobs + ends[sent_logprobs..].partition_point(|&e| e <= end))
+            .min(logprobs.len()),
+        None => logprobs.len(),
+    };
+    if end > sent || last > sent_logprobs {
         emit(Released {
-            text: text.get(sent..).unwrap_or_default(),
-            logprobs: &logprobs[sent_logprobs..],
+            text: text.get(sent..end).unwrap_or_default(),
+            logprobs: &logprobs[sent_logprobs..last],
         });
     }
     Ok(Completion {
@@ -277,176 +360,5 @@ pub fn generate_while(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::{Script, tokenizer};
-
-    fn run(script: &[u32], max: usize, stop: &[&str]) -> (Completion, Vec<String>) {
-        let mut m = Script {
-            tokens: script.to_vec(),
-            at: 0,
-            vocab: 7,
-        };
-        let req = Request {
-            prompt: vec![1],
-            max_tokens: max,
-            sampling: SamplingParams::default(),
-            stop: stop.iter().map(|s| s.to_string()).collect(),
-            logprobs: None,
-            grammar: None,
-        };
-        let mut pieces = Vec::new();
-        let c = generate(&mut m, &tokenizer(), &req, |r| {
-            pieces.push(r.text.to_string())
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        (c, pieces)
-    }
-
-    #[test]
-    fn eos_length_and_stop_strings() {
-        let (c, p) = run(&[1, 2, 0, 3], 10, &[]);
-        assert_eq!((c.text.as_str(), c.finish), ("ab", Finish::Stop));
-        assert_eq!(p.concat(), "ab");
-        let (c, _) = run(&[1, 2, 3, 1], 2, &[]);
-        assert_eq!((c.text.as_str(), c.finish), ("ab", Finish::Length));
-        // "bc" stops; "b" is held back until it is clear it starts "bc".
-        let (c, p) = run(&[1, 2, 3, 1], 10, &["bc"]);
-        assert_eq!((c.text.as_str(), c.finish), ("a", Finish::Stop));
-        assert_eq!(p, vec!["a"]);
-        // "b" followed by "a": the held-back "b" is released.
-        let (c, p) = run(&[1, 2, 1, 0], 10, &["bc"]);
-        assert_eq!(c.text, "aba");
-        assert_eq!(p.concat(), "aba");
-    }
-
-    #[test]
-    fn an_unwanted_request_stops_computing() {
-        let mut m = Script {
-            tokens: [1, 2, 3].repeat(10),
-            at: 0,
-            vocab: 7,
-        };
-        let req = Request {
-            prompt: vec![1],
-            max_tokens: 1000,
-            sampling: SamplingParams::default(),
-            stop: vec![],
-            logprobs: None,
-            grammar: None,
-        };
-        let mut asked = 0;
-        let c = generate_while(
-            &mut m,
-            &tokenizer(),
-            &req,
-            || {
-                asked += 1;
-                asked <= 5
-            },
-            |_| {},
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        // Asked before the prompt pass, then before each of 4 tokens.
-        assert_eq!((c.finish, c.ids.len()), (Finish::Abandoned, 4));
-        assert_eq!(c.text, "abca");
-
-        // A request nobody waits for any more is not even read: no pass.
-        m.at = 7;
-        let c = generate_while(&mut m, &tokenizer(), &req, || false, |_| {})
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((c.finish, c.ids.len(), m.at), (Finish::Abandoned, 0, 7));
-    }
-
-    #[test]
-    fn logprobs_go_out_with_their_tokens_text_and_stop_at_a_stop_string() {
-        let mut m = Script {
-            tokens: vec![1, 2, 5, 6, 3, 1, 0],
-            at: 0,
-            vocab: 7,
-        };
-        let req = Request {
-            prompt: vec![1],
-            max_tokens: 10,
-            sampling: SamplingParams::default(),
-            stop: vec!["ca".into()],
-            logprobs: Some(2),
-            grammar: None,
-        };
-        let mut released: Vec<(String, Vec<u32>)> = Vec::new();
-        let c = generate(&mut m, &tokenizer(), &req, |r| {
-            released.push((r.text.into(), r.logprobs.iter().map(|l| l.id).collect()));
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!((c.text.as_str(), c.finish), ("ab\u{e9}", Finish::Stop));
-        // "c" and "a" are the stop string: their tokens are not reported.
-        let ids: Vec<u32> = c.logprobs.iter().map(|l| l.id).collect();
-        assert_eq!(ids, [1, 2, 5, 6]);
-        let offsets: Vec<usize> = c.logprobs.iter().map(|l| l.text_offset).collect();
-        assert_eq!(offsets, [0, 1, 2, 2]);
-        // The scripted token has logit 10, the six others 0.
-        let expected = 10.0 - (10f64.exp() + 6.0).ln();
-        assert!(
-            c.logprobs
-                .iter()
-                .all(|l| (f64::from(l.logprob) - expected).abs() < 1e-6)
-        );
-        assert!(
-            c.logprobs
-                .iter()
-                .all(|l| l.top.len() == 2 && l.top[0].0 == l.id)
-        );
-        // Streamed: the same text and tokens, each token with its text (the
-        // first byte of "é" goes with the character it starts).
-        let text: String = released.iter().map(|r| r.0.as_str()).collect();
-        let streamed: Vec<u32> = released.iter().flat_map(|r| r.1.clone()).collect();
-        assert_eq!((text.as_str(), streamed.as_slice()), ("ab\u{e9}", &ids[..]));
-        assert_eq!(released[0], ("a".to_string(), vec![1]));
-        // Not asked: none computed.
-        let (c, _) = run(&[1, 2, 0], 10, &[]);
-        assert!(c.logprobs.is_empty());
-    }
-
-    #[test]
-    fn a_grammar_overrules_the_model_and_ends_generation_where_complete() {
-        // The model wants "cabab…"; the grammar allows exactly "ab".
-        let mut g = Grammar::default();
-        let root = g.literal(b"ab");
-        g.set_root(root);
-        let grammar = Some(Arc::new(g));
-        for temperature in [0.0, 1.0] {
-            let mut m = Script {
-                tokens: vec![3, 1, 1, 2, 1, 2],
-                at: 0,
-                vocab: 7,
-            };
-            let req = Request {
-                prompt: vec![1],
-                max_tokens: 10,
-                sampling: SamplingParams {
-                    temperature,
-                    ..SamplingParams::default()
-                },
-                stop: vec![],
-                logprobs: None,
-                grammar: grammar.clone(),
-            };
-            let c = generate(&mut m, &tokenizer(), &req, |_| {}).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(
-                (c.text.as_str(), c.finish),
-                ("ab", Finish::Stop),
-                "{temperature}"
-            );
-            assert_eq!(c.ids, [1, 2]);
-        }
-    }
-
-    #[test]
-    fn multibyte_characters_are_emitted_whole() {
-        // é = C3 A9, as two byte tokens.
-        let (c, p) = run(&[1, 5, 6, 0], 10, &[]);
-        assert_eq!(c.text, "a\u{e9}");
-        assert!(p.iter().all(|s| !s.contains('\u{fffd}')), "{p:?}");
-        assert_eq!(p.concat(), "a\u{e9}");
-    }
-}
+#[path = "generate_tests.rs"]
+mod tests;

@@ -31,6 +31,7 @@ mod synthetic_tests;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tokenizer;
+pub mod tools;
 pub mod transformer;
 
 use std::path::PathBuf;

@@ -23,7 +23,7 @@ pub enum ModelError {
     ContextFull(usize),
     #[error("model: GGUF metadata key `{0}` is missing or has the wrong type")]
     MissingKey(String),
-    #[error("model: architecture {0:?} is not supported (llama, gemma3, qwen2, qwen3 are)")]
+    #[error("model: architecture {0:?} is not supported (llama, gemma3, qwen2, qwen3, phi3 are)")]
     Architecture(String),
     #[error("model: {0}")]
     Unsupported(String),
@@ -124,12 +124,17 @@ impl Model {
 
     /// Bounds the context so that its K/V cache fits `bytes`; returns the
     /// context now taken (0: not one token fits).
-    pub fn bound_kv_memory(&mut self, bytes: u64) -> usize {
+    pub fn bound_kv_memory(&mut self, bytes: u64) -> Result<usize, ModelError> {
         let fits = bytes / (self.kv_bytes_per_token.max(1) as u64);
         self.context = self
             .context
             .min(usize::try_from(fits).unwrap_or(usize::MAX));
-        self.context
+        if let Weights::Ciel(w) = &mut self.weights {
+            w.serve_context(self.context).map_err(|e| {
+                ModelError::Load(format!("rotary factors for the served context: {e}"))
+            })?;
+        }
+        Ok(self.context)
     }
 
     /// The longest sequence (prompt and completion) the model takes.

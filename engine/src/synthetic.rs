@@ -30,7 +30,13 @@ pub const WEIGHT_TYPES: &[(&str, GgmlDType)] = &[
 ];
 
 /// The architectures written.
-pub const ARCHS: &[Arch] = &[Arch::Llama, Arch::Gemma3, Arch::Qwen2, Arch::Qwen3];
+pub const ARCHS: &[Arch] = &[
+    Arch::Llama,
+    Arch::Gemma3,
+    Arch::Qwen2,
+    Arch::Qwen3,
+    Arch::Phi3,
+];
 
 const HIDDEN: usize = 256;
 const FFN: usize = 256;
@@ -51,8 +57,32 @@ pub fn file_name(arch: Arch, weights: &str) -> String {
 pub fn llama_with_rope_freqs() -> candle_core::Result<(String, Vec<u8>)> {
     Ok((
         "synthetic-llama-rope-freqs-f32.gguf".into(),
-        write(Arch::Llama, GgmlDType::F32, true)?,
+        write(Arch::Llama, GgmlDType::F32, Extra::RopeFreqs)?,
     ))
+}
+
+/// Phi-3 128k's LongRoPE (short and long factors, an attention factor) on
+/// the f32 phi3 model, its short factors made for `original` tokens: the
+/// file name and its bytes. With an original context of 16 the long
+/// factors apply (more is served, here and by llama.cpp), with 512 (all
+/// of the trained context) the short ones.
+pub fn phi3_with_long_rope(original: usize) -> candle_core::Result<(String, Vec<u8>)> {
+    Ok((
+        format!("synthetic-phi3-longrope{original}-f32.gguf"),
+        write(Arch::Phi3, GgmlDType::F32, Extra::LongRope { original })?,
+    ))
+}
+
+/// Rotary extras beyond an architecture's plain model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    None,
+    /// Llama 3.1's `rope_freqs.weight`.
+    RopeFreqs,
+    /// Phi-3's LongRoPE factors, the short ones for `original` tokens.
+    LongRope {
+        original: usize,
+    },
 }
 
 /// splitmix64: a fixed, portable stream of weights.
@@ -89,10 +119,10 @@ pub fn vocab_size() -> usize {
 
 /// One synthetic model's GGUF bytes.
 pub fn gguf(arch: Arch, dtype: GgmlDType) -> candle_core::Result<Vec<u8>> {
-    write(arch, dtype, false)
+    write(arch, dtype, Extra::None)
 }
 
-fn write(arch: Arch, dtype: GgmlDType, rope_freqs: bool) -> candle_core::Result<Vec<u8>> {
+fn write(arch: Arch, dtype: GgmlDType, extra: Extra) -> candle_core::Result<Vec<u8>> {
     let device = Device::Cpu;
     // Each architecture has its own weights, the same for every type.
     let mut rng = Rng(match arch {
@@ -100,6 +130,7 @@ fn write(arch: Arch, dtype: GgmlDType, rope_freqs: bool) -> candle_core::Result<
         Arch::Gemma3 => 2,
         Arch::Qwen2 => 3,
         Arch::Qwen3 => 4,
+        Arch::Phi3 => 5,
     });
     let vocab = vocabulary();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
@@ -131,12 +162,20 @@ fn write(arch: Arch, dtype: GgmlDType, rope_freqs: bool) -> candle_core::Result<
     }
     for i in 0..LAYERS {
         let n = |what: &str| format!("blk.{i}.{what}.weight");
-        matrix(n("attn_q"), HEADS * HEAD_DIM, HIDDEN, w)?;
-        matrix(n("attn_k"), KV_HEADS * HEAD_DIM, HIDDEN, w)?;
-        matrix(n("attn_v"), KV_HEADS * HEAD_DIM, HIDDEN, w)?;
-        matrix(n("attn_output"), HIDDEN, HEADS * HEAD_DIM, w)?;
-        matrix(n("ffn_gate"), FFN, HIDDEN, w)?;
-        matrix(n("ffn_up"), FFN, HIDDEN, w)?;
+        if arch == Arch::Phi3 {
+            // q, k, v in one matrix; gate and up in one.
+            let qkv = (HEADS + 2 * KV_HEADS) * HEAD_DIM;
+            matrix(n("attn_qkv"), qkv, HIDDEN, w)?;
+            matrix(n("attn_output"), HIDDEN, HEADS * HEAD_DIM, w)?;
+            matrix(n("ffn_up"), 2 * FFN, HIDDEN, w)?;
+        } else {
+            matrix(n("attn_q"), HEADS * HEAD_DIM, HIDDEN, w)?;
+            matrix(n("attn_k"), KV_HEADS * HEAD_DIM, HIDDEN, w)?;
+            matrix(n("attn_v"), KV_HEADS * HEAD_DIM, HIDDEN, w)?;
+            matrix(n("attn_output"), HIDDEN, HEADS * HEAD_DIM, w)?;
+            matrix(n("ffn_gate"), FFN, HIDDEN, w)?;
+            matrix(n("ffn_up"), FFN, HIDDEN, w)?;
+        }
         matrix(n("ffn_down"), HIDDEN, FFN, w)?;
     }
     // Vectors (always f32): norm weights around one, biases around zero.
@@ -169,16 +208,21 @@ fn write(arch: Arch, dtype: GgmlDType, rope_freqs: bool) -> candle_core::Result<
             }
         }
     }
-    if rope_freqs {
-        // Factors from 1 (fast pairs) to 8 (slow ones), as Llama 3.1's.
+    // Factors from 1 (fast pairs) to `top` (slow ones), as Llama 3.1's and
+    // Phi-3 128k's.
+    let factors = |top: f32| -> candle_core::Result<QTensor> {
         let f: Vec<f32> = (0..HEAD_DIM / 2)
-            .map(|i| 1.0 + 7.0 * i as f32 / (HEAD_DIM / 2 - 1) as f32)
+            .map(|i| 1.0 + (top - 1.0) * i as f32 / (HEAD_DIM / 2 - 1) as f32)
             .collect();
-        let t = Tensor::from_vec(f, HEAD_DIM / 2, &device)?;
-        tensors.push((
-            "rope_freqs.weight".into(),
-            QTensor::quantize(&t, GgmlDType::F32)?,
-        ));
+        QTensor::quantize(&Tensor::from_vec(f, HEAD_DIM / 2, &device)?, GgmlDType::F32)
+    };
+    match extra {
+        Extra::None => {}
+        Extra::LongRope { .. } => {
+            tensors.push(("rope_factors_short.weight".into(), factors(1.5)?));
+            tensors.push(("rope_factors_long.weight".into(), factors(6.0)?));
+        }
+        Extra::RopeFreqs => tensors.push(("rope_freqs.weight".into(), factors(8.0)?)),
     }
     let p = arch.name();
     let u32v = |v: usize| Value::U32(v as u32);
@@ -186,7 +230,13 @@ fn write(arch: Arch, dtype: GgmlDType, rope_freqs: bool) -> candle_core::Result<
         ("general.architecture".into(), Value::String(p.into())),
         (
             "general.name".into(),
-            Value::String(format!("synthetic {p}")),
+            // llama.cpp gives tokens of models named "phi3" or "phi-3"
+            // strip attributes by looking up Phi-3's own special tokens,
+            // which this vocabulary has not (it would refuse to load).
+            Value::String(match arch {
+                Arch::Phi3 => "synthetic phi-three".into(),
+                _ => format!("synthetic {p}"),
+            }),
         ),
         (format!("{p}.context_length"), u32v(512)),
         (format!("{p}.embedding_length"), u32v(HIDDEN)),
@@ -201,6 +251,15 @@ fn write(arch: Arch, dtype: GgmlDType, rope_freqs: bool) -> candle_core::Result<
         (format!("{p}.rope.freq_base"), Value::F32(10_000.0)),
         (format!("{p}.rope.dimension_count"), u32v(HEAD_DIM)),
     ];
+    if let Extra::LongRope { original } = extra {
+        md.extend([
+            (
+                format!("{p}.rope.scaling.original_context_length"),
+                u32v(original),
+            ),
+            (format!("{p}.rope.scaling.attn_factor"), Value::F32(1.19)),
+        ]);
+    }
     if arch == Arch::Gemma3 {
         md.extend([
             (format!("{p}.attention.key_length"), u32v(HEAD_DIM)),

@@ -8,7 +8,9 @@
 )]
 
 use crate::model::Model;
-use crate::synthetic::{ARCHS, WEIGHT_TYPES, file_name, gguf, llama_with_rope_freqs, vocab_size};
+use crate::synthetic::{
+    ARCHS, WEIGHT_TYPES, file_name, gguf, llama_with_rope_freqs, phi3_with_long_rope, vocab_size,
+};
 
 /// How far a logit may be from llama.cpp's, as a fraction of the step's
 /// largest logit, by weight type. Measured (llama, gemma3, qwen2, qwen3):
@@ -112,6 +114,43 @@ fn llama_rope_frequency_factors_give_llama_cpps_logits() {
     check(&r, &file, &bytes, tolerance("f32"));
 }
 
+/// Phi-3 128k's LongRoPE: the long factors where more than the original
+/// context is served, the short ones within it, and the attention factor
+/// on cos and sin, as llama.cpp applies them; the two sets give different
+/// logits, so a wrong choice fails.
+#[test]
+fn phi3_long_rope_factors_give_llama_cpps_logits() {
+    let r = reference();
+    let (long_file, long) = phi3_with_long_rope(16).unwrap();
+    let (short_file, short) = phi3_with_long_rope(512).unwrap();
+    check(&r, &long_file, &long, tolerance("f32"));
+    check(&r, &short_file, &short, tolerance("f32"));
+    let first = |file: &str| -> Vec<f64> {
+        let entry = r["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["file"] == file)
+            .unwrap();
+        entry["logits"][0]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    let (a, b) = (first(&long_file), first(&short_file));
+    let apart = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        apart > 1e-2,
+        "long and short factors gave the same logits ({apart})"
+    );
+}
+
 /// A tensor the forward pass would not read (here: qwen2's q/k/v biases in
 /// a file that says llama) refuses the model instead of being left out.
 #[test]
@@ -167,8 +206,8 @@ fn the_kv_budget_bounds_the_context_and_a_full_context_is_refused() {
     // 2 layers × 2 KV heads × 64 dims × (key + value) × 4 bytes.
     assert_eq!(model.kv_bytes_per_token(), 2 * 2 * 64 * 2 * 4);
     let trained = model.context();
-    assert_eq!(model.bound_kv_memory(u64::MAX), trained);
-    assert_eq!(model.bound_kv_memory(4 * 2048 + 100), 4);
+    assert_eq!(model.bound_kv_memory(u64::MAX).unwrap(), trained);
+    assert_eq!(model.bound_kv_memory(4 * 2048 + 100).unwrap(), 4);
     model.reset();
     model.forward(&[1, 2, 3]).unwrap();
     model.forward(&[4]).unwrap();
@@ -176,5 +215,5 @@ fn the_kv_budget_bounds_the_context_and_a_full_context_is_refused() {
         model.forward(&[5]),
         Err(crate::model::ModelError::ContextFull(4))
     ));
-    assert_eq!(model.bound_kv_memory(100), 0);
+    assert_eq!(model.bound_kv_memory(100).unwrap(), 0);
 }

@@ -11,7 +11,7 @@
 //! layers with their own rotary base. Rotary angles are computed for the
 //! positions in each pass, so the context is the model's trained one.
 
-use super::arch::{Activation, Config, RopeStyle};
+use super::arch::{Activation, Arch, Config, RopeStyle};
 use super::q4_1::Q4_1Matrix;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
@@ -58,10 +58,15 @@ impl Linear {
     }
 }
 
+/// The q, k and v projections: three matrices, or one whose rows are q's,
+/// then k's, then v's (Phi-3).
+enum Qkv {
+    Separate([Linear; 3]),
+    Fused(Linear),
+}
+
 struct Layer {
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    qkv: Qkv,
     wo: Linear,
     attn_norm: Tensor,
     ffn_norm: Tensor,
@@ -71,7 +76,9 @@ struct Layer {
     qkv_biases: Option<[Tensor; 3]>,
     /// Norms of the attention and MLP outputs (Gemma 3).
     post_norms: Option<(Tensor, Tensor)>,
-    gate: Linear,
+    /// `None`: `up` computes gate and up, in its first and second halves
+    /// (Phi-3).
+    gate: Option<Linear>,
     down: Linear,
     up: Linear,
     /// A sliding-window layer (Gemma's local attention).
@@ -116,8 +123,9 @@ impl Rope {
     }
 
     /// cos and sin of `position × scale × θ_i` for `seq` positions from
-    /// `pos` (the products candle's precomputed tables hold, bit for bit).
-    fn tables(&self, pos: usize, seq: usize, scale: f32) -> Result<(Tensor, Tensor)> {
+    /// `pos` (the products candle's precomputed tables hold, bit for bit),
+    /// each multiplied by `mscale` (LongRoPE's attention factor).
+    fn tables(&self, pos: usize, seq: usize, scale: f32, mscale: f32) -> Result<(Tensor, Tensor)> {
         let device = self.theta.device();
         let mut positions = Tensor::arange(pos as u32, (pos + seq) as u32, device)?
             .to_dtype(DType::F32)?
@@ -126,6 +134,10 @@ impl Rope {
             positions = (positions * f64::from(scale))?;
         }
         let angles = positions.matmul(&self.theta)?;
+        if mscale != 1.0 {
+            let m = f64::from(mscale);
+            return Ok(((angles.cos()? * m)?, (angles.sin()? * m)?));
+        }
         Ok((angles.cos()?, angles.sin()?))
     }
 }
@@ -138,6 +150,9 @@ pub struct Transformer {
     norm: Tensor,
     output: Linear,
     ropes: Vec<Rope>,
+    /// LongRoPE's short and long factors (Phi-3 128k): which apply depends
+    /// on the context served ([`Self::serve_context`]).
+    long_rope: Option<[Vec<f32>; 2]>,
     neg_inf: Tensor,
 }
 
@@ -175,6 +190,43 @@ impl Transformer {
                     .to_vec1::<f32>()?,
             ),
             false => None,
+        };
+        // Phi-3 128k's LongRoPE: short factors up to the original context,
+        // long ones beyond (llama.cpp's choice, by the context served).
+        let long_rope = match (
+            content
+                .tensor_infos
+                .contains_key("rope_factors_short.weight"),
+            content
+                .tensor_infos
+                .contains_key("rope_factors_long.weight"),
+        ) {
+            (false, false) => None,
+            (true, true) => {
+                let mut read = |name: &str| tensor(name)?.dequantize(device)?.to_vec1::<f32>();
+                Some([
+                    read("rope_factors_short.weight")?,
+                    read("rope_factors_long.weight")?,
+                ])
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "rope_factors_short.weight and rope_factors_long.weight come together".into(),
+                ));
+            }
+        };
+        if factors.is_some() && long_rope.is_some() {
+            return Err(candle_core::Error::Msg(
+                "rope_freqs.weight beside LongRoPE factors".into(),
+            ));
+        }
+        let factors = match &long_rope {
+            Some([short, long]) => Some(if config.context > config.rope_original_context {
+                long.clone()
+            } else {
+                short.clone()
+            }),
+            None => factors,
         };
         let mut ropes = vec![Rope::new(
             config.rope_dim,
@@ -224,17 +276,32 @@ impl Transformer {
             let attn_norm = vector(t("attn_norm.weight")?)?;
             let ffn_norm = vector(t("ffn_norm.weight")?)?;
             let sliding = config.sliding.as_ref().filter(|s| s.applies_to(i));
+            let qkv = if content
+                .tensor_infos
+                .contains_key(&format!("blk.{i}.attn_qkv.weight"))
+            {
+                Qkv::Fused(Linear::new(t("attn_qkv.weight")?)?)
+            } else {
+                Qkv::Separate([
+                    Linear::new(t("attn_q.weight")?)?,
+                    Linear::new(t("attn_k.weight")?)?,
+                    Linear::new(t("attn_v.weight")?)?,
+                ])
+            };
+            // Phi-3 computes gate and up in one matrix, and has no gate.
+            let gate = match config.arch {
+                Arch::Phi3 => None,
+                _ => Some(Linear::new(t("ffn_gate.weight")?)?),
+            };
             layers.push(Layer {
-                wq: Linear::new(t("attn_q.weight")?)?,
-                wk: Linear::new(t("attn_k.weight")?)?,
-                wv: Linear::new(t("attn_v.weight")?)?,
+                qkv,
                 wo: Linear::new(t("attn_output.weight")?)?,
                 attn_norm,
                 ffn_norm,
                 qk_norms,
                 qkv_biases,
                 post_norms,
-                gate: Linear::new(t("ffn_gate.weight")?)?,
+                gate,
                 down: Linear::new(t("ffn_down.weight")?)?,
                 up: Linear::new(t("ffn_up.weight")?)?,
                 sliding: sliding.is_some(),
@@ -263,8 +330,25 @@ impl Transformer {
             norm,
             output,
             ropes,
+            long_rope,
             neg_inf: Tensor::new(f32::NEG_INFINITY, device)?,
         })
+    }
+
+    /// Serves at most `context` tokens: with LongRoPE, the factors that
+    /// apply to that context (short ones within the original context).
+    pub fn serve_context(&mut self, context: usize) -> Result<()> {
+        if let Some([short, long]) = &self.long_rope {
+            let c = &self.config;
+            let factors = if context > c.rope_original_context {
+                long
+            } else {
+                short
+            };
+            let device = self.embeddings.device().clone();
+            self.ropes[0] = Rope::new(c.rope_dim, c.rope_base, Some(factors), &device)?;
+        }
+        Ok(())
     }
 
     /// Logits after the last of `ids` (shape `1 × seq`), the sequence
@@ -275,7 +359,12 @@ impl Transformer {
         let eps = self.config.eps;
         let mut tables = Vec::with_capacity(self.ropes.len());
         for r in &self.ropes {
-            tables.push(r.tables(pos, seq, self.config.rope_scale)?);
+            tables.push(r.tables(
+                pos,
+                seq,
+                self.config.rope_scale,
+                self.config.rope_attn_factor,
+            )?);
         }
         let causal = if seq == 1 {
             None
@@ -311,8 +400,14 @@ impl Transformer {
             }
             let x1 = (attn + &x)?;
             let normed = candle_nn::ops::rms_norm(&x1, &layer.ffn_norm, eps)?;
-            let gate = layer.gate.forward(&normed)?;
-            let up = layer.up.forward(&normed)?;
+            let (gate, up) = match &layer.gate {
+                Some(g) => (g.forward(&normed)?, layer.up.forward(&normed)?),
+                None => {
+                    let both = layer.up.forward(&normed)?;
+                    let half = both.dim(2)? / 2;
+                    (both.narrow(2, 0, half)?, both.narrow(2, half, half)?)
+                }
+            };
             let gate = match self.config.activation {
                 Activation::Silu => candle_nn::ops::silu(&gate)?,
                 Activation::GeluTanh => gate.gelu()?,
@@ -345,22 +440,35 @@ impl Transformer {
         let c = &self.config;
         let (heads, kv_heads, head_dim) = (c.heads, c.kv_heads, c.head_dim);
         let layer = &self.layers[i];
-        let project = |w: &Linear, which: usize| {
-            let y = w.forward(x)?;
-            match &layer.qkv_biases {
-                Some(b) => y.broadcast_add(&b[which]),
-                None => Ok(y),
+        let projected = match &layer.qkv {
+            Qkv::Separate([wq, wk, wv]) => [wq.forward(x)?, wk.forward(x)?, wv.forward(x)?],
+            Qkv::Fused(w) => {
+                let all = w.forward(x)?;
+                let (nq, nkv) = (heads * head_dim, kv_heads * head_dim);
+                [
+                    all.narrow(2, 0, nq)?,
+                    all.narrow(2, nq, nkv)?,
+                    all.narrow(2, nq + nkv, nkv)?,
+                ]
             }
         };
-        let mut q = project(&layer.wq, 0)?.reshape((batch, seq, heads, head_dim))?;
-        let mut k = project(&layer.wk, 1)?.reshape((batch, seq, kv_heads, head_dim))?;
+        let [q, k, v] = match &layer.qkv_biases {
+            Some(b) => [
+                projected[0].broadcast_add(&b[0])?,
+                projected[1].broadcast_add(&b[1])?,
+                projected[2].broadcast_add(&b[2])?,
+            ],
+            None => projected,
+        };
+        let mut q = q.reshape((batch, seq, heads, head_dim))?;
+        let mut k = k.reshape((batch, seq, kv_heads, head_dim))?;
         if let Some((qn, kn)) = &layer.qk_norms {
             q = candle_nn::ops::rms_norm(&q, qn, c.eps)?;
             k = candle_nn::ops::rms_norm(&k, kn, c.eps)?;
         }
         let q = q.transpose(1, 2)?;
         let k = k.transpose(1, 2)?;
-        let v = project(&layer.wv, 2)?
+        let v = v
             .reshape((batch, seq, kv_heads, head_dim))?
             .transpose(1, 2)?
             .contiguous()?;

@@ -86,6 +86,7 @@ fn the_generation_loop_answers_the_reference_question() {
         stop: vec![],
         logprobs: None,
         grammar: None,
+        trigger: None,
     };
     let mut streamed = String::new();
     let c = generate(&mut model, &tok, &req, |r| streamed.push_str(r.text)).unwrap();

@@ -83,24 +83,15 @@ fn the_models_chat_template_renders_the_reference_prompt() {
     let r = reference();
     let want = r["greedy"][0]["prompt"].as_str().unwrap();
     // No system message: the template adds SmolLM's default one.
-    let msgs = [Message {
-        role: "user".into(),
-        content: "Explain in a few sentences why the sky is blue.".into(),
-    }];
+    let msgs = [Message::new(
+        "user",
+        "Explain in a few sentences why the sky is blue.",
+    )];
     assert_eq!(t.render(&msgs, true).unwrap(), want);
     let tok = Tokenizer::from_gguf(&meta).unwrap();
     let want_ids = ids(&r["greedy"][0]["prompt_ids"]);
     assert_eq!(tok.encode(&t.render(&msgs, true).unwrap(), true), want_ids);
-    assert!(
-        t.render(
-            &[Message {
-                role: "tool".into(),
-                content: "x".into()
-            }],
-            true
-        )
-        .is_err()
-    );
+    assert!(t.render(&[Message::new("robot", "x")], true).is_err());
 }
 
 /// Every BPE pre-tokenizer ciel implements gives llama.cpp's ids: the demo

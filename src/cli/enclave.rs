@@ -239,6 +239,7 @@ fn boot(a: BootArgs) -> Result<ExitCode> {
         stop: vec![],
         logprobs: None,
         grammar: None,
+        trigger: None,
     };
     use std::io::Write;
     let mut out = std::io::stdout().lock();

@@ -233,6 +233,7 @@ async fn run(st: Arc<ApiState>, kind: Route, body: Bytes) -> Response {
         n,
         stream: streamed,
         include_usage,
+        tools,
     } = match prepared {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return e.into_response(),
@@ -291,6 +292,7 @@ async fn run(st: Arc<ApiState>, kind: Route, body: Bytes) -> Response {
             created,
             include_usage,
             logprobs,
+            tools,
         };
         return super::sse::stream(choices, head).into_response();
     }
@@ -320,12 +322,10 @@ async fn run(st: Arc<ApiState>, kind: Route, body: Bytes) -> Response {
             None => Value::Null,
         };
         answers.push(match kind {
-            Route::Chat => json!({
-                "index": index,
-                "message": {"role": "assistant", "content": done.text},
-                "logprobs": lp,
-                "finish_reason": finish_reason(done.finish),
-            }),
+            Route::Chat => {
+                let (message, finish) = super::tools::chat_answer(&done.text, done.finish, tools);
+                json!({"index": index, "message": message, "logprobs": lp, "finish_reason": finish})
+            }
             Route::Text => json!({
                 "index": index, "text": done.text, "logprobs": lp,
                 "finish_reason": finish_reason(done.finish),

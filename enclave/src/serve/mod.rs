@@ -11,6 +11,7 @@ mod logprobs;
 pub mod request;
 mod request_fields;
 mod sse;
+mod tools;
 pub mod worker;
 
 use crate::kbs_client::{Backoff, EvidenceSource, KbsClient};
@@ -231,7 +232,9 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
     // 5. Serve, with the context the K/V budget holds.
     let mut model = model;
     let trained = model.context();
-    let context = model.bound_kv_memory(cfg.kv_memory);
+    let context = model
+        .bound_kv_memory(cfg.kv_memory)
+        .map_err(|e| BootError::Model(e.to_string()))?;
     if context == 0 {
         return Err(BootError::Model(format!(
             "--kv-memory {} bytes holds no token of this model's K/V cache ({} bytes a token)",

@@ -5,11 +5,12 @@
 
 use super::api::ApiError;
 use axum::http::StatusCode;
-use ciel_engine::chat::{ChatTemplate, Message};
+use ciel_engine::chat::ChatTemplate;
 use ciel_engine::generate::Request;
 use ciel_engine::grammar::{Grammar, json};
 use ciel_engine::logprobs::MAX_TOP;
 use ciel_engine::sampling::{SamplingError, SamplingParams};
+use ciel_engine::tools::ToolSyntax;
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::Arc;
@@ -140,7 +141,12 @@ struct StreamOptions {
 
 #[derive(Debug, Deserialize)]
 struct ChatBody {
-    messages: Vec<Message>,
+    messages: Vec<super::tools::ApiMessage>,
+    /// Functions the model may call, how it must (`none`, `auto`,
+    /// `required`, one named), and whether several at once.
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    parallel_tool_calls: Option<bool>,
     /// Report the chosen tokens' log-probabilities ...
     logprobs: Option<bool>,
     /// ... with this many alternatives each (0 to 20).
@@ -189,6 +195,8 @@ pub struct Prepared {
     pub stream: bool,
     /// Streamed with a last chunk carrying the usage.
     pub include_usage: bool,
+    /// The answer may hold tool calls, written in this syntax.
+    pub tools: Option<ToolSyntax>,
 }
 
 /// Everything between the bytes of a request body and the engine, without
@@ -202,6 +210,7 @@ pub fn prepare(
     encode: &dyn Fn(&str, bool) -> Vec<u32>,
     limits: &RequestLimits<'_>,
 ) -> Result<Prepared, ApiError> {
+    let mut tool_calls = None;
     let (common, ids, logprobs) = match route {
         Route::Chat => {
             let b: ChatBody = parse_body(route, body)?;
@@ -221,9 +230,23 @@ pub fn prepare(
                     "this model has no chat template (tokenizer.chat_template): send raw prompts to /v1/completions",
                 ));
             };
+            let plan = super::tools::plan(
+                b.tools.as_ref(),
+                b.tool_choice.as_ref(),
+                b.parallel_tool_calls,
+                template,
+            )?;
+            if plan.calls.is_some() && b.common.response_format.is_some() {
+                return Err(bad_field(
+                    "response_format",
+                    "is not supported together with tools (unless tool_choice is none)",
+                ));
+            }
+            let messages = super::tools::messages(b.messages)?;
             let prompt = template
-                .render(&b.messages, true)
+                .render_with_tools(&messages, plan.render.as_ref(), true)
                 .map_err(|e| bad_field("messages", e))?;
+            tool_calls = plan.calls;
             (b.common, encode(&prompt, true), logprobs)
         }
         Route::Text => {
@@ -246,6 +269,11 @@ pub fn prepare(
     let mut request = build_request(limits, &common, ids)?;
     request.logprobs = logprobs;
     request.grammar = response_grammar(common.response_format.as_ref())?;
+    let tools = tool_calls.map(|(syntax, grammar, trigger)| {
+        request.grammar = Some(grammar);
+        request.trigger = Some(trigger);
+        syntax
+    });
     let n = match common.n {
         None => 1,
         Some(n) if (1..=MAX_CHOICES).contains(&n) => n,
@@ -261,6 +289,7 @@ pub fn prepare(
         n,
         stream,
         include_usage,
+        tools,
     })
 }
 
@@ -344,5 +373,6 @@ fn build_request(
         stop,
         logprobs: None,
         grammar: None,
+        trigger: None,
     })
 }

@@ -1,6 +1,6 @@
 //! The request fields the API honours, and a 400 naming any other: a
-//! parameter this server does not implement (`logprobs`, `response_format`,
-//! `tools`, …) is refused, never silently ignored, so a client never takes
+//! parameter this server does not implement (penalties, `logit_bias`, the
+//! legacy `functions`, …) is refused, never silently ignored, so a client never takes
 //! an answer for one it did not get.
 
 use super::api::ApiError;
@@ -25,9 +25,6 @@ const COMMON: &[&str] = &[
 
 /// OpenAI parameters known but not implemented here (named as such).
 const NOT_YET: &[&str] = &[
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
     "functions",
     "function_call",
     "presence_penalty",
@@ -46,7 +43,14 @@ pub(super) fn refuse_unknown(route: Route, body: &serde_json::Value) -> Result<(
         return Ok(());
     };
     let own: &[&str] = match route {
-        Route::Chat => &["messages", "logprobs", "top_logprobs"],
+        Route::Chat => &[
+            "messages",
+            "logprobs",
+            "top_logprobs",
+            "tools",
+            "tool_choice",
+            "parallel_tool_calls",
+        ],
         Route::Text => &["prompt", "logprobs"],
     };
     match fields
@@ -83,8 +87,9 @@ mod tests {
     fn unknown_and_unimplemented_fields_are_refused_by_name() {
         let ok = br#"{"model":"m","messages":[],"max_tokens":3,"stream":true}"#;
         assert!(refuse_unknown(Route::Chat, ok).is_ok());
-        let e = refuse_unknown(Route::Chat, br#"{"messages":[],"tools":[]}"#).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("tools"));
+        assert!(refuse_unknown(Route::Chat, br#"{"messages":[],"tools":[]}"#).is_ok());
+        let e = refuse_unknown(Route::Chat, br#"{"messages":[],"functions":[]}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("functions"));
         assert!(e.message.contains("not supported"), "{}", e.message);
         let e = refuse_unknown(Route::Chat, br#"{"messages":[],"temprature":1}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("temprature"));

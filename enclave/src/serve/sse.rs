@@ -4,8 +4,10 @@ use super::api::finish_reason;
 use super::request::Route;
 use super::worker::Event;
 use axum::response::sse::{Event as SseEvent, Sse};
+use ciel_engine::generate::Finish;
 use ciel_engine::logprobs::TokenLogprob;
 use ciel_engine::tokenizer::Tokenizer;
+use ciel_engine::tools::ToolSyntax;
 use futures_util::StreamExt;
 use serde_json::Value;
 use serde_json::json;
@@ -26,6 +28,9 @@ pub(super) struct StreamHead {
     /// Set when the request asked for log-probabilities: the tokenizer
     /// that names their tokens.
     pub logprobs: Option<Arc<Tokenizer>>,
+    /// The answer may end in tool calls, in this syntax: the engine streams
+    /// the text before them, and they go out whole at the end.
+    pub tools: Option<ToolSyntax>,
 }
 
 /// Server-sent events in OpenAI's chunk format, ending with `[DONE]`: the
@@ -43,6 +48,7 @@ pub(super) fn stream(
         created,
         include_usage,
         logprobs,
+        tools,
     } = head;
     let object = match kind {
         Route::Chat => "chat.completion.chunk",
@@ -98,6 +104,7 @@ pub(super) fn stream(
     let state = Streaming {
         merged,
         due,
+        streamed: vec![0; n],
         prompt_tokens: 0,
         completion_tokens: 0,
         ended: false,
@@ -114,13 +121,36 @@ pub(super) fn stream(
                 }
                 match st.merged.next().await {
                     Some((i, Event::Text { text, logprobs })) => {
+                        if let Some(s) = st.streamed.get_mut(i) {
+                            *s += text.len();
+                        }
                         let c = chunk(i, Some(&text), &logprobs, None);
                         st.due.push_back(event(json!([c]), None));
                     }
                     Some((i, Event::Done(done))) => {
                         st.prompt_tokens = done.prompt_tokens;
                         st.completion_tokens += done.ids.len();
-                        let c = chunk(i, None, &[], Some(finish_reason(done.finish)));
+                        let mut finish = finish_reason(done.finish);
+                        let calls = tools.and_then(|s| s.parse(&done.text));
+                        let streamed = st.streamed.get(i).copied().unwrap_or(0);
+                        if let Some(calls) = &calls {
+                            let delta = json!({"tool_calls": super::tools::to_json(calls, true)});
+                            st.due.push_back(event(
+                                json!([{"index": i, "delta": delta, "logprobs": null, "finish_reason": null}]),
+                                None,
+                            ));
+                            if done.finish == Finish::Stop {
+                                finish = "tool_calls";
+                            }
+                        } else if let Some(rest) =
+                            done.text.get(streamed..).filter(|r| !r.is_empty())
+                        {
+                            // Text the engine held back for calls that did
+                            // not come (an answer cut short): it is text.
+                            let c = chunk(i, Some(rest), &[], None);
+                            st.due.push_back(event(json!([c]), None));
+                        }
+                        let c = chunk(i, None, &[], Some(finish));
                         st.due.push_back(event(json!([c]), None));
                     }
                     Some((_, Event::Failed(e))) => {
@@ -149,10 +179,12 @@ pub(super) fn stream(
 }
 
 /// A stream in progress: the choices' events, chunks due before the next
-/// event, the usage so far, and whether the stream has ended.
+/// event, the text streamed, the usage so far, and whether it has ended.
 struct Streaming<S> {
     merged: S,
     due: VecDeque<SseEvent>,
+    /// Bytes of text streamed, per choice.
+    streamed: Vec<usize>,
     prompt_tokens: usize,
     completion_tokens: usize,
     ended: bool,
@@ -163,7 +195,7 @@ struct Streaming<S> {
 mod tests {
     use super::*;
     use axum::response::IntoResponse;
-    use ciel_engine::generate::{Completion, Finish};
+    use ciel_engine::generate::Completion;
     use http_body_util::BodyExt;
 
     async fn body(include_usage: bool) -> String {
@@ -189,6 +221,7 @@ mod tests {
             created: 0,
             include_usage,
             logprobs: None,
+            tools: None,
         };
         let resp = stream(vec![rx], head).into_response();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();

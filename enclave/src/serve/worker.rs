@@ -165,6 +165,7 @@ mod tests {
             stop: vec![],
             logprobs: None,
             grammar: None,
+            trigger: None,
         }
     }
 

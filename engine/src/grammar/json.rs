@@ -97,7 +97,7 @@ fn err(path: &str, message: impl Into<String>) -> SchemaError {
     }
 }
 
-struct Builder<'a> {
+pub(super) struct Builder<'a> {
     g: Grammar,
     root: &'a Value,
     ws: RuleId,
@@ -116,7 +116,7 @@ struct Builder<'a> {
 const MAX_NESTING: usize = 64;
 
 impl<'a> Builder<'a> {
-    fn new(root: &'a Value) -> Self {
+    pub(super) fn new(root: &'a Value) -> Self {
         let mut g = Grammar::default();
         let ws = whitespace(&mut g);
         let string = string(&mut g);
@@ -132,7 +132,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn finish(mut self, value: RuleId) -> Grammar {
+    pub(super) fn finish(mut self, value: RuleId) -> Grammar {
         let root = self
             .g
             .rule(vec![vec![Elem::Rule(self.ws), Elem::Rule(value)]]);
@@ -140,7 +140,7 @@ impl<'a> Builder<'a> {
         self.g
     }
 
-    fn ws(&self) -> Elem {
+    pub(super) fn ws(&self) -> Elem {
         Elem::Rule(self.ws)
     }
 
@@ -185,7 +185,7 @@ impl<'a> Builder<'a> {
     }
 
     /// `"key" ws : ws value`.
-    fn member(&mut self, key: Elem, value: Elem) -> Elem {
+    pub(super) fn member(&mut self, key: Elem, value: Elem) -> Elem {
         let ws = self.ws();
         Elem::Rule(self.g.rule(vec![vec![key, ws, byte(b':'), ws, value]]))
     }
@@ -214,6 +214,19 @@ impl<'a> Builder<'a> {
             .collect();
         self.g.define(any, alts);
         any
+    }
+
+    /// The rule for the values `schema` allows, a schema of its own (its
+    /// `$ref`s point into it): one of several in one grammar.
+    pub(super) fn schema(&mut self, schema: &'a Value, path: &str) -> Result<RuleId, SchemaError> {
+        self.root = schema;
+        self.refs.clear();
+        self.value(schema, path)
+    }
+
+    /// The grammar's rules so far, to add literal text to.
+    pub(super) fn grammar(&mut self) -> &mut Grammar {
+        &mut self.g
     }
 
     /// The rule for the values `schema` allows; `path` names it in errors.

@@ -11,6 +11,7 @@
 //! through a byte trie of the vocabulary, so tokens sharing a prefix share
 //! its work and a rejected prefix rejects every token under it.
 
+pub mod calls;
 pub mod json;
 mod trie;
 

@@ -71,6 +71,7 @@ pub fn run(r: &mut Report) -> Result<()> {
         stop: vec![],
         logprobs: None,
         grammar: None,
+        trigger: None,
     };
     let generated = std::cell::Cell::new(0usize);
     let mut bare = |out: &mut String| {
