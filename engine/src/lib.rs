@@ -12,6 +12,7 @@
 
 pub mod arch;
 pub mod chat;
+pub mod embeddings;
 pub mod generate;
 pub mod gguf;
 pub mod grammar;

@@ -63,7 +63,7 @@ pub fn run(r: &mut Report) -> Result<()> {
     drop(bytes);
     let new_tokens = if r.quick { 32 } else { 128 };
     let runs = if r.quick { 2 } else { 5 };
-    let (text, prompt) = user_prompt(template.as_ref(), &tokenizer, PROMPT)?;
+    let (_, prompt) = user_prompt(template.as_ref(), &tokenizer, PROMPT)?;
     let req = Request {
         prompt,
         max_tokens: new_tokens,
@@ -238,55 +238,112 @@ pub fn run(r: &mut Report) -> Result<()> {
         "bare engine",
     );
 
-    llama_cpp(r, &path, &text, new_tokens, bo);
+    let ours = Ours {
+        prompt_tps: prompt / (bt / 1e3),
+        generation_tps: bd,
+        overall_tps: bo,
+    };
+    llama_cpp(r, &path, &req.prompt, new_tokens, &ours);
     Ok(())
 }
 
-/// llama.cpp (through `llama-cpp-python`) on the same GGUF and prompt, when
-/// installed: its tokens/s and ours against it.
-fn llama_cpp(r: &mut Report, model: &std::path::Path, prompt: &str, n: usize, ours: f64) {
+/// This engine's single-stream figures, beside which llama.cpp's stand.
+struct Ours {
+    prompt_tps: f64,
+    generation_tps: f64,
+    overall_tps: f64,
+}
+
+/// The Python that runs llama.cpp: `$CIEL_LLAMA_CPP_PYTHON` (what
+/// `scripts/llamacpp-env.sh` prints), else `python3`.
+fn llama_cpp_python() -> std::ffi::OsString {
+    std::env::var_os("CIEL_LLAMA_CPP_PYTHON").unwrap_or_else(|| "python3".into())
+}
+
+/// llama.cpp (through `llama-cpp-python`) on the same GGUF, the same prompt
+/// token ids, the same number of new tokens, greedy, the same threads, with
+/// an f32 K/V cache as ours, when it is installed: its prompt and
+/// generation tokens/s by its own clock (`llama_perf_context`), and ours
+/// against them.
+fn llama_cpp(r: &mut Report, model: &std::path::Path, prompt: &[u32], n: usize, ours: &Ours) {
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
     let script = r#"
-import sys, time
+import json, sys, time
+import llama_cpp
 from llama_cpp import Llama
-m = Llama(model_path=sys.argv[1], n_threads=int(sys.argv[3]), n_ctx=2048, verbose=False)
-t = time.time()
-out = m(sys.argv[2], max_tokens=int(sys.argv[4]), temperature=0.0, top_k=1)
-dt = time.time() - t
-print(out["usage"]["completion_tokens"] / dt)
+ids = json.loads(sys.argv[2])
+n = int(sys.argv[4])
+m = Llama(model_path=sys.argv[1], n_threads=int(sys.argv[3]), n_threads_batch=int(sys.argv[3]),
+          n_ctx=max(2048, len(ids) + n + 8), n_batch=max(512, len(ids)),
+          type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, verbose=False)
+best = None
+for _ in range(int(sys.argv[5])):
+    m.reset()
+    llama_cpp.llama_perf_context_reset(m.ctx)
+    t = time.time()
+    out = m.create_completion(ids, max_tokens=n, temperature=0.0, top_k=1)
+    total = time.time() - t
+    p = llama_cpp.llama_perf_context(m.ctx)
+    run = (p.n_p_eval / (p.t_p_eval_ms / 1e3), p.n_eval / (p.t_eval_ms / 1e3),
+           out["usage"]["completion_tokens"] / total)
+    best = run if best is None or run[2] > best[2] else best
+print(json.dumps({"prompt": best[0], "generation": best[1], "overall": best[2],
+                  "version": llama_cpp.__version__}))
 "#;
-    let out = Command::new("python3")
+    let runs = if r.quick { 2 } else { 5 };
+    let ids = serde_json::to_string(prompt).unwrap_or_default();
+    let out = Command::new(llama_cpp_python())
         .args(["-c", script])
         .arg(model)
-        .arg(prompt)
+        .arg(ids)
         .arg(threads.to_string())
         .arg(n.to_string())
+        .arg(runs.to_string())
         .output();
-    match out {
-        Ok(o) if o.status.success() => {
-            if let Ok(tps) = String::from_utf8_lossy(&o.stdout).trim().parse::<f64>() {
-                r.add(
-                    "inference",
-                    "llama.cpp (llama-cpp-python): tokens/s overall",
-                    tps,
-                    "tok/s",
-                );
-                r.compare(
-                    "inference",
-                    "bare engine vs llama.cpp: tokens/s overall",
-                    ours,
-                    "tok/s",
-                    ours / tps,
-                    "llama.cpp",
-                );
-            }
+    let figures = match &out {
+        Ok(o) if o.status.success() => serde_json::from_slice::<serde_json::Value>(&o.stdout).ok(),
+        _ => None,
+    };
+    let Some(f) = figures else {
+        if !r.is_json() {
+            let why = match &out {
+                Ok(o) => String::from_utf8_lossy(&o.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or_default()
+                    .to_string(),
+                Err(e) => e.to_string(),
+            };
+            println!(
+                "inference   llama.cpp comparison skipped: llama-cpp-python did not run ({why}); scripts/llamacpp-env.sh installs it, then set CIEL_LLAMA_CPP_PYTHON"
+            );
         }
-        _ => {
-            if !r.is_json() {
-                println!(
-                    "inference   llama.cpp comparison skipped: `python3 -c 'import llama_cpp'` fails (pip install llama-cpp-python)"
-                );
-            }
-        }
+        return;
+    };
+    let figure = |k: &str| f[k].as_f64().unwrap_or(f64::NAN);
+    let version = f["version"].as_str().unwrap_or("?").to_string();
+    for (what, theirs, ours) in [
+        ("prompt tokens/s", figure("prompt"), ours.prompt_tps),
+        (
+            "generation tokens/s",
+            figure("generation"),
+            ours.generation_tps,
+        ),
+        ("tokens/s overall", figure("overall"), ours.overall_tps),
+    ] {
+        r.add(
+            "inference",
+            format!("llama.cpp (llama-cpp-python {version}, {threads} threads): {what}"),
+            theirs,
+            "tok/s",
+        );
+        r.compare(
+            "inference",
+            format!("bare engine vs llama.cpp: {what}"),
+            ours,
+            "tok/s",
+            ours / theirs,
+            "llama.cpp",
+        );
     }
 }
