@@ -14,6 +14,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 banner "Real models (the engine's llama.cpp comparisons; cached after the first fetch)"
 ./scripts/fetch-model.sh smollm2 >/dev/null
 ./scripts/fetch-model.sh gemma3 >/dev/null
+./scripts/fetch-model.sh minilm >/dev/null
 
 banner "Python: the official openai client, httpx, pytest (pinned, hash-checked; cached), and the Python SDK's wheel (maturin)"
 CIEL_OPENAI_PYTHON=$(./scripts/python-env.sh)

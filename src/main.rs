@@ -25,6 +25,9 @@ enum Command {
     Attest(cli::attest::AttestCommand),
     /// Encrypt a model into the sealed format under a fresh data key.
     Seal(cli::seal::SealArgs),
+    /// Sentence-embedding models: bundle one for sealing.
+    #[command(subcommand)]
+    Embeddings(cli::embeddings::EmbeddingsCommand),
     /// Decrypt a sealed model with its key file (for debugging).
     Unseal(cli::seal::UnsealArgs),
     /// Print a sealed model's header.
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Attest(cmd) => cli::attest::run(cmd),
         Command::Seal(a) => cli::seal::run_seal(a),
+        Command::Embeddings(cmd) => cli::embeddings::run(cmd),
         Command::Unseal(a) => cli::seal::run_unseal(a),
         Command::Inspect(a) => cli::seal::run_inspect(a),
         Command::Kbs(cmd) => cli::kbs::run(cmd),

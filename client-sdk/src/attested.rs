@@ -131,31 +131,40 @@ pub fn verify_document(
             )
         },
     );
-    let model_ok = policy.model_sha256.is_empty()
-        || policy
-            .model_sha256
+    // Every model the guest serves (its chat model, and its embedding
+    // model if it has one) must be one the policy allows.
+    let allowed = |sha256: &str| {
+        policy.model_sha256.is_empty()
+            || policy
+                .model_sha256
+                .iter()
+                .any(|m| hex::encode(m).eq_ignore_ascii_case(sha256))
+    };
+    for (what, m) in std::iter::once(("model", &claims.model)).chain(
+        claims
+            .embedding_model
             .iter()
-            .any(|m| hex::encode(m).eq_ignore_ascii_case(&claims.model.sha256));
-    check(
-        "model",
-        model_ok,
-        if policy.model_sha256.is_empty() {
-            format!(
-                "{} sha256 {} (the policy allows any model)",
-                claims.model.name, claims.model.sha256
-            )
-        } else if model_ok {
-            format!(
-                "{} sha256 {} is allowed",
-                claims.model.name, claims.model.sha256
-            )
-        } else {
-            format!(
-                "{} sha256 {} is not in the policy's model_sha256",
-                claims.model.name, claims.model.sha256
-            )
-        },
-    );
+            .map(|m| ("embedding model", m)),
+    ) {
+        let ok = allowed(&m.sha256);
+        check(
+            what,
+            ok,
+            if policy.model_sha256.is_empty() {
+                format!(
+                    "{} sha256 {} (the policy allows any model)",
+                    m.name, m.sha256
+                )
+            } else if ok {
+                format!("{} sha256 {} is allowed", m.name, m.sha256)
+            } else {
+                format!(
+                    "{} sha256 {} is not in the policy's model_sha256",
+                    m.name, m.sha256
+                )
+            },
+        );
+    }
     if let Some(n) = nonce {
         let want = hex::encode(n);
         let ok = claims.nonce.as_deref() == Some(want.as_str());

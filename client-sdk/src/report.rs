@@ -58,6 +58,9 @@ pub fn render_verification(v: &crate::attested::Verification) -> String {
         "model:       {} (sha256 {})",
         c.model.name, c.model.sha256
     );
+    if let Some(e) = &c.embedding_model {
+        let _ = writeln!(o, "embeddings:  {} (sha256 {})", e.name, e.sha256);
+    }
     let _ = writeln!(o, "tls key:     sha256 {}", c.tls_spki_sha256);
     let _ = writeln!(o, "checks:");
     for check in &v.checks {

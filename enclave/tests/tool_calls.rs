@@ -69,6 +69,7 @@ fn api(template: Option<ChatTemplate>) -> Router {
             name: "m".into(),
             sha256: String::new(),
         },
+        embedding_model: None,
         nonce: None,
     };
     router(Arc::new(ApiState {
@@ -77,6 +78,7 @@ fn api(template: Option<ChatTemplate>) -> Router {
         claims,
         platform: Arc::new(NoPlatform),
         max_tokens_limit: 256,
+        embeddings: None,
     }))
 }
 

@@ -94,9 +94,10 @@ fn bundled(meta: &HashMap<String, String>, name: &str) -> Result<Value, Embeddin
 }
 
 impl EmbeddingModel {
-    /// Loads a bundle made by [`pack`].
-    pub fn from_bundle(bytes: Vec<u8>) -> Result<Self, EmbeddingError> {
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(bundle_error)?;
+    /// Loads a bundle made by [`pack`] (the weights are copied out of
+    /// `bytes`).
+    pub fn from_bundle(bytes: &[u8]) -> Result<Self, EmbeddingError> {
+        let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(bundle_error)?;
         let meta = header
             .metadata()
             .clone()
@@ -172,7 +173,7 @@ impl EmbeddingModel {
             .with_truncation(None)
             .map_err(|e| EmbeddingError::Tokenizer(e.to_string()))?;
         let dimensions = config.hidden_size;
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu)
+        let vb = VarBuilder::from_slice_safetensors(bytes, DType::F32, &Device::Cpu)
             .map_err(bundle_error)?;
         let bert = BertModel::load(vb, &config).map_err(bundle_error)?;
         Ok(EmbeddingModel {

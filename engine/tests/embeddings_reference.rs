@@ -47,7 +47,7 @@ fn vectors_and_token_ids_equal_sentence_transformers() {
     assert_eq!(digest, r["model_safetensors_sha256"].as_str().unwrap());
     let bytes = bundle();
     assert_eq!(bytes, bundle(), "the same folder packs to the same bytes");
-    let model = EmbeddingModel::from_bundle(bytes).unwrap();
+    let model = EmbeddingModel::from_bundle(&bytes).unwrap();
     assert_eq!(model.dimensions(), 384);
     assert_eq!(
         model.max_tokens() as u64,
@@ -91,7 +91,7 @@ fn vectors_and_token_ids_equal_sentence_transformers() {
 
 #[test]
 fn inputs_beyond_the_limit_and_empty_ones_are_refused_not_cut() {
-    let model = EmbeddingModel::from_bundle(bundle()).unwrap();
+    let model = EmbeddingModel::from_bundle(&bundle()).unwrap();
     let long = "word ".repeat(300);
     let inputs = ["fine".to_string(), long, String::new()];
     match model.tokenize_all(&inputs[..2]) {
@@ -108,9 +108,9 @@ fn inputs_beyond_the_limit_and_empty_ones_are_refused_not_cut() {
     ));
     // Not a bundle: the raw safetensors, and a truncated bundle.
     let raw = std::fs::read(folder().join("model.safetensors")).unwrap();
-    let e = EmbeddingModel::from_bundle(raw).unwrap_err().to_string();
+    let e = EmbeddingModel::from_bundle(&raw).unwrap_err().to_string();
     assert!(e.contains("not a ciel embedding bundle"), "{e}");
     let mut cut = bundle();
     cut.truncate(cut.len() / 2);
-    assert!(EmbeddingModel::from_bundle(cut).is_err());
+    assert!(EmbeddingModel::from_bundle(&cut).is_err());
 }

@@ -58,6 +58,10 @@ pub struct RuntimeClaims {
     /// SHA-256 (hex) of the DER SubjectPublicKeyInfo of the guest's TLS key.
     pub tls_spki_sha256: String,
     pub model: ModelClaims,
+    /// The sentence-embedding model it also serves (`/v1/embeddings`), if
+    /// any. Absent, the claims (and so their hash) are as before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_model: Option<ModelClaims>,
     /// The client's nonce (hex) when the evidence was made on request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
@@ -211,6 +215,7 @@ mod tests {
                 name: "smollm2".into(),
                 sha256: "cd".repeat(32),
             },
+            embedding_model: None,
             nonce: None,
         }
     }

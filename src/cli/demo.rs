@@ -30,6 +30,11 @@ pub struct DemoArgs {
     /// The model's name in the API (default: the file's stem).
     #[arg(long)]
     pub model_name: Option<String>,
+    /// Also serve a sentence-embedding model on /v1/embeddings: a
+    /// sentence-transformers folder (`scripts/fetch-model.sh minilm`) or a
+    /// bundle from `ciel embeddings pack`; sealed under its own key.
+    #[arg(long)]
+    pub embedding_model: Option<PathBuf>,
     /// The question.
     #[arg(
         long,
@@ -55,6 +60,7 @@ pub struct DemoArgs {
 /// The file `scripts/fetch-model.sh` caches the demo model as.
 const DEMO_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const BLOB: &str = "smollm2.csm";
+const EMBEDDING_BLOB: &str = "embeddings.csm";
 
 fn banner(s: &str) {
     println!("\n\x1b[1m== {s}\x1b[0m");
@@ -231,21 +237,31 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             .map(|s| s.to_string_lossy().to_lowercase())
             .unwrap_or_else(|| "model".into()),
     };
-    // The model's key is named after the model (a resource path keeps
+    // Each model's key is named after the model (a resource path keeps
     // letters, digits, '.', '_' and '-').
-    let resource = format!(
-        "default/model-key/{}",
-        model_name
-            .chars()
-            .map(
-                |c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                    c
-                } else {
-                    '-'
-                }
-            )
-            .collect::<String>()
-    );
+    let resource_of = |name: &str| {
+        format!(
+            "default/model-key/{}",
+            name.chars()
+                .map(
+                    |c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                        c
+                    } else {
+                        '-'
+                    }
+                )
+                .collect::<String>()
+        )
+    };
+    let resource = resource_of(&model_name);
+    let embedding = match &a.embedding_model {
+        Some(p) => {
+            let (bundle, name) = super::embeddings::demo_bundle(p, &work)?;
+            let resource = resource_of(&name);
+            Some((bundle, name, resource))
+        }
+        None => None,
+    };
     // A base model (no chat template) is asked through /v1/completions.
     let chat_model = {
         let mut f =
@@ -284,12 +300,13 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "{cfg}\n[[resource]]\npath = \"{resource}\"\npolicy_file = \"model.policy.toml\"\n"
-        ),
-    )?;
+    let mut resources = vec![resource.clone()];
+    resources.extend(embedding.iter().map(|e| e.2.clone()));
+    let tables: String = resources
+        .iter()
+        .map(|r| format!("\n[[resource]]\npath = \"{r}\"\npolicy_file = \"model.policy.toml\"\n"))
+        .collect();
+    std::fs::write(&cfg_path, format!("{cfg}{tables}"))?;
     println!("policy for {resource}: the simulated root, guest measurement {measurement}");
 
     let mut procs = Processes {
@@ -317,29 +334,36 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     wait_for_port(&mut procs, kbs_port, Duration::from_secs(30))?;
     let models = work.join("models");
     std::fs::create_dir_all(&models)?;
-    let sealed = models.join(BLOB);
-    run_step(
-        "seal",
-        ciel(&[
+    let seal = |input: &Path, blob: &str, resource: &str| -> Result<String> {
+        let sealed = models.join(blob);
+        run_step(
             "seal",
-            "--in",
-            &model.to_string_lossy(),
-            "--out",
-            &sealed.to_string_lossy(),
-            "--resource",
-            &resource,
-            "--kbs",
-            &kbs_url,
-            "--admin-key",
-            &kbs_dir.join("admin.key").to_string_lossy(),
-            "--kbs-ca",
-            &kbs_ca.to_string_lossy(),
-        ])
-        .stderr(Stdio::inherit()),
-    )?;
-    let header = ciel_protocol::sealed::SealedHeader::parse(&read_head(&sealed)?)
-        .context("the sealed model's header")?;
-    let model_sha256 = header.header.plaintext_sha256.clone();
+            ciel(&[
+                "seal",
+                "--in",
+                &input.to_string_lossy(),
+                "--out",
+                &sealed.to_string_lossy(),
+                "--resource",
+                resource,
+                "--kbs",
+                &kbs_url,
+                "--admin-key",
+                &kbs_dir.join("admin.key").to_string_lossy(),
+                "--kbs-ca",
+                &kbs_ca.to_string_lossy(),
+            ])
+            .stderr(Stdio::inherit()),
+        )?;
+        let header = ciel_protocol::sealed::SealedHeader::parse(&read_head(&sealed)?)
+            .context("the sealed model's header")?;
+        Ok(header.header.plaintext_sha256.clone())
+    };
+    let model_sha256 = seal(&model, BLOB, &resource)?;
+    let embedding_sha256 = match &embedding {
+        Some((bundle, _, resource)) => Some(seal(bundle, EMBEDDING_BLOB, resource)?),
+        None => None,
+    };
 
     banner(
         "3. The untrusted host and the guest (separate processes; Unix sockets stand in for vsock)",
@@ -369,9 +393,18 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         ]),
         work.join("host.log"),
     )?;
+    let mut guest_embedding_args = Vec::new();
+    if let Some((_, name, _)) = &embedding {
+        guest_embedding_args.extend([
+            "--embedding-model-blob".to_string(),
+            EMBEDDING_BLOB.to_string(),
+            "--embedding-model-name".to_string(),
+            name.clone(),
+        ]);
+    }
     procs.spawn(
         "guest",
-        &mut ciel(&[
+        ciel(&[
             "enclave",
             "serve",
             "--sim",
@@ -389,7 +422,8 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             &model_name,
             "--listen",
             &sock("guest-api.sock"),
-        ]),
+        ])
+        .args(&guest_embedding_args),
         work.join("guest.log"),
     )?;
     println!(
@@ -401,7 +435,12 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     std::fs::write(
         &policy_path,
         format!(
-            "{roots_line}\nmodel_sha256 = [\"{model_sha256}\"]\n[snp]\nmeasurements = [\"{measurement}\"]\n"
+            "{roots_line}\nmodel_sha256 = [{}]\n[snp]\nmeasurements = [\"{measurement}\"]\n",
+            std::iter::once(&model_sha256)
+                .chain(embedding_sha256.as_ref())
+                .map(|d| format!("\"{d}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     )?;
     let policy = files::load_policy(&policy_path)?;
@@ -449,6 +488,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             "guest_api": sock("guest-api.sock"),
             "metrics": format!("http://127.0.0.1:{metrics_port}/metrics"),
             "model_sha256": model_sha256,
+            "embedding_model_sha256": embedding_sha256,
             "measurement": measurement,
             "simulated_root_sha256": root,
             "pids": procs.pids(),

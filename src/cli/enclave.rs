@@ -54,6 +54,13 @@ pub struct ServeArgs {
     /// The model's name for clients (default: the sealed header's).
     #[arg(long)]
     pub model_name: Option<String>,
+    /// A sealed sentence-embedding model's blob name at the host (from
+    /// `ciel embeddings pack`, then `ciel seal`), served on /v1/embeddings.
+    #[arg(long)]
+    pub embedding_model_blob: Option<String>,
+    /// The embedding model's name for clients (default: the sealed header's).
+    #[arg(long, requires = "embedding_model_blob")]
+    pub embedding_model_name: Option<String>,
     /// Where the API listens (vsock://any:PORT in a VM).
     #[arg(long)]
     pub listen: Endpoint,
@@ -163,6 +170,8 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         model_from: a.model_from.clone(),
         model_blob: a.model_blob.clone(),
         model_name: a.model_name.clone(),
+        embedding_blob: a.embedding_model_blob.clone(),
+        embedding_name: a.embedding_model_name.clone(),
         listen: a.listen.clone(),
         queue: a.queue,
         limits: ciel_enclave::serve::ConnectionLimits {

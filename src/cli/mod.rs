@@ -5,6 +5,7 @@ pub mod attest;
 pub mod bench;
 pub mod client;
 pub mod demo;
+pub mod embeddings;
 pub mod enclave;
 pub mod files;
 pub mod host;

@@ -139,6 +139,11 @@ fn the_official_openai_client_works_unchanged(port: u16, expected: &str) {
         .arg(format!("http://127.0.0.1:{port}"))
         .arg("smollm2-135m-instruct")
         .arg(expected)
+        .arg("all-minilm-l6-v2")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("engine/tests/reference/minilm-sentence-transformers.json"),
+        )
         .output()
         .unwrap();
     let (stdout, stderr) = (

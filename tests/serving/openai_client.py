@@ -1,8 +1,9 @@
 """The official `openai` Python client, unchanged, against `ciel proxy` (which
 verifies the guest and forwards over attested TLS): models, chat, streaming
-with usage and log-probabilities, n choices, completions, and refusals.
+with usage and log-probabilities, n choices, completions, embeddings (equal
+to sentence-transformers' reference vectors), and refusals.
 
-    python openai_client.py BASE_URL MODEL EXPECTED_ANSWER
+    python openai_client.py BASE_URL MODEL EXPECTED_ANSWER EMBEDDING_MODEL EMBEDDING_REFERENCE
 
 Run by tests/serving (clients.rs) with the pinned client that
 scripts/python-env.sh installs. Exits non-zero on the first mismatch.
@@ -13,7 +14,7 @@ import sys
 
 import openai
 
-base_url, model, expected = sys.argv[1], sys.argv[2], sys.argv[3]
+base_url, model, expected, embedding_model, embedding_reference = sys.argv[1:6]
 client = openai.OpenAI(base_url=base_url + "/v1", api_key="unused", max_retries=0)
 question = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -24,7 +25,25 @@ def check(cond, what):
 
 
 models = client.models.list()
-check([m.id for m in models.data] == [model], f"models: {models}")
+check([m.id for m in models.data] == [model, embedding_model], f"models: {models}")
+
+# Embeddings: the client asks for base64 by default and decodes it; the
+# vectors equal sentence-transformers' on the same weights.
+reference = json.load(open(embedding_reference))["cases"]
+texts = [c["text"] for c in reference[:3]]
+for fmt in ["base64", "float"]:
+    e = client.embeddings.create(model=embedding_model, input=texts, encoding_format=fmt)
+    check(len(e.data) == 3 and e.model == embedding_model, f"embeddings: {e}")
+    for d, c in zip(e.data, reference):
+        v, w = d.embedding, c["vector"]
+        cosine = sum(a * b for a, b in zip(v, w)) / (sum(a * a for a in v) * sum(b * b for b in w)) ** 0.5
+        check(len(v) == 384 and cosine > 1 - 1e-4, f"embedding {d.index} ({fmt}): cosine {cosine}")
+    check(e.usage.prompt_tokens == sum(len(c["ids"]) for c in reference[:3]), f"usage: {e.usage}")
+try:
+    client.embeddings.create(model=embedding_model, input="x", dimensions=64)
+    check(False, "dimensions were accepted")
+except openai.BadRequestError as err:
+    check("dimensions" in str(err), f"refusal: {err}")
 
 answer = client.chat.completions.create(model=model, messages=question, max_tokens=16)
 check(answer.choices[0].message.content == expected, f"chat: {answer}")

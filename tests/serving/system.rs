@@ -19,6 +19,9 @@ impl System {
             .arg(dir.path().join("w"))
             .arg("--model")
             .arg(ciel_engine::demo_model_path())
+            // The sentence-embedding model beside it (/v1/embeddings).
+            .arg("--embedding-model")
+            .arg(ciel_engine::cached_model("all-MiniLM-L6-v2"))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -36,6 +36,8 @@ pub struct ApiState {
     pub platform: Arc<dyn EvidenceSource + Send + Sync>,
     /// Upper bound on `max_tokens` (default when the request names none: 256).
     pub max_tokens_limit: usize,
+    /// The sentence-embedding model, when the guest serves one.
+    pub embeddings: Option<Arc<super::embeddings::Embeddings>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -54,6 +56,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/attestation", get(attestation))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
         .fallback(|| async {
             api_error(
                 StatusCode::NOT_FOUND,
@@ -126,10 +129,44 @@ fn invalid(param: &str, message: impl std::fmt::Display) -> Response {
 }
 
 async fn models(State(st): State<Arc<ApiState>>) -> Json<Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{"id": st.claims.model.name, "object": "model", "created": 0, "owned_by": "ciel"}],
-    }))
+    let mut data = vec![
+        json!({"id": st.claims.model.name, "object": "model", "created": 0, "owned_by": "ciel"}),
+    ];
+    if let Some(e) = &st.embeddings {
+        data.push(json!({"id": e.name, "object": "model", "created": 0, "owned_by": "ciel"}));
+    }
+    Json(json!({"object": "list", "data": data}))
+}
+
+async fn embeddings(State(st): State<Arc<ApiState>>, body: Bytes) -> Response {
+    let Some(e) = st.embeddings.clone() else {
+        return api_error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model"),
+            "this guest serves no embedding model",
+        );
+    };
+    // Tokenizing up to a megabyte of input is CPU work: off the runtime.
+    let checked = Arc::clone(&e);
+    let prepared =
+        tokio::task::spawn_blocking(move || super::embeddings::prepare(&checked, &body)).await;
+    let prepared = match prepared {
+        Ok(Ok(p)) => p,
+        Ok(Err(err)) => return err.into_response(),
+        Err(err) => {
+            return api_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                &format!("preparing the request failed: {err}"),
+            );
+        }
+    };
+    match super::embeddings::run(e, prepared).await {
+        Ok(v) => Json(v).into_response(),
+        Err(err) => err.into_response(),
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -59,6 +59,7 @@ impl AttestedIdentity {
     pub fn generate(
         platform: &dyn EvidenceSource,
         model: ModelClaims,
+        embedding_model: Option<ModelClaims>,
     ) -> Result<Self, IdentityError> {
         let cert_err = |e: rcgen::Error| IdentityError::Certificate(e.to_string());
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(cert_err)?;
@@ -69,6 +70,7 @@ impl AttestedIdentity {
             runtime: runtime_version(),
             tls_spki_sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, &spki)),
             model,
+            embedding_model,
             nonce: None,
         };
         let document = attest(platform, claims.clone())?;

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod attested_tls;
 pub mod connections;
+pub mod embeddings;
 pub mod fetch;
 mod logprobs;
 pub mod request;
@@ -42,6 +43,11 @@ pub struct ServeConfig {
     pub model_blob: String,
     /// The name clients use for the model (default: the sealed header's).
     pub model_name: Option<String>,
+    /// A sealed sentence-embedding model (a bundle from `ciel embeddings
+    /// pack`) to serve beside it on `/v1/embeddings`, by blob name, and
+    /// the name clients use for it (default: the sealed header's).
+    pub embedding_blob: Option<String>,
+    pub embedding_name: Option<String>,
     /// Where the API listens (a vsock port in a VM).
     pub listen: Endpoint,
     /// Requests waiting beyond the running one before 429.
@@ -173,6 +179,72 @@ pub fn load_sealed_model(
     Ok((model, tokenizer, template))
 }
 
+/// The data key of `resource`, released by the broker at `kbs_url` to this
+/// guest's evidence.
+async fn release_key(
+    cfg: &ServeConfig,
+    kbs_url: &str,
+    resource: &str,
+) -> Result<DataKey, BootError> {
+    let platform = cfg.platform.clone();
+    let ca = cfg.kbs_ca_pem.clone();
+    let backoff = cfg.kbs_backoff;
+    let (url, res) = (kbs_url.to_string(), resource.to_string());
+    let key = tokio::task::spawn_blocking(move || {
+        let client = KbsClient::with_pinned_ca(&url, &ca, backoff)?;
+        client.fetch_resource(&res, platform.as_ref())
+    })
+    .await
+    .map_err(|e| BootError::Model(format!("key release task: {e}")))??;
+    let key: [u8; 32] = key
+        .as_slice()
+        .try_into()
+        .map_err(|_| BootError::KeyLength(key.len()))?;
+    Ok(DataKey::from_bytes(key))
+}
+
+/// The sealed embedding model `blob`: fetched, its key released, decrypted
+/// and digest-checked in memory, loaded; with the claims naming it.
+async fn load_embedding_model(
+    cfg: &ServeConfig,
+    kbs_url: &str,
+    blob: &str,
+) -> Result<(embeddings::Embeddings, ModelClaims), BootError> {
+    let sealed = fetch::fetch_blob(&cfg.model_from, blob, cfg.fetch_parallel).await?;
+    let header = SealedHeader::parse(&sealed)?;
+    let claims = ModelClaims {
+        name: cfg
+            .embedding_name
+            .clone()
+            .unwrap_or_else(|| header.header.model.name.clone()),
+        sha256: header.header.plaintext_sha256.clone(),
+    };
+    let key = release_key(cfg, kbs_url, &header.header.resource).await?;
+    let model = tokio::task::spawn_blocking(move || {
+        let plain = unseal_in_memory(sealed, &key, UnsealOptions::default())?;
+        drop(key);
+        let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(
+            usize::try_from(plain.len()).unwrap_or(0),
+        ));
+        plain.chunks().for_each(|c| bytes.extend_from_slice(c));
+        drop(plain);
+        ciel_engine::embeddings::EmbeddingModel::from_bundle(&bytes)
+            .map_err(|e| BootError::Model(e.to_string()))
+    })
+    .await
+    .map_err(|e| BootError::Model(format!("embedding model load task: {e}")))??;
+    tracing::info!(
+        name = %claims.name,
+        dimensions = model.dimensions(),
+        max_tokens = model.max_tokens(),
+        "embedding model authenticated, decrypted and loaded; data key dropped"
+    );
+    Ok((
+        embeddings::Embeddings::new(model, claims.name.clone(), cfg.queue),
+        claims,
+    ))
+}
+
 /// Boots and serves until SIGINT/SIGTERM. `ready` is called with the
 /// verified claims once the API listens.
 pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Result<(), BootError> {
@@ -193,21 +265,7 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
         Some(relay) => with_port(&cfg.kbs_url, start_egress_bridge(relay.clone()).await?),
         None => cfg.kbs_url.clone(),
     };
-    let platform = cfg.platform.clone();
-    let ca = cfg.kbs_ca_pem.clone();
-    let backoff = cfg.kbs_backoff;
-    let res = resource.clone();
-    let key = tokio::task::spawn_blocking(move || {
-        let client = KbsClient::with_pinned_ca(&kbs_url, &ca, backoff)?;
-        client.fetch_resource(&res, platform.as_ref())
-    })
-    .await
-    .map_err(|e| BootError::Model(format!("key release task: {e}")))??;
-    let key: [u8; 32] = key
-        .as_slice()
-        .try_into()
-        .map_err(|_| BootError::KeyLength(key.len()))?;
-    let key = DataKey::from_bytes(key);
+    let key = release_key(&cfg, &kbs_url, &resource).await?;
 
     // 3. Decrypt in memory (chunks in parallel, each authenticated before
     //    use), drop the key, load with the digest re-checked alongside.
@@ -216,6 +274,13 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
             .await
             .map_err(|e| BootError::Model(format!("load task: {e}")))??;
     tracing::info!("model authenticated, decrypted and loaded; data key dropped");
+    let (embeddings, embedding_claims) = match &cfg.embedding_blob {
+        None => (None, None),
+        Some(blob) => {
+            let (e, claims) = load_embedding_model(&cfg, &kbs_url, blob).await?;
+            (Some(Arc::new(e)), Some(claims))
+        }
+    };
 
     // 4. TLS identity and evidence bound to it.
     let platform = cfg.platform.clone();
@@ -224,7 +289,7 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
         sha256: model_sha256,
     };
     let identity = tokio::task::spawn_blocking(move || {
-        AttestedIdentity::generate(platform.as_ref(), model_claims)
+        AttestedIdentity::generate(platform.as_ref(), model_claims, embedding_claims)
     })
     .await
     .map_err(|e| BootError::Model(format!("identity task: {e}")))??;
@@ -257,6 +322,7 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
         claims: identity.claims.clone(),
         platform: cfg.platform.clone(),
         max_tokens_limit: cfg.max_tokens_limit,
+        embeddings,
     });
     let listener = Listener::bind(&cfg.listen)
         .await
