@@ -15,6 +15,10 @@ use std::collections::HashMap;
 pub enum Arch {
     /// Llama 2 and 3.x, TinyLlama, SmolLM, Mistral.
     Llama,
+    /// Gemma 2: norms after attention and MLP, GELU, scaled embeddings,
+    /// every other layer a sliding-window one, attention scores and logits
+    /// soft-capped.
+    Gemma2,
     /// Gemma 3: q/k norms, norms after attention and MLP, GELU, scaled
     /// embeddings, sliding-window layers with their own rotary base.
     Gemma3,
@@ -32,6 +36,7 @@ impl Arch {
     pub fn name(self) -> &'static str {
         match self {
             Arch::Llama => "llama",
+            Arch::Gemma2 => "gemma2",
             Arch::Gemma3 => "gemma3",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
@@ -91,6 +96,9 @@ pub struct Config {
     pub attention_scale_dim: usize,
     /// Logits are soft-capped: `cap × tanh(logits / cap)`.
     pub final_softcap: Option<f32>,
+    /// Attention scores are soft-capped likewise, after scaling and before
+    /// the mask (Gemma 2).
+    pub attention_softcap: Option<f32>,
     /// LongRoPE (Phi-3 128k): the context the short factors are for (the
     /// long ones apply when more is served), and the factor the rotary
     /// cos and sin are multiplied by (`rope.scaling.attn_factor`).
@@ -163,6 +171,7 @@ impl Config {
             .ok_or_else(|| ModelError::MissingKey("general.architecture".into()))?;
         let arch = match arch_name.as_str() {
             "llama" => Arch::Llama,
+            "gemma2" => Arch::Gemma2,
             "gemma3" => Arch::Gemma3,
             "qwen2" => Arch::Qwen2,
             "qwen3" => Arch::Qwen3,
@@ -236,6 +245,7 @@ impl Config {
             activation: Activation::Silu,
             attention_scale_dim: head_dim,
             final_softcap: None,
+            attention_softcap: None,
             rope_original_context: k.usize("context_length")?,
             rope_attn_factor: k.opt_f32("rope.scaling.attn_factor")?.unwrap_or(1.0),
         };
@@ -259,6 +269,32 @@ impl Config {
             // #13676): every layer attends to the whole context, as there.
             Arch::Phi3 => Config {
                 rope_style: RopeStyle::Halves,
+                ..common
+            },
+            // llama.cpp's gemma2 graph: layers 0, 2, 4, … attend within the
+            // window, with the one rotary base; scores and logits capped.
+            Arch::Gemma2 => Config {
+                rope_style: RopeStyle::Halves,
+                sliding: match k.opt_usize("attention.sliding_window")? {
+                    Some(w) if w > 0 => Some(Sliding {
+                        window: w,
+                        rope_base: common.rope_base,
+                        pattern: 2,
+                    }),
+                    _ => None,
+                },
+                scale_embeddings: true,
+                post_norms: true,
+                activation: Activation::GeluTanh,
+                final_softcap: k.opt_f32("final_logit_softcapping")?.filter(|c| *c > 0.0),
+                attention_softcap: k.opt_f32("attn_logit_softcapping")?.filter(|c| *c > 0.0),
+                // 27B (46 layers) scales by hidden/heads, the others by the
+                // head size (llama.cpp's f_attention_scale).
+                attention_scale_dim: if common.layers == 46 {
+                    hidden / heads
+                } else {
+                    head_dim
+                },
                 ..common
             },
             Arch::Gemma3 => Config {

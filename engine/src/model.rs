@@ -23,7 +23,9 @@ pub enum ModelError {
     ContextFull(usize),
     #[error("model: GGUF metadata key `{0}` is missing or has the wrong type")]
     MissingKey(String),
-    #[error("model: architecture {0:?} is not supported (llama, gemma3, qwen2, qwen3, phi3 are)")]
+    #[error(
+        "model: architecture {0:?} is not supported (llama, gemma2, gemma3, qwen2, qwen3, phi3 are)"
+    )]
     Architecture(String),
     #[error("model: {0}")]
     Unsupported(String),

@@ -32,6 +32,7 @@ pub const WEIGHT_TYPES: &[(&str, GgmlDType)] = &[
 /// The architectures written.
 pub const ARCHS: &[Arch] = &[
     Arch::Llama,
+    Arch::Gemma2,
     Arch::Gemma3,
     Arch::Qwen2,
     Arch::Qwen3,
@@ -131,6 +132,7 @@ fn write(arch: Arch, dtype: GgmlDType, extra: Extra) -> candle_core::Result<Vec<
         Arch::Qwen2 => 3,
         Arch::Qwen3 => 4,
         Arch::Phi3 => 5,
+        Arch::Gemma2 => 6,
     });
     let vocab = vocabulary();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
@@ -146,7 +148,7 @@ fn write(arch: Arch, dtype: GgmlDType, extra: Extra) -> candle_core::Result<Vec<
     // Gemma multiplies embeddings by √hidden: scaled down by as much, so
     // that attention and the MLP weigh in the residual stream as in llama.
     let embedding_scale = match arch {
-        Arch::Gemma3 => 1.0 / (HIDDEN as f32).sqrt(),
+        Arch::Gemma2 | Arch::Gemma3 => 1.0 / (HIDDEN as f32).sqrt(),
         _ => 1.0,
     };
     matrix(
@@ -157,7 +159,7 @@ fn write(arch: Arch, dtype: GgmlDType, extra: Extra) -> candle_core::Result<Vec<
     )?;
     // Gemma ties its output to the embeddings (tested there); the others
     // have their own, or a tied output would mostly echo the last token.
-    if arch != Arch::Gemma3 {
+    if !matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
         matrix("output.weight".into(), vocab.len(), HIDDEN, w)?;
     }
     for i in 0..LAYERS {
@@ -194,7 +196,7 @@ fn write(arch: Arch, dtype: GgmlDType, extra: Extra) -> candle_core::Result<Vec<
             vector(n("attn_q_norm"), HEAD_DIM, 1.0)?;
             vector(n("attn_k_norm"), HEAD_DIM, 1.0)?;
         }
-        if arch == Arch::Gemma3 {
+        if matches!(arch, Arch::Gemma2 | Arch::Gemma3) {
             vector(n("post_attention_norm"), HIDDEN, 1.0)?;
             vector(n("post_ffw_norm"), HIDDEN, 1.0)?;
         }
@@ -258,6 +260,16 @@ fn write(arch: Arch, dtype: GgmlDType, extra: Extra) -> candle_core::Result<Vec<
                 u32v(original),
             ),
             (format!("{p}.rope.scaling.attn_factor"), Value::F32(1.19)),
+        ]);
+    }
+    if arch == Arch::Gemma2 {
+        // Caps low enough to bite on these weights' scores and logits.
+        md.extend([
+            (format!("{p}.attention.key_length"), u32v(HEAD_DIM)),
+            (format!("{p}.attention.value_length"), u32v(HEAD_DIM)),
+            (format!("{p}.attention.sliding_window"), Value::U32(WINDOW)),
+            (format!("{p}.attn_logit_softcapping"), Value::F32(2.0)),
+            (format!("{p}.final_logit_softcapping"), Value::F32(3.0)),
         ]);
     }
     if arch == Arch::Gemma3 {

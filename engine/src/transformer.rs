@@ -492,7 +492,10 @@ impl Transformer {
         let k = repeat_kv(k, repeat)?;
         let v = repeat_kv(v, repeat)?;
         // Divided as candle's llama does (bit-equal logits there).
-        let att = (q.matmul(&k.t()?)? / (scale_dim as f64).sqrt())?;
+        let mut att = (q.matmul(&k.t()?)? / (scale_dim as f64).sqrt())?;
+        if let Some(cap) = c.attention_softcap {
+            att = ((att / f64::from(cap))?.tanh()? * f64::from(cap))?;
+        }
         let att = match mask {
             None => att,
             Some(mask) => {

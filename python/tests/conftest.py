@@ -25,6 +25,9 @@ def guest():
         policy=e["CIEL_POLICY"],
         model=e["CIEL_MODEL"],
         model_sha256=e["CIEL_MODEL_SHA256"],
+        # The embedding model the demo guest serves beside it, if any.
+        embedding_model=e.get("CIEL_EMBEDDING_MODEL"),
+        embedding_model_sha256=e.get("CIEL_EMBEDDING_MODEL_SHA256"),
         expected=e["CIEL_EXPECTED"],
         impostor=e["CIEL_IMPOSTOR_URL"],
     )

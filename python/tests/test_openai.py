@@ -26,7 +26,8 @@ def async_client(guest, **transport):
 
 def test_chat_and_streaming(guest):
     client = sync_client(guest, policy=guest.policy)
-    assert [m.id for m in client.models.list().data] == [guest.model]
+    served = [guest.model] + ([guest.embedding_model] if guest.embedding_model else [])
+    assert [m.id for m in client.models.list().data] == served
     answer = client.chat.completions.create(model=guest.model, messages=QUESTION, max_tokens=16)
     assert answer.choices[0].message.content == guest.expected
     stream = client.chat.completions.create(model=guest.model, messages=QUESTION, max_tokens=16, stream=True)

@@ -11,11 +11,17 @@ from ciel.errors import AttestationRefused, ConnectionFailed, PolicyError
 def test_verify_reports_each_check_and_the_model(guest):
     r = ciel.verify(guest.url, guest.policy)
     assert r.accepted and not r.failed
-    assert [c.name for c in r.checks] == ["evidence", "tls binding", "model"]
+    expected = ["evidence", "tls binding", "model"] + (["embedding model"] if guest.embedding_model else [])
+    assert [c.name for c in r.checks] == expected
     assert all(c.ok and c.detail for c in r.checks)
     assert r.model == guest.model
     assert r.model_sha256 == guest.model_sha256
     assert r.claims["model"]["sha256"] == guest.model_sha256
+    if guest.embedding_model:
+        assert r.claims["embedding_model"] == {
+            "name": guest.embedding_model,
+            "sha256": guest.embedding_model_sha256,
+        }
     assert r.platform == "snp" and r.simulated and not r.fresh
     assert len(r.tls_key_sha256) == 64
     text = str(r)

@@ -29,6 +29,11 @@ pub fn the_python_sdk_passes_its_tests(
         .env("CIEL_POLICY", sys.s("policy"))
         .env("CIEL_MODEL", "smollm2-135m-instruct")
         .env("CIEL_MODEL_SHA256", sys.s("model_sha256"))
+        .env("CIEL_EMBEDDING_MODEL", "all-minilm-l6-v2")
+        .env(
+            "CIEL_EMBEDDING_MODEL_SHA256",
+            sys.s("embedding_model_sha256"),
+        )
         .env("CIEL_EXPECTED", expected)
         .env(
             "CIEL_IMPOSTOR_URL",
