@@ -314,3 +314,41 @@ async fn malformed_tool_requests_are_refused_naming_the_field() {
     let (status, answer) = chat(&own, ask(json!([weather()]), json!("none"))).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
 }
+
+/// The official `openai` Python client (pinned; the README's test command
+/// installs it with scripts/python-env.sh and names it in
+/// CIEL_OPENAI_PYTHON) calling tools on the Qwen-templated guest API, served
+/// on a loopback port as `ciel proxy` serves it to local clients. Without
+/// the client, says loudly that it did not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_openai_client_calls_tools() {
+    let Some(python) = std::env::var_os("CIEL_OPENAI_PYTHON") else {
+        eprintln!(
+            "WARNING: the openai Python client's tool test did NOT run: CIEL_OPENAI_PYTHON is not set \
+             (scripts/test.sh sets it; or export CIEL_OPENAI_PYTHON=$(scripts/python-env.sh))"
+        );
+        return;
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = api(template("qwen2.5-instruct.jinja"));
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openai_tools.py");
+    let url = format!("http://127.0.0.1:{port}");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(script)
+            .arg(url)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    server.abort();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("all checks passed"), "{stdout}{stderr}");
+}
