@@ -7,47 +7,23 @@
 //! from `scripts/fetch-model.sh minilm` (the test script runs it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use base64::Engine as _;
-use ciel_enclave::kbs_client::EvidenceSource;
-use ciel_enclave::serve::api::{ApiState, router};
 use ciel_enclave::serve::embeddings::Embeddings;
 use ciel_enclave::serve::worker::Worker;
-use ciel_engine::embeddings::{BUNDLED_FILES, EmbeddingModel, pack};
+use ciel_engine::embeddings::{EmbeddingModel, read_folder};
 use ciel_engine::testing::{Script, tokenizer};
-use ciel_protocol::claims::{ModelClaims, RuntimeClaims};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::sync::Arc;
-
-struct NoPlatform;
-
-impl EvidenceSource for NoPlatform {
-    fn tee(&self) -> &str {
-        "snp"
-    }
-    fn evidence(&self, _: [u8; 64]) -> Result<Value, String> {
-        Err("no platform in this test".into())
-    }
-}
 
 fn embedding_model() -> EmbeddingModel {
     let dir = ciel_engine::cached_model("all-MiniLM-L6-v2");
-    let weights = std::fs::read(dir.join("model.safetensors"))
-        .unwrap_or_else(|e| panic!("{}: {e} (scripts/fetch-model.sh minilm)", dir.display()));
-    let files: HashMap<String, String> = BUNDLED_FILES
-        .iter()
-        .map(|f| {
-            (
-                (*f).to_string(),
-                std::fs::read_to_string(dir.join(f)).unwrap(),
-            )
-        })
-        .collect();
-    EmbeddingModel::from_bundle(&pack(&weights, &files).unwrap()).unwrap()
+    let bundle =
+        read_folder(&dir).unwrap_or_else(|e| panic!("{e} (scripts/fetch-model.sh minilm)"));
+    EmbeddingModel::from_bundle(&bundle).unwrap()
 }
 
 fn api(with_embeddings: bool) -> Router {
@@ -57,49 +33,14 @@ fn api(with_embeddings: bool) -> Router {
         vocab: 7,
     };
     let worker = Worker::spawn(script, Arc::new(tokenizer()), 64, 4).unwrap();
-    let model = |name: &str| ModelClaims {
-        name: name.into(),
-        sha256: String::new(),
-    };
-    let claims = RuntimeClaims {
-        version: 1,
-        platform: "snp".into(),
-        runtime: "test".into(),
-        tls_spki_sha256: String::new(),
-        model: model("chat"),
-        embedding_model: with_embeddings.then(|| model("minilm")),
-        nonce: None,
-    };
-    router(Arc::new(ApiState {
-        worker,
-        template: None,
-        claims,
-        platform: Arc::new(NoPlatform),
-        max_tokens_limit: 16,
-        embeddings: with_embeddings
-            .then(|| Arc::new(Embeddings::new(embedding_model(), "minilm".into(), 4))),
-    }))
+    let embeddings =
+        with_embeddings.then(|| Embeddings::new(embedding_model(), "minilm".into(), 4));
+    common::api(worker, None, "chat", embeddings)
 }
 
 async fn call(app: &Router, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
-        .unwrap();
-    let mut service = app.clone();
-    std::future::poll_fn(|cx| {
-        tower_service::Service::<Request<Body>>::poll_ready(&mut service, cx)
-    })
-    .await
-    .unwrap();
-    let response = tower_service::Service::call(&mut service, request)
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap())
+    let (status, text) = common::send(app, method, path, body.map(|b| b.to_string())).await;
+    (status, serde_json::from_str(&text).unwrap())
 }
 
 fn reference() -> Value {

@@ -9,32 +9,17 @@
 //! `scripts/fetch-model.sh smollm2` (the test script runs it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod common;
+
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use ciel_enclave::kbs_client::EvidenceSource;
-use ciel_enclave::serve::api::{ApiState, router};
+use axum::http::StatusCode;
 use ciel_enclave::serve::worker::Worker;
 use ciel_engine::chat::ChatTemplate;
 use ciel_engine::gguf::read_metadata;
 use ciel_engine::model::Model;
 use ciel_engine::tokenizer::Tokenizer;
-use ciel_protocol::claims::{ModelClaims, RuntimeClaims};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
-
-/// No evidence here: these tests never ask for attestation.
-struct NoPlatform;
-
-impl EvidenceSource for NoPlatform {
-    fn tee(&self) -> &str {
-        "snp"
-    }
-    fn evidence(&self, _: [u8; 64]) -> Result<Value, String> {
-        Err("no platform in this test".into())
-    }
-}
 
 fn template(file: &str) -> Option<ChatTemplate> {
     let path = format!(
@@ -60,47 +45,13 @@ fn api(template: Option<ChatTemplate>) -> Router {
     let model = Model::load(&mut std::io::Cursor::new(&bytes)).unwrap();
     let context = model.context();
     let worker = Worker::spawn(model, tokenizer, context, 8).unwrap();
-    let claims = RuntimeClaims {
-        version: 1,
-        platform: "snp".into(),
-        runtime: "test".into(),
-        tls_spki_sha256: String::new(),
-        model: ModelClaims {
-            name: "m".into(),
-            sha256: String::new(),
-        },
-        embedding_model: None,
-        nonce: None,
-    };
-    router(Arc::new(ApiState {
-        worker,
-        template,
-        claims,
-        platform: Arc::new(NoPlatform),
-        max_tokens_limit: 256,
-        embeddings: None,
-    }))
+    common::api(worker, template, "m", None)
 }
 
 /// POSTs `body` to the chat route: the status and the body (JSON, or the
 /// event stream's text).
 async fn chat(app: &Router, body: Value) -> (StatusCode, String) {
-    let request = Request::post("/v1/chat/completions")
-        .header("content-type", "application/json")
-        .body(Body::from(body.to_string()))
-        .unwrap();
-    let mut service = app.clone();
-    std::future::poll_fn(|cx| {
-        tower_service::Service::<Request<Body>>::poll_ready(&mut service, cx)
-    })
-    .await
-    .unwrap();
-    let response = tower_service::Service::call(&mut service, request)
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(bytes.to_vec()).unwrap())
+    common::send(app, "POST", "/v1/chat/completions", Some(body.to_string())).await
 }
 
 fn weather() -> Value {

@@ -265,6 +265,23 @@ impl EmbeddingModel {
     }
 }
 
+/// The bundle of the sentence-transformers model folder `dir`: its
+/// `model.safetensors` and the files of [`BUNDLED_FILES`], packed.
+pub fn read_folder(dir: &std::path::Path) -> Result<Vec<u8>, EmbeddingError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|e| bundle_error(format!("{}: {e}", path.display())))
+    };
+    let weights = read("model.safetensors")?;
+    let mut files = HashMap::new();
+    for name in BUNDLED_FILES {
+        let text = String::from_utf8(read(name)?)
+            .map_err(|_| bundle_error(format!("{}: not UTF-8", dir.join(name).display())))?;
+        files.insert((*name).to_string(), text);
+    }
+    pack(&weights, &files)
+}
+
 /// A bundle from a sentence-transformers model folder's files: the
 /// weights of `model.safetensors`, byte for byte, under a header that adds
 /// every file of [`BUNDLED_FILES`] (`files`: name → contents; all of them

@@ -7,8 +7,7 @@
 //! pack` does.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use ciel_engine::embeddings::{BUNDLED_FILES, EmbeddingError, EmbeddingModel, pack};
-use std::collections::HashMap;
+use ciel_engine::embeddings::{EmbeddingError, EmbeddingModel, read_folder};
 use std::path::PathBuf;
 
 fn folder() -> PathBuf {
@@ -16,19 +15,7 @@ fn folder() -> PathBuf {
 }
 
 fn bundle() -> Vec<u8> {
-    let dir = folder();
-    let weights = std::fs::read(dir.join("model.safetensors"))
-        .unwrap_or_else(|e| panic!("{}: {e} (scripts/fetch-model.sh minilm)", dir.display()));
-    let files: HashMap<String, String> = BUNDLED_FILES
-        .iter()
-        .map(|f| {
-            (
-                (*f).to_string(),
-                std::fs::read_to_string(dir.join(f)).unwrap(),
-            )
-        })
-        .collect();
-    pack(&weights, &files).unwrap()
+    read_folder(&folder()).unwrap_or_else(|e| panic!("{e} (scripts/fetch-model.sh minilm)"))
 }
 
 fn reference() -> serde_json::Value {

@@ -3,9 +3,8 @@
 
 use super::files;
 use anyhow::{Context, Result, bail};
-use ciel_engine::embeddings::{BUNDLED_FILES, EmbeddingModel, pack};
+use ciel_engine::embeddings::{EmbeddingModel, read_folder};
 use clap::{Args, Subcommand};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -37,15 +36,7 @@ fn run_pack(a: &PackArgs) -> Result<ExitCode> {
     if a.out.exists() {
         bail!("{} exists; not overwriting it", a.out.display());
     }
-    let weights = files::read("model weights", &a.from.join("model.safetensors"))?;
-    let mut bundled = HashMap::new();
-    for name in BUNDLED_FILES {
-        let path = a.from.join(name);
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        bundled.insert((*name).to_string(), text);
-    }
-    let bundle = pack(&weights, &bundled).with_context(|| a.from.display().to_string())?;
+    let bundle = read_folder(&a.from).with_context(|| a.from.display().to_string())?;
     // Loaded once here, so that a bundle the guest could not serve is
     // refused now rather than at boot inside a VM.
     let model = EmbeddingModel::from_bundle(&bundle)?;

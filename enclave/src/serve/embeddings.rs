@@ -108,15 +108,10 @@ pub fn prepare(e: &Embeddings, bytes: &[u8]) -> Result<Prepared, ApiError> {
     if let Some(m) = &body.model
         && *m != e.name
     {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            kind: "invalid_request_error",
-            param: Some("model".into()),
-            message: format!(
-                "model {m:?} is not served here (this guest's embedding model is {:?})",
-                e.name
-            ),
-        });
+        return Err(super::request::not_served(
+            m,
+            &format!("this guest's embedding model is {:?}", e.name),
+        ));
     }
     let base64 = match body.encoding_format.as_deref() {
         None | Some("float") => false,

@@ -301,6 +301,17 @@ fn top_count(param: &str, k: usize) -> Result<usize, ApiError> {
     Ok(k)
 }
 
+/// A 404 naming `model`: a model this guest does not serve (`served` says
+/// which it does).
+pub(super) fn not_served(model: &str, served: &str) -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        kind: "invalid_request_error",
+        param: Some("model".into()),
+        message: format!("model {model:?} is not served here ({served})"),
+    }
+}
+
 /// Checks the common fields and builds the engine request.
 fn build_request(
     lim: &RequestLimits<'_>,
@@ -310,15 +321,7 @@ fn build_request(
     if let Some(m) = &c.model
         && *m != lim.model
     {
-        return Err(ApiError {
-            status: StatusCode::NOT_FOUND,
-            kind: "invalid_request_error",
-            param: Some("model".into()),
-            message: format!(
-                "model {m:?} is not served here (this guest serves {:?})",
-                lim.model
-            ),
-        });
+        return Err(not_served(m, &format!("this guest serves {:?}", lim.model)));
     }
     let max_tokens = c.max_completion_tokens.or(c.max_tokens).unwrap_or(256);
     if max_tokens == 0 || max_tokens > lim.max_tokens_limit {
