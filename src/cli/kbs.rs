@@ -154,10 +154,14 @@ fn init(a: InitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    ciel_transport::shutdown_signal().await;
-    tracing::info!("shutting down: finishing requests in flight");
+/// Resolves on SIGINT or SIGTERM (handlers installed now, see
+/// [`ciel_transport::shutdown_signal`]).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    let signal = ciel_transport::shutdown_signal();
+    async move {
+        signal.await;
+        tracing::info!("shutting down: finishing requests in flight");
+    }
 }
 
 async fn bind_tcp(addr: &str, flag: &str) -> Result<Listener> {

@@ -193,19 +193,28 @@ async fn vsock_mux_handshake(mut s: UnixStream, port: u32) -> io::Result<Stream>
 }
 
 /// Resolves on SIGINT or SIGTERM: every long-running service (guest API,
-/// host shim) stops accepting on it and drains.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// host shim) stops accepting on it and drains. The handlers are installed
+/// when this is called, not when the future is first polled, so a signal
+/// that comes before the service's loop first waits on it (one sent right
+/// after the service said it listens) still stops it gracefully instead of
+/// killing it. Call it inside the runtime.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
+        };
+        tokio::select! {
+            () = wait(term) => {}
+            () = wait(int) => {}
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
     }
 }
 
