@@ -25,13 +25,15 @@ pub struct ConnectionLimits {
 const GRACE: Duration = Duration::from_secs(30);
 
 /// Accepts connections until SIGINT/SIGTERM; each gets a TLS handshake and
-/// HTTP/1.1 within `limits`. In-flight requests finish.
-pub async fn serve(
+/// HTTP/1.1 within `limits`. In-flight requests finish. The signal
+/// handlers are installed when this is called (inside the runtime), before
+/// the returned future first runs.
+pub fn serve(
     listener: Listener,
     tls: Arc<rustls::ServerConfig>,
     router: axum::Router,
     limits: ConnectionLimits,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let shutdown = ciel_transport::shutdown_signal();
     let service = HttpService {
         router,
@@ -48,7 +50,7 @@ pub async fn serve(
         grace: GRACE,
     };
     let counters = Arc::new(ConnectionCounters::default());
-    ciel_transport::http::serve(listener, limits, counters, service, shutdown).await
+    ciel_transport::http::serve(listener, limits, counters, service, shutdown)
 }
 
 /// 413 for a body that is too large, 408 for one that drips, 400 for one

@@ -327,6 +327,14 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
     let listener = Listener::bind(&cfg.listen)
         .await
         .map_err(io_err(format!("listening on {}", cfg.listen)))?;
+    // Made (its signal handlers installed) before the guest says it
+    // serves: a SIGTERM from then on stops it gracefully.
+    let serving = serve(
+        listener,
+        identity.server_config.clone(),
+        api::router(state),
+        cfg.limits,
+    );
     tracing::info!(
         listen = %cfg.listen,
         boot_ms = started.elapsed().as_millis() as u64,
@@ -334,13 +342,7 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
         "serving"
     );
     ready(&identity);
-    serve(
-        listener,
-        identity.server_config.clone(),
-        api::router(state),
-        cfg.limits,
-    )
-    .await;
+    serving.await;
     Ok(())
 }
 
