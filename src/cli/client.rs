@@ -237,8 +237,9 @@ pub fn run_proxy(a: ProxyArgs) -> Result<ExitCode> {
         let listener = ciel_transport::Listener::bind(&ciel_transport::Endpoint::Tcp(a.listen.to_string()))
             .await
             .with_context(|| format!("--listen {}", a.listen))?;
+        let serving = super::proxy::serve(listener, std::sync::Arc::new(client));
         tracing::info!(listen = %a.listen, "OpenAI-compatible endpoint (plain HTTP, local use only)");
-        super::proxy::serve(listener, std::sync::Arc::new(client)).await;
+        serving.await;
         Ok(ExitCode::SUCCESS)
     })
 }

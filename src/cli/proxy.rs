@@ -20,7 +20,12 @@ pub fn router(client: Arc<Client>) -> axum::Router {
 
 /// Serves the proxy on the one server loop until SIGINT/SIGTERM: local
 /// clients' bodies capped and read within a deadline before forwarding.
-pub async fn serve(listener: ciel_transport::Listener, client: Arc<Client>) {
+/// The signal handlers are installed when this is called (inside the
+/// runtime), before the returned future first runs.
+pub fn serve(
+    listener: ciel_transport::Listener,
+    client: Arc<Client>,
+) -> impl std::future::Future<Output = ()> + Send {
     use ciel_transport::http::{HttpLimits, HttpService};
     use std::time::Duration;
     let service = HttpService {
@@ -38,7 +43,7 @@ pub async fn serve(listener: ciel_transport::Listener, client: Arc<Client>) {
         grace: Duration::from_secs(30),
     };
     let shutdown = ciel_transport::shutdown_signal();
-    ciel_transport::http::serve(listener, limits, Arc::default(), service, shutdown).await
+    ciel_transport::http::serve(listener, limits, Arc::default(), service, shutdown)
 }
 
 fn error(status: StatusCode, message: String) -> Response {
