@@ -224,7 +224,8 @@ impl Config {
                 )));
             }
         };
-        let mut common = Config {
+        let context = k.usize("context_length")?;
+        let common = Config {
             arch,
             layers: k.usize("block_count")?,
             hidden,
@@ -232,7 +233,7 @@ impl Config {
             kv_heads,
             head_dim,
             eps: k.f32("attention.layer_norm_rms_epsilon")?,
-            context: k.usize("context_length")?,
+            context,
             rope_style: RopeStyle::Interleaved,
             rope_dim: k.opt_usize("rope.dimension_count")?.unwrap_or(head_dim),
             rope_base: k.opt_f32("rope.freq_base")?.unwrap_or(10_000.0),
@@ -246,12 +247,11 @@ impl Config {
             attention_scale_dim: head_dim,
             final_softcap: None,
             attention_softcap: None,
-            rope_original_context: k.usize("context_length")?,
+            rope_original_context: k
+                .opt_usize("rope.scaling.original_context_length")?
+                .unwrap_or(context),
             rope_attn_factor: k.opt_f32("rope.scaling.attn_factor")?.unwrap_or(1.0),
         };
-        if let Some(n) = k.opt_usize("rope.scaling.original_context_length")? {
-            common.rope_original_context = n;
-        }
         let config = match arch {
             Arch::Llama => common,
             Arch::Qwen2 => Config {

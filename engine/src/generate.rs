@@ -26,8 +26,9 @@ impl Logits for super::model::Model {
     }
 }
 
-/// A generation request.
-#[derive(Debug, Clone)]
+/// A generation request (default: no prompt, no tokens, greedy, nothing
+/// else asked).
+#[derive(Debug, Clone, Default)]
 pub struct Request {
     pub prompt: Vec<u32>,
     pub max_tokens: usize,
@@ -59,13 +60,16 @@ pub struct Trigger {
 }
 
 impl Trigger {
-    /// Where the trigger is in `text`, if it is.
-    fn find(&self, text: &str) -> Option<usize> {
+    /// Where the trigger is in `text`, if it is, looking from `from` (the
+    /// text streamed so far cannot hold it: a text that could still become
+    /// the trigger is held back, [`Self::held_back`]), so that each token
+    /// costs the unstreamed rest, not the whole answer.
+    fn find(&self, text: &str, from: usize) -> Option<usize> {
         if self.at_start {
             let lead = text.len() - text.trim_start().len();
             text[lead..].starts_with(&self.text).then_some(lead)
         } else {
-            text.find(&self.text)
+            text.get(from..)?.find(&self.text).map(|i| from + i)
         }
     }
 
@@ -293,7 +297,7 @@ pub fn generate_while(
         }
         let mut hold = held_back(&text, &req.stop);
         if let Some((g, t)) = pending {
-            if let Some(at) = t.find(&text) {
+            if let Some(at) = t.find(&text, sent) {
                 // Once, taken or not: the grammar from the trigger on.
                 pending = None;
                 let mut m = Matcher::new(Arc::clone(g));

@@ -12,11 +12,8 @@ fn run(script: &[u32], max: usize, stop: &[&str]) -> (Completion, Vec<String>) {
     let req = Request {
         prompt: vec![1],
         max_tokens: max,
-        sampling: SamplingParams::default(),
         stop: stop.iter().map(|s| s.to_string()).collect(),
-        logprobs: None,
-        grammar: None,
-        trigger: None,
+        ..Request::default()
     };
     let mut pieces = Vec::new();
     let c = generate(&mut m, &tokenizer(), &req, |r| {
@@ -53,11 +50,7 @@ fn an_unwanted_request_stops_computing() {
     let req = Request {
         prompt: vec![1],
         max_tokens: 1000,
-        sampling: SamplingParams::default(),
-        stop: vec![],
-        logprobs: None,
-        grammar: None,
-        trigger: None,
+        ..Request::default()
     };
     let mut asked = 0;
     let c = generate_while(
@@ -92,11 +85,9 @@ fn logprobs_go_out_with_their_tokens_text_and_stop_at_a_stop_string() {
     let req = Request {
         prompt: vec![1],
         max_tokens: 10,
-        sampling: SamplingParams::default(),
         stop: vec!["ca".into()],
         logprobs: Some(2),
-        grammar: None,
-        trigger: None,
+        ..Request::default()
     };
     let mut released: Vec<(String, Vec<u32>)> = Vec::new();
     let c = generate(&mut m, &tokenizer(), &req, |r| {
@@ -152,10 +143,8 @@ fn a_grammar_overrules_the_model_and_ends_generation_where_complete() {
                 temperature,
                 ..SamplingParams::default()
             },
-            stop: vec![],
-            logprobs: None,
             grammar: grammar.clone(),
-            trigger: None,
+            ..Request::default()
         };
         let c = generate(&mut m, &tokenizer(), &req, |_| {}).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
@@ -181,11 +170,9 @@ fn triggered(script: &[u32], grammar: &[u8], trigger: Trigger) -> (Completion, S
     let req = Request {
         prompt: vec![1],
         max_tokens: 10,
-        sampling: SamplingParams::default(),
-        stop: vec![],
-        logprobs: None,
         grammar: Some(Arc::new(g)),
         trigger: Some(trigger),
+        ..Request::default()
     };
     let mut streamed = String::new();
     let c = generate(&mut m, &tokenizer(), &req, |r| streamed.push_str(r.text))

@@ -220,14 +220,7 @@ impl Transformer {
                 "rope_freqs.weight beside LongRoPE factors".into(),
             ));
         }
-        let factors = match &long_rope {
-            Some([short, long]) => Some(if config.context > config.rope_original_context {
-                long.clone()
-            } else {
-                short.clone()
-            }),
-            None => factors,
-        };
+        // With LongRoPE, the global table is set by `serve_context` below.
         let mut ropes = vec![Rope::new(
             config.rope_dim,
             config.rope_base,
@@ -323,7 +316,8 @@ impl Transformer {
                 unused.iter().take(3).collect::<Vec<_>>()
             )));
         }
-        Ok(Transformer {
+        let context = config.context;
+        let mut transformer = Transformer {
             config,
             embeddings,
             layers,
@@ -332,7 +326,9 @@ impl Transformer {
             ropes,
             long_rope,
             neg_inf: Tensor::new(f32::NEG_INFINITY, device)?,
-        })
+        };
+        transformer.serve_context(context)?;
+        Ok(transformer)
     }
 
     /// Serves at most `context` tokens: with LongRoPE, the factors that

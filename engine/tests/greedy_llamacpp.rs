@@ -85,8 +85,7 @@ fn the_generation_loop_answers_the_reference_question() {
         sampling: SamplingParams::default(),
         stop: vec![],
         logprobs: None,
-        grammar: None,
-        trigger: None,
+        ..Request::default()
     };
     let mut streamed = String::new();
     let c = generate(&mut model, &tok, &req, |r| streamed.push_str(r.text)).unwrap();

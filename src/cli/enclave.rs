@@ -247,8 +247,7 @@ fn boot(a: BootArgs) -> Result<ExitCode> {
         sampling: SamplingParams::default(),
         stop: vec![],
         logprobs: None,
-        grammar: None,
-        trigger: None,
+        ..Request::default()
     };
     use std::io::Write;
     let mut out = std::io::stdout().lock();

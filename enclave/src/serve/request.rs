@@ -375,7 +375,6 @@ fn build_request(
         sampling,
         stop,
         logprobs: None,
-        grammar: None,
-        trigger: None,
+        ..Request::default()
     })
 }

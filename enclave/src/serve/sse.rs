@@ -1,10 +1,8 @@
 //! Streamed answers: server-sent events in OpenAI's chunk format.
 
-use super::api::finish_reason;
 use super::request::Route;
 use super::worker::Event;
 use axum::response::sse::{Event as SseEvent, Sse};
-use ciel_engine::generate::Finish;
 use ciel_engine::logprobs::TokenLogprob;
 use ciel_engine::tokenizer::Tokenizer;
 use ciel_engine::tools::ToolSyntax;
@@ -130,8 +128,8 @@ pub(super) fn stream(
                     Some((i, Event::Done(done))) => {
                         st.prompt_tokens = done.prompt_tokens;
                         st.completion_tokens += done.ids.len();
-                        let mut finish = finish_reason(done.finish);
-                        let calls = tools.and_then(|s| s.parse(&done.text));
+                        let (calls, finish) =
+                            super::tools::read_calls(&done.text, done.finish, tools);
                         let streamed = st.streamed.get(i).copied().unwrap_or(0);
                         if let Some(calls) = &calls {
                             let delta = json!({"tool_calls": super::tools::to_json(calls, true)});
@@ -139,9 +137,6 @@ pub(super) fn stream(
                                 json!([{"index": i, "delta": delta, "logprobs": null, "finish_reason": null}]),
                                 None,
                             ));
-                            if done.finish == Finish::Stop {
-                                finish = "tool_calls";
-                            }
                         } else if let Some(rest) =
                             done.text.get(streamed..).filter(|r| !r.is_empty())
                         {
@@ -195,7 +190,7 @@ struct Streaming<S> {
 mod tests {
     use super::*;
     use axum::response::IntoResponse;
-    use ciel_engine::generate::Completion;
+    use ciel_engine::generate::{Completion, Finish};
     use http_body_util::BodyExt;
 
     async fn body(include_usage: bool) -> String {

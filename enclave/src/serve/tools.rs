@@ -358,17 +358,26 @@ pub(super) fn chat_answer(
     finish: Finish,
     syntax: Option<ToolSyntax>,
 ) -> (Value, &'static str) {
-    match syntax.and_then(|s| s.parse(text)) {
-        Some(calls) => (
+    match read_calls(text, finish, syntax) {
+        (Some(calls), reason) => (
             json!({"role": "assistant", "content": calls.content, "tool_calls": to_json(&calls, false)}),
-            match finish {
-                Finish::Stop => "tool_calls",
-                other => super::api::finish_reason(other),
-            },
+            reason,
         ),
-        None => (
-            json!({"role": "assistant", "content": text}),
-            super::api::finish_reason(finish),
-        ),
+        (None, reason) => (json!({"role": "assistant", "content": text}), reason),
     }
+}
+
+/// The calls an answer holds, if any, and its finish reason: where the
+/// model ended an answer of calls, `tool_calls` (whole or streamed alike).
+pub(super) fn read_calls(
+    text: &str,
+    finish: Finish,
+    syntax: Option<ToolSyntax>,
+) -> (Option<Calls>, &'static str) {
+    let calls = syntax.and_then(|s| s.parse(text));
+    let reason = match (&calls, finish) {
+        (Some(_), Finish::Stop) => "tool_calls",
+        _ => super::api::finish_reason(finish),
+    };
+    (calls, reason)
 }

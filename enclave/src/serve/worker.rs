@@ -164,8 +164,7 @@ mod tests {
             sampling: SamplingParams::default(),
             stop: vec![],
             logprobs: None,
-            grammar: None,
-            trigger: None,
+            ..Request::default()
         }
     }
 

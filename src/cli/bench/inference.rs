@@ -70,8 +70,7 @@ pub fn run(r: &mut Report) -> Result<()> {
         sampling: SamplingParams::default(),
         stop: vec![],
         logprobs: None,
-        grammar: None,
-        trigger: None,
+        ..Request::default()
     };
     let generated = std::cell::Cell::new(0usize);
     let mut bare = |out: &mut String| {
