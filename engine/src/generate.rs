@@ -223,52 +223,131 @@ pub fn generate_while(
     mut wanted: impl FnMut() -> bool,
     mut emit: impl FnMut(Released<'_>),
 ) -> Result<Completion, GenerateError> {
-    if req.prompt.is_empty() {
-        return Err(GenerateError::EmptyPrompt);
-    }
-    let mut sampler = Sampler::new(req.sampling.clone())?;
-    // The grammar holds now, or waits for its trigger; `silent_from`: where
-    // the text stops being streamed.
-    let mut matcher = None;
-    let mut pending = None;
-    let mut silent_from = None;
-    match (&req.grammar, &req.trigger) {
-        (Some(g), Some(t)) if t.text.is_empty() => {
-            matcher = Some(Matcher::new(Arc::clone(g)));
-            silent_from = Some(0);
-        }
-        (Some(g), Some(t)) => pending = Some((g, t)),
-        (Some(g), None) => matcher = Some(Matcher::new(Arc::clone(g))),
-        (None, _) => {}
-    }
+    let mut g = Generation::new(req.clone())?;
     if !wanted() {
-        return Ok(Completion {
-            ids: Vec::new(),
-            text: String::new(),
-            finish: Finish::Abandoned,
-            prompt_tokens: req.prompt.len(),
-            logprobs: Vec::new(),
-        });
+        g.abandon();
+        return Ok(g.finish(tokenizer, emit));
     }
     model.reset();
     let mut logits = model.forward(&req.prompt)?;
-    let mut ids = Vec::new();
-    let mut sent = 0usize; // bytes of `text` already emitted
-    let mut text = String::new();
-    let mut finish = Finish::Length;
-    // With logprobs: each token's, and the byte offset where its text ends.
-    let mut logprobs: Vec<TokenLogprob> = Vec::new();
-    let mut ends: Vec<usize> = Vec::new();
-    let mut sent_logprobs = 0usize;
-    for step in 0..req.max_tokens {
+    loop {
         if !wanted() {
-            finish = Finish::Abandoned;
+            g.abandon();
             break;
         }
-        let next = match &mut matcher {
-            None => sampler.sample(&logits),
+        match g.advance(&logits, tokenizer, &mut emit)? {
+            Some(next) => logits = model.forward(&[next])?,
+            None => break,
+        }
+    }
+    Ok(g.finish(tokenizer, emit))
+}
+
+/// One request's generation as a state machine fed the logits after each
+/// token: what [`generate_while`] drives for one sequence, and the batch
+/// scheduler for each of its sequences. Its sampler and grammar state are
+/// its own, so a generation's tokens depend only on its logits.
+pub struct Generation {
+    req: Request,
+    sampler: Sampler,
+    /// The grammar that holds now, and the one waiting for its trigger.
+    matcher: Option<Matcher>,
+    pending: Option<(Arc<Grammar>, Trigger)>,
+    /// Where the text stops being streamed.
+    silent_from: Option<usize>,
+    ids: Vec<u32>,
+    text: String,
+    /// Bytes of `text` already emitted.
+    sent: usize,
+    finish: Finish,
+    ended: bool,
+    /// With logprobs: each token's, and the byte offset where its text ends.
+    logprobs: Vec<TokenLogprob>,
+    ends: Vec<usize>,
+    sent_logprobs: usize,
+}
+
+impl std::fmt::Debug for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the prompt or the text: sizes only.
+        f.debug_struct("Generation")
+            .field("prompt_tokens", &self.req.prompt.len())
+            .field("tokens", &self.ids.len())
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Generation {
+    /// A generation of `req`, before its prompt pass.
+    pub fn new(req: Request) -> Result<Self, GenerateError> {
+        if req.prompt.is_empty() {
+            return Err(GenerateError::EmptyPrompt);
+        }
+        let sampler = Sampler::new(req.sampling.clone())?;
+        let (mut matcher, mut pending, mut silent_from) = (None, None, None);
+        match (&req.grammar, &req.trigger) {
+            (Some(g), Some(t)) if t.text.is_empty() => {
+                matcher = Some(Matcher::new(Arc::clone(g)));
+                silent_from = Some(0);
+            }
+            (Some(g), Some(t)) => pending = Some((Arc::clone(g), t.clone())),
+            (Some(g), None) => matcher = Some(Matcher::new(Arc::clone(g))),
+            (None, _) => {}
+        }
+        Ok(Generation {
+            req,
+            sampler,
+            matcher,
+            pending,
+            silent_from,
+            ids: Vec::new(),
+            text: String::new(),
+            sent: 0,
+            finish: Finish::Length,
+            ended: false,
+            logprobs: Vec::new(),
+            ends: Vec::new(),
+            sent_logprobs: 0,
+        })
+    }
+
+    /// The prompt's tokens.
+    pub fn prompt(&self) -> &[u32] {
+        &self.req.prompt
+    }
+
+    /// The tokens generated so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// Stops here: nobody waits for the rest.
+    pub fn abandon(&mut self) {
+        if !self.ended {
+            self.finish = Finish::Abandoned;
+            self.ended = true;
+        }
+    }
+
+    /// Takes the logits after the last token fed: picks the next token and
+    /// releases the text that became final. Returns the token to feed next,
+    /// or `None` once the generation has ended (then [`Self::finish`]).
+    pub fn advance(
+        &mut self,
+        logits: &[f32],
+        tokenizer: &Tokenizer,
+        mut emit: impl FnMut(Released<'_>),
+    ) -> Result<Option<u32>, GenerateError> {
+        let step = self.ids.len();
+        if self.ended || step >= self.req.max_tokens {
+            self.ended = true;
+            return Ok(None);
+        }
+        let next = match &mut self.matcher {
+            None => self.sampler.sample(logits),
             Some(m) => {
-                let next = constrained(m, &mut sampler, &logits, tokenizer)?;
+                let next = constrained(m, &mut self.sampler, logits, tokenizer)?;
                 if !tokenizer.is_end_of_generation(next) {
                     m.advance(&tokenizer.token_bytes(next));
                 }
@@ -276,91 +355,105 @@ pub fn generate_while(
             }
         };
         if tokenizer.is_end_of_generation(next) {
-            finish = Finish::Stop;
-            break;
+            self.finish = Finish::Stop;
+            self.ended = true;
+            return Ok(None);
         }
-        ids.push(next);
-        let start = text.len();
+        self.ids.push(next);
+        let start = self.text.len();
         // Whole characters only: a byte token may end mid-character.
-        let decoded = tokenizer.decode(&ids, false);
-        text = decoded.trim_end_matches('\u{fffd}').to_string();
-        if let Some(top) = req.logprobs {
-            let mut lp = token_logprob(&logits, next, top);
-            lp.text_offset = text.get(..start).map_or(0, |t| t.chars().count());
-            logprobs.push(lp);
-            ends.push(text.len());
+        let decoded = tokenizer.decode(&self.ids, false);
+        self.text = decoded.trim_end_matches('\u{fffd}').to_string();
+        if let Some(top) = self.req.logprobs {
+            let mut lp = token_logprob(logits, next, top);
+            lp.text_offset = self.text.get(..start).map_or(0, |t| t.chars().count());
+            self.logprobs.push(lp);
+            self.ends.push(self.text.len());
         }
-        if let Some(at) = req.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
-            text.truncate(at);
-            finish = Finish::Stop;
-            break;
+        let stops = &self.req.stop;
+        if let Some(at) = stops.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+            self.text.truncate(at);
+            self.finish = Finish::Stop;
+            self.ended = true;
+            return Ok(None);
         }
-        let mut hold = held_back(&text, &req.stop);
-        if let Some((g, t)) = pending {
-            if let Some(at) = t.find(&text, sent) {
+        let mut hold = held_back(&self.text, stops);
+        if let Some((g, t)) = &self.pending {
+            if let Some(at) = t.find(&self.text, self.sent) {
                 // Once, taken or not: the grammar from the trigger on.
-                pending = None;
                 let mut m = Matcher::new(Arc::clone(g));
-                if m.advance(&text.as_bytes()[at..]) {
-                    matcher = Some(m);
+                if m.advance(&self.text.as_bytes()[at..]) {
+                    self.matcher = Some(m);
                     // At the start: the blanks before it were held back
                     // and go unstreamed too.
-                    silent_from = Some(if t.at_start { sent } else { at });
+                    self.silent_from = Some(if t.at_start { self.sent } else { at });
                 }
+                self.pending = None;
             } else {
-                match t.held_back(&text) {
+                match t.held_back(&self.text) {
                     Some(h) => hold = hold.max(h),
-                    None => pending = None,
+                    None => self.pending = None,
                 }
             }
         }
-        let ready = match silent_from {
-            Some(at) => at.max(sent),
-            None => text.len() - hold,
+        let ready = match self.silent_from {
+            Some(at) => at.max(self.sent),
+            None => self.text.len() - hold,
         };
-        if ready > sent {
+        if ready > self.sent {
             // The tokens whose text is now all out go with it.
-            let done = sent_logprobs + ends[sent_logprobs..].partition_point(|&e| e <= ready);
+            let (sent, from) = (self.sent, self.sent_logprobs);
+            let done = from + self.ends[from..].partition_point(|&e| e <= ready);
             emit(Released {
-                text: &text[sent..ready],
-                logprobs: &logprobs[sent_logprobs..done],
+                text: &self.text[sent..ready],
+                logprobs: &self.logprobs[from..done],
             });
-            sent = ready;
-            sent_logprobs = done;
+            self.sent = ready;
+            self.sent_logprobs = done;
         }
-        if step + 1 < req.max_tokens {
-            logits = model.forward(&[next])?;
+        if step + 1 < self.req.max_tokens {
+            Ok(Some(next))
+        } else {
+            self.ended = true;
+            Ok(None)
         }
     }
-    if finish == Finish::Length {
-        text = tokenizer.decode(&ids, false);
+
+    /// The completion, emitting what is left to stream.
+    pub fn finish(mut self, tokenizer: &Tokenizer, mut emit: impl FnMut(Released<'_>)) -> Completion {
+        if self.finish == Finish::Length {
+            self.text = tokenizer.decode(&self.ids, false);
+        }
+        let (text, sent, from) = (&self.text, self.sent, self.sent_logprobs);
+        if self.finish == Finish::Stop {
+            // A token that starts inside the stop string is not in the answer.
+            let chars = text.chars().count();
+            let kept = self.logprobs.partition_point(|lp| lp.text_offset < chars);
+            self.logprobs.truncate(kept.max(from));
+        }
+        // What is left to stream: the rest, or up to where the text went silent.
+        let end = self
+            .silent_from
+            .map_or(text.len(), |at| at.clamp(sent, text.len()));
+        let last = match self.silent_from {
+            Some(_) => (from + self.ends[from..].partition_point(|&e| e <= end))
+                .min(self.logprobs.len()),
+            None => self.logprobs.len(),
+        };
+        if end > sent || last > from {
+            emit(Released {
+                text: text.get(sent..end).unwrap_or_default(),
+                logprobs: &self.logprobs[from..last],
+            });
+        }
+        Completion {
+            ids: self.ids,
+            text: self.text,
+            finish: self.finish,
+            prompt_tokens: self.req.prompt.len(),
+            logprobs: self.logprobs,
+        }
     }
-    if finish == Finish::Stop {
-        // A token that starts inside the stop string is not in the answer.
-        let chars = text.chars().count();
-        let kept = logprobs.partition_point(|lp| lp.text_offset < chars);
-        logprobs.truncate(kept.max(sent_logprobs));
-    }
-    // What is left to stream: the rest, or up to where the text went silent.
-    let end = silent_from.map_or(text.len(), |at| at.clamp(sent, text.len()));
-    let last = match silent_from {
-        Some(_) => (sent_logprobs + ends[sent_logprobs..].partition_point(|&e| e <= end))
-            .min(logprobs.len()),
-        None => logprobs.len(),
-    };
-    if end > sent || last > sent_logprobs {
-        emit(Released {
-            text: text.get(sent..end).unwrap_or_default(),
-            logprobs: &logprobs[sent_logprobs..last],
-        });
-    }
-    Ok(Completion {
-        ids,
-        text,
-        finish,
-        prompt_tokens: req.prompt.len(),
-        logprobs,
-    })
 }
 
 #[cfg(test)]
