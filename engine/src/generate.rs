@@ -371,7 +371,11 @@ impl Generation {
             self.ends.push(self.text.len());
         }
         let stops = &self.req.stop;
-        if let Some(at) = stops.iter().filter_map(|s| self.text.find(s.as_str())).min() {
+        if let Some(at) = stops
+            .iter()
+            .filter_map(|s| self.text.find(s.as_str()))
+            .min()
+        {
             self.text.truncate(at);
             self.finish = Finish::Stop;
             self.ended = true;
@@ -420,7 +424,11 @@ impl Generation {
     }
 
     /// The completion, emitting what is left to stream.
-    pub fn finish(mut self, tokenizer: &Tokenizer, mut emit: impl FnMut(Released<'_>)) -> Completion {
+    pub fn finish(
+        mut self,
+        tokenizer: &Tokenizer,
+        mut emit: impl FnMut(Released<'_>),
+    ) -> Completion {
         if self.finish == Finish::Length {
             self.text = tokenizer.decode(&self.ids, false);
         }
@@ -436,8 +444,9 @@ impl Generation {
             .silent_from
             .map_or(text.len(), |at| at.clamp(sent, text.len()));
         let last = match self.silent_from {
-            Some(_) => (from + self.ends[from..].partition_point(|&e| e <= end))
-                .min(self.logprobs.len()),
+            Some(_) => {
+                (from + self.ends[from..].partition_point(|&e| e <= end)).min(self.logprobs.len())
+            }
             None => self.logprobs.len(),
         };
         if end > sent || last > from {

@@ -11,11 +11,13 @@
 #![deny(unsafe_code)]
 
 pub mod arch;
+pub mod attention;
 pub mod chat;
 pub mod embeddings;
 pub mod generate;
 pub mod gguf;
 pub mod grammar;
+pub mod kv_cache;
 pub mod logprobs;
 pub mod model;
 pub mod q4_1;

@@ -1,11 +1,13 @@
 //! The language model: a quantized GGUF of one of the architectures in
 //! [`super::arch`], run with candle on the CPU through our forward pass
-//! ([`super::transformer`]). The prompt goes through in one batched forward
-//! pass; generation then feeds one token at a time against the key/value
-//! cache.
+//! ([`super::transformer`]), its keys and values in a paged store
+//! ([`super::kv_cache`]). [`Model::step`] runs one pass for many sequences
+//! (the batch scheduler's); [`Model::forward`] runs one sequence of its
+//! own, the prompt in one pass and then a token at a time.
 
 use super::arch::{Arch, Config};
-use super::transformer::Transformer;
+use super::kv_cache::{BLOCK_TOKENS, BlockId, KvStore};
+use super::transformer::{Feed, Transformer};
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
@@ -42,11 +44,12 @@ pub enum Kernels {
 }
 
 enum Weights {
-    Ciel(Box<Transformer>),
+    Ciel(Box<Transformer>, KvStore),
     Candle(Box<ModelWeights>),
 }
 
-/// A loaded model and its position in the current sequence.
+/// A loaded model, its K/V store, and the position of the sequence of its
+/// own ([`Model::forward`]).
 pub struct Model {
     weights: Weights,
     device: Device,
@@ -55,6 +58,10 @@ pub struct Model {
     /// Bytes of K/V cache one token of context takes (f32 keys and values
     /// of every layer's KV heads).
     kv_bytes_per_token: usize,
+    /// Blocks of the store the budget holds ([`Model::bound_kv_memory`]).
+    kv_blocks: usize,
+    /// The own sequence's block table: blocks `0..`, in order.
+    own_blocks: Vec<BlockId>,
 }
 
 impl std::fmt::Debug for Model {
@@ -102,10 +109,15 @@ impl Model {
             }
             Kernels::Ciel => {
                 let context = config.context;
+                let store = KvStore::new(config.layers, config.kv_heads * config.head_dim);
                 (
-                    Weights::Ciel(Box::new(
-                        Transformer::from_gguf(config, &content, reader, &device).map_err(load)?,
-                    )),
+                    Weights::Ciel(
+                        Box::new(
+                            Transformer::from_gguf(config, &content, reader, &device)
+                                .map_err(load)?,
+                        ),
+                        store,
+                    ),
                     context,
                 )
             }
@@ -116,6 +128,8 @@ impl Model {
             pos: 0,
             context,
             kv_bytes_per_token,
+            kv_blocks: context.div_ceil(BLOCK_TOKENS),
+            own_blocks: Vec::new(),
         })
     }
 
@@ -124,14 +138,26 @@ impl Model {
         self.kv_bytes_per_token
     }
 
-    /// Bounds the context so that its K/V cache fits `bytes`; returns the
-    /// context now taken (0: not one token fits).
+    /// Bytes of K/V cache one block of [`BLOCK_TOKENS`] positions takes.
+    pub fn kv_block_bytes(&self) -> usize {
+        self.kv_bytes_per_token.saturating_mul(BLOCK_TOKENS)
+    }
+
+    /// Blocks of K/V cache the budget holds (all sequences together).
+    pub fn kv_blocks(&self) -> usize {
+        self.kv_blocks
+    }
+
+    /// Bounds the K/V cache to `bytes` in whole blocks, and the context to
+    /// what they hold; returns the context now taken (0: not one block
+    /// fits).
     pub fn bound_kv_memory(&mut self, bytes: u64) -> Result<usize, ModelError> {
-        let fits = bytes / (self.kv_bytes_per_token.max(1) as u64);
+        let blocks = bytes / (self.kv_block_bytes().max(1) as u64);
+        self.kv_blocks = usize::try_from(blocks).unwrap_or(usize::MAX);
         self.context = self
             .context
-            .min(usize::try_from(fits).unwrap_or(usize::MAX));
-        if let Weights::Ciel(w) = &mut self.weights {
+            .min(self.kv_blocks.saturating_mul(BLOCK_TOKENS));
+        if let Weights::Ciel(w, _) = &mut self.weights {
             w.serve_context(self.context).map_err(|e| {
                 ModelError::Load(format!("rotary factors for the served context: {e}"))
             })?;
@@ -158,20 +184,61 @@ impl Model {
             return Err(ModelError::ContextFull(self.context));
         }
         let err = |e: candle_core::Error| ModelError::Forward(e.to_string());
-        let input = Tensor::new(ids, &self.device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(err)?;
+        let end = self.pos + ids.len();
         let logits = match &mut self.weights {
-            Weights::Ciel(w) => w.forward(&input, self.pos),
-            Weights::Candle(w) => w.forward(&input, self.pos),
+            Weights::Ciel(w, store) => {
+                let blocks = end.div_ceil(BLOCK_TOKENS);
+                self.own_blocks = (0..blocks as BlockId).collect();
+                let feed = Feed {
+                    blocks: &self.own_blocks,
+                    pos: self.pos,
+                    tokens: ids,
+                    logits: true,
+                };
+                w.forward_batch(&[feed], store)
+                    .map_err(err)?
+                    .pop()
+                    .ok_or_else(|| ModelError::Forward("no logits".into()))?
+            }
+            Weights::Candle(w) => {
+                let input = Tensor::new(ids, &self.device)
+                    .and_then(|t| t.unsqueeze(0))
+                    .map_err(err)?;
+                w.forward(&input, self.pos)
+                    .and_then(|l| l.squeeze(0))
+                    .and_then(|t| t.to_dtype(DType::F32))
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(err)?
+            }
+        };
+        self.pos = end;
+        Ok(logits)
+    }
+
+    /// One pass for many sequences (see [`Transformer::forward_batch`]):
+    /// the logits after each feed that asks for them, in order. The feeds'
+    /// block tables are the caller's (a [`super::kv_cache::BlockPool`]'s,
+    /// within [`Self::kv_blocks`]); [`Self::forward`]'s own sequence uses
+    /// the same store, so the two are not mixed on one model.
+    pub fn step(&mut self, feeds: &[Feed<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let Weights::Ciel(w, store) = &mut self.weights else {
+            return Err(ModelError::Unsupported(
+                "batched passes run on ciel's kernels only".into(),
+            ));
+        };
+        for f in feeds {
+            if f.pos + f.tokens.len() > self.context {
+                return Err(ModelError::ContextFull(self.context));
+            }
+            if let Some(b) = f.blocks.iter().find(|&&b| b as usize >= self.kv_blocks) {
+                return Err(ModelError::Forward(format!(
+                    "block {b} is beyond the {} the K/V budget holds",
+                    self.kv_blocks
+                )));
+            }
         }
-        .map_err(err)?;
-        self.pos += ids.len();
-        logits
-            .squeeze(0)
-            .and_then(|t| t.to_dtype(DType::F32))
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(err)
+        w.forward_batch(feeds, store)
+            .map_err(|e| ModelError::Forward(e.to_string()))
     }
 }
 

@@ -208,13 +208,40 @@ fn the_kv_budget_bounds_the_context_and_a_full_context_is_refused() {
     assert_eq!(model.kv_bytes_per_token(), 2 * 2 * 64 * 2 * 4);
     let trained = model.context();
     assert_eq!(model.bound_kv_memory(u64::MAX).unwrap(), trained);
-    assert_eq!(model.bound_kv_memory(4 * 2048 + 100).unwrap(), 4);
+    // Whole blocks of 16 positions: one block holds the context.
+    assert_eq!(model.bound_kv_memory(16 * 2048 + 100).unwrap(), 16);
     model.reset();
-    model.forward(&[1, 2, 3]).unwrap();
+    model.forward(&[1; 15]).unwrap();
     model.forward(&[4]).unwrap();
     assert!(matches!(
         model.forward(&[5]),
-        Err(crate::model::ModelError::ContextFull(4))
+        Err(crate::model::ModelError::ContextFull(16))
     ));
-    assert_eq!(model.bound_kv_memory(100).unwrap(), 0);
+    assert_eq!(model.bound_kv_memory(16 * 2048 - 1).unwrap(), 0);
+}
+
+/// Unquantized, our pass (attention over the paged cache, in its own
+/// order) and candle's `quantized_llama` compute the same logits up to f32
+/// rounding, for a prompt and then token by token.
+#[test]
+fn our_pass_is_candles_llama_up_to_rounding() {
+    use crate::model::Kernels;
+    let bytes = gguf(
+        crate::arch::Arch::Llama,
+        candle_core::quantized::GgmlDType::F32,
+    )
+    .unwrap();
+    let load = |k| Model::load_with(&mut std::io::Cursor::new(&bytes), k).unwrap();
+    let (mut ours, mut candle) = (load(Kernels::Ciel), load(Kernels::Candle));
+    let mut step: Vec<u32> = (1..40).map(|i| (i * 7) % 30 + 1).collect();
+    for round in 0..5 {
+        let (a, b) = (ours.forward(&step).unwrap(), candle.forward(&step).unwrap());
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "round {round}: logits differ by {worst}");
+        step = vec![crate::model::argmax(&a).0];
+    }
 }

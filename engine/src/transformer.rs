@@ -2,19 +2,26 @@
 //! in [`super::arch`], with our own Q4_1 kernel in its linear layers.
 //!
 //! For llama it is candle's `quantized_llama` computation — the same candle
-//! operations in the same order for norms, rotary embeddings, attention and
-//! the MLP — with each Q4_1 weight in a [`Q4_1Matrix`] and every other
-//! weight type left to candle's quantized matmul; its logits equal candle's
-//! to the bit (tested), so the engine's outputs do not depend on which path
-//! runs. Gemma 3 adds what llama.cpp's graph for it adds: scaled embeddings,
-//! q/k norms, norms after attention and MLP, GELU, and sliding-window
-//! layers with their own rotary base. Rotary angles are computed for the
-//! positions in each pass, so the context is the model's trained one.
+//! operations for norms, rotary embeddings and the MLP — with each Q4_1
+//! weight in a [`Q4_1Matrix`] and every other weight type left to candle's
+//! quantized matmul, and attention our own over the paged K/V cache
+//! ([`super::attention`]). Gemma 3 adds what llama.cpp's graph for it adds:
+//! scaled embeddings, q/k norms, norms after attention and MLP, GELU, and
+//! sliding-window layers with their own rotary base. Rotary angles are
+//! computed for the positions in each pass, so the context is the model's
+//! trained one.
+//!
+//! One pass takes the tokens of many sequences at once (a batch of
+//! decoding sequences and chunks of prompts), as one matrix of rows: every
+//! weight is read once per pass for all of them, and every operation works
+//! on each row alone, so a row's result never depends on its neighbours.
 
 use super::arch::{Activation, Arch, Config, RopeStyle};
+use super::attention::{Row, Shape, attend};
+use super::kv_cache::{BLOCK_TOKENS, BlockId, KvStore};
 use super::q4_1::Q4_1Matrix;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
-use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 use std::io::{Read, Seek};
 
 /// A weight matrix: ours when it is Q4_1, candle's otherwise.
@@ -85,7 +92,6 @@ struct Layer {
     sliding: bool,
     /// Which rotary base (0 global, 1 local).
     rope: usize,
-    cache: Option<(Tensor, Tensor)>,
 }
 
 /// θ_i = base^(-2i/dim) of one rotary base, as a `1 × dim/2` row.
@@ -122,14 +128,14 @@ impl Rope {
         })
     }
 
-    /// cos and sin of `position × scale × θ_i` for `seq` positions from
-    /// `pos` (the products candle's precomputed tables hold, bit for bit),
-    /// each multiplied by `mscale` (LongRoPE's attention factor).
-    fn tables(&self, pos: usize, seq: usize, scale: f32, mscale: f32) -> Result<(Tensor, Tensor)> {
+    /// cos and sin of `position × scale × θ_i` for each of `positions`
+    /// (the products candle's precomputed tables hold, bit for bit), each
+    /// multiplied by `mscale` (LongRoPE's attention factor).
+    fn tables(&self, positions: &[u32], scale: f32, mscale: f32) -> Result<(Tensor, Tensor)> {
         let device = self.theta.device();
-        let mut positions = Tensor::arange(pos as u32, (pos + seq) as u32, device)?
+        let mut positions = Tensor::new(positions, device)?
             .to_dtype(DType::F32)?
-            .reshape((seq, 1))?;
+            .reshape((positions.len(), 1))?;
         if scale != 1.0 {
             positions = (positions * f64::from(scale))?;
         }
@@ -153,7 +159,6 @@ pub struct Transformer {
     /// LongRoPE's short and long factors (Phi-3 128k): which apply depends
     /// on the context served ([`Self::serve_context`]).
     long_rope: Option<[Vec<f32>; 2]>,
-    neg_inf: Tensor,
 }
 
 impl std::fmt::Debug for Transformer {
@@ -299,7 +304,6 @@ impl Transformer {
                 up: Linear::new(t("ffn_up.weight")?)?,
                 sliding: sliding.is_some(),
                 rope: usize::from(sliding.is_some()),
-                cache: None,
             });
         }
         let mut unused: Vec<&String> = content
@@ -325,7 +329,6 @@ impl Transformer {
             output,
             ropes,
             long_rope,
-            neg_inf: Tensor::new(f32::NEG_INFINITY, device)?,
         };
         transformer.serve_context(context)?;
         Ok(transformer)
@@ -347,92 +350,110 @@ impl Transformer {
         Ok(())
     }
 
-    /// Logits after the last of `ids` (shape `1 × seq`), the sequence
-    /// continuing at `pos` (0 starts a new one).
-    pub fn forward(&mut self, ids: &Tensor, pos: usize) -> Result<Tensor> {
-        let (batch, seq) = ids.dims2()?;
-        let device = ids.device().clone();
-        let eps = self.config.eps;
+    /// Runs one pass over `feeds` (each a run of one sequence's tokens)
+    /// with their keys and values in `store`, and returns the logits after
+    /// the last token of each feed that asks for them, in order.
+    ///
+    /// Every operation works on each token's row alone (norms, products,
+    /// rotary embeddings, [`attend`]), so a feed's results are the same bits
+    /// whatever else is in the pass.
+    pub fn forward_batch(&self, feeds: &[Feed<'_>], store: &mut KvStore) -> Result<Vec<Vec<f32>>> {
+        let c = &self.config;
+        let mut ids = Vec::new();
+        let mut rows = Vec::new();
+        for f in feeds {
+            let end = f.pos + f.tokens.len();
+            if f.tokens.is_empty() || f.blocks.len() * BLOCK_TOKENS < end {
+                return Err(candle_core::Error::Msg(format!(
+                    "a feed of {} token(s) at {} with {} block(s)",
+                    f.tokens.len(),
+                    f.pos,
+                    f.blocks.len()
+                )));
+            }
+            for b in &f.blocks[f.pos / BLOCK_TOKENS..end.div_ceil(BLOCK_TOKENS)] {
+                store
+                    .ensure(*b)
+                    .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+            }
+            ids.extend_from_slice(f.tokens);
+            rows.extend((f.pos..end).map(|pos| Row {
+                blocks: f.blocks,
+                pos,
+            }));
+        }
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let device = self.embeddings.device().clone();
+        let positions: Vec<u32> = rows.iter().map(|r| r.pos as u32).collect();
         let mut tables = Vec::with_capacity(self.ropes.len());
         for r in &self.ropes {
-            tables.push(r.tables(
-                pos,
-                seq,
-                self.config.rope_scale,
-                self.config.rope_attn_factor,
-            )?);
+            tables.push(r.tables(&positions, c.rope_scale, c.rope_attn_factor)?);
         }
-        let causal = if seq == 1 {
-            None
-        } else {
-            Some(mask(seq, pos, None, &device)?)
-        };
-        let windowed = match &self.config.sliding {
-            Some(s) if seq > 1 || pos + seq > s.window => {
-                Some(mask(seq, pos, Some(s.window), &device)?)
-            }
-            _ => None,
-        };
-        let mut x = self
-            .embeddings
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((batch, seq, self.config.hidden))?;
-        if self.config.scale_embeddings {
-            x = (x * (self.config.hidden as f64).sqrt())?;
+        let ids = Tensor::new(ids.as_slice(), &device)?;
+        let mut x = self.embeddings.index_select(&ids, 0)?;
+        if c.scale_embeddings {
+            x = (x * (c.hidden as f64).sqrt())?;
         }
-        for i in 0..self.layers.len() {
-            let layer = &self.layers[i];
-            let mask = if layer.sliding {
-                windowed.as_ref()
-            } else {
-                causal.as_ref()
-            };
+        for (i, layer) in self.layers.iter().enumerate() {
             let (cos, sin) = &tables[layer.rope];
-            let normed = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps)?;
-            let mut attn = self.attention(i, &normed, mask, cos, sin, pos)?;
-            let layer = &self.layers[i];
+            let normed = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.eps)?;
+            let mut attn = self.attention(i, &normed, cos, sin, &rows, store)?;
             if let Some((after_attn, _)) = &layer.post_norms {
-                attn = candle_nn::ops::rms_norm(&attn, after_attn, eps)?;
+                attn = candle_nn::ops::rms_norm(&attn, after_attn, c.eps)?;
             }
             let x1 = (attn + &x)?;
-            let normed = candle_nn::ops::rms_norm(&x1, &layer.ffn_norm, eps)?;
+            let normed = candle_nn::ops::rms_norm(&x1, &layer.ffn_norm, c.eps)?;
             let (gate, up) = match &layer.gate {
                 Some(g) => (g.forward(&normed)?, layer.up.forward(&normed)?),
                 None => {
                     let both = layer.up.forward(&normed)?;
-                    let half = both.dim(2)? / 2;
-                    (both.narrow(2, 0, half)?, both.narrow(2, half, half)?)
+                    let half = both.dim(1)? / 2;
+                    (both.narrow(1, 0, half)?, both.narrow(1, half, half)?)
                 }
             };
-            let gate = match self.config.activation {
+            let gate = match c.activation {
                 Activation::Silu => candle_nn::ops::silu(&gate)?,
                 Activation::GeluTanh => gate.gelu()?,
             };
             let mut mlp = layer.down.forward(&(gate * up)?)?;
             if let Some((_, after_mlp)) = &layer.post_norms {
-                mlp = candle_nn::ops::rms_norm(&mlp, after_mlp, eps)?;
+                mlp = candle_nn::ops::rms_norm(&mlp, after_mlp, c.eps)?;
             }
             x = (mlp + &x1)?;
         }
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
-        let last = x.i((.., seq - 1, ..))?;
-        let logits = self.output.forward(&last)?;
-        match self.config.final_softcap {
-            None => Ok(logits),
-            Some(cap) => (logits / f64::from(cap))?.tanh()? * f64::from(cap),
+        // Only the rows whose logits are asked for go through the output.
+        let mut wanted = Vec::new();
+        let mut end = 0u32;
+        for f in feeds {
+            end += f.tokens.len() as u32;
+            if f.logits {
+                wanted.push(end - 1);
+            }
         }
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let last = x.index_select(&Tensor::new(wanted.as_slice(), &device)?, 0)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, c.eps)?;
+        let mut logits = self.output.forward(&last)?;
+        if let Some(cap) = c.final_softcap {
+            logits = ((logits / f64::from(cap))?.tanh()? * f64::from(cap))?;
+        }
+        logits.to_dtype(DType::F32)?.to_vec2::<f32>()
     }
 
     fn attention(
-        &mut self,
+        &self,
         i: usize,
         x: &Tensor,
-        mask: Option<&Tensor>,
         cos: &Tensor,
         sin: &Tensor,
-        pos: usize,
+        rows: &[Row<'_>],
+        store: &mut KvStore,
     ) -> Result<Tensor> {
-        let (batch, seq, _) = x.dims3()?;
+        let n = rows.len();
         let c = &self.config;
         let (heads, kv_heads, head_dim) = (c.heads, c.kv_heads, c.head_dim);
         let layer = &self.layers[i];
@@ -442,9 +463,9 @@ impl Transformer {
                 let all = w.forward(x)?;
                 let (nq, nkv) = (heads * head_dim, kv_heads * head_dim);
                 [
-                    all.narrow(2, 0, nq)?,
-                    all.narrow(2, nq, nkv)?,
-                    all.narrow(2, nq + nkv, nkv)?,
+                    all.narrow(1, 0, nq)?,
+                    all.narrow(1, nq, nkv)?,
+                    all.narrow(1, nq + nkv, nkv)?,
                 ]
             }
         };
@@ -456,72 +477,64 @@ impl Transformer {
             ],
             None => projected,
         };
-        let mut q = q.reshape((batch, seq, heads, head_dim))?;
-        let mut k = k.reshape((batch, seq, kv_heads, head_dim))?;
+        let mut q = q.reshape((n, heads, head_dim))?;
+        let mut k = k.reshape((n, kv_heads, head_dim))?;
         if let Some((qn, kn)) = &layer.qk_norms {
             q = candle_nn::ops::rms_norm(&q, qn, c.eps)?;
             k = candle_nn::ops::rms_norm(&k, kn, c.eps)?;
         }
-        let q = q.transpose(1, 2)?;
-        let k = k.transpose(1, 2)?;
-        let v = v
-            .reshape((batch, seq, kv_heads, head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let rotate = |t: &Tensor| match c.rope_style {
-            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&t.contiguous()?, cos, sin),
-            RopeStyle::Halves => candle_nn::rotary_emb::rope(&t.contiguous()?, cos, sin),
+        // candle's rotary kernels take (batch, heads, positions, dim), each
+        // position with its own row of the tables.
+        let rotate = |t: &Tensor| -> Result<Vec<f32>> {
+            let t = t.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
+            let r = match c.rope_style {
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&t, cos, sin)?,
+                RopeStyle::Halves => candle_nn::rotary_emb::rope(&t, cos, sin)?,
+            };
+            r.squeeze(0)?
+                .transpose(0, 1)?
+                .flatten_all()?
+                .to_vec1::<f32>()
         };
         let q = rotate(&q)?;
         let k = rotate(&k)?;
-        let scale_dim = c.attention_scale_dim;
-        let hidden_out = heads * head_dim;
-        let layer = &mut self.layers[i];
-        let (k, v) = match (&layer.cache, pos) {
-            (Some((kc, vc)), p) if p > 0 => {
-                (Tensor::cat(&[kc, &k], 2)?, Tensor::cat(&[vc, &v], 2)?)
-            }
-            _ => (k, v),
-        };
-        layer.cache = Some((k.clone(), v.clone()));
-        let repeat = heads / kv_heads;
-        let k = repeat_kv(k, repeat)?;
-        let v = repeat_kv(v, repeat)?;
-        // Divided as candle's llama does (bit-equal logits there).
-        let mut att = (q.matmul(&k.t()?)? / (scale_dim as f64).sqrt())?;
-        if let Some(cap) = c.attention_softcap {
-            att = ((att / f64::from(cap))?.tanh()? * f64::from(cap))?;
+        let v = v.flatten_all()?.to_vec1::<f32>()?;
+        let kv_width = kv_heads * head_dim;
+        let (k_rows, v_rows) = (k.chunks_exact(kv_width), v.chunks_exact(kv_width));
+        for ((row, k), v) in rows.iter().zip(k_rows).zip(v_rows) {
+            let block = row.blocks[row.pos / BLOCK_TOKENS];
+            store
+                .write(block, i, row.pos % BLOCK_TOKENS, k, v)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         }
-        let att = match mask {
-            None => att,
-            Some(mask) => {
-                let mask = mask.broadcast_as(att.shape())?;
-                mask.where_cond(&self.neg_inf.broadcast_as(att.shape().dims())?, &att)?
-            }
+        let shape = Shape {
+            heads,
+            kv_heads,
+            head_dim,
+            scale: 1.0 / (c.attention_scale_dim as f32).sqrt(),
+            softcap: c.attention_softcap,
+            window: c
+                .sliding
+                .as_ref()
+                .filter(|_| layer.sliding)
+                .map(|s| s.window),
         };
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
-        let y = att.matmul(&v.contiguous()?)?;
-        let y = y.transpose(1, 2)?.reshape(&[batch, seq, hidden_out])?;
-        self.layers[i].wo.forward(&y)
+        let y = attend(store, i, &shape, &q, rows).ok_or_else(|| {
+            candle_core::Error::Msg("attention: a block table does not cover its position".into())
+        })?;
+        layer
+            .wo
+            .forward(&Tensor::from_vec(y, (n, heads * head_dim), x.device())?)
     }
 }
 
-/// Key/value heads repeated to match the query heads (grouped attention).
-fn repeat_kv(x: Tensor, times: usize) -> Result<Tensor> {
-    if times == 1 {
-        return Ok(x);
-    }
-    let (batch, kv_heads, seq, head_dim) = x.dims4()?;
-    Tensor::cat(&vec![&x; times], 2)?.reshape((batch, kv_heads * times, seq, head_dim))
-}
-
-/// 1 where query `i` (at `pos + i`) may not see key `j`: a later key, or
-/// with a window, a key `window` or more positions before it.
-fn mask(seq: usize, pos: usize, window: Option<usize>, device: &Device) -> Result<Tensor> {
-    let kv = pos + seq;
-    let hidden = |i: usize, j: usize| j > pos + i || window.is_some_and(|w| pos + i >= j + w);
-    let mask: Vec<u8> = (0..seq)
-        .flat_map(|i| (0..kv).map(move |j| u8::from(hidden(i, j))))
-        .collect();
-    Tensor::from_slice(&mask, (seq, kv), device)
+/// One sequence's tokens in a pass: `tokens` at positions `pos..`, its keys
+/// and values in the blocks of `blocks` (which must cover them), and
+/// whether the logits after the last token are wanted.
+#[derive(Debug, Clone, Copy)]
+pub struct Feed<'a> {
+    pub blocks: &'a [BlockId],
+    pub pos: usize,
+    pub tokens: &'a [u32],
+    pub logits: bool,
 }

@@ -105,11 +105,15 @@ fn the_generation_loop_answers_the_reference_question() {
     );
 }
 
-/// Our llama pass with the AVX2 Q4_1 kernel gives candle's logits to the
-/// bit on the demo model, for a prompt pass and then token by token — so
-/// switching kernels changes speed, never an answer.
+/// Our llama pass (the AVX2 Q4_1 kernel, attention over the paged cache)
+/// follows candle's `quantized_llama` on the demo model, for a prompt pass
+/// and then token by token. The two sum attention in different orders
+/// (ours is fixed per row, so that batching never changes an answer), and
+/// each layer's activations are requantized to 8 bits, which spreads such
+/// rounding to ~0.1 per logit (exact agreement unquantized is
+/// `our_pass_is_candles_llama_up_to_rounding`); the choice agrees.
 #[test]
-fn our_kernels_give_candles_logits_bit_for_bit() {
+fn our_pass_follows_candles_logits_on_the_demo_model() {
     use ciel_engine::model::Kernels;
     let path = ciel_engine::demo_model_path();
     let load = |k| Model::load_with(&mut std::fs::File::open(&path).unwrap(), k).unwrap();
@@ -119,12 +123,15 @@ fn our_kernels_give_candles_logits_bit_for_bit() {
     for round in 0..6 {
         let (a, b) = (ours.forward(&step).unwrap(), candle.forward(&step).unwrap());
         assert_eq!(a.len(), b.len());
-        let differing = a
-            .iter()
-            .zip(&b)
-            .filter(|(x, y)| x.to_bits() != y.to_bits())
-            .count();
-        assert_eq!(differing, 0, "round {round}: {differing} logits differ");
+        let mean = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len() as f32;
+        assert!(
+            mean < 0.2,
+            "round {round}: logits differ by {mean} on average"
+        );
+        let (theirs, margin) = argmax(&b);
+        if f64::from(margin) >= NEAR_TIE {
+            assert_eq!(argmax(&a).0, theirs, "round {round}");
+        }
         step = vec![argmax(&a).0];
     }
 }
