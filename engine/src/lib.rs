@@ -22,6 +22,7 @@ pub mod logprobs;
 pub mod model;
 pub mod q4_1;
 pub mod sampling;
+pub mod scheduler;
 /// Tiny deterministic models of every architecture × weight type, checked
 /// against llama.cpp (the tests, and through `testing`, the reference
 /// script's generator).

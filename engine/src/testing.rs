@@ -28,6 +28,38 @@ impl Logits for Script {
     }
 }
 
+/// In a batched pass, the script is read by position: after a token at
+/// position `p`, the script's token `p` is predicted (with a one-token
+/// prompt, the same answer as [`Logits`] gives), whatever else shares the
+/// pass.
+impl crate::scheduler::Batched for Script {
+    fn step(
+        &mut self,
+        feeds: &[crate::transformer::Feed<'_>],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut out = Vec::new();
+        for f in feeds {
+            let covered = f.blocks.len() * crate::kv_cache::BLOCK_TOKENS;
+            if f.tokens.is_empty() || f.pos + f.tokens.len() > covered {
+                return Err(ModelError::Forward(format!(
+                    "a feed of {} at {} with {} blocks",
+                    f.tokens.len(),
+                    f.pos,
+                    f.blocks.len()
+                )));
+            }
+            if f.logits {
+                let mut l = vec![0.0; self.vocab];
+                if let Some(&t) = self.tokens.get(f.pos + f.tokens.len() - 1) {
+                    l[t as usize] = 10.0;
+                }
+                out.push(l);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A vocabulary of single characters: "a", "b", "c", " ", "\u{e9}" split in two bytes, and EOS.
 pub fn tokenizer() -> Tokenizer {
     let toks = ["<eos>", "a", "b", "c", "\u{120}", "\u{c3}", "\u{a9}"];
