@@ -72,7 +72,9 @@ pub struct LimitsError(String);
 impl Limits {
     pub fn check(&self) -> Result<(), LimitsError> {
         if self.max_batch == 0 {
-            return Err(LimitsError("the batch must hold at least one sequence".into()));
+            return Err(LimitsError(
+                "the batch must hold at least one sequence".into(),
+            ));
         }
         if self.step_tokens < self.max_batch + BLOCK_TOKENS {
             return Err(LimitsError(format!(
@@ -258,10 +260,9 @@ impl<S: Sink> Scheduler<S> {
             let sink = &mut s.sink;
             match s.generation.advance(&l, tokenizer, |r| sink.text(r)) {
                 Ok(Some(next)) if s.tokens.len() < self.limits.context => s.tokens.push(next),
-                Ok(Some(_)) => finished.push((
-                    i,
-                    Some(ModelError::ContextFull(self.limits.context).into()),
-                )),
+                Ok(Some(_)) => {
+                    finished.push((i, Some(ModelError::ContextFull(self.limits.context).into())))
+                }
                 Ok(None) => finished.push((i, None)),
                 Err(e) => finished.push((i, Some(e))),
             }
@@ -288,7 +289,8 @@ impl<S: Sink> Scheduler<S> {
         let all: Vec<usize> = (0..self.running.len()).collect();
         self.fail(&all, error);
         for mut s in std::mem::take(&mut self.waiting) {
-            s.sink.done(Err(GenerateError::Model(ModelError::Forward(error.into()))));
+            s.sink
+                .done(Err(GenerateError::Model(ModelError::Forward(error.into()))));
         }
     }
 
@@ -299,7 +301,8 @@ impl<S: Sink> Scheduler<S> {
         for i in which {
             let mut s = self.running.remove(i);
             self.release(&mut s);
-            s.sink.done(Err(GenerateError::Model(ModelError::Forward(error.into()))));
+            s.sink
+                .done(Err(GenerateError::Model(ModelError::Forward(error.into()))));
         }
     }
 

@@ -38,8 +38,12 @@ struct Recorded {
 
 impl Batched for Recorded {
     fn step(&mut self, feeds: &[Feed<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
-        self.passes
-            .push(feeds.iter().map(|f| (f.pos, f.tokens.len(), f.logits)).collect());
+        self.passes.push(
+            feeds
+                .iter()
+                .map(|f| (f.pos, f.tokens.len(), f.logits))
+                .collect(),
+        );
         self.script.step(feeds)
     }
 }
@@ -123,14 +127,20 @@ fn a_long_prompt_is_cut_into_chunks_between_decode_steps() {
     assert_eq!(m.passes[1], vec![(1, 1, true), (0, 63, false)]);
     assert_eq!(m.passes[2], vec![(2, 1, true), (63, 63, false)]);
     assert_eq!(m.passes[3], vec![(3, 1, true), (126, 24, true)]);
-    assert!(m.passes.iter().all(|p| p.iter().map(|f| f.1).sum::<usize>() <= 64));
+    assert!(
+        m.passes
+            .iter()
+            .all(|p| p.iter().map(|f| f.1).sum::<usize>() <= 64)
+    );
     assert_eq!(text(&short), "abcabc");
     assert_eq!(text(&long), text_of_script(150, 2));
 }
 
 /// The script's answer to a prompt of `n` tokens, `len` tokens long.
 fn text_of_script(n: usize, len: usize) -> String {
-    (n - 1..n - 1 + len).map(|p| ["a", "b", "c"][p % 3]).collect()
+    (n - 1..n - 1 + len)
+        .map(|p| ["a", "b", "c"][p % 3])
+        .collect()
 }
 
 #[test]
@@ -138,7 +148,10 @@ fn a_shared_prefix_is_computed_once() {
     let (mut s, mut m) = (Scheduler::new(limits()).unwrap(), model());
     let system: Vec<u32> = vec![3; 40];
     let first = Shared::default();
-    s.submit(request([system.clone(), vec![1, 2]].concat(), 2), first.clone());
+    s.submit(
+        request([system.clone(), vec![1, 2]].concat(), 2),
+        first.clone(),
+    );
     run(&mut s, &mut m);
     let before = m.passes.len();
     let second = Shared::default();
@@ -189,7 +202,15 @@ fn a_client_that_leaves_frees_its_blocks_at_the_next_step() {
     s.step(&mut m, &tokenizer());
     assert_eq!(s.stats().blocks_held, 1);
     run(&mut s, &mut m);
-    let done = leaves.0.borrow().done.as_ref().unwrap().as_ref().unwrap().clone();
+    let done = leaves
+        .0
+        .borrow()
+        .done
+        .as_ref()
+        .unwrap()
+        .as_ref()
+        .unwrap()
+        .clone();
     assert_eq!(done.finish, crate::generate::Finish::Abandoned);
     assert_eq!(text(&stays), "abc");
 }
@@ -222,6 +243,18 @@ fn requests_beyond_the_batch_wait_and_impossible_ones_are_answered_at_once() {
     assert!(empty.0.borrow().done.clone().unwrap().is_err());
     assert!(s.is_idle());
     // Limits that could never run are refused.
-    assert!(Scheduler::<Shared>::new(Limits { step_tokens: 10, ..limits() }).is_err());
-    assert!(Scheduler::<Shared>::new(Limits { kv_blocks: 15, ..limits() }).is_err());
+    assert!(
+        Scheduler::<Shared>::new(Limits {
+            step_tokens: 10,
+            ..limits()
+        })
+        .is_err()
+    );
+    assert!(
+        Scheduler::<Shared>::new(Limits {
+            kv_blocks: 15,
+            ..limits()
+        })
+        .is_err()
+    );
 }
