@@ -32,7 +32,8 @@ fn api(with_embeddings: bool) -> Router {
         at: 0,
         vocab: 7,
     };
-    let worker = Worker::spawn(script, Arc::new(tokenizer()), 64, 4).unwrap();
+    let limits = ciel_engine::scheduler::Limits::serving(64, 4);
+    let worker = Worker::spawn(script, Arc::new(tokenizer()), limits, 4).unwrap();
     let embeddings =
         with_embeddings.then(|| Embeddings::new(embedding_model(), "minilm".into(), 4));
     common::api(worker, None, "chat", embeddings)

@@ -44,7 +44,8 @@ fn api(template: Option<ChatTemplate>) -> Router {
     let template = template.or_else(|| ChatTemplate::from_gguf(&meta).unwrap());
     let model = Model::load(&mut std::io::Cursor::new(&bytes)).unwrap();
     let context = model.context();
-    let worker = Worker::spawn(model, tokenizer, context, 8).unwrap();
+    let limits = ciel_engine::scheduler::Limits::serving(context, model.kv_blocks());
+    let worker = Worker::spawn(model, tokenizer, limits, 8).unwrap();
     common::api(worker, template, "m", None)
 }
 
@@ -68,9 +69,13 @@ fn clock() -> Value {
     json!({"type": "function", "function": {"name": "now", "description": "The time now"}})
 }
 
+/// One call asked for (`parallel_tool_calls: false`): under `required` the
+/// 135M demo model, allowed several, goes on calling (in Celsius, then in
+/// Fahrenheit…) until `max_tokens` cuts it short — a near-tie between
+/// ending and calling again that any change in rounding may tip.
 fn ask(tools: Value, choice: Value) -> Value {
     json!({"messages": [{"role": "user", "content": "What is the weather like in Paris today?"}],
-           "tools": tools, "tool_choice": choice, "max_tokens": 96})
+           "tools": tools, "tool_choice": choice, "parallel_tool_calls": false, "max_tokens": 96})
 }
 
 /// The one call of a whole answer: its name and parsed arguments.

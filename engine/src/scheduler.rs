@@ -70,6 +70,24 @@ pub struct Limits {
 pub struct LimitsError(String);
 
 impl Limits {
+    /// Sequences in one batch by default.
+    pub const MAX_BATCH: usize = 32;
+    /// Tokens in one pass by default: enough for a batch of decodes and a
+    /// prompt chunk, small enough that a pass (the time between two tokens
+    /// of every stream) stays short on a few cores.
+    pub const STEP_TOKENS: usize = 256;
+
+    /// The defaults for a context of `context` in `kv_blocks` blocks.
+    pub fn serving(context: usize, kv_blocks: usize) -> Self {
+        Limits {
+            max_batch: Self::MAX_BATCH,
+            step_tokens: Self::STEP_TOKENS,
+            kv_blocks,
+            context,
+            prefix_cache: true,
+        }
+    }
+
     pub fn check(&self) -> Result<(), LimitsError> {
         if self.max_batch == 0 {
             return Err(LimitsError(

@@ -25,7 +25,7 @@ pub enum EnclaveCommand {
     /// The guest service: key release through the host's relay, the sealed
     /// model fetched from the host and decrypted in memory, then the
     /// OpenAI-compatible API over attested TLS until SIGTERM.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -64,9 +64,24 @@ pub struct ServeArgs {
     /// Where the API listens (vsock://any:PORT in a VM).
     #[arg(long)]
     pub listen: Endpoint,
-    /// Requests that may wait behind the running one before 429.
+    /// Requests that may wait beyond the running batch before 429.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
+    /// Sequences decoded together, one token each per forward pass
+    /// (continuous batching: requests join and leave at every pass).
+    #[arg(long, default_value_t = ciel_engine::scheduler::Limits::MAX_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub max_batch: usize,
+    /// Tokens one forward pass carries: the batch's decodes, then chunks of
+    /// waiting prompts (a long prompt is cut into chunks between decode
+    /// steps). At least --max-batch + 16.
+    #[arg(long, default_value_t = ciel_engine::scheduler::Limits::STEP_TOKENS)]
+    pub step_tokens: usize,
+    /// Do not reuse the keys and values of prompt prefixes that requests
+    /// share (e.g. one system prompt). The cache is shared by every client
+    /// of this guest, so its timing can tell a client whether another sent
+    /// the same prefix recently; turn it off where that matters.
+    #[arg(long)]
+    pub no_prefix_cache: bool,
     /// Open client connections; more are closed at once.
     #[arg(long, default_value_t = 256, value_parser = super::connection_cap)]
     pub max_connections: usize,
@@ -80,9 +95,11 @@ pub struct ServeArgs {
     /// Largest max_tokens a request may ask for.
     #[arg(long, default_value_t = 2048)]
     pub max_tokens_limit: usize,
-    /// Memory the K/V cache may take (bytes, or with KiB/MiB/GiB): the
-    /// context served is the model's trained one or what fits, whichever is
-    /// smaller; a request that does not fit is a 400 saying so.
+    /// Memory the K/V cache may take (bytes, or with KiB/MiB/GiB), for all
+    /// running sequences together, in blocks of 16 positions: the context
+    /// served is the model's trained one or what fits, whichever is
+    /// smaller (a request that does not fit is a 400 saying so); requests
+    /// wait in the queue while the blocks they need are held.
     #[arg(long, default_value = "2GiB", value_parser = super::byte_size)]
     pub kv_memory: u64,
     /// Parallel range requests when fetching the sealed model.
@@ -121,7 +138,7 @@ pub struct BootArgs {
 pub fn run(cmd: EnclaveCommand) -> Result<ExitCode> {
     match cmd {
         EnclaveCommand::Boot(a) => boot(a),
-        EnclaveCommand::Serve(a) => serve(a),
+        EnclaveCommand::Serve(a) => serve(*a),
     }
 }
 
@@ -174,6 +191,9 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         embedding_name: a.embedding_model_name.clone(),
         listen: a.listen.clone(),
         queue: a.queue,
+        max_batch: a.max_batch,
+        step_tokens: a.step_tokens,
+        prefix_cache: !a.no_prefix_cache,
         limits: ciel_enclave::serve::ConnectionLimits {
             max_connections: a.max_connections,
             handshake: std::time::Duration::from_secs_f64(a.handshake_timeout),

@@ -50,8 +50,14 @@ pub struct ServeConfig {
     pub embedding_name: Option<String>,
     /// Where the API listens (a vsock port in a VM).
     pub listen: Endpoint,
-    /// Requests waiting beyond the running one before 429.
+    /// Requests waiting beyond the running batch before 429.
     pub queue: usize,
+    /// Sequences decoded together in one pass.
+    pub max_batch: usize,
+    /// Tokens one pass carries (decodes and prompt chunks).
+    pub step_tokens: usize,
+    /// Reuse the keys of prefixes shared between requests.
+    pub prefix_cache: bool,
     /// Bounds on connections and on slow clients.
     pub limits: ConnectionLimits,
     pub max_tokens_limit: usize,
@@ -307,14 +313,28 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
             model.kv_bytes_per_token()
         )));
     }
+    let limits = ciel_engine::scheduler::Limits {
+        max_batch: cfg.max_batch,
+        step_tokens: cfg.step_tokens,
+        kv_blocks: model.kv_blocks(),
+        context,
+        prefix_cache: cfg.prefix_cache,
+    };
+    limits
+        .check()
+        .map_err(|e| BootError::Model(e.to_string()))?;
     tracing::info!(
         trained_context = trained,
         context,
         kv_memory = cfg.kv_memory,
         kv_bytes_per_token = model.kv_bytes_per_token(),
-        "context bounded by the K/V memory budget"
+        kv_blocks = limits.kv_blocks,
+        max_batch = limits.max_batch,
+        step_tokens = limits.step_tokens,
+        prefix_cache = limits.prefix_cache,
+        "context and batch bounded by the K/V memory budget"
     );
-    let worker = worker::Worker::spawn(model, Arc::new(tokenizer), context, cfg.queue)
+    let worker = worker::Worker::spawn(model, Arc::new(tokenizer), limits, cfg.queue)
         .map_err(io_err("engine thread"))?;
     let state = Arc::new(api::ApiState {
         worker,

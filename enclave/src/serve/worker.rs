@@ -1,14 +1,18 @@
-//! The engine worker: one thread owns the model and runs requests one at a
-//! time from a bounded queue. A full queue is refused at once (HTTP 429)
-//! rather than letting latency grow without bound; each request gets its
-//! own event channel, so concurrent clients each receive exactly their own
-//! answer.
+//! The engine worker: one thread owns the model and runs every admitted
+//! request in one continuous batch ([`ciel_engine::scheduler`]): requests
+//! join at any step and leave as they finish. Requests beyond the batch (or
+//! beyond the K/V memory) wait in a bounded queue; a full queue is refused
+//! at once (HTTP 429) rather than letting latency grow without bound. Each
+//! request gets its own event channel, so concurrent clients each receive
+//! exactly their own answer.
 
-use ciel_engine::generate::{Completion, Finish, Logits, Request, generate_while};
+use ciel_engine::generate::{Completion, Finish, GenerateError, Released, Request};
 use ciel_engine::logprobs::TokenLogprob;
+use ciel_engine::scheduler::{Batched, Limits, Scheduler, Sink, Stats};
 use ciel_engine::tokenizer::Tokenizer;
-use std::sync::Arc;
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 /// What a running request produces, in order: text pieces, then one of
@@ -45,6 +49,7 @@ pub struct Worker {
     jobs: SyncSender<Job>,
     pub tokenizer: Arc<Tokenizer>,
     pub context: usize,
+    stats: Arc<Mutex<Stats>>,
 }
 
 impl std::fmt::Debug for Job {
@@ -56,72 +61,75 @@ impl std::fmt::Debug for Job {
     }
 }
 
+/// One request's channel back to its client.
+struct Client {
+    events: UnboundedSender<Event>,
+    started: Instant,
+    prompt_tokens: usize,
+}
+
+impl Sink for Client {
+    fn wanted(&self) -> bool {
+        // A client that went away (its receiver dropped), even while its
+        // request waited, ends it at the next step: no compute is spent on
+        // answers nobody reads.
+        !self.events.is_closed()
+    }
+
+    fn text(&mut self, r: Released<'_>) {
+        let _ = self.events.send(Event::Text {
+            text: r.text.to_string(),
+            logprobs: r.logprobs.to_vec(),
+        });
+    }
+
+    fn done(&mut self, result: Result<Completion, GenerateError>) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        // (Nobody receives it if the client has gone.)
+        let _ = match result {
+            Ok(done) => {
+                tracing::info!(
+                    prompt_tokens = done.prompt_tokens,
+                    completion_tokens = done.ids.len(),
+                    ms,
+                    abandoned = done.finish == Finish::Abandoned,
+                    "request done"
+                );
+                self.events.send(Event::Done(done))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, prompt_tokens = self.prompt_tokens, ms, "request failed");
+                self.events.send(Event::Failed(e.to_string()))
+            }
+        };
+    }
+}
+
+/// How often the worker logs the batch's state while it runs.
+const STATS_EVERY: Duration = Duration::from_secs(10);
+
 impl Worker {
-    /// Starts the worker thread with room for `queue` waiting requests.
-    pub fn spawn<M: Logits + Send + 'static>(
-        mut model: M,
+    /// Starts the worker thread: batches within `limits`, with room for
+    /// `queue` requests waiting beyond them.
+    pub fn spawn<M: Batched + Send + 'static>(
+        model: M,
         tokenizer: Arc<Tokenizer>,
-        context: usize,
+        limits: Limits,
         queue: usize,
     ) -> std::io::Result<Self> {
+        let scheduler = Scheduler::new(limits)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(queue);
-        let tk = tokenizer.clone();
+        let stats = Arc::new(Mutex::new(scheduler.stats()));
+        let (tk, shared) = (tokenizer.clone(), stats.clone());
         std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    let started = std::time::Instant::now();
-                    let events = job.events;
-                    // A panic in the engine leaves the model in an unknown
-                    // state, so the worker stops. It closes the queue before
-                    // answering, so that once a client has seen the failure
-                    // every later request is refused as `Stopped`.
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        // A client that went away (its receiver dropped),
-                        // even while its request waited, ends it at the next
-                        // step: no compute is spent on answers nobody reads.
-                        generate_while(
-                            &mut model,
-                            &tk,
-                            &job.request,
-                            || !events.is_closed(),
-                            |r| {
-                                let _ = events.send(Event::Text {
-                                    text: r.text.to_string(),
-                                    logprobs: r.logprobs.to_vec(),
-                                });
-                            },
-                        )
-                    }));
-                    match result {
-                        Ok(Ok(done)) => {
-                            tracing::info!(
-                                prompt_tokens = done.prompt_tokens,
-                                completion_tokens = done.ids.len(),
-                                ms = started.elapsed().as_millis() as u64,
-                                abandoned = done.finish == Finish::Abandoned,
-                                "request done"
-                            );
-                            // (Nobody receives it if the client has gone.)
-                            let _ = events.send(Event::Done(done));
-                        }
-                        Ok(Err(e)) => {
-                            tracing::warn!(error = %e, "request failed");
-                            let _ = events.send(Event::Failed(e.to_string()));
-                        }
-                        Err(_) => {
-                            drop(rx);
-                            tracing::error!("the engine panicked; no further requests will run");
-                            let _ = events.send(Event::Failed("the engine stopped".into()));
-                            return;
-                        }
-                    }
-                }
-            })?;
+            .spawn(move || run(model, scheduler, rx, &tk, &shared))?;
         Ok(Worker {
             jobs,
             tokenizer,
-            context,
+            context: limits.context,
+            stats,
         })
     }
 
@@ -134,6 +142,75 @@ impl Worker {
             Err(TrySendError::Disconnected(_)) => Err(Busy::Stopped),
         }
     }
+
+    /// The batch's state after the last step.
+    pub fn stats(&self) -> Stats {
+        self.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+}
+
+/// The engine thread: takes jobs while the batch has room, runs a step,
+/// again. A panic in the engine leaves the model in an unknown state, so
+/// the worker stops: it closes the queue before answering, so that once a
+/// client has seen the failure every later request is refused as
+/// [`Busy::Stopped`].
+fn run<M: Batched>(
+    mut model: M,
+    mut scheduler: Scheduler<Client>,
+    rx: Receiver<Job>,
+    tokenizer: &Tokenizer,
+    stats: &Mutex<Stats>,
+) {
+    let submit = |s: &mut Scheduler<Client>, job: Job| {
+        let client = Client {
+            prompt_tokens: job.request.prompt.len(),
+            events: job.events,
+            started: Instant::now(),
+        };
+        s.submit(job.request, client);
+    };
+    let mut logged = Instant::now();
+    loop {
+        if scheduler.is_idle() {
+            match rx.recv() {
+                Ok(job) => submit(&mut scheduler, job),
+                Err(_) => return,
+            }
+        }
+        while scheduler.has_room() {
+            match rx.try_recv() {
+                Ok(job) => submit(&mut scheduler, job),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) if scheduler.is_idle() => return,
+                Err(TryRecvError::Disconnected) => break,
+            }
+        }
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            scheduler.step(&mut model, tokenizer)
+        }));
+        if stepped.is_err() {
+            drop(rx);
+            tracing::error!("the engine panicked; no further requests will run");
+            scheduler.fail_all("the engine stopped");
+            return;
+        }
+        let now = scheduler.stats();
+        if let Ok(mut s) = stats.lock() {
+            *s = now;
+        }
+        if logged.elapsed() >= STATS_EVERY && !scheduler.is_idle() {
+            logged = Instant::now();
+            tracing::info!(
+                running = now.running,
+                waiting = now.waiting,
+                kv_blocks_held = now.blocks_held,
+                kv_blocks = now.kv_blocks,
+                prefix_hit_tokens = now.prefix_hits,
+                preemptions = now.preemptions,
+                "batch"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -141,19 +218,41 @@ impl Worker {
 mod tests {
     use super::*;
     use ciel_engine::model::ModelError;
-    use ciel_engine::sampling::SamplingParams;
     use ciel_engine::testing::{Script, tokenizer};
+    use ciel_engine::transformer::Feed;
 
-    /// A scripted model slow enough that requests pile up.
-    struct Slow(Script);
+    /// A scripted model that sleeps in each pass (so that requests pile
+    /// up) and counts its passes.
+    struct Slow(Script, Duration, Arc<std::sync::atomic::AtomicUsize>);
 
-    impl Logits for Slow {
-        fn reset(&mut self) {
-            self.0.reset();
+    impl Batched for Slow {
+        fn step(&mut self, feeds: &[Feed<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+            self.2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(self.1);
+            self.0.step(feeds)
         }
-        fn forward(&mut self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
-            std::thread::sleep(std::time::Duration::from_millis(40));
-            self.0.forward(ids)
+    }
+
+    fn slow(script: Vec<u32>, ms: u64) -> (Slow, Arc<std::sync::atomic::AtomicUsize>) {
+        let passes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let script = Script {
+            tokens: script,
+            at: 0,
+            vocab: 7,
+        };
+        (
+            Slow(script, Duration::from_millis(ms), passes.clone()),
+            passes,
+        )
+    }
+
+    fn limits(max_batch: usize, context: usize) -> Limits {
+        Limits {
+            max_batch,
+            step_tokens: max_batch + 64,
+            kv_blocks: context.div_ceil(16) * 4,
+            context,
+            prefix_cache: true,
         }
     }
 
@@ -161,9 +260,6 @@ mod tests {
         Request {
             prompt: vec![1],
             max_tokens,
-            sampling: SamplingParams::default(),
-            stop: vec![],
-            logprobs: None,
             ..Request::default()
         }
     }
@@ -187,12 +283,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_is_refused_and_each_request_gets_its_own_answer() {
-        let model = Slow(Script {
-            tokens: vec![1, 2, 3, 1, 2, 3],
-            at: 0,
-            vocab: 7,
-        });
-        let w = Worker::spawn(model, Arc::new(tokenizer()), 64, 1).unwrap();
+        let (model, _) = slow(vec![1, 2, 3, 1, 2, 3], 40);
+        // A batch of one: the second request waits in the queue of one.
+        let w = Worker::spawn(model, Arc::new(tokenizer()), limits(1, 64), 1).unwrap();
         let mut first = w.submit(request(5)).unwrap();
         // The first piece of text shows the worker has taken the first job
         // off the queue, which then has room for exactly one more.
@@ -208,33 +301,26 @@ mod tests {
         assert_eq!(text_of(w.submit(request(3)).unwrap(), "").await, "abc");
     }
 
-    /// A scripted model that counts its forward passes.
-    struct Counted(Script, Arc<std::sync::atomic::AtomicUsize>);
-
-    impl Logits for Counted {
-        fn reset(&mut self) {
-            self.0.reset();
+    #[tokio::test]
+    async fn concurrent_requests_run_in_the_same_passes() {
+        let (model, passes) = slow([1, 2, 3].repeat(10), 20);
+        let w = Worker::spawn(model, Arc::new(tokenizer()), limits(8, 64), 8).unwrap();
+        let all: Vec<_> = (0..8).map(|_| w.submit(request(12)).unwrap()).collect();
+        for rx in all {
+            assert_eq!(text_of(rx, "").await, "abcabcabcabc");
         }
-        fn forward(&mut self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
-            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            self.0.forward(ids)
-        }
+        // One at a time would take 8 × 12 passes; batched, about 12 (the
+        // first requests may start a pass or two before the rest arrive).
+        let used = passes.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(used <= 24, "{used} passes for 8 requests of 12 tokens");
+        assert_eq!(w.stats().blocks_held, 0);
     }
 
     #[tokio::test]
     async fn a_client_that_leaves_stops_its_request() {
-        let passes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let model = Counted(
-            Script {
-                // Far more than the test waits for: only leaving stops it.
-                tokens: [1, 2, 3].repeat(700),
-                at: 0,
-                vocab: 7,
-            },
-            passes.clone(),
-        );
-        let w = Worker::spawn(model, Arc::new(tokenizer()), 4096, 4).unwrap();
+        // Far more than the test waits for: only leaving stops it.
+        let (model, passes) = slow([1, 2, 3].repeat(700), 5);
+        let w = Worker::spawn(model, Arc::new(tokenizer()), limits(4, 4096), 4).unwrap();
         let mut first = w.submit(request(2000)).unwrap();
         assert!(matches!(first.recv().await, Some(Event::Text { .. })));
         drop(first);
@@ -250,21 +336,20 @@ mod tests {
     /// A model that dies on its first use.
     struct Dead;
 
-    impl Logits for Dead {
-        fn reset(&mut self) {}
-        fn forward(&mut self, _ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+    impl Batched for Dead {
+        fn step(&mut self, _feeds: &[Feed<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
             panic!("engine died")
         }
     }
 
     #[tokio::test]
     async fn a_dead_engine_is_not_reported_as_a_full_queue() {
-        let w = Worker::spawn(Dead, Arc::new(tokenizer()), 64, 4).unwrap();
+        let w = Worker::spawn(Dead, Arc::new(tokenizer()), limits(4, 64), 4).unwrap();
         let mut first = w.submit(request(1)).unwrap();
         // The engine panicked: the request is told so, and nothing more is
         // queued behind it.
         match first.recv().await {
-            Some(Event::Failed(e)) => assert_eq!(e, "the engine stopped"),
+            Some(Event::Failed(e)) => assert!(e.ends_with("the engine stopped"), "{e}"),
             other => panic!("expected Failed, got {other:?}"),
         }
         assert!(first.recv().await.is_none());
