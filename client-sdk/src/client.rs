@@ -264,7 +264,29 @@ impl Client {
         request: &Value,
         on_text: impl FnMut(&str),
     ) -> Result<String, ClientError> {
-        self.stream("/v1/chat/completions", request, on_text).await
+        Ok(self
+            .stream("/v1/chat/completions", request, on_text)
+            .await?
+            .0)
+    }
+
+    /// [`Client::chat_stream`] asking for the token counts too
+    /// (`stream_options.include_usage`): the finish reason and the `usage`
+    /// object of the last chunk.
+    pub async fn chat_stream_usage(
+        &self,
+        request: &Value,
+        on_text: impl FnMut(&str),
+    ) -> Result<(String, Value), ClientError> {
+        let mut request = request.clone();
+        request["stream_options"] = serde_json::json!({"include_usage": true});
+        let (finish, usage) = self
+            .stream("/v1/chat/completions", &request, on_text)
+            .await?;
+        let usage = usage.ok_or_else(|| {
+            ClientError::Protocol("the stream ended without the usage asked for".into())
+        })?;
+        Ok((finish, usage))
     }
 
     /// `POST /v1/completions` with `stream: true`, as [`Client::chat_stream`].
@@ -273,17 +295,18 @@ impl Client {
         request: &Value,
         on_text: impl FnMut(&str),
     ) -> Result<String, ClientError> {
-        self.stream("/v1/completions", request, on_text).await
+        Ok(self.stream("/v1/completions", request, on_text).await?.0)
     }
 
     /// A streamed completion: server-sent events until `[DONE]`, each
-    /// choice's text (chat: `delta.content`; completions: `text`) passed on.
+    /// choice's text (chat: `delta.content`; completions: `text`) passed on;
+    /// the finish reason, and the usage if a chunk carried it.
     async fn stream(
         &self,
         path: &str,
         request: &Value,
         mut on_text: impl FnMut(&str),
-    ) -> Result<String, ClientError> {
+    ) -> Result<(String, Option<Value>), ClientError> {
         let mut request = request.clone();
         request["stream"] = Value::Bool(true);
         let resp = self
@@ -299,6 +322,7 @@ impl Client {
         let mut pending = Vec::new();
         let mut scanned = 0usize;
         let mut finish = String::new();
+        let mut usage = None;
         let mut pieces = 0usize;
         let interrupted = |pieces: usize, cause: String| ClientError::Interrupted {
             addr: self.endpoint.addr.clone(),
@@ -326,7 +350,7 @@ impl Client {
                     };
                     let data = data.trim_start();
                     if data == "[DONE]" {
-                        return Ok(finish);
+                        return Ok((finish, usage));
                     }
                     let v: Value = serde_json::from_str(data)
                         .map_err(|e| ClientError::Protocol(format!("event is not JSON: {e}")))?;
@@ -335,6 +359,9 @@ impl Client {
                             status: 500,
                             message: err["message"].as_str().unwrap_or("").to_string(),
                         });
+                    }
+                    if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+                        usage = Some(u.clone());
                     }
                     let choice = &v["choices"][0];
                     let text = choice["delta"]["content"]

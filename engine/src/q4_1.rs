@@ -79,18 +79,32 @@ impl Q4_1Matrix {
     }
 
     /// `x` (`rows × k`, row-major) times this matrix transposed: `rows × n`,
-    /// row-major. Output features are split into contiguous ranges run on
-    /// candle's own thread pool, so that the engine's threads never compete
-    /// with a second pool.
+    /// row-major, with the best kernel this CPU runs ([`Isa::best`]).
     ///
     /// `x.len()` must be a multiple of `k` (a trailing partial row is
     /// ignored); the llama pass checks the shape before calling.
     pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
+        self.matmul_with(Isa::best(), x)
+    }
+
+    /// [`Self::matmul`] with the kernel `isa` (one the CPU runs: see
+    /// [`Isa::available`]). Every kernel gives the same bits.
+    ///
+    /// Rows go in groups of eight: each weight block is unpacked once for
+    /// the group and its eight integer products reduced together, so a
+    /// batch reads every weight once and costs far less than its rows one
+    /// by one. Output features are split into contiguous ranges run on
+    /// candle's own thread pool, so that the engine's threads never compete
+    /// with a second pool.
+    pub fn matmul_with(&self, isa: Isa, x: &[f32]) -> Vec<f32> {
         let rows = x.len() / self.k;
         if rows == 0 || self.n == 0 {
             return Vec::new();
         }
-        let acts: Vec<Q8_1Row> = x.chunks_exact(self.k).map(Q8_1Row::quantize).collect();
+        let groups: Vec<Q8_1Group> = x
+            .chunks(GROUP * self.k)
+            .map(|c| Q8_1Group::quantize(c, self.k))
+            .collect();
         let per_row = self.k / BLOCK;
         let pool = candle_core::utils::barrier_pool();
         let threads = pool_threads();
@@ -118,8 +132,15 @@ impl Q4_1Matrix {
                         m: &self.m[at..at + per_row],
                         qs: &self.qs[at..at + per_row],
                     };
-                    for (o, a) in out.iter_mut().zip(&acts) {
-                        *o = dot(&w, a);
+                    for (out, g) in out.chunks_mut(GROUP).zip(&groups) {
+                        if out.len() < FEW {
+                            for (r, o) in out.iter_mut().enumerate() {
+                                *o = isa.dot1(&w, g, r);
+                            }
+                        } else {
+                            let sums = isa.dot8(&w, g);
+                            out.copy_from_slice(&sums[..out.len()]);
+                        }
                     }
                 }
             }
@@ -136,6 +157,114 @@ impl Q4_1Matrix {
         }
         out
     }
+}
+
+/// Rows per group of the batched kernels.
+const GROUP: usize = 8;
+/// Fewer rows than this go one by one (the eight-row kernel would spend
+/// most of its work on empty lanes).
+const FEW: usize = 3;
+
+/// The instruction sets the kernels are written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Plain Rust (any CPU): the reference.
+    Scalar,
+    /// AVX2 `vpmaddubsw`/`vpmaddwd` (x86-64-v3, what the build targets).
+    Avx2,
+    /// AVX-512 VNNI `vpdpbusd` (on 256-bit registers: AVX512-VL), which
+    /// does the byte products and their sums in one instruction; chosen
+    /// at run time where the CPU has it (Zen 4+, Ice Lake+).
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// Those this CPU runs, the reference first.
+    pub fn available() -> Vec<Isa> {
+        let mut all = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2") {
+                all.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+            {
+                all.push(Isa::Avx512Vnni);
+            }
+        }
+        all
+    }
+
+    /// The fastest this CPU runs (detected once).
+    pub fn best() -> Isa {
+        static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Isa::available().last().copied().unwrap_or(Isa::Scalar))
+    }
+
+    /// The name logs and benchmarks give it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// One weight row against row `r` of a group.
+    fn dot1(self, w: &WeightRow<'_>, g: &Q8_1Group, r: usize) -> f32 {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512Vnni => x86::dot1(w, g, r),
+            _ => dot_with(w, g, r, block_dot_scalar),
+        }
+    }
+
+    /// One weight row against a group of up to eight activation rows.
+    fn dot8(self, w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512Vnni => x86::dot8(self, w, g),
+            _ => dot8_scalar(w, g),
+        }
+    }
+}
+
+/// Up to eight rows of activations quantized to Q8_1 (as [`Q8_1Row`]),
+/// interleaved by block: block `b`'s eight rows of bytes, scales and sums
+/// side by side (missing rows are zeros, and ignored).
+#[derive(Debug, Clone)]
+struct Q8_1Group {
+    qs: Vec<[[i8; BLOCK]; GROUP]>,
+    d: Vec<[f32; GROUP]>,
+    s: Vec<[f32; GROUP]>,
+}
+
+impl Q8_1Group {
+    /// `x`: up to eight rows of `k` values.
+    fn quantize(x: &[f32], k: usize) -> Self {
+        let blocks = k / BLOCK;
+        let mut g = Q8_1Group {
+            qs: vec![[[0; BLOCK]; GROUP]; blocks],
+            d: vec![[0.0; GROUP]; blocks],
+            s: vec![[0.0; GROUP]; blocks],
+        };
+        for (r, row) in x.chunks_exact(k).enumerate().take(GROUP) {
+            let q = Q8_1Row::quantize(row);
+            for b in 0..blocks {
+                g.qs[b][r] = q.qs[b];
+                g.d[b][r] = q.d[b];
+                g.s[b][r] = q.s[b];
+            }
+        }
+        g
+    }
+}
+
+/// The reference: each row on its own.
+fn dot8_scalar(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+    std::array::from_fn(|r| dot_with(w, g, r, block_dot_scalar))
 }
 
 /// The size of candle's pool, asked once: candle works it out afresh on
@@ -192,26 +321,20 @@ impl Q8_1Row {
 }
 
 /// `Σ_blocks (Σ q_w·q_a) · d_w · d_a + m_w · s_a`, accumulated in block
-/// order, as ggml's `vec_dot_q4_1_q8_1` reference does.
-fn dot(w: &WeightRow<'_>, a: &Q8_1Row) -> f32 {
-    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    {
-        avx2::dot(w, a)
-    }
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-    {
-        dot_with(w, a, block_dot_scalar)
-    }
-}
-
-/// [`dot`] with the given integer block product: the float arithmetic in
-/// one place for both versions.
+/// order, as ggml's `vec_dot_q4_1_q8_1` reference does, with the given
+/// integer block product. The vector kernels do, lane by lane, exactly
+/// these float operations in this order.
 #[inline(always)]
-fn dot_with(w: &WeightRow<'_>, a: &Q8_1Row, block: impl Fn(&[u8; 16], &[i8; BLOCK]) -> i32) -> f32 {
+fn dot_with(
+    w: &WeightRow<'_>,
+    g: &Q8_1Group,
+    r: usize,
+    block: impl Fn(&[u8; 16], &[i8; BLOCK]) -> i32,
+) -> f32 {
     let mut sum = 0f32;
     for b in 0..w.qs.len() {
-        let sumi = block(&w.qs[b], &a.qs[b]);
-        sum += sumi as f32 * w.d[b] * a.d[b] + w.m[b] * a.s[b];
+        let sumi = block(&w.qs[b], &g.qs[b][r]);
+        sum += sumi as f32 * w.d[b] * g.d[b][r] + w.m[b] * g.s[b][r];
     }
     sum
 }
@@ -219,7 +342,6 @@ fn dot_with(w: &WeightRow<'_>, a: &Q8_1Row, block: impl Fn(&[u8; 16], &[i8; BLOC
 /// The exact integer dot product of one block (the reference): weight
 /// nibble `j` (low) and `j + 16` (high) of byte `j`, times activation `j`
 /// and `j + 16`.
-#[cfg_attr(all(target_arch = "x86_64", target_feature = "avx2"), allow(dead_code))]
 fn block_dot_scalar(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
     let mut sum = 0i32;
     for j in 0..16 {
@@ -229,68 +351,183 @@ fn block_dot_scalar(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
     sum
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-mod avx2 {
-    use super::{BLOCK, Q8_1Row, WeightRow, dot_with};
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{BLOCK, GROUP, Isa, Q8_1Group, WeightRow, dot_with, dot8_scalar};
     use std::arch::x86_64::*;
 
-    /// The build targets x86-64-v3 (`.cargo/config.toml`), so AVX2 is a
-    /// compile-time fact here (`cfg(target_feature = "avx2")` above).
+    /// The vector kernels' entry: `isa` must be one [`Isa::available`]
+    /// found on this CPU.
     #[allow(unsafe_code)]
-    pub(super) fn dot(w: &WeightRow<'_>, a: &Q8_1Row) -> f32 {
-        // SAFETY: this module is compiled only when the build enables AVX2
-        // for every function (`cfg(target_feature = "avx2")`), so the CPU
-        // running this code has it; `dot_avx2` itself is safe Rust with no
-        // pointer access.
-        unsafe { dot_avx2(w, a) }
+    pub(super) fn dot8(isa: Isa, w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+        match isa {
+            // SAFETY: `Isa::Avx2` is only handed out (`Isa::available`)
+            // where the CPU reports AVX2, and `Avx512Vnni` where it reports
+            // AVX2, AVX512-VNNI and AVX512-VL: the features these functions
+            // enable. They are safe Rust otherwise (slices, no pointers).
+            Isa::Avx2 => unsafe { dot8_avx2(w, g) },
+            Isa::Avx512Vnni => unsafe { dot8_vnni(w, g) },
+            Isa::Scalar => dot8_scalar(w, g),
+        }
     }
 
-    /// The whole row under AVX2, so that the block product inlines.
+    // Loads and stores of whole fixed-size arrays: the array types make
+    // every access exactly the register's width, so each is in bounds.
+
     #[target_feature(enable = "avx2")]
-    fn dot_avx2(w: &WeightRow<'_>, a: &Q8_1Row) -> f32 {
-        dot_with(w, a, |w, a| block_dot(w, a))
-    }
-
+    #[inline]
     #[allow(unsafe_code)]
-    #[cfg(test)]
-    pub(super) fn block_dot_for_tests(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
-        // SAFETY: as for `dot`.
-        unsafe { block_dot(w, a) }
+    fn load16(b: &[u8; 16]) -> __m128i {
+        // SAFETY: reads exactly the 16 bytes of `b` (unaligned load).
+        unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
     }
 
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn block_dot(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
-        let word = |b: &[u8]| {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(b);
-            i64::from_le_bytes(x)
-        };
-        let packed = _mm_set_epi64x(word(&w[8..]), word(&w[..8]));
+    #[allow(unsafe_code)]
+    fn load32(b: &[i8; BLOCK]) -> __m256i {
+        // SAFETY: reads exactly the 32 bytes of `b` (unaligned load).
+        unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    #[allow(unsafe_code)]
+    fn load8(f: &[f32; GROUP]) -> __m256 {
+        // SAFETY: reads exactly the eight floats of `f`.
+        unsafe { _mm256_loadu_ps(f.as_ptr()) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    #[allow(unsafe_code)]
+    fn store(acc: __m256) -> [f32; GROUP] {
+        let mut out = [0f32; GROUP];
+        // SAFETY: writes exactly the eight floats of `out`.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
+        out
+    }
+
+    /// One block's 32 weight nibbles as bytes 0..=15: low nibbles (weights
+    /// 0..15) in the low half, high nibbles (16..31) in the high half.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn unpack(qs: &[u8; 16]) -> __m256i {
+        let packed = load16(qs);
         let low4 = _mm_set1_epi8(0x0F);
         let lo = _mm_and_si128(packed, low4);
         let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low4);
-        // Weights 0..15 then 16..31, each 0..=15 (unsigned).
-        let wv = _mm256_set_m128i(hi, lo);
-        let act = |i: usize| {
-            let mut x = [0u8; 8];
-            for (x, v) in x.iter_mut().zip(&a[i * 8..i * 8 + 8]) {
-                *x = *v as u8;
-            }
-            i64::from_le_bytes(x)
-        };
-        let av = _mm256_set_epi64x(act(3), act(2), act(1), act(0));
-        // u8 × i8 pairs summed to i16: |15·127·2| fits; then pairs of i16
-        // to i32, then across the register.
-        let pairs = _mm256_maddubs_epi16(wv, av);
-        let quads = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-        let half = _mm_add_epi32(
-            _mm256_castsi256_si128(quads),
-            _mm256_extracti128_si256(quads, 1),
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// Eight vectors of i32 partial sums reduced to one vector of their
+    /// eight totals, lane `r` from vector `r` (exact: integer sums).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn reduce8(q: [__m256i; GROUP]) -> __m256i {
+        let s01 = _mm256_hadd_epi32(q[0], q[1]);
+        let s23 = _mm256_hadd_epi32(q[2], q[3]);
+        let s45 = _mm256_hadd_epi32(q[4], q[5]);
+        let s67 = _mm256_hadd_epi32(q[6], q[7]);
+        let s0123 = _mm256_hadd_epi32(s01, s23);
+        let s4567 = _mm256_hadd_epi32(s45, s67);
+        let lo = _mm256_permute2x128_si256(s0123, s4567, 0x20);
+        let hi = _mm256_permute2x128_si256(s0123, s4567, 0x31);
+        _mm256_add_epi32(lo, hi)
+    }
+
+    /// `acc + ((sumi · d_w) · d_a + m_w · s_a)` for eight rows: the scalar
+    /// reference's float operations in its order (no fused multiply-add),
+    /// so each lane is that row's result to the bit.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn accumulate(
+        acc: __m256,
+        sumi: __m256i,
+        dw: f32,
+        mw: f32,
+        da: &[f32; GROUP],
+        sa: &[f32; GROUP],
+    ) -> __m256 {
+        let (da, sa) = (load8(da), load8(sa));
+        let scaled = _mm256_mul_ps(
+            _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(dw)),
+            da,
         );
-        let two = _mm_add_epi32(half, _mm_unpackhi_epi64(half, half));
-        let one = _mm_add_epi32(two, _mm_shuffle_epi32(two, 0b01));
-        _mm_cvtsi128_si32(one)
+        let min = _mm256_mul_ps(_mm256_set1_ps(mw), sa);
+        _mm256_add_ps(acc, _mm256_add_ps(scaled, min))
+    }
+
+    /// One row: each block's product reduced on its own (for batches too
+    /// small to fill a group).
+    #[allow(unsafe_code)]
+    pub(super) fn dot1(w: &WeightRow<'_>, g: &Q8_1Group, r: usize) -> f32 {
+        // SAFETY: only reached through `Isa::Avx2` or `Isa::Avx512Vnni`,
+        // handed out where the CPU reports AVX2 (see `dot8`).
+        unsafe { dot1_avx2(w, g, r) }
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn dot1_avx2(w: &WeightRow<'_>, g: &Q8_1Group, r: usize) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        dot_with(w, g, r, |w, a| {
+            let q = _mm256_madd_epi16(_mm256_maddubs_epi16(unpack(w), load32(a)), ones);
+            let half = _mm_add_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+            let two = _mm_add_epi32(half, _mm_unpackhi_epi64(half, half));
+            let one = _mm_add_epi32(two, _mm_shuffle_epi32(two, 0b01));
+            _mm_cvtsi128_si32(one)
+        })
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn dot8_avx2(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..w.qs.len() {
+            let wv = unpack(&w.qs[b]);
+            let a = &g.qs[b];
+            // u8 × i8 pairs summed to i16 (|15·127·2| fits), then pairs of
+            // i16 to i32.
+            let q: [__m256i; GROUP] = std::array::from_fn(|r| {
+                let av = load32(&a[r]);
+                _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones)
+            });
+            acc = accumulate(acc, reduce8(q), w.d[b], w.m[b], &g.d[b], &g.s[b]);
+        }
+        store(acc)
+    }
+
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    fn dot8_vnni(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..w.qs.len() {
+            let wv = unpack(&w.qs[b]);
+            let a = &g.qs[b];
+            // Four u8 × i8 products summed into each i32 lane at once.
+            let q: [__m256i; GROUP] = std::array::from_fn(|r| {
+                let av = load32(&a[r]);
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, av)
+            });
+            acc = accumulate(acc, reduce8(q), w.d[b], w.m[b], &g.d[b], &g.s[b]);
+        }
+        store(acc)
+    }
+
+    #[cfg(test)]
+    #[allow(unsafe_code)]
+    pub(super) fn block_dot_for_tests(isa: Isa, w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
+        let mut g = Q8_1Group {
+            qs: vec![[[0; BLOCK]; GROUP]],
+            d: vec![[1.0; GROUP]],
+            s: vec![[0.0; GROUP]],
+        };
+        g.qs[0][3] = *a;
+        let row = WeightRow {
+            d: &[1.0],
+            m: &[0.0],
+            qs: std::slice::from_ref(w),
+        };
+        dot8(isa, &row, &g)[3] as i32
     }
 }
 

@@ -19,7 +19,7 @@ fn values(count: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[cfg(target_arch = "x86_64")]
 #[test]
 fn the_vector_block_dot_equals_the_scalar_one() {
     let mut cases: Vec<([u8; 16], [i8; BLOCK])> = vec![
@@ -40,12 +40,17 @@ fn the_vector_block_dot_equals_the_scalar_one() {
         }
         cases.push((w, a));
     }
-    for (w, a) in &cases {
-        assert_eq!(
-            avx2::block_dot_for_tests(w, a),
-            block_dot_scalar(w, a),
-            "{w:?} {a:?}"
-        );
+    let vector: Vec<Isa> = Isa::available().into_iter().skip(1).collect();
+    assert!(!vector.is_empty(), "the x86-64-v3 build runs on AVX2 CPUs");
+    for isa in vector {
+        for (w, a) in &cases {
+            assert_eq!(
+                x86::block_dot_for_tests(isa, w, a),
+                block_dot_scalar(w, a),
+                "{}: {w:?} {a:?}",
+                isa.name()
+            );
+        }
     }
 }
 
@@ -99,4 +104,38 @@ fn an_empty_input_gives_an_empty_output() {
     let m = Q4_1Matrix::from_blocks(2, 32, &[0; 40]).unwrap();
     assert!(m.matmul(&[]).is_empty());
     assert_eq!(m.matmul(&[1.0; 32]).len(), 2);
+}
+
+/// Every kernel this CPU runs gives the reference's bits, for any number
+/// of rows (full groups of eight and a partial one), and a row's result is
+/// the same alone as in a batch.
+#[test]
+fn every_kernel_and_batch_size_gives_the_same_bits() {
+    let (n, k) = (24, 256);
+    let weights = values(n * k, 7, 1.0);
+    let t = QTensor::quantize(
+        &Tensor::from_vec(weights, (n, k), &Device::Cpu).unwrap(),
+        GgmlDType::Q4_1,
+    )
+    .unwrap();
+    let m = Q4_1Matrix::from_blocks(n, k, &t.data().unwrap()).unwrap();
+    let x = values(19 * k, 11, 3.0);
+    let reference = m.matmul_with(Isa::Scalar, &x);
+    for isa in Isa::available() {
+        for rows in [1, 2, 7, 8, 9, 16, 19] {
+            let got = m.matmul_with(isa, &x[..rows * k]);
+            assert_eq!(got.len(), rows * n);
+            for (i, (a, b)) in got.iter().zip(&reference).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{} with {rows} rows: output {i}",
+                    isa.name()
+                );
+            }
+        }
+        // The last row alone equals it among the others.
+        let alone = m.matmul_with(isa, &x[18 * k..19 * k]);
+        assert_eq!(alone, reference[18 * n..19 * n].to_vec(), "{}", isa.name());
+    }
 }

@@ -5,8 +5,9 @@
 //! plaintext model load), `verify` (real SNP, TDX, NVIDIA evidence),
 //! `keyrelease` (loopback broker, simulated evidence, 1 and 16 guests),
 //! `proxy` (the host shim vs. a direct socket), `inference` (the bare
-//! engine vs. client → host → guest over attested TLS), `load` (32
-//! clients through the host shim vs. one at a time).
+//! engine vs. client → host → guest over attested TLS), `load` (1, 8
+//! and 32 streaming clients through the host shim: throughput as a ratio to
+//! one client, time to first token, inter-token latency, peak memory).
 
 mod inference;
 mod keyrelease;

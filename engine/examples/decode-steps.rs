@@ -1,0 +1,68 @@
+//! Batched decode steps on the demo model, for profiling (`perf record`)
+//! and a quick look at how a pass scales with its rows:
+//! `cargo run --release -p ciel-engine --example decode-steps -- [BATCH] [STEPS]`.
+//! Each of BATCH sequences has a 40-token prompt; then STEPS passes of one
+//! token per sequence are timed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use ciel_engine::kv_cache::BLOCK_TOKENS;
+use ciel_engine::model::{Model, argmax};
+use ciel_engine::transformer::Feed;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let batch: usize = args.next().map_or(8, |a| a.parse().expect("BATCH"));
+    let steps: usize = args.next().map_or(64, |a| a.parse().expect("STEPS"));
+    let path = ciel_engine::demo_model_path();
+    let bytes = std::fs::read(&path).expect("the demo model (scripts/fetch-model.sh)");
+    let mut model = Model::load(&mut std::io::Cursor::new(&bytes)).unwrap();
+    let prompt_len = 40;
+    let per_seq = (prompt_len + steps + 1).div_ceil(BLOCK_TOKENS);
+    model
+        .bound_kv_memory((batch * per_seq * model.kv_block_bytes()) as u64)
+        .unwrap();
+    let tables: Vec<Vec<u32>> = (0..batch)
+        .map(|s| ((s * per_seq) as u32..((s + 1) * per_seq) as u32).collect())
+        .collect();
+    let prompts: Vec<Vec<u32>> = (0..batch)
+        .map(|s| {
+            (0..prompt_len)
+                .map(|i| (100 + s * 7 + i * 13) as u32 % 49000)
+                .collect()
+        })
+        .collect();
+    let feeds: Vec<Feed<'_>> = (0..batch)
+        .map(|s| Feed {
+            blocks: &tables[s],
+            pos: 0,
+            tokens: &prompts[s],
+            logits: true,
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let mut logits = model.step(&feeds).unwrap();
+    eprintln!(
+        "prompts: {} tokens in {:?}",
+        batch * prompt_len,
+        t.elapsed()
+    );
+    let t = std::time::Instant::now();
+    for step in 0..steps {
+        let next: Vec<[u32; 1]> = logits.iter().map(|l| [argmax(l).0]).collect();
+        let feeds: Vec<Feed<'_>> = (0..batch)
+            .map(|s| Feed {
+                blocks: &tables[s],
+                pos: prompt_len + step,
+                tokens: &next[s],
+                logits: true,
+            })
+            .collect();
+        logits = model.step(&feeds).unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "batch {batch}: {steps} steps in {secs:.2} s: {:.1} ms a step, {:.1} tok/s",
+        secs * 1000.0 / steps as f64,
+        (batch * steps) as f64 / secs
+    );
+}
