@@ -97,14 +97,17 @@ impl Q4_1Matrix {
     /// candle's own thread pool, so that the engine's threads never compete
     /// with a second pool.
     pub fn matmul_with(&self, isa: Isa, x: &[f32]) -> Vec<f32> {
-        let rows = x.len() / self.k;
-        if rows == 0 || self.n == 0 {
+        self.matmul_quantized(isa, &Q8_1Activations::quantize(x, self.k))
+    }
+
+    /// [`Self::matmul_with`] on activations already quantized (one input
+    /// read by several matrices is quantized once). Activations of another
+    /// row length give an empty result.
+    pub fn matmul_quantized(&self, isa: Isa, x: &Q8_1Activations) -> Vec<f32> {
+        let (rows, groups) = (x.rows, &x.groups);
+        if rows == 0 || self.n == 0 || x.k != self.k {
             return Vec::new();
         }
-        let groups: Vec<Q8_1Group> = x
-            .chunks(GROUP * self.k)
-            .map(|c| Q8_1Group::quantize(c, self.k))
-            .collect();
         let per_row = self.k / BLOCK;
         let pool = candle_core::utils::barrier_pool();
         let threads = pool_threads();
@@ -132,7 +135,7 @@ impl Q4_1Matrix {
                         m: &self.m[at..at + per_row],
                         qs: &self.qs[at..at + per_row],
                     };
-                    for (out, g) in out.chunks_mut(GROUP).zip(&groups) {
+                    for (out, g) in out.chunks_mut(GROUP).zip(groups) {
                         if out.len() < FEW {
                             for (r, o) in out.iter_mut().enumerate() {
                                 *o = isa.dot1(&w, g, r);
@@ -231,6 +234,43 @@ impl Isa {
     }
 }
 
+/// Rows of activations quantized to Q8_1 for the Q4_1 kernels, in groups
+/// of eight.
+#[derive(Debug, Clone)]
+pub struct Q8_1Activations {
+    k: usize,
+    rows: usize,
+    groups: Vec<Q8_1Group>,
+}
+
+impl Q8_1Activations {
+    /// `x`: rows of `k` values (a trailing partial row is ignored). Rows
+    /// are quantized in parallel on candle's pool.
+    pub fn quantize(x: &[f32], k: usize) -> Self {
+        if k == 0 {
+            return Q8_1Activations { k, rows: 0, groups: Vec::new() };
+        }
+        let rows = x.len() / k;
+        let quantized: Vec<Mutex<Option<Q8_1Row>>> = (0..rows).map(|_| Mutex::new(None)).collect();
+        let one = |r: usize| {
+            if let Ok(mut slot) = quantized[r].lock() {
+                *slot = Some(Q8_1Row::quantize(&x[r * k..(r + 1) * k]));
+            }
+        };
+        if rows == 1 {
+            one(0);
+        } else {
+            candle_core::utils::barrier_pool().execute_chunked(rows, |range| range.for_each(one));
+        }
+        let quantized: Vec<Q8_1Row> = quantized
+            .into_iter()
+            .filter_map(|m| m.into_inner().ok().flatten())
+            .collect();
+        let groups = quantized.chunks(GROUP).map(|rows| Q8_1Group::new(rows, k)).collect();
+        Q8_1Activations { k, rows: quantized.len(), groups }
+    }
+}
+
 /// Up to eight rows of activations quantized to Q8_1 (as [`Q8_1Row`]),
 /// interleaved by block: block `b`'s eight rows of bytes, scales and sums
 /// side by side (missing rows are zeros, and ignored).
@@ -242,16 +282,15 @@ struct Q8_1Group {
 }
 
 impl Q8_1Group {
-    /// `x`: up to eight rows of `k` values.
-    fn quantize(x: &[f32], k: usize) -> Self {
+    /// Up to eight quantized rows of `k` values, interleaved.
+    fn new(rows: &[Q8_1Row], k: usize) -> Self {
         let blocks = k / BLOCK;
         let mut g = Q8_1Group {
             qs: vec![[[0; BLOCK]; GROUP]; blocks],
             d: vec![[0.0; GROUP]; blocks],
             s: vec![[0.0; GROUP]; blocks],
         };
-        for (r, row) in x.chunks_exact(k).enumerate().take(GROUP) {
-            let q = Q8_1Row::quantize(row);
+        for (r, q) in rows.iter().enumerate().take(GROUP) {
             for b in 0..blocks {
                 g.qs[b][r] = q.qs[b];
                 g.d[b][r] = q.d[b];

@@ -19,7 +19,7 @@
 use super::arch::{Activation, Arch, Config, RopeStyle};
 use super::attention::{Row, Shape, attend};
 use super::kv_cache::{BLOCK_TOKENS, BlockId, KvStore};
-use super::q4_1::Q4_1Matrix;
+use super::q4_1::{Isa, Q4_1Matrix, Q8_1Activations};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use std::io::{Read, Seek};
@@ -63,6 +63,38 @@ impl Linear {
             }
         }
     }
+}
+
+/// `x` through several weights that read it: quantized once for all of
+/// them when they are all Q4_1, each through its own product otherwise.
+fn forward_all<const N: usize>(weights: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+    let q4_1: Vec<&Q4_1Matrix> = weights
+        .iter()
+        .filter_map(|l| match l {
+            Linear::Q4_1(m) => Some(m),
+            Linear::Candle(_) => None,
+        })
+        .collect();
+    let k = x.dim(candle_core::D::Minus1)?;
+    if q4_1.len() < N || q4_1.iter().any(|m| m.cols() != k) {
+        let mut out = Vec::with_capacity(N);
+        for w in weights {
+            out.push(w.forward(x)?);
+        }
+        return out
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("forward_all: lost an output".into()));
+    }
+    let data = x.flatten_all()?.to_vec1::<f32>()?;
+    let rows = data.len() / k;
+    let acts = Q8_1Activations::quantize(&data, k);
+    let mut out = Vec::with_capacity(N);
+    for m in q4_1 {
+        let y = m.matmul_quantized(Isa::best(), &acts);
+        out.push(Tensor::from_vec(y, (rows, m.rows()), x.device())?);
+    }
+    out.try_into()
+        .map_err(|_| candle_core::Error::Msg("forward_all: lost an output".into()))
 }
 
 /// The q, k and v projections: three matrices, or one whose rows are q's,
@@ -406,7 +438,10 @@ impl Transformer {
             let x1 = (attn + &x)?;
             let normed = candle_nn::ops::rms_norm(&x1, &layer.ffn_norm, c.eps)?;
             let (gate, up) = match &layer.gate {
-                Some(g) => (g.forward(&normed)?, layer.up.forward(&normed)?),
+                Some(g) => {
+                    let [gate, up] = forward_all([g, &layer.up], &normed)?;
+                    (gate, up)
+                }
                 None => {
                     let both = layer.up.forward(&normed)?;
                     let half = both.dim(1)? / 2;
@@ -458,7 +493,7 @@ impl Transformer {
         let (heads, kv_heads, head_dim) = (c.heads, c.kv_heads, c.head_dim);
         let layer = &self.layers[i];
         let projected = match &layer.qkv {
-            Qkv::Separate([wq, wk, wv]) => [wq.forward(x)?, wk.forward(x)?, wv.forward(x)?],
+            Qkv::Separate([wq, wk, wv]) => forward_all([wq, wk, wv], x)?,
             Qkv::Fused(w) => {
                 let all = w.forward(x)?;
                 let (nq, nkv) = (heads * head_dim, kv_heads * head_dim);
