@@ -98,16 +98,26 @@ fn one(
         Some(w) => (row.pos + 1).saturating_sub(w),
         None => 0,
     };
-    let at = |p: usize| {
-        let block = *row.blocks.get(p / BLOCK_TOKENS)?;
-        let (k, v) = store.read(block, layer, p % BLOCK_TOKENS)?;
-        Some((k.get(kv..kv + hd)?, v.get(kv..kv + hd)?))
+    // Each block's rows of this layer, fetched once; then position `p` is
+    // at slot `p % BLOCK_TOKENS` of block `p / BLOCK_TOKENS`.
+    let width = store.width();
+    let mut blocks = Vec::with_capacity(row.pos / BLOCK_TOKENS + 1);
+    for b in first / BLOCK_TOKENS..=row.pos / BLOCK_TOKENS {
+        blocks.push(store.layer_block(*row.blocks.get(b)?, layer)?);
+    }
+    let base = first / BLOCK_TOKENS;
+    let at = |p: usize, values: bool| -> &[f32] {
+        let (k, v) = blocks[p / BLOCK_TOKENS - base];
+        let at = (p % BLOCK_TOKENS) * width + kv;
+        &(if values { v } else { k })[at..at + hd]
     };
+    if kv + hd > width {
+        return None;
+    }
     scores.clear();
     let mut max = f32::NEG_INFINITY;
     for p in first..=row.pos {
-        let (k, _) = at(p)?;
-        let mut s = dot(query, k) * shape.scale;
+        let mut s = dot(query, at(p, false)) * shape.scale;
         if let Some(cap) = shape.softcap {
             s = (s / cap).tanh() * cap;
         }
@@ -121,9 +131,8 @@ fn one(
     }
     dst.fill(0.0);
     for (p, w) in (first..=row.pos).zip(scores.iter()) {
-        let (_, v) = at(p)?;
         let w = w / sum;
-        for (d, x) in dst.iter_mut().zip(v) {
+        for (d, x) in dst.iter_mut().zip(at(p, true)) {
             *d += w * x;
         }
     }

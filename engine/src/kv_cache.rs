@@ -198,6 +198,11 @@ impl KvStore {
         }
     }
 
+    /// Values in one position's key (or value) row.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
     /// Bytes one block takes.
     pub fn block_bytes(layers: usize, width: usize) -> usize {
         layers
@@ -253,6 +258,13 @@ impl KvStore {
         b.k[at..at + width].copy_from_slice(k);
         b.v[at..at + width].copy_from_slice(v);
         Ok(())
+    }
+
+    /// All `BLOCK_TOKENS` key and value rows of `layer` in block `id`.
+    pub fn layer_block(&self, id: BlockId, layer: usize) -> Option<(&[f32], &[f32])> {
+        let (at, len) = (self.offset(layer, 0), BLOCK_TOKENS * self.width);
+        let b = self.blocks.get(id as usize)?.as_ref()?;
+        Some((b.k.get(at..at + len)?, b.v.get(at..at + len)?))
     }
 
     /// The key and value rows of `layer` at `slot` of block `id`.
