@@ -20,7 +20,9 @@ pub mod grammar;
 pub mod kv_cache;
 pub mod logprobs;
 pub mod model;
-pub mod q4_1;
+pub mod kernels;
+/// The Q4_1 kernel (where it lived before the kernels had a module).
+pub use kernels::q4_1;
 pub mod sampling;
 pub mod scheduler;
 /// Tiny deterministic models of every architecture × weight type, checked

@@ -19,79 +19,89 @@
 use super::arch::{Activation, Arch, Config, RopeStyle};
 use super::attention::{Row, Shape, attend};
 use super::kv_cache::{BLOCK_TOKENS, BlockId, KvStore};
-use super::q4_1::{Isa, Q4_1Matrix, Q8_1Activations};
+use super::kernels::q4_1::Q4_1Matrix;
+use super::kernels::q8_0::Q8_0Matrix;
+use super::kernels::{Isa, Q8_1Activations};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use std::io::{Read, Seek};
 
-/// A weight matrix: ours when it is Q4_1, candle's otherwise.
+/// A weight matrix: ours when it is Q4_1 or Q8_0, candle's otherwise.
 enum Linear {
     Q4_1(Q4_1Matrix),
+    Q8_0(Q8_0Matrix),
     Candle(QMatMul),
 }
 
 impl Linear {
     fn new(t: QTensor) -> Result<Self> {
-        if t.dtype() == GgmlDType::Q4_1
-            && let &[n, k] = t.shape().dims()
-        {
-            let m = Q4_1Matrix::from_blocks(n, k, &t.data()?)
-                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
-            return Ok(Linear::Q4_1(m));
+        let msg = |e: &dyn std::fmt::Display| candle_core::Error::Msg(e.to_string());
+        if let &[n, k] = t.shape().dims() {
+            match t.dtype() {
+                GgmlDType::Q4_1 => {
+                    let m = Q4_1Matrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?;
+                    return Ok(Linear::Q4_1(m));
+                }
+                GgmlDType::Q8_0 => {
+                    let m = Q8_0Matrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?;
+                    return Ok(Linear::Q8_0(m));
+                }
+                _ => {}
+            }
         }
         Ok(Linear::Candle(QMatMul::from_qtensor(t)?))
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    /// Input and output sizes of our own matrices.
+    fn ours(&self) -> Option<(usize, usize)> {
         match self {
-            Linear::Candle(q) => q.forward(x),
-            Linear::Q4_1(w) => {
-                let mut dims = x.dims().to_vec();
-                if dims.last() != Some(&w.cols()) {
-                    return Err(candle_core::Error::Msg(format!(
-                        "input of shape {dims:?} for a {} × {} weight",
-                        w.rows(),
-                        w.cols()
-                    )));
-                }
-                let data = x.flatten_all()?.to_vec1::<f32>()?;
-                let out = w.matmul(&data);
-                if let Some(last) = dims.last_mut() {
-                    *last = w.rows();
-                }
-                Tensor::from_vec(out, dims, x.device())
-            }
+            Linear::Q4_1(m) => Some((m.cols(), m.rows())),
+            Linear::Q8_0(m) => Some((m.cols(), m.rows())),
+            Linear::Candle(_) => None,
         }
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let [y] = forward_all([self], x)?;
+        Ok(y)
     }
 }
 
-/// `x` through several weights that read it: quantized once for all of
-/// them when they are all Q4_1, each through its own product otherwise.
+/// `x` (`rows × k`) through several weights that read it: quantized once
+/// for all of them when they are all ours, each through candle otherwise.
 fn forward_all<const N: usize>(weights: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
-    let q4_1: Vec<&Q4_1Matrix> = weights
-        .iter()
-        .filter_map(|l| match l {
-            Linear::Q4_1(m) => Some(m),
-            Linear::Candle(_) => None,
-        })
-        .collect();
     let k = x.dim(candle_core::D::Minus1)?;
-    if q4_1.len() < N || q4_1.iter().any(|m| m.cols() != k) {
-        let mut out = Vec::with_capacity(N);
-        for w in weights {
-            out.push(w.forward(x)?);
-        }
-        return out
-            .try_into()
-            .map_err(|_| candle_core::Error::Msg("forward_all: lost an output".into()));
-    }
-    let data = x.flatten_all()?.to_vec1::<f32>()?;
-    let rows = data.len() / k;
-    let acts = Q8_1Activations::quantize(&data, k);
+    let ours = weights.iter().all(|w| w.ours().is_some_and(|(cols, _)| cols == k));
     let mut out = Vec::with_capacity(N);
-    for m in q4_1 {
-        let y = m.matmul_quantized(Isa::best(), &acts);
-        out.push(Tensor::from_vec(y, (rows, m.rows()), x.device())?);
+    if ours {
+        let data = x.flatten_all()?.to_vec1::<f32>()?;
+        let rows = data.len() / k;
+        let acts = Q8_1Activations::quantize(&data, k);
+        for w in weights {
+            let y = match w {
+                Linear::Q4_1(m) => m.matmul_quantized(Isa::best(), &acts),
+                Linear::Q8_0(m) => m.matmul_quantized(Isa::best(), &acts),
+                Linear::Candle(_) => Vec::new(),
+            };
+            let n = w.ours().map_or(0, |(_, n)| n);
+            out.push(Tensor::from_vec(y, (rows, n), x.device())?);
+        }
+    } else {
+        for w in weights {
+            out.push(match (w, w.ours()) {
+                (Linear::Candle(q), _) => q.forward(x)?,
+                (_, Some((cols, _))) if cols != k => {
+                    return Err(candle_core::Error::Msg(format!(
+                        "input of shape {:?} for a weight of {cols} columns",
+                        x.dims()
+                    )));
+                }
+                _ => {
+                    let [y] = forward_all([w], x)?;
+                    y
+                }
+            });
+        }
     }
     out.try_into()
         .map_err(|_| candle_core::Error::Msg("forward_all: lost an output".into()))

@@ -1,0 +1,335 @@
+//! Q4_1 weights times Q8_1-quantized activations: the matrix products that
+//! are ~80 % of the demo model's work, and that candle 0.11 runs with a
+//! scalar loop (it has SIMD kernels for Q4_0, Q8_0 and the k-quants, not for
+//! Q4_1).
+//!
+//! Results are bit for bit those of candle's (and ggml's reference) path:
+//! activations are quantized exactly as `quantize_row_q8_1` does; within a
+//! block the integer dot product is exact whatever the instruction order;
+//! and the per-block float arithmetic and the accumulation across blocks are
+//! done in the same order as the scalar code. Only the integer part is
+//! vectorized (AVX2 `vpmaddubsw`/`vpmaddwd`), and rows run in parallel.
+
+use super::{BLOCK, GROUP, Isa, Q8_1Activations, Q8_1Group, products};
+use half::f16;
+/// Bytes of one Q4_1 block in GGUF: `d: f16, m: f16, qs: [u8; 16]`.
+const Q4_1_BYTES: usize = 20;
+
+/// Why weights could not be taken as Q4_1.
+#[derive(Debug, thiserror::Error)]
+#[error("Q4_1 weights: {0}")]
+pub struct Q4_1Error(String);
+
+/// An `n × k` Q4_1 matrix (one row per output), scales unpacked to `f32`
+/// (exact: every `f16` is an `f32`).
+#[derive(Debug, Clone)]
+pub struct Q4_1Matrix {
+    n: usize,
+    k: usize,
+    d: Vec<f32>,
+    m: Vec<f32>,
+    qs: Vec<[u8; 16]>,
+}
+
+impl Q4_1Matrix {
+    /// From GGUF's raw blocks, row-major, `n` rows of `k` values.
+    pub fn from_blocks(n: usize, k: usize, raw: &[u8]) -> Result<Self, Q4_1Error> {
+        if k == 0 || !k.is_multiple_of(BLOCK) {
+            return Err(Q4_1Error(format!(
+                "row length {k} is not a multiple of {BLOCK}"
+            )));
+        }
+        let blocks = n
+            .checked_mul(k / BLOCK)
+            .ok_or_else(|| Q4_1Error("size overflows".into()))?;
+        if raw.len() != blocks * Q4_1_BYTES {
+            return Err(Q4_1Error(format!(
+                "{} bytes for {n} × {k} (expected {})",
+                raw.len(),
+                blocks * Q4_1_BYTES
+            )));
+        }
+        let (mut d, mut m, mut qs) = (
+            Vec::with_capacity(blocks),
+            Vec::with_capacity(blocks),
+            Vec::with_capacity(blocks),
+        );
+        for b in raw.chunks_exact(Q4_1_BYTES) {
+            d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
+            m.push(f16::from_le_bytes([b[2], b[3]]).to_f32());
+            let mut q = [0u8; 16];
+            q.copy_from_slice(&b[4..20]);
+            qs.push(q);
+        }
+        Ok(Q4_1Matrix { n, k, d, m, qs })
+    }
+
+    /// Output size.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Input size.
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// `x` (`rows × k`, row-major) times this matrix transposed: `rows × n`,
+    /// row-major, with the best kernel this CPU runs ([`Isa::best`]).
+    ///
+    /// `x.len()` must be a multiple of `k` (a trailing partial row is
+    /// ignored); the llama pass checks the shape before calling.
+    pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
+        self.matmul_with(Isa::best(), x)
+    }
+
+    /// [`Self::matmul`] with the kernel `isa` (one the CPU runs: see
+    /// [`Isa::available`]). Every kernel gives the same bits.
+    ///
+    /// Rows go in groups of eight: each weight block is unpacked once for
+    /// the group and its eight integer products reduced together, so a
+    /// batch reads every weight once and costs far less than its rows one
+    /// by one. Output features are split into contiguous ranges run on
+    /// candle's own thread pool, so that the engine's threads never compete
+    /// with a second pool.
+    pub fn matmul_with(&self, isa: Isa, x: &[f32]) -> Vec<f32> {
+        self.matmul_quantized(isa, &Q8_1Activations::quantize(x, self.k))
+    }
+
+    /// [`Self::matmul_with`] on activations already quantized (one input
+    /// read by several matrices is quantized once). Activations of another
+    /// row length give an empty result.
+    pub fn matmul_quantized(&self, isa: Isa, x: &Q8_1Activations) -> Vec<f32> {
+        if x.k != self.k {
+            return Vec::new();
+        }
+        let per_row = self.k / BLOCK;
+        let row = |f: usize| {
+            let at = f * per_row;
+            WeightRow {
+                d: &self.d[at..at + per_row],
+                m: &self.m[at..at + per_row],
+                qs: &self.qs[at..at + per_row],
+            }
+        };
+        products(
+            self.n,
+            x,
+            |f, g, r| dot1(isa, &row(f), g, r),
+            |f, g| dot8(isa, &row(f), g),
+        )
+    }
+}
+
+/// One weight row against row `r` of a group.
+fn dot1(isa: Isa, w: &WeightRow<'_>, g: &Q8_1Group, r: usize) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => x86::dot1(w, g, r),
+        _ => dot_with(w, g, r, block_dot_scalar),
+    }
+}
+
+/// One weight row against a group of up to eight activation rows.
+fn dot8(isa: Isa, w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => x86::dot8(isa, w, g),
+        _ => dot8_scalar(w, g),
+    }
+}
+
+/// The reference: each row on its own.
+fn dot8_scalar(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+    std::array::from_fn(|r| dot_with(w, g, r, block_dot_scalar))
+}
+
+/// One row of weights.
+struct WeightRow<'a> {
+    d: &'a [f32],
+    m: &'a [f32],
+    qs: &'a [[u8; 16]],
+}
+
+/// `Σ_blocks (Σ q_w·q_a) · d_w · d_a + m_w · s_a`, accumulated in block
+/// order, as ggml's `vec_dot_q4_1_q8_1` reference does, with the given
+/// integer block product. The vector kernels do, lane by lane, exactly
+/// these float operations in this order.
+#[inline(always)]
+fn dot_with(
+    w: &WeightRow<'_>,
+    g: &Q8_1Group,
+    r: usize,
+    block: impl Fn(&[u8; 16], &[i8; BLOCK]) -> i32,
+) -> f32 {
+    let mut sum = 0f32;
+    for b in 0..w.qs.len() {
+        let sumi = block(&w.qs[b], &g.qs[b][r]);
+        sum += sumi as f32 * w.d[b] * g.d[b][r] + w.m[b] * g.s[b][r];
+    }
+    sum
+}
+
+/// The exact integer dot product of one block (the reference): weight
+/// nibble `j` (low) and `j + 16` (high) of byte `j`, times activation `j`
+/// and `j + 16`.
+fn block_dot_scalar(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
+    let mut sum = 0i32;
+    for j in 0..16 {
+        sum += i32::from(w[j] & 0x0F) * i32::from(a[j]);
+        sum += i32::from(w[j] >> 4) * i32::from(a[j + 16]);
+    }
+    sum
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::super::x86::{load8, load16, load32, reduce8, store};
+    use super::{GROUP, Isa, Q8_1Group, WeightRow, dot8_scalar};
+    use std::arch::x86_64::*;
+
+    /// The vector kernels' entry: `isa` must be one [`Isa::available`]
+    /// found on this CPU.
+    #[allow(unsafe_code)]
+    pub(super) fn dot8(isa: Isa, w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+        match isa {
+            // SAFETY: `Isa::Avx2` is only handed out (`Isa::available`)
+            // where the CPU reports AVX2, and `Avx512Vnni` where it reports
+            // AVX2, AVX512-VNNI and AVX512-VL: the features these functions
+            // enable. They are safe Rust otherwise (slices, no pointers).
+            Isa::Avx2 => unsafe { dot8_avx2(w, g) },
+            Isa::Avx512Vnni => unsafe { dot8_vnni(w, g) },
+            Isa::Scalar => dot8_scalar(w, g),
+        }
+    }
+
+    /// One block's 32 weight nibbles as bytes 0..=15: low nibbles (weights
+    /// 0..15) in the low half, high nibbles (16..31) in the high half.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn unpack(qs: &[u8; 16]) -> __m256i {
+        let packed = load16(qs);
+        let low4 = _mm_set1_epi8(0x0F);
+        let lo = _mm_and_si128(packed, low4);
+        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low4);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// `acc + ((sumi · d_w) · d_a + m_w · s_a)` for eight rows: the scalar
+    /// reference's float operations in its order (no fused multiply-add),
+    /// so each lane is that row's result to the bit.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn accumulate(
+        acc: __m256,
+        sumi: __m256i,
+        dw: f32,
+        mw: f32,
+        da: &[f32; GROUP],
+        sa: &[f32; GROUP],
+    ) -> __m256 {
+        let (da, sa) = (load8(da), load8(sa));
+        let scaled = _mm256_mul_ps(
+            _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(dw)),
+            da,
+        );
+        let min = _mm256_mul_ps(_mm256_set1_ps(mw), sa);
+        _mm256_add_ps(acc, _mm256_add_ps(scaled, min))
+    }
+
+    /// One row: each block's product reduced on its own (for batches too
+    /// small to fill a group).
+    #[allow(unsafe_code)]
+    pub(super) fn dot1(w: &WeightRow<'_>, g: &Q8_1Group, r: usize) -> f32 {
+        // SAFETY: only reached through `Isa::Avx2` or `Isa::Avx512Vnni`,
+        // handed out where the CPU reports AVX2 (see `dot8`).
+        unsafe { dot1_avx2(w, g, r) }
+    }
+
+    /// Eight blocks at a time: their integer products reduced together,
+    /// their float terms computed together, then added to the sum one by
+    /// one in block order (as the reference adds them).
+    #[target_feature(enable = "avx2")]
+    fn dot1_avx2(w: &WeightRow<'_>, g: &Q8_1Group, r: usize) -> f32 {
+        let ones = _mm256_set1_epi16(1);
+        let product = |b: usize| {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(unpack(&w.qs[b]), load32(&g.qs[b][r])), ones)
+        };
+        let blocks = w.qs.len();
+        let whole = blocks - blocks % GROUP;
+        let mut sum = 0f32;
+        for b0 in (0..whole).step_by(GROUP) {
+            let sumi = reduce8(std::array::from_fn(|i| product(b0 + i)));
+            let lanes = |f: &dyn Fn(usize) -> f32| load8(&std::array::from_fn(|i| f(b0 + i)));
+            let scaled = _mm256_mul_ps(
+                _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), lanes(&|b| w.d[b])),
+                lanes(&|b| g.d[b][r]),
+            );
+            let min = _mm256_mul_ps(lanes(&|b| w.m[b]), lanes(&|b| g.s[b][r]));
+            for t in store(_mm256_add_ps(scaled, min)) {
+                sum += t;
+            }
+        }
+        for b in whole..blocks {
+            let z = _mm256_setzero_si256();
+            let sumi = _mm256_cvtsi256_si32(reduce8([product(b), z, z, z, z, z, z, z]));
+            sum += sumi as f32 * w.d[b] * g.d[b][r] + w.m[b] * g.s[b][r];
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn dot8_avx2(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..w.qs.len() {
+            let wv = unpack(&w.qs[b]);
+            let a = &g.qs[b];
+            // u8 × i8 pairs summed to i16 (|15·127·2| fits), then pairs of
+            // i16 to i32.
+            let q: [__m256i; GROUP] = std::array::from_fn(|r| {
+                let av = load32(&a[r]);
+                _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones)
+            });
+            acc = accumulate(acc, reduce8(q), w.d[b], w.m[b], &g.d[b], &g.s[b]);
+        }
+        store(acc)
+    }
+
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    fn dot8_vnni(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..w.qs.len() {
+            let wv = unpack(&w.qs[b]);
+            let a = &g.qs[b];
+            // Four u8 × i8 products summed into each i32 lane at once.
+            let q: [__m256i; GROUP] = std::array::from_fn(|r| {
+                let av = load32(&a[r]);
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, av)
+            });
+            acc = accumulate(acc, reduce8(q), w.d[b], w.m[b], &g.d[b], &g.s[b]);
+        }
+        store(acc)
+    }
+
+    #[cfg(test)]
+    #[allow(unsafe_code)]
+    pub(super) fn block_dot_for_tests(isa: Isa, w: &[u8; 16], a: &[i8; super::BLOCK]) -> i32 {
+        let mut g = Q8_1Group {
+            qs: vec![[[0; super::BLOCK]; GROUP]],
+            d: vec![[1.0; GROUP]],
+            s: vec![[0.0; GROUP]],
+        };
+        g.qs[0][3] = *a;
+        let row = WeightRow {
+            d: &[1.0],
+            m: &[0.0],
+            qs: std::slice::from_ref(w),
+        };
+        dot8(isa, &row, &g)[3] as i32
+    }
+}
+
+#[cfg(test)]
+#[path = "q4_1_tests.rs"]
+mod tests;

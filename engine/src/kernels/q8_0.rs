@@ -1,0 +1,281 @@
+//! Q8_0 weights times Q8_0-quantized activations (the output matrix of
+//! the demo model, and some of Gemma 3's), batched as in [`super`].
+//!
+//! Per block `sumi · (d_w · d_a)`, accumulated in block order (ggml's
+//! `vec_dot_q8_0_q8_0` reference). candle's SIMD path sums in another
+//! order, so the results equal candle's up to rounding, and equal each
+//! other (every kernel, every batch) to the bit.
+
+use super::{BLOCK, GROUP, Isa, Q8_1Activations, Q8_1Group, products};
+use half::f16;
+
+/// Bytes of one Q8_0 block in GGUF: `d: f16, qs: [i8; 32]`.
+const Q8_0_BYTES: usize = 34;
+
+/// Why weights could not be taken as Q8_0.
+#[derive(Debug, thiserror::Error)]
+#[error("Q8_0 weights: {0}")]
+pub struct Q8_0Error(String);
+
+/// An `n × k` Q8_0 matrix (one row per output), scales as `f32`.
+#[derive(Debug, Clone)]
+pub struct Q8_0Matrix {
+    n: usize,
+    k: usize,
+    d: Vec<f32>,
+    qs: Vec<[i8; BLOCK]>,
+}
+
+impl Q8_0Matrix {
+    /// From GGUF's raw blocks, row-major, `n` rows of `k` values.
+    pub fn from_blocks(n: usize, k: usize, raw: &[u8]) -> Result<Self, Q8_0Error> {
+        if k == 0 || !k.is_multiple_of(BLOCK) {
+            return Err(Q8_0Error(format!("row length {k} is not a multiple of {BLOCK}")));
+        }
+        let blocks = n
+            .checked_mul(k / BLOCK)
+            .ok_or_else(|| Q8_0Error("size overflows".into()))?;
+        if raw.len() != blocks * Q8_0_BYTES {
+            return Err(Q8_0Error(format!(
+                "{} bytes for {n} × {k} (expected {})",
+                raw.len(),
+                blocks * Q8_0_BYTES
+            )));
+        }
+        let (mut d, mut qs) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
+        for b in raw.chunks_exact(Q8_0_BYTES) {
+            d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
+            let mut q = [0i8; BLOCK];
+            for (q, v) in q.iter_mut().zip(&b[2..]) {
+                *q = *v as i8;
+            }
+            qs.push(q);
+        }
+        Ok(Q8_0Matrix { n, k, d, qs })
+    }
+
+    /// Output size.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// Input size.
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+
+    /// `x` (`rows × k`) times this matrix transposed, with the best kernel.
+    pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
+        self.matmul_quantized(Isa::best(), &Q8_1Activations::quantize(x, self.k))
+    }
+
+    /// On activations already quantized (Q8_1's bytes and scales are
+    /// Q8_0's); activations of another row length give an empty result.
+    pub fn matmul_quantized(&self, isa: Isa, x: &Q8_1Activations) -> Vec<f32> {
+        if x.k != self.k {
+            return Vec::new();
+        }
+        let per_row = self.k / BLOCK;
+        let row = |f: usize| {
+            let at = f * per_row;
+            (&self.d[at..at + per_row], &self.qs[at..at + per_row])
+        };
+        products(
+            self.n,
+            x,
+            |f, g, r| {
+                let (d, qs) = row(f);
+                dot1(isa, d, qs, g, r)
+            },
+            |f, g| {
+                let (d, qs) = row(f);
+                dot8(isa, d, qs, g)
+            },
+        )
+    }
+}
+
+fn dot1(isa: Isa, d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group, r: usize) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => x86::dot1(d, qs, g, r),
+        _ => dot_with(d, qs, g, r, block_dot_scalar),
+    }
+}
+
+fn dot8(isa: Isa, d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512Vnni => x86::dot8(isa, d, qs, g),
+        _ => std::array::from_fn(|r| dot_with(d, qs, g, r, block_dot_scalar)),
+    }
+}
+
+/// `Σ_blocks sumi · (d_w · d_a)` in block order; the vector kernels do
+/// these float operations, lane by lane, in this order.
+#[inline(always)]
+fn dot_with(
+    d: &[f32],
+    qs: &[[i8; BLOCK]],
+    g: &Q8_1Group,
+    r: usize,
+    block: impl Fn(&[i8; BLOCK], &[i8; BLOCK]) -> i32,
+) -> f32 {
+    let mut sum = 0f32;
+    for b in 0..qs.len() {
+        sum += block(&qs[b], &g.qs[b][r]) as f32 * (d[b] * g.d[b][r]);
+    }
+    sum
+}
+
+fn block_dot_scalar(w: &[i8; BLOCK], a: &[i8; BLOCK]) -> i32 {
+    w.iter().zip(a).map(|(w, a)| i32::from(*w) * i32::from(*a)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::super::x86::{load8, load32, reduce8, store};
+    use super::{BLOCK, GROUP, Isa, Q8_1Group, block_dot_scalar, dot_with};
+    use std::arch::x86_64::*;
+
+    #[allow(unsafe_code)]
+    pub(super) fn dot1(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group, r: usize) -> f32 {
+        // SAFETY: reached only through `Isa::Avx2` or `Isa::Avx512Vnni`,
+        // handed out where the CPU reports AVX2.
+        unsafe { dot1_avx2(d, qs, g, r) }
+    }
+
+    #[allow(unsafe_code)]
+    pub(super) fn dot8(isa: Isa, d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
+        match isa {
+            // SAFETY: `Isa::available` hands these out only where the CPU
+            // reports the features the functions enable.
+            Isa::Avx2 => unsafe { dot8_avx2(d, qs, g) },
+            Isa::Avx512Vnni => unsafe { dot8_vnni(d, qs, g) },
+            Isa::Scalar => std::array::from_fn(|r| dot_with(d, qs, g, r, block_dot_scalar)),
+        }
+    }
+
+    /// Signed × signed bytes as the unsigned × signed products the
+    /// instructions take: |w| times a with w's sign (exact; |−128| is 128
+    /// unsigned).
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn signs(w: __m256i, a: __m256i) -> (__m256i, __m256i) {
+        (_mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
+    }
+
+    /// Pairs to i16 (|2·128·127| fits), then to i32.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn madd(w: __m256i, a: __m256i) -> __m256i {
+        let (u, s) = signs(w, a);
+        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+    }
+
+    /// Eight blocks at a time: their integer products reduced together,
+    /// their terms computed together, then added to the sum one by one in
+    /// block order (as the reference adds them).
+    #[target_feature(enable = "avx2")]
+    fn dot1_avx2(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group, r: usize) -> f32 {
+        let product = |b: usize| madd(load32(&qs[b]), load32(&g.qs[b][r]));
+        let blocks = qs.len();
+        let whole = blocks - blocks % GROUP;
+        let mut sum = 0f32;
+        for b0 in (0..whole).step_by(GROUP) {
+            let sumi = reduce8(std::array::from_fn(|i| product(b0 + i)));
+            let dw = load8(&std::array::from_fn(|i| d[b0 + i]));
+            let da = load8(&std::array::from_fn(|i| g.d[b0 + i][r]));
+            for t in store(_mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_mul_ps(dw, da))) {
+                sum += t;
+            }
+        }
+        for b in whole..blocks {
+            let z = _mm256_setzero_si256();
+            let sumi = _mm256_cvtsi256_si32(reduce8([product(b), z, z, z, z, z, z, z]));
+            sum += sumi as f32 * (d[b] * g.d[b][r]);
+        }
+        sum
+    }
+
+    /// `acc + sumi · (d_w · d_a)` for eight rows, as the reference.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn accumulate(acc: __m256, sumi: __m256i, dw: f32, da: &[f32; GROUP]) -> __m256 {
+        let scale = _mm256_mul_ps(_mm256_set1_ps(dw), load8(da));
+        _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), scale))
+    }
+
+    #[target_feature(enable = "avx2")]
+    fn dot8_avx2(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..qs.len() {
+            let w = load32(&qs[b]);
+            let q: [__m256i; GROUP] = std::array::from_fn(|r| madd(w, load32(&g.qs[b][r])));
+            acc = accumulate(acc, reduce8(q), d[b], &g.d[b]);
+        }
+        store(acc)
+    }
+
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    fn dot8_vnni(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..qs.len() {
+            let w = load32(&qs[b]);
+            let q: [__m256i; GROUP] = std::array::from_fn(|r| {
+                let (u, s) = signs(w, load32(&g.qs[b][r]));
+                _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+            });
+            acc = accumulate(acc, reduce8(q), d[b], &g.d[b]);
+        }
+        store(acc)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Module, Tensor};
+
+    fn values(count: usize, seed: u32, scale: f32) -> Vec<f32> {
+        (0..count)
+            .map(|i| ((i as f32 * 0.7391 + seed as f32 * 1.37).sin() * 43758.547).fract() * scale)
+            .collect()
+    }
+
+    /// Every kernel and batch size gives the reference's bits; and the
+    /// products are candle's up to rounding.
+    #[test]
+    fn kernels_agree_to_the_bit_and_with_candle_to_rounding() {
+        // Eleven blocks a row: a group of eight and three on their own.
+        let (n, k) = (20, 352);
+        let t = QTensor::quantize(&Tensor::from_vec(values(n * k, 3, 1.0), (n, k), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap();
+        let m = Q8_0Matrix::from_blocks(n, k, &t.data().unwrap()).unwrap();
+        // Weights at the edge: −128 and 127.
+        let mut raw = t.data().unwrap().to_vec();
+        raw[2] = 0x80;
+        raw[3] = 0x7F;
+        let edge = Q8_0Matrix::from_blocks(n, k, &raw).unwrap();
+        let x = values(19 * k, 5, 4.0);
+        for m in [&m, &edge] {
+            let reference = m.matmul_quantized(Isa::Scalar, &Q8_1Activations::quantize(&x, k));
+            for isa in Isa::available() {
+                for rows in [1, 2, 8, 11, 19] {
+                    let got = m.matmul_quantized(isa, &Q8_1Activations::quantize(&x[..rows * k], k));
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&reference[..rows * n]), "{} with {rows} rows", isa.name());
+                }
+            }
+        }
+        let theirs = QMatMul::from_qtensor(t).unwrap().forward(&Tensor::from_vec(x.clone(), (19, k), &Device::Cpu).unwrap()).unwrap();
+        let theirs = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ours = m.matmul(&x);
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+        }
+        assert!(Q8_0Matrix::from_blocks(2, 32, &[0; 67]).is_err());
+        assert!(Q8_0Matrix::from_blocks(2, 31, &[0; 68]).is_err());
+    }
+}

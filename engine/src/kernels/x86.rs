@@ -1,0 +1,59 @@
+//! What the x86 kernels share: whole-array loads and stores, and the
+//! reduction of eight rows' partial sums.
+
+use super::{BLOCK, GROUP};
+use std::arch::x86_64::*;
+
+// Loads and stores of whole fixed-size arrays: the array types make
+// every access exactly the register's width, so each is in bounds.
+
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(unsafe_code)]
+pub(super) fn load16(b: &[u8; 16]) -> __m128i {
+    // SAFETY: reads exactly the 16 bytes of `b` (unaligned load).
+    unsafe { _mm_loadu_si128(b.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(unsafe_code)]
+pub(super) fn load32(b: &[i8; BLOCK]) -> __m256i {
+    // SAFETY: reads exactly the 32 bytes of `b` (unaligned load).
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(unsafe_code)]
+pub(super) fn load8(f: &[f32; GROUP]) -> __m256 {
+    // SAFETY: reads exactly the eight floats of `f`.
+    unsafe { _mm256_loadu_ps(f.as_ptr()) }
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(unsafe_code)]
+pub(super) fn store(acc: __m256) -> [f32; GROUP] {
+    let mut out = [0f32; GROUP];
+    // SAFETY: writes exactly the eight floats of `out`.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
+    out
+}
+
+/// Eight vectors of i32 partial sums reduced to one vector of their
+/// eight totals, lane `r` from vector `r` (exact: integer sums).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn reduce8(q: [__m256i; GROUP]) -> __m256i {
+    let s01 = _mm256_hadd_epi32(q[0], q[1]);
+    let s23 = _mm256_hadd_epi32(q[2], q[3]);
+    let s45 = _mm256_hadd_epi32(q[4], q[5]);
+    let s67 = _mm256_hadd_epi32(q[6], q[7]);
+    let s0123 = _mm256_hadd_epi32(s01, s23);
+    let s4567 = _mm256_hadd_epi32(s45, s67);
+    let lo = _mm256_permute2x128_si256(s0123, s4567, 0x20);
+    let hi = _mm256_permute2x128_si256(s0123, s4567, 0x31);
+    _mm256_add_epi32(lo, hi)
+}
+
