@@ -59,7 +59,9 @@ async fn ask(c: &Client, q: &Value) -> Result<(String, u64, Duration, Vec<Durati
     Ok((text, tokens, first.unwrap_or(start.elapsed()), gaps))
 }
 
-/// `clients` clients for `secs` seconds, each asking its own question.
+/// `clients` clients for `secs` seconds; client `i` asks questions `i`,
+/// `i + clients`, … of the 32 in turn, so that every level asks the same
+/// mix.
 fn level(
     rt: &tokio::runtime::Runtime,
     client: &Client,
@@ -72,14 +74,16 @@ fn level(
     let results = rt.block_on(async {
         let tasks: Vec<_> = (0..clients)
             .map(|i| {
-                let (c, want) = (client.clone(), alone[i].clone());
+                let (c, alone) = (client.clone(), alone.to_vec());
                 tokio::spawn(async move {
                     let mut m = Measured::default();
-                    let q = question(i);
+                    let mut next = i;
                     while Instant::now() < deadline {
-                        match ask(&c, &q).await {
+                        let q = next % alone.len();
+                        next += clients;
+                        match ask(&c, &question(q)).await {
                             Ok((text, tokens, first, gaps)) => {
-                                m.wrong += usize::from(text != want);
+                                m.wrong += usize::from(text != alone[q]);
                                 m.answers += 1;
                                 m.tokens += tokens;
                                 m.first_token.push(first);
