@@ -20,15 +20,22 @@ const Q4_1_BYTES: usize = 20;
 #[error("Q4_1 weights: {0}")]
 pub struct Q4_1Error(String);
 
-/// An `n × k` Q4_1 matrix (one row per output), scales unpacked to `f32`
-/// (exact: every `f16` is an `f32`).
+/// One block as GGUF stores it (20 bytes): a decode step reads every
+/// block once, so the weights stay as compact as in the file, scales and
+/// nibbles side by side.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    d: f16,
+    m: f16,
+    qs: [u8; 16],
+}
+
+/// An `n × k` Q4_1 matrix (one row per output).
 #[derive(Debug, Clone)]
 pub struct Q4_1Matrix {
     n: usize,
     k: usize,
-    d: Vec<f32>,
-    m: Vec<f32>,
-    qs: Vec<[u8; 16]>,
+    blocks: Vec<Block>,
 }
 
 impl Q4_1Matrix {
@@ -49,19 +56,21 @@ impl Q4_1Matrix {
                 blocks * Q4_1_BYTES
             )));
         }
-        let (mut d, mut m, mut qs) = (
-            Vec::with_capacity(blocks),
-            Vec::with_capacity(blocks),
-            Vec::with_capacity(blocks),
-        );
+        let mut all = Vec::with_capacity(blocks);
         for b in raw.chunks_exact(Q4_1_BYTES) {
-            d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
-            m.push(f16::from_le_bytes([b[2], b[3]]).to_f32());
-            let mut q = [0u8; 16];
-            q.copy_from_slice(&b[4..20]);
-            qs.push(q);
+            let mut qs = [0u8; 16];
+            qs.copy_from_slice(&b[4..20]);
+            all.push(Block {
+                d: f16::from_le_bytes([b[0], b[1]]),
+                m: f16::from_le_bytes([b[2], b[3]]),
+                qs,
+            });
         }
-        Ok(Q4_1Matrix { n, k, d, m, qs })
+        Ok(Q4_1Matrix {
+            n,
+            k,
+            blocks: all,
+        })
     }
 
     /// Output size.
@@ -106,11 +115,7 @@ impl Q4_1Matrix {
         let per_row = self.k / BLOCK;
         let row = |f: usize| {
             let at = f * per_row;
-            WeightRow {
-                d: &self.d[at..at + per_row],
-                m: &self.m[at..at + per_row],
-                qs: &self.qs[at..at + per_row],
-            }
+            WeightRow(&self.blocks[at..at + per_row])
         };
         products(
             self.n,
@@ -145,10 +150,21 @@ fn dot8_scalar(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
 }
 
 /// One row of weights.
-struct WeightRow<'a> {
-    d: &'a [f32],
-    m: &'a [f32],
-    qs: &'a [[u8; 16]],
+struct WeightRow<'a>(&'a [Block]);
+
+impl WeightRow<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn d(&self, b: usize) -> f32 {
+        self.0[b].d.to_f32()
+    }
+    fn m(&self, b: usize) -> f32 {
+        self.0[b].m.to_f32()
+    }
+    fn qs(&self, b: usize) -> &[u8; 16] {
+        &self.0[b].qs
+    }
 }
 
 /// `Σ_blocks (Σ q_w·q_a) · d_w · d_a + m_w · s_a`, accumulated in block
@@ -163,9 +179,9 @@ fn dot_with(
     block: impl Fn(&[u8; 16], &[i8; BLOCK]) -> i32,
 ) -> f32 {
     let mut sum = 0f32;
-    for b in 0..w.qs.len() {
-        let sumi = block(&w.qs[b], &g.qs[b][r]);
-        sum += sumi as f32 * w.d[b] * g.d[b][r] + w.m[b] * g.s[b][r];
+    for b in 0..w.len() {
+        let sumi = block(w.qs(b), &g.qs[b][r]);
+        sum += sumi as f32 * w.d(b) * g.d[b][r] + w.m(b) * g.s[b][r];
     }
     sum
 }
@@ -253,19 +269,19 @@ mod x86 {
     fn dot1_avx2(w: &WeightRow<'_>, g: &Q8_1Group, r: usize) -> f32 {
         let ones = _mm256_set1_epi16(1);
         let product = |b: usize| {
-            _mm256_madd_epi16(_mm256_maddubs_epi16(unpack(&w.qs[b]), load32(&g.qs[b][r])), ones)
+            _mm256_madd_epi16(_mm256_maddubs_epi16(unpack(w.qs(b)), load32(&g.qs[b][r])), ones)
         };
-        let blocks = w.qs.len();
+        let blocks = w.len();
         let whole = blocks - blocks % GROUP;
         let mut sum = 0f32;
         for b0 in (0..whole).step_by(GROUP) {
             let sumi = reduce8(std::array::from_fn(|i| product(b0 + i)));
             let lanes = |f: &dyn Fn(usize) -> f32| load8(&std::array::from_fn(|i| f(b0 + i)));
             let scaled = _mm256_mul_ps(
-                _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), lanes(&|b| w.d[b])),
+                _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), lanes(&|b| w.d(b))),
                 lanes(&|b| g.d[b][r]),
             );
-            let min = _mm256_mul_ps(lanes(&|b| w.m[b]), lanes(&|b| g.s[b][r]));
+            let min = _mm256_mul_ps(lanes(&|b| w.m(b)), lanes(&|b| g.s[b][r]));
             for t in store(_mm256_add_ps(scaled, min)) {
                 sum += t;
             }
@@ -273,7 +289,7 @@ mod x86 {
         for b in whole..blocks {
             let z = _mm256_setzero_si256();
             let sumi = _mm256_cvtsi256_si32(reduce8([product(b), z, z, z, z, z, z, z]));
-            sum += sumi as f32 * w.d[b] * g.d[b][r] + w.m[b] * g.s[b][r];
+            sum += sumi as f32 * w.d(b) * g.d[b][r] + w.m(b) * g.s[b][r];
         }
         sum
     }
@@ -282,8 +298,8 @@ mod x86 {
     fn dot8_avx2(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
         let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_ps();
-        for b in 0..w.qs.len() {
-            let wv = unpack(&w.qs[b]);
+        for b in 0..w.len() {
+            let wv = unpack(w.qs(b));
             let a = &g.qs[b];
             // u8 × i8 pairs summed to i16 (|15·127·2| fits), then pairs of
             // i16 to i32.
@@ -291,7 +307,7 @@ mod x86 {
                 let av = load32(&a[r]);
                 _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones)
             });
-            acc = accumulate(acc, reduce8(q), w.d[b], w.m[b], &g.d[b], &g.s[b]);
+            acc = accumulate(acc, reduce8(q), w.d(b), w.m(b), &g.d[b], &g.s[b]);
         }
         store(acc)
     }
@@ -299,15 +315,15 @@ mod x86 {
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
     fn dot8_vnni(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
         let mut acc = _mm256_setzero_ps();
-        for b in 0..w.qs.len() {
-            let wv = unpack(&w.qs[b]);
+        for b in 0..w.len() {
+            let wv = unpack(w.qs(b));
             let a = &g.qs[b];
             // Four u8 × i8 products summed into each i32 lane at once.
             let q: [__m256i; GROUP] = std::array::from_fn(|r| {
                 let av = load32(&a[r]);
                 _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, av)
             });
-            acc = accumulate(acc, reduce8(q), w.d[b], w.m[b], &g.d[b], &g.s[b]);
+            acc = accumulate(acc, reduce8(q), w.d(b), w.m(b), &g.d[b], &g.s[b]);
         }
         store(acc)
     }
@@ -321,11 +337,12 @@ mod x86 {
             s: vec![[0.0; GROUP]],
         };
         g.qs[0][3] = *a;
-        let row = WeightRow {
-            d: &[1.0],
-            m: &[0.0],
-            qs: std::slice::from_ref(w),
-        };
+        let block = [super::Block {
+            d: half::f16::ONE,
+            m: half::f16::ZERO,
+            qs: *w,
+        }];
+        let row = WeightRow(&block);
         dot8(isa, &row, &g)[3] as i32
     }
 }
