@@ -17,10 +17,10 @@ pub mod embeddings;
 pub mod generate;
 pub mod gguf;
 pub mod grammar;
+pub mod kernels;
 pub mod kv_cache;
 pub mod logprobs;
 pub mod model;
-pub mod kernels;
 /// The Q4_1 kernel (where it lived before the kernels had a module).
 pub use kernels::q4_1;
 pub mod sampling;

@@ -18,15 +18,16 @@
 
 use super::arch::{Activation, Arch, Config, RopeStyle};
 use super::attention::{Row, Shape, attend};
-use super::kv_cache::{BLOCK_TOKENS, BlockId, KvStore};
 use super::kernels::q4_1::Q4_1Matrix;
 use super::kernels::q8_0::Q8_0Matrix;
 use super::kernels::{Isa, Q8_1Activations};
+use super::kv_cache::{BLOCK_TOKENS, BlockId, KvStore};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Result, Tensor};
 use std::io::{Read, Seek};
 
-/// A weight matrix: ours when it is Q4_1 or Q8_0, candle's otherwise.
+/// A weight matrix: ours when it is Q4_1, Q8_0 or Q5_0 (widened to Q8_0's
+/// bytes), candle's otherwise.
 enum Linear {
     Q4_1(Q4_1Matrix),
     Q8_0(Q8_0Matrix),
@@ -44,6 +45,10 @@ impl Linear {
                 }
                 GgmlDType::Q8_0 => {
                     let m = Q8_0Matrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?;
+                    return Ok(Linear::Q8_0(m));
+                }
+                GgmlDType::Q5_0 => {
+                    let m = Q8_0Matrix::from_q5_0_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?;
                     return Ok(Linear::Q8_0(m));
                 }
                 _ => {}
@@ -71,7 +76,9 @@ impl Linear {
 /// for all of them when they are all ours, each through candle otherwise.
 fn forward_all<const N: usize>(weights: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
     let k = x.dim(candle_core::D::Minus1)?;
-    let ours = weights.iter().all(|w| w.ours().is_some_and(|(cols, _)| cols == k));
+    let ours = weights
+        .iter()
+        .all(|w| w.ours().is_some_and(|(cols, _)| cols == k));
     let mut out = Vec::with_capacity(N);
     if ours {
         let data = x.flatten_all()?.to_vec1::<f32>()?;

@@ -93,7 +93,11 @@ impl Q8_1Activations {
     /// are quantized in parallel on candle's pool.
     pub fn quantize(x: &[f32], k: usize) -> Self {
         if k == 0 {
-            return Q8_1Activations { k, rows: 0, groups: Vec::new() };
+            return Q8_1Activations {
+                k,
+                rows: 0,
+                groups: Vec::new(),
+            };
         }
         let rows = x.len() / k;
         let quantized: Vec<Mutex<Option<Q8_1Row>>> = (0..rows).map(|_| Mutex::new(None)).collect();
@@ -111,8 +115,15 @@ impl Q8_1Activations {
             .into_iter()
             .filter_map(|m| m.into_inner().ok().flatten())
             .collect();
-        let groups = quantized.chunks(GROUP).map(|rows| Q8_1Group::new(rows, k)).collect();
-        Q8_1Activations { k, rows: quantized.len(), groups }
+        let groups = quantized
+            .chunks(GROUP)
+            .map(|rows| Q8_1Group::new(rows, k))
+            .collect();
+        Q8_1Activations {
+            k,
+            rows: quantized.len(),
+            groups,
+        }
     }
 }
 
@@ -209,7 +220,8 @@ pub(crate) fn products(
     let span = n.div_ceil(pool_threads()).max(1);
     // Feature-major (`n × rows`): each thread writes its own slab.
     let mut by_feature = vec![0f32; n * rows];
-    let slabs: Vec<Mutex<&mut [f32]>> = by_feature.chunks_mut(span * rows).map(Mutex::new).collect();
+    let slabs: Vec<Mutex<&mut [f32]>> =
+        by_feature.chunks_mut(span * rows).map(Mutex::new).collect();
     // Each thread takes slabs until none is left, whatever the pool's size
     // turns out to be.
     let next = AtomicUsize::new(0);

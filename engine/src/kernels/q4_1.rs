@@ -66,11 +66,7 @@ impl Q4_1Matrix {
                 qs,
             });
         }
-        Ok(Q4_1Matrix {
-            n,
-            k,
-            blocks: all,
-        })
+        Ok(Q4_1Matrix { n, k, blocks: all })
     }
 
     /// Output size.
@@ -269,7 +265,10 @@ mod x86 {
     fn dot1_avx2(w: &WeightRow<'_>, g: &Q8_1Group, r: usize) -> f32 {
         let ones = _mm256_set1_epi16(1);
         let product = |b: usize| {
-            _mm256_madd_epi16(_mm256_maddubs_epi16(unpack(w.qs(b)), load32(&g.qs[b][r])), ones)
+            _mm256_madd_epi16(
+                _mm256_maddubs_epi16(unpack(w.qs(b)), load32(&g.qs[b][r])),
+                ones,
+            )
         };
         let blocks = w.len();
         let whole = blocks - blocks % GROUP;

@@ -1,5 +1,8 @@
 //! Q8_0 weights times Q8_0-quantized activations (the output matrix of
-//! the demo model, and some of Gemma 3's), batched as in [`super`].
+//! the demo model, and some of Gemma 3's), batched as in [`super`]; Q5_0
+//! weights too, widened to bytes at load (their 5-bit values minus 16 are
+//! bytes in −16..=15, so the integer products, and every result, are
+//! ggml's `vec_dot_q5_0_q8_0`'s; candle 0.11 runs Q5_0 with a scalar loop).
 //!
 //! Per block `sumi · (d_w · d_a)`, accumulated in block order (ggml's
 //! `vec_dot_q8_0_q8_0` reference). candle's SIMD path sums in another
@@ -12,10 +15,13 @@ use half::f16;
 /// Bytes of one Q8_0 block in GGUF: `d: f16, qs: [i8; 32]`.
 const Q8_0_BYTES: usize = 34;
 
-/// Why weights could not be taken as Q8_0.
+/// Bytes of one Q5_0 block in GGUF: `d: f16, qh: u32, qs: [u8; 16]`.
+const Q5_0_BYTES: usize = 22;
+
+/// Why weights could not be taken as Q8_0 (or Q5_0).
 #[derive(Debug, thiserror::Error)]
-#[error("Q8_0 weights: {0}")]
-pub struct Q8_0Error(String);
+#[error("{0} weights: {1}")]
+pub struct Q8_0Error(&'static str, String);
 
 /// An `n × k` Q8_0 matrix (one row per output), scales as `f32`.
 #[derive(Debug, Clone)]
@@ -27,29 +33,56 @@ pub struct Q8_0Matrix {
 }
 
 impl Q8_0Matrix {
-    /// From GGUF's raw blocks, row-major, `n` rows of `k` values.
+    /// From GGUF's raw Q8_0 blocks, row-major, `n` rows of `k` values.
     pub fn from_blocks(n: usize, k: usize, raw: &[u8]) -> Result<Self, Q8_0Error> {
+        Self::read(n, k, raw, "Q8_0", Q8_0_BYTES, |b| {
+            std::array::from_fn(|j| b[2 + j] as i8)
+        })
+    }
+
+    /// From GGUF's raw Q5_0 blocks: value `j` is nibble `j` (low nibbles
+    /// first, then high ones) with bit `j` of `qh` above it, minus 16.
+    pub fn from_q5_0_blocks(n: usize, k: usize, raw: &[u8]) -> Result<Self, Q8_0Error> {
+        Self::read(n, k, raw, "Q5_0", Q5_0_BYTES, |b| {
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            std::array::from_fn(|j| {
+                let nibble = if j < 16 {
+                    b[6 + j] & 0x0F
+                } else {
+                    b[6 + j - 16] >> 4
+                };
+                let high = ((qh >> j) & 1) as u8;
+                ((nibble | (high << 4)) as i8) - 16
+            })
+        })
+    }
+
+    fn read(
+        n: usize,
+        k: usize,
+        raw: &[u8],
+        kind: &'static str,
+        bytes: usize,
+        values: impl Fn(&[u8]) -> [i8; BLOCK],
+    ) -> Result<Self, Q8_0Error> {
+        let fail = |why: String| Q8_0Error(kind, why);
         if k == 0 || !k.is_multiple_of(BLOCK) {
-            return Err(Q8_0Error(format!("row length {k} is not a multiple of {BLOCK}")));
+            return Err(fail(format!("row length {k} is not a multiple of {BLOCK}")));
         }
         let blocks = n
             .checked_mul(k / BLOCK)
-            .ok_or_else(|| Q8_0Error("size overflows".into()))?;
-        if raw.len() != blocks * Q8_0_BYTES {
-            return Err(Q8_0Error(format!(
+            .ok_or_else(|| fail("size overflows".into()))?;
+        if raw.len() != blocks * bytes {
+            return Err(fail(format!(
                 "{} bytes for {n} × {k} (expected {})",
                 raw.len(),
-                blocks * Q8_0_BYTES
+                blocks * bytes
             )));
         }
         let (mut d, mut qs) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
-        for b in raw.chunks_exact(Q8_0_BYTES) {
+        for b in raw.chunks_exact(bytes) {
             d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
-            let mut q = [0i8; BLOCK];
-            for (q, v) in q.iter_mut().zip(&b[2..]) {
-                *q = *v as i8;
-            }
-            qs.push(q);
+            qs.push(values(b));
         }
         Ok(Q8_0Matrix { n, k, d, qs })
     }
@@ -129,7 +162,10 @@ fn dot_with(
 }
 
 fn block_dot_scalar(w: &[i8; BLOCK], a: &[i8; BLOCK]) -> i32 {
-    w.iter().zip(a).map(|(w, a)| i32::from(*w) * i32::from(*a)).sum()
+    w.iter()
+        .zip(a)
+        .map(|(w, a)| i32::from(*w) * i32::from(*a))
+        .sum()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -186,7 +222,10 @@ mod x86 {
             let sumi = reduce8(std::array::from_fn(|i| product(b0 + i)));
             let dw = load8(&std::array::from_fn(|i| d[b0 + i]));
             let da = load8(&std::array::from_fn(|i| g.d[b0 + i][r]));
-            for t in store(_mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_mul_ps(dw, da))) {
+            for t in store(_mm256_mul_ps(
+                _mm256_cvtepi32_ps(sumi),
+                _mm256_mul_ps(dw, da),
+            )) {
                 sum += t;
             }
         }
@@ -251,7 +290,11 @@ mod tests {
     fn kernels_agree_to_the_bit_and_with_candle_to_rounding() {
         // Eleven blocks a row: a group of eight and three on their own.
         let (n, k) = (20, 352);
-        let t = QTensor::quantize(&Tensor::from_vec(values(n * k, 3, 1.0), (n, k), &Device::Cpu).unwrap(), GgmlDType::Q8_0).unwrap();
+        let t = QTensor::quantize(
+            &Tensor::from_vec(values(n * k, 3, 1.0), (n, k), &Device::Cpu).unwrap(),
+            GgmlDType::Q8_0,
+        )
+        .unwrap();
         let m = Q8_0Matrix::from_blocks(n, k, &t.data().unwrap()).unwrap();
         // Weights at the edge: −128 and 127.
         let mut raw = t.data().unwrap().to_vec();
@@ -263,19 +306,67 @@ mod tests {
             let reference = m.matmul_quantized(Isa::Scalar, &Q8_1Activations::quantize(&x, k));
             for isa in Isa::available() {
                 for rows in [1, 2, 8, 11, 19] {
-                    let got = m.matmul_quantized(isa, &Q8_1Activations::quantize(&x[..rows * k], k));
+                    let got =
+                        m.matmul_quantized(isa, &Q8_1Activations::quantize(&x[..rows * k], k));
                     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(bits(&got), bits(&reference[..rows * n]), "{} with {rows} rows", isa.name());
+                    assert_eq!(
+                        bits(&got),
+                        bits(&reference[..rows * n]),
+                        "{} with {rows} rows",
+                        isa.name()
+                    );
                 }
             }
         }
-        let theirs = QMatMul::from_qtensor(t).unwrap().forward(&Tensor::from_vec(x.clone(), (19, k), &Device::Cpu).unwrap()).unwrap();
+        let theirs = QMatMul::from_qtensor(t)
+            .unwrap()
+            .forward(&Tensor::from_vec(x.clone(), (19, k), &Device::Cpu).unwrap())
+            .unwrap();
         let theirs = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let ours = m.matmul(&x);
         for (a, b) in ours.iter().zip(&theirs) {
             assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
         }
         assert!(Q8_0Matrix::from_blocks(2, 32, &[0; 67]).is_err());
+        assert!(Q8_0Matrix::from_q5_0_blocks(2, 32, &[0; 45]).is_err());
         assert!(Q8_0Matrix::from_blocks(2, 31, &[0; 68]).is_err());
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod q5_0_tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    /// Q5_0 weights widened to bytes are the values candle dequantizes,
+    /// and the products ggml's reference formula gives on them.
+    #[test]
+    fn q5_0_weights_are_read_as_candle_dequantizes_them() {
+        let (n, k) = (6, 96);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+            .collect();
+        let t = QTensor::quantize(
+            &Tensor::from_vec(w, (n, k), &Device::Cpu).unwrap(),
+            GgmlDType::Q5_0,
+        )
+        .unwrap();
+        let m = Q8_0Matrix::from_q5_0_blocks(n, k, &t.data().unwrap()).unwrap();
+        let theirs = t
+            .dequantize(&Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let ours: Vec<f32> =
+            m.qs.iter()
+                .zip(&m.d)
+                .flat_map(|(q, d)| q.iter().map(move |v| f32::from(*v) * d))
+                .collect();
+        assert_eq!(ours, theirs);
+        assert!(m.qs.iter().flatten().all(|v| (-16..=15).contains(v)));
     }
 }

@@ -56,4 +56,3 @@ pub(super) fn reduce8(q: [__m256i; GROUP]) -> __m256i {
     let hi = _mm256_permute2x128_si256(s0123, s4567, 0x31);
     _mm256_add_epi32(lo, hi)
 }
-
