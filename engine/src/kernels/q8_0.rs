@@ -229,10 +229,10 @@ mod x86 {
                 sum += t;
             }
         }
-        for b in whole..blocks {
+        for (b, dw) in d.iter().enumerate().skip(whole) {
             let z = _mm256_setzero_si256();
             let sumi = _mm256_cvtsi256_si32(reduce8([product(b), z, z, z, z, z, z, z]));
-            sum += sumi as f32 * (d[b] * g.d[b][r]);
+            sum += sumi as f32 * (dw * g.d[b][r]);
         }
         sum
     }
