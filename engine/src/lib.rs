@@ -5,9 +5,10 @@
 //! else of ours: the guest runtime (`ciel-enclave`) hands it decrypted
 //! bytes and serves what it generates.
 
-// `unsafe` is denied everywhere but the entries to the SIMD kernels
-// (`q4_1::avx2`), each allowing it for its one call, which the x86-64-v3
-// build (or a run-time feature check) makes sound.
+// `unsafe` is denied everywhere but the SIMD kernels (`kernels::*::x86`,
+// `kernels::x86`): their entries, each allowed for its one call, which a
+// run-time CPU feature check makes sound, and loads and stores of whole
+// fixed-size arrays.
 #![deny(unsafe_code)]
 
 pub mod arch;

@@ -189,10 +189,12 @@ impl<S: Sink> Scheduler<S> {
         self.running.is_empty() && self.waiting.is_empty()
     }
 
-    /// Whether a new request could start at the next step: callers keep
-    /// the rest in their own bounded queue.
+    /// Whether to take another request now: while the batch and those
+    /// already waiting for it (for memory, or for the next step) are fewer
+    /// than `max_batch`. Callers keep the rest in their own bounded queue,
+    /// so that everything arriving at once joins at the next step.
     pub fn has_room(&self) -> bool {
-        self.waiting.is_empty() && self.running.len() < self.limits.max_batch
+        self.running.len() + self.waiting.len() < self.limits.max_batch
     }
 
     /// Queues `request`; one that cannot run is answered at once.
