@@ -203,6 +203,22 @@ impl Q8_1Row {
     }
 }
 
+/// Blocks in `n` rows of `k` values stored in `len` bytes of blocks of
+/// `bytes` each; why not, when the sizes do not fit.
+pub(crate) fn blocks_in(n: usize, k: usize, len: usize, bytes: usize) -> Result<usize, String> {
+    if k == 0 || !k.is_multiple_of(BLOCK) {
+        return Err(format!("row length {k} is not a multiple of {BLOCK}"));
+    }
+    let blocks = n.checked_mul(k / BLOCK).ok_or("size overflows")?;
+    if blocks.checked_mul(bytes) != Some(len) {
+        return Err(format!(
+            "{len} bytes for {n} × {k} (expected {})",
+            blocks.saturating_mul(bytes)
+        ));
+    }
+    Ok(blocks)
+}
+
 /// `x` times a matrix of `n` features: `rows × n`, row-major. `one(f, g,
 /// r)` is feature `f` against row `r` of group `g`, `eight(f, g)` against
 /// the whole group (a group of fewer than [`FEW`] rows goes one by one).

@@ -10,7 +10,7 @@
 //! done in the same order as the scalar code. Only the integer part is
 //! vectorized (AVX2 `vpmaddubsw`/`vpmaddwd`), and rows run in parallel.
 
-use super::{BLOCK, GROUP, Isa, Q8_1Activations, Q8_1Group, products};
+use super::{BLOCK, GROUP, Isa, Q8_1Activations, Q8_1Group, blocks_in, products};
 use half::f16;
 /// Bytes of one Q4_1 block in GGUF: `d: f16, m: f16, qs: [u8; 16]`.
 const Q4_1_BYTES: usize = 20;
@@ -41,21 +41,7 @@ pub struct Q4_1Matrix {
 impl Q4_1Matrix {
     /// From GGUF's raw blocks, row-major, `n` rows of `k` values.
     pub fn from_blocks(n: usize, k: usize, raw: &[u8]) -> Result<Self, Q4_1Error> {
-        if k == 0 || !k.is_multiple_of(BLOCK) {
-            return Err(Q4_1Error(format!(
-                "row length {k} is not a multiple of {BLOCK}"
-            )));
-        }
-        let blocks = n
-            .checked_mul(k / BLOCK)
-            .ok_or_else(|| Q4_1Error("size overflows".into()))?;
-        if raw.len() != blocks * Q4_1_BYTES {
-            return Err(Q4_1Error(format!(
-                "{} bytes for {n} × {k} (expected {})",
-                raw.len(),
-                blocks * Q4_1_BYTES
-            )));
-        }
+        let blocks = blocks_in(n, k, raw.len(), Q4_1_BYTES).map_err(Q4_1Error)?;
         let mut all = Vec::with_capacity(blocks);
         for b in raw.chunks_exact(Q4_1_BYTES) {
             let mut qs = [0u8; 16];

@@ -9,7 +9,7 @@
 //! order, so the results equal candle's up to rounding, and equal each
 //! other (every kernel, every batch) to the bit.
 
-use super::{BLOCK, GROUP, Isa, Q8_1Activations, Q8_1Group, products};
+use super::{BLOCK, GROUP, Isa, Q8_1Activations, Q8_1Group, blocks_in, products};
 use half::f16;
 
 /// Bytes of one Q8_0 block in GGUF: `d: f16, qs: [i8; 32]`.
@@ -66,19 +66,7 @@ impl Q8_0Matrix {
         values: impl Fn(&[u8]) -> [i8; BLOCK],
     ) -> Result<Self, Q8_0Error> {
         let fail = |why: String| Q8_0Error(kind, why);
-        if k == 0 || !k.is_multiple_of(BLOCK) {
-            return Err(fail(format!("row length {k} is not a multiple of {BLOCK}")));
-        }
-        let blocks = n
-            .checked_mul(k / BLOCK)
-            .ok_or_else(|| fail("size overflows".into()))?;
-        if raw.len() != blocks * bytes {
-            return Err(fail(format!(
-                "{} bytes for {n} × {k} (expected {})",
-                raw.len(),
-                blocks * bytes
-            )));
-        }
+        let blocks = blocks_in(n, k, raw.len(), bytes).map_err(fail)?;
         let (mut d, mut qs) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
         for b in raw.chunks_exact(bytes) {
             d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
