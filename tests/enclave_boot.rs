@@ -101,3 +101,35 @@ fn simulated_guest_receives_the_key_and_answers_only_if_the_policy_names_it() {
         "{audit}"
     );
 }
+
+/// Batching limits that could never serve are refused before anything
+/// else (no key release, no model), naming both flags.
+#[test]
+fn the_guest_refuses_a_pass_too_small_for_its_batch_at_once() {
+    let run = ciel([
+        "enclave",
+        "serve",
+        "--sim",
+        "--kbs",
+        "https://127.0.0.1:9",
+        "--kbs-ca",
+        "/nonexistent/ca.pem",
+        "--model-from",
+        "unix:/nonexistent/blobs.sock",
+        "--model-blob",
+        "model.csm",
+        "--listen",
+        "unix:/nonexistent/api.sock",
+        "--max-batch",
+        "64",
+        "--step-tokens",
+        "32",
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("--step-tokens 32") && run.stderr.contains("--max-batch 64"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("at least 80"), "{}", run.stderr);
+}

@@ -144,6 +144,15 @@ pub fn run(cmd: EnclaveCommand) -> Result<ExitCode> {
 
 fn serve(a: ServeArgs) -> Result<ExitCode> {
     super::init_logging();
+    // Checked before the key release and the model's load, not after.
+    let least = a.max_batch + ciel_engine::kv_cache::BLOCK_TOKENS;
+    if a.step_tokens < least {
+        anyhow::bail!(
+            "--step-tokens {} leaves no room for prompts beside --max-batch {} decoding sequences: at least {least}",
+            a.step_tokens,
+            a.max_batch
+        );
+    }
     use ciel_enclave::kbs_client::EvidenceSource;
     let platform: std::sync::Arc<dyn EvidenceSource + Send + Sync> = if a.sim {
         eprintln!(
