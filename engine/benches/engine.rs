@@ -42,7 +42,7 @@ fn bench(c: &mut Criterion) {
         .map(|x| x.as_u64().unwrap() as u32)
         .collect();
     // Each figure twice: candle's kernels throughout (the baseline), then
-    // ours (the AVX2 Q4_1 kernel; the same logits to the bit).
+    // ours (the batched kernels, attention over the paged cache).
     for (name, kernels) in [
         ("candle kernels", Kernels::Candle),
         ("ciel kernels", Kernels::Ciel),

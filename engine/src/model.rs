@@ -36,7 +36,8 @@ pub enum ModelError {
 /// Which code runs the weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernels {
-    /// Our forward pass with the AVX2 Q4_1 kernel ([`super::transformer`]).
+    /// Our forward pass and kernels ([`super::transformer`],
+    /// [`super::kernels`]).
     Ciel,
     /// candle's `quantized_llama` throughout, for llama models only (the
     /// baseline the benchmarks compare against).

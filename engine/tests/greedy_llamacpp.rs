@@ -105,7 +105,7 @@ fn the_generation_loop_answers_the_reference_question() {
     );
 }
 
-/// Our llama pass (the AVX2 Q4_1 kernel, attention over the paged cache)
+/// Our llama pass (our Q4_1 and Q8_0 kernels, attention over the paged cache)
 /// follows candle's `quantized_llama` on the demo model, for a prompt pass
 /// and then token by token. The two sum attention in different orders
 /// (ours is fixed per row, so that batching never changes an answer), and

@@ -7,8 +7,10 @@
 //! activations are quantized exactly as `quantize_row_q8_1` does; within a
 //! block the integer dot product is exact whatever the instruction order;
 //! and the per-block float arithmetic and the accumulation across blocks are
-//! done in the same order as the scalar code. Only the integer part is
-//! vectorized (AVX2 `vpmaddubsw`/`vpmaddwd`), and rows run in parallel.
+//! done in the same order as the scalar code. The integer part is
+//! vectorized (AVX2 `vpmaddubsw`/`vpmaddwd`, or AVX-512 VNNI `vpdpbusd`),
+//! the float part across the eight rows of a group or eight blocks of a
+//! row, lane by lane in the scalar code's order.
 
 use super::{BLOCK, GROUP, Isa, Q8_1Activations, Q8_1Group, blocks_in, products};
 use half::f16;

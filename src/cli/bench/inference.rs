@@ -186,8 +186,8 @@ pub fn run(r: &mut Report) -> Result<()> {
         "bare engine",
     );
 
-    // 8 clients at once against 8 requests back to back in the engine (it
-    // serves one request at a time in both cases).
+    // 8 clients at once (batched in the guest) against 8 requests back to
+    // back in the bare engine.
     let clients = 8;
     let start = Instant::now();
     for _ in 0..clients {
