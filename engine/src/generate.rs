@@ -255,7 +255,9 @@ pub struct Generation {
     pending: Option<(Arc<Grammar>, Trigger)>,
     /// Where the text stops being streamed.
     silent_from: Option<usize>,
-    ids: Vec<u32>,
+    /// The prompt, then every token generated (`req.prompt` is moved here).
+    tokens: Vec<u32>,
+    prompt_len: usize,
     text: String,
     /// Bytes of `text` already emitted.
     sent: usize,
@@ -271,8 +273,8 @@ impl std::fmt::Debug for Generation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never the prompt or the text: sizes only.
         f.debug_struct("Generation")
-            .field("prompt_tokens", &self.req.prompt.len())
-            .field("tokens", &self.ids.len())
+            .field("prompt_tokens", &self.prompt_len)
+            .field("tokens", &self.generated().len())
             .field("ended", &self.ended)
             .finish_non_exhaustive()
     }
@@ -280,7 +282,7 @@ impl std::fmt::Debug for Generation {
 
 impl Generation {
     /// A generation of `req`, before its prompt pass.
-    pub fn new(req: Request) -> Result<Self, GenerateError> {
+    pub fn new(mut req: Request) -> Result<Self, GenerateError> {
         if req.prompt.is_empty() {
             return Err(GenerateError::EmptyPrompt);
         }
@@ -295,13 +297,15 @@ impl Generation {
             (Some(g), None) => matcher = Some(Matcher::new(Arc::clone(g))),
             (None, _) => {}
         }
+        let tokens = std::mem::take(&mut req.prompt);
         Ok(Generation {
             req,
             sampler,
             matcher,
             pending,
             silent_from,
-            ids: Vec::new(),
+            prompt_len: tokens.len(),
+            tokens,
             text: String::new(),
             sent: 0,
             finish: Finish::Length,
@@ -312,14 +316,14 @@ impl Generation {
         })
     }
 
-    /// The prompt's tokens.
-    pub fn prompt(&self) -> &[u32] {
-        &self.req.prompt
+    /// The prompt, then every token generated so far: what the model
+    /// reads (the last one is fed next).
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
     }
 
-    /// The tokens generated so far.
-    pub fn generated(&self) -> &[u32] {
-        &self.ids
+    fn generated(&self) -> &[u32] {
+        &self.tokens[self.prompt_len..]
     }
 
     /// Stops here: nobody waits for the rest.
@@ -339,7 +343,7 @@ impl Generation {
         tokenizer: &Tokenizer,
         mut emit: impl FnMut(Released<'_>),
     ) -> Result<Option<u32>, GenerateError> {
-        let step = self.ids.len();
+        let step = self.generated().len();
         if self.ended || step >= self.req.max_tokens {
             self.ended = true;
             return Ok(None);
@@ -359,10 +363,10 @@ impl Generation {
             self.ended = true;
             return Ok(None);
         }
-        self.ids.push(next);
+        self.tokens.push(next);
         let start = self.text.len();
         // Whole characters only: a byte token may end mid-character.
-        let decoded = tokenizer.decode(&self.ids, false);
+        let decoded = tokenizer.decode(self.generated(), false);
         self.text = decoded.trim_end_matches('\u{fffd}').to_string();
         if let Some(top) = self.req.logprobs {
             let mut lp = token_logprob(logits, next, top);
@@ -430,7 +434,7 @@ impl Generation {
         mut emit: impl FnMut(Released<'_>),
     ) -> Completion {
         if self.finish == Finish::Length {
-            self.text = tokenizer.decode(&self.ids, false);
+            self.text = tokenizer.decode(self.generated(), false);
         }
         let (text, sent, from) = (&self.text, self.sent, self.sent_logprobs);
         if self.finish == Finish::Stop {
@@ -456,10 +460,10 @@ impl Generation {
             });
         }
         Completion {
-            ids: self.ids,
+            ids: self.tokens.split_off(self.prompt_len),
             text: self.text,
             finish: self.finish,
-            prompt_tokens: self.req.prompt.len(),
+            prompt_tokens: self.prompt_len,
             logprobs: self.logprobs,
         }
     }

@@ -127,10 +127,10 @@ pub struct Stats {
 }
 
 struct Sequence<S> {
+    /// Its tokens (`generation.tokens()`: the prompt, then every token
+    /// generated; the last one is fed next), sampler and text.
     generation: Generation,
     sink: S,
-    /// The prompt, then every generated token (the last one is fed next).
-    tokens: Vec<u32>,
     /// `tokens[..computed]` have their keys and values in `blocks`.
     computed: usize,
     blocks: Vec<BlockId>,
@@ -205,7 +205,6 @@ impl<S: Sink> Scheduler<S> {
         }
         match Generation::new(request) {
             Ok(generation) => self.waiting.push_back(Sequence {
-                tokens: generation.prompt().to_vec(),
                 generation,
                 sink,
                 computed: 0,
@@ -230,13 +229,13 @@ impl<S: Sink> Scheduler<S> {
         let mut budget = self.limits.step_tokens;
         let mut plan: Vec<(usize, usize)> = Vec::new();
         for (i, s) in self.running.iter().enumerate() {
-            if s.tokens.len() - s.computed == 1 {
+            if s.generation.tokens().len() - s.computed == 1 {
                 plan.push((i, 1));
                 budget -= 1;
             }
         }
         for (i, s) in self.running.iter().enumerate() {
-            let left = s.tokens.len() - s.computed;
+            let left = s.generation.tokens().len() - s.computed;
             if left > 1 && budget > 0 {
                 let n = left.min(budget);
                 plan.push((i, n));
@@ -246,12 +245,12 @@ impl<S: Sink> Scheduler<S> {
         let feeds: Vec<Feed<'_>> = plan
             .iter()
             .map(|&(i, n)| {
-                let s = &self.running[i];
+                let (s, tokens) = (&self.running[i], self.running[i].generation.tokens());
                 Feed {
                     blocks: &s.blocks,
                     pos: s.computed,
-                    tokens: &s.tokens[s.computed..s.computed + n],
-                    logits: s.computed + n == s.tokens.len(),
+                    tokens: &tokens[s.computed..s.computed + n],
+                    logits: s.computed + n == tokens.len(),
                 }
             })
             .collect();
@@ -270,7 +269,7 @@ impl<S: Sink> Scheduler<S> {
             let s = &mut self.running[i];
             s.computed += n;
             register_full_blocks(&mut self.pool, s);
-            if s.computed < s.tokens.len() {
+            if s.computed < s.generation.tokens().len() {
                 continue;
             }
             let Some(l) = logits.next() else {
@@ -279,7 +278,8 @@ impl<S: Sink> Scheduler<S> {
             };
             let sink = &mut s.sink;
             match s.generation.advance(&l, tokenizer, |r| sink.text(r)) {
-                Ok(Some(next)) if s.tokens.len() < self.limits.context => s.tokens.push(next),
+                // (The token is now the generation's last, fed next.)
+                Ok(Some(_)) if s.generation.tokens().len() <= self.limits.context => {}
                 Ok(Some(_)) => {
                     finished.push((i, Some(ModelError::ContextFull(self.limits.context).into())))
                 }
@@ -356,13 +356,14 @@ impl<S: Sink> Scheduler<S> {
             // left to compute: its logits are what the sequence needs).
             let mut hits = Vec::new();
             let mut hashes = Vec::new();
-            for chunk in s.tokens[..s.tokens.len() - 1].chunks_exact(BLOCK_TOKENS) {
+            let tokens = s.generation.tokens();
+            for chunk in tokens[..tokens.len() - 1].chunks_exact(BLOCK_TOKENS) {
                 let h = prefix_hash(hashes.last(), chunk);
                 let Some(b) = self.pool.lookup(&h) else { break };
                 hits.push(b);
                 hashes.push(h);
             }
-            let needed = s.tokens.len().div_ceil(BLOCK_TOKENS) - hits.len();
+            let needed = tokens.len().div_ceil(BLOCK_TOKENS) - hits.len();
             // One block to spare, so that admitting does not at once
             // preempt a decoding sequence.
             let spare = usize::from(!self.running.is_empty());
@@ -377,7 +378,7 @@ impl<S: Sink> Scheduler<S> {
             self.prefix_hits += s.computed as u64;
             s.blocks = hits;
             s.hashes = hashes;
-            while s.blocks.len() < s.tokens.len().div_ceil(BLOCK_TOKENS) {
+            while s.blocks.len() < s.generation.tokens().len().div_ceil(BLOCK_TOKENS) {
                 match self.pool.allocate() {
                     Some(b) => s.blocks.push(b),
                     None => break,
@@ -393,7 +394,7 @@ impl<S: Sink> Scheduler<S> {
         let mut i = 0;
         while i < self.running.len() {
             let s = &self.running[i];
-            if s.blocks.len() * BLOCK_TOKENS >= s.tokens.len() {
+            if s.blocks.len() * BLOCK_TOKENS >= s.generation.tokens().len() {
                 i += 1;
                 continue;
             }
@@ -435,7 +436,10 @@ fn missing_logits() -> ModelError {
 fn register_full_blocks<S>(pool: &mut BlockPool, s: &mut Sequence<S>) {
     while (s.hashes.len() + 1) * BLOCK_TOKENS <= s.computed {
         let at = s.hashes.len() * BLOCK_TOKENS;
-        let h = prefix_hash(s.hashes.last(), &s.tokens[at..at + BLOCK_TOKENS]);
+        let h = prefix_hash(
+            s.hashes.last(),
+            &s.generation.tokens()[at..at + BLOCK_TOKENS],
+        );
         if let Some(&b) = s.blocks.get(s.hashes.len()) {
             pool.register(b, h);
         }
