@@ -188,8 +188,10 @@ impl Model {
         let end = self.pos + ids.len();
         let logits = match &mut self.weights {
             Weights::Ciel(w, store) => {
-                let blocks = end.div_ceil(BLOCK_TOKENS);
-                self.own_blocks = (0..blocks as BlockId).collect();
+                // Blocks `0..` in order, grown as the sequence grows.
+                while self.own_blocks.len() < end.div_ceil(BLOCK_TOKENS) {
+                    self.own_blocks.push(self.own_blocks.len() as BlockId);
+                }
                 let feed = Feed {
                     blocks: &self.own_blocks,
                     pos: self.pos,

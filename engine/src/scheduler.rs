@@ -268,7 +268,9 @@ impl<S: Sink> Scheduler<S> {
         for &(i, n) in &plan {
             let s = &mut self.running[i];
             s.computed += n;
-            register_full_blocks(&mut self.pool, s);
+            if self.limits.prefix_cache {
+                register_full_blocks(&mut self.pool, s);
+            }
             if s.computed < s.generation.tokens().len() {
                 continue;
             }
@@ -357,7 +359,12 @@ impl<S: Sink> Scheduler<S> {
             let mut hits = Vec::new();
             let mut hashes = Vec::new();
             let tokens = s.generation.tokens();
-            for chunk in tokens[..tokens.len() - 1].chunks_exact(BLOCK_TOKENS) {
+            // (No hashing at all without the cache.)
+            let prefix = match self.limits.prefix_cache {
+                true => &tokens[..tokens.len() - 1],
+                false => &[],
+            };
+            for chunk in prefix.chunks_exact(BLOCK_TOKENS) {
                 let h = prefix_hash(hashes.last(), chunk);
                 let Some(b) = self.pool.lookup(&h) else { break };
                 hits.push(b);

@@ -169,6 +169,25 @@ fn a_shared_prefix_is_computed_once() {
 }
 
 #[test]
+fn without_the_prefix_cache_every_prompt_is_computed_whole() {
+    let l = Limits {
+        prefix_cache: false,
+        ..limits()
+    };
+    let (mut s, mut m) = (Scheduler::new(l).unwrap(), model());
+    let system: Vec<u32> = vec![3; 40];
+    for tail in [vec![1, 2], vec![2, 1, 1]] {
+        let sink = Shared::default();
+        let before = m.passes.len();
+        s.submit(request([system.clone(), tail].concat(), 2), sink.clone());
+        run(&mut s, &mut m);
+        assert_eq!(m.passes[before][0].0, 0, "a prompt pass started past 0");
+        assert!(sink.0.borrow().done.is_some());
+    }
+    assert_eq!((s.stats().prefix_hits, s.stats().blocks_cached), (0, 0));
+}
+
+#[test]
 fn when_memory_runs_out_the_newest_sequence_waits_and_recomputes() {
     // 6 blocks (96 positions): two sequences of 20-token prompts growing to
     // 70 tokens cannot both hold theirs.
