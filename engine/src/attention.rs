@@ -37,9 +37,9 @@ pub struct Row<'a> {
 
 /// The attention output of every row (`rows × heads·head_dim`), from the
 /// queries `q` (same shape) and `layer`'s keys and values in `store`, which
-/// already hold every row's own position. `None` when a row's block table
-/// does not cover its position (a scheduler bug, reported, never read out
-/// of bounds).
+/// already hold every row's own position. `None` when the shapes disagree
+/// or a row's block table does not cover its position (a bug, reported,
+/// never read out of bounds).
 pub fn attend(
     store: &KvStore,
     layer: usize,
@@ -49,7 +49,12 @@ pub fn attend(
 ) -> Option<Vec<f32>> {
     let hd = shape.head_dim;
     let width = shape.heads * hd;
-    if q.len() != rows.len() * width || shape.kv_heads == 0 || hd == 0 {
+    if q.len() != rows.len() * width
+        || shape.kv_heads == 0
+        || hd == 0
+        || !shape.heads.is_multiple_of(shape.kv_heads)
+        || shape.kv_heads * hd != store.width()
+    {
         return None;
     }
     let group = shape.heads / shape.kv_heads;
@@ -58,7 +63,7 @@ pub fn attend(
     let failed = AtomicBool::new(false);
     let items = rows.len() * shape.heads;
     candle_core::utils::barrier_pool().execute_chunked(items, |range| {
-        let mut scores = Vec::new();
+        let (mut scores, mut blocks) = (Vec::new(), Vec::new());
         for item in range {
             let (r, h) = (item / shape.heads, item % shape.heads);
             let (Some(row), Some(slot)) = (rows.get(r), slots.get(item)) else {
@@ -71,7 +76,8 @@ pub fn attend(
                 return;
             };
             let kv = (h / group) * hd;
-            if one(store, layer, shape, row, query, kv, &mut scores, &mut dst).is_none() {
+            let scratch = (&mut scores, &mut blocks);
+            if one(store, layer, shape, row, query, kv, scratch, &mut dst).is_none() {
                 failed.store(true, Ordering::Relaxed);
             }
         }
@@ -80,17 +86,22 @@ pub fn attend(
     (!failed.load(Ordering::Relaxed)).then_some(out)
 }
 
+/// One block's key and value rows of one layer.
+type LayerBlock<'s> = (&'s [f32], &'s [f32]);
+
 /// One row and head: `dst = softmax(q·K / √d) · V` over the positions it
-/// sees; `kv` is the offset of its KV head within a key row.
+/// sees; `kv` is the offset of its KV head within a key row (in bounds:
+/// [`attend`] checked the shapes). `scratch`: the scores and the row's
+/// blocks, reused from item to item.
 #[allow(clippy::too_many_arguments)]
-fn one(
-    store: &KvStore,
+fn one<'s>(
+    store: &'s KvStore,
     layer: usize,
     shape: &Shape,
     row: &Row<'_>,
     query: &[f32],
     kv: usize,
-    scores: &mut Vec<f32>,
+    (scores, blocks): (&mut Vec<f32>, &mut Vec<LayerBlock<'s>>),
     dst: &mut [f32],
 ) -> Option<()> {
     let hd = shape.head_dim;
@@ -101,7 +112,7 @@ fn one(
     // Each block's rows of this layer, fetched once; then position `p` is
     // at slot `p % BLOCK_TOKENS` of block `p / BLOCK_TOKENS`.
     let width = store.width();
-    let mut blocks = Vec::with_capacity(row.pos / BLOCK_TOKENS + 1);
+    blocks.clear();
     for b in first / BLOCK_TOKENS..=row.pos / BLOCK_TOKENS {
         blocks.push(store.layer_block(*row.blocks.get(b)?, layer)?);
     }
@@ -111,9 +122,6 @@ fn one(
         let at = (p % BLOCK_TOKENS) * width + kv;
         &(if values { v } else { k })[at..at + hd]
     };
-    if kv + hd > width {
-        return None;
-    }
     scores.clear();
     let mut max = f32::NEG_INFINITY;
     for p in first..=row.pos {
@@ -264,5 +272,19 @@ mod tests {
             window: None,
         };
         assert!(attend(&store, 0, &shape, &q[..heads * hd], &short).is_none());
+        // So are shapes that disagree with the store (KV heads × head size
+        // is its row width) or heads that do not share KV heads evenly.
+        let rows = [Row {
+            blocks: &blocks,
+            pos: 5,
+        }];
+        for (h, kvh) in [(4, 1), (3, 2)] {
+            let bad = Shape {
+                heads: h,
+                kv_heads: kvh,
+                ..shape
+            };
+            assert!(attend(&store, 0, &bad, &q[..h * hd], &rows).is_none());
+        }
     }
 }

@@ -203,14 +203,6 @@ impl KvStore {
         self.width
     }
 
-    /// Bytes one block takes.
-    pub fn block_bytes(layers: usize, width: usize) -> usize {
-        layers
-            .saturating_mul(BLOCK_TOKENS)
-            .saturating_mul(width)
-            .saturating_mul(2 * std::mem::size_of::<f32>())
-    }
-
     /// Gives block `id` its memory if it has none (an allocation failure is
     /// an error, not an abort).
     pub fn ensure(&mut self, id: BlockId) -> Result<(), KvError> {
@@ -265,13 +257,6 @@ impl KvStore {
         let (at, len) = (self.offset(layer, 0), BLOCK_TOKENS * self.width);
         let b = self.blocks.get(id as usize)?.as_ref()?;
         Some((b.k.get(at..at + len)?, b.v.get(at..at + len)?))
-    }
-
-    /// The key and value rows of `layer` at `slot` of block `id`.
-    pub fn read(&self, id: BlockId, layer: usize, slot: usize) -> Option<(&[f32], &[f32])> {
-        let at = self.offset(layer, slot);
-        let b = self.blocks.get(id as usize)?.as_ref()?;
-        Some((b.k.get(at..at + self.width)?, b.v.get(at..at + self.width)?))
     }
 }
 
@@ -346,11 +331,13 @@ mod tests {
         s.ensure(1).unwrap();
         s.write(1, 1, 15, &[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0])
             .unwrap();
+        let (k, v) = s.layer_block(1, 1).unwrap();
         assert_eq!(
-            s.read(1, 1, 15).unwrap(),
+            (&k[45..], &v[45..]),
             (&[1.0, 2.0, 3.0][..], &[4.0, 5.0, 6.0][..])
         );
-        assert_eq!(s.read(1, 0, 15).unwrap().0, &[0.0; 3]);
-        assert!(s.read(0, 0, 0).is_none());
+        assert!(k[..45].iter().chain(&v[..45]).all(|x| *x == 0.0));
+        assert!(s.layer_block(1, 0).unwrap().0.iter().all(|x| *x == 0.0));
+        assert!(s.layer_block(0, 0).is_none());
     }
 }
