@@ -1,7 +1,8 @@
 //! The Q4_1 × Q8_1 matrix product alone, ours against candle's, on the
 //! demo model's largest layer shape (1536 × 576, the MLP's down projection
 //! transposed: 576 outputs of 1536 inputs) and its most common one (576 ×
-//! 576), for one row (a generation step) and 41 rows (a prompt pass). The
+//! 576), for one row (a generation step) and 41 rows (a prompt pass), with
+//! every kernel this CPU runs (scalar, AVX2, AVX-512 VNNI). The
 //! same quantized weights and inputs for both; the outputs are equal to the
 //! bit (tested in `q4_1`).
 //! Run: `cargo bench -p ciel-engine --bench q4_1`.
@@ -9,6 +10,7 @@
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
+use ciel_engine::kernels::{Isa, Product};
 use ciel_engine::q4_1::Q4_1Matrix;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -39,7 +41,11 @@ fn bench(c: &mut Criterion) {
             g.bench_function("candle (scalar Q4_1)", |b| {
                 b.iter(|| black_box(theirs.forward(&xt).unwrap()))
             });
-            g.bench_function("ciel (AVX2)", |b| b.iter(|| black_box(ours.matmul(&x))));
+            for isa in Isa::available() {
+                g.bench_function(format!("ciel ({})", isa.name()), |b| {
+                    b.iter(|| black_box(ours.matmul_with(isa, &x)))
+                });
+            }
             g.finish();
         }
     }

@@ -20,7 +20,7 @@ use super::arch::{Activation, Arch, Config, RopeStyle};
 use super::attention::{Row, Shape, attend};
 use super::kernels::q4_1::Q4_1Matrix;
 use super::kernels::q8_0::Q8_0Matrix;
-use super::kernels::{Isa, Q8_1Activations};
+use super::kernels::{Isa, Product, Q8_1Activations};
 use super::kv_cache::{BLOCK_TOKENS, BlockId, KvStore};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -29,8 +29,7 @@ use std::io::{Read, Seek};
 /// A weight matrix: ours when it is Q4_1, Q8_0 or Q5_0 (widened to Q8_0's
 /// bytes), candle's otherwise.
 enum Linear {
-    Q4_1(Q4_1Matrix),
-    Q8_0(Q8_0Matrix),
+    Ours(Box<dyn Product>),
     Candle(QMatMul),
 }
 
@@ -38,32 +37,21 @@ impl Linear {
     fn new(t: QTensor) -> Result<Self> {
         let msg = |e: &dyn std::fmt::Display| candle_core::Error::Msg(e.to_string());
         if let &[n, k] = t.shape().dims() {
-            match t.dtype() {
+            let ours: Box<dyn Product> = match t.dtype() {
                 GgmlDType::Q4_1 => {
-                    let m = Q4_1Matrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?;
-                    return Ok(Linear::Q4_1(m));
+                    Box::new(Q4_1Matrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?)
                 }
                 GgmlDType::Q8_0 => {
-                    let m = Q8_0Matrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?;
-                    return Ok(Linear::Q8_0(m));
+                    Box::new(Q8_0Matrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?)
                 }
                 GgmlDType::Q5_0 => {
-                    let m = Q8_0Matrix::from_q5_0_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?;
-                    return Ok(Linear::Q8_0(m));
+                    Box::new(Q8_0Matrix::from_q5_0_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?)
                 }
-                _ => {}
-            }
+                _ => return Ok(Linear::Candle(QMatMul::from_qtensor(t)?)),
+            };
+            return Ok(Linear::Ours(ours));
         }
         Ok(Linear::Candle(QMatMul::from_qtensor(t)?))
-    }
-
-    /// Input and output sizes of our own matrices.
-    fn ours(&self) -> Option<(usize, usize)> {
-        match self {
-            Linear::Q4_1(m) => Some((m.cols(), m.rows())),
-            Linear::Q8_0(m) => Some((m.cols(), m.rows())),
-            Linear::Candle(_) => None,
-        }
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -72,43 +60,34 @@ impl Linear {
     }
 }
 
-/// `x` (`rows × k`) through several weights that read it: quantized once
-/// for all of them when they are all ours, each through candle otherwise.
+/// `x` (`rows × k`) through several weights that read it; for ours, `x` is
+/// quantized once for all of them.
 fn forward_all<const N: usize>(weights: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
     let k = x.dim(candle_core::D::Minus1)?;
-    let ours = weights
-        .iter()
-        .all(|w| w.ours().is_some_and(|(cols, _)| cols == k));
+    let mut quantized = None;
     let mut out = Vec::with_capacity(N);
-    if ours {
-        let data = x.flatten_all()?.to_vec1::<f32>()?;
-        let rows = data.len() / k;
-        let acts = Q8_1Activations::quantize(&data, k);
-        for w in weights {
-            let y = match w {
-                Linear::Q4_1(m) => m.matmul_quantized(Isa::best(), &acts),
-                Linear::Q8_0(m) => m.matmul_quantized(Isa::best(), &acts),
-                Linear::Candle(_) => Vec::new(),
-            };
-            let n = w.ours().map_or(0, |(_, n)| n);
-            out.push(Tensor::from_vec(y, (rows, n), x.device())?);
-        }
-    } else {
-        for w in weights {
-            out.push(match (w, w.ours()) {
-                (Linear::Candle(q), _) => q.forward(x)?,
-                (_, Some((cols, _))) if cols != k => {
-                    return Err(candle_core::Error::Msg(format!(
-                        "input of shape {:?} for a weight of {cols} columns",
-                        x.dims()
-                    )));
-                }
-                _ => {
-                    let [y] = forward_all([w], x)?;
-                    y
-                }
-            });
-        }
+    for w in weights {
+        out.push(match w {
+            Linear::Candle(q) => q.forward(x)?,
+            Linear::Ours(m) if m.cols() != k => {
+                return Err(candle_core::Error::Msg(format!(
+                    "input of shape {:?} for a weight of {} columns",
+                    x.dims(),
+                    m.cols()
+                )));
+            }
+            Linear::Ours(m) => {
+                let acts = match &mut quantized {
+                    Some(acts) => acts,
+                    None => quantized.insert(Q8_1Activations::quantize(
+                        &x.flatten_all()?.to_vec1::<f32>()?,
+                        k,
+                    )),
+                };
+                let y = m.matmul_quantized(Isa::best(), acts);
+                Tensor::from_vec(y, (acts.rows, m.rows()), x.device())?
+            }
+        });
     }
     out.try_into()
         .map_err(|_| candle_core::Error::Msg("forward_all: lost an output".into()))

@@ -79,6 +79,32 @@ impl Isa {
     }
 }
 
+/// A weight matrix the kernels multiply: `n` rows (outputs) of `k` values.
+pub trait Product: std::fmt::Debug + Send + Sync {
+    /// Output size.
+    fn rows(&self) -> usize;
+    /// Input size.
+    fn cols(&self) -> usize;
+
+    /// `x` (already quantized: one input read by several matrices is
+    /// quantized once) times this matrix transposed, `rows × n` row-major,
+    /// with the kernel `isa` (one the CPU runs: [`Isa::available`]; every
+    /// kernel gives the same bits). Activations of another row length give
+    /// an empty result.
+    fn matmul_quantized(&self, isa: Isa, x: &Q8_1Activations) -> Vec<f32>;
+
+    /// [`Self::matmul_quantized`] on `x` (`rows × k`, row-major; a trailing
+    /// partial row is ignored).
+    fn matmul_with(&self, isa: Isa, x: &[f32]) -> Vec<f32> {
+        self.matmul_quantized(isa, &Q8_1Activations::quantize(x, self.cols()))
+    }
+
+    /// [`Self::matmul_with`] the best kernel this CPU runs.
+    fn matmul(&self, x: &[f32]) -> Vec<f32> {
+        self.matmul_with(Isa::best(), x)
+    }
+}
+
 /// Rows of activations quantized to Q8_1 (whose bytes and scales are also
 /// Q8_0's) for the kernels, in groups of eight.
 #[derive(Debug, Clone)]
@@ -89,46 +115,67 @@ pub struct Q8_1Activations {
 }
 
 impl Q8_1Activations {
-    /// `x`: rows of `k` values (a trailing partial row is ignored). Rows
-    /// are quantized in parallel on candle's pool.
+    /// `x`: rows of `k` values (a trailing partial row is ignored), each
+    /// block quantized as ggml's `quantize_row_q8_1` does straight into its
+    /// group's slots; groups in parallel on candle's pool.
     pub fn quantize(x: &[f32], k: usize) -> Self {
-        if k == 0 {
-            return Q8_1Activations {
-                k,
-                rows: 0,
-                groups: Vec::new(),
+        let rows = x.len().checked_div(k).unwrap_or(0);
+        let blocks = k / BLOCK;
+        let groups: Vec<Mutex<Q8_1Group>> = (0..rows.div_ceil(GROUP))
+            .map(|_| {
+                Mutex::new(Q8_1Group {
+                    qs: vec![[[0; BLOCK]; GROUP]; blocks],
+                    d: vec![[0.0; GROUP]; blocks],
+                    s: vec![[0.0; GROUP]; blocks],
+                })
+            })
+            .collect();
+        let fill = |i: usize| {
+            let Some(Ok(mut g)) = groups.get(i).map(Mutex::lock) else {
+                return;
             };
-        }
-        let rows = x.len() / k;
-        let quantized: Vec<Mutex<Option<Q8_1Row>>> = (0..rows).map(|_| Mutex::new(None)).collect();
-        let one = |r: usize| {
-            if let Ok(mut slot) = quantized[r].lock() {
-                *slot = Some(Q8_1Row::quantize(&x[r * k..(r + 1) * k]));
+            let end = rows.min((i + 1) * GROUP) * k;
+            for (r, row) in x[i * GROUP * k..end].chunks_exact(k).enumerate() {
+                for (b, xs) in row.chunks_exact(BLOCK).enumerate() {
+                    let (q, d, s) = quantize_block(xs);
+                    (g.qs[b][r], g.d[b][r], g.s[b][r]) = (q, d, s);
+                }
             }
         };
-        if rows == 1 {
-            one(0);
-        } else {
-            candle_core::utils::barrier_pool().execute_chunked(rows, |range| range.for_each(one));
+        match groups.len() {
+            0 | 1 => (0..groups.len()).for_each(fill),
+            n => {
+                candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(fill))
+            }
         }
-        let quantized: Vec<Q8_1Row> = quantized
+        let groups = groups
             .into_iter()
-            .filter_map(|m| m.into_inner().ok().flatten())
+            .filter_map(|g| g.into_inner().ok())
             .collect();
-        let groups = quantized
-            .chunks(GROUP)
-            .map(|rows| Q8_1Group::new(rows, k))
-            .collect();
-        Q8_1Activations {
-            k,
-            rows: quantized.len(),
-            groups,
-        }
+        Q8_1Activations { k, rows, groups }
     }
 }
 
-/// Up to eight rows of activations quantized to Q8_1 (as [`Q8_1Row`]),
-/// interleaved by block: block `b`'s eight rows of bytes, scales and sums
+/// `quantize_row_q8_1` on one block: `d = max|x| / 127` (as `f16`),
+/// `q = round(x / d)`, `s = f16(Σq) · d` (the product rounded to `f16`);
+/// `d` and `s` held as `f32`.
+fn quantize_block(xs: &[f32]) -> ([i8; BLOCK], f32, f32) {
+    let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let d16 = f16::from_f32(d);
+    let mut q = [0i8; BLOCK];
+    let mut sum = 0i32;
+    for (q, v) in q.iter_mut().zip(xs) {
+        *q = (v * id).round() as i8;
+        sum += i32::from(*q);
+    }
+    let s = f16::from_f32(f16::from_f32(sum as f32).to_f32() * d16.to_f32());
+    (q, d16.to_f32(), s.to_f32())
+}
+
+/// Up to eight rows of activations quantized to Q8_1, interleaved by
+/// block: block `b`'s eight rows of bytes, scales and sums
 /// side by side (missing rows are zeros, and ignored).
 #[derive(Debug, Clone)]
 pub(crate) struct Q8_1Group {
@@ -137,70 +184,11 @@ pub(crate) struct Q8_1Group {
     pub(crate) s: Vec<[f32; GROUP]>,
 }
 
-impl Q8_1Group {
-    /// Up to eight quantized rows of `k` values, interleaved.
-    fn new(rows: &[Q8_1Row], k: usize) -> Self {
-        let blocks = k / BLOCK;
-        let mut g = Q8_1Group {
-            qs: vec![[[0; BLOCK]; GROUP]; blocks],
-            d: vec![[0.0; GROUP]; blocks],
-            s: vec![[0.0; GROUP]; blocks],
-        };
-        for (r, q) in rows.iter().enumerate().take(GROUP) {
-            for b in 0..blocks {
-                g.qs[b][r] = q.qs[b];
-                g.d[b][r] = q.d[b];
-                g.s[b][r] = q.s[b];
-            }
-        }
-        g
-    }
-}
-
 /// The size of candle's pool, asked once: candle works it out afresh on
 /// every call (reading `/proc/cpuinfo`, ~10 % of a generation step).
 fn pool_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
-}
-
-/// One row of activations, quantized to Q8_1 as ggml does it; `d` and `s`
-/// are the `f16` values, held as `f32`.
-#[derive(Debug, Clone)]
-pub struct Q8_1Row {
-    pub(crate) d: Vec<f32>,
-    pub(crate) s: Vec<f32>,
-    pub(crate) qs: Vec<[i8; BLOCK]>,
-}
-
-impl Q8_1Row {
-    /// `quantize_row_q8_1`: per block, `d = max|x| / 127` (as `f16`),
-    /// `q = round(x / d)`, `s = f16(Σq) · d` (the product rounded to `f16`).
-    pub fn quantize(x: &[f32]) -> Self {
-        let blocks = x.len() / BLOCK;
-        let mut row = Q8_1Row {
-            d: Vec::with_capacity(blocks),
-            s: Vec::with_capacity(blocks),
-            qs: Vec::with_capacity(blocks),
-        };
-        for xs in x.chunks_exact(BLOCK) {
-            let amax = xs.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-            let d16 = f16::from_f32(d);
-            let mut q = [0i8; BLOCK];
-            let mut sum = 0i32;
-            for (q, v) in q.iter_mut().zip(xs) {
-                *q = (v * id).round() as i8;
-                sum += i32::from(*q);
-            }
-            let s = f16::from_f32(f16::from_f32(sum as f32).to_f32() * d16.to_f32());
-            row.d.push(d16.to_f32());
-            row.s.push(s.to_f32());
-            row.qs.push(q);
-        }
-        row
-    }
 }
 
 /// Blocks in `n` rows of `k` values stored in `len` bytes of blocks of

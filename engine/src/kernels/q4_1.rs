@@ -12,7 +12,7 @@
 //! the float part across the eight rows of a group or eight blocks of a
 //! row, lane by lane in the scalar code's order.
 
-use super::{BLOCK, GROUP, Isa, Q8_1Activations, Q8_1Group, blocks_in, products};
+use super::{BLOCK, GROUP, Isa, Product, Q8_1Activations, Q8_1Group, blocks_in, products};
 use half::f16;
 /// Bytes of one Q4_1 block in GGUF: `d: f16, m: f16, qs: [u8; 16]`.
 const Q4_1_BYTES: usize = 20;
@@ -56,43 +56,20 @@ impl Q4_1Matrix {
         }
         Ok(Q4_1Matrix { n, k, blocks: all })
     }
+}
 
-    /// Output size.
-    pub fn rows(&self) -> usize {
+impl Product for Q4_1Matrix {
+    fn rows(&self) -> usize {
         self.n
     }
 
-    /// Input size.
-    pub fn cols(&self) -> usize {
+    fn cols(&self) -> usize {
         self.k
     }
 
-    /// `x` (`rows × k`, row-major) times this matrix transposed: `rows × n`,
-    /// row-major, with the best kernel this CPU runs ([`Isa::best`]).
-    ///
-    /// `x.len()` must be a multiple of `k` (a trailing partial row is
-    /// ignored); the llama pass checks the shape before calling.
-    pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
-        self.matmul_with(Isa::best(), x)
-    }
-
-    /// [`Self::matmul`] with the kernel `isa` (one the CPU runs: see
-    /// [`Isa::available`]). Every kernel gives the same bits.
-    ///
     /// Rows go in groups of eight: each weight block is unpacked once for
-    /// the group and its eight integer products reduced together, so a
-    /// batch reads every weight once and costs far less than its rows one
-    /// by one. Output features are split into contiguous ranges run on
-    /// candle's own thread pool, so that the engine's threads never compete
-    /// with a second pool.
-    pub fn matmul_with(&self, isa: Isa, x: &[f32]) -> Vec<f32> {
-        self.matmul_quantized(isa, &Q8_1Activations::quantize(x, self.k))
-    }
-
-    /// [`Self::matmul_with`] on activations already quantized (one input
-    /// read by several matrices is quantized once). Activations of another
-    /// row length give an empty result.
-    pub fn matmul_quantized(&self, isa: Isa, x: &Q8_1Activations) -> Vec<f32> {
+    /// the group and its eight integer products reduced together.
+    fn matmul_quantized(&self, isa: Isa, x: &Q8_1Activations) -> Vec<f32> {
         if x.k != self.k {
             return Vec::new();
         }
@@ -237,8 +214,7 @@ mod x86 {
         _mm256_add_ps(acc, _mm256_add_ps(scaled, min))
     }
 
-    /// One row: each block's product reduced on its own (for batches too
-    /// small to fill a group).
+    /// One row (for batches too small to fill a group).
     #[allow(unsafe_code)]
     pub(super) fn dot1(w: &WeightRow<'_>, g: &Q8_1Group, r: usize) -> f32 {
         // SAFETY: only reached through `Isa::Avx2` or `Isa::Avx512Vnni`,
@@ -281,38 +257,40 @@ mod x86 {
         sum
     }
 
+    /// Eight rows, each block's eight integer products by `product`
+    /// (weights unpacked, activations) reduced together.
     #[target_feature(enable = "avx2")]
-    fn dot8_avx2(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
-        let ones = _mm256_set1_epi16(1);
+    #[inline]
+    fn dot8_with(
+        w: &WeightRow<'_>,
+        g: &Q8_1Group,
+        product: impl Fn(__m256i, __m256i) -> __m256i,
+    ) -> [f32; GROUP] {
         let mut acc = _mm256_setzero_ps();
         for b in 0..w.len() {
             let wv = unpack(w.qs(b));
-            let a = &g.qs[b];
-            // u8 × i8 pairs summed to i16 (|15·127·2| fits), then pairs of
-            // i16 to i32.
-            let q: [__m256i; GROUP] = std::array::from_fn(|r| {
-                let av = load32(&a[r]);
-                _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones)
-            });
+            let q: [__m256i; GROUP] = std::array::from_fn(|r| product(wv, load32(&g.qs[b][r])));
             acc = accumulate(acc, reduce8(q), w.d(b), w.m(b), &g.d[b], &g.s[b]);
         }
         store(acc)
     }
 
+    /// u8 × i8 pairs summed to i16 (|15·127·2| fits), then pairs of i16 to
+    /// i32.
+    #[target_feature(enable = "avx2")]
+    fn dot8_avx2(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+        let ones = _mm256_set1_epi16(1);
+        dot8_with(w, g, |wv, av| {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones)
+        })
+    }
+
+    /// Four u8 × i8 products summed into each i32 lane at once.
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
     fn dot8_vnni(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..w.len() {
-            let wv = unpack(w.qs(b));
-            let a = &g.qs[b];
-            // Four u8 × i8 products summed into each i32 lane at once.
-            let q: [__m256i; GROUP] = std::array::from_fn(|r| {
-                let av = load32(&a[r]);
-                _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, av)
-            });
-            acc = accumulate(acc, reduce8(q), w.d(b), w.m(b), &g.d[b], &g.s[b]);
-        }
-        store(acc)
+        dot8_with(w, g, |wv, av| {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, av)
+        })
     }
 
     #[cfg(test)]

@@ -9,7 +9,7 @@
 //! order, so the results equal candle's up to rounding, and equal each
 //! other (every kernel, every batch) to the bit.
 
-use super::{BLOCK, GROUP, Isa, Q8_1Activations, Q8_1Group, blocks_in, products};
+use super::{BLOCK, GROUP, Isa, Product, Q8_1Activations, Q8_1Group, blocks_in, products};
 use half::f16;
 
 /// Bytes of one Q8_0 block in GGUF: `d: f16, qs: [i8; 32]`.
@@ -74,25 +74,18 @@ impl Q8_0Matrix {
         }
         Ok(Q8_0Matrix { n, k, d, qs })
     }
+}
 
-    /// Output size.
-    pub fn rows(&self) -> usize {
+impl Product for Q8_0Matrix {
+    fn rows(&self) -> usize {
         self.n
     }
 
-    /// Input size.
-    pub fn cols(&self) -> usize {
+    fn cols(&self) -> usize {
         self.k
     }
 
-    /// `x` (`rows × k`) times this matrix transposed, with the best kernel.
-    pub fn matmul(&self, x: &[f32]) -> Vec<f32> {
-        self.matmul_quantized(Isa::best(), &Q8_1Activations::quantize(x, self.k))
-    }
-
-    /// On activations already quantized (Q8_1's bytes and scales are
-    /// Q8_0's); activations of another row length give an empty result.
-    pub fn matmul_quantized(&self, isa: Isa, x: &Q8_1Activations) -> Vec<f32> {
+    fn matmul_quantized(&self, isa: Isa, x: &Q8_1Activations) -> Vec<f32> {
         if x.k != self.k {
             return Vec::new();
         }
@@ -233,29 +226,36 @@ mod x86 {
         _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), scale))
     }
 
+    /// Eight rows, each block's eight integer products by `product`
+    /// (weights, activations) reduced together.
     #[target_feature(enable = "avx2")]
-    fn dot8_avx2(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
+    #[inline]
+    fn dot8_with(
+        d: &[f32],
+        qs: &[[i8; BLOCK]],
+        g: &Q8_1Group,
+        product: impl Fn(__m256i, __m256i) -> __m256i,
+    ) -> [f32; GROUP] {
         let mut acc = _mm256_setzero_ps();
         for b in 0..qs.len() {
             let w = load32(&qs[b]);
-            let q: [__m256i; GROUP] = std::array::from_fn(|r| madd(w, load32(&g.qs[b][r])));
+            let q: [__m256i; GROUP] = std::array::from_fn(|r| product(w, load32(&g.qs[b][r])));
             acc = accumulate(acc, reduce8(q), d[b], &g.d[b]);
         }
         store(acc)
     }
 
+    #[target_feature(enable = "avx2")]
+    fn dot8_avx2(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
+        dot8_with(d, qs, g, |w, a| madd(w, a))
+    }
+
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
     fn dot8_vnni(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
-        let mut acc = _mm256_setzero_ps();
-        for b in 0..qs.len() {
-            let w = load32(&qs[b]);
-            let q: [__m256i; GROUP] = std::array::from_fn(|r| {
-                let (u, s) = signs(w, load32(&g.qs[b][r]));
-                _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
-            });
-            acc = accumulate(acc, reduce8(q), d[b], &g.d[b]);
-        }
-        store(acc)
+        dot8_with(d, qs, g, |w, a| {
+            let (u, s) = signs(w, a);
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+        })
     }
 }
 
