@@ -88,20 +88,26 @@ impl Limits {
         }
     }
 
-    pub fn check(&self) -> Result<(), LimitsError> {
-        if self.max_batch == 0 {
+    /// Whether a batch of `max_batch` and passes of `step_tokens` can run
+    /// (the part of [`Self::check`] that needs no model: callers check it
+    /// before loading one).
+    pub fn check_pass(max_batch: usize, step_tokens: usize) -> Result<(), LimitsError> {
+        if max_batch == 0 {
             return Err(LimitsError(
                 "the batch must hold at least one sequence".into(),
             ));
         }
-        if self.step_tokens < self.max_batch + BLOCK_TOKENS {
+        let least = max_batch.saturating_add(BLOCK_TOKENS);
+        if step_tokens < least {
             return Err(LimitsError(format!(
-                "a step of {} tokens leaves no room for prompts beside {} decoding sequences (at least {})",
-                self.step_tokens,
-                self.max_batch,
-                self.max_batch + BLOCK_TOKENS
+                "a pass of {step_tokens} tokens leaves no room for prompts beside {max_batch} decoding sequences (at least {least})"
             )));
         }
+        Ok(())
+    }
+
+    pub fn check(&self) -> Result<(), LimitsError> {
+        Self::check_pass(self.max_batch, self.step_tokens)?;
         if self.kv_blocks.saturating_mul(BLOCK_TOKENS) < self.context || self.context == 0 {
             return Err(LimitsError(format!(
                 "{} K/V blocks do not hold a context of {}",

@@ -145,10 +145,9 @@ pub fn run(cmd: EnclaveCommand) -> Result<ExitCode> {
 fn serve(a: ServeArgs) -> Result<ExitCode> {
     super::init_logging();
     // Checked before the key release and the model's load, not after.
-    let least = a.max_batch + ciel_engine::kv_cache::BLOCK_TOKENS;
-    if a.step_tokens < least {
+    if let Err(e) = ciel_engine::scheduler::Limits::check_pass(a.max_batch, a.step_tokens) {
         anyhow::bail!(
-            "--step-tokens {} leaves no room for prompts beside --max-batch {} decoding sequences: at least {least}",
+            "--step-tokens {} with --max-batch {}: {e}",
             a.step_tokens,
             a.max_batch
         );
