@@ -50,10 +50,11 @@ impl Isa {
         let mut all = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx2") {
+            let avx2 = std::arch::is_x86_feature_detected!("avx2");
+            if avx2 {
                 all.push(Isa::Avx2);
             }
-            if std::arch::is_x86_feature_detected!("avx2")
+            if avx2
                 && std::arch::is_x86_feature_detected!("avx512vnni")
                 && std::arch::is_x86_feature_detected!("avx512vl")
             {

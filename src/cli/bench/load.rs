@@ -2,9 +2,10 @@
 //! host shim → guest, over attested TLS), each streaming questions of a
 //! mix again and again for a bounded time, for two mixes (short answers:
 //! mostly prompt work; long answers: mostly decoding). Per level: answers
-//! per second and aggregate generated tokens per second (the 8- and 32-client figures as
-//! ratios to one client), time to first token p50/p99, inter-token latency
-//! p99, 429s (the documented refusal when the queue is full); then the
+//! per second and aggregate generated tokens per second (the 8- and
+//! 32-client figures as ratios to one client), time to first token
+//! p50/p99, inter-token latency p99, 429s (the documented refusal when the
+//! queue is full); then the
 //! guest's peak memory against the model plus its K/V budget; last, the
 //! bare engine in this process, each mix one question at a time and all in
 //! one batch. Every answer must be exactly the one its question gets
