@@ -5,11 +5,10 @@
 //! per second and aggregate generated tokens per second (the 8- and
 //! 32-client figures as ratios to one client), time to first token
 //! p50/p99, inter-token latency p99, 429s (the documented refusal when the
-//! queue is full); then the
-//! guest's peak memory against the model plus its K/V budget; last, the
-//! bare engine in this process, each mix one question at a time and all in
-//! one batch. Every answer must be exactly the one its question gets
-//! alone.
+//! queue is full); then the guest's peak memory against the model plus
+//! its K/V budget; last, the bare engine in this process, each mix one
+//! question at a time and all in one batch. Every answer must be exactly
+//! the one its question gets alone.
 
 use super::{Report, percentile_ms};
 use anyhow::{Context, Result};
