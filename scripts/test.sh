@@ -5,6 +5,11 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 ensure_toolchain
 
+# Disk, said first: a full disk otherwise shows only as a compiler error deep
+# in the log. One clean run takes ~13 GiB of build outputs.
+disk_free() { df -Pk . | awk 'NR==2 { printf "%.1f", $4 / 1048576 }'; }
+echo "disk: $(disk_free) GiB free for target/ and caches (a clean run needs about 20 GiB: ~13 for builds, ~7 for models and tools)"
+
 banner "Formatting"
 cargo fmt --all -- --check
 
@@ -46,3 +51,6 @@ if cargo deny --locked fetch db >/dev/null 2>&1; then
 else
     echo "WARNING: advisories NOT checked: the RustSec advisory database could not be fetched from this machine" >&2
 fi
+
+banner "Disk"
+echo "build outputs: $(du -sh target fuzz/target 2>/dev/null | awk '{ printf "%s %s  ", $2, $1 }'); $(disk_free) GiB left"
