@@ -60,6 +60,15 @@ fn main() {
         logits = model.step(&feeds).unwrap();
     }
     let secs = t.elapsed().as_secs_f64();
+    // The last logits' bits, hashed: equal across builds exactly when a
+    // change left the arithmetic as it was.
+    let mut h = std::hash::DefaultHasher::new();
+    for l in &logits {
+        for v in l {
+            std::hash::Hash::hash(&v.to_bits(), &mut h);
+        }
+    }
+    eprintln!("logits fingerprint: {:016x}", std::hash::Hasher::finish(&h));
     println!(
         "batch {batch}: {steps} steps in {secs:.2} s: {:.1} ms a step, {:.1} tok/s",
         secs * 1000.0 / steps as f64,

@@ -20,8 +20,10 @@ pub mod gguf;
 pub mod grammar;
 pub mod kernels;
 pub mod kv_cache;
+mod linear;
 pub mod logprobs;
 pub mod model;
+pub mod rows;
 /// The Q4_1 kernel (where it lived before the kernels had a module).
 pub use kernels::q4_1;
 pub mod sampling;

@@ -1,10 +1,11 @@
 //! The decoder-only transformer forward pass, one for every architecture
-//! in [`super::arch`], with our own Q4_1 kernel in its linear layers.
+//! in [`super::arch`].
 //!
-//! For llama it is candle's `quantized_llama` computation — the same candle
-//! operations for norms, rotary embeddings and the MLP — with each Q4_1
-//! weight in a [`Q4_1Matrix`] and every other weight type left to candle's
-//! quantized matmul, and attention our own over the paged K/V cache
+//! For llama it is candle's `quantized_llama` computation, with its
+//! arithmetic for norms, rotary embeddings and the MLP done on plain rows
+//! ([`super::rows`], bit for bit candle's), the matrix products by our own
+//! kernels where the weight type has one and by candle's otherwise
+//! ([`super::linear`]), and attention our own over the paged K/V cache
 //! ([`super::attention`]). Gemma 3 adds what llama.cpp's graph for it adds:
 //! scaled embeddings, q/k norms, norms after attention and MLP, GELU, and
 //! sliding-window layers with their own rotary base. Rotary angles are
@@ -16,82 +17,14 @@
 //! weight is read once per pass for all of them, and every operation works
 //! on each row alone, so a row's result never depends on its neighbours.
 
-use super::arch::{Activation, Arch, Config, RopeStyle};
+use super::arch::{Arch, Config};
 use super::attention::{Row, Shape, attend};
-use super::kernels::q4_1::Q4_1Matrix;
-use super::kernels::q8_0::Q8_0Matrix;
-use super::kernels::{Isa, Product, Q8_1Activations};
 use super::kv_cache::{BLOCK_TOKENS, BlockId, KvStore};
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor, gguf_file};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use super::linear::{Linear, forward_all, split_rows};
+use super::rows;
+use candle_core::quantized::{QTensor, gguf_file};
+use candle_core::{Device, Result, Tensor};
 use std::io::{Read, Seek};
-
-/// A weight matrix: ours when it is Q4_1, Q8_0 or Q5_0 (widened to Q8_0's
-/// bytes), candle's otherwise.
-enum Linear {
-    Ours(Box<dyn Product>),
-    Candle(QMatMul),
-}
-
-impl Linear {
-    fn new(t: QTensor) -> Result<Self> {
-        let msg = |e: &dyn std::fmt::Display| candle_core::Error::Msg(e.to_string());
-        if let &[n, k] = t.shape().dims() {
-            let ours: Box<dyn Product> = match t.dtype() {
-                GgmlDType::Q4_1 => {
-                    Box::new(Q4_1Matrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?)
-                }
-                GgmlDType::Q8_0 => {
-                    Box::new(Q8_0Matrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?)
-                }
-                GgmlDType::Q5_0 => {
-                    Box::new(Q8_0Matrix::from_q5_0_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?)
-                }
-                _ => return Ok(Linear::Candle(QMatMul::from_qtensor(t)?)),
-            };
-            return Ok(Linear::Ours(ours));
-        }
-        Ok(Linear::Candle(QMatMul::from_qtensor(t)?))
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let [y] = forward_all([self], x)?;
-        Ok(y)
-    }
-}
-
-/// `x` (`rows × k`) through several weights that read it; for ours, `x` is
-/// quantized once for all of them.
-fn forward_all<const N: usize>(weights: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
-    let k = x.dim(candle_core::D::Minus1)?;
-    let mut quantized = None;
-    let mut out = Vec::with_capacity(N);
-    for w in weights {
-        out.push(match w {
-            Linear::Candle(q) => q.forward(x)?,
-            Linear::Ours(m) if m.cols() != k => {
-                return Err(candle_core::Error::Msg(format!(
-                    "input of shape {:?} for a weight of {} columns",
-                    x.dims(),
-                    m.cols()
-                )));
-            }
-            Linear::Ours(m) => {
-                let acts = match &mut quantized {
-                    Some(acts) => acts,
-                    None => quantized.insert(Q8_1Activations::quantize(
-                        &x.flatten_all()?.to_vec1::<f32>()?,
-                        k,
-                    )),
-                };
-                let y = m.matmul_quantized(Isa::best(), acts);
-                Tensor::from_vec(y, (acts.rows, m.rows()), x.device())?
-            }
-        });
-    }
-    out.try_into()
-        .map_err(|_| candle_core::Error::Msg("forward_all: lost an output".into()))
-}
 
 /// The q, k and v projections: three matrices, or one whose rows are q's,
 /// then k's, then v's (Phi-3).
@@ -103,14 +36,14 @@ enum Qkv {
 struct Layer {
     qkv: Qkv,
     wo: Linear,
-    attn_norm: Tensor,
-    ffn_norm: Tensor,
+    attn_norm: Vec<f32>,
+    ffn_norm: Vec<f32>,
     /// q and k norms (Gemma 3, Qwen3).
-    qk_norms: Option<(Tensor, Tensor)>,
+    qk_norms: Option<(Vec<f32>, Vec<f32>)>,
     /// q, k and v biases (Qwen2).
-    qkv_biases: Option<[Tensor; 3]>,
+    qkv_biases: Option<[Vec<f32>; 3]>,
     /// Norms of the attention and MLP outputs (Gemma 3).
-    post_norms: Option<(Tensor, Tensor)>,
+    post_norms: Option<(Vec<f32>, Vec<f32>)>,
     /// `None`: `up` computes gate and up, in its first and second halves
     /// (Phi-3).
     gate: Option<Linear>,
@@ -122,15 +55,15 @@ struct Layer {
     rope: usize,
 }
 
-/// θ_i = base^(-2i/dim) of one rotary base, as a `1 × dim/2` row.
+/// θ_i = base^(-2i/dim) of one rotary base (`dim/2` of them).
 struct Rope {
-    theta: Tensor,
+    theta: Vec<f32>,
 }
 
 impl Rope {
     /// With `factors` (Llama 3.1's `rope_freqs.weight`), θ_i is divided by
     /// factor i, as llama.cpp's rotary embedding does.
-    fn new(dim: usize, base: f32, factors: Option<&[f32]>, device: &Device) -> Result<Self> {
+    fn new(dim: usize, base: f32, factors: Option<&[f32]>) -> Result<Self> {
         if let Some(f) = factors
             && f.len() != dim / 2
         {
@@ -150,29 +83,24 @@ impl Rope {
                 }
             })
             .collect();
-        let count = theta.len();
-        Ok(Rope {
-            theta: Tensor::from_vec(theta, (1, count), device)?,
-        })
+        Ok(Rope { theta })
     }
 
     /// cos and sin of `position × scale × θ_i` for each of `positions`
-    /// (the products candle's precomputed tables hold, bit for bit), each
-    /// multiplied by `mscale` (LongRoPE's attention factor).
-    fn tables(&self, positions: &[u32], scale: f32, mscale: f32) -> Result<(Tensor, Tensor)> {
-        let device = self.theta.device();
-        let mut positions = Tensor::new(positions, device)?
-            .to_dtype(DType::F32)?
-            .reshape((positions.len(), 1))?;
-        if scale != 1.0 {
-            positions = (positions * f64::from(scale))?;
+    /// (rows of `dim/2`), each multiplied by `mscale` (LongRoPE's attention
+    /// factor): candle's arithmetic for the tables, bit for bit.
+    fn tables(&self, positions: &[u32], scale: f32, mscale: f32) -> (Vec<f32>, Vec<f32>) {
+        let size = positions.len() * self.theta.len();
+        let (mut cos, mut sin) = (Vec::with_capacity(size), Vec::with_capacity(size));
+        for &p in positions {
+            let p = p as f32 * scale;
+            for t in &self.theta {
+                let angle = p * t;
+                cos.push(angle.cos() * mscale);
+                sin.push(angle.sin() * mscale);
+            }
         }
-        let angles = positions.matmul(&self.theta)?;
-        if mscale != 1.0 {
-            let m = f64::from(mscale);
-            return Ok(((angles.cos()? * m)?, (angles.sin()? * m)?));
-        }
-        Ok((angles.cos()?, angles.sin()?))
+        (cos, sin)
     }
 }
 
@@ -181,7 +109,7 @@ pub struct Transformer {
     config: Config,
     embeddings: Tensor,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Vec<f32>,
     output: Linear,
     ropes: Vec<Rope>,
     /// LongRoPE's short and long factors (Phi-3 128k): which apply depends
@@ -258,78 +186,129 @@ impl Transformer {
             config.rope_dim,
             config.rope_base,
             factors.as_deref(),
-            device,
         )?];
         if let Some(s) = &config.sliding {
-            ropes.push(Rope::new(config.rope_dim, s.rope_base, None, device)?);
+            ropes.push(Rope::new(config.rope_dim, s.rope_base, None)?);
         }
         let embeddings_q = tensor("token_embd.weight")?;
         let embeddings = embeddings_q.dequantize(device)?;
-        let norm = tensor("output_norm.weight")?.dequantize(device)?;
+        if embeddings.dims2()?.1 != config.hidden {
+            return Err(candle_core::Error::Msg(format!(
+                "token_embd.weight: rows of {} values where {} are needed",
+                embeddings.dims2()?.1,
+                config.hidden
+            )));
+        }
+        // A vector the pass reads (a norm's weights, a bias), of the length
+        // it must have: checked here, as the pass's rows take it for their
+        // width.
+        let vector = |name: &str, q: QTensor, len: usize| -> Result<Vec<f32>> {
+            let v = q.dequantize(device)?.flatten_all()?.to_vec1::<f32>()?;
+            if v.len() != len {
+                return Err(candle_core::Error::Msg(format!(
+                    "{name}: {} values where {len} are needed",
+                    v.len()
+                )));
+            }
+            Ok(v)
+        };
+        let (hidden, head_dim) = (config.hidden, config.head_dim);
+        let (q_width, kv_width) = (config.heads * head_dim, config.kv_heads * head_dim);
+        let norm = vector("output_norm.weight", tensor("output_norm.weight")?, hidden)?;
         let output = match tensor("output.weight") {
             Ok(t) => Linear::new(t)?,
             Err(_) => Linear::new(embeddings_q)?,
         };
+        if output.k != config.hidden {
+            return Err(candle_core::Error::Msg(format!(
+                "the output matrix takes {} values where {} are needed",
+                output.k, config.hidden
+            )));
+        }
         let mut layers = Vec::with_capacity(config.layers);
         for i in 0..config.layers {
             let mut t = |what: &str| tensor(&format!("blk.{i}.{what}"));
-            let vector = |q: QTensor| q.dequantize(device);
+            let mut vector =
+                |what: &str, len: usize| vector(&format!("blk.{i}.{what}"), t(what)?, len);
             let qk_norms = if config.qk_norm {
                 Some((
-                    vector(t("attn_q_norm.weight")?)?,
-                    vector(t("attn_k_norm.weight")?)?,
+                    vector("attn_q_norm.weight", head_dim)?,
+                    vector("attn_k_norm.weight", head_dim)?,
                 ))
             } else {
                 None
             };
             let qkv_biases = if config.qkv_bias {
                 Some([
-                    vector(t("attn_q.bias")?)?,
-                    vector(t("attn_k.bias")?)?,
-                    vector(t("attn_v.bias")?)?,
+                    vector("attn_q.bias", q_width)?,
+                    vector("attn_k.bias", kv_width)?,
+                    vector("attn_v.bias", kv_width)?,
                 ])
             } else {
                 None
             };
             let post_norms = if config.post_norms {
                 Some((
-                    vector(t("post_attention_norm.weight")?)?,
-                    vector(t("post_ffw_norm.weight")?)?,
+                    vector("post_attention_norm.weight", hidden)?,
+                    vector("post_ffw_norm.weight", hidden)?,
                 ))
             } else {
                 None
             };
-            let attn_norm = vector(t("attn_norm.weight")?)?;
-            let ffn_norm = vector(t("ffn_norm.weight")?)?;
+            let attn_norm = vector("attn_norm.weight", hidden)?;
+            let ffn_norm = vector("ffn_norm.weight", hidden)?;
             let sliding = config.sliding.as_ref().filter(|s| s.applies_to(i));
+            // Each matrix of the shape the pass multiplies by (outputs ×
+            // inputs; `None`: any), or a clear error naming it.
+            let mut linear = |what: &str, n: Option<usize>, k: Option<usize>| -> Result<Linear> {
+                let l = Linear::new(t(what)?)?;
+                if n.is_some_and(|n| n != l.n) || k.is_some_and(|k| k != l.k) {
+                    let dim = |d: Option<usize>| d.map_or("any".to_string(), |d| d.to_string());
+                    return Err(candle_core::Error::Msg(format!(
+                        "blk.{i}.{what}: {} × {} where {} × {} is needed",
+                        l.n,
+                        l.k,
+                        dim(n),
+                        dim(k)
+                    )));
+                }
+                Ok(l)
+            };
             let qkv = if content
                 .tensor_infos
                 .contains_key(&format!("blk.{i}.attn_qkv.weight"))
             {
-                Qkv::Fused(Linear::new(t("attn_qkv.weight")?)?)
+                let n = q_width + 2 * kv_width;
+                Qkv::Fused(linear("attn_qkv.weight", Some(n), Some(hidden))?)
             } else {
                 Qkv::Separate([
-                    Linear::new(t("attn_q.weight")?)?,
-                    Linear::new(t("attn_k.weight")?)?,
-                    Linear::new(t("attn_v.weight")?)?,
+                    linear("attn_q.weight", Some(q_width), Some(hidden))?,
+                    linear("attn_k.weight", Some(kv_width), Some(hidden))?,
+                    linear("attn_v.weight", Some(kv_width), Some(hidden))?,
                 ])
             };
+            let wo = linear("attn_output.weight", Some(hidden), Some(q_width))?;
+            let down = linear("ffn_down.weight", Some(hidden), None)?;
+            let ff = down.k;
             // Phi-3 computes gate and up in one matrix, and has no gate.
-            let gate = match config.arch {
-                Arch::Phi3 => None,
-                _ => Some(Linear::new(t("ffn_gate.weight")?)?),
+            let (gate, up) = match config.arch {
+                Arch::Phi3 => (None, linear("ffn_up.weight", Some(2 * ff), Some(hidden))?),
+                _ => (
+                    Some(linear("ffn_gate.weight", Some(ff), Some(hidden))?),
+                    linear("ffn_up.weight", Some(ff), Some(hidden))?,
+                ),
             };
             layers.push(Layer {
                 qkv,
-                wo: Linear::new(t("attn_output.weight")?)?,
+                wo,
                 attn_norm,
                 ffn_norm,
                 qk_norms,
                 qkv_biases,
                 post_norms,
                 gate,
-                down: Linear::new(t("ffn_down.weight")?)?,
-                up: Linear::new(t("ffn_up.weight")?)?,
+                down,
+                up,
                 sliding: sliding.is_some(),
                 rope: usize::from(sliding.is_some()),
             });
@@ -372,8 +351,7 @@ impl Transformer {
             } else {
                 short
             };
-            let device = self.embeddings.device().clone();
-            self.ropes[0] = Rope::new(c.rope_dim, c.rope_base, Some(factors), &device)?;
+            self.ropes[0] = Rope::new(c.rope_dim, c.rope_base, Some(factors))?;
         }
         Ok(())
     }
@@ -413,124 +391,108 @@ impl Transformer {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let device = self.embeddings.device().clone();
         let positions: Vec<u32> = rows.iter().map(|r| r.pos as u32).collect();
-        let mut tables = Vec::with_capacity(self.ropes.len());
-        for r in &self.ropes {
-            tables.push(r.tables(&positions, c.rope_scale, c.rope_attn_factor)?);
-        }
-        let ids = Tensor::new(ids.as_slice(), &device)?;
-        let mut x = self.embeddings.index_select(&ids, 0)?;
+        let tables: Vec<(Vec<f32>, Vec<f32>)> = self
+            .ropes
+            .iter()
+            .map(|r| r.tables(&positions, c.rope_scale, c.rope_attn_factor))
+            .collect();
+        let ids = Tensor::new(ids.as_slice(), self.embeddings.device())?;
+        let mut x = self
+            .embeddings
+            .index_select(&ids, 0)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         if c.scale_embeddings {
-            x = (x * (c.hidden as f64).sqrt())?;
+            let scale = (c.hidden as f64).sqrt() as f32;
+            x.iter_mut().for_each(|v| *v *= scale);
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let (cos, sin) = &tables[layer.rope];
-            let normed = candle_nn::ops::rms_norm(&x, &layer.attn_norm, c.eps)?;
-            let mut attn = self.attention(i, &normed, cos, sin, &rows, store)?;
+            let normed = rows::rms_norm(&x, &layer.attn_norm, c.eps);
+            let mut x1 = self.attention(i, &normed, cos, sin, &rows, store)?;
             if let Some((after_attn, _)) = &layer.post_norms {
-                attn = candle_nn::ops::rms_norm(&attn, after_attn, c.eps)?;
+                rows::rms_norm_in_place(&mut x1, after_attn, c.eps);
             }
-            let x1 = (attn + &x)?;
-            let normed = candle_nn::ops::rms_norm(&x1, &layer.ffn_norm, c.eps)?;
-            let (gate, up) = match &layer.gate {
+            rows::add_in_place(&mut x1, &x);
+            let normed = rows::rms_norm(&x1, &layer.ffn_norm, c.eps);
+            let (mut gate, up) = match &layer.gate {
                 Some(g) => {
                     let [gate, up] = forward_all([g, &layer.up], &normed)?;
                     (gate, up)
                 }
                 None => {
-                    let both = layer.up.forward(&normed)?;
-                    let half = both.dim(1)? / 2;
-                    (both.narrow(1, 0, half)?, both.narrow(1, half, half)?)
+                    let [both] = forward_all([&layer.up], &normed)?;
+                    let half = layer.up.n / 2;
+                    let [gate, up] = split_rows(&both, [half, half]);
+                    (gate, up)
                 }
             };
-            let gate = match c.activation {
-                Activation::Silu => candle_nn::ops::silu(&gate)?,
-                Activation::GeluTanh => gate.gelu()?,
-            };
-            let mut mlp = layer.down.forward(&(gate * up)?)?;
+            rows::gated(&mut gate, &up, c.activation);
+            let [mut mlp] = forward_all([&layer.down], &gate)?;
             if let Some((_, after_mlp)) = &layer.post_norms {
-                mlp = candle_nn::ops::rms_norm(&mlp, after_mlp, c.eps)?;
+                rows::rms_norm_in_place(&mut mlp, after_mlp, c.eps);
             }
-            x = (mlp + &x1)?;
+            rows::add_in_place(&mut mlp, &x1);
+            x = mlp;
         }
         // Only the rows whose logits are asked for go through the output.
-        let mut wanted = Vec::new();
-        let mut end = 0u32;
+        let mut last = Vec::new();
+        let mut end = 0;
         for f in feeds {
-            end += f.tokens.len() as u32;
+            end += f.tokens.len();
             if f.logits {
-                wanted.push(end - 1);
+                last.extend_from_slice(&x[(end - 1) * c.hidden..end * c.hidden]);
             }
         }
-        if wanted.is_empty() {
+        if last.is_empty() {
             return Ok(Vec::new());
         }
-        let last = x.index_select(&Tensor::new(wanted.as_slice(), &device)?, 0)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.norm, c.eps)?;
-        let mut logits = self.output.forward(&last)?;
+        rows::rms_norm_in_place(&mut last, &self.norm, c.eps);
+        let [mut logits] = forward_all([&self.output], &last)?;
         if let Some(cap) = c.final_softcap {
-            logits = ((logits / f64::from(cap))?.tanh()? * f64::from(cap))?;
+            rows::softcap(&mut logits, cap);
         }
-        logits.to_dtype(DType::F32)?.to_vec2::<f32>()
+        Ok(logits
+            .chunks_exact(self.output.n)
+            .map(<[f32]>::to_vec)
+            .collect())
     }
 
+    /// The attention block of layer `i` for the rows `x` (already normed):
+    /// projections, rotary embeddings, the rows' keys and values into the
+    /// cache, attention, and the output projection.
     fn attention(
         &self,
         i: usize,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
+        x: &[f32],
+        cos: &[f32],
+        sin: &[f32],
         rows: &[Row<'_>],
         store: &mut KvStore,
-    ) -> Result<Tensor> {
-        let n = rows.len();
+    ) -> Result<Vec<f32>> {
         let c = &self.config;
         let (heads, kv_heads, head_dim) = (c.heads, c.kv_heads, c.head_dim);
+        let (q_width, kv_width) = (heads * head_dim, kv_heads * head_dim);
         let layer = &self.layers[i];
-        let projected = match &layer.qkv {
+        let [mut q, mut k, mut v] = match &layer.qkv {
             Qkv::Separate([wq, wk, wv]) => forward_all([wq, wk, wv], x)?,
             Qkv::Fused(w) => {
-                let all = w.forward(x)?;
-                let (nq, nkv) = (heads * head_dim, kv_heads * head_dim);
-                [
-                    all.narrow(1, 0, nq)?,
-                    all.narrow(1, nq, nkv)?,
-                    all.narrow(1, nq + nkv, nkv)?,
-                ]
+                let [all] = forward_all([w], x)?;
+                split_rows(&all, [q_width, kv_width, kv_width])
             }
         };
-        let [q, k, v] = match &layer.qkv_biases {
-            Some(b) => [
-                projected[0].broadcast_add(&b[0])?,
-                projected[1].broadcast_add(&b[1])?,
-                projected[2].broadcast_add(&b[2])?,
-            ],
-            None => projected,
-        };
-        let mut q = q.reshape((n, heads, head_dim))?;
-        let mut k = k.reshape((n, kv_heads, head_dim))?;
-        if let Some((qn, kn)) = &layer.qk_norms {
-            q = candle_nn::ops::rms_norm(&q, qn, c.eps)?;
-            k = candle_nn::ops::rms_norm(&k, kn, c.eps)?;
+        if let Some(biases) = &layer.qkv_biases {
+            for (t, b) in [&mut q, &mut k, &mut v].into_iter().zip(biases) {
+                rows::each_row(t, b.len(), |_, row| rows::add_in_place(row, b));
+            }
         }
-        // candle's rotary kernels take (batch, heads, positions, dim), each
-        // position with its own row of the tables.
-        let rotate = |t: &Tensor| -> Result<Vec<f32>> {
-            let t = t.transpose(0, 1)?.unsqueeze(0)?.contiguous()?;
-            let r = match c.rope_style {
-                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&t, cos, sin)?,
-                RopeStyle::Halves => candle_nn::rotary_emb::rope(&t, cos, sin)?,
-            };
-            r.squeeze(0)?
-                .transpose(0, 1)?
-                .flatten_all()?
-                .to_vec1::<f32>()
-        };
-        let q = rotate(&q)?;
-        let k = rotate(&k)?;
-        let v = v.flatten_all()?.to_vec1::<f32>()?;
-        let kv_width = kv_heads * head_dim;
+        if let Some((qn, kn)) = &layer.qk_norms {
+            rows::rms_norm_in_place(&mut q, qn, c.eps);
+            rows::rms_norm_in_place(&mut k, kn, c.eps);
+        }
+        rows::rope(&mut q, head_dim, c.rope_style, cos, sin);
+        rows::rope(&mut k, head_dim, c.rope_style, cos, sin);
         let (k_rows, v_rows) = (k.chunks_exact(kv_width), v.chunks_exact(kv_width));
         for ((row, k), v) in rows.iter().zip(k_rows).zip(v_rows) {
             let block = row.blocks[row.pos / BLOCK_TOKENS];
@@ -553,9 +515,8 @@ impl Transformer {
         let y = attend(store, i, &shape, &q, rows).ok_or_else(|| {
             candle_core::Error::Msg("attention: a block table does not cover its position".into())
         })?;
-        layer
-            .wo
-            .forward(&Tensor::from_vec(y, (n, heads * head_dim), x.device())?)
+        let [out] = forward_all([&layer.wo], &y)?;
+        Ok(out)
     }
 }
 

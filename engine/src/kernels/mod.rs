@@ -80,29 +80,60 @@ impl Isa {
     }
 }
 
-/// A weight matrix the kernels multiply: `n` rows (outputs) of `k` values.
+/// A weight matrix the kernels multiply: `n` rows (outputs, "features")
+/// of `k` values.
 pub trait Product: std::fmt::Debug + Send + Sync {
     /// Output size.
     fn rows(&self) -> usize;
     /// Input size.
     fn cols(&self) -> usize;
 
-    /// `x` (already quantized: one input read by several matrices is
-    /// quantized once) times this matrix transposed, `rows × n` row-major,
-    /// with the kernel `isa` (one the CPU runs: [`Isa::available`]; every
-    /// kernel gives the same bits). Activations of another row length give
-    /// an empty result.
-    fn matmul_quantized(&self, isa: Isa, x: &Q8_1Activations) -> Vec<f32>;
+    /// Feature `f` (`< rows()`) against the first `live` rows of group
+    /// `g` (of `cols()` values) with the kernel `isa`: one the CPU runs
+    /// ([`Isa::available`]); every kernel gives the same bits. Lanes past
+    /// `live` are unspecified.
+    fn feature(&self, isa: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP];
+
+    /// `x` (already quantized) times this matrix transposed, `rows × n`
+    /// row-major (see [`matmul_many`]).
+    fn matmul_quantized(&self, isa: Isa, x: &Q8_1Activations) -> Vec<f32>
+    where
+        Self: Sized,
+    {
+        matmul_many(isa, &[self], x).pop().unwrap_or_default()
+    }
 
     /// [`Self::matmul_quantized`] on `x` (`rows × k`, row-major; a trailing
     /// partial row is ignored).
-    fn matmul_with(&self, isa: Isa, x: &[f32]) -> Vec<f32> {
+    fn matmul_with(&self, isa: Isa, x: &[f32]) -> Vec<f32>
+    where
+        Self: Sized,
+    {
         self.matmul_quantized(isa, &Q8_1Activations::quantize(x, self.cols()))
     }
 
     /// [`Self::matmul_with`] the best kernel this CPU runs.
-    fn matmul(&self, x: &[f32]) -> Vec<f32> {
+    fn matmul(&self, x: &[f32]) -> Vec<f32>
+    where
+        Self: Sized,
+    {
         self.matmul_with(Isa::best(), x)
+    }
+}
+
+/// A feature against `live` rows of a group: one by one (`one(r)`) when
+/// they are too few for the eight-row kernel (`eight()`), which would
+/// spend most of its work on empty lanes.
+#[inline(always)]
+pub(crate) fn by_rows(
+    live: usize,
+    one: impl Fn(usize) -> f32,
+    eight: impl FnOnce() -> [f32; GROUP],
+) -> [f32; GROUP] {
+    if live < FEW {
+        std::array::from_fn(|r| if r < live { one(r) } else { 0.0 })
+    } else {
+        eight()
     }
 }
 
@@ -179,7 +210,7 @@ fn quantize_block(xs: &[f32]) -> ([i8; BLOCK], f32, f32) {
 /// block: block `b`'s eight rows of bytes, scales and sums
 /// side by side (missing rows are zeros, and ignored).
 #[derive(Debug, Clone)]
-pub(crate) struct Q8_1Group {
+pub struct Q8_1Group {
     pub(crate) qs: Vec<[[i8; BLOCK]; GROUP]>,
     pub(crate) d: Vec<[f32; GROUP]>,
     pub(crate) s: Vec<[f32; GROUP]>,
@@ -208,67 +239,84 @@ pub(crate) fn blocks_in(n: usize, k: usize, len: usize, bytes: usize) -> Result<
     Ok(blocks)
 }
 
-/// `x` times a matrix of `n` features: `rows × n`, row-major. `one(f, g,
-/// r)` is feature `f` against row `r` of group `g`, `eight(f, g)` against
-/// the whole group (a group of fewer than [`FEW`] rows goes one by one).
-pub(crate) fn products(
-    n: usize,
-    x: &Q8_1Activations,
-    one: impl Fn(usize, &Q8_1Group, usize) -> f32 + Sync,
-    eight: impl Fn(usize, &Q8_1Group) -> [f32; GROUP] + Sync,
-) -> Vec<f32> {
+/// Slabs of features per pool thread: small enough that a thread the OS
+/// set aside for a moment leaves little for the others to wait on.
+const SLABS_PER_THREAD: usize = 8;
+
+/// Features of one matrix that one thread computes for every row: `first..`
+/// of matrix `matrix`, each row's part of the output in `rows`.
+struct Slab<'a> {
+    matrix: usize,
+    first: usize,
+    rows: Vec<&'a mut [f32]>,
+}
+
+/// `x` times each of `matrices` (transposed), each result `rows × n`
+/// row-major, all in one call on candle's pool: features are cut into
+/// slabs that threads take until none is left, each written straight into
+/// its place. A matrix of another input size than `x` gets an empty result.
+pub fn matmul_many(isa: Isa, matrices: &[&dyn Product], x: &Q8_1Activations) -> Vec<Vec<f32>> {
     let rows = x.rows;
-    if rows == 0 || n == 0 {
-        return Vec::new();
+    let fits = |m: &dyn Product| m.cols() == x.k;
+    let mut outs: Vec<Vec<f32>> = matrices
+        .iter()
+        .map(|m| match fits(*m) {
+            true => vec![0f32; rows * m.rows()],
+            false => Vec::new(),
+        })
+        .collect();
+    let total: usize = matrices
+        .iter()
+        .filter(|m| fits(**m))
+        .map(|m| m.rows())
+        .sum();
+    let span = total.div_ceil(pool_threads() * SLABS_PER_THREAD).max(GROUP);
+    let mut slabs: Vec<Slab<'_>> = Vec::new();
+    for (j, (m, out)) in matrices.iter().zip(outs.iter_mut()).enumerate() {
+        let n = m.rows();
+        if out.is_empty() || n == 0 {
+            continue;
+        }
+        let start = slabs.len();
+        slabs.extend((0..n).step_by(span).map(|first| Slab {
+            matrix: j,
+            first,
+            rows: Vec::with_capacity(rows),
+        }));
+        for row in out.chunks_mut(n) {
+            for (slab, part) in slabs[start..].iter_mut().zip(row.chunks_mut(span)) {
+                slab.rows.push(part);
+            }
+        }
     }
-    let pool = candle_core::utils::barrier_pool();
-    let span = n.div_ceil(pool_threads()).max(1);
-    // Feature-major (`n × rows`): each thread writes its own slab.
-    let mut by_feature = vec![0f32; n * rows];
-    let slabs: Vec<Mutex<&mut [f32]>> =
-        by_feature.chunks_mut(span * rows).map(Mutex::new).collect();
-    // Each thread takes slabs until none is left, whatever the pool's size
-    // turns out to be.
+    if slabs.is_empty() {
+        return outs;
+    }
+    let slabs: Vec<Mutex<Slab<'_>>> = slabs.into_iter().map(Mutex::new).collect();
     let next = AtomicUsize::new(0);
-    pool.execute(|_| {
+    candle_core::utils::barrier_pool().execute(|_| {
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(slab) = slabs.get(i) else {
+            let Some(Ok(mut slab)) = slabs.get(i).map(Mutex::lock) else {
                 return;
             };
-            let Ok(mut out) = slab.lock() else {
+            let Some(m) = matrices.get(slab.matrix) else {
                 return;
             };
-            for (f, out) in out.chunks_exact_mut(rows).enumerate() {
-                let f = i * span + f;
-                for (out, g) in out.chunks_mut(GROUP).zip(&x.groups) {
-                    if out.len() < FEW {
-                        for (r, o) in out.iter_mut().enumerate() {
-                            *o = one(f, g, r);
-                        }
-                    } else {
-                        out.copy_from_slice(&eight(f, g)[..out.len()]);
+            let (first, width) = (slab.first, slab.rows.first().map_or(0, |r| r.len()));
+            for local in 0..width {
+                for (g, group) in x.groups.iter().enumerate() {
+                    let Some(dst) = slab.rows.get_mut(g * GROUP..rows.min((g + 1) * GROUP)) else {
+                        break;
+                    };
+                    let values = m.feature(isa, first + local, group, dst.len());
+                    for (row, v) in dst.iter_mut().zip(values) {
+                        row[local] = v;
                     }
                 }
             }
         }
     });
     drop(slabs);
-    if rows == 1 {
-        return by_feature;
-    }
-    // Row-major, rows in parallel.
-    let mut out = vec![0f32; rows * n];
-    let out_rows: Vec<Mutex<&mut [f32]>> = out.chunks_mut(n).map(Mutex::new).collect();
-    pool.execute_chunked(rows, |range| {
-        for r in range {
-            if let Some(Ok(mut dst)) = out_rows.get(r).map(Mutex::lock) {
-                for (f, d) in dst.iter_mut().enumerate() {
-                    *d = by_feature[f * rows + r];
-                }
-            }
-        }
-    });
-    drop(out_rows);
-    out
+    outs
 }

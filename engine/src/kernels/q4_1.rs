@@ -12,7 +12,7 @@
 //! the float part across the eight rows of a group or eight blocks of a
 //! row, lane by lane in the scalar code's order.
 
-use super::{BLOCK, GROUP, Isa, Product, Q8_1Activations, Q8_1Group, blocks_in, products};
+use super::{BLOCK, GROUP, Isa, Product, Q8_1Group, blocks_in, by_rows};
 use half::f16;
 /// Bytes of one Q4_1 block in GGUF: `d: f16, m: f16, qs: [u8; 16]`.
 const Q4_1_BYTES: usize = 20;
@@ -69,21 +69,10 @@ impl Product for Q4_1Matrix {
 
     /// Rows go in groups of eight: each weight block is unpacked once for
     /// the group and its eight integer products reduced together.
-    fn matmul_quantized(&self, isa: Isa, x: &Q8_1Activations) -> Vec<f32> {
-        if x.k != self.k {
-            return Vec::new();
-        }
+    fn feature(&self, isa: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP] {
         let per_row = self.k / BLOCK;
-        let row = |f: usize| {
-            let at = f * per_row;
-            WeightRow(&self.blocks[at..at + per_row])
-        };
-        products(
-            self.n,
-            x,
-            |f, g, r| dot1(isa, &row(f), g, r),
-            |f, g| dot8(isa, &row(f), g),
-        )
+        let w = WeightRow(&self.blocks[f * per_row..(f + 1) * per_row]);
+        by_rows(live, |r| dot1(isa, &w, g, r), || dot8(isa, &w, g))
     }
 }
 

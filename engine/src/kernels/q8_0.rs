@@ -9,7 +9,7 @@
 //! order, so the results equal candle's up to rounding, and equal each
 //! other (every kernel, every batch) to the bit.
 
-use super::{BLOCK, GROUP, Isa, Product, Q8_1Activations, Q8_1Group, blocks_in, products};
+use super::{BLOCK, GROUP, Isa, Product, Q8_1Group, blocks_in, by_rows};
 use half::f16;
 
 /// Bytes of one Q8_0 block in GGUF: `d: f16, qs: [i8; 32]`.
@@ -85,27 +85,13 @@ impl Product for Q8_0Matrix {
         self.k
     }
 
-    fn matmul_quantized(&self, isa: Isa, x: &Q8_1Activations) -> Vec<f32> {
-        if x.k != self.k {
-            return Vec::new();
-        }
+    fn feature(&self, isa: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP] {
         let per_row = self.k / BLOCK;
-        let row = |f: usize| {
-            let at = f * per_row;
-            (&self.d[at..at + per_row], &self.qs[at..at + per_row])
-        };
-        products(
-            self.n,
-            x,
-            |f, g, r| {
-                let (d, qs) = row(f);
-                dot1(isa, d, qs, g, r)
-            },
-            |f, g| {
-                let (d, qs) = row(f);
-                dot8(isa, d, qs, g)
-            },
-        )
+        let (d, qs) = (
+            &self.d[f * per_row..(f + 1) * per_row],
+            &self.qs[f * per_row..(f + 1) * per_row],
+        );
+        by_rows(live, |r| dot1(isa, d, qs, g, r), || dot8(isa, d, qs, g))
     }
 }
 
@@ -263,6 +249,7 @@ mod x86 {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::kernels::Q8_1Activations;
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
 
