@@ -27,6 +27,9 @@ pub const BLOCK: usize = 32;
 
 /// Rows per group of the batched kernels.
 pub(crate) const GROUP: usize = 8;
+// `Q8_1Group::lanes`: a block's eight chunks of four bytes are its 32, and a
+// chunk's eight rows of four bytes fill one 32-byte register.
+const _: () = assert!(BLOCK == 4 * GROUP);
 /// Fewer rows than this go one by one (the eight-row kernel would spend
 /// most of its work on empty lanes).
 pub(crate) const FEW: usize = 3;
@@ -94,22 +97,31 @@ pub trait Product: std::fmt::Debug + Send + Sync {
     /// `live` are unspecified.
     fn feature(&self, isa: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP];
 
+    /// Bytes of one feature's weights (what a pass reads per feature).
+    fn row_bytes(&self) -> usize;
+
     /// Features `first..first + width` against every row of `x`, into
-    /// `dst` (row `r`'s part of the output, `width` values each): each
-    /// feature against every group in turn, while its weights are in the
-    /// cache. (Provided here, so that each matrix type gets its own copy,
-    /// [`Self::feature`] inlined, behind one dynamic call per slab.)
+    /// `dst` (row `r`'s part of the output, `width` values each). Features
+    /// go in tiles whose weights fit in the core's L2 cache, and within a
+    /// tile, group after group, so that the group's activations (up to 8
+    /// rows of `k` bytes with their scales) stay in L1 while the tile's
+    /// features go by, and the weights come from memory once. (Provided
+    /// here, so that each matrix type gets its own copy, [`Self::feature`]
+    /// inlined, behind one dynamic call per slab.)
     fn slab(&self, isa: Isa, first: usize, x: &Q8_1Activations, dst: &mut [&mut [f32]]) {
         let width = dst.first().map_or(0, |r| r.len());
-        for local in 0..width {
+        let tile = (TILE_BYTES / self.row_bytes().max(1)).max(1);
+        for start in (0..width).step_by(tile) {
             for (g, group) in x.groups.iter().enumerate() {
                 let Some(rows) = dst.get_mut(g * GROUP..x.rows.min((g + 1) * GROUP)) else {
                     break;
                 };
-                let values = self.feature(isa, first + local, group, rows.len());
-                for (row, v) in rows.iter_mut().zip(values) {
-                    if let Some(out) = row.get_mut(local) {
-                        *out = v;
+                for local in start..width.min(start + tile) {
+                    let values = self.feature(isa, first + local, group, rows.len());
+                    for (row, v) in rows.iter_mut().zip(values) {
+                        if let Some(out) = row.get_mut(local) {
+                            *out = v;
+                        }
                     }
                 }
             }
@@ -179,6 +191,7 @@ impl Q8_1Activations {
             .map(|_| {
                 Mutex::new(Q8_1Group {
                     qs: vec![[[0; BLOCK]; GROUP]; blocks],
+                    lanes: Vec::new(),
                     d: vec![[0.0; GROUP]; blocks],
                     s: vec![[0.0; GROUP]; blocks],
                 })
@@ -195,6 +208,7 @@ impl Q8_1Activations {
                     (g.qs[b][r], g.d[b][r], g.s[b][r]) = (q, d, s);
                 }
             }
+            g.interleave();
         };
         match groups.len() {
             0 | 1 => (0..groups.len()).for_each(fill),
@@ -233,9 +247,29 @@ fn quantize_block(xs: &[f32]) -> ([i8; BLOCK], f32, f32) {
 /// side by side (missing rows are zeros, and ignored).
 #[derive(Debug, Clone)]
 pub struct Q8_1Group {
+    /// Block `b`, row `r`: its 32 bytes.
     pub(crate) qs: Vec<[[i8; BLOCK]; GROUP]>,
+    /// The same bytes four by four across the rows: block `b`, chunk `j`
+    /// holds bytes `4j..4j + 4` of rows 0, 1, … 7. Against one chunk of
+    /// weights (four bytes, broadcast), one instruction gives each row its
+    /// own lane of sums, so a block's eight row products need no
+    /// horizontal sums.
+    pub(crate) lanes: Vec<[[i8; BLOCK]; GROUP]>,
     pub(crate) d: Vec<[f32; GROUP]>,
     pub(crate) s: Vec<[f32; GROUP]>,
+}
+
+impl Q8_1Group {
+    /// Fills [`Self::lanes`] from [`Self::qs`].
+    pub(crate) fn interleave(&mut self) {
+        self.lanes = self
+            .qs
+            .iter()
+            .map(|rows| {
+                std::array::from_fn(|j| std::array::from_fn(|i| rows[i / 4][4 * j + i % 4]))
+            })
+            .collect();
+    }
 }
 
 /// The size of candle's pool, asked once: candle works it out afresh on
@@ -260,6 +294,10 @@ pub(crate) fn blocks_in(n: usize, k: usize, len: usize, bytes: usize) -> Result<
     }
     Ok(blocks)
 }
+
+/// Weights per tile of [`Product::slab`]: a quarter of a Zen 4 or recent
+/// Xeon core's L2 (1–2 MiB), leaving room for the activations.
+const TILE_BYTES: usize = 256 * 1024;
 
 /// Slabs of features per pool thread (per matrix, as a matrix's features
 /// are cut at its end): one, so that each thread streams its weights from

@@ -67,6 +67,10 @@ impl Product for Q4_1Matrix {
         self.k
     }
 
+    fn row_bytes(&self) -> usize {
+        self.k / BLOCK * Q4_1_BYTES
+    }
+
     /// Rows go in groups of eight: each weight block is unpacked once for
     /// the group and its eight integer products reduced together.
     fn feature(&self, isa: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP] {
@@ -150,7 +154,7 @@ fn block_dot_scalar(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::x86::{load8, load16, load32, reduce8, store};
+    use super::super::x86::{lane_sums, load8, load16, load32, reduce8, store};
     use super::{GROUP, Isa, Q8_1Group, WeightRow, dot8_scalar};
     use std::arch::x86_64::*;
 
@@ -170,14 +174,22 @@ mod x86 {
     }
 
     /// One block's 32 weight nibbles as bytes 0..=15: low nibbles (weights
-    /// 0..15) in the low half, high nibbles (16..31) in the high half.
+    /// 0..15), then high nibbles (16..31).
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn unpack(qs: &[u8; 16]) -> __m256i {
+    fn unpack_halves(qs: &[u8; 16]) -> (__m128i, __m128i) {
         let packed = load16(qs);
         let low4 = _mm_set1_epi8(0x0F);
         let lo = _mm_and_si128(packed, low4);
         let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low4);
+        (lo, hi)
+    }
+
+    /// [`unpack_halves`] in one register, weight `i` in byte `i`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn unpack(qs: &[u8; 16]) -> __m256i {
+        let (lo, hi) = unpack_halves(qs);
         _mm256_set_m128i(hi, lo)
     }
 
@@ -246,20 +258,21 @@ mod x86 {
         sum
     }
 
-    /// Eight rows, each block's eight integer products by `product`
-    /// (weights unpacked, activations) reduced together.
+    /// Eight rows: each block's weights against the group's interleaved
+    /// activations ([`lane_sums`], with `step`), then the eight rows' float
+    /// terms together.
     #[target_feature(enable = "avx2")]
     #[inline]
     fn dot8_with(
         w: &WeightRow<'_>,
         g: &Q8_1Group,
-        product: impl Fn(__m256i, __m256i) -> __m256i,
+        step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
     ) -> [f32; GROUP] {
         let mut acc = _mm256_setzero_ps();
-        for b in 0..w.len() {
-            let wv = unpack(w.qs(b));
-            let q: [__m256i; GROUP] = std::array::from_fn(|r| product(wv, load32(&g.qs[b][r])));
-            acc = accumulate(acc, reduce8(q), w.d(b), w.m(b), &g.d[b], &g.s[b]);
+        for (b, chunks) in g.lanes.iter().enumerate().take(w.len()) {
+            let (lo, hi) = unpack_halves(w.qs(b));
+            let sumi = lane_sums(lo, hi, chunks, step);
+            acc = accumulate(acc, sumi, w.d(b), w.m(b), &g.d[b], &g.s[b]);
         }
         store(acc)
     }
@@ -269,17 +282,15 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     fn dot8_avx2(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
         let ones = _mm256_set1_epi16(1);
-        dot8_with(w, g, |wv, av| {
-            _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones)
+        dot8_with(w, g, |acc, wv, av| {
+            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones))
         })
     }
 
     /// Four u8 × i8 products summed into each i32 lane at once.
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
     fn dot8_vnni(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
-        dot8_with(w, g, |wv, av| {
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), wv, av)
-        })
+        dot8_with(w, g, |acc, wv, av| _mm256_dpbusd_epi32(acc, wv, av))
     }
 
     #[cfg(test)]
@@ -287,10 +298,12 @@ mod x86 {
     pub(super) fn block_dot_for_tests(isa: Isa, w: &[u8; 16], a: &[i8; super::BLOCK]) -> i32 {
         let mut g = Q8_1Group {
             qs: vec![[[0; super::BLOCK]; GROUP]],
+            lanes: Vec::new(),
             d: vec![[1.0; GROUP]],
             s: vec![[0.0; GROUP]],
         };
         g.qs[0][3] = *a;
+        g.interleave();
         let block = [super::Block {
             d: half::f16::ONE,
             m: half::f16::ZERO,

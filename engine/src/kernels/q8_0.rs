@@ -85,6 +85,10 @@ impl Product for Q8_0Matrix {
         self.k
     }
 
+    fn row_bytes(&self) -> usize {
+        self.k / BLOCK * (4 + BLOCK)
+    }
+
     fn feature(&self, isa: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP] {
         let per_row = self.k / BLOCK;
         let (d, qs) = (
@@ -137,7 +141,7 @@ fn block_dot_scalar(w: &[i8; BLOCK], a: &[i8; BLOCK]) -> i32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::x86::{load8, load32, reduce8, store};
+    use super::super::x86::{lane_sums, load8, load32, reduce8, store};
     use super::{BLOCK, GROUP, Isa, Q8_1Group, block_dot_scalar, dot_with};
     use std::arch::x86_64::*;
 
@@ -212,35 +216,42 @@ mod x86 {
         _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), scale))
     }
 
-    /// Eight rows, each block's eight integer products by `product`
-    /// (weights, activations) reduced together.
+    /// Eight rows: each block's weights against the group's interleaved
+    /// activations ([`lane_sums`], with `step`).
     #[target_feature(enable = "avx2")]
     #[inline]
     fn dot8_with(
         d: &[f32],
         qs: &[[i8; BLOCK]],
         g: &Q8_1Group,
-        product: impl Fn(__m256i, __m256i) -> __m256i,
+        step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
     ) -> [f32; GROUP] {
         let mut acc = _mm256_setzero_ps();
-        for b in 0..qs.len() {
-            let w = load32(&qs[b]);
-            let q: [__m256i; GROUP] = std::array::from_fn(|r| product(w, load32(&g.qs[b][r])));
-            acc = accumulate(acc, reduce8(q), d[b], &g.d[b]);
+        for (b, chunks) in g.lanes.iter().enumerate().take(qs.len()) {
+            let (lo, hi) = halves(&qs[b]);
+            acc = accumulate(acc, lane_sums(lo, hi, chunks, step), d[b], &g.d[b]);
         }
         store(acc)
     }
 
+    /// A weight block's bytes 0..16 and 16..32.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn halves(w: &[i8; BLOCK]) -> (__m128i, __m128i) {
+        let v = load32(w);
+        (_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1))
+    }
+
     #[target_feature(enable = "avx2")]
     fn dot8_avx2(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
-        dot8_with(d, qs, g, |w, a| madd(w, a))
+        dot8_with(d, qs, g, |acc, w, a| _mm256_add_epi32(acc, madd(w, a)))
     }
 
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
     fn dot8_vnni(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
-        dot8_with(d, qs, g, |w, a| {
+        dot8_with(d, qs, g, |acc, w, a| {
             let (u, s) = signs(w, a);
-            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s)
+            _mm256_dpbusd_epi32(acc, u, s)
         })
     }
 }

@@ -1,5 +1,6 @@
-//! What the x86 kernels share: whole-array loads and stores, and the
-//! reduction of eight rows' partial sums.
+//! What the x86 kernels share: whole-array loads and stores, the products
+//! of one weight block with eight rows' interleaved activations, and the
+//! reduction of eight vectors' partial sums.
 
 use super::{BLOCK, GROUP};
 use std::arch::x86_64::*;
@@ -55,4 +56,38 @@ pub(super) fn reduce8(q: [__m256i; GROUP]) -> __m256i {
     let lo = _mm256_permute2x128_si256(s0123, s4567, 0x20);
     let hi = _mm256_permute2x128_si256(s0123, s4567, 0x31);
     _mm256_add_epi32(lo, hi)
+}
+
+/// One block of weights against a group's eight rows of one activation
+/// block in the interleaved layout ([`super::Q8_1Group::lanes`]): lane `r`
+/// of the result is row `r`'s integer product with the block. `lo` and
+/// `hi` are the weights' bytes 0..16 and 16..32; each four-byte chunk `j`
+/// of them, broadcast, meets chunk `j` of the activations (rows 0..8 side
+/// by side) in `step(acc, weights, activations)`, which adds each lane's
+/// four byte products to `acc`. So each lane is one row from the start, and
+/// no horizontal sums are needed (exact: integers).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn lane_sums(
+    lo: __m128i,
+    hi: __m128i,
+    chunks: &[[i8; BLOCK]; GROUP],
+    step: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+) -> __m256i {
+    let (lo, hi) = (
+        _mm256_broadcastsi128_si256(lo),
+        _mm256_broadcastsi128_si256(hi),
+    );
+    // Four chains of two: the instructions' latency, not their count, is
+    // what a block costs.
+    let z = _mm256_setzero_si256();
+    let a = step(z, _mm256_shuffle_epi32(lo, 0x00), load32(&chunks[0]));
+    let b = step(z, _mm256_shuffle_epi32(lo, 0x55), load32(&chunks[1]));
+    let c = step(z, _mm256_shuffle_epi32(lo, 0xAA), load32(&chunks[2]));
+    let d = step(z, _mm256_shuffle_epi32(lo, 0xFF), load32(&chunks[3]));
+    let a = step(a, _mm256_shuffle_epi32(hi, 0x00), load32(&chunks[4]));
+    let b = step(b, _mm256_shuffle_epi32(hi, 0x55), load32(&chunks[5]));
+    let c = step(c, _mm256_shuffle_epi32(hi, 0xAA), load32(&chunks[6]));
+    let d = step(d, _mm256_shuffle_epi32(hi, 0xFF), load32(&chunks[7]));
+    _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d))
 }
