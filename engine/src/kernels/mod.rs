@@ -1,9 +1,11 @@
 //! The engine's own matrix kernels: quantized weights times activations
 //! quantized to 8 bits, the products that are most of a pass's work.
 //!
-//! - Rows of a pass go in groups of eight: each weight block is read and
-//!   unpacked once for the group, and its eight integer products reduced
-//!   together, so a batch costs far less than its rows one by one.
+//! - Rows of a pass go in groups of eight, stored also four bytes per row
+//!   side by side ([`Q8_1Group::lanes`]), so that one weight block, read
+//!   and unpacked once for two groups, gives each row its own lane of
+//!   integer sums with no horizontal adds: a batch costs far less than its
+//!   rows one by one.
 //! - Every kernel ([`Isa`]: the scalar reference, AVX2, AVX-512 VNNI chosen
 //!   at run time) does each row's float arithmetic in the same order, so
 //!   all give the same bits, and a row's result never depends on the other
@@ -97,6 +99,16 @@ pub trait Product: std::fmt::Debug + Send + Sync {
     /// `live` are unspecified.
     fn feature(&self, isa: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP];
 
+    /// [`Self::feature`] against two groups (the second with at least
+    /// [`FEW`] live rows) at once: a kernel that unpacks each weight block
+    /// once for both overrides it. Same bits as two calls.
+    fn feature_pair(&self, isa: Isa, f: usize, a: &Q8_1Group, b: &Q8_1Group) -> [[f32; GROUP]; 2] {
+        [
+            self.feature(isa, f, a, GROUP),
+            self.feature(isa, f, b, GROUP),
+        ]
+    }
+
     /// Bytes of one feature's weights (what a pass reads per feature).
     fn row_bytes(&self) -> usize;
 
@@ -111,19 +123,31 @@ pub trait Product: std::fmt::Debug + Send + Sync {
     fn slab(&self, isa: Isa, first: usize, x: &Q8_1Activations, dst: &mut [&mut [f32]]) {
         let width = dst.first().map_or(0, |r| r.len());
         let tile = (TILE_BYTES / self.row_bytes().max(1)).max(1);
+        let groups = x.groups.len();
         for start in (0..width).step_by(tile) {
-            for (g, group) in x.groups.iter().enumerate() {
-                let Some(rows) = dst.get_mut(g * GROUP..x.rows.min((g + 1) * GROUP)) else {
+            let features = start..width.min(start + tile);
+            let mut g = 0;
+            while g < groups {
+                let live = |g: usize| x.rows.min((g + 1) * GROUP).saturating_sub(g * GROUP);
+                // Two groups at a time where the second is worth it.
+                let pair = g + 1 < groups && live(g + 1) >= FEW;
+                let end = x.rows.min((g + 1 + usize::from(pair)) * GROUP);
+                let Some(rows) = dst.get_mut(g * GROUP..end) else {
                     break;
                 };
-                for local in start..width.min(start + tile) {
-                    let values = self.feature(isa, first + local, group, rows.len());
-                    for (row, v) in rows.iter_mut().zip(values) {
+                for local in features.clone() {
+                    let f = first + local;
+                    let values: [[f32; GROUP]; 2] = match pair {
+                        true => self.feature_pair(isa, f, &x.groups[g], &x.groups[g + 1]),
+                        false => [self.feature(isa, f, &x.groups[g], rows.len()), [0.0; GROUP]],
+                    };
+                    for (row, v) in rows.iter_mut().zip(values.iter().flatten()) {
                         if let Some(out) = row.get_mut(local) {
-                            *out = v;
+                            *out = *v;
                         }
                     }
                 }
+                g += 1 + usize::from(pair);
             }
         }
     }

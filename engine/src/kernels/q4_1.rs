@@ -71,12 +71,18 @@ impl Product for Q4_1Matrix {
         self.k / BLOCK * Q4_1_BYTES
     }
 
-    /// Rows go in groups of eight: each weight block is unpacked once for
-    /// the group and its eight integer products reduced together.
+    /// Rows go in groups of eight (one by one when too few), each weight
+    /// block unpacked once for the group.
     fn feature(&self, isa: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP] {
         let per_row = self.k / BLOCK;
         let w = WeightRow(&self.blocks[f * per_row..(f + 1) * per_row]);
-        by_rows(live, |r| dot1(isa, &w, g, r), || dot8(isa, &w, g))
+        by_rows(live, |r| dot1(isa, &w, g, r), || dot8(isa, &w, [g])[0])
+    }
+
+    fn feature_pair(&self, isa: Isa, f: usize, a: &Q8_1Group, b: &Q8_1Group) -> [[f32; GROUP]; 2] {
+        let per_row = self.k / BLOCK;
+        let w = WeightRow(&self.blocks[f * per_row..(f + 1) * per_row]);
+        dot8(isa, &w, [a, b])
     }
 }
 
@@ -89,12 +95,12 @@ fn dot1(isa: Isa, w: &WeightRow<'_>, g: &Q8_1Group, r: usize) -> f32 {
     }
 }
 
-/// One weight row against a group of up to eight activation rows.
-fn dot8(isa: Isa, w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+/// One weight row against `N` groups of up to eight activation rows.
+fn dot8<const N: usize>(isa: Isa, w: &WeightRow<'_>, g: [&Q8_1Group; N]) -> [[f32; GROUP]; N] {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => x86::dot8(isa, w, g),
-        _ => dot8_scalar(w, g),
+        _ => g.map(|g| dot8_scalar(w, g)),
     }
 }
 
@@ -161,7 +167,11 @@ mod x86 {
     /// The vector kernels' entry: `isa` must be one [`Isa::available`]
     /// found on this CPU.
     #[allow(unsafe_code)]
-    pub(super) fn dot8(isa: Isa, w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+    pub(super) fn dot8<const N: usize>(
+        isa: Isa,
+        w: &WeightRow<'_>,
+        g: [&Q8_1Group; N],
+    ) -> [[f32; GROUP]; N] {
         match isa {
             // SAFETY: `Isa::Avx2` is only handed out (`Isa::available`)
             // where the CPU reports AVX2, and `Avx512Vnni` where it reports
@@ -169,7 +179,7 @@ mod x86 {
             // enable. They are safe Rust otherwise (slices, no pointers).
             Isa::Avx2 => unsafe { dot8_avx2(w, g) },
             Isa::Avx512Vnni => unsafe { dot8_vnni(w, g) },
-            Isa::Scalar => dot8_scalar(w, g),
+            Isa::Scalar => g.map(|g| dot8_scalar(w, g)),
         }
     }
 
@@ -258,29 +268,35 @@ mod x86 {
         sum
     }
 
-    /// Eight rows: each block's weights against the group's interleaved
-    /// activations ([`lane_sums`], with `step`), then the eight rows' float
-    /// terms together.
+    /// Eight rows of each of `N` groups: each block's weights unpacked and
+    /// its scales converted once, against each group's interleaved
+    /// activations ([`lane_sums`], with `step`), then each group's eight
+    /// float terms together (`N` independent chains, which the CPU
+    /// overlaps).
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn dot8_with(
+    fn dot8_with<const N: usize>(
         w: &WeightRow<'_>,
-        g: &Q8_1Group,
+        g: [&Q8_1Group; N],
         step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
-    ) -> [f32; GROUP] {
-        let mut acc = _mm256_setzero_ps();
-        for (b, chunks) in g.lanes.iter().enumerate().take(w.len()) {
+    ) -> [[f32; GROUP]; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let blocks = g.iter().fold(w.len(), |n, g| n.min(g.lanes.len()));
+        for b in 0..blocks {
             let (lo, hi) = unpack_halves(w.qs(b));
-            let sumi = lane_sums(lo, hi, chunks, step);
-            acc = accumulate(acc, sumi, w.d(b), w.m(b), &g.d[b], &g.s[b]);
+            let (dw, mw) = (w.d(b), w.m(b));
+            for (acc, g) in acc.iter_mut().zip(g) {
+                let sumi = lane_sums(lo, hi, &g.lanes[b], step);
+                *acc = accumulate(*acc, sumi, dw, mw, &g.d[b], &g.s[b]);
+            }
         }
-        store(acc)
+        acc.map(|a| store(a))
     }
 
     /// u8 × i8 pairs summed to i16 (|15·127·2| fits), then pairs of i16 to
     /// i32.
     #[target_feature(enable = "avx2")]
-    fn dot8_avx2(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+    fn dot8_avx2<const N: usize>(w: &WeightRow<'_>, g: [&Q8_1Group; N]) -> [[f32; GROUP]; N] {
         let ones = _mm256_set1_epi16(1);
         dot8_with(w, g, |acc, wv, av| {
             _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones))
@@ -289,7 +305,7 @@ mod x86 {
 
     /// Four u8 × i8 products summed into each i32 lane at once.
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-    fn dot8_vnni(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
+    fn dot8_vnni<const N: usize>(w: &WeightRow<'_>, g: [&Q8_1Group; N]) -> [[f32; GROUP]; N] {
         dot8_with(w, g, |acc, wv, av| _mm256_dpbusd_epi32(acc, wv, av))
     }
 
@@ -310,7 +326,7 @@ mod x86 {
             qs: *w,
         }];
         let row = WeightRow(&block);
-        dot8(isa, &row, &g)[3] as i32
+        dot8(isa, &row, [&g])[0][3] as i32
     }
 }
 

@@ -95,7 +95,20 @@ impl Product for Q8_0Matrix {
             &self.d[f * per_row..(f + 1) * per_row],
             &self.qs[f * per_row..(f + 1) * per_row],
         );
-        by_rows(live, |r| dot1(isa, d, qs, g, r), || dot8(isa, d, qs, g))
+        by_rows(
+            live,
+            |r| dot1(isa, d, qs, g, r),
+            || dot8(isa, d, qs, [g])[0],
+        )
+    }
+
+    fn feature_pair(&self, isa: Isa, f: usize, a: &Q8_1Group, b: &Q8_1Group) -> [[f32; GROUP]; 2] {
+        let per_row = self.k / BLOCK;
+        let (d, qs) = (
+            &self.d[f * per_row..(f + 1) * per_row],
+            &self.qs[f * per_row..(f + 1) * per_row],
+        );
+        dot8(isa, d, qs, [a, b])
     }
 }
 
@@ -107,12 +120,22 @@ fn dot1(isa: Isa, d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group, r: usize) -> f32
     }
 }
 
-fn dot8(isa: Isa, d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
+fn dot8<const N: usize>(
+    isa: Isa,
+    d: &[f32],
+    qs: &[[i8; BLOCK]],
+    g: [&Q8_1Group; N],
+) -> [[f32; GROUP]; N] {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::Avx512Vnni => x86::dot8(isa, d, qs, g),
-        _ => std::array::from_fn(|r| dot_with(d, qs, g, r, block_dot_scalar)),
+        _ => g.map(|g| dot8_scalar(d, qs, g)),
     }
+}
+
+/// The reference: each row on its own.
+fn dot8_scalar(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
+    std::array::from_fn(|r| dot_with(d, qs, g, r, block_dot_scalar))
 }
 
 /// `Σ_blocks sumi · (d_w · d_a)` in block order; the vector kernels do
@@ -142,7 +165,7 @@ fn block_dot_scalar(w: &[i8; BLOCK], a: &[i8; BLOCK]) -> i32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::x86::{lane_sums, load8, load32, reduce8, store};
-    use super::{BLOCK, GROUP, Isa, Q8_1Group, block_dot_scalar, dot_with};
+    use super::{BLOCK, GROUP, Isa, Q8_1Group, dot8_scalar};
     use std::arch::x86_64::*;
 
     #[allow(unsafe_code)]
@@ -153,13 +176,18 @@ mod x86 {
     }
 
     #[allow(unsafe_code)]
-    pub(super) fn dot8(isa: Isa, d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
+    pub(super) fn dot8<const N: usize>(
+        isa: Isa,
+        d: &[f32],
+        qs: &[[i8; BLOCK]],
+        g: [&Q8_1Group; N],
+    ) -> [[f32; GROUP]; N] {
         match isa {
             // SAFETY: `Isa::available` hands these out only where the CPU
             // reports the features the functions enable.
             Isa::Avx2 => unsafe { dot8_avx2(d, qs, g) },
             Isa::Avx512Vnni => unsafe { dot8_vnni(d, qs, g) },
-            Isa::Scalar => std::array::from_fn(|r| dot_with(d, qs, g, r, block_dot_scalar)),
+            Isa::Scalar => g.map(|g| dot8_scalar(d, qs, g)),
         }
     }
 
@@ -216,22 +244,26 @@ mod x86 {
         _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), scale))
     }
 
-    /// Eight rows: each block's weights against the group's interleaved
-    /// activations ([`lane_sums`], with `step`).
+    /// Eight rows of each of `N` groups: each block's weights loaded once,
+    /// against each group's interleaved activations ([`lane_sums`], with
+    /// `step`); `N` independent float chains.
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn dot8_with(
+    fn dot8_with<const N: usize>(
         d: &[f32],
         qs: &[[i8; BLOCK]],
-        g: &Q8_1Group,
+        g: [&Q8_1Group; N],
         step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
-    ) -> [f32; GROUP] {
-        let mut acc = _mm256_setzero_ps();
-        for (b, chunks) in g.lanes.iter().enumerate().take(qs.len()) {
+    ) -> [[f32; GROUP]; N] {
+        let mut acc = [_mm256_setzero_ps(); N];
+        let blocks = g.iter().fold(qs.len(), |n, g| n.min(g.lanes.len()));
+        for b in 0..blocks {
             let (lo, hi) = halves(&qs[b]);
-            acc = accumulate(acc, lane_sums(lo, hi, chunks, step), d[b], &g.d[b]);
+            for (acc, g) in acc.iter_mut().zip(g) {
+                *acc = accumulate(*acc, lane_sums(lo, hi, &g.lanes[b], step), d[b], &g.d[b]);
+            }
         }
-        store(acc)
+        acc.map(|a| store(a))
     }
 
     /// A weight block's bytes 0..16 and 16..32.
@@ -243,12 +275,20 @@ mod x86 {
     }
 
     #[target_feature(enable = "avx2")]
-    fn dot8_avx2(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
+    fn dot8_avx2<const N: usize>(
+        d: &[f32],
+        qs: &[[i8; BLOCK]],
+        g: [&Q8_1Group; N],
+    ) -> [[f32; GROUP]; N] {
         dot8_with(d, qs, g, |acc, w, a| _mm256_add_epi32(acc, madd(w, a)))
     }
 
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-    fn dot8_vnni(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
+    fn dot8_vnni<const N: usize>(
+        d: &[f32],
+        qs: &[[i8; BLOCK]],
+        g: [&Q8_1Group; N],
+    ) -> [[f32; GROUP]; N] {
         dot8_with(d, qs, g, |acc, w, a| {
             let (u, s) = signs(w, a);
             _mm256_dpbusd_epi32(acc, u, s)
