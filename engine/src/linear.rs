@@ -72,7 +72,7 @@ pub(crate) fn forward_all<const N: usize>(
     let rows = x.len() / k;
     let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
     // Ours in one call of the kernels (one quantization of `x`, one
-    // parallel region); candle's one by one.
+    // parallel region); candle's one by one, from one copy of `x`.
     let ours: Vec<(usize, &dyn Product)> = weights
         .iter()
         .enumerate()
@@ -88,11 +88,15 @@ pub(crate) fn forward_all<const N: usize>(
             out[*i] = y;
         }
     }
+    let mut tensor = None;
     for (w, y) in weights.iter().zip(out.iter_mut()) {
         if let Kernel::Candle(q) = &w.kernel {
-            let t = Tensor::from_slice(x, (rows, k), &Device::Cpu)?;
+            let t = match &tensor {
+                Some(t) => t,
+                None => tensor.insert(Tensor::from_slice(x, (rows, k), &Device::Cpu)?),
+            };
             *y = q
-                .forward(&t)?
+                .forward(t)?
                 .to_dtype(DType::F32)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;

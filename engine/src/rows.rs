@@ -102,14 +102,25 @@ pub fn softcap(x: &mut [f32], cap: f32) {
 
 /// The rotary embedding of every head of every row of `x` (rows of `heads ×
 /// head_dim`), row `r` by the angles whose cosines and sines are row `r` of
-/// `cos` and `sin` (`head_dim / 2` each).
-pub fn rope(x: &mut [f32], head_dim: usize, style: RopeStyle, cos: &[f32], sin: &[f32]) {
+/// `cos` and `sin` (`head_dim / 2` each). `None`, and `x` untouched, when
+/// the tables and the rows disagree in shape.
+pub fn rope(
+    x: &mut [f32],
+    head_dim: usize,
+    style: RopeStyle,
+    cos: &[f32],
+    sin: &[f32],
+) -> Option<()> {
     let half = head_dim / 2;
-    if half == 0 || cos.len() != sin.len() {
-        return;
+    let rows = cos.len().checked_div(half)?;
+    let width = x.len().checked_div(rows)?;
+    if cos.len() != sin.len()
+        || rows * half != cos.len()
+        || rows * width != x.len()
+        || !width.is_multiple_of(head_dim)
+    {
+        return None;
     }
-    let rows = cos.len() / half;
-    let width = x.len().checked_div(rows).unwrap_or(0);
     each_row(x, width, |r, row| {
         let (c, s) = (&cos[r * half..][..half], &sin[r * half..][..half]);
         for head in row.chunks_exact_mut(head_dim) {
@@ -132,6 +143,7 @@ pub fn rope(x: &mut [f32], head_dim: usize, style: RopeStyle, cos: &[f32], sin: 
             }
         }
     });
+    Some(())
 }
 
 #[cfg(test)]
@@ -144,6 +156,11 @@ mod tests {
         (0..n)
             .map(|i| (i as f32 * 0.731 + salt).sin() * 3.0)
             .collect()
+    }
+
+    /// A tensor's values, row-major.
+    fn flat(t: Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
     }
 
     fn bits(v: &[f32]) -> Vec<u32> {
@@ -161,12 +178,7 @@ mod tests {
             let alpha = values(width, 1.7);
             let t = Tensor::from_vec(x.clone(), (rows, width), &dev).unwrap();
             let a = Tensor::from_vec(alpha.clone(), width, &dev).unwrap();
-            let want = candle_nn::ops::rms_norm(&t, &a, 1e-5)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let want = flat(candle_nn::ops::rms_norm(&t, &a, 1e-5).unwrap());
             assert_eq!(
                 bits(&rms_norm(&x, &alpha, 1e-5)),
                 bits(&want),
@@ -179,23 +191,13 @@ mod tests {
                 (Activation::Silu, candle_nn::ops::silu(&t).unwrap()),
                 (Activation::GeluTanh, t.gelu().unwrap()),
             ] {
-                let want = (theirs * &u)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap();
+                let want = flat((theirs * &u).unwrap());
                 let mut got = x.clone();
                 gated(&mut got, &up, act);
                 assert_eq!(bits(&got), bits(&want), "{act:?}");
             }
 
-            let want = ((&t / 30.0).unwrap().tanh().unwrap() * 30.0)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let want = flat(((&t / 30.0).unwrap().tanh().unwrap() * 30.0).unwrap());
             let mut got = x.clone();
             softcap(&mut got, 30.0);
             assert_eq!(bits(&got), bits(&want));
@@ -228,18 +230,18 @@ mod tests {
                 RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&t, &c, &s).unwrap(),
                 RopeStyle::Halves => candle_nn::rotary_emb::rope(&t, &c, &s).unwrap(),
             };
-            let want = theirs
-                .squeeze(0)
-                .unwrap()
-                .transpose(0, 1)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let want = flat(theirs.squeeze(0).unwrap().transpose(0, 1).unwrap());
             let mut got = x.clone();
-            rope(&mut got, hd, style, &cos, &sin);
+            assert!(rope(&mut got, hd, style, &cos, &sin).is_some());
             assert_eq!(bits(&got), bits(&want), "{style:?}");
+        }
+        // Tables that do not match the rows are refused, the rows untouched.
+        for (rows_in_x, table) in [(rows - 1, cos.len()), (rows, cos.len() - 1)] {
+            let mut got = x[..rows_in_x * heads * hd].to_vec();
+            let before = got.clone();
+            let style = RopeStyle::Halves;
+            assert!(rope(&mut got, hd, style, &cos[..table], &sin[..table]).is_none());
+            assert_eq!(got, before);
         }
     }
 }

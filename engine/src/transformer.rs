@@ -491,8 +491,11 @@ impl Transformer {
             rows::rms_norm_in_place(&mut q, qn, c.eps);
             rows::rms_norm_in_place(&mut k, kn, c.eps);
         }
-        rows::rope(&mut q, head_dim, c.rope_style, cos, sin);
-        rows::rope(&mut k, head_dim, c.rope_style, cos, sin);
+        for t in [&mut q, &mut k] {
+            rows::rope(t, head_dim, c.rope_style, cos, sin).ok_or_else(|| {
+                candle_core::Error::Msg("rotary tables of another shape than the rows".into())
+            })?;
+        }
         let (k_rows, v_rows) = (k.chunks_exact(kv_width), v.chunks_exact(kv_width));
         for ((row, k), v) in rows.iter().zip(k_rows).zip(v_rows) {
             let block = row.blocks[row.pos / BLOCK_TOKENS];
