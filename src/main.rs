@@ -58,15 +58,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // In the guest image this binary is `/init`: as PID 1 it sets up the
-    // VM and runs itself, with the kernel command line's words after `--`,
-    // as the runtime (`ciel_enclave::init`).
-    if std::process::id() == 1 {
-        let mut argv = std::env::args_os();
-        let program = argv
-            .next()
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| "/init".into());
+    // In the guest image this binary is `/init`: as PID 1 *by that name*
+    // it sets up the VM and runs itself, with the kernel command line's
+    // words after `--`, as the runtime (`ciel_enclave::init`). As PID 1 by
+    // any other name (a container's entrypoint, `/ciel`) it is the CLI:
+    // the container runtime owns mounts and power.
+    let mut argv = std::env::args_os();
+    let program = argv.next().map(std::path::PathBuf::from);
+    if std::process::id() == 1
+        && program
+            .as_deref()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n == "init")
+    {
+        let program = program.unwrap_or_else(|| "/init".into());
         let args: Vec<_> = argv.collect();
         ciel_enclave::init::run(&program, &args);
     }

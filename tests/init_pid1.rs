@@ -13,6 +13,21 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binary under the name the kernel runs, `init` (as PID 1 by any
+/// other name it is the plain CLI, as a container's entrypoint is).
+fn init_binary() -> std::path::PathBuf {
+    static LINK: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    LINK.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("ciel-init-pid1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("init");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ciel"), &link).unwrap();
+        link
+    })
+    .clone()
+}
+
 fn as_pid1(args: &[&str]) -> Command {
     let mut c = Command::new("unshare");
     // A fresh network namespace too: its loopback interface starts down,
@@ -25,7 +40,7 @@ fn as_pid1(args: &[&str]) -> Command {
         "--propagation",
         "private",
     ])
-    .arg(env!("CARGO_BIN_EXE_ciel"))
+    .arg(init_binary())
     .args(args)
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -57,7 +72,7 @@ fn as_pid_1_the_runtime_runs_and_its_end_powers_the_vm_off() {
     // A runtime that fails is reported with its status, and still ends the VM.
     let out = as_pid1(&["enclave", "serve"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--kbs <KBS>"), "{stderr}");
+    assert!(stderr.contains("--listen <LISTEN>"), "{stderr}");
     assert!(
         stderr.contains("(Exited(Pid(2), 2)); powering off"),
         "{stderr}"
@@ -139,4 +154,20 @@ fn pid_1_looks_for_modules_where_the_image_build_puts_them() {
         format!("/{}", ciel_images::build::MODULE_ORDER),
         ciel_enclave::init::MODULE_ORDER
     );
+}
+
+#[test]
+fn as_pid_1_by_another_name_it_is_the_plain_cli() {
+    // A container's entrypoint (`/ciel …`) is PID 1 too; there the
+    // container runtime owns mounts and power, so nothing of init runs.
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--propagation", "private"])
+        .arg(env!("CARGO_BIN_EXE_ciel"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ciel "));
+    assert!(!stderr.contains("ciel-init"), "{stderr}");
 }

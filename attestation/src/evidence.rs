@@ -122,6 +122,22 @@ impl Evidence {
         }
     }
 
+    /// The field a launch-time configuration digest lives in (Kata/CoCo
+    /// init-data): SEV-SNP `HOST_DATA` (32 bytes) or TDX `MRCONFIGID` (48
+    /// bytes). None for SGX and GPU evidence. Read without verification.
+    pub fn init_data_field(&self) -> Option<Vec<u8>> {
+        match self {
+            Evidence::Snp(r) => Some(r.raw().host_data.to_vec()),
+            Evidence::Dcap(q) => match &q.quote().report {
+                dcap_qvl::quote::Report::SgxEnclave(_) => None,
+                dcap_qvl::quote::Report::TD10(r) => Some(r.mr_config_id.to_vec()),
+                dcap_qvl::quote::Report::TD15(r) => Some(r.base.mr_config_id.to_vec()),
+                dcap_qvl::quote::Report::TD15Ex(r) => Some(r.base.base.mr_config_id.to_vec()),
+            },
+            Evidence::Nvidia(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> EvidenceKind {
         match self {
             Evidence::Snp(_) => EvidenceKind::Snp,

@@ -150,6 +150,17 @@ pub fn decode(
     })
 }
 
+/// The evidence alone, for reading its fields (no collateral needed, so
+/// nothing is verified): what a guest checks of its own evidence.
+pub fn parse_evidence(tee: &str, evidence: &serde_json::Value) -> Result<Evidence, String> {
+    match tee {
+        "tdx" => {
+            Evidence::parse(&b64(evidence, "quote")?).map_err(|e| format!("tee-evidence: {e}"))
+        }
+        _ => decode(tee, evidence, None).map(|d| d.evidence),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,11 +10,16 @@
 //! 2. **tls binding**: the claims' TLS key is the key of this session's
 //!    certificate (no one in between);
 //! 3. **model**: the served model's digest is one the policy allows;
-//! 4. **nonce** (fresh evidence only): the claims carry the client's nonce.
+//! 4. **nonce** (fresh evidence only): the claims carry the client's nonce;
+//! 5. **init-data** (when the guest was configured by one, as in a Kata
+//!    Confidential Containers pod): the evidence's `HOST_DATA` /
+//!    `MRCONFIGID` is the digest of the document's exact bytes.
 
 use ciel_attestation::tee_evidence;
 use ciel_attestation::{Policy, ReasonKind, UnixTime, Verdict, verify};
+use ciel_protocol::binding;
 use ciel_protocol::claims::{AttestationDocument, RuntimeClaims};
+use ciel_protocol::initdata::InitData;
 
 /// One check and its outcome.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -72,17 +77,26 @@ pub fn verify_document(
         claims.report_data(),
     ) {
         (Ok(decoded), Ok(report_data)) => {
+            // The evidence holds the claims' hash raw or, when it came
+            // through a text-only interface (the CoCo attestation agent),
+            // in its text form; either binds the same claims.
+            let held = binding::matching_form(&decoded.evidence.report_data(), &report_data);
             let mut p = policy.clone();
-            p.report_data = Some(report_data);
+            p.report_data = Some(held.unwrap_or(report_data));
             let v = verify(&decoded.evidence, &decoded.collateral, &p, now);
             let detail = if v.accepted {
                 format!(
-                    "{} evidence accepted{}; report_data = SHA-512(claims)",
+                    "{} evidence accepted{}; report_data = {}",
                     v.platform,
                     if v.simulated {
                         " (SIMULATED root named by the policy: no confidentiality)"
                     } else {
                         ""
+                    },
+                    if held == Some(report_data) {
+                        "SHA-512(claims)"
+                    } else {
+                        "SHA-512(claims) in text form (base64url of 48 bytes)"
                     }
                 )
             } else {
@@ -107,6 +121,10 @@ pub fn verify_document(
             None
         }
     };
+    if let Some(body) = &doc.init_data {
+        let (ok, detail) = init_data_check(body, doc);
+        check("init-data", ok, detail);
+    }
     if claims.platform != doc.tee {
         check(
             "platform",
@@ -186,5 +204,52 @@ pub fn verify_document(
         claims,
         tls_spki_der: spki_der.to_vec(),
         at: now,
+    }
+}
+
+/// Whether the evidence of `doc` binds the init-data `body`.
+fn init_data_check(body: &str, doc: &AttestationDocument) -> (bool, String) {
+    let init = match InitData::parse(body) {
+        Ok(i) => i,
+        Err(e) => return (false, e.to_string()),
+    };
+    let field = tee_evidence::parse_evidence(&doc.tee, &doc.evidence)
+        .ok()
+        .and_then(|e| e.init_data_field());
+    let Some(field) = field else {
+        return (
+            false,
+            "the evidence has no HOST_DATA or MRCONFIGID to bind init-data".into(),
+        );
+    };
+    let name = if field.len() == 32 {
+        "HOST_DATA"
+    } else {
+        "MRCONFIGID"
+    };
+    if init.bound_by(&field) {
+        (
+            true,
+            format!(
+                "{name} binds the init-data ({} {}; entries: {})",
+                init.algorithm().name(),
+                hex::encode(init.digest()),
+                init.entries()
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    } else {
+        (
+            false,
+            format!(
+                "{name} is {}, not the init-data's {} digest {}",
+                hex::encode(&field),
+                init.algorithm().name(),
+                hex::encode(init.digest())
+            ),
+        )
     }
 }

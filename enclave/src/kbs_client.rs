@@ -18,6 +18,25 @@ pub trait EvidenceSource {
     /// "snp" or "tdx".
     fn tee(&self) -> &str;
     fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String>;
+    /// The init-data this platform was launched with and whose binding
+    /// (its evidence's `HOST_DATA` / `MRCONFIGID`) was checked, if any: it
+    /// goes to the broker with the evidence and into the attestation
+    /// document ([`crate::platform::WithInitData`]).
+    fn init_data(&self) -> Option<&ciel_protocol::initdata::InitData> {
+        None
+    }
+}
+
+impl<T: EvidenceSource + ?Sized> EvidenceSource for Box<T> {
+    fn tee(&self) -> &str {
+        (**self).tee()
+    }
+    fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String> {
+        (**self).evidence(report_data)
+    }
+    fn init_data(&self) -> Option<&ciel_protocol::initdata::InitData> {
+        (**self).init_data()
+    }
 }
 
 /// Why no key was obtained.
@@ -261,7 +280,9 @@ impl KbsClient {
         let body = Attestation {
             runtime_data: runtime,
             tee_evidence: evidence,
-            init_data: None,
+            init_data: source
+                .init_data()
+                .map(ciel_protocol::initdata::InitDataDocument::toml),
         };
         let attest_url = format!("{}/kbs/v0/attest", self.base);
         // The nonce is single-use: /attest is not retried after an answer.

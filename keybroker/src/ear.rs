@@ -46,6 +46,9 @@ pub struct Appraisal<'a> {
     /// The verdict's parsed claims of the evidence (measurement, TCB, …),
     /// carried in the annotated evidence under the platform's name.
     pub evidence_claims: Option<Value>,
+    /// Init-data the evidence was checked to bind: its digest and entries
+    /// join the token (`init_data`, `init_data_claims`, Trustee's names).
+    pub init_data: Option<&'a ciel_protocol::initdata::InitData>,
 }
 
 /// The broker's token signer (ES256, P-256).
@@ -147,6 +150,11 @@ fn claims(a: &Appraisal<'_>) -> Value {
     if let Some(evidence_claims) = &a.evidence_claims {
         claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"][platform.as_str()] =
             evidence_claims.clone();
+    }
+    if let Some(init) = a.init_data {
+        let annotated = &mut claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"];
+        annotated["init_data"] = hex::encode(init.digest()).into();
+        annotated["init_data_claims"] = json!(init.entries());
     }
     claims
 }

@@ -324,6 +324,49 @@ async fn attest(
             Some(&decoded),
         ));
     }
+    // Init-data (Kata/CoCo): believed only when the evidence's HOST_DATA /
+    // MRCONFIGID binds its exact bytes, as Trustee's verifiers check it.
+    let init_data = match &req.init_data {
+        None => None,
+        Some(doc) => {
+            let parsed = doc.parse().map_err(|e| {
+                refuse(
+                    Kind::BadRequest,
+                    "init_data_malformed",
+                    e.to_string(),
+                    Some(&decoded),
+                )
+            })?;
+            let Some(field) = decoded.evidence.init_data_field() else {
+                return Err(refuse(
+                    Kind::BadEvidence,
+                    "init_data_unbound",
+                    "init-data was sent, but this evidence has no HOST_DATA or MRCONFIGID to bind it"
+                        .into(),
+                    Some(&decoded),
+                ));
+            };
+            if !parsed.bound_by(&field) {
+                return Err(refuse(
+                    Kind::BadEvidence,
+                    "init_data_mismatch",
+                    format!(
+                        "the evidence's {} is {}, not the init-data's {} digest {}",
+                        if field.len() == 32 {
+                            "HOST_DATA"
+                        } else {
+                            "MRCONFIGID"
+                        },
+                        hex::encode(&field),
+                        parsed.algorithm().name(),
+                        hex::encode(parsed.digest())
+                    ),
+                    Some(&decoded),
+                ));
+            }
+            Some(parsed)
+        }
+    };
     audit(
         &st,
         entry(&client, "attest", None, "accept", vec![], Some(&decoded)),
@@ -341,6 +384,7 @@ async fn attest(
                 .claims
                 .as_ref()
                 .and_then(|c| serde_json::to_value(c).ok()),
+            init_data: init_data.as_ref(),
         })
         .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?;
     let token = st

@@ -1,6 +1,17 @@
 //! Binding a key-release session into attestation evidence, exactly as
 //! Trustee's KBS checks it: `report_data = SHA-384(JCS(runtime-data))`,
 //! zero-padded to 64 bytes, where runtime-data is `{nonce, tee-pubkey}`.
+//!
+//! Evidence gathered through a text-only interface carries the same value
+//! in its [`text_form`]: the Confidential Containers attestation agent's
+//! REST API (`/aa/evidence?runtime_data=…`) takes `runtime_data` as a URL
+//! query string, decodes it as UTF-8 (replacing bytes that are not) and
+//! signs those bytes, so raw digests do not survive it. The text form is
+//! base64url (no padding) of the value's first 48 bytes: 64 ASCII bytes,
+//! exactly a `report_data`. Verifiers accept either form
+//! ([`matching_form`]): both are functions of the one expected value, and no
+//! text form (ASCII, never NUL) equals a raw form padded with zeros or,
+//! for SHA-512 values, anything but by a hash collision.
 
 use crate::jcs::{JcsError, canonicalize};
 use crate::kbs::RuntimeData;
@@ -18,10 +29,34 @@ pub fn report_data(runtime: &RuntimeData) -> Result<[u8; 64], JcsError> {
     Ok(out)
 }
 
-/// Whether `report_data` binds `runtime`. (Nothing here is secret: the
-/// nonce and public key are on the wire, so a plain comparison is fine.)
+/// Whether `report_data` binds `runtime`, in either form. (Nothing here
+/// is secret: the nonce and public key are on the wire, so a plain
+/// comparison is fine.)
 pub fn verify(report_data_field: &[u8], runtime: &RuntimeData) -> Result<bool, JcsError> {
-    Ok(report_data_field == report_data(runtime)?.as_slice())
+    Ok(matching_form(report_data_field, &report_data(runtime)?).is_some())
+}
+
+/// `value` as 64 ASCII bytes: base64url, without padding, of its first 48
+/// bytes (a SHA-384 digest whole; a SHA-512 digest cut to 384 bits).
+pub fn text_form(value: &[u8; 64]) -> [u8; 64] {
+    use base64::Engine;
+    let text =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.get(..48).unwrap_or(value));
+    let mut out = [0u8; 64];
+    for (o, b) in out.iter_mut().zip(text.as_bytes()) {
+        *o = *b;
+    }
+    out
+}
+
+/// The form of `expected` that `field` holds — `expected` itself or its
+/// [`text_form`] — or None when it holds neither.
+pub fn matching_form(field: &[u8], expected: &[u8; 64]) -> Option<[u8; 64]> {
+    if field == expected.as_slice() {
+        return Some(*expected);
+    }
+    let text = text_form(expected);
+    (field == text.as_slice()).then_some(text)
 }
 
 #[cfg(test)]
@@ -49,5 +84,29 @@ mod tests {
         assert!(verify(&rd, &r).unwrap());
         assert!(!verify(&rd, &runtime("other")).unwrap());
         assert!(!verify(&rd[..63], &r).unwrap());
+    }
+
+    #[test]
+    fn the_text_form_is_base64url_of_48_bytes_and_binds_the_same_value() {
+        let r = runtime("n0nce");
+        let rd = report_data(&r).unwrap();
+        let text = text_form(&rd);
+        assert!(
+            text.iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        );
+        use base64::Engine;
+        let back = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .unwrap();
+        assert_eq!(back, rd[..48]);
+        assert!(verify(&text, &r).unwrap());
+        assert_eq!(matching_form(&text, &rd), Some(text));
+        assert_eq!(matching_form(&rd, &rd), Some(rd));
+        // Another session's value in text form does not bind this one.
+        assert!(!verify(&text_form(&report_data(&runtime("other")).unwrap()), &r).unwrap());
+        let mut flipped = text;
+        flipped[63] ^= 1;
+        assert_eq!(matching_form(&flipped, &rd), None);
     }
 }

@@ -118,6 +118,12 @@ pub struct AttestationDocument {
     /// A `tee-evidence` document in the shape the key broker accepts
     /// (SNP: `{report, vcek, cert_chain}`; TDX: `{quote, collateral}`).
     pub evidence: serde_json::Value,
+    /// The VM's init-data (Kata Confidential Containers), exactly as the
+    /// host was given it, when the guest was configured by one: the
+    /// evidence's `HOST_DATA` / `MRCONFIGID` binds it
+    /// ([`crate::initdata`]), so a client may believe its entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_data: Option<String>,
 }
 
 impl AttestationDocument {
@@ -241,6 +247,7 @@ mod tests {
             claims: claims(),
             tee: "snp".into(),
             evidence: serde_json::json!({"report": "AAAA"}),
+            init_data: Some("version = \"0.1.0\"\n".into()),
         };
         let der = encode_extension(&doc).unwrap();
         assert_eq!(decode_extension(&der).unwrap(), doc);

@@ -75,8 +75,10 @@ pub struct Attestation {
     /// Platform evidence, a JSON document in the shape of the TEE's Trustee verifier.
     #[serde(rename = "tee-evidence")]
     pub tee_evidence: serde_json::Value,
+    /// The pod's init-data (Kata Confidential Containers), which the
+    /// evidence's `HOST_DATA` / `MRCONFIGID` must bind.
     #[serde(rename = "init-data", default, skip_serializing_if = "Option::is_none")]
-    pub init_data: Option<serde_json::Value>,
+    pub init_data: Option<crate::initdata::InitDataDocument>,
 }
 
 /// `POST /kbs/v0/attest` response body.

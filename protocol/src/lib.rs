@@ -13,6 +13,8 @@
 //! - [`claims`]: the runtime-claims document a serving guest attests, and
 //!   the TLS certificate extension that carries it.
 //! - [`endpoint`]: transport addresses (vsock, Unix, TCP).
+//! - [`initdata`]: Kata/CoCo init-data and the `HOST_DATA`/`MRCONFIGID`
+//!   value that binds it.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,7 @@ pub mod claims;
 pub mod control;
 pub mod endpoint;
 pub mod frame;
+pub mod initdata;
 pub mod jcs;
 pub mod jwe;
 pub mod kbs;

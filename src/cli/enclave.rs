@@ -7,8 +7,9 @@
 use super::files;
 use anyhow::{Context, Result, bail};
 use ciel_attestation::sim::SimSnpReport;
+use ciel_enclave::guest_settings::GuestSettings;
 use ciel_enclave::kbs_client::sim::SimSnpSource;
-use ciel_enclave::kbs_client::{Backoff, KbsClient};
+use ciel_enclave::kbs_client::{Backoff, EvidenceSource, KbsClient};
 use ciel_engine::chat::user_prompt;
 use ciel_engine::generate::{Request, generate};
 use ciel_engine::sampling::SamplingParams;
@@ -32,25 +33,38 @@ pub enum EnclaveCommand {
 pub struct ServeArgs {
     /// Use the simulated SEV-SNP platform for evidence (development only:
     /// NO confidentiality). Without it, evidence comes from the hardware
-    /// through configfs-tsm (SEV-SNP or TDX guest kernels).
-    #[arg(long)]
+    /// through configfs-tsm (SEV-SNP or TDX guest kernels), or from the
+    /// pod's attestation agent with --coco-agent.
+    #[arg(long, conflicts_with = "coco_agent")]
     pub sim: bool,
+    /// In a Kata Confidential Containers pod: evidence from the attestation
+    /// agent's REST API (guest-components' api-server-rest; the pod needs
+    /// the kernel parameter agent.guest_components_rest_api=all).
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = ciel_enclave::platform::coco::DEFAULT_URL)]
+    pub coco_agent: Option<String>,
+    /// The init-data this VM was launched with (Kata's TOML, e.g. mounted
+    /// from the pod's ConfigMap): checked against the evidence's HOST_DATA /
+    /// MRCONFIGID before anything else, sent to the broker, carried in the
+    /// attestation document; its `ciel.toml` entry may set kbs, kbs_ca,
+    /// model_from and model_blob (flags may repeat but not contradict them).
+    #[arg(long, value_name = "FILE")]
+    pub init_data: Option<PathBuf>,
     /// Key broker URL as the guest sees it (https://HOST:PORT).
     #[arg(long)]
-    pub kbs: String,
+    pub kbs: Option<String>,
     /// The broker's CA certificate (PEM) to pin.
     #[arg(long)]
-    pub kbs_ca: PathBuf,
+    pub kbs_ca: Option<PathBuf>,
     /// Reach the broker through the host's relay at this address
     /// (vsock://2:PORT in a VM; unix:PATH in development).
     #[arg(long)]
     pub kbs_via: Option<Endpoint>,
     /// The host's blob service.
     #[arg(long)]
-    pub model_from: Endpoint,
+    pub model_from: Option<Endpoint>,
     /// The sealed model's blob name at the host.
     #[arg(long)]
-    pub model_blob: String,
+    pub model_blob: Option<String>,
     /// The model's name for clients (default: the sealed header's).
     #[arg(long)]
     pub model_name: Option<String>,
@@ -152,48 +166,69 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             a.max_batch
         );
     }
-    use ciel_enclave::kbs_client::EvidenceSource;
-    let platform: std::sync::Arc<dyn EvidenceSource + Send + Sync> = if a.sim {
-        eprintln!(
-            "WARNING: SIMULATED platform: this guest's evidence proves nothing about hardware and gives NO confidentiality."
-        );
-        let (sim, _) = super::sim::load_or_create_snp()?;
-        std::sync::Arc::new(SimSnpSource {
-            sim: std::sync::Arc::new(sim),
-            template: SimSnpReport::default(),
-        })
-    } else {
-        use ciel_enclave::platform::{SevGuestSource, TsmSource};
-        match TsmSource::detect() {
-            Ok(tsm) => {
-                tracing::info!(
-                    tee = tsm.tee(),
-                    "evidence from the hardware through configfs-tsm"
-                );
-                std::sync::Arc::new(tsm)
-            }
-            Err(tsm_error) => match SevGuestSource::detect() {
-                Some(dev) => {
-                    tracing::info!(
-                        device = SevGuestSource::DEVICE,
-                        "evidence from the hardware through the SEV guest driver"
-                    );
-                    std::sync::Arc::new(dev)
-                }
-                None => bail!(
-                    "no hardware evidence: configfs-tsm: {tsm_error}; and no {} (TDX quotes need configfs-tsm). On a machine without SEV-SNP or TDX, pass --sim for development",
-                    SevGuestSource::DEVICE
-                ),
-            },
+    let init_data = match &a.init_data {
+        None => None,
+        Some(path) => {
+            let text = String::from_utf8(files::read("init-data", path)?)
+                .with_context(|| format!("init-data {}: not UTF-8", path.display()))?;
+            Some(
+                ciel_protocol::initdata::InitData::parse(&text)
+                    .with_context(|| format!("init-data {}", path.display()))?,
+            )
         }
     };
+    let source = evidence_source(&a, init_data.as_ref())?;
+    let settings = match &init_data {
+        Some(init) => GuestSettings::from_init_data(init)?,
+        None => GuestSettings::default(),
+    };
+    let platform: std::sync::Arc<dyn EvidenceSource + Send + Sync> = match init_data {
+        None => std::sync::Arc::new(source),
+        Some(init) => {
+            let digest = hex::encode(init.digest());
+            let bound = ciel_enclave::platform::WithInitData::bind(source, init)
+                .map_err(|e| anyhow::anyhow!(e))
+                .context("checking the init-data against this VM's evidence")?;
+            tracing::info!(init_data = %digest, "init-data bound by the evidence");
+            std::sync::Arc::new(bound)
+        }
+    };
+    let kbs = GuestSettings::pick(settings.kbs.as_deref(), a.kbs.as_deref(), "kbs", "kbs")?;
+    let flag_ca = match &a.kbs_ca {
+        Some(p) => Some(
+            String::from_utf8(files::read("broker CA", p)?)
+                .with_context(|| format!("{}: not PEM text", p.display()))?,
+        ),
+        None => None,
+    };
+    let kbs_ca = GuestSettings::pick(
+        settings.kbs_ca.as_deref(),
+        flag_ca.as_deref(),
+        "kbs-ca",
+        "kbs_ca",
+    )?;
+    let model_from = GuestSettings::pick(
+        settings.model_from.as_deref(),
+        a.model_from.as_ref().map(|e| e.to_string()).as_deref(),
+        "model-from",
+        "model_from",
+    )?;
+    let model_from: Endpoint = model_from
+        .parse()
+        .map_err(|e| anyhow::anyhow!("model_from {model_from:?}: {e}"))?;
+    let model_blob = GuestSettings::pick(
+        settings.model_blob.as_deref(),
+        a.model_blob.as_deref(),
+        "model-blob",
+        "model_blob",
+    )?;
     let cfg = ciel_enclave::serve::ServeConfig {
         platform,
-        kbs_url: a.kbs.clone(),
-        kbs_ca_pem: files::read("broker CA", &a.kbs_ca)?,
+        kbs_url: kbs,
+        kbs_ca_pem: kbs_ca.into_bytes(),
         kbs_via: a.kbs_via.clone(),
-        model_from: a.model_from.clone(),
-        model_blob: a.model_blob.clone(),
+        model_from,
+        model_blob,
         model_name: a.model_name.clone(),
         embedding_blob: a.embedding_model_blob.clone(),
         embedding_name: a.embedding_model_name.clone(),
@@ -225,6 +260,57 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         );
     }))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the evidence comes from: the simulated platform (`--sim`; with
+/// init-data, a simulated host that launched the VM with its digest), the
+/// pod's attestation agent (`--coco-agent`), or the hardware.
+fn evidence_source(
+    a: &ServeArgs,
+    init_data: Option<&ciel_protocol::initdata::InitData>,
+) -> Result<Box<dyn EvidenceSource + Send + Sync>> {
+    if a.sim {
+        eprintln!(
+            "WARNING: SIMULATED platform: this guest's evidence proves nothing about hardware and gives NO confidentiality."
+        );
+        let (sim, _) = super::sim::load_or_create_snp()?;
+        return Ok(Box::new(SimSnpSource {
+            sim: std::sync::Arc::new(sim),
+            template: SimSnpReport {
+                host_data: init_data.map(|i| i.host_data()).unwrap_or_default(),
+                ..SimSnpReport::default()
+            },
+        }));
+    }
+    if let Some(url) = &a.coco_agent {
+        let agent = ciel_enclave::platform::coco::CocoAgentSource::connect(url)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        tracing::info!(tee = agent.tee(), %url, "evidence from the pod's attestation agent");
+        return Ok(Box::new(agent));
+    }
+    use ciel_enclave::platform::{SevGuestSource, TsmSource};
+    match TsmSource::detect() {
+        Ok(tsm) => {
+            tracing::info!(
+                tee = tsm.tee(),
+                "evidence from the hardware through configfs-tsm"
+            );
+            Ok(Box::new(tsm))
+        }
+        Err(tsm_error) => match SevGuestSource::detect() {
+            Some(dev) => {
+                tracing::info!(
+                    device = SevGuestSource::DEVICE,
+                    "evidence from the hardware through the SEV guest driver"
+                );
+                Ok(Box::new(dev))
+            }
+            None => bail!(
+                "no hardware evidence: configfs-tsm: {tsm_error}; and no {} (TDX quotes need configfs-tsm). In a Kata Confidential Containers pod pass --coco-agent; on a machine without SEV-SNP or TDX, pass --sim for development",
+                SevGuestSource::DEVICE
+            ),
+        },
+    }
 }
 
 fn boot(a: BootArgs) -> Result<ExitCode> {

@@ -1,12 +1,14 @@
 //! Where the guest's evidence comes from: the hardware through configfs-tsm
 //! ([`TsmSource`]) or, on kernels without it, `/dev/sev-guest`
-//! ([`SevGuestSource`], [`devices`]); or the simulated platform
+//! ([`SevGuestSource`], [`devices`]); in a Kata Confidential Containers
+//! pod, the attestation agent ([`coco::CocoAgentSource`]); or the simulated platform
 //! ([`crate::kbs_client::sim::SimSnpSource`], development only). All
 //! produce the `tee-evidence` JSON the key broker and clients accept.
 //!
 //! [`devices`] is the only module here allowed `unsafe` (its ioctls; the
 //! only other `unsafe` in ciel enters the engine's AVX2 kernel).
 
+pub mod coco;
 pub mod devices;
 
 use crate::kbs_client::EvidenceSource;
@@ -14,6 +16,7 @@ use crate::tsm::{RealFs, TSM_REPORT_ROOT, TsmFs, get_report};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ciel_attestation::snp::cert_table::CertTable;
+use ciel_protocol::initdata::InitData;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -112,6 +115,57 @@ fn snp_evidence(report: &[u8], table: &[u8]) -> Result<serde_json::Value, String
         doc["cert_chain"] = chain.into();
     }
     Ok(doc)
+}
+
+/// A platform launched with init-data (Kata's, or any host that sets
+/// `HOST_DATA` / `MRCONFIGID` to its digest), checked once against the
+/// platform's own evidence: a guest given init-data its hardware does not
+/// bind refuses to start, rather than be refused later by every verifier.
+#[derive(Debug)]
+pub struct WithInitData<S> {
+    source: S,
+    init_data: InitData,
+}
+
+impl<S: EvidenceSource> WithInitData<S> {
+    pub fn bind(source: S, init_data: InitData) -> Result<Self, String> {
+        let evidence = source.evidence([0u8; 64])?;
+        let parsed = ciel_attestation::tee_evidence::parse_evidence(source.tee(), &evidence)?;
+        let field = parsed.init_data_field().ok_or_else(|| {
+            format!(
+                "{} evidence has no field that binds init-data",
+                source.tee()
+            )
+        })?;
+        if !init_data.bound_by(&field) {
+            return Err(format!(
+                "init-data ({} digest {}) is not what this VM was launched with: its {} is {}",
+                init_data.algorithm().name(),
+                hex::encode(init_data.digest()),
+                if field.len() == 32 {
+                    "HOST_DATA"
+                } else {
+                    "MRCONFIGID"
+                },
+                hex::encode(&field)
+            ));
+        }
+        Ok(WithInitData { source, init_data })
+    }
+}
+
+impl<S: EvidenceSource> EvidenceSource for WithInitData<S> {
+    fn tee(&self) -> &str {
+        self.source.tee()
+    }
+
+    fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String> {
+        self.source.evidence(report_data)
+    }
+
+    fn init_data(&self) -> Option<&InitData> {
+        Some(&self.init_data)
+    }
 }
 
 /// SEV-SNP evidence through `/dev/sev-guest` (`SNP_GET_EXT_REPORT`).

@@ -50,6 +50,7 @@ pub fn attest(
         claims,
         tee: platform.tee().to_string(),
         evidence,
+        init_data: platform.init_data().map(|d| d.body().to_string()),
     })
 }
 
