@@ -38,6 +38,11 @@ vm_env=$(./scripts/vm-assets.sh)
 eval "$vm_env"
 cargo test --locked --test vm_boot -- --ignored --nocapture
 
+banner "Container image (rebuilt to the same digest; under podman, a simulated Kata CoCo pod answers)"
+container_env=$(./scripts/container-assets.sh)
+eval "$container_env"
+cargo test --locked --test oci_image -- --ignored --nocapture
+
 banner "Fuzz smoke run (every parser of untrusted bytes, a few seconds each)"
 ./scripts/fuzz-smoke.sh
 

@@ -23,15 +23,6 @@ vhost_version=0.3.0
 modules=(virtio virtio_ring virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci
          vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport configfs)
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
-
-ensure_qemu() {
-    command -v qemu-system-x86_64 >/dev/null 2>&1 && return
-    banner "Installing qemu-system-x86 (once)" >&2
-    as_root apt-get update -q >&2
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends qemu-system-x86 >&2
-}
-
 # The kernel and modules, extracted from the pinned .deb into $cache/kernel.
 ensure_kernel() {
     local dir="$cache/kernel" stamp="$cache/kernel/.from-$kernel_deb_sha"
@@ -62,26 +53,16 @@ ensure_kernel() {
 }
 
 
-# The guest's /init: ciel, statically linked against glibc (no loader or
-# shared libraries in the image), in the `guest` profile. RUSTFLAGS replaces
-# .cargo/config.toml's flags, so the x86-64-v3 baseline is repeated here.
-build_static_ciel() {
-    banner "Building the guest runtime (static)" >&2
-    RUSTFLAGS="-C target-cpu=x86-64-v3 -C target-feature=+crt-static" cargo build --locked --quiet \
-        --profile guest --target x86_64-unknown-linux-gnu -p ciel --bin ciel >&2
-}
-
 ensure_toolchain
-ensure_qemu
+ensure_deb qemu-system-x86_64 qemu-system-x86
 ensure_kernel
 ensure_cargo_tool "vhost-device-vsock $vhost_version" vhost-device-vsock "=$vhost_version" \
     vhost-device-vsock --version
-build_static_ciel
-target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+init=$(build_static_ciel)
 cat <<EOF
 export CIEL_VM_KERNEL='$cache/kernel/vmlinuz'
 export CIEL_VM_MODULES='$cache/kernel/modules'
-export CIEL_VM_INIT='$target_dir/x86_64-unknown-linux-gnu/guest/ciel'
+export CIEL_VM_INIT='$init'
 export CIEL_VM_QEMU='$(command -v qemu-system-x86_64)'
 export CIEL_VM_VHOST_VSOCK='$(command -v vhost-device-vsock)'
 EOF

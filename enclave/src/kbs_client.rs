@@ -374,10 +374,7 @@ pub mod sim {
         fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String> {
             let report = self
                 .sim
-                .report(&SimSnpReport {
-                    report_data,
-                    ..self.template.clone()
-                })
+                .report_binding(&self.template, report_data)
                 .map_err(|e| e.to_string())?;
             Ok(serde_json::json!({
                 "report": B64.encode(report),

@@ -20,6 +20,22 @@ pub enum AttestCommand {
     Verify(VerifyArgs),
     /// Produce simulated evidence (no confidentiality: for development only).
     SimReport(SimReportArgs),
+    /// Serve an imitation of the Kata Confidential Containers attestation
+    /// agent's REST API (`/aa/evidence`) on the SIMULATED SEV-SNP platform,
+    /// to run `ciel enclave serve --coco-agent` without a Kata pod
+    /// (development only: NO confidentiality).
+    SimAgent(SimAgentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SimAgentArgs {
+    /// Where to listen (the real agent's REST API is on 127.0.0.1:8006).
+    #[arg(long, default_value = "127.0.0.1:8006")]
+    pub listen: String,
+    /// The init-data the simulated host launched the VM with: its digest
+    /// becomes the reports' HOST_DATA, as Kata's runtime sets it.
+    #[arg(long, value_name = "FILE")]
+    pub init_data: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +90,7 @@ pub fn run(cmd: AttestCommand) -> Result<ExitCode> {
     match cmd {
         AttestCommand::Verify(a) => run_verify(a),
         AttestCommand::SimReport(a) => super::sim::run_sim_report(a),
+        AttestCommand::SimAgent(a) => super::sim::run_sim_agent(a),
     }
 }
 

@@ -13,6 +13,11 @@ pub enum ImageCommand {
     /// Compute launch or runtime measurements.
     #[command(subcommand)]
     Measure(MeasureCommand),
+    /// Build the reproducible OCI container image (static ciel on an empty
+    /// base) for Kata Confidential Containers pods.
+    Oci(super::image_oci::OciArgs),
+    /// The HOST_DATA / MRCONFIGID and Kata pod annotation of an init-data document.
+    InitData(super::image_oci::InitDataArgs),
 }
 
 #[derive(Debug, Args)]
@@ -129,6 +134,8 @@ pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
         ImageCommand::Build(a) => build(a),
         ImageCommand::Measure(MeasureCommand::Tdx(a)) => measure_tdx(a),
         ImageCommand::Measure(MeasureCommand::Snp(a)) => measure_snp(*a),
+        ImageCommand::Oci(a) => super::image_oci::oci(a),
+        ImageCommand::InitData(a) => super::image_oci::init_data(a),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod enclave;
 pub mod files;
 pub mod host;
 pub mod image;
+pub mod image_oci;
 pub mod kbs;
 mod kbs_admin;
 mod proxy;

@@ -144,6 +144,52 @@ fn sibling(out: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// `ciel attest sim-agent`: the CoCo attestation agent's REST API, imitated
+/// on the simulated platform, until interrupted.
+pub fn run_sim_agent(a: super::attest::SimAgentArgs) -> Result<ExitCode> {
+    super::init_logging();
+    let host_data = match &a.init_data {
+        None => [0u8; 32],
+        Some(p) => {
+            let text = String::from_utf8(files::read("init-data", p)?)
+                .with_context(|| format!("init-data {}: not UTF-8", p.display()))?;
+            ciel_protocol::initdata::InitData::parse(&text)
+                .with_context(|| format!("init-data {}", p.display()))?
+                .host_data()
+        }
+    };
+    let (sim, _) = load_or_create_snp()?;
+    let agent = std::sync::Arc::new(ciel_enclave::platform::coco_sim::SimAgent {
+        sim: Box::new(sim),
+        template: SimSnpReport {
+            host_data,
+            ..SimSnpReport::default()
+        },
+    });
+    eprintln!(
+        "WARNING: SIMULATED attestation agent: its evidence proves nothing about hardware and gives NO confidentiality."
+    );
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let ep = ciel_transport::Endpoint::Tcp(a.listen.clone());
+        let listener = ciel_transport::Listener::bind(&ep)
+            .await
+            .with_context(|| format!("listening on {}", a.listen))?;
+        let addr = listener.tcp_addr().context("listener address")?;
+        eprintln!(
+            "simulated attestation agent on http://{addr} (HOST_DATA {})",
+            hex::encode(host_data)
+        );
+        let router = ciel_enclave::platform::coco_sim::router(agent);
+        tokio::select! {
+            _ = ciel_transport::http::serve_metrics(listener, router) => {}
+            _ = ciel_transport::shutdown_signal() => {}
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run_sim_report(a: SimReportArgs) -> Result<ExitCode> {
     let report_data = parse_report_data(&a.report_data)?;
     match a.platform.as_str() {

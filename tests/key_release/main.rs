@@ -10,6 +10,7 @@
 
 mod admin;
 mod broker;
+mod coco;
 mod ear_token;
 mod faults;
 mod slow_clients;

@@ -210,6 +210,10 @@ impl SnpSim {
         &self.vcek
     }
 
+    pub fn ask_der(&self) -> &[u8] {
+        &self.ask
+    }
+
     /// The ARK's CRL (DER), valid from `this_update` to `next_update`,
     /// revoking the certificates with these serial numbers (ARK 1, ASK 2,
     /// VCEK 3, ASVK 4).
@@ -235,6 +239,18 @@ impl SnpSim {
     /// A report in the real layout, signed by the simulated VCEK.
     pub fn report(&self, req: &SimSnpReport) -> Result<Vec<u8>, SimError> {
         self.report_signed_by(req, &self.vcek_key, self.tcb)
+    }
+
+    /// A report like `template` but binding `report_data`.
+    pub fn report_binding(
+        &self,
+        template: &SimSnpReport,
+        report_data: [u8; 64],
+    ) -> Result<Vec<u8>, SimError> {
+        self.report(&SimSnpReport {
+            report_data,
+            ..template.clone()
+        })
     }
 
     /// A report signed by `key` claiming `tcb` (for negative tests).

@@ -9,6 +9,7 @@
 //! only other `unsafe` in ciel enters the engine's AVX2 kernel).
 
 pub mod coco;
+pub mod coco_sim;
 pub mod devices;
 
 use crate::kbs_client::EvidenceSource;
