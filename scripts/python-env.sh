@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tests' Python environment: the official `openai` client (the API test
+# The tests' Python environment: kubernetes-validate, the official `openai` client (the API test
 # against the demo system, tests/serving/openai_client.py), httpx, pytest, mypy
 # and maturin (the Python SDK, scripts/python-sdk.sh). Installed once with pip
 # from the pinned, hash-checked scripts/python-requirements.txt; idempotent.
@@ -18,6 +18,6 @@ rm -rf "$venv"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
     --require-hashes --no-deps --only-binary=:all: -r "$requirements" >&2
-"$venv/bin/python" -c "import openai, httpx, httpx2, pytest, mypy" >&2
+"$venv/bin/python" -c "import openai, httpx, httpx2, pytest, mypy, kubernetes_validate" >&2
 echo "$want" > "$stamp"
 echo "$venv/bin/python"

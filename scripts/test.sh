@@ -43,6 +43,11 @@ container_env=$(./scripts/container-assets.sh)
 eval "$container_env"
 cargo test --locked --test oci_image -- --ignored --nocapture
 
+banner "Kubernetes manifests (kubectl kustomize, kubernetes-validate against 1.37, what matters)"
+ensure_deb kubectl kubernetes-client
+CIEL_KUBECTL=$(command -v kubectl) CIEL_TEST_PYTHON="$CIEL_OPENAI_PYTHON" \
+    cargo test --locked --test k8s_manifests -- --ignored
+
 banner "Fuzz smoke run (every parser of untrusted bytes, a few seconds each)"
 ./scripts/fuzz-smoke.sh
 

@@ -1,6 +1,7 @@
 //! The container image, as a Kata Confidential Containers pod would run it:
 //! `ciel image oci` twice from the same static binary gives the same
 //! digest; under podman the image's guest takes its settings from init-data,
+//! its sealed model from an (untrusted) HTTP object store,
 //! its evidence from a (simulated) pod attestation agent whose HOST_DATA
 //! binds that init-data, gets its key from the broker, and answers a client
 //! that verified it — HOST_DATA pinned by the client's policy.
@@ -10,6 +11,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod common;
+#[path = "common/object_store.rs"]
+mod object_store;
 use common::{Running, ciel, data_dir, free_port, seal_registered, sim_report, start_kbs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -158,33 +161,15 @@ fn the_image_rebuilds_to_the_same_digest_and_serves_a_verified_answer_under_podm
         &broker.url,
         &kb,
     );
-    let (blob_port, api_port, agent_port) = (free_port(), free_port(), free_port());
-    let host_log = tmp.path().join("host.log");
-    let _host = Running(
-        Command::new(env!("CARGO_BIN_EXE_ciel"))
-            .args(["host", "serve", "--guest-api"])
-            .arg(format!("tcp://127.0.0.1:{}", free_port()))
-            .arg("--listen")
-            .arg(format!("tcp://127.0.0.1:{}", free_port()))
-            .arg("--models")
-            .arg(&models)
-            .arg("--blob-listen")
-            .arg(format!("tcp://127.0.0.1:{blob_port}"))
-            .stderr(std::fs::File::create(&host_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(
-        blob_port,
-        "the blob service",
-        Duration::from_secs(20),
-        &host_log,
-    );
+    let (api_port, agent_port) = (free_port(), free_port());
+    // No host shim in a pod: the sealed model comes from an (untrusted)
+    // object store.
+    let (store, _store_stop) = object_store::serve(&models, object_store::Behaviour::Honest);
 
     // The pod's init-data: the broker, its CA and the model, all attested.
     let ca = std::fs::read_to_string(kb.join("tls-ca.pem")).unwrap();
     let init_data = format!(
-        "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"ciel.toml\" = '''\nkbs = \"{}\"\nkbs_ca = \"\"\"\n{}\"\"\"\nmodel_from = \"tcp://127.0.0.1:{blob_port}\"\nmodel_blob = \"model.csm\"\n'''\n",
+        "version = \"0.1.0\"\nalgorithm = \"sha384\"\n\n[data]\n\"ciel.toml\" = '''\nkbs = \"{}\"\nkbs_ca = \"\"\"\n{}\"\"\"\nmodel_from = \"http://{store}/models\"\nmodel_blob = \"model.csm\"\n'''\n",
         broker.url,
         ca.trim_end()
     );
@@ -290,7 +275,11 @@ fn the_image_rebuilds_to_the_same_digest_and_serves_a_verified_answer_under_podm
     ]);
     assert_eq!(chat.code, 0, "{}", chat.stderr);
     assert!(chat.stdout.trim().len() > 10, "{:?}", chat.stdout);
-    eprintln!("image {digest}\n{}\nanswer: {}", verify.stdout, chat.stdout.trim());
+    eprintln!(
+        "image {digest}\n{}\nanswer: {}",
+        verify.stdout,
+        chat.stdout.trim()
+    );
 
     // Pinned to other init-data, the same client refuses the pod.
     std::fs::write(

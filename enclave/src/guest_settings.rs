@@ -23,6 +23,8 @@ pub struct GuestSettings {
     pub model_from: Option<String>,
     /// The sealed model's blob name at `model_from`.
     pub model_blob: Option<String>,
+    /// The CA (PEM) of an `https://` object store's certificate.
+    pub model_ca: Option<String>,
 }
 
 /// Why the settings could not be read or merged.

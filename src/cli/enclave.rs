@@ -59,9 +59,15 @@ pub struct ServeArgs {
     /// (vsock://2:PORT in a VM; unix:PATH in development).
     #[arg(long)]
     pub kbs_via: Option<Endpoint>,
-    /// The host's blob service.
+    /// Where the sealed model comes from: the host's blob service (a
+    /// transport address) or an http(s):// object store (in a pod), which
+    /// must serve byte ranges.
     #[arg(long)]
-    pub model_from: Option<Endpoint>,
+    pub model_from: Option<String>,
+    /// The CA certificate (PEM) of an https:// object store (the guest
+    /// trusts no public root store).
+    #[arg(long, value_name = "FILE")]
+    pub model_ca: Option<PathBuf>,
     /// The sealed model's blob name at the host.
     #[arg(long)]
     pub model_blob: Option<String>,
@@ -209,13 +215,26 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     )?;
     let model_from = GuestSettings::pick(
         settings.model_from.as_deref(),
-        a.model_from.as_ref().map(|e| e.to_string()).as_deref(),
+        a.model_from.as_deref(),
         "model-from",
         "model_from",
     )?;
-    let model_from: Endpoint = model_from
-        .parse()
-        .map_err(|e| anyhow::anyhow!("model_from {model_from:?}: {e}"))?;
+    let flag_model_ca = match &a.model_ca {
+        Some(p) => Some(
+            String::from_utf8(files::read("object store CA", p)?)
+                .with_context(|| format!("{}: not PEM text", p.display()))?,
+        ),
+        None => None,
+    };
+    let model_ca = match (settings.model_ca.as_deref(), flag_model_ca.as_deref()) {
+        (None, None) => None,
+        (bound, given) => Some(GuestSettings::pick(bound, given, "model-ca", "model_ca")?),
+    };
+    let model_from = ciel_enclave::serve::fetch::ModelSource::parse(
+        &model_from,
+        model_ca.map(String::into_bytes),
+    )
+    .map_err(|e| anyhow::anyhow!("model_from: {e}"))?;
     let model_blob = GuestSettings::pick(
         settings.model_blob.as_deref(),
         a.model_blob.as_deref(),

@@ -40,6 +40,61 @@ pub enum FetchError {
     TooLarge { name: String, len: u64, max: u64 },
     #[error("cannot reserve {0} bytes of guest memory for the sealed model")]
     Memory(u64),
+    #[error("object store {url}: {message}")]
+    Http { url: String, message: String },
+}
+
+/// Where sealed models come from: the host's blob service (a VM's host
+/// shim) or an HTTP(S) object store (a Kubernetes pod has no host shim).
+#[derive(Debug, Clone)]
+pub enum ModelSource {
+    Blob(Endpoint),
+    ObjectStore(super::object_store::ObjectStore),
+}
+
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::Blob(ep) => write!(f, "{ep}"),
+            ModelSource::ObjectStore(s) => write!(f, "{}", s.base),
+        }
+    }
+}
+
+impl ModelSource {
+    /// `http(s)://…` is an object store (`ca_pem` for https); anything else
+    /// a transport address of a blob service.
+    pub fn parse(text: &str, ca_pem: Option<Vec<u8>>) -> Result<Self, String> {
+        if text.starts_with("http://") || text.starts_with("https://") {
+            return super::object_store::ObjectStore::new(text, ca_pem)
+                .map(ModelSource::ObjectStore)
+                .map_err(|e| e.to_string());
+        }
+        if ca_pem.is_some() {
+            return Err(format!(
+                "{text}: a CA for the model source is only for https:// object stores"
+            ));
+        }
+        text.parse::<Endpoint>()
+            .map(ModelSource::Blob)
+            .map_err(|e| format!("{text}: {e}"))
+    }
+
+    /// The whole sealed blob `name`, `parallel` ranges at a time.
+    pub async fn fetch(&self, name: &str, parallel: usize) -> Result<Vec<u8>, FetchError> {
+        match self {
+            ModelSource::Blob(ep) => fetch_blob(ep, name, parallel).await,
+            ModelSource::ObjectStore(store) => {
+                let (store, name) = (store.clone(), name.to_string());
+                tokio::task::spawn_blocking(move || store.fetch(&name, parallel, DEFAULT_MAX_BLOB))
+                    .await
+                    .map_err(|e| FetchError::Http {
+                        url: e.to_string(),
+                        message: "the fetch task failed".into(),
+                    })?
+            }
+        }
+    }
 }
 
 async fn exchange(

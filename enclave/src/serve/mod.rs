@@ -9,6 +9,7 @@ pub mod connections;
 pub mod embeddings;
 pub mod fetch;
 mod logprobs;
+pub mod object_store;
 pub mod request;
 mod request_fields;
 mod sse;
@@ -38,8 +39,9 @@ pub struct ServeConfig {
     /// (a loopback bridge inside the guest forwards to it); TLS to the
     /// broker stays end to end.
     pub kbs_via: Option<Endpoint>,
-    /// The host's model blob service and the sealed model's blob name.
-    pub model_from: Endpoint,
+    /// Where the sealed models come from (the host's blob service, or an
+    /// object store) and the sealed model's name there.
+    pub model_from: fetch::ModelSource,
     pub model_blob: String,
     /// The name clients use for the model (default: the sealed header's).
     pub model_name: Option<String>,
@@ -216,7 +218,7 @@ async fn load_embedding_model(
     kbs_url: &str,
     blob: &str,
 ) -> Result<(embeddings::Embeddings, ModelClaims), BootError> {
-    let sealed = fetch::fetch_blob(&cfg.model_from, blob, cfg.fetch_parallel).await?;
+    let sealed = cfg.model_from.fetch(blob, cfg.fetch_parallel).await?;
     let header = SealedHeader::parse(&sealed)?;
     let claims = ModelClaims {
         name: cfg
@@ -256,7 +258,10 @@ async fn load_embedding_model(
 pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Result<(), BootError> {
     let started = std::time::Instant::now();
     // 1. The sealed model, fetched from the (untrusted) host in parallel.
-    let sealed = fetch::fetch_blob(&cfg.model_from, &cfg.model_blob, cfg.fetch_parallel).await?;
+    let sealed = cfg
+        .model_from
+        .fetch(&cfg.model_blob, cfg.fetch_parallel)
+        .await?;
     let header = SealedHeader::parse(&sealed)?;
     let resource = header.header.resource.clone();
     let model_sha256 = header.header.plaintext_sha256.clone();
