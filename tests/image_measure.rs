@@ -365,3 +365,52 @@ fn mrtd_from_a_tdvf_becomes_a_policy_that_a_matching_quote_satisfies() {
     mrtd[0] ^= 1;
     assert!(verdict(mrtd).has(ReasonKind::MeasurementNotAllowed));
 }
+
+/// `ciel image init-data --reference-values`: a policy that accepts a TD
+/// launched with that init-data (its MRCONFIGID) and no other; the same
+/// document's HOST_DATA for SEV-SNP.
+#[test]
+fn init_data_becomes_reference_values_that_pin_the_launch_configuration() {
+    let tmp = tempfile::tempdir().unwrap();
+    let doc = tmp.path().join("initdata.toml");
+    let text = "version = \"0.1.0\"\nalgorithm = \"sha384\"\n[data]\n\"ciel.toml\" = \"kbs = 'https://kbs:8443'\\n\"\n";
+    std::fs::write(&doc, text).unwrap();
+    let rv = tmp.path().join("rv.json");
+    let run = ciel([
+        "image".as_ref(),
+        "init-data".as_ref(),
+        doc.as_os_str(),
+        "--json".as_ref(),
+        "--reference-values".as_ref(),
+        rv.as_os_str(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let digest = ring::digest::digest(&ring::digest::SHA384, text.as_bytes());
+    let out = run.json();
+    assert_eq!(out["tdx_mrconfigid"], hex::encode(digest.as_ref()));
+    assert_eq!(out["snp_host_data"], hex::encode(&digest.as_ref()[..32]));
+    let written: serde_json::Value = serde_json::from_slice(&std::fs::read(&rv).unwrap()).unwrap();
+    assert_eq!(written["snp"]["host_data"][0], out["snp_host_data"]);
+
+    let verdict = simulated_td_under(&rv);
+    let mut mrconfigid = [0u8; 48];
+    mrconfigid.copy_from_slice(digest.as_ref());
+    let v = verdict(SimTdxQuote {
+        mrconfigid,
+        ..Default::default()
+    });
+    assert!(v.accepted, "{:?}", v.reasons);
+    // Launched with other init-data (or none): refused.
+    let v = verdict(SimTdxQuote::default());
+    assert!(!v.accepted);
+
+    // The annotation Kata takes is the document, gzip then base64.
+    let annotation = out["annotation"][ciel_protocol::initdata::KATA_ANNOTATION]
+        .as_str()
+        .unwrap();
+    use base64::Engine;
+    let gz = base64::engine::general_purpose::STANDARD.decode(annotation).unwrap();
+    let mut back = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut back).unwrap();
+    assert_eq!(back, text);
+}

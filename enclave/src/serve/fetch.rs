@@ -45,11 +45,15 @@ pub enum FetchError {
 }
 
 /// Where sealed models come from: the host's blob service (a VM's host
-/// shim) or an HTTP(S) object store (a Kubernetes pod has no host shim).
+/// shim), an HTTP(S) object store or a mounted volume (a Kubernetes pod
+/// has no host shim). All are untrusted alike: only the sealed format's
+/// authentication makes their bytes a model.
 #[derive(Debug, Clone)]
 pub enum ModelSource {
     Blob(Endpoint),
     ObjectStore(super::object_store::ObjectStore),
+    /// `file:DIR`: sealed models are files in DIR (a volume).
+    Directory(std::path::PathBuf),
 }
 
 impl std::fmt::Display for ModelSource {
@@ -57,6 +61,7 @@ impl std::fmt::Display for ModelSource {
         match self {
             ModelSource::Blob(ep) => write!(f, "{ep}"),
             ModelSource::ObjectStore(s) => write!(f, "{}", s.base),
+            ModelSource::Directory(d) => write!(f, "file:{}", d.display()),
         }
     }
 }
@@ -74,6 +79,13 @@ impl ModelSource {
             return Err(format!(
                 "{text}: a CA for the model source is only for https:// object stores"
             ));
+        }
+        if let Some(dir) = text.strip_prefix("file:") {
+            let dir = std::path::PathBuf::from(dir);
+            if !dir.is_absolute() {
+                return Err(format!("{text}: file: needs an absolute directory"));
+            }
+            return Ok(ModelSource::Directory(dir));
         }
         text.parse::<Endpoint>()
             .map(ModelSource::Blob)
@@ -93,8 +105,51 @@ impl ModelSource {
                         message: "the fetch task failed".into(),
                     })?
             }
+            ModelSource::Directory(dir) => {
+                let (dir, name) = (dir.clone(), name.to_string());
+                tokio::task::spawn_blocking(move || read_file(&dir, &name, DEFAULT_MAX_BLOB))
+                    .await
+                    .map_err(|e| FetchError::Io {
+                        endpoint: e.to_string(),
+                        source: std::io::Error::other("the read task failed"),
+                    })?
+            }
         }
     }
+}
+
+/// The sealed model `name` from the volume at `dir`: a plain file name
+/// (no path), at most `max` bytes, memory reserved before it is read.
+fn read_file(dir: &std::path::Path, name: &str, max: u64) -> Result<Vec<u8>, FetchError> {
+    let io = |source| FetchError::Io {
+        endpoint: format!("file:{}/{name}", dir.display()),
+        source,
+    };
+    if name.is_empty()
+        || name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a plain file name is expected (letters, digits, '.', '_', '-'; not starting with '.')",
+        )));
+    }
+    let mut file = std::fs::File::open(dir.join(name)).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    if len > max {
+        return Err(FetchError::TooLarge {
+            name: name.to_string(),
+            len,
+            max,
+        });
+    }
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(usize::try_from(len).map_err(|_| FetchError::Memory(len))?)
+        .map_err(|_| FetchError::Memory(len))?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, max), &mut buf).map_err(io)?;
+    Ok(buf)
 }
 
 async fn exchange(
@@ -246,6 +301,25 @@ pub async fn fetch_blob_capped(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_volume_gives_plain_files_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("model.csm"), b"sealed bytes").unwrap();
+        let src = ModelSource::parse(&format!("file:{}", dir.path().display()), None).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert_eq!(rt.block_on(src.fetch("model.csm", 4)).unwrap(), b"sealed bytes");
+        for bad in ["../model.csm", "sub/model.csm", ".hidden", ""] {
+            assert!(rt.block_on(src.fetch(bad, 4)).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            read_file(dir.path(), "model.csm", 4),
+            Err(FetchError::TooLarge { len: 12, .. })
+        ));
+        assert!(rt.block_on(src.fetch("absent.csm", 4)).is_err());
+        assert!(ModelSource::parse("file:relative/dir", None).is_err());
+        assert!(ModelSource::parse("file:/models", Some(b"pem".to_vec())).is_err());
+    }
     use ciel_transport::Listener;
 
     /// A hostile blob service: answers `blob_stat` truthfully about a blob
