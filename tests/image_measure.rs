@@ -409,7 +409,9 @@ fn init_data_becomes_reference_values_that_pin_the_launch_configuration() {
         .as_str()
         .unwrap();
     use base64::Engine;
-    let gz = base64::engine::general_purpose::STANDARD.decode(annotation).unwrap();
+    let gz = base64::engine::general_purpose::STANDARD
+        .decode(annotation)
+        .unwrap();
     let mut back = String::new();
     std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut back).unwrap();
     assert_eq!(back, text);

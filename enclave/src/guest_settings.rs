@@ -18,8 +18,8 @@ pub struct GuestSettings {
     pub kbs: Option<String>,
     /// The broker's CA certificate, PEM.
     pub kbs_ca: Option<String>,
-    /// Where the sealed model comes from (a transport address, or an
-    /// `http(s)://` object-store URL).
+    /// Where the sealed model comes from: a transport address (the host's
+    /// blob service), an `http(s)://` object store, or `file:DIR` (a volume).
     pub model_from: Option<String>,
     /// The sealed model's blob name at `model_from`.
     pub model_blob: Option<String>,

@@ -60,8 +60,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub kbs_via: Option<Endpoint>,
     /// Where the sealed model comes from: the host's blob service (a
-    /// transport address) or an http(s):// object store (in a pod), which
-    /// must serve byte ranges.
+    /// transport address), an http(s):// object store serving byte ranges,
+    /// or file:DIR, a mounted volume (in a pod).
     #[arg(long)]
     pub model_from: Option<String>,
     /// The CA certificate (PEM) of an https:// object store (the guest

@@ -307,8 +307,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("model.csm"), b"sealed bytes").unwrap();
         let src = ModelSource::parse(&format!("file:{}", dir.path().display()), None).unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        assert_eq!(rt.block_on(src.fetch("model.csm", 4)).unwrap(), b"sealed bytes");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(
+            rt.block_on(src.fetch("model.csm", 4)).unwrap(),
+            b"sealed bytes"
+        );
         for bad in ["../model.csm", "sub/model.csm", ".hidden", ""] {
             assert!(rt.block_on(src.fetch(bad, 4)).is_err(), "{bad:?}");
         }
