@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 ensure_toolchain
-ensure_deb podman podman
+ensure_deb podman podman netavark
 ensure_deb runc runc
 binary=$(build_static_ciel)
 cat <<EOF

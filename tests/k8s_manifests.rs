@@ -260,7 +260,7 @@ fn every_overlay_renders_validates_and_keeps_what_matters() {
         );
     }
 
-    // The verifying proxy joins a labelled client as a sidecar.
+    // The verifying proxy joins the example client as a sidecar.
     let yaml = render(&deploy().join("examples/in-cluster-client"));
     let (ok, report) = validate(&yaml);
     assert!(ok, "the in-cluster client does not validate:\n{report}");
