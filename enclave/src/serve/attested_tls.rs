@@ -28,7 +28,8 @@ pub enum IdentityError {
 #[derive(Debug, Clone)]
 pub struct AttestedIdentity {
     pub claims: RuntimeClaims,
-    /// The boot-time document, as in the certificate.
+    /// The boot-time document (the certificate carries it, less an
+    /// init-data too large for a TLS handshake).
     pub document: AttestationDocument,
     pub server_config: Arc<rustls::ServerConfig>,
 }
@@ -54,6 +55,32 @@ pub fn attest(
     })
 }
 
+/// The largest attestation extension the certificate carries with the
+/// init-data in it. TLS clients (rustls among them) refuse handshake
+/// messages over 64 KiB, and the evidence (a TDX quote's collateral is
+/// ~30 KiB) and the certificate need their share.
+pub const CERTIFICATE_INIT_DATA_BUDGET: usize = 40 << 10;
+
+/// The document for the certificate: the boot document, without its
+/// init-data when that would make the handshake too large (a Kata agent
+/// policy can be tens of KiB). The evidence still binds the init-data's
+/// digest, which a client pins in its policy; `/v1/attestation` always
+/// carries the document whole.
+fn certificate_document(document: &AttestationDocument) -> AttestationDocument {
+    let fits = encode_extension(document).is_ok_and(|e| e.len() <= CERTIFICATE_INIT_DATA_BUDGET);
+    if document.init_data.is_none() || fits {
+        return document.clone();
+    }
+    tracing::warn!(
+        budget = CERTIFICATE_INIT_DATA_BUDGET,
+        "the init-data is too large for the TLS certificate: it is served at /v1/attestation only"
+    );
+    AttestationDocument {
+        init_data: None,
+        ..document.clone()
+    }
+}
+
 impl AttestedIdentity {
     /// Generates the TLS key (P-256), the claims for `model`, evidence bound
     /// to them, and the certificate that carries it. TLS 1.3 only.
@@ -75,6 +102,7 @@ impl AttestedIdentity {
             nonce: None,
         };
         let document = attest(platform, claims.clone())?;
+        let in_certificate = certificate_document(&document);
         let mut params =
             rcgen::CertificateParams::new(vec!["ciel-enclave".to_string()]).map_err(cert_err)?;
         params
@@ -84,7 +112,7 @@ impl AttestedIdentity {
             .custom_extensions
             .push(rcgen::CustomExtension::from_oid_content(
                 ciel_protocol::claims::EXTENSION_OID,
-                encode_extension(&document)?,
+                encode_extension(&in_certificate)?,
             ));
         let cert = params.self_signed(&key).map_err(cert_err)?;
         let chain = vec![CertificateDer::from(cert.der().to_vec())];
@@ -102,5 +130,42 @@ impl AttestedIdentity {
             document,
             server_config: Arc::new(config),
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn document(init_data: usize) -> AttestationDocument {
+        AttestationDocument {
+            claims: RuntimeClaims {
+                version: CLAIMS_VERSION,
+                platform: "snp".into(),
+                runtime: runtime_version(),
+                tls_spki_sha256: "00".repeat(32),
+                model: ModelClaims {
+                    name: "m".into(),
+                    sha256: "00".repeat(32),
+                },
+                embedding_model: None,
+                nonce: None,
+            },
+            tee: "snp".into(),
+            evidence: serde_json::json!({"report": "A".repeat(8 << 10)}),
+            init_data: Some("#".repeat(init_data)),
+        }
+    }
+
+    #[test]
+    fn init_data_too_large_for_a_handshake_stays_out_of_the_certificate() {
+        let small = document(4 << 10);
+        assert_eq!(certificate_document(&small), small);
+        let large = document(48 << 10);
+        let cert = certificate_document(&large);
+        assert_eq!(cert.init_data, None);
+        assert_eq!(cert.evidence, large.evidence);
+        assert!(encode_extension(&cert).unwrap().len() < CERTIFICATE_INIT_DATA_BUDGET);
     }
 }
