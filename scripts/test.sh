@@ -48,6 +48,11 @@ ensure_deb kubectl kubernetes-client
 CIEL_KUBECTL=$(command -v kubectl) CIEL_TEST_PYTHON="$CIEL_OPENAI_PYTHON" \
     cargo test --locked --test k8s_manifests -- --ignored
 
+banner "Key broker with its master key in an HSM (SoftHSM2 through PKCS#11)"
+ensure_deb softhsm2-util softhsm2
+CIEL_PKCS11_MODULE=$(dpkg -L libsofthsm2 | grep -m1 '/libsofthsm2\.so$') \
+    cargo test --locked --test hsm_key_store -- --ignored
+
 banner "Fuzz smoke run (every parser of untrusted bytes, a few seconds each)"
 ./scripts/fuzz-smoke.sh
 

@@ -21,7 +21,10 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     key_store: PathBuf,
-    master_key_file: PathBuf,
+    /// The master key in a file (hex); or, instead, `[master_key_pkcs11]`.
+    master_key_file: Option<PathBuf>,
+    /// The master key inside a PKCS#11 token (an HSM).
+    master_key_pkcs11: Option<crate::master_key::Pkcs11Config>,
     audit_log: PathBuf,
     session_ttl_seconds: Option<u64>,
     max_sessions: Option<usize>,
@@ -72,7 +75,7 @@ pub struct ResourcePolicy {
 #[derive(Debug)]
 pub struct Config {
     pub key_store: PathBuf,
-    pub master_key_file: PathBuf,
+    pub master_key: MasterKeySource,
     pub audit_log: PathBuf,
     pub session_ttl: Duration,
     pub max_sessions: usize,
@@ -166,7 +169,23 @@ impl Config {
         Ok(Config {
             dcap_collateral,
             key_store: rel(&raw.key_store),
-            master_key_file: rel(&raw.master_key_file),
+            master_key: match (&raw.master_key_file, &raw.master_key_pkcs11) {
+                (Some(f), None) => MasterKeySource::File(rel(f)),
+                (None, Some(p)) => MasterKeySource::Pkcs11(crate::master_key::Pkcs11Config {
+                    pin_file: rel(&p.pin_file),
+                    ..p.clone()
+                }),
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "master_key_file and [master_key_pkcs11] both given: the master key is in one place".into(),
+                    ));
+                }
+                (None, None) => {
+                    return Err(err(
+                        "no master key: set master_key_file, or [master_key_pkcs11] for a key in an HSM".into(),
+                    ));
+                }
+            },
             audit_log: rel(&raw.audit_log),
             session_ttl: Duration::from_secs(raw.session_ttl_seconds.unwrap_or(300)),
             max_sessions: raw.max_sessions.unwrap_or(10_000),
@@ -174,6 +193,25 @@ impl Config {
             attest_policy,
             resources,
         })
+    }
+}
+
+/// Where the key store's master key is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MasterKeySource {
+    /// A file holding the key as hex (the embedded default).
+    File(PathBuf),
+    /// A key inside a PKCS#11 token.
+    Pkcs11(crate::master_key::Pkcs11Config),
+}
+
+impl MasterKeySource {
+    /// Reads the file, or logs in to the token and finds the key.
+    pub fn open(&self) -> Result<crate::master_key::MasterKey, crate::master_key::MasterKeyError> {
+        match self {
+            MasterKeySource::File(p) => crate::master_key::MasterKey::from_file(p),
+            MasterKeySource::Pkcs11(c) => crate::master_key::MasterKey::open_pkcs11(c),
+        }
     }
 }
 

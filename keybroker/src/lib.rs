@@ -14,6 +14,7 @@ pub mod admin_api;
 pub mod audit;
 pub mod config;
 pub mod ear;
+pub mod master_key;
 pub mod metrics;
 pub mod problem;
 pub mod rego;

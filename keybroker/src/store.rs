@@ -3,8 +3,8 @@
 //! JSON file replaced atomically. Each resource keeps every version, so a
 //! rotation never breaks a guest that still needs the old key.
 
+use crate::master_key::{MasterKey, MasterKeyError};
 use crate::resource::ResourcePath;
-use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,8 +21,10 @@ pub enum StoreError {
     },
     #[error("key store {path}: {message}")]
     Corrupt { path: PathBuf, message: String },
-    #[error("master key {path}: {message}")]
-    MasterKey { path: PathBuf, message: String },
+    #[error(transparent)]
+    MasterKey(#[from] MasterKeyError),
+    #[error("key store {path}: the master key failed: {message}")]
+    Sealing { path: PathBuf, message: String },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,7 +53,7 @@ pub type VersionedKey = (u32, Zeroizing<Vec<u8>>);
 /// Encrypted key storage.
 pub struct KeyStore {
     path: PathBuf,
-    master: LessSafeKey,
+    master: MasterKey,
     data: StoreFile,
 }
 
@@ -62,22 +64,6 @@ impl std::fmt::Debug for KeyStore {
             .field("resources", &self.data.keys.len())
             .finish()
     }
-}
-
-/// Reads a 32-byte master key stored as hex.
-pub fn read_master_key(path: &Path) -> Result<Zeroizing<[u8; 32]>, StoreError> {
-    let err = |m: String| StoreError::MasterKey {
-        path: path.to_path_buf(),
-        message: m,
-    };
-    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?);
-    let bytes = Zeroizing::new(hex::decode(text.trim()).map_err(|e| err(format!("not hex: {e}")))?);
-    let mut out = Zeroizing::new([0u8; 32]);
-    if bytes.len() != 32 {
-        return Err(err(format!("{} bytes, expected 32", bytes.len())));
-    }
-    out.copy_from_slice(&bytes);
-    Ok(out)
 }
 
 fn aad(resource: &str, version: u32, retired: bool) -> Vec<u8> {
@@ -99,12 +85,13 @@ pub enum Lookup {
 }
 
 impl KeyStore {
-    /// Opens the store at `path` (an absent file is an empty store).
+    /// Opens the store at `path` under a master key held in memory.
     pub fn open(path: &Path, master: &[u8; 32]) -> Result<Self, StoreError> {
-        let key = UnboundKey::new(&AES_256_GCM, master).map_err(|_| StoreError::MasterKey {
-            path: path.into(),
-            message: "unusable".into(),
-        })?;
+        Self::open_with(path, MasterKey::from_bytes(master, path)?)
+    }
+
+    /// Opens the store at `path` (an absent file is an empty store).
+    pub fn open_with(path: &Path, master: MasterKey) -> Result<Self, StoreError> {
         let data = match std::fs::read(path) {
             Ok(bytes) => {
                 serde_json::from_slice::<StoreFile>(&bytes).map_err(|e| StoreError::Corrupt {
@@ -131,7 +118,7 @@ impl KeyStore {
         }
         let store = KeyStore {
             path: path.into(),
-            master: LessSafeKey::new(key),
+            master,
             data,
         };
         // Decrypt everything once: a wrong master key or a tampered file is
@@ -153,20 +140,14 @@ impl KeyStore {
             .ok()
             .and_then(|n| n.try_into().ok())
             .ok_or_else(|| corrupt("bad nonce"))?;
-        let mut buf = Zeroizing::new(
-            hex::decode(&k.ciphertext).map_err(|_| corrupt("bad ciphertext encoding"))?,
-        );
-        let n = self
-            .master
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(resource, k.version, k.retired)),
-                buf.as_mut_slice(),
-            )
-            .map_err(|_| corrupt("does not decrypt (wrong master key or tampered store)"))?
-            .len();
-        buf.truncate(n);
-        Ok(buf)
+        let sealed = hex::decode(&k.ciphertext).map_err(|_| corrupt("bad ciphertext encoding"))?;
+        self.master
+            .open(nonce, &aad(resource, k.version, k.retired), &sealed)
+            .map_err(|message| StoreError::Sealing {
+                path: self.path.clone(),
+                message,
+            })?
+            .ok_or_else(|| corrupt("does not decrypt (wrong master key or tampered store)"))
     }
 
     /// The newest version of `resource` that is not retired, or a given
@@ -254,21 +235,17 @@ impl KeyStore {
             path: self.path.clone(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let mut buf = Zeroizing::new(key.to_vec());
-        self.master
-            .seal_in_place_append_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad(resource, version, retired)),
-                &mut *buf,
-            )
-            .map_err(|_| StoreError::Corrupt {
+        let sealed = self
+            .master
+            .seal(nonce, &aad(resource, version, retired), key)
+            .map_err(|message| StoreError::Sealing {
                 path: self.path.clone(),
-                message: "seal failed".into(),
+                message,
             })?;
         Ok(StoredKey {
             version,
             nonce: hex::encode(nonce),
-            ciphertext: hex::encode(buf.as_slice()),
+            ciphertext: hex::encode(&sealed),
             retired,
         })
     }

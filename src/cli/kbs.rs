@@ -5,7 +5,7 @@ use anyhow::{Context, Result, bail};
 use ciel_keybroker::audit::AuditLog;
 use ciel_keybroker::config::Config;
 use ciel_keybroker::server::{AppState, ServeOptions, metrics_router, serve};
-use ciel_keybroker::store::{KeyStore, read_master_key};
+use ciel_keybroker::store::KeyStore;
 use ciel_keybroker::tls::{generate_dev_pki, server_config};
 use ciel_transport::{Endpoint, Listener};
 use clap::{Args, Subcommand};
@@ -45,6 +45,20 @@ pub struct InitArgs {
     /// Names (DNS or IP) for the TLS certificate.
     #[arg(long, default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
     pub tls_name: Vec<String>,
+    /// Keep the master key in an HSM: this PKCS#11 module (e.g.
+    /// /usr/lib/softhsm/libsofthsm2.so) generates an AES-256 key inside the
+    /// token, never extractable, instead of master.key.
+    #[arg(long, value_name = "MODULE", requires_all = ["pkcs11_token", "pkcs11_pin_file"])]
+    pub pkcs11_module: Option<PathBuf>,
+    /// The token's label.
+    #[arg(long, value_name = "LABEL", requires = "pkcs11_module")]
+    pub pkcs11_token: Option<String>,
+    /// A file holding the token's user PIN (kbs.toml refers to it).
+    #[arg(long, value_name = "FILE", requires = "pkcs11_module")]
+    pub pkcs11_pin_file: Option<PathBuf>,
+    /// The key's label in the token.
+    #[arg(long, value_name = "LABEL", default_value = "ciel-kbs-master")]
+    pub pkcs11_key_label: String,
 }
 
 #[derive(Debug, Args)]
@@ -124,14 +138,36 @@ fn init(a: InitArgs) -> Result<ExitCode> {
     }
     std::fs::create_dir_all(&a.dir).with_context(|| format!("create {}", a.dir.display()))?;
     let rng = ring::rand::SystemRandom::new();
-    let mut master = zeroize::Zeroizing::new([0u8; 32]);
-    ring::rand::SecureRandom::fill(&rng, master.as_mut())
-        .map_err(|_| anyhow::anyhow!("random number generator failed"))?;
-    write_new(
-        &a.dir.join("master.key"),
-        format!("{}\n", hex::encode(master.as_ref())).as_bytes(),
-        true,
-    )?;
+    let master_line = match (&a.pkcs11_module, &a.pkcs11_token, &a.pkcs11_pin_file) {
+        (Some(module), Some(token), Some(pin)) => {
+            let pin = std::path::absolute(pin).with_context(|| format!("{}", pin.display()))?;
+            let cfg = ciel_keybroker::master_key::Pkcs11Config {
+                module: module.clone(),
+                token_label: token.clone(),
+                key_label: a.pkcs11_key_label.clone(),
+                pin_file: pin.clone(),
+            };
+            ciel_keybroker::master_key::MasterKey::generate_pkcs11(&cfg)?;
+            format!(
+                "[master_key_pkcs11]\nmodule = {:?}\ntoken_label = {:?}\nkey_label = {:?}\npin_file = {:?}\n",
+                module.display().to_string(),
+                token,
+                a.pkcs11_key_label,
+                pin.display().to_string()
+            )
+        }
+        _ => {
+            let mut master = zeroize::Zeroizing::new([0u8; 32]);
+            ring::rand::SecureRandom::fill(&rng, master.as_mut())
+                .map_err(|_| anyhow::anyhow!("random number generator failed"))?;
+            write_new(
+                &a.dir.join("master.key"),
+                format!("{}\n", hex::encode(master.as_ref())).as_bytes(),
+                true,
+            )?;
+            "master_key_file = \"master.key\"\n".to_string()
+        }
+    };
     let admin = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng)
         .map_err(|_| anyhow::anyhow!("admin key generation failed"))?;
     let pair = ring::signature::Ed25519KeyPair::from_pkcs8(admin.as_ref())
@@ -143,13 +179,18 @@ fn init(a: InitArgs) -> Result<ExitCode> {
     write_new(&a.dir.join("tls.pem"), pki.cert_pem.as_bytes(), false)?;
     write_new(&a.dir.join("tls.key"), pki.key_pem.as_bytes(), true)?;
     let config = format!(
-        "# ciel key broker configuration (paths relative to this file)\nkey_store = \"keys.json\"\nmaster_key_file = \"master.key\"\naudit_log = \"audit.jsonl\"\nsession_ttl_seconds = 300\n# Ed25519 public key of admin.key: signs `ciel seal --kbs` registrations.\nadmin_public_key = \"{}\"\n# More admins, each with only the roles it needs (register, rotate, retire, audit):\n# [[admin]]\n# name = \"auditor\"\n# public_key = \"<hex Ed25519 public key>\"\n# roles = [\"audit\"]\n# DANGER: trust simulated evidence (development only):\n# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]\n\n# Every resource names the attestation policy a guest must satisfy: ciel's TOML\n# over the evidence, a Trustee resource policy (Rego, `package policy`, `allow`)\n# over the attestation token's claims and the resource path, or both:\n# [[resource]]\n# path = \"default/model-key/my-model\"\n# policy_file = \"my-model.policy.toml\"\n# rego_policy_file = \"my-model.rego\"\n",
+        "# ciel key broker configuration (paths relative to this file)\nkey_store = \"keys.json\"\naudit_log = \"audit.jsonl\"\nsession_ttl_seconds = 300\n# Ed25519 public key of admin.key: signs `ciel seal --kbs` registrations.\nadmin_public_key = \"{}\"\n# More admins, each with only the roles it needs (register, rotate, retire, audit):\n# [[admin]]\n# name = \"auditor\"\n# public_key = \"<hex Ed25519 public key>\"\n# roles = [\"audit\"]\n# DANGER: trust simulated evidence (development only):\n# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]\n\n# Every resource names the attestation policy a guest must satisfy: ciel's TOML\n# over the evidence, a Trustee resource policy (Rego, `package policy`, `allow`)\n# over the attestation token's claims and the resource path, or both:\n# [[resource]]\n# path = \"default/model-key/my-model\"\n# policy_file = \"my-model.policy.toml\"\n# rego_policy_file = \"my-model.rego\"\n\n# The key store's master key:\n{master_line}",
         hex::encode(pair.public_key().as_ref())
     );
     write_new(&a.dir.join("kbs.toml"), config.as_bytes(), false)?;
     eprintln!(
-        "created {dir}: kbs.toml, master.key (0600), admin.key (0600), tls.pem/tls.key and tls-ca.pem (pin this in guests)\nnext: add [[resource]] entries, then\n  ciel kbs serve --config {dir}/kbs.toml --tls-cert {dir}/tls.pem --tls-key {dir}/tls.key",
-        dir = a.dir.display()
+        "created {dir}: kbs.toml, {master}admin.key (0600), tls.pem/tls.key and tls-ca.pem (pin this in guests)\nnext: add [[resource]] entries, then\n  ciel kbs serve --config {dir}/kbs.toml --tls-cert {dir}/tls.pem --tls-key {dir}/tls.key",
+        dir = a.dir.display(),
+        master = if a.pkcs11_module.is_some() {
+            "the master key in the HSM (never extractable), "
+        } else {
+            "master.key (0600), "
+        }
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -181,9 +222,10 @@ fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
             "DANGER: this broker accepts SIMULATED evidence (danger_simulated_roots): no confidentiality"
         );
     }
-    let master = read_master_key(&config.master_key_file)?;
-    let store = KeyStore::open(&config.key_store, &master)?;
-    drop(master);
+    let store = KeyStore::open_with(&config.key_store, config.master_key.open()?)?;
+    if let ciel_keybroker::config::MasterKeySource::Pkcs11(p) = &config.master_key {
+        tracing::info!(module = %p.module.display(), token = %p.token_label, key = %p.key_label, "master key in the HSM");
+    }
     // A broken chain stops the broker here: it never appends to a log it
     // cannot vouch for.
     let audit = AuditLog::open(&config.audit_log)?;

@@ -106,8 +106,8 @@ pub fn start_with_policies(
     }
     std::fs::write(dir.path().join("kbs.toml"), cfg).unwrap();
     let config = Config::load(&dir.path().join("kbs.toml")).unwrap();
-    let master = ciel_keybroker::store::read_master_key(&config.master_key_file).unwrap();
-    let mut store = KeyStore::open(&config.key_store, &master).unwrap();
+    let mut store =
+        KeyStore::open_with(&config.key_store, config.master_key.open().unwrap()).unwrap();
     for (path, _) in resources {
         store
             .put(&ResourcePath::parse(path).unwrap(), &KEY)
@@ -148,8 +148,7 @@ pub fn start_tls(b: &Broker, adjust: impl FnOnce(&mut ServeOptions)) -> TlsBroke
     std::fs::write(dir.join("tls.key"), &pki.key_pem).unwrap();
     let tls = server_config(&dir.join("tls.pem"), &dir.join("tls.key")).unwrap();
     let config = Config::load(&dir.join("kbs.toml")).unwrap();
-    let master = ciel_keybroker::store::read_master_key(&config.master_key_file).unwrap();
-    let store = KeyStore::open(&config.key_store, &master).unwrap();
+    let store = KeyStore::open_with(&config.key_store, config.master_key.open().unwrap()).unwrap();
     let audit = AuditLog::open(&config.audit_log).unwrap();
     let state = Arc::new(AppState::new(config, store, audit).unwrap());
     let mut options = ServeOptions::new(Some(tls));

@@ -33,8 +33,7 @@ fn start_broker(sim: &SnpSim, dir: &std::path::Path) -> Result<String> {
         ),
     )?;
     let config = Config::load(&dir.join("kbs.toml"))?;
-    let master = ciel_keybroker::store::read_master_key(&config.master_key_file)?;
-    let mut store = KeyStore::open(&config.key_store, &master)?;
+    let mut store = KeyStore::open_with(&config.key_store, config.master_key.open()?)?;
     store.put(&ResourcePath::parse(RESOURCE)?, &[1; 32])?;
     let audit = AuditLog::open(&config.audit_log)?;
     let state = Arc::new(AppState::new(config, store, audit)?);
