@@ -1,7 +1,8 @@
 //! `keyrelease`: the whole RCAR exchange (auth → attest with simulated SNP
 //! evidence → resource, JWE opened) against a broker on loopback in this
 //! process: latency percentiles for one guest, and releases per second
-//! with 16 guests at once.
+//! with 16 guests at once; with `--pkcs11-*`, the same again with the
+//! broker's master key in an HSM, beside the file key store's figures.
 
 use super::{Report, percentile_ms, sample};
 use anyhow::{Context, Result};
@@ -11,6 +12,7 @@ use ciel_enclave::kbs_client::{Backoff, KbsClient};
 use ciel_keybroker::ResourcePath;
 use ciel_keybroker::audit::AuditLog;
 use ciel_keybroker::config::Config;
+use ciel_keybroker::master_key::{MasterKey, Pkcs11Config};
 use ciel_keybroker::server::{AppState, ServeOptions, serve};
 use ciel_keybroker::store::KeyStore;
 use std::sync::Arc;
@@ -19,9 +21,26 @@ use std::time::Instant;
 const RESOURCE: &str = "default/model-key/bench";
 
 /// A broker trusting `sim`'s root for RESOURCE, on a loopback port.
-fn start_broker(sim: &SnpSim, dir: &std::path::Path) -> Result<String> {
+fn start_broker(sim: &SnpSim, dir: &std::path::Path, hsm: Option<&Pkcs11Config>) -> Result<String> {
     let fp = hex::encode(sim.root_sha256());
-    std::fs::write(dir.join("master.key"), hex::encode([9u8; 32]))?;
+    let master = match hsm {
+        None => {
+            std::fs::write(dir.join("master.key"), hex::encode([9u8; 32]))?;
+            "master_key_file = \"master.key\"\n".to_string()
+        }
+        Some(cfg) => {
+            if MasterKey::open_pkcs11(cfg).is_err() {
+                MasterKey::generate_pkcs11(cfg)?;
+            }
+            format!(
+                "[master_key_pkcs11]\nmodule = {:?}\ntoken_label = {:?}\nkey_label = {:?}\npin_file = {:?}\n",
+                cfg.module.display().to_string(),
+                cfg.token_label,
+                cfg.key_label,
+                std::path::absolute(&cfg.pin_file)?.display().to_string()
+            )
+        }
+    };
     std::fs::write(
         dir.join("p.toml"),
         format!("danger_simulated_roots = [\"{fp}\"]\n"),
@@ -29,7 +48,7 @@ fn start_broker(sim: &SnpSim, dir: &std::path::Path) -> Result<String> {
     std::fs::write(
         dir.join("kbs.toml"),
         format!(
-            "key_store = \"keys.json\"\nmaster_key_file = \"master.key\"\naudit_log = \"audit.jsonl\"\ndanger_simulated_roots = [\"{fp}\"]\n[[resource]]\npath = \"{RESOURCE}\"\npolicy_file = \"p.toml\"\n"
+            "key_store = \"keys.json\"\naudit_log = \"audit.jsonl\"\ndanger_simulated_roots = [\"{fp}\"]\n{master}[[resource]]\npath = \"{RESOURCE}\"\npolicy_file = \"p.toml\"\n"
         ),
     )?;
     let config = Config::load(&dir.join("kbs.toml"))?;
@@ -58,16 +77,45 @@ fn start_broker(sim: &SnpSim, dir: &std::path::Path) -> Result<String> {
     Ok(format!("http://{addr}"))
 }
 
-pub fn run(r: &mut Report) -> Result<()> {
+pub fn run(r: &mut Report, hsm: Option<&Pkcs11Config>) -> Result<()> {
     let now = super::super::files::now();
     let sim = Arc::new(SnpSim::generate(ciel_attestation::UnixTime(now))?);
     let dir = tempfile::tempdir()?;
-    let url = start_broker(&sim, dir.path())?;
+    let url = start_broker(&sim, dir.path(), None)?;
+    let (p50, rate) = measure(r, &sim, &url, "")?;
+    if let Some(cfg) = hsm {
+        let dir = tempfile::tempdir()?;
+        let url = start_broker(&sim, dir.path(), Some(cfg)).with_context(|| {
+            format!("the broker with its master key in {}", cfg.module.display())
+        })?;
+        let (hsm_p50, hsm_rate) = measure(r, &sim, &url, ", master key in the HSM")?;
+        r.compare(
+            "keyrelease",
+            "1 guest p50, master key in the HSM",
+            hsm_p50,
+            "ms",
+            p50 / hsm_p50,
+            "master key in a file",
+        );
+        r.compare(
+            "keyrelease",
+            "releases per second, 16 guests, master key in the HSM",
+            hsm_rate,
+            "rel/s",
+            hsm_rate / rate,
+            "master key in a file",
+        );
+    }
+    Ok(())
+}
+
+/// One broker's figures (`what` names its master key); (p50 ms, rate).
+fn measure(r: &mut Report, sim: &Arc<SnpSim>, url: &str, what: &str) -> Result<(f64, f64)> {
     let source = SimSnpSource {
         sim: sim.clone(),
         template: SimSnpReport::default(),
     };
-    let client = KbsClient::new(&url, Backoff::default());
+    let client = KbsClient::new(url, Backoff::default());
     client
         .fetch_resource(RESOURCE, &source)
         .context("first release")?;
@@ -83,7 +131,7 @@ pub fn run(r: &mut Report) -> Result<()> {
     let p50 = percentile_ms(&one, 50.0);
     r.compare(
         "keyrelease",
-        "auth + attest + resource, 1 guest: p50",
+        &format!("auth + attest + resource, 1 guest: p50{what}"),
         p50,
         "ms",
         percentile_ms(&evidence_only, 50.0) / p50,
@@ -91,7 +139,7 @@ pub fn run(r: &mut Report) -> Result<()> {
     );
     r.add(
         "keyrelease",
-        "auth + attest + resource, 1 guest: p99",
+        &format!("auth + attest + resource, 1 guest: p99{what}"),
         percentile_ms(&one, 99.0),
         "ms",
     );
@@ -101,7 +149,7 @@ pub fn run(r: &mut Report) -> Result<()> {
     let start = Instant::now();
     let handles: Vec<_> = (0..guests)
         .map(|_| {
-            let url = url.clone();
+            let url = url.to_string();
             let sim = sim.clone();
             std::thread::spawn(move || {
                 let client = KbsClient::new(&url, Backoff::default());
@@ -124,11 +172,11 @@ pub fn run(r: &mut Report) -> Result<()> {
     let rate = ok as f64 / start.elapsed().as_secs_f64();
     r.compare(
         "keyrelease",
-        "releases per second, 16 concurrent guests",
+        &format!("releases per second, 16 concurrent guests{what}"),
         rate,
         "rel/s",
         rate / (1e3 / p50),
         "1 guest sequential",
     );
-    Ok(())
+    Ok((p50, rate))
 }

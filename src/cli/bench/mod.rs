@@ -36,6 +36,17 @@ pub struct BenchArgs {
     /// The GGUF model for `unseal` and `inference` (default: the demo model).
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
+    /// `keyrelease` also with the broker's master key in an HSM: its
+    /// PKCS#11 module (for SoftHSM2, set SOFTHSM2_CONF too). A key labelled
+    /// ciel-bench is made in the token if it has none.
+    #[arg(long, value_name = "MODULE", requires_all = ["pkcs11_token", "pkcs11_pin_file"])]
+    pub pkcs11_module: Option<std::path::PathBuf>,
+    /// The HSM token's label.
+    #[arg(long, value_name = "LABEL")]
+    pub pkcs11_token: Option<String>,
+    /// A file holding the token's user PIN.
+    #[arg(long, value_name = "FILE")]
+    pub pkcs11_pin_file: Option<std::path::PathBuf>,
 }
 
 const SUITES: [&str; 6] = [
@@ -189,6 +200,15 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             SUITES.join(", ")
         );
     }
+    let hsm = match (&a.pkcs11_module, &a.pkcs11_token, &a.pkcs11_pin_file) {
+        (Some(module), Some(token), Some(pin)) => Some(ciel_keybroker::master_key::Pkcs11Config {
+            module: module.clone(),
+            token_label: token.clone(),
+            key_label: "ciel-bench".into(),
+            pin_file: pin.clone(),
+        }),
+        _ => None,
+    };
     let mut r = Report {
         quick: a.quick,
         json: a.json,
@@ -209,7 +229,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         match s.as_str() {
             "unseal" => unseal::run(&mut r)?,
             "verify" => verify::run(&mut r)?,
-            "keyrelease" => keyrelease::run(&mut r)?,
+            "keyrelease" => keyrelease::run(&mut r, hsm.as_ref())?,
             "proxy" => proxy::run(&mut r)?,
             "inference" => inference::run(&mut r)?,
             "load" => load::run(&mut r)?,
