@@ -131,7 +131,7 @@ fn measure(r: &mut Report, sim: &Arc<SnpSim>, url: &str, what: &str) -> Result<(
     let p50 = percentile_ms(&one, 50.0);
     r.compare(
         "keyrelease",
-        &format!("auth + attest + resource, 1 guest: p50{what}"),
+        format!("auth + attest + resource, 1 guest: p50{what}"),
         p50,
         "ms",
         percentile_ms(&evidence_only, 50.0) / p50,
@@ -139,7 +139,7 @@ fn measure(r: &mut Report, sim: &Arc<SnpSim>, url: &str, what: &str) -> Result<(
     );
     r.add(
         "keyrelease",
-        &format!("auth + attest + resource, 1 guest: p99{what}"),
+        format!("auth + attest + resource, 1 guest: p99{what}"),
         percentile_ms(&one, 99.0),
         "ms",
     );
@@ -172,7 +172,7 @@ fn measure(r: &mut Report, sim: &Arc<SnpSim>, url: &str, what: &str) -> Result<(
     let rate = ok as f64 / start.elapsed().as_secs_f64();
     r.compare(
         "keyrelease",
-        &format!("releases per second, 16 concurrent guests{what}"),
+        format!("releases per second, 16 concurrent guests{what}"),
         rate,
         "rel/s",
         rate / (1e3 / p50),
