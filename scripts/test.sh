@@ -53,6 +53,13 @@ ensure_deb softhsm2-util softhsm2
 CIEL_PKCS11_MODULE=$(dpkg -L libsofthsm2 | grep -m1 '/libsofthsm2\.so$') \
     cargo test --locked --test hsm_key_store -- --ignored
 
+banner "Key broker replicas on one PostgreSQL database (two replicas, one killed mid-flow)"
+pg_dir=$(mktemp -d "${TMPDIR:-/tmp}/ciel-pg.XXXXXX")
+pg_env=$(./scripts/postgres.sh start "$pg_dir")
+trap './scripts/postgres.sh stop "$pg_dir" || true; rm -rf "$pg_dir"' EXIT
+CIEL_POSTGRES_URL=$(sed -n 1p <<<"$pg_env") CIEL_POSTGRES_PASSWORD_FILE=$(sed -n 2p <<<"$pg_env") \
+    cargo test --locked --test key_release replicas -- --ignored
+
 banner "Fuzz smoke run (every parser of untrusted bytes, a few seconds each)"
 ./scripts/fuzz-smoke.sh
 

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 pub const ADMIN_SKEW: u64 = 300;
 /// Nonces remembered at most; a flood of *validly signed* requests beyond
 /// this inside one window is refused rather than remembered without bound.
-const MAX_REMEMBERED: usize = 100_000;
+pub(crate) const MAX_REMEMBERED: usize = 100_000;
 
 pub const TIMESTAMP_HEADER: &str = "x-ciel-admin-timestamp";
 pub const NONCE_HEADER: &str = "x-ciel-admin-nonce";
@@ -91,6 +91,22 @@ pub fn fresh_nonce() -> Result<String, ApiError> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b))
 }
 
+/// The refusal of a nonce already used.
+pub(crate) fn replayed() -> ApiError {
+    ApiError::new(
+        Kind::Unauthorized,
+        "admin request replayed: its nonce was already used",
+    )
+}
+
+/// The refusal when the window's nonces would exceed [`MAX_REMEMBERED`].
+pub(crate) fn too_many_admin_requests() -> ApiError {
+    ApiError::new(
+        Kind::Busy,
+        "too many admin requests in the timestamp window; retry later",
+    )
+}
+
 /// Nonces of accepted admin requests, with their timestamps, for as long
 /// as a replay would still pass the timestamp check.
 #[derive(Debug, Default)]
@@ -100,7 +116,7 @@ pub struct ReplayGuard {
 
 impl ReplayGuard {
     /// Records `nonce` (signed with timestamp `ts`), or refuses it if seen.
-    fn admit(&self, nonce: &str, ts: u64, now: u64) -> Result<(), ApiError> {
+    pub(crate) fn admit(&self, nonce: &str, ts: u64, now: u64) -> Result<(), ApiError> {
         let mut seen = self
             .seen
             .lock()
@@ -109,16 +125,10 @@ impl ReplayGuard {
         // the timestamp check, so it need not be remembered.
         seen.retain(|_, t| now.abs_diff(*t) <= ADMIN_SKEW);
         if seen.contains_key(nonce) {
-            return Err(ApiError::new(
-                Kind::Unauthorized,
-                "admin request replayed: its nonce was already used",
-            ));
+            return Err(replayed());
         }
         if seen.len() >= MAX_REMEMBERED {
-            return Err(ApiError::new(
-                Kind::Busy,
-                "too many admin requests in the timestamp window; retry later",
-            ));
+            return Err(too_many_admin_requests());
         }
         seen.insert(nonce.to_string(), ts);
         Ok(())
@@ -129,16 +139,24 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Checks an admin request's signature, timestamp and nonce; returns the
-/// admin key that signed it.
+/// A validly signed admin request's nonce and timestamp, which the caller
+/// must still admit once (in its replay guard or the shared store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedNonce {
+    pub nonce: String,
+    pub timestamp: u64,
+}
+
+/// Checks an admin request's signature and timestamp; returns the admin
+/// key that signed it and the nonce to admit. Only a validly signed
+/// request's nonce is remembered, so strangers cannot fill the table.
 pub fn authorize<'k>(
     keys: &'k [AdminKey],
-    guard: &ReplayGuard,
     headers: &HeaderMap,
     (method, path): (&str, &str),
     body: &[u8],
     now: u64,
-) -> Result<&'k AdminKey, ApiError> {
+) -> Result<(&'k AdminKey, SignedNonce), ApiError> {
     let unauthorized = |m: &str| ApiError::new(Kind::Unauthorized, m.to_string());
     if keys.is_empty() {
         return Err(unauthorized(
@@ -174,10 +192,13 @@ pub fn authorize<'k>(
                 .is_ok()
         })
         .ok_or_else(|| unauthorized("admin signature does not verify with any admin key"))?;
-    // Only a validly signed request is remembered, so strangers cannot
-    // fill the table.
-    guard.admit(nonce, ts, now)?;
-    Ok(signer)
+    Ok((
+        signer,
+        SignedNonce {
+            nonce: nonce.to_string(),
+            timestamp: ts,
+        },
+    ))
 }
 
 #[cfg(test)]

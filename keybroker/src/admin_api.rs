@@ -31,21 +31,18 @@ fn admin_entry(client: &str, event: &'static str, resource: String, admin: &str)
     }
 }
 
-/// The admin key that signed this request (see `crate::admin::authorize`).
-fn signer<'s>(
+/// The admin key that signed this request (see `crate::admin::authorize`),
+/// its nonce admitted once across every replica.
+async fn signer<'s>(
     st: &'s AppState,
     headers: &HeaderMap,
     request: (&str, &str),
     body: &[u8],
 ) -> Result<&'s crate::admin::AdminKey, ApiError> {
-    authorize(
-        &st.config.admin_keys,
-        &st.admin_nonces,
-        headers,
-        request,
-        body,
-        now(),
-    )
+    let now = now();
+    let (key, nonce) = authorize(&st.config.admin_keys, headers, request, body, now)?;
+    st.backend.admit_admin_nonce(&nonce, now).await?;
+    Ok(key)
 }
 
 fn resource_path(repo: &str, kind: &str, tag: &str) -> Result<ResourcePath, ApiError> {
@@ -62,7 +59,7 @@ pub async fn put(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let signed_path = format!("/kbs/v0/admin/resource/{repo}/{kind}/{tag}");
-    let admin = signer(&st, &headers, ("POST", &signed_path), &body)?;
+    let admin = signer(&st, &headers, ("POST", &signed_path), &body).await?;
     let path = resource_path(&repo, &kind, &tag)?;
     if body.is_empty() || body.len() > MAX_RESOURCE {
         return Err(ApiError::new(
@@ -70,20 +67,12 @@ pub async fn put(
             format!("resource of {} bytes (1..={MAX_RESOURCE})", body.len()),
         ));
     }
-    let version = {
-        let mut store = st
-            .store
-            .lock()
-            .map_err(|_| ApiError::new(Kind::Internal, "key store lock"))?;
-        admin.require(if store.contains(&path) {
-            Role::Rotate
-        } else {
-            Role::Register
-        })?;
-        store
-            .put(&path, &body)
-            .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?
-    };
+    let version = st
+        .backend
+        .put_key(&path, &body, |first| {
+            admin.require(if first { Role::Register } else { Role::Rotate })
+        })
+        .await?;
     let e = admin_entry(
         &client.to_string(),
         "admin-put",
@@ -96,7 +85,8 @@ pub async fn put(
             decision: "stored",
             ..e
         },
-    )?;
+    )
+    .await?;
     Ok(
         Json(serde_json::json!({ "resource": path.to_string(), "version": version }))
             .into_response(),
@@ -113,7 +103,7 @@ pub async fn retire(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let signed_path = format!("/kbs/v0/admin/retire/{repo}/{kind}/{tag}/{version}");
-    let admin = signer(&st, &headers, ("POST", &signed_path), &body)?;
+    let admin = signer(&st, &headers, ("POST", &signed_path), &body).await?;
     admin.require(Role::Retire)?;
     let path = resource_path(&repo, &kind, &tag)?;
     let version: u32 = version.parse().map_err(|_| {
@@ -122,12 +112,7 @@ pub async fn retire(
             format!("version {version:?} is not a number"),
         )
     })?;
-    let found = st
-        .store
-        .lock()
-        .map_err(|_| ApiError::new(Kind::Internal, "key store lock"))?
-        .retire(&path, version)
-        .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?;
+    let found = st.backend.retire_key(&path, version).await?;
     if !found {
         return Err(ApiError::new(
             Kind::UnknownResource,
@@ -146,7 +131,8 @@ pub async fn retire(
             decision: "retired",
             ..e
         },
-    )?;
+    )
+    .await?;
     Ok(Json(serde_json::json!({
         "resource": path.to_string(),
         "version": version,
@@ -161,13 +147,9 @@ pub async fn read_audit(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let admin = signer(&st, &headers, ("GET", "/kbs/v0/admin/audit"), b"")?;
+    let admin = signer(&st, &headers, ("GET", "/kbs/v0/admin/audit"), b"").await?;
     admin.require(Role::Audit)?;
-    let log = st.clone();
-    let text = tokio::task::spawn_blocking(move || log.audit.snapshot())
-        .await
-        .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?
-        .map_err(|e| ApiError::new(Kind::AuditFailure, e.to_string()))?;
+    let text = st.backend.audit_snapshot().await?;
     let mut r = text.into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,

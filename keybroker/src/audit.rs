@@ -117,7 +117,13 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
-fn line_hash(line: &[u8]) -> String {
+/// One entry as its log line (without the end of line), chained to the
+/// line before by that line's hash: the file and PostgreSQL logs alike.
+pub(crate) fn chained_line(entry: &Entry, prev: &str) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&Line { entry, prev })
+}
+
+pub(crate) fn line_hash(line: &[u8]) -> String {
     hex::encode(digest(&SHA256, line))
 }
 
@@ -145,7 +151,7 @@ pub fn verify(path: &Path) -> Result<Chain, AuditError> {
 }
 
 /// Checks the chain of the lines `reader` yields (errors name `path`).
-fn verify_lines(path: &Path, mut reader: impl BufRead) -> Result<Chain, AuditError> {
+pub(crate) fn verify_lines(path: &Path, mut reader: impl BufRead) -> Result<Chain, AuditError> {
     let io = |source| AuditError::Io {
         path: path.to_path_buf(),
         source,
@@ -278,11 +284,8 @@ impl AuditLog {
             path: self.path.clone(),
             source,
         };
-        let mut bytes = serde_json::to_vec(&Line {
-            entry,
-            prev: &st.chain.head,
-        })
-        .map_err(|e| io(std::io::Error::other(e)))?;
+        let mut bytes =
+            chained_line(entry, &st.chain.head).map_err(|e| io(std::io::Error::other(e)))?;
         let head = line_hash(&bytes);
         bytes.push(b'\n');
         if let Err(e) = st.sink.append_durably(&bytes) {

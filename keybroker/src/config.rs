@@ -20,12 +20,15 @@ pub enum ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    key_store: PathBuf,
+    /// The file store (one broker); or, instead, `[postgres]`.
+    key_store: Option<PathBuf>,
     /// The master key in a file (hex); or, instead, `[master_key_pkcs11]`.
     master_key_file: Option<PathBuf>,
     /// The master key inside a PKCS#11 token (an HSM).
     master_key_pkcs11: Option<crate::master_key::Pkcs11Config>,
-    audit_log: PathBuf,
+    audit_log: Option<PathBuf>,
+    /// Keys, sessions and the audit log in PostgreSQL, shared by replicas.
+    postgres: Option<crate::postgres::PgConfig>,
     session_ttl_seconds: Option<u64>,
     max_sessions: Option<usize>,
     /// Ed25519 public key (hex) whose signatures authorize admin requests
@@ -74,9 +77,9 @@ pub struct ResourcePolicy {
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
-    pub key_store: PathBuf,
+    /// Where keys, sessions and the audit log are kept.
+    pub storage: Storage,
     pub master_key: MasterKeySource,
-    pub audit_log: PathBuf,
     pub session_ttl: Duration,
     pub max_sessions: usize,
     /// The keys that may sign admin requests, with their roles.
@@ -166,9 +169,27 @@ impl Config {
             }
             None => None,
         };
+        let storage = match (&raw.key_store, &raw.audit_log, &raw.postgres) {
+            (Some(k), Some(a), None) => Storage::Files {
+                key_store: rel(k),
+                audit_log: rel(a),
+            },
+            (None, None, Some(pg)) => Storage::Postgres(pg.clone().resolve(rel).map_err(err)?),
+            (_, _, Some(_)) => {
+                return Err(err(
+                    "[postgres] holds the keys and the audit log: leave key_store and audit_log out".into(),
+                ));
+            }
+            (None, _, None) | (_, None, None) => {
+                return Err(err(
+                    "give key_store and audit_log (files, one broker), or [postgres] (replicas)"
+                        .into(),
+                ));
+            }
+        };
         Ok(Config {
             dcap_collateral,
-            key_store: rel(&raw.key_store),
+            storage,
             master_key: match (&raw.master_key_file, &raw.master_key_pkcs11) {
                 (Some(f), None) => MasterKeySource::File(rel(f)),
                 (None, Some(p)) => MasterKeySource::Pkcs11(crate::master_key::Pkcs11Config {
@@ -186,13 +207,37 @@ impl Config {
                     ));
                 }
             },
-            audit_log: rel(&raw.audit_log),
             session_ttl: Duration::from_secs(raw.session_ttl_seconds.unwrap_or(300)),
             max_sessions: raw.max_sessions.unwrap_or(10_000),
             admin_keys,
             attest_policy,
             resources,
         })
+    }
+}
+
+/// Where the broker keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// One broker: a key store file and an audit log file (the default).
+    Files {
+        key_store: PathBuf,
+        audit_log: PathBuf,
+    },
+    /// Replicas: everything in one PostgreSQL database.
+    Postgres(crate::postgres::PgConfig),
+}
+
+impl Storage {
+    /// The key store and audit log files, for a broker that uses them.
+    pub fn files(&self) -> Option<(&Path, &Path)> {
+        match self {
+            Storage::Files {
+                key_store,
+                audit_log,
+            } => Some((key_store, audit_log)),
+            Storage::Postgres(_) => None,
+        }
     }
 }
 

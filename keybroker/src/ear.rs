@@ -69,10 +69,21 @@ impl std::fmt::Debug for EarSigner {
 impl EarSigner {
     /// A fresh signing key.
     pub fn generate() -> Result<Self, EarError> {
+        Self::from_pkcs8(&Self::generate_pkcs8()?)
+    }
+
+    /// A fresh P-256 private key as PKCS#8 (replicas share one, sealed in
+    /// their shared store, so any replica's token verifies with one JWK).
+    pub fn generate_pkcs8() -> Result<zeroize::Zeroizing<Vec<u8>>, EarError> {
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .map(|d| zeroize::Zeroizing::new(d.as_ref().to_vec()))
+            .map_err(|_| EarError::Key("generation failed".into()))
+    }
+
+    /// The signer for a P-256 private key in PKCS#8.
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, EarError> {
         let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .map_err(|_| EarError::Key("generation failed".into()))?;
-        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+        let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8, &rng)
             .map_err(|e| EarError::Key(e.to_string()))?;
         // An uncompressed SEC1 point: 0x04 ‖ x ‖ y, 32 bytes each.
         let point = key.public_key().as_ref();

@@ -12,10 +12,12 @@
 pub mod admin;
 pub mod admin_api;
 pub mod audit;
+pub mod backend;
 pub mod config;
 pub mod ear;
 pub mod master_key;
 pub mod metrics;
+pub mod postgres;
 pub mod problem;
 pub mod rego;
 pub mod resource;

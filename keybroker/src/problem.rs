@@ -33,6 +33,9 @@ pub enum Kind {
     AuditFailure,
     /// Too many sessions in flight.
     Busy,
+    /// The shared store (PostgreSQL) cannot be reached: nothing is decided
+    /// without it.
+    StoreUnavailable,
     /// The request body is larger than the broker accepts.
     TooLarge,
     /// The request did not arrive within the deadline.
@@ -56,6 +59,7 @@ impl Kind {
             Kind::Forbidden => "urn:ciel:kbs:forbidden",
             Kind::AuditFailure => "urn:ciel:kbs:audit-failure",
             Kind::Busy => "urn:ciel:kbs:busy",
+            Kind::StoreUnavailable => "urn:ciel:kbs:store-unavailable",
             Kind::TooLarge => "urn:ciel:kbs:too-large",
             Kind::Timeout => "urn:ciel:kbs:timeout",
             Kind::Internal => "urn:ciel:kbs:internal",
@@ -79,7 +83,7 @@ impl Kind {
                 StatusCode::FORBIDDEN
             }
             Kind::UnknownResource => StatusCode::NOT_FOUND,
-            Kind::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::Busy | Kind::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Kind::Timeout => StatusCode::REQUEST_TIMEOUT,
             Kind::AuditFailure | Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,

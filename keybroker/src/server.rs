@@ -3,6 +3,7 @@
 //! listener until `shutdown` resolves, finishing requests in flight.
 
 use crate::audit::{AuditLog, Entry};
+use crate::backend::{Backend, Local};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::problem::{ApiError, Kind};
@@ -25,6 +26,7 @@ use ciel_transport::Listener;
 use ciel_transport::http::{BodyRefusal, HttpLimits, HttpService, Peer};
 use ciel_transport::server::Limits;
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 const COOKIE: &str = "kbs-session-id";
@@ -35,23 +37,21 @@ pub(crate) const MAX_RESOURCE: usize = 64 * 1024;
 #[derive(Debug)]
 pub struct AppState {
     pub config: Config,
-    pub sessions: Sessions,
-    pub store: Mutex<KeyStore>,
-    pub audit: AuditLog,
+    /// Sessions, keys, the audit log and admin nonces.
+    pub backend: Backend,
     pub metrics: Arc<Metrics>,
     /// Signs the EAR attestation tokens `/attest` returns.
     pub tokens: crate::ear::EarSigner,
-    /// Nonces of admin requests already accepted.
-    pub admin_nonces: crate::admin::ReplayGuard,
 }
 
 impl AppState {
     /// The metrics' OpenMetrics text, with the sessions open now.
     pub fn metrics_text(&self) -> String {
-        self.metrics.render(self.sessions.open_count())
+        self.metrics.render(self.backend.open_sessions())
     }
 
-    /// The broker's state, with a fresh EAR token signing key.
+    /// One broker's state in memory and files, with a fresh EAR token
+    /// signing key.
     pub fn new(
         config: Config,
         store: KeyStore,
@@ -60,13 +60,49 @@ impl AppState {
         let sessions = Sessions::new(config.session_ttl, config.max_sessions);
         Ok(AppState {
             config,
-            sessions,
-            store: Mutex::new(store),
-            audit,
+            backend: Backend::Local(Box::new(Local {
+                sessions,
+                store: Mutex::new(store),
+                audit: Arc::new(audit),
+                admin_nonces: crate::admin::ReplayGuard::default(),
+            })),
             metrics: Arc::new(Metrics::new()),
             tokens: crate::ear::EarSigner::generate()?,
-            admin_nonces: crate::admin::ReplayGuard::default(),
         })
+    }
+
+    /// A replica's state: everything in the shared store, the token
+    /// signing key too (one key for every replica).
+    pub async fn replica(
+        config: Config,
+        shared: crate::postgres::Shared,
+    ) -> Result<Self, crate::postgres::PgError> {
+        let key = shared.token_signing_key().await?;
+        let tokens = crate::ear::EarSigner::from_pkcs8(&key).map_err(|e| {
+            crate::postgres::PgError::Corrupt {
+                table: "secrets",
+                message: format!("the token signing key: {e}"),
+            }
+        })?;
+        let sessions = crate::postgres::SharedSessions::new(
+            shared.clone(),
+            config.session_ttl,
+            config.max_sessions,
+        );
+        Ok(AppState {
+            config,
+            backend: Backend::Shared { shared, sessions },
+            metrics: Arc::new(Metrics::new()),
+            tokens,
+        })
+    }
+
+    /// The in-process state, when this broker keeps it (no replicas).
+    pub fn local(&self) -> Option<&Local> {
+        match &self.backend {
+            Backend::Local(l) => Some(l),
+            Backend::Shared { .. } => None,
+        }
     }
 }
 
@@ -213,7 +249,7 @@ async fn auth(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, 
             format!("tee {:?} is not supported (snp, tdx)", req.tee),
         ));
     }
-    let (id, nonce) = st.sessions.create(&req.tee)?;
+    let (id, nonce) = st.backend.create_session(&req.tee).await?;
     tracing::info!(tee = %req.tee, "session started");
     let mut r = Json(Challenge {
         nonce,
@@ -231,14 +267,16 @@ async fn auth(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, 
     Ok(r)
 }
 
-pub(crate) fn audit(st: &AppState, e: Entry) -> Result<(), ApiError> {
-    st.audit.append(&e).map_err(|err| {
-        tracing::error!(error = %err, log = %st.audit.path().display(), "audit log write failed");
-        ApiError::new(
-            Kind::AuditFailure,
-            "the audit log cannot be written; refusing rather than acting unaudited",
-        )
-    })
+pub(crate) async fn audit(st: &AppState, e: Entry) -> Result<(), ApiError> {
+    st.backend.append_audit(&e).await
+}
+
+/// `error`, once its audit entry is written (else the audit failure).
+async fn refused(st: &AppState, e: Entry, error: ApiError) -> ApiError {
+    match audit(st, e).await {
+        Ok(()) => error,
+        Err(a) => a,
+    }
 }
 
 fn entry(
@@ -274,26 +312,26 @@ async fn attest(
             "no kbs-session-id cookie; call /kbs/v0/auth first",
         )
     })?;
-    let (tee, nonce) = st.sessions.consume_nonce(&id)?;
+    let (tee, nonce) = st.backend.consume_nonce(&id).await?;
     let req: Attestation = json_body(&body, "attestation request")?;
-    let refuse =
-        |kind: Kind, code: &str, detail: String, ev: Option<&evidence::Decoded>| -> ApiError {
-            let e = entry(&client, "attest", None, "deny", vec![code.to_string()], ev);
-            if let Err(a) = audit(&st, e) {
-                return a;
-            }
-            ApiError::new(kind, detail)
-        };
+    let refuse = |kind: Kind, code: &str, detail: String, ev: Option<&evidence::Decoded>| {
+        let e = entry(&client, "attest", None, "deny", vec![code.to_string()], ev);
+        refused(&st, e, ApiError::new(kind, detail))
+    };
     if !Sessions::nonce_matches(&nonce, &req.runtime_data.nonce) {
         return Err(refuse(
             Kind::BadNonce,
             "bad_nonce",
             "runtime-data.nonce is not this session's nonce".into(),
             None,
-        ));
+        )
+        .await);
     }
-    let decoded = evidence::decode(&tee, &req.tee_evidence, st.config.dcap_collateral.as_ref())
-        .map_err(|m| refuse(Kind::BadEvidence, "evidence_malformed", m, None))?;
+    let decoded =
+        match evidence::decode(&tee, &req.tee_evidence, st.config.dcap_collateral.as_ref()) {
+            Ok(d) => d,
+            Err(m) => return Err(refuse(Kind::BadEvidence, "evidence_malformed", m, None).await),
+        };
     let verdict = verify(
         &decoded.evidence,
         &decoded.collateral,
@@ -303,18 +341,21 @@ async fn attest(
     if !verdict.accepted {
         let (codes, detail) = (verdict.reason_codes(), verdict.summary());
         let e = entry(&client, "attest", None, "deny", codes, Some(&decoded));
-        audit(&st, e)?;
+        audit(&st, e).await?;
         return Err(ApiError::new(Kind::BadEvidence, detail));
     }
-    let bound =
-        binding::verify(&decoded.evidence.report_data(), &req.runtime_data).map_err(|e| {
-            refuse(
+    let bound = match binding::verify(&decoded.evidence.report_data(), &req.runtime_data) {
+        Ok(b) => b,
+        Err(e) => {
+            return Err(refuse(
                 Kind::BadRequest,
                 "runtime_data_malformed",
                 e.to_string(),
                 Some(&decoded),
             )
-        })?;
+            .await);
+        }
+    };
     if !bound {
         return Err(refuse(
             Kind::BadEvidence,
@@ -322,21 +363,26 @@ async fn attest(
             "report_data does not bind this nonce and tee-pubkey (SHA-384 of their canonical JSON)"
                 .into(),
             Some(&decoded),
-        ));
+        )
+        .await);
     }
     // Init-data (Kata/CoCo): believed only when the evidence's HOST_DATA /
     // MRCONFIGID binds its exact bytes, as Trustee's verifiers check it.
     let init_data = match &req.init_data {
         None => None,
         Some(doc) => {
-            let parsed = doc.parse().map_err(|e| {
-                refuse(
-                    Kind::BadRequest,
-                    "init_data_malformed",
-                    e.to_string(),
-                    Some(&decoded),
-                )
-            })?;
+            let parsed = match doc.parse() {
+                Ok(p) => p,
+                Err(e) => {
+                    return Err(refuse(
+                        Kind::BadRequest,
+                        "init_data_malformed",
+                        e.to_string(),
+                        Some(&decoded),
+                    )
+                    .await);
+                }
+            };
             let Some(field) = decoded.evidence.init_data_field() else {
                 return Err(refuse(
                     Kind::BadEvidence,
@@ -344,7 +390,8 @@ async fn attest(
                     "init-data was sent, but this evidence has no HOST_DATA or MRCONFIGID to bind it"
                         .into(),
                     Some(&decoded),
-                ));
+                )
+                .await);
             };
             if !parsed.bound_by(&field) {
                 return Err(refuse(
@@ -362,7 +409,8 @@ async fn attest(
                         hex::encode(parsed.digest())
                     ),
                     Some(&decoded),
-                ));
+                )
+                .await);
             }
             Some(parsed)
         }
@@ -370,7 +418,8 @@ async fn attest(
     audit(
         &st,
         entry(&client, "attest", None, "accept", vec![], Some(&decoded)),
-    )?;
+    )
+    .await?;
     let iat = now();
     let (token, claims) = st
         .tokens
@@ -379,7 +428,7 @@ async fn attest(
             nonce: &req.runtime_data.nonce,
             tee_pubkey: &req.runtime_data.tee_pubkey,
             iat,
-            exp: iat.saturating_add(st.sessions.ttl().as_secs()),
+            exp: iat.saturating_add(st.config.session_ttl.as_secs()),
             evidence_claims: verdict
                 .claims
                 .as_ref()
@@ -388,8 +437,16 @@ async fn attest(
         })
         .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?;
     let token = st
-        .sessions
-        .attest(&id, req.runtime_data.tee_pubkey, decoded, token, claims)?;
+        .backend
+        .attest(
+            &id,
+            req.runtime_data.tee_pubkey,
+            decoded,
+            &req.tee_evidence,
+            token,
+            claims,
+        )
+        .await?;
     tracing::info!(%client, "session attested");
     Ok(Json(AttestationToken { token }).into_response())
 }
@@ -407,13 +464,18 @@ async fn resource(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let session = st
-        .sessions
-        .attested(cookie(&headers).as_deref(), bearer(&headers).as_deref())?;
+        .backend
+        .attested(
+            cookie(&headers).as_deref(),
+            bearer(&headers).as_deref(),
+            st.config.dcap_collateral.as_ref(),
+        )
+        .await?;
     let (tee_pubkey, ev) = (&session.tee_pubkey, &session.evidence);
     let path = ResourcePath::parse(&format!("{repo}/{kind}/{tag}"))
         .map_err(|e| ApiError::new(Kind::UnknownResource, e.to_string()))?;
     let name = path.to_string();
-    let deny = |kind: Kind, code: &str, detail: String| -> ApiError {
+    let deny = |kind: Kind, code: &str, detail: String| {
         let e = entry(
             &client,
             "resource",
@@ -422,17 +484,15 @@ async fn resource(
             vec![code.to_string()],
             Some(ev),
         );
-        match audit(&st, e) {
-            Ok(()) => ApiError::new(kind, detail),
-            Err(a) => a,
-        }
+        refused(&st, e, ApiError::new(kind, detail))
     };
     let Some(policy) = st.config.resources.get(&path) else {
         return Err(deny(
             Kind::UnknownResource,
             "unknown_resource",
             format!("no resource {name}"),
-        ));
+        )
+        .await);
     };
     let verdict = verify(
         &ev.evidence,
@@ -452,7 +512,8 @@ async fn resource(
                 codes,
                 Some(ev),
             ),
-        )?;
+        )
+        .await?;
         return Err(ApiError::new(Kind::PolicyDenied, detail));
     }
     if let Some(rego) = &policy.rego {
@@ -463,28 +524,21 @@ async fn resource(
                     Kind::PolicyDenied,
                     "rego_denied",
                     format!("{}: data.policy.allow is not true", rego.path().display()),
-                ));
+                )
+                .await);
             }
-            Err(e) => return Err(deny(Kind::PolicyDenied, "rego_error", e.to_string())),
+            Err(e) => return Err(deny(Kind::PolicyDenied, "rego_error", e.to_string()).await),
         }
     }
-    let key = {
-        let store = st
-            .store
-            .lock()
-            .map_err(|_| ApiError::new(Kind::Internal, "key store lock"))?;
-        store
-            .get(&path, q.version)
-            .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?
-    };
-    let (version, key) = match key {
+    let (version, key) = match st.backend.key(&path, q.version).await? {
         Ok(found) => found,
         Err(crate::store::Lookup::Missing) => {
             return Err(deny(
                 Kind::UnknownResource,
                 "unknown_resource",
                 format!("no key stored for {name}"),
-            ));
+            )
+            .await);
         }
         Err(crate::store::Lookup::Retired(v)) => {
             return Err(deny(
@@ -494,7 +548,8 @@ async fn resource(
                     Some(_) => format!("version {v} of {name} is retired"),
                     None => format!("every version of {name} is retired (the newest is {v})"),
                 },
-            ));
+            )
+            .await);
         }
     };
     // The release is recorded before anything leaves.
@@ -508,7 +563,8 @@ async fn resource(
             vec![],
             Some(ev),
         ),
-    )?;
+    )
+    .await?;
     let jwe = jwe::encrypt(tee_pubkey, &key)
         .map_err(|e| ApiError::new(Kind::BadRequest, format!("tee-pubkey: {e}")))?;
     tracing::info!(%client, resource = %name, version, "resource released");

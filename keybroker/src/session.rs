@@ -50,7 +50,7 @@ pub struct Sessions {
     max: usize,
 }
 
-fn random_b64() -> Result<String, ApiError> {
+pub(crate) fn random_b64() -> Result<String, ApiError> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b)
         .map_err(|_| ApiError::new(Kind::Internal, "random number generator failed"))?;

@@ -29,15 +29,15 @@ pub enum StoreError {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StoredKey {
-    version: u32,
-    nonce: String,
-    ciphertext: String,
+pub(crate) struct StoredKey {
+    pub(crate) version: u32,
+    pub(crate) nonce: String,
+    pub(crate) ciphertext: String,
     /// Retired: kept (for audit) but never released again. Bound into the
     /// ciphertext's associated data, so editing the flag back makes the
     /// store refuse to open.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    retired: bool,
+    pub(crate) retired: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -71,6 +71,72 @@ fn aad(resource: &str, version: u32, retired: bool) -> Vec<u8> {
         format!("ciel-keystore-v1|{resource}|{version}|retired").into_bytes()
     } else {
         format!("ciel-keystore-v1|{resource}|{version}").into_bytes()
+    }
+}
+
+/// Why a stored version did not open.
+#[derive(Debug)]
+pub(crate) enum OpenError {
+    /// Malformed, or does not decrypt (wrong master key, tampered).
+    Corrupt(String),
+    /// The master key itself failed (an HSM error).
+    Sealing(String),
+}
+
+/// Opens one stored version of `resource` under `master`. Shared by the
+/// file store and the PostgreSQL store: the same format in both.
+pub(crate) fn open_version(
+    master: &MasterKey,
+    resource: &str,
+    k: &StoredKey,
+) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+    let corrupt = |m: &str| OpenError::Corrupt(format!("{resource} v{}: {m}", k.version));
+    let nonce: [u8; 12] = hex::decode(&k.nonce)
+        .ok()
+        .and_then(|n| n.try_into().ok())
+        .ok_or_else(|| corrupt("bad nonce"))?;
+    let sealed = hex::decode(&k.ciphertext).map_err(|_| corrupt("bad ciphertext encoding"))?;
+    master
+        .open(nonce, &aad(resource, k.version, k.retired), &sealed)
+        .map_err(OpenError::Sealing)?
+        .ok_or_else(|| corrupt("does not decrypt (wrong master key or tampered store)"))
+}
+
+/// `key` sealed under `master` for `resource` version `version`, under a
+/// fresh nonce.
+pub(crate) fn seal_version(
+    master: &MasterKey,
+    resource: &str,
+    version: u32,
+    retired: bool,
+    key: &[u8],
+) -> Result<StoredKey, String> {
+    let mut nonce = [0u8; 12];
+    getrandom::fill(&mut nonce).map_err(|e| format!("random number generator: {e}"))?;
+    let sealed = master.seal(nonce, &aad(resource, version, retired), key)?;
+    Ok(StoredKey {
+        version,
+        nonce: hex::encode(nonce),
+        ciphertext: hex::encode(&sealed),
+        retired,
+    })
+}
+
+/// Which stored version a release asks for: `version`, or the newest that
+/// is not retired (a retired one only to name it in the refusal).
+pub(crate) fn choose(versions: &[StoredKey], version: Option<u32>) -> Result<&StoredKey, Lookup> {
+    let found = match version {
+        Some(v) => versions.iter().find(|k| k.version == v),
+        None => versions
+            .iter()
+            .filter(|k| !k.retired)
+            .max_by_key(|k| k.version)
+            .or_else(|| versions.iter().max_by_key(|k| k.version)),
+    };
+    match found {
+        Some(k) if k.retired => Err(Lookup::Retired(k.version)),
+        Some(k) => Ok(k),
+        None => Err(Lookup::Missing),
     }
 }
 
@@ -132,22 +198,16 @@ impl KeyStore {
     }
 
     fn decrypt(&self, resource: &str, k: &StoredKey) -> Result<Zeroizing<Vec<u8>>, StoreError> {
-        let corrupt = |m: &str| StoreError::Corrupt {
-            path: self.path.clone(),
-            message: format!("{resource} v{}: {m}", k.version),
-        };
-        let nonce: [u8; 12] = hex::decode(&k.nonce)
-            .ok()
-            .and_then(|n| n.try_into().ok())
-            .ok_or_else(|| corrupt("bad nonce"))?;
-        let sealed = hex::decode(&k.ciphertext).map_err(|_| corrupt("bad ciphertext encoding"))?;
-        self.master
-            .open(nonce, &aad(resource, k.version, k.retired), &sealed)
-            .map_err(|message| StoreError::Sealing {
+        open_version(&self.master, resource, k).map_err(|e| match e {
+            OpenError::Corrupt(message) => StoreError::Corrupt {
                 path: self.path.clone(),
                 message,
-            })?
-            .ok_or_else(|| corrupt("does not decrypt (wrong master key or tampered store)"))
+            },
+            OpenError::Sealing(message) => StoreError::Sealing {
+                path: self.path.clone(),
+                message,
+            },
+        })
     }
 
     /// The newest version of `resource` that is not retired, or a given
@@ -160,18 +220,9 @@ impl KeyStore {
         let Some(versions) = self.data.keys.get(&resource.to_string()) else {
             return Ok(Err(Lookup::Missing));
         };
-        let found = match version {
-            Some(v) => versions.iter().find(|k| k.version == v),
-            None => versions
-                .iter()
-                .filter(|k| !k.retired)
-                .max_by_key(|k| k.version)
-                .or_else(|| versions.iter().max_by_key(|k| k.version)),
-        };
-        match found {
-            Some(k) if k.retired => Ok(Err(Lookup::Retired(k.version))),
-            Some(k) => Ok(Ok((k.version, self.decrypt(&resource.to_string(), k)?))),
-            None => Ok(Err(Lookup::Missing)),
+        match choose(versions, version) {
+            Ok(k) => Ok(Ok((k.version, self.decrypt(&resource.to_string(), k)?))),
+            Err(lookup) => Ok(Err(lookup)),
         }
     }
 
@@ -222,7 +273,6 @@ impl KeyStore {
             .find(|k| k.version == version)
     }
 
-    /// `key` sealed for `resource` version `version`, under a fresh nonce.
     fn seal(
         &self,
         resource: &str,
@@ -230,23 +280,11 @@ impl KeyStore {
         retired: bool,
         key: &[u8],
     ) -> Result<StoredKey, StoreError> {
-        let mut nonce = [0u8; 12];
-        getrandom::fill(&mut nonce).map_err(|e| StoreError::Io {
-            path: self.path.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let sealed = self
-            .master
-            .seal(nonce, &aad(resource, version, retired), key)
-            .map_err(|message| StoreError::Sealing {
+        seal_version(&self.master, resource, version, retired, key).map_err(|message| {
+            StoreError::Sealing {
                 path: self.path.clone(),
                 message,
-            })?;
-        Ok(StoredKey {
-            version,
-            nonce: hex::encode(nonce),
-            ciphertext: hex::encode(&sealed),
-            retired,
+            }
         })
     }
 

@@ -2,10 +2,8 @@
 //! audit log.
 
 use anyhow::{Context, Result, bail};
-use ciel_keybroker::audit::AuditLog;
 use ciel_keybroker::config::Config;
-use ciel_keybroker::server::{AppState, ServeOptions, metrics_router, serve};
-use ciel_keybroker::store::KeyStore;
+use ciel_keybroker::server::{ServeOptions, metrics_router, serve};
 use ciel_keybroker::tls::{generate_dev_pki, server_config};
 use ciel_transport::{Endpoint, Listener};
 use clap::{Args, Subcommand};
@@ -179,7 +177,7 @@ fn init(a: InitArgs) -> Result<ExitCode> {
     write_new(&a.dir.join("tls.pem"), pki.cert_pem.as_bytes(), false)?;
     write_new(&a.dir.join("tls.key"), pki.key_pem.as_bytes(), true)?;
     let config = format!(
-        "# ciel key broker configuration (paths relative to this file)\nkey_store = \"keys.json\"\naudit_log = \"audit.jsonl\"\nsession_ttl_seconds = 300\n# Ed25519 public key of admin.key: signs `ciel seal --kbs` registrations.\nadmin_public_key = \"{}\"\n# More admins, each with only the roles it needs (register, rotate, retire, audit):\n# [[admin]]\n# name = \"auditor\"\n# public_key = \"<hex Ed25519 public key>\"\n# roles = [\"audit\"]\n# DANGER: trust simulated evidence (development only):\n# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]\n\n# Every resource names the attestation policy a guest must satisfy: ciel's TOML\n# over the evidence, a Trustee resource policy (Rego, `package policy`, `allow`)\n# over the attestation token's claims and the resource path, or both:\n# [[resource]]\n# path = \"default/model-key/my-model\"\n# policy_file = \"my-model.policy.toml\"\n# rego_policy_file = \"my-model.rego\"\n\n# The key store's master key:\n{master_line}",
+        "# ciel key broker configuration (paths relative to this file)\nkey_store = \"keys.json\"\naudit_log = \"audit.jsonl\"\nsession_ttl_seconds = 300\n# Ed25519 public key of admin.key: signs `ciel seal --kbs` registrations.\nadmin_public_key = \"{}\"\n# More admins, each with only the roles it needs (register, rotate, retire, audit):\n# [[admin]]\n# name = \"auditor\"\n# public_key = \"<hex Ed25519 public key>\"\n# roles = [\"audit\"]\n# DANGER: trust simulated evidence (development only):\n# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]\n\n# Every resource names the attestation policy a guest must satisfy: ciel's TOML\n# over the evidence, a Trustee resource policy (Rego, `package policy`, `allow`)\n# over the attestation token's claims and the resource path, or both:\n# [[resource]]\n# path = \"default/model-key/my-model\"\n# policy_file = \"my-model.policy.toml\"\n# rego_policy_file = \"my-model.rego\"\n\n# Replicas behind a load balancer: keys, sessions and the audit log in PostgreSQL\n# instead of key_store and audit_log (the master key stays where it is below):\n# [postgres]\n# url = \"postgresql://ciel@db:5432/ciel\"\n# password_file = \"pg-password\"\n# ca_file = \"pg-ca.pem\"        # TLS to the database; required unless it is on loopback\n# schema = \"ciel_kbs\"\n\n# The key store's master key:\n{master_line}",
         hex::encode(pair.public_key().as_ref())
     );
     write_new(&a.dir.join("kbs.toml"), config.as_bytes(), false)?;
@@ -222,27 +220,14 @@ fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
             "DANGER: this broker accepts SIMULATED evidence (danger_simulated_roots): no confidentiality"
         );
     }
-    let store = KeyStore::open_with(&config.key_store, config.master_key.open()?)?;
     if let ciel_keybroker::config::MasterKeySource::Pkcs11(p) = &config.master_key {
         tracing::info!(module = %p.module.display(), token = %p.token_label, key = %p.key_label, "master key in the HSM");
-    }
-    // A broken chain stops the broker here: it never appends to a log it
-    // cannot vouch for.
-    let audit = AuditLog::open(&config.audit_log)?;
-    if let Some(chain) = audit.chain() {
-        tracing::info!(
-            log = %config.audit_log.display(),
-            entries = chain.entries,
-            head = %chain.head,
-            "audit log chain verified"
-        );
     }
     let tls = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => Some(server_config(c, k)?),
         _ => None,
     };
     let resources = config.resources.len();
-    let state = Arc::new(AppState::new(config, store, audit)?);
     let mut options = ServeOptions::new(tls);
     options.limits.max_connections = a.max_connections;
     options.http.handshake = Duration::from_secs(a.handshake_timeout);
@@ -252,6 +237,7 @@ fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         .build()
         .context("tokio runtime")?;
     rt.block_on(async move {
+        let state = Arc::new(ciel_keybroker::backend::open(config).await?);
         let listener = bind_tcp(&a.listen, "--listen").await?;
         let addr = listener.tcp_addr()?;
         if options.tls.is_some() {

@@ -6,7 +6,7 @@
 use super::*;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 
-fn keypair() -> Ed25519KeyPair {
+pub fn keypair() -> Ed25519KeyPair {
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
     Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap()
@@ -14,11 +14,28 @@ fn keypair() -> Ed25519KeyPair {
 
 /// Sends one signed admin request; returns the status and the body.
 fn admin(b: &Broker, key: &Ed25519KeyPair, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let (status, body, _) = admin_at(&b.base, key, method, path, body, None);
+    (status, body)
+}
+
+/// Sends one signed admin request to `base` (with `nonce`, else a fresh
+/// one); returns the status, the body and the nonce used.
+pub fn admin_at(
+    base: &str,
+    key: &Ed25519KeyPair,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    nonce: Option<&str>,
+) -> (u16, String, String) {
     static NONCES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let nonce = format!(
-        "admin-test-nonce-{}",
-        NONCES.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-    );
+    let nonce = nonce.map(str::to_string).unwrap_or_else(|| {
+        format!(
+            "admin-test-nonce-{}-{}",
+            std::process::id(),
+            NONCES.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        )
+    });
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -30,14 +47,18 @@ fn admin(b: &Broker, key: &Ed25519KeyPair, method: &str, path: &str, body: &[u8]
         .into();
     let request = ureq::http::Request::builder()
         .method(method)
-        .uri(format!("{}{path}", b.base))
+        .uri(format!("{base}{path}"))
         .header("x-ciel-admin-timestamp", now.to_string())
-        .header("x-ciel-admin-nonce", nonce)
+        .header("x-ciel-admin-nonce", &nonce)
         .header("x-ciel-admin-signature", B64.encode(sig.as_ref()))
         .body(body.to_vec())
         .unwrap();
     let mut r = agent.run(request).unwrap();
-    (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    (
+        r.status().as_u16(),
+        r.body_mut().read_to_string().unwrap(),
+        nonce,
+    )
 }
 
 #[test]
@@ -64,7 +85,7 @@ fn admin_roles_and_key_retirement() {
         },
     )];
     let b = start_with_policies(300, true, &resources, &extra, |c| {
-        AuditLog::open(&c.audit_log).unwrap()
+        AuditLog::open(files(c).1).unwrap()
     });
     // The harness stored version 1 of "demo"; "fresh" has no key yet.
     let new_key = [0x42u8; 32];

@@ -32,7 +32,7 @@ impl Broker {
 /// Starts a broker whose resources name the policies given (TOML bodies).
 pub fn start(ttl: u64, trust_sim: bool, resources: &[(&str, String)]) -> Broker {
     start_with_audit(ttl, trust_sim, resources, |c| {
-        AuditLog::open(&c.audit_log).unwrap()
+        AuditLog::open(files(c).1).unwrap()
     })
 }
 
@@ -107,7 +107,7 @@ pub fn start_with_policies(
     std::fs::write(dir.path().join("kbs.toml"), cfg).unwrap();
     let config = Config::load(&dir.path().join("kbs.toml")).unwrap();
     let mut store =
-        KeyStore::open_with(&config.key_store, config.master_key.open().unwrap()).unwrap();
+        KeyStore::open_with(files(&config).0, config.master_key.open().unwrap()).unwrap();
     for (path, _) in resources {
         store
             .put(&ResourcePath::parse(path).unwrap(), &KEY)
@@ -148,8 +148,8 @@ pub fn start_tls(b: &Broker, adjust: impl FnOnce(&mut ServeOptions)) -> TlsBroke
     std::fs::write(dir.join("tls.key"), &pki.key_pem).unwrap();
     let tls = server_config(&dir.join("tls.pem"), &dir.join("tls.key")).unwrap();
     let config = Config::load(&dir.join("kbs.toml")).unwrap();
-    let store = KeyStore::open_with(&config.key_store, config.master_key.open().unwrap()).unwrap();
-    let audit = AuditLog::open(&config.audit_log).unwrap();
+    let store = KeyStore::open_with(files(&config).0, config.master_key.open().unwrap()).unwrap();
+    let audit = AuditLog::open(files(&config).1).unwrap();
     let state = Arc::new(AppState::new(config, store, audit).unwrap());
     let mut options = ServeOptions::new(Some(tls));
     adjust(&mut options);
@@ -225,4 +225,9 @@ pub fn refused_kind(e: KbsClientError) -> String {
         KbsClientError::Refused { kind, .. } => kind,
         other => panic!("expected a refusal, got {other}"),
     }
+}
+
+/// The key store and audit log of a broker configured with files.
+pub fn files(c: &Config) -> (&std::path::Path, &std::path::Path) {
+    c.storage.files().expect("a broker with file storage")
 }

@@ -138,7 +138,7 @@ fn a_rego_resource_policy_decides_over_the_token_claims() {
         })
         .collect();
     let b = start_with_policies(300, true, &resources, "", |c| {
-        AuditLog::open(&c.audit_log).unwrap()
+        AuditLog::open(files(c).1).unwrap()
     });
     let tee = TeeKeyPair::generate();
     let (cookie, nonce) = auth(&b.base);

@@ -33,8 +33,8 @@ fn a_broker_that_cannot_write_its_audit_log_releases_nothing() {
     };
     let policy = format!("[snp]\nmeasurements = [\"{}\"]\n", measurement());
     let b = start_with_audit(300, true, &[("default/model-key/demo", policy)], |c| {
-        let empty = verify(&c.audit_log).unwrap();
-        AuditLog::with_sink(&c.audit_log, Box::new(disk), empty)
+        let empty = verify(files(c).1).unwrap();
+        AuditLog::with_sink(files(c).1, Box::new(disk), empty)
     });
     let source = genuine_guest();
     let err = client(&b)

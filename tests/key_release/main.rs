@@ -13,6 +13,7 @@ mod broker;
 mod coco;
 mod ear_token;
 mod faults;
+mod replicas;
 mod slow_clients;
 
 use base64::Engine;
@@ -359,6 +360,8 @@ fn admin_puts_need_a_valid_signature_and_rotation_keeps_old_versions() {
     assert!(p["detail"].as_str().unwrap().contains("replayed"), "{p}");
     assert_eq!(
         b.state
+            .local()
+            .unwrap()
             .store
             .lock()
             .unwrap()

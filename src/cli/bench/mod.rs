@@ -47,6 +47,15 @@ pub struct BenchArgs {
     /// A file holding the token's user PIN.
     #[arg(long, value_name = "FILE")]
     pub pkcs11_pin_file: Option<std::path::PathBuf>,
+    /// `keyrelease` also with the broker's state in PostgreSQL, with 1 and
+    /// 2 replicas: a libpq URL without password (scripts/postgres.sh
+    /// starts a local server and prints one). The tables go in schema
+    /// ciel_bench.
+    #[arg(long, value_name = "URL")]
+    pub postgres: Option<String>,
+    /// A file holding the PostgreSQL password.
+    #[arg(long, value_name = "FILE", requires = "postgres")]
+    pub postgres_password_file: Option<std::path::PathBuf>,
 }
 
 const SUITES: [&str; 6] = [
@@ -229,7 +238,13 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         match s.as_str() {
             "unseal" => unseal::run(&mut r)?,
             "verify" => verify::run(&mut r)?,
-            "keyrelease" => keyrelease::run(&mut r, hsm.as_ref())?,
+            "keyrelease" => keyrelease::run(
+                &mut r,
+                hsm.as_ref(),
+                a.postgres
+                    .as_deref()
+                    .map(|url| (url, a.postgres_password_file.as_deref())),
+            )?,
             "proxy" => proxy::run(&mut r)?,
             "inference" => inference::run(&mut r)?,
             "load" => load::run(&mut r)?,

@@ -1,0 +1,275 @@
+//! Sessions and admin nonces in PostgreSQL, so that `/auth`, `/attest`
+//! and `/resource` may each land on another replica. The nonce is spent by
+//! one conditional UPDATE (whichever replica gets there first), and an
+//! attested session keeps its evidence as the guest sent it: the replica
+//! that releases decodes it again (a pure parse) and checks the resource's
+//! policy on it, exactly as the replica that attested it would.
+
+use super::{PgError, Shared};
+use crate::problem::{ApiError, Kind};
+use crate::session::{Attested, random_b64};
+use ciel_attestation::collateral::DcapCollateral;
+use ciel_protocol::kbs::Jwk;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Session states, as stored.
+const CHALLENGED: i16 = 0;
+const SPENT: i16 = 1;
+const ATTESTED: i16 = 2;
+
+fn query(what: &'static str) -> impl Fn(tokio_postgres::Error) -> ApiError {
+    move |source| PgError::Query { what, source }.into()
+}
+
+fn token_digest(token: &str) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        token.as_bytes(),
+    ))
+}
+
+fn expired() -> ApiError {
+    ApiError::new(
+        Kind::ExpiredSession,
+        "session expired; start again with /auth",
+    )
+}
+
+/// The sessions of every replica.
+#[derive(Debug)]
+pub struct SharedSessions {
+    shared: Shared,
+    ttl: Duration,
+    max: usize,
+    /// Sessions open when this replica last counted them (at its last
+    /// `/auth`), for the metrics gauge.
+    open_seen: AtomicUsize,
+}
+
+impl SharedSessions {
+    pub fn new(shared: Shared, ttl: Duration, max: usize) -> Self {
+        SharedSessions {
+            shared,
+            ttl,
+            max,
+            open_seen: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn open_count(&self) -> usize {
+        self.open_seen.load(Ordering::Relaxed)
+    }
+
+    /// Sessions created before this are expired.
+    fn cutoff(&self) -> i64 {
+        let now = i64::try_from(crate::server::now()).unwrap_or(i64::MAX);
+        now.saturating_sub(i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX))
+    }
+
+    /// Starts a session: (id, nonce).
+    pub async fn create(&self, tee: &str) -> Result<(String, String), ApiError> {
+        let q = query("starting a session");
+        let c = self.shared.client().await?;
+        c.execute(
+            "DELETE FROM sessions WHERE created <= $1",
+            &[&self.cutoff()],
+        )
+        .await
+        .map_err(&q)?;
+        let open: i64 = c
+            .query_one("SELECT count(*) FROM sessions", &[])
+            .await
+            .map_err(&q)?
+            .get(0);
+        let open = usize::try_from(open).unwrap_or(usize::MAX);
+        self.open_seen.store(open, Ordering::Relaxed);
+        if open >= self.max {
+            return Err(ApiError::new(
+                Kind::Busy,
+                "too many sessions in flight; retry later",
+            ));
+        }
+        let (id, nonce) = (random_b64()?, random_b64()?);
+        let now = i64::try_from(crate::server::now()).unwrap_or(i64::MAX);
+        c.execute(
+            "INSERT INTO sessions (id, tee, nonce, created, state) VALUES ($1, $2, $3, $4, $5)",
+            &[&id, &tee, &nonce, &now, &CHALLENGED],
+        )
+        .await
+        .map_err(&q)?;
+        self.open_seen.store(open + 1, Ordering::Relaxed);
+        Ok((id, nonce))
+    }
+
+    /// For `/attest`: the session's tee and nonce, consuming the nonce.
+    pub async fn consume_nonce(&self, id: &str) -> Result<(String, String), ApiError> {
+        let q = query("spending a session's nonce");
+        let c = self.shared.client().await?;
+        let spent = c
+            .query_opt(
+                "UPDATE sessions SET state = $2 WHERE id = $1 AND state = $3 AND created > $4 RETURNING tee, nonce",
+                &[&id, &SPENT, &CHALLENGED, &self.cutoff()],
+            )
+            .await
+            .map_err(&q)?;
+        if let Some(row) = spent {
+            return Ok((row.get(0), row.get(1)));
+        }
+        // Why not: unknown, expired, or already used.
+        let row = c
+            .query_opt("SELECT created FROM sessions WHERE id = $1", &[&id])
+            .await
+            .map_err(&q)?;
+        match row {
+            None => Err(ApiError::new(Kind::ExpiredSession, "unknown session")),
+            Some(r) if r.get::<_, i64>(0) <= self.cutoff() => Err(expired()),
+            Some(_) => Err(ApiError::new(
+                Kind::BadNonce,
+                "this session's nonce was already used",
+            )),
+        }
+    }
+
+    /// Marks a session attested: its TEE key, the evidence as sent, the
+    /// token's digest and claims.
+    pub async fn attest(
+        &self,
+        id: &str,
+        tee_pubkey: &Jwk,
+        evidence: &serde_json::Value,
+        token: String,
+        claims: &serde_json::Value,
+    ) -> Result<String, ApiError> {
+        let q = query("recording an attested session");
+        let updated = self
+            .shared
+            .client()
+            .await?
+            .execute(
+                "UPDATE sessions SET state = $2, token_sha256 = $3, tee_pubkey = $4, evidence = $5, claims = $6 WHERE id = $1 AND state = $7",
+                &[
+                    &id,
+                    &ATTESTED,
+                    &token_digest(&token),
+                    &json_text(tee_pubkey)?,
+                    &json_text(evidence)?,
+                    &json_text(claims)?,
+                    &SPENT,
+                ],
+            )
+            .await
+            .map_err(&q)?;
+        if updated != 1 {
+            return Err(ApiError::new(Kind::ExpiredSession, "unknown session"));
+        }
+        Ok(token)
+    }
+
+    /// The attested state of the session named by a cookie or a token.
+    pub async fn attested(
+        &self,
+        cookie: Option<&str>,
+        token: Option<&str>,
+        dcap: Option<&DcapCollateral>,
+    ) -> Result<Arc<Attested>, ApiError> {
+        let q = query("reading a session");
+        let c = self.shared.client().await?;
+        let sql = "SELECT tee, created, state, tee_pubkey, evidence, claims FROM sessions WHERE ";
+        let row = match (cookie, token) {
+            (Some(id), _) => c.query_opt(&format!("{sql}id = $1"), &[&id]).await,
+            (None, Some(t)) => {
+                c.query_opt(&format!("{sql}token_sha256 = $1"), &[&token_digest(t)])
+                    .await
+            }
+            (None, None) => {
+                return Err(ApiError::new(
+                    Kind::MissingSession,
+                    "no kbs-session-id cookie or bearer token",
+                ));
+            }
+        }
+        .map_err(&q)?
+        .ok_or_else(|| ApiError::new(Kind::ExpiredSession, "unknown session or token"))?;
+        if row.get::<_, i64>("created") <= self.cutoff() {
+            return Err(expired());
+        }
+        if row.get::<_, i16>("state") != ATTESTED {
+            return Err(ApiError::new(
+                Kind::NotAttested,
+                "this session has not attested",
+            ));
+        }
+        let corrupt = |field: &str, e: String| {
+            ApiError::from(PgError::Corrupt {
+                table: "sessions",
+                message: format!("{field}: {e}"),
+            })
+        };
+        let parse = |field: &'static str| -> Result<serde_json::Value, ApiError> {
+            let text: Option<String> = row.get(field);
+            serde_json::from_str(text.as_deref().unwrap_or(""))
+                .map_err(|e| corrupt(field, e.to_string()))
+        };
+        let tee: String = row.get("tee");
+        let tee_pubkey: Jwk = serde_json::from_value(parse("tee_pubkey")?)
+            .map_err(|e| corrupt("tee_pubkey", e.to_string()))?;
+        let evidence = ciel_attestation::tee_evidence::decode(&tee, &parse("evidence")?, dcap)
+            .map_err(|e| corrupt("evidence", e))?;
+        Ok(Arc::new(Attested {
+            tee_pubkey,
+            evidence,
+            claims: parse("claims")?,
+        }))
+    }
+}
+
+/// A value stored as JSON text.
+fn json_text<T: serde::Serialize + ?Sized>(v: &T) -> Result<String, ApiError> {
+    serde_json::to_string(v).map_err(|e| ApiError::new(Kind::Internal, e.to_string()))
+}
+
+impl Shared {
+    /// Records a validly signed admin request's nonce, or refuses it if any
+    /// replica has seen it inside the timestamp window.
+    pub async fn admit_admin_nonce(
+        &self,
+        nonce: &str,
+        timestamp: u64,
+        now: u64,
+    ) -> Result<(), ApiError> {
+        use crate::admin::{ADMIN_SKEW, MAX_REMEMBERED, replayed, too_many_admin_requests};
+        let q = query("recording an admin nonce");
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let ts = i64::try_from(timestamp).unwrap_or(i64::MAX);
+        let skew = i64::try_from(ADMIN_SKEW).unwrap_or(i64::MAX);
+        let c = self.client().await?;
+        // Out of the window, the timestamp check refuses it anyway.
+        c.execute(
+            "DELETE FROM admin_nonces WHERE ts < $1",
+            &[&now.saturating_sub(skew)],
+        )
+        .await
+        .map_err(&q)?;
+        let held: i64 = c
+            .query_one("SELECT count(*) FROM admin_nonces", &[])
+            .await
+            .map_err(&q)?
+            .get(0);
+        if usize::try_from(held).unwrap_or(usize::MAX) >= MAX_REMEMBERED {
+            return Err(too_many_admin_requests());
+        }
+        let inserted = c
+            .execute(
+                "INSERT INTO admin_nonces (nonce, ts) VALUES ($1, $2) ON CONFLICT (nonce) DO NOTHING",
+                &[&nonce, &ts],
+            )
+            .await
+            .map_err(&q)?;
+        if inserted == 0 {
+            return Err(replayed());
+        }
+        Ok(())
+    }
+}
