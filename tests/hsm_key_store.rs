@@ -12,12 +12,9 @@ mod common;
 use ciel_attestation::sim::{SimSnpReport, SnpSim};
 use ciel_enclave::kbs_client::sim::SimSnpSource;
 use ciel_enclave::kbs_client::{Backoff, KbsClient};
-use ciel_protocol::sealed::{DataKey, UnsealOptions, unseal_in_memory};
-use common::{Running, free_port, seal_registered};
-use std::io::Read;
+use common::{Running, seal_registered, unsealed};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 fn module() -> PathBuf {
     std::env::var_os("CIEL_PKCS11_MODULE")
@@ -87,30 +84,9 @@ fn init(conf: &Path, kb: &Path, pin_file: &Path) -> Output {
     )
 }
 
-/// `ciel kbs serve` on a free port; Err(stderr) if it exits first.
+/// `ciel kbs serve` for `kb`, its HSM configuration in SOFTHSM2_CONF.
 fn serve(conf: &Path, kb: &Path) -> Result<(Running, String), String> {
-    let port = free_port();
-    let log = kb.join(format!("serve-{port}.log"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ciel"))
-        .args(["kbs", "serve", "--config"])
-        .arg(kb.join("kbs.toml"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--tls-cert"])
-        .arg(kb.join("tls.pem"))
-        .arg("--tls-key")
-        .arg(kb.join("tls.key"))
-        .env("SOFTHSM2_CONF", conf)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let end = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if child.try_wait().unwrap().is_some() {
-            return Err(std::fs::read_to_string(&log).unwrap_or_default());
-        }
-        assert!(Instant::now() < end, "the broker did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok((Running(child), format!("https://127.0.0.1:{port}")))
+    common::kbs_serve(kb, &[("SOFTHSM2_CONF", conf.as_os_str())])
 }
 
 #[test]
@@ -178,19 +154,10 @@ fn the_master_key_stays_in_the_hsm_and_keys_are_released_through_it() {
     let key = client
         .fetch_resource("default/model-key/demo", &source)
         .unwrap();
-    let key: [u8; 32] = key.as_slice().try_into().unwrap();
-    let plain = unseal_in_memory(
-        std::fs::read(&sealed).unwrap(),
-        &DataKey::from_bytes(key),
-        UnsealOptions::default(),
-    )
-    .unwrap();
-    let mut got = Vec::new();
-    plain.reader().read_to_end(&mut got).unwrap();
-    assert_eq!(got, bytes);
+    assert_eq!(unsealed(&sealed, &key), bytes);
     // The store holds the key sealed by the token, not the key.
     let store = std::fs::read_to_string(kb.join("keys.json")).unwrap();
-    assert!(!store.contains(&hex::encode(key)), "{store}");
+    assert!(!store.contains(&hex::encode(&key)), "{store}");
     drop(broker);
 
     // Restarted, it opens the store through the token again.
@@ -199,7 +166,7 @@ fn the_master_key_stays_in_the_hsm_and_keys_are_released_through_it() {
     let again = client
         .fetch_resource("default/model-key/demo", &source)
         .unwrap();
-    assert_eq!(again.as_slice(), key);
+    assert_eq!(again.as_slice(), key.as_slice());
     drop(broker);
 
     // A wrong PIN, another token (its own key under the same label), no

@@ -7,8 +7,7 @@ mod common;
 use ciel_attestation::sim::{SimSnpReport, SnpSim};
 use ciel_enclave::kbs_client::sim::SimSnpSource;
 use ciel_enclave::kbs_client::{Backoff, KbsClient};
-use ciel_protocol::sealed::{DataKey, UnsealOptions, unseal_in_memory};
-use common::{ciel, seal_registered, start_kbs};
+use common::{ciel, seal_registered, start_kbs, unsealed};
 use std::io::Read;
 use std::process::Stdio;
 
@@ -53,16 +52,7 @@ fn seal_register_attest_release_unseal() {
     let key = client
         .fetch_resource("default/model-key/demo", &source)
         .unwrap();
-    let key: [u8; 32] = key.as_slice().try_into().unwrap();
-    let plain = unseal_in_memory(
-        std::fs::read(&sealed).unwrap(),
-        &DataKey::from_bytes(key),
-        UnsealOptions::default(),
-    )
-    .unwrap();
-    let mut got = Vec::new();
-    plain.reader().read_to_end(&mut got).unwrap();
-    assert_eq!(got, bytes);
+    assert_eq!(unsealed(&sealed, &key), bytes);
 
     // A guest with another measurement gets nothing.
     let other = SimSnpSource {

@@ -7,10 +7,9 @@ use crate::audit::{AuditLog, Entry};
 use crate::postgres::{Shared, SharedSessions};
 use crate::problem::{ApiError, Kind};
 use crate::resource::ResourcePath;
-use crate::session::{Attested, Sessions};
+use crate::session::{Attested, SessionEvidence, Sessions};
 use crate::store::{KeyStore, Lookup, VersionedKey};
 use ciel_attestation::collateral::DcapCollateral;
-use ciel_attestation::tee_evidence::Decoded;
 use ciel_protocol::kbs::Jwk;
 use std::sync::{Arc, Mutex};
 
@@ -84,7 +83,7 @@ impl Backend {
         &self,
         id: &str,
         tee_pubkey: Jwk,
-        decoded: Decoded,
+        decoded: SessionEvidence,
         sent: &serde_json::Value,
         token: String,
         claims: serde_json::Value,

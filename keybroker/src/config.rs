@@ -63,6 +63,10 @@ struct RawResource {
     /// A Trustee resource policy (Rego) over the attestation token's
     /// claims; with `policy_file`, both must allow the release.
     rego_policy_file: Option<PathBuf>,
+    /// DANGER: release to Trustee's unsigned `sample` evidence (interop
+    /// tests only; anyone can make such evidence).
+    #[serde(default)]
+    danger_accept_sample_evidence: bool,
 }
 
 /// What releasing one resource requires.
@@ -72,6 +76,9 @@ pub struct ResourcePolicy {
     /// policy, with the Rego policy deciding).
     pub evidence: Option<Policy>,
     pub rego: Option<crate::rego::RegoPolicy>,
+    /// DANGER: released to Trustee's unsigned `sample` evidence too (the
+    /// Rego policy, if any, still decides).
+    pub danger_accept_sample_evidence: bool,
 }
 
 /// A validated configuration.
@@ -124,7 +131,10 @@ impl Config {
         let mut resources = BTreeMap::new();
         for r in &raw.resource {
             let rp = ResourcePath::parse(&r.path).map_err(|e| err(e.to_string()))?;
-            if r.policy_file.is_none() && r.rego_policy_file.is_none() {
+            if r.policy_file.is_none()
+                && r.rego_policy_file.is_none()
+                && !r.danger_accept_sample_evidence
+            {
                 return Err(err(format!(
                     "resource {rp} names no policy: give policy_file (TOML), rego_policy_file (Rego) or both"
                 )));
@@ -150,7 +160,14 @@ impl Config {
                 None => None,
             };
             if resources
-                .insert(rp.clone(), ResourcePolicy { evidence, rego })
+                .insert(
+                    rp.clone(),
+                    ResourcePolicy {
+                        evidence,
+                        rego,
+                        danger_accept_sample_evidence: r.danger_accept_sample_evidence,
+                    },
+                )
                 .is_some()
             {
                 return Err(err(format!("resource {rp} is configured twice")));
@@ -213,6 +230,16 @@ impl Config {
             attest_policy,
             resources,
         })
+    }
+}
+
+impl Config {
+    /// Whether any resource accepts Trustee's unsigned `sample` evidence
+    /// (only then does `/auth` take `tee: sample`).
+    pub fn accepts_sample_evidence(&self) -> bool {
+        self.resources
+            .values()
+            .any(|r| r.danger_accept_sample_evidence)
     }
 }
 

@@ -11,9 +11,9 @@
 //! The signing key is generated when the broker starts: tokens live no
 //! longer than the in-memory sessions they stand for.
 
+use crate::session::SessionEvidence;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
-use ciel_attestation::tee_evidence::Decoded;
 use ciel_protocol::kbs::Jwk;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
@@ -37,7 +37,7 @@ pub enum EarError {
 /// What one token says.
 #[derive(Debug)]
 pub struct Appraisal<'a> {
-    pub evidence: &'a Decoded,
+    pub evidence: &'a SessionEvidence,
     pub nonce: &'a str,
     pub tee_pubkey: &'a Jwk,
     /// Issued at and expiry (Unix seconds).
@@ -128,7 +128,27 @@ impl EarSigner {
 
 /// The EAR claims for one appraisal.
 fn claims(a: &Appraisal<'_>) -> Value {
-    let platform = format!("{:?}", a.evidence.evidence.kind()).to_lowercase();
+    let (platform, measurement, sha256, status, hardware) = match a.evidence {
+        SessionEvidence::Verified(d) => (
+            format!("{:?}", d.evidence.kind()).to_lowercase(),
+            d.evidence.measurement(),
+            Some(d.sha256.clone()),
+            // Checked at /attest: the evidence's signature chain to a
+            // vendor root the policy trusts. Measurements are the resource
+            // policies' (checked again at each release).
+            "affirming",
+            2,
+        ),
+        // Unsigned: nothing about the hardware is known (EAR's "no claim"
+        // is 0; "warning" so that no policy reads it as affirmed).
+        SessionEvidence::Sample(s) => (
+            "sample".to_string(),
+            Some(format!("svn {}", s.svn)),
+            None,
+            "warning",
+            0,
+        ),
+    };
     let mut claims = json!({
         "eat_profile": EAR_PROFILE,
         "iat": a.iat,
@@ -140,16 +160,13 @@ fn claims(a: &Appraisal<'_>) -> Value {
         },
         "submods": {
             "cpu0": {
-                "ear.status": "affirming",
-                // Checked at /attest: the evidence's signature chain to
-                // a vendor root the policy trusts. Measurements are the
-                // resource policies' (checked again at each release).
-                "ear.trustworthiness-vector": { "hardware": 2 },
+                "ear.status": status,
+                "ear.trustworthiness-vector": { "hardware": hardware },
                 "ear.appraisal-policy-id": "ciel:attest",
                 "ear.veraison.annotated-evidence": {
                     "platform": platform,
-                    "measurement": a.evidence.evidence.measurement(),
-                    "evidence_sha256": a.evidence.sha256,
+                    "measurement": measurement,
+                    "evidence_sha256": sha256,
                     "runtime_data_claims": {
                         "nonce": a.nonce,
                         "tee-pubkey": a.tee_pubkey,

@@ -11,6 +11,7 @@
 
 pub mod admin;
 pub mod admin_api;
+pub mod attest;
 pub mod audit;
 pub mod backend;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod postgres;
 pub mod problem;
 pub mod rego;
 pub mod resource;
+pub mod sample;
 pub mod server;
 pub mod session;
 pub mod store;

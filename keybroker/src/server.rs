@@ -20,8 +20,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ciel_attestation::tee_evidence as evidence;
 use ciel_attestation::{UnixTime, verify};
-use ciel_protocol::kbs::{Attestation, AttestationToken, Challenge, PROTOCOL_VERSION, Request};
-use ciel_protocol::{binding, jwe};
+use ciel_protocol::jwe;
+use ciel_protocol::kbs::{Challenge, PROTOCOL_VERSION, Request};
 use ciel_transport::Listener;
 use ciel_transport::http::{BodyRefusal, HttpLimits, HttpService, Peer};
 use ciel_transport::server::Limits;
@@ -121,7 +121,7 @@ pub(crate) fn rfc3339_now() -> String {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/kbs/v0/auth", post(auth))
-        .route("/kbs/v0/attest", post(attest))
+        .route("/kbs/v0/attest", post(crate::attest::attest))
         .route("/kbs/v0/resource/{repo}/{kind}/{tag}", get(resource))
         .route(
             "/kbs/v0/admin/resource/{repo}/{kind}/{tag}",
@@ -206,7 +206,7 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
     crate::metrics::router(move || state.metrics_text())
 }
 
-fn cookie(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -227,7 +227,10 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .map(|t| t.trim().to_string())
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, ApiError> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    body: &Bytes,
+    what: &str,
+) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::new(Kind::BadRequest, format!("{what}: {e}")))
 }
@@ -243,10 +246,14 @@ async fn auth(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, 
             ),
         ));
     }
-    if !matches!(req.tee.as_str(), "snp" | "tdx") {
+    let sample = req.tee == "sample" && st.config.accepts_sample_evidence();
+    if !matches!(req.tee.as_str(), "snp" | "tdx") && !sample {
         return Err(ApiError::new(
             Kind::BadRequest,
-            format!("tee {:?} is not supported (snp, tdx)", req.tee),
+            format!(
+                "tee {:?} is not supported (snp, tdx; sample only where a resource sets danger_accept_sample_evidence)",
+                req.tee
+            ),
         ));
     }
     let (id, nonce) = st.backend.create_session(&req.tee).await?;
@@ -272,14 +279,14 @@ pub(crate) async fn audit(st: &AppState, e: Entry) -> Result<(), ApiError> {
 }
 
 /// `error`, once its audit entry is written (else the audit failure).
-async fn refused(st: &AppState, e: Entry, error: ApiError) -> ApiError {
+pub(crate) async fn refused(st: &AppState, e: Entry, error: ApiError) -> ApiError {
     match audit(st, e).await {
         Ok(()) => error,
         Err(a) => a,
     }
 }
 
-fn entry(
+pub(crate) fn entry(
     client: &str,
     event: &'static str,
     resource: Option<String>,
@@ -298,157 +305,6 @@ fn entry(
         platform: ev.map(|d| format!("{:?}", d.evidence.kind()).to_lowercase()),
         measurement: ev.and_then(|d| d.evidence.measurement()),
     }
-}
-
-async fn attest(
-    State(st): State<Arc<AppState>>,
-    Extension(Peer(client)): Extension<Peer>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let id = cookie(&headers).ok_or_else(|| {
-        ApiError::new(
-            Kind::MissingSession,
-            "no kbs-session-id cookie; call /kbs/v0/auth first",
-        )
-    })?;
-    let (tee, nonce) = st.backend.consume_nonce(&id).await?;
-    let req: Attestation = json_body(&body, "attestation request")?;
-    let refuse = |kind: Kind, code: &str, detail: String, ev: Option<&evidence::Decoded>| {
-        let e = entry(&client, "attest", None, "deny", vec![code.to_string()], ev);
-        refused(&st, e, ApiError::new(kind, detail))
-    };
-    if !Sessions::nonce_matches(&nonce, &req.runtime_data.nonce) {
-        return Err(refuse(
-            Kind::BadNonce,
-            "bad_nonce",
-            "runtime-data.nonce is not this session's nonce".into(),
-            None,
-        )
-        .await);
-    }
-    let decoded =
-        match evidence::decode(&tee, &req.tee_evidence, st.config.dcap_collateral.as_ref()) {
-            Ok(d) => d,
-            Err(m) => return Err(refuse(Kind::BadEvidence, "evidence_malformed", m, None).await),
-        };
-    let verdict = verify(
-        &decoded.evidence,
-        &decoded.collateral,
-        &st.config.attest_policy,
-        UnixTime(now()),
-    );
-    if !verdict.accepted {
-        let (codes, detail) = (verdict.reason_codes(), verdict.summary());
-        let e = entry(&client, "attest", None, "deny", codes, Some(&decoded));
-        audit(&st, e).await?;
-        return Err(ApiError::new(Kind::BadEvidence, detail));
-    }
-    let bound = match binding::verify(&decoded.evidence.report_data(), &req.runtime_data) {
-        Ok(b) => b,
-        Err(e) => {
-            return Err(refuse(
-                Kind::BadRequest,
-                "runtime_data_malformed",
-                e.to_string(),
-                Some(&decoded),
-            )
-            .await);
-        }
-    };
-    if !bound {
-        return Err(refuse(
-            Kind::BadEvidence,
-            "binding_mismatch",
-            "report_data does not bind this nonce and tee-pubkey (SHA-384 of their canonical JSON)"
-                .into(),
-            Some(&decoded),
-        )
-        .await);
-    }
-    // Init-data (Kata/CoCo): believed only when the evidence's HOST_DATA /
-    // MRCONFIGID binds its exact bytes, as Trustee's verifiers check it.
-    let init_data = match &req.init_data {
-        None => None,
-        Some(doc) => {
-            let parsed = match doc.parse() {
-                Ok(p) => p,
-                Err(e) => {
-                    return Err(refuse(
-                        Kind::BadRequest,
-                        "init_data_malformed",
-                        e.to_string(),
-                        Some(&decoded),
-                    )
-                    .await);
-                }
-            };
-            let Some(field) = decoded.evidence.init_data_field() else {
-                return Err(refuse(
-                    Kind::BadEvidence,
-                    "init_data_unbound",
-                    "init-data was sent, but this evidence has no HOST_DATA or MRCONFIGID to bind it"
-                        .into(),
-                    Some(&decoded),
-                )
-                .await);
-            };
-            if !parsed.bound_by(&field) {
-                return Err(refuse(
-                    Kind::BadEvidence,
-                    "init_data_mismatch",
-                    format!(
-                        "the evidence's {} is {}, not the init-data's {} digest {}",
-                        if field.len() == 32 {
-                            "HOST_DATA"
-                        } else {
-                            "MRCONFIGID"
-                        },
-                        hex::encode(&field),
-                        parsed.algorithm().name(),
-                        hex::encode(parsed.digest())
-                    ),
-                    Some(&decoded),
-                )
-                .await);
-            }
-            Some(parsed)
-        }
-    };
-    audit(
-        &st,
-        entry(&client, "attest", None, "accept", vec![], Some(&decoded)),
-    )
-    .await?;
-    let iat = now();
-    let (token, claims) = st
-        .tokens
-        .issue(&crate::ear::Appraisal {
-            evidence: &decoded,
-            nonce: &req.runtime_data.nonce,
-            tee_pubkey: &req.runtime_data.tee_pubkey,
-            iat,
-            exp: iat.saturating_add(st.config.session_ttl.as_secs()),
-            evidence_claims: verdict
-                .claims
-                .as_ref()
-                .and_then(|c| serde_json::to_value(c).ok()),
-            init_data: init_data.as_ref(),
-        })
-        .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?;
-    let token = st
-        .backend
-        .attest(
-            &id,
-            req.runtime_data.tee_pubkey,
-            decoded,
-            &req.tee_evidence,
-            token,
-            claims,
-        )
-        .await?;
-    tracing::info!(%client, "session attested");
-    Ok(Json(AttestationToken { token }).into_response())
 }
 
 #[derive(serde::Deserialize)]
@@ -471,7 +327,7 @@ async fn resource(
             st.config.dcap_collateral.as_ref(),
         )
         .await?;
-    let (tee_pubkey, ev) = (&session.tee_pubkey, &session.evidence);
+    let (tee_pubkey, ev) = (&session.tee_pubkey, session.evidence.verified());
     let path = ResourcePath::parse(&format!("{repo}/{kind}/{tag}"))
         .map_err(|e| ApiError::new(Kind::UnknownResource, e.to_string()))?;
     let name = path.to_string();
@@ -482,7 +338,7 @@ async fn resource(
             Some(name.clone()),
             "deny",
             vec![code.to_string()],
-            Some(ev),
+            ev,
         );
         refused(&st, e, ApiError::new(kind, detail))
     };
@@ -494,27 +350,38 @@ async fn resource(
         )
         .await);
     };
-    let verdict = verify(
-        &ev.evidence,
-        &ev.collateral,
-        policy.evidence.as_ref().unwrap_or(&st.config.attest_policy),
-        UnixTime(now()),
-    );
-    if !verdict.accepted {
-        let (codes, detail) = (verdict.reason_codes(), verdict.summary());
-        audit(
-            &st,
-            entry(
-                &client,
-                "resource",
-                Some(name.clone()),
-                "deny",
-                codes,
-                Some(ev),
-            ),
-        )
-        .await?;
-        return Err(ApiError::new(Kind::PolicyDenied, detail));
+    match ev {
+        Some(ev) => {
+            let verdict = verify(
+                &ev.evidence,
+                &ev.collateral,
+                policy.evidence.as_ref().unwrap_or(&st.config.attest_policy),
+                UnixTime(now()),
+            );
+            if !verdict.accepted {
+                let (codes, detail) = (verdict.reason_codes(), verdict.summary());
+                let e = entry(
+                    &client,
+                    "resource",
+                    Some(name.clone()),
+                    "deny",
+                    codes,
+                    Some(ev),
+                );
+                audit(&st, e).await?;
+                return Err(ApiError::new(Kind::PolicyDenied, detail));
+            }
+        }
+        // Unsigned sample evidence: only where the resource asks for it.
+        None if policy.danger_accept_sample_evidence => {}
+        None => {
+            return Err(deny(
+                Kind::PolicyDenied,
+                "sample_evidence_refused",
+                format!("{name} is not released to sample (unsigned) evidence"),
+            )
+            .await);
+        }
     }
     if let Some(rego) = &policy.rego {
         match rego.allows(&session.claims, &name) {
@@ -560,8 +427,11 @@ async fn resource(
             "resource",
             Some(format!("{name}#v{version}")),
             "release",
-            vec![],
-            Some(ev),
+            match ev {
+                Some(_) => vec![],
+                None => vec!["danger_sample_evidence".to_string()],
+            },
+            ev,
         ),
     )
     .await?;

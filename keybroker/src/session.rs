@@ -25,11 +25,47 @@ pub enum State {
     },
 }
 
+/// What an attested session's evidence is. (One per session, held in an
+/// `Arc`: the variants' sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum SessionEvidence {
+    /// Hardware evidence whose signature chain `/attest` verified.
+    Verified(Decoded),
+    /// DANGER: Trustee's `sample` TEE (unsigned: anyone can make it),
+    /// released on only by resources configured to accept it.
+    Sample(crate::sample::SampleEvidence),
+}
+
+impl SessionEvidence {
+    /// The verified hardware evidence, if that is what it is.
+    pub fn verified(&self) -> Option<&Decoded> {
+        match self {
+            SessionEvidence::Verified(d) => Some(d),
+            SessionEvidence::Sample(_) => None,
+        }
+    }
+
+    /// Decodes evidence as stored for `tee` (a replica's shared session).
+    pub fn decode(
+        tee: &str,
+        evidence: &serde_json::Value,
+        dcap: Option<&ciel_attestation::collateral::DcapCollateral>,
+    ) -> Result<Self, String> {
+        if tee == "sample" {
+            crate::sample::SampleEvidence::parse(evidence).map(SessionEvidence::Sample)
+        } else {
+            ciel_attestation::tee_evidence::decode(tee, evidence, dcap)
+                .map(SessionEvidence::Verified)
+        }
+    }
+}
+
 /// What an attested session proved.
 #[derive(Debug)]
 pub struct Attested {
     pub tee_pubkey: Jwk,
-    pub evidence: Decoded,
+    pub evidence: SessionEvidence,
     /// The claims of the token issued for it (the input of Rego policies).
     pub claims: serde_json::Value,
 }
@@ -146,7 +182,7 @@ impl Sessions {
         &self,
         id: &str,
         tee_pubkey: Jwk,
-        evidence: Decoded,
+        evidence: SessionEvidence,
         token: String,
         claims: serde_json::Value,
     ) -> Result<String, ApiError> {

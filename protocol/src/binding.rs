@@ -18,15 +18,38 @@ use crate::kbs::RuntimeData;
 
 /// The 64-byte `report_data` that binds `runtime` into evidence.
 pub fn report_data(runtime: &RuntimeData) -> Result<[u8; 64], JcsError> {
-    let value =
-        serde_json::to_value(runtime).map_err(|e| JcsError::NonIntegerNumber(e.to_string()))?;
-    let canonical = canonicalize(&value)?;
+    padded_digest(
+        &serde_json::to_value(runtime).map_err(|e| JcsError::NonIntegerNumber(e.to_string()))?,
+    )
+}
+
+/// SHA-384 of `value`'s canonical JSON, zero-padded to 64 bytes.
+fn padded_digest(value: &serde_json::Value) -> Result<[u8; 64], JcsError> {
+    let canonical = canonicalize(value)?;
     let digest = ring::digest::digest(&ring::digest::SHA384, canonical.as_bytes());
     let mut out = [0u8; 64];
     for (o, d) in out.iter_mut().zip(digest.as_ref()) {
         *o = *d;
     }
     Ok(out)
+}
+
+/// The binding Trustee's current clients compute (kbs-types 0.15): the
+/// runtime data with the `additional-evidence` string beside the nonce and
+/// the key, so the primary evidence binds the devices' evidence too.
+pub fn report_data_with_additional(
+    runtime: &RuntimeData,
+    additional_evidence: &str,
+) -> Result<[u8; 64], JcsError> {
+    let mut value =
+        serde_json::to_value(runtime).map_err(|e| JcsError::NonIntegerNumber(e.to_string()))?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert(
+            "additional-evidence".into(),
+            serde_json::Value::String(additional_evidence.into()),
+        );
+    }
+    padded_digest(&value)
 }
 
 /// Whether `report_data` binds `runtime`, in either form. (Nothing here
@@ -84,6 +107,18 @@ mod tests {
         assert!(verify(&rd, &r).unwrap());
         assert!(!verify(&rd, &runtime("other")).unwrap());
         assert!(!verify(&rd[..63], &r).unwrap());
+    }
+
+    #[test]
+    fn trustee_composite_binding_adds_the_additional_evidence_string() {
+        let r = runtime("n0nce");
+        let rd = report_data_with_additional(&r, "").unwrap();
+        let canonical = r#"{"additional-evidence":"","nonce":"n0nce","tee-pubkey":{"alg":"ES256","crv":"P-256","kty":"EC","x":"x-coordinate","y":"y-coordinate"}}"#;
+        let d = ring::digest::digest(&ring::digest::SHA384, canonical.as_bytes());
+        assert_eq!(&rd[..48], d.as_ref());
+        assert_eq!(&rd[48..], &[0u8; 16]);
+        assert_ne!(rd, report_data(&r).unwrap());
+        assert_ne!(rd, report_data_with_additional(&r, "{}").unwrap());
     }
 
     #[test]

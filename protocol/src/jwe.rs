@@ -166,7 +166,12 @@ pub fn encrypt(recipient: &Jwk, plaintext: &[u8]) -> Result<Jwe, JweError> {
             });
         }
     };
-    let protected_b64 = B64.encode(serde_json::to_vec(&protected).map_err(|_| JweError::Random)?);
+    // Canonical JSON (keys sorted at every level): Trustee's clients parse
+    // the header and serialize it again, with sorted keys, to make the
+    // AES-GCM associated data; only these bytes survive that round trip.
+    let header = serde_json::to_value(&protected).map_err(|_| JweError::Random)?;
+    let header = crate::jcs::canonicalize(&header).map_err(|_| JweError::Random)?;
+    let protected_b64 = B64.encode(header.as_bytes());
     let mut iv = [0u8; 12];
     getrandom::fill(&mut iv).map_err(|_| JweError::Random)?;
     let key = LessSafeKey::new(
@@ -297,6 +302,20 @@ impl TeeKeyPair {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_protected_header_is_canonical_json_as_trustee_clients_rebuild_it() {
+        let tee = TeeKeyPair::generate();
+        let jwe = encrypt(&tee.public_jwk(), b"key").unwrap();
+        let text = String::from_utf8(B64.decode(&jwe.protected).unwrap()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(text, crate::jcs::canonicalize(&value).unwrap());
+        assert!(
+            text.starts_with(r#"{"alg":"ECDH-ES+A256KW","enc":"A256GCM","epk":{"#),
+            "{text}"
+        );
+        assert_eq!(tee.decrypt(&jwe).unwrap().as_slice(), b"key");
+    }
 
     #[test]
     fn concat_kdf_matches_rfc7518_appendix_c() {

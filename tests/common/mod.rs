@@ -127,6 +127,24 @@ pub fn start_kbs(
     }
     std::fs::write(kb.join("kbs.toml"), cfg).unwrap();
 
+    let (mut child, port) = spawn_kbs_serve(kb, &[], stderr);
+    assert!(
+        listening(port, &mut child),
+        "the broker exited before listening"
+    );
+    KbsProcess {
+        child,
+        url: format!("https://127.0.0.1:{port}"),
+    }
+}
+
+/// `ciel kbs serve` for the broker directory `kb` (as `ciel kbs init`
+/// writes it: kbs.toml, tls.pem, tls.key) on a free loopback port.
+fn spawn_kbs_serve(
+    kb: &std::path::Path,
+    env: &[(&str, &std::ffi::OsStr)],
+    stderr: std::process::Stdio,
+) -> (std::process::Child, u16) {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_ciel"))
         .args(["kbs", "serve", "--config"])
@@ -135,19 +153,24 @@ pub fn start_kbs(
         .arg(kb.join("tls.pem"))
         .arg("--tls-key")
         .arg(kb.join("tls.key"))
+        .envs(env.iter().copied())
         .stderr(stderr)
         .spawn()
         .unwrap();
-    let server = KbsProcess {
-        child,
-        url: format!("https://127.0.0.1:{port}"),
-    };
+    (child, port)
+}
+
+/// Waits (20 s at most) until `port` accepts; false if `child` exits first.
+fn listening(port: u16, child: &mut std::process::Child) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
         assert!(std::time::Instant::now() < deadline, "broker did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    server
+    true
 }
 
 /// `ciel seal` registering the fresh key at the broker set up by [`start_kbs`].
@@ -198,6 +221,37 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// [`spawn_kbs_serve`] with `env` set, its stderr in a log: its HTTPS URL,
+/// or the log if it exits before listening.
+pub fn kbs_serve(
+    kb: &std::path::Path,
+    env: &[(&str, &std::ffi::OsStr)],
+) -> Result<(Running, String), String> {
+    let log = kb.join(format!("serve-{}.log", std::process::id()));
+    let file = std::fs::File::create(&log).unwrap();
+    let (mut child, port) = spawn_kbs_serve(kb, env, file.into());
+    if !listening(port, &mut child) {
+        return Err(std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    Ok((Running(child), format!("https://127.0.0.1:{port}")))
+}
+
+/// A model sealed under `key`, opened: its plaintext.
+pub fn unsealed(sealed: &std::path::Path, key: &[u8]) -> Vec<u8> {
+    use ciel_protocol::sealed::{DataKey, UnsealOptions, unseal_in_memory};
+    use std::io::Read;
+    let key: [u8; 32] = key.try_into().unwrap();
+    let plain = unseal_in_memory(
+        std::fs::read(sealed).unwrap(),
+        &DataKey::from_bytes(key),
+        UnsealOptions::default(),
+    )
+    .unwrap();
+    let mut got = Vec::new();
+    plain.reader().read_to_end(&mut got).unwrap();
+    got
 }
 
 /// A child process killed when dropped, so that a failing test leaves no

@@ -58,7 +58,8 @@ pub fn start_with_audit(
     start_with_policies(ttl, trust_sim, &resources, "", audit_log)
 }
 
-/// A resource's policies: TOML (with the simulated root trusted), Rego, or both.
+/// A resource's policies: TOML (with the simulated root trusted), Rego, or
+/// both; neither: `danger_accept_sample_evidence` (Trustee's sample TEE).
 pub struct Policies {
     pub toml: Option<String>,
     pub rego: Option<String>,
@@ -97,6 +98,9 @@ pub fn start_with_policies(
             )
             .unwrap();
             cfg.push_str(&format!("policy_file = \"{pf}\"\n"));
+        }
+        if policies.toml.is_none() && policies.rego.is_none() {
+            cfg.push_str("danger_accept_sample_evidence = true\n");
         }
         if let Some(rego) = &policies.rego {
             let rf = format!("policy{i}.rego");

@@ -14,6 +14,7 @@ mod coco;
 mod ear_token;
 mod faults;
 mod replicas;
+mod sample;
 mod slow_clients;
 
 use base64::Engine;

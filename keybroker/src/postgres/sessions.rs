@@ -215,7 +215,7 @@ impl SharedSessions {
         let tee: String = row.get("tee");
         let tee_pubkey: Jwk = serde_json::from_value(parse("tee_pubkey")?)
             .map_err(|e| corrupt("tee_pubkey", e.to_string()))?;
-        let evidence = ciel_attestation::tee_evidence::decode(&tee, &parse("evidence")?, dcap)
+        let evidence = crate::session::SessionEvidence::decode(&tee, &parse("evidence")?, dcap)
             .map_err(|e| corrupt("evidence", e))?;
         Ok(Arc::new(Attested {
             tee_pubkey,

@@ -1,0 +1,275 @@
+//! `/kbs/v0/attest`: the evidence of a session's guest, checked for
+//! authenticity (the broker's policy), for binding the session's nonce and
+//! TEE key (and, with Trustee's composite shape, the additional-evidence
+//! string), and for binding the init-data it brings; then a token.
+
+use crate::problem::{ApiError, Kind};
+use crate::sample::{SampleEvidence, split_composite};
+use crate::server::{AppState, audit, cookie, entry, json_body, now, refused};
+use crate::session::{SessionEvidence, Sessions};
+use axum::Extension;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use ciel_attestation::tee_evidence as evidence;
+use ciel_attestation::{UnixTime, verify};
+use ciel_protocol::binding;
+use ciel_protocol::kbs::{Attestation, AttestationToken};
+use ciel_transport::http::Peer;
+use std::sync::Arc;
+
+pub async fn attest(
+    State(st): State<Arc<AppState>>,
+    Extension(Peer(client)): Extension<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id = cookie(&headers).ok_or_else(|| {
+        ApiError::new(
+            Kind::MissingSession,
+            "no kbs-session-id cookie; call /kbs/v0/auth first",
+        )
+    })?;
+    let (tee, nonce) = st.backend.consume_nonce(&id).await?;
+    let req: Attestation = json_body(&body, "attestation request")?;
+    let refuse = |kind: Kind, code: &str, detail: String, ev: Option<&evidence::Decoded>| {
+        let e = entry(&client, "attest", None, "deny", vec![code.to_string()], ev);
+        refused(&st, e, ApiError::new(kind, detail))
+    };
+    if !Sessions::nonce_matches(&nonce, &req.runtime_data.nonce) {
+        return Err(refuse(
+            Kind::BadNonce,
+            "bad_nonce",
+            "runtime-data.nonce is not this session's nonce".into(),
+            None,
+        )
+        .await);
+    }
+    let (primary, additional) = match split_composite(&req.tee_evidence) {
+        Ok(split) => split,
+        Err(m) => return Err(refuse(Kind::BadRequest, "evidence_malformed", m, None).await),
+    };
+    // Device evidence (GPUs) is not verified here yet: refused, never ignored.
+    if additional.is_some_and(|a| !a.is_empty()) {
+        return Err(refuse(
+            Kind::BadEvidence,
+            "additional_evidence_unverified",
+            "tee-evidence.additional_evidence carries device evidence, which this broker does not verify: refusing rather than ignoring it".into(),
+            None,
+        )
+        .await);
+    }
+    let expected = match additional {
+        Some(a) => binding::report_data_with_additional(&req.runtime_data, a),
+        None => binding::report_data(&req.runtime_data),
+    };
+    let expected = match expected {
+        Ok(e) => e,
+        Err(e) => {
+            return Err(refuse(
+                Kind::BadRequest,
+                "runtime_data_malformed",
+                e.to_string(),
+                None,
+            )
+            .await);
+        }
+    };
+    if tee == "sample" {
+        return attest_sample(&st, &client, &id, &req, primary, &expected).await;
+    }
+    let decoded = match evidence::decode(&tee, primary, st.config.dcap_collateral.as_ref()) {
+        Ok(d) => d,
+        Err(m) => return Err(refuse(Kind::BadEvidence, "evidence_malformed", m, None).await),
+    };
+    let verdict = verify(
+        &decoded.evidence,
+        &decoded.collateral,
+        &st.config.attest_policy,
+        UnixTime(now()),
+    );
+    if !verdict.accepted {
+        let (codes, detail) = (verdict.reason_codes(), verdict.summary());
+        let e = entry(&client, "attest", None, "deny", codes, Some(&decoded));
+        audit(&st, e).await?;
+        return Err(ApiError::new(Kind::BadEvidence, detail));
+    }
+    if binding::matching_form(&decoded.evidence.report_data(), &expected).is_none() {
+        return Err(refuse(
+            Kind::BadEvidence,
+            "binding_mismatch",
+            "report_data does not bind this nonce and tee-pubkey (SHA-384 of their canonical JSON)"
+                .into(),
+            Some(&decoded),
+        )
+        .await);
+    }
+    // Init-data (Kata/CoCo): believed only when the evidence's HOST_DATA /
+    // MRCONFIGID binds its exact bytes, as Trustee's verifiers check it.
+    let init_data = match &req.init_data {
+        None => None,
+        Some(doc) => {
+            let parsed = match doc.parse() {
+                Ok(p) => p,
+                Err(e) => {
+                    return Err(refuse(
+                        Kind::BadRequest,
+                        "init_data_malformed",
+                        e.to_string(),
+                        Some(&decoded),
+                    )
+                    .await);
+                }
+            };
+            let Some(field) = decoded.evidence.init_data_field() else {
+                return Err(refuse(
+                    Kind::BadEvidence,
+                    "init_data_unbound",
+                    "init-data was sent, but this evidence has no HOST_DATA or MRCONFIGID to bind it"
+                        .into(),
+                    Some(&decoded),
+                )
+                .await);
+            };
+            if !parsed.bound_by(&field) {
+                return Err(refuse(
+                    Kind::BadEvidence,
+                    "init_data_mismatch",
+                    format!(
+                        "the evidence's {} is {}, not the init-data's {} digest {}",
+                        if field.len() == 32 {
+                            "HOST_DATA"
+                        } else {
+                            "MRCONFIGID"
+                        },
+                        hex::encode(&field),
+                        parsed.algorithm().name(),
+                        hex::encode(parsed.digest())
+                    ),
+                    Some(&decoded),
+                )
+                .await);
+            }
+            Some(parsed)
+        }
+    };
+    audit(
+        &st,
+        entry(&client, "attest", None, "accept", vec![], Some(&decoded)),
+    )
+    .await?;
+    let evidence_claims = verdict
+        .claims
+        .as_ref()
+        .and_then(|c| serde_json::to_value(c).ok());
+    let token = finish(
+        &st,
+        &id,
+        &req,
+        SessionEvidence::Verified(decoded),
+        primary,
+        evidence_claims,
+        init_data.as_ref(),
+    )
+    .await?;
+    tracing::info!(%client, "session attested");
+    Ok(Json(AttestationToken { token }).into_response())
+}
+
+/// Issues the token and records the session attested.
+async fn finish(
+    st: &AppState,
+    id: &str,
+    req: &Attestation,
+    evidence: SessionEvidence,
+    sent: &serde_json::Value,
+    evidence_claims: Option<serde_json::Value>,
+    init_data: Option<&ciel_protocol::initdata::InitData>,
+) -> Result<String, ApiError> {
+    let iat = now();
+    let (token, claims) = st
+        .tokens
+        .issue(&crate::ear::Appraisal {
+            evidence: &evidence,
+            nonce: &req.runtime_data.nonce,
+            tee_pubkey: &req.runtime_data.tee_pubkey,
+            iat,
+            exp: iat.saturating_add(st.config.session_ttl.as_secs()),
+            evidence_claims,
+            init_data,
+        })
+        .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?;
+    st.backend
+        .attest(
+            id,
+            req.runtime_data.tee_pubkey.clone(),
+            evidence,
+            sent,
+            token,
+            claims,
+        )
+        .await
+}
+
+/// DANGER: Trustee's unsigned `sample` evidence, for resources configured
+/// to accept it: only its binding to this session is checked (there is
+/// nothing else to check), and the audit log says what it was.
+async fn attest_sample(
+    st: &AppState,
+    client: &str,
+    id: &str,
+    req: &Attestation,
+    primary: &serde_json::Value,
+    expected: &[u8; 64],
+) -> Result<Response, ApiError> {
+    let refuse = |kind: Kind, code: &str, detail: String| {
+        let e = entry(client, "attest", None, "deny", vec![code.to_string()], None);
+        refused(st, e, ApiError::new(kind, detail))
+    };
+    if !st.config.accepts_sample_evidence() {
+        return Err(refuse(
+            Kind::BadEvidence,
+            "sample_evidence_refused",
+            "sample evidence is accepted only for resources with danger_accept_sample_evidence"
+                .into(),
+        )
+        .await);
+    }
+    let sample = match SampleEvidence::parse(primary) {
+        Ok(s) => s,
+        Err(m) => return Err(refuse(Kind::BadEvidence, "evidence_malformed", m).await),
+    };
+    if !sample.binds(expected) {
+        return Err(refuse(
+            Kind::BadEvidence,
+            "binding_mismatch",
+            "sample report_data does not bind this nonce and tee-pubkey".into(),
+        )
+        .await);
+    }
+    if req.init_data.is_some() {
+        return Err(refuse(
+            Kind::BadEvidence,
+            "init_data_unbound",
+            "init-data was sent, but sample evidence has nothing to bind it".into(),
+        )
+        .await);
+    }
+    let reasons = vec!["danger_sample_evidence".to_string()];
+    audit(st, entry(client, "attest", None, "accept", reasons, None)).await?;
+    let claims = serde_json::json!({ "svn": sample.svn });
+    let token = finish(
+        st,
+        id,
+        req,
+        SessionEvidence::Sample(sample),
+        primary,
+        Some(claims),
+        None,
+    )
+    .await?;
+    tracing::warn!(%client, "session attested with SAMPLE evidence (unsigned; danger_accept_sample_evidence)");
+    Ok(Json(AttestationToken { token }).into_response())
+}

@@ -1,0 +1,182 @@
+//! Trustee's current client shapes: composite evidence
+//! (`{primary_evidence, additional_evidence}`, the binding over the
+//! additional-evidence string too), and the unsigned `sample` TEE, taken
+//! only where a resource dangerously asks for it. (Trustee's own
+//! kbs-client runs the same exchange in `tests/trustee_interop.rs`.)
+
+use super::*;
+use base64::engine::general_purpose::STANDARD;
+
+fn auth_as(base: &str, tee: &str) -> Result<(String, String), (u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .post(&format!("{base}/kbs/v0/auth"))
+        .send_json(serde_json::json!({"version": "0.4.0", "tee": tee, "extra-params": ""}))
+        .unwrap();
+    if r.status() != 200 {
+        return Err((r.status().as_u16(), r.body_mut().read_to_string().unwrap()));
+    }
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let v: serde_json::Value = r.body_mut().read_json().unwrap();
+    Ok((cookie, v["nonce"].as_str().unwrap().to_string()))
+}
+
+/// Sample evidence as guest-components' attester makes it.
+fn sample_evidence(report_data: &[u8]) -> serde_json::Value {
+    serde_json::json!({"svn": "1", "report_data": STANDARD.encode(report_data)})
+}
+
+fn composite(primary: serde_json::Value, additional: &str) -> serde_json::Value {
+    serde_json::json!({"primary_evidence": primary, "additional_evidence": additional})
+}
+
+fn get(base: &str, path: &str, cookie: &str) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut r = agent
+        .get(&format!("{base}/kbs/v0/resource/{path}"))
+        .header("cookie", cookie)
+        .call()
+        .unwrap();
+    (
+        r.status().as_u16(),
+        r.body_mut().read_json().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn sample_evidence_is_refused_unless_a_resource_dangerously_accepts_it() {
+    let plain = start(300, true, &[("default/model-key/demo", String::new())]);
+    let (s, body) = auth_as(&plain.base, "sample").unwrap_err();
+    assert_eq!(s, 400);
+    assert!(body.contains("danger_accept_sample_evidence"), "{body}");
+
+    let b = start_with_policies(
+        300,
+        true,
+        &[
+            (
+                "default/model-key/demo",
+                Policies {
+                    toml: Some(String::new()),
+                    rego: None,
+                },
+            ),
+            (
+                "default/interop/key",
+                Policies {
+                    toml: None,
+                    rego: None,
+                },
+            ),
+        ],
+        "",
+        |c| AuditLog::open(files(c).1).unwrap(),
+    );
+    let tee = TeeKeyPair::generate();
+    let attest_sample = |report_data: &dyn Fn(&RuntimeData) -> Vec<u8>, additional: &str| {
+        let (cookie, nonce) = auth_as(&b.base, "sample").unwrap();
+        let rt = RuntimeData {
+            nonce,
+            tee_pubkey: tee.public_jwk(),
+        };
+        let ev = composite(sample_evidence(&report_data(&rt)), additional);
+        let answer = attest(&b.base, Some(&cookie), &rt, ev);
+        (cookie, answer)
+    };
+    let bound =
+        |rt: &RuntimeData| binding::report_data_with_additional(rt, "").unwrap()[..48].to_vec();
+    // Bound (the digest over the additional-evidence string too): a token
+    // that says what it is, and the danger resource only.
+    let (cookie, (s, body)) = attest_sample(&bound, "");
+    assert_eq!(s, 200, "{body}");
+    let claims = body["token"].as_str().unwrap().split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    let cpu0 = &claims["submods"]["cpu0"];
+    assert_eq!(cpu0["ear.status"], "warning", "{claims}");
+    assert_eq!(
+        cpu0["ear.veraison.annotated-evidence"]["platform"],
+        "sample"
+    );
+    let (s, jwe) = get(&b.base, "default/interop/key", &cookie);
+    assert_eq!(s, 200, "{jwe}");
+    let jwe: ciel_protocol::jwe::Jwe = serde_json::from_value(jwe).unwrap();
+    assert_eq!(tee.decrypt(&jwe).unwrap().as_slice(), &KEY);
+    let (s, p) = get(&b.base, "default/model-key/demo", &cookie);
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (403, Some("urn:ciel:kbs:policy-denied"))
+    );
+    assert!(p["detail"].as_str().unwrap().contains("sample"), "{p}");
+
+    // The binding without the additional-evidence string (the older
+    // shape's digest) does not bind the composite request.
+    let old = |rt: &RuntimeData| binding::report_data(rt).unwrap()[..48].to_vec();
+    let (_, (s, p)) = attest_sample(&old, "");
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (403, Some("urn:ciel:kbs:bad-evidence"))
+    );
+    // Device evidence this broker does not verify: refused, not ignored.
+    let with_gpu = |rt: &RuntimeData| {
+        binding::report_data_with_additional(rt, "{\"nvgpu\":[]}").unwrap()[..48].to_vec()
+    };
+    let (_, (s, p)) = attest_sample(&with_gpu, "{\"nvgpu\":[]}");
+    assert_eq!(s, 403, "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("additional_evidence"),
+        "{p}"
+    );
+
+    let audit = b.audit();
+    assert!(audit.contains("danger_sample_evidence"), "{audit}");
+    assert!(audit.contains("additional_evidence_unverified"), "{audit}");
+}
+
+#[test]
+fn hardware_evidence_in_the_composite_shape_is_bound_with_the_additional_string() {
+    let b = start(300, true, &[("default/model-key/demo", String::new())]);
+    let tee = TeeKeyPair::generate();
+    let (cookie, nonce) = auth(&b.base);
+    let rt = RuntimeData {
+        nonce,
+        tee_pubkey: tee.public_jwk(),
+    };
+    let report_data = binding::report_data_with_additional(&rt, "").unwrap();
+    let ev = genuine_guest().evidence(report_data).unwrap();
+    let (s, body) = attest(&b.base, Some(&cookie), &rt, composite(ev, ""));
+    assert_eq!(s, 200, "{body}");
+    let (s, jwe) = get(&b.base, "default/model-key/demo", &cookie);
+    assert_eq!(s, 200, "{jwe}");
+    // The same evidence (bound without the string) in the composite shape:
+    // refused.
+    let (cookie, nonce) = auth(&b.base);
+    let rt = RuntimeData {
+        nonce,
+        tee_pubkey: tee.public_jwk(),
+    };
+    let (s, p) = attest(
+        &b.base,
+        Some(&cookie),
+        &rt,
+        composite(evidence_for(&rt), ""),
+    );
+    assert_eq!(
+        (s, p["type"].as_str()),
+        (403, Some("urn:ciel:kbs:bad-evidence"))
+    );
+}
