@@ -102,7 +102,11 @@ fn containers(pod_spec: &Value) -> Vec<&Value> {
 
 /// Checks every workload: no privilege, limits, pinned images.
 fn check_workloads(docs: &[Value], what: &str) {
-    for d in docs.iter().filter(|d| d["kind"] == "Deployment") {
+    let workloads = docs
+        .iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet");
+    assert!(workloads.clone().count() >= 1, "{what}: no workload");
+    for d in workloads {
         let name = d["metadata"]["name"].as_str().unwrap();
         let spec = &d["spec"]["template"]["spec"];
         assert_eq!(
@@ -154,6 +158,50 @@ fn check_no_secrets_in_config_maps(docs: &[Value], what: &str) {
             );
         }
     }
+}
+
+/// The broker configuration in the rendered ConfigMap, loaded as `ciel kbs
+/// serve` loads it: refused as shipped (its placeholders are not hex, so a
+/// broker never starts on them), loaded once they are replaced.
+fn broker_config(docs: &[Value], what: &str) -> ciel_keybroker::config::Config {
+    const PLACEHOLDERS: [(&str, usize); 5] = [
+        ("REPLACE-WITH-YOUR-ADMIN-PUBLIC-KEY", 32),
+        ("REPLACE-with-the-pod-VM-launch-measurement", 48),
+        ("REPLACE-with-the-init-data-HOST_DATA", 32),
+        ("REPLACE-with-the-pod-VM-MRTD", 48),
+        ("REPLACE-with-the-init-data-MRCONFIGID", 48),
+    ];
+    let cm = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "ConfigMap"
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("ciel-kbs-config"))
+        })
+        .unwrap_or_else(|| panic!("{what}: no ciel-kbs-config ConfigMap"));
+    let dir = tempfile::tempdir().unwrap();
+    let write = |replace: bool| {
+        for (file, value) in cm["data"].as_object().unwrap() {
+            let mut text = value.as_str().unwrap().to_string();
+            if replace {
+                for (placeholder, len) in PLACEHOLDERS {
+                    text = text.replace(placeholder, &hex::encode(vec![7u8; len]));
+                }
+                assert!(
+                    !text.contains("\"REPLACE"),
+                    "{what}: {file}: a new placeholder"
+                );
+            }
+            std::fs::write(dir.path().join(file), text).unwrap();
+        }
+        ciel_keybroker::config::Config::load(&dir.path().join("kbs.toml"))
+    };
+    assert!(
+        write(false).is_err(),
+        "{what}: the broker starts on placeholders"
+    );
+    write(true).unwrap_or_else(|e| panic!("{what}: the broker's kbs.toml does not load: {e}"))
 }
 
 fn gunzip_base64(text: &str) -> String {
@@ -241,7 +289,15 @@ fn every_overlay_renders_validates_and_keeps_what_matters() {
         }
 
         // The broker's keys come from the Secret, its config from a ConfigMap.
-        let broker = find(&docs, "Deployment", "ciel-kbs");
+        let broker = find(&docs, "StatefulSet", "ciel-kbs");
+        assert_eq!(
+            broker["spec"]["replicas"], 1,
+            "{overlay}: one broker on its files"
+        );
+        assert_eq!(
+            broker["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "state",
+            "{overlay}: the broker's key store and audit log need their volume"
+        );
         let volumes = broker["spec"]["template"]["spec"]["volumes"]
             .as_array()
             .unwrap();
@@ -253,12 +309,50 @@ fn every_overlay_renders_validates_and_keeps_what_matters() {
         for name in ["ciel-kbs", "ciel-model-server"] {
             find(&docs, "NetworkPolicy", name);
         }
+        assert!(
+            broker_config(&docs, overlay).storage.files().is_some(),
+            "{overlay}: one broker keeps its state in files"
+        );
         let ns = find(&docs, "Namespace", "ciel");
         assert_eq!(
             ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
             "restricted"
         );
     }
+
+    // The broker as replicas on a shared database: two or more, no state
+    // volume, [postgres] over TLS with its password in the Secret, egress
+    // to the database only, a disruption budget.
+    let yaml = render(&deploy().join("overlays/snp-broker-replicas"));
+    let (ok, report) = validate(&yaml);
+    assert!(ok, "snp-broker-replicas does not validate:\n{report}");
+    let docs = documents(&yaml);
+    check_workloads(&docs, "snp-broker-replicas");
+    check_no_secrets_in_config_maps(&docs, "snp-broker-replicas");
+    let broker = find(&docs, "StatefulSet", "ciel-kbs");
+    assert!(broker["spec"]["replicas"].as_u64().unwrap() >= 2);
+    assert!(
+        broker["spec"].get("volumeClaimTemplates").is_none()
+            && !docs.iter().any(|d| d["kind"] == "PersistentVolumeClaim"),
+        "replicas with a state volume"
+    );
+    let mounts = &broker["spec"]["template"]["spec"]["containers"][0]["volumeMounts"];
+    assert!(
+        !mounts.to_string().contains("/var/lib/ciel-kbs"),
+        "{mounts}"
+    );
+    match broker_config(&docs, "snp-broker-replicas").storage {
+        ciel_keybroker::config::Storage::Postgres(pg) => {
+            assert!(pg.ca_file.is_some() && pg.password_file.is_some(), "{pg:?}");
+            for f in [pg.ca_file.unwrap(), pg.password_file.unwrap()] {
+                assert!(f.starts_with("/etc/ciel-kbs/secret"), "{}", f.display());
+            }
+        }
+        other => panic!("snp-broker-replicas: the broker's storage is {other:?}"),
+    }
+    let egress = &find(&docs, "NetworkPolicy", "ciel-kbs")["spec"]["egress"];
+    assert!(egress.to_string().contains("5432"), "{egress}");
+    find(&docs, "PodDisruptionBudget", "ciel-kbs");
 
     // The verifying proxy joins the example client as a sidecar.
     let yaml = render(&deploy().join("examples/in-cluster-client"));
