@@ -60,12 +60,19 @@ trap './scripts/postgres.sh stop "$pg_dir" || true; rm -rf "$pg_dir"' EXIT
 CIEL_POSTGRES_URL=$(sed -n 1p <<<"$pg_env") CIEL_POSTGRES_PASSWORD_FILE=$(sed -n 2p <<<"$pg_env") \
     cargo test --locked --test key_release replicas -- --ignored
 
-banner "Trustee interoperability (Trustee's own kbs-client against ciel kbs serve)"
-# Trustee is not on the crate registries: its kbs-client is built from its
-# public sources where they are on this machine (scripts/trustee-build.sh
-# says how to bring them); elsewhere this says loudly that it did not run.
-if kbs_client=$(./scripts/trustee-build.sh); then
-    CIEL_TRUSTEE_KBS_CLIENT=$kbs_client cargo test --locked --test trustee_interop -- --ignored
+banner "Trustee interoperability (Trustee's kbs-client against ciel's broker, ciel's guest client against Trustee's KBS)"
+# Trustee is not on the crate registries: its kbs-client and KBS are built
+# from its public sources where they are on this machine
+# (scripts/trustee-build.sh says how to bring them); elsewhere this says
+# loudly what did not run.
+if kbs_client=$(./scripts/trustee-build.sh kbs-client); then
+    export CIEL_TRUSTEE_KBS_CLIENT=$kbs_client
+    cargo test --locked --test trustee_interop trustees_kbs_client -- --ignored
+    if trustee_kbs=$(./scripts/trustee-build.sh kbs); then
+        CIEL_TRUSTEE_KBS=$trustee_kbs cargo test --locked --test trustee_interop ciels_guest_client -- --ignored
+    else
+        echo "WARNING: ciel's client against Trustee's KBS NOT RUN: Trustee's KBS could not be built here (see scripts/trustee-build.sh kbs)" >&2
+    fi
 else
     echo "WARNING: Trustee interop tests NOT RUN: Trustee's kbs-client could not be built here (no Trustee sources: see scripts/trustee-build.sh)" >&2
 fi

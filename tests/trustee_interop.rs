@@ -1,16 +1,21 @@
-//! Interoperability with Trustee (confidential-containers/trustee): its own
-//! `kbs-client`, built from Trustee's sources, gets a resource from `ciel
-//! kbs serve` — through the RCAR handshake with guest-components'
-//! `sample` attester (composite evidence, Trustee's binding), then again in
-//! passport mode with the EAR token `attest` returned as a bearer token —
-//! and the key it gets opens the model sealed under it. A resource without
-//! `danger_accept_sample_evidence` is refused to it.
+//! Interoperability with Trustee (confidential-containers/trustee), both
+//! directions, built from Trustee's sources:
+//! - its own `kbs-client` gets a resource from `ciel kbs serve` — through
+//!   the RCAR handshake with guest-components' `sample` attester (composite
+//!   evidence, Trustee's binding), then again in passport mode with the EAR
+//!   token `attest` returned as a bearer token — and the key it gets opens
+//!   the model sealed under it; a resource without
+//!   `danger_accept_sample_evidence` is refused to it;
+//! - ciel's guest key-release client gets its key from Trustee's KBS (with
+//!   Trustee's sample TEE: its default resource policy refuses it, a policy
+//!   that allows it releases).
 //!
-//! Needs Trustee's kbs-client, which is not on the crate registries:
-//! `scripts/trustee-build.sh` builds it from its public sources and prints
-//! its path; `scripts/test.sh` runs this test with
-//!   CIEL_TRUSTEE_KBS_CLIENT=… cargo test --test trustee_interop -- --ignored
-//! and says loudly when it could not.
+//! Needs Trustee's kbs-client and KBS, which are not on the crate
+//! registries: `scripts/trustee-build.sh [kbs-client|kbs]` builds them from
+//! their public sources and prints their paths; `scripts/test.sh` runs this
+//! test with
+//!   CIEL_TRUSTEE_KBS_CLIENT=… CIEL_TRUSTEE_KBS=… cargo test --test trustee_interop -- --ignored
+//! and says loudly which part it could not run.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod common;
@@ -177,4 +182,100 @@ fn trustees_kbs_client_gets_a_resource_from_ciel() {
         2,
         "{audit}"
     );
+}
+
+/// Trustee's KBS on a free loopback port (plain HTTP, admin API open: a
+/// test instance), its state under `dir`; its URL.
+fn trustee_kbs(dir: &Path) -> (common::Running, String) {
+    let kbs = std::env::var_os("CIEL_TRUSTEE_KBS")
+        .map(PathBuf::from)
+        .expect("CIEL_TRUSTEE_KBS is not set: build it with scripts/trustee-build.sh kbs");
+    let port = common::free_port();
+    let config = dir.join("kbs-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[http_server]\nsockets = [\"127.0.0.1:{port}\"]\ninsecure_http = true\n\n\
+             [attestation_token]\ninsecure_header_jwk = true\n\n\
+             [attestation_service]\ntype = \"coco_as_builtin\"\n\n\
+             [attestation_service.attestation_token_broker]\nduration_min = 5\n\n\
+             [attestation_service.rvps_config]\ntype = \"BuiltIn\"\n\n\
+             [admin]\nauthorization_mode = \"InsecureAllowAll\"\n\n\
+             [storage_backend]\nstorage_type = \"LocalFs\"\n\n\
+             [storage_backend.backends.local_fs]\ndir_path = {:?}\n\n\
+             [[plugins]]\nname = \"resource\"\nstorage_backend_type = \"kvstorage\"\n",
+            dir.join("storage").display().to_string()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("kbs.log")).unwrap();
+    let child = Command::new(kbs)
+        .arg("--config-file")
+        .arg(&config)
+        .current_dir(dir)
+        .stderr(log.try_clone().unwrap())
+        .stdout(log)
+        .spawn()
+        .unwrap();
+    let running = common::Running(child);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < end,
+            "Trustee's KBS did not start:\n{}",
+            std::fs::read_to_string(dir.join("kbs.log")).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    (running, format!("http://127.0.0.1:{port}"))
+}
+
+/// `kbs-client config …` against Trustee's KBS (its admin API is open).
+fn configure_trustee(url: &str, args: &[&std::ffi::OsStr]) {
+    let out = Command::new(kbs_client())
+        .args(["--url", url, "config"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+#[ignore = "needs Trustee's KBS and kbs-client (CIEL_TRUSTEE_KBS, CIEL_TRUSTEE_KBS_CLIENT): see the header"]
+fn ciels_guest_client_gets_its_key_from_trustees_kbs() {
+    use ciel_enclave::kbs_client::sim::SampleSource;
+    use ciel_enclave::kbs_client::{Backoff, KbsClient};
+    let tmp = tempfile::tempdir().unwrap();
+    let (_kbs, url) = trustee_kbs(tmp.path());
+    let key_file = tmp.path().join("key");
+    std::fs::write(&key_file, [0x5a; 32]).unwrap();
+    configure_trustee(
+        &url,
+        &[
+            "set-resource".as_ref(),
+            "--path".as_ref(),
+            "default/interop/key".as_ref(),
+            "--resource-file".as_ref(),
+            key_file.as_os_str(),
+        ],
+    );
+    // Trustee's default resource policy refuses sample evidence: so does
+    // it refuse ciel's guest client.
+    configure_trustee(
+        &url,
+        &["set-resource-policy".as_ref(), "--default".as_ref()],
+    );
+    let client = KbsClient::new(&url, Backoff::default());
+    let refused = client.fetch_resource("default/interop/key", &SampleSource);
+    assert!(refused.is_err(), "released under the default policy");
+    // A policy that lets it through: ciel's client speaks Trustee's
+    // protocol end to end (auth, composite evidence, token, JWE).
+    configure_trustee(
+        &url,
+        &["set-resource-policy".as_ref(), "--allow-all".as_ref()],
+    );
+    let key = client
+        .fetch_resource("default/interop/key", &SampleSource)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(key.as_slice(), &[0x5a; 32]);
 }

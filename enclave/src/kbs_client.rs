@@ -270,16 +270,24 @@ impl KbsClient {
             nonce: challenge.nonce,
             tee_pubkey: keys.public_jwk(),
         };
-        let report_data = binding::report_data(&runtime).map_err(|e| KbsClientError::Protocol {
-            step: "attest",
-            message: e.to_string(),
+        // Trustee's current protocol (kbs-types 0.15): composite evidence,
+        // the binding over the additional-evidence string too (empty: no
+        // device evidence is sent).
+        let report_data = binding::report_data_with_additional(&runtime, "").map_err(|e| {
+            KbsClientError::Protocol {
+                step: "attest",
+                message: e.to_string(),
+            }
         })?;
         let evidence = source
             .evidence(report_data)
             .map_err(KbsClientError::Evidence)?;
         let body = Attestation {
             runtime_data: runtime,
-            tee_evidence: evidence,
+            tee_evidence: serde_json::json!({
+                "primary_evidence": evidence,
+                "additional_evidence": "",
+            }),
             init_data: source
                 .init_data()
                 .map(ciel_protocol::initdata::InitDataDocument::toml),
@@ -357,6 +365,26 @@ pub mod sim {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD as B64;
     use ciel_attestation::sim::{SimSnpReport, SnpSim};
+
+    /// DANGER: Trustee's `sample` TEE (guest-components' attester outside a
+    /// TEE): unsigned evidence anyone can make, which proves nothing. For
+    /// interoperability tests against Trustee's KBS (and brokers configured
+    /// to accept it), never for a real guest.
+    #[derive(Debug, Default)]
+    pub struct SampleSource;
+
+    impl EvidenceSource for SampleSource {
+        fn tee(&self) -> &str {
+            "sample"
+        }
+
+        /// `report_data` is the binding digest (SHA-384) in its first 48
+        /// bytes; the sample attester carries the digest alone.
+        fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String> {
+            let digest = report_data.get(..48).unwrap_or(&report_data);
+            Ok(serde_json::json!({"svn": "1", "report_data": B64.encode(digest)}))
+        }
+    }
 
     /// Signs reports with a simulated hierarchy (borrowed or shared:
     /// anything that dereferences to the [`SnpSim`]).
