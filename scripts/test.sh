@@ -66,8 +66,9 @@ banner "Trustee interoperability (Trustee's kbs-client against ciel's broker, ci
 # (scripts/trustee-build.sh says how to bring them); elsewhere this says
 # loudly what did not run.
 if kbs_client=$(./scripts/trustee-build.sh kbs-client); then
-    export CIEL_TRUSTEE_KBS_CLIENT=$kbs_client
-    cargo test --locked --test trustee_interop trustees_kbs_client -- --ignored
+    CIEL_TRUSTEE_POLICIES=$(./scripts/trustee-build.sh policies)
+    export CIEL_TRUSTEE_KBS_CLIENT=$kbs_client CIEL_TRUSTEE_POLICIES
+    cargo test --locked --test trustee_interop trustees_ -- --ignored
     if trustee_kbs=$(./scripts/trustee-build.sh kbs); then
         CIEL_TRUSTEE_KBS=$trustee_kbs cargo test --locked --test trustee_interop ciels_guest_client -- --ignored
     else

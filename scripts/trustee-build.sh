@@ -14,6 +14,8 @@
 #
 #   scripts/trustee-build.sh [kbs-client]   prints the path of kbs-client
 #   scripts/trustee-build.sh kbs            prints the path of Trustee's kbs
+#   scripts/trustee-build.sh policies       prints the directory of Trustee's
+#                                           sample resource policies (*.rego)
 #
 # Cached: a second run prints the path at once. Only crates come from the
 # registry.
@@ -24,9 +26,9 @@ source "$here/lib.sh"
 
 product=${1:-kbs-client}
 case "$product" in
-kbs-client | kbs) ;;
+kbs-client | kbs | policies) ;;
 *)
-    echo "usage: $0 [kbs-client|kbs]" >&2
+    echo "usage: $0 [kbs-client|kbs|policies]" >&2
     exit 2
     ;;
 esac
@@ -45,7 +47,7 @@ SEV_SRC=${SEV_SRC:-$mirror/virtee+sev/repo}
 
 cache="${CIEL_CACHE:-$HOME/.cache/ciel}/trustee/${TRUSTEE_REV:0:12}"
 bin="$cache/$product"
-if [ -x "$bin" ]; then
+if [ -x "$bin" ] || { [ "$product" = policies ] && [ -d "$bin" ]; }; then
     echo "$bin"
     exit 0
 fi
@@ -65,6 +67,15 @@ for src in "${sources[@]}"; do
         exit 2
     fi
 done
+if [ "$product" = policies ]; then
+    # Data, not a build: Trustee's own resource policies, as its sources hold them.
+    mkdir -p "$bin.tmp"
+    git --git-dir="$TRUSTEE_SRC" archive "$TRUSTEE_REV" kbs/sample_policies |
+        tar -x -C "$bin.tmp" --strip-components=2
+    mv "$bin.tmp" "$bin"
+    echo "$bin"
+    exit 0
+fi
 ensure_toolchain
 ensure_deb protoc protobuf-compiler
 

@@ -9,7 +9,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod common;
-use ciel_attestation::sim::{SimSnpReport, SnpSim};
+use ciel_attestation::sim::SimSnpReport;
 use ciel_enclave::kbs_client::sim::SimSnpSource;
 use ciel_enclave::kbs_client::{Backoff, KbsClient};
 use common::{Running, seal_registered, unsealed};
@@ -118,12 +118,7 @@ fn the_master_key_stays_in_the_hsm_and_keys_are_released_through_it() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
 
     // Trust the simulated guest, register a key, release it.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let sim = SnpSim::generate(ciel_attestation::UnixTime(now)).unwrap();
-    let fp = hex::encode(sim.root_sha256());
+    let (sim, fp) = common::fresh_sim();
     let policy = format!(
         "danger_simulated_roots = [\"{fp}\"]\n[snp]\nmeasurements = [\"{}\"]\n",
         hex::encode(SimSnpReport::default().measurement)

@@ -4,7 +4,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod common;
-use ciel_attestation::sim::{SimSnpReport, SnpSim};
+use ciel_attestation::sim::SimSnpReport;
 use ciel_enclave::kbs_client::sim::SimSnpSource;
 use ciel_enclave::kbs_client::{Backoff, KbsClient};
 use common::{ciel, seal_registered, start_kbs, unsealed};
@@ -17,12 +17,7 @@ fn seal_register_attest_release_unseal() {
     let kb = tmp.path().join("kbs");
 
     // The guest is simulated; both the broker and the resource policy must name its root.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let sim = SnpSim::generate(ciel_attestation::UnixTime(now)).unwrap();
-    let fp = hex::encode(sim.root_sha256());
+    let (sim, fp) = common::fresh_sim();
     let measurement = hex::encode(SimSnpReport::default().measurement);
     let mut server = start_kbs(
         &kb,

@@ -8,13 +8,16 @@
 //!   `danger_accept_sample_evidence` is refused to it;
 //! - ciel's guest key-release client gets its key from Trustee's KBS (with
 //!   Trustee's sample TEE: its default resource policy refuses it, a policy
-//!   that allows it releases).
+//!   that allows it releases);
+//! - Trustee's own resource policies (its `kbs/sample_policies/*.rego`, as
+//!   its sources hold them) decide in ciel's broker as they do in Trustee's,
+//!   for simulated SNP and for sample evidence.
 //!
 //! Needs Trustee's kbs-client and KBS, which are not on the crate
-//! registries: `scripts/trustee-build.sh [kbs-client|kbs]` builds them from
-//! their public sources and prints their paths; `scripts/test.sh` runs this
-//! test with
-//!   CIEL_TRUSTEE_KBS_CLIENT=… CIEL_TRUSTEE_KBS=… cargo test --test trustee_interop -- --ignored
+//! registries: `scripts/trustee-build.sh [kbs-client|kbs|policies]` builds
+//! them (or exports the policies) from their public sources and prints
+//! their paths; `scripts/test.sh` runs this test with
+//!   CIEL_TRUSTEE_KBS_CLIENT=… CIEL_TRUSTEE_KBS=… CIEL_TRUSTEE_POLICIES=… cargo test --test trustee_interop -- --ignored
 //! and says loudly which part it could not run.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -69,12 +72,7 @@ fn trustees_kbs_client_gets_a_resource_from_ciel() {
     assert_eq!(init.code, 0, "{}", init.stderr);
     // One resource for Trustee's sample TEE (dangerously), one that needs
     // hardware evidence.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let sim = ciel_attestation::sim::SnpSim::generate(ciel_attestation::UnixTime(now)).unwrap();
-    let fp = hex::encode(sim.root_sha256());
+    let (_sim, fp) = common::fresh_sim();
     std::fs::write(
         kb.join("hw.policy.toml"),
         format!("danger_simulated_roots = [\"{fp}\"]\n"),
@@ -278,4 +276,78 @@ fn ciels_guest_client_gets_its_key_from_trustees_kbs() {
         .fetch_resource("default/interop/key", &SampleSource)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(key.as_slice(), &[0x5a; 32]);
+}
+
+#[test]
+#[ignore = "needs Trustee's sample policies (CIEL_TRUSTEE_POLICIES): see the header"]
+fn trustees_own_resource_policies_decide_unchanged_in_ciels_broker() {
+    use ciel_attestation::sim::SimSnpReport;
+    use ciel_enclave::kbs_client::sim::{SampleSource, SimSnpSource};
+    use ciel_enclave::kbs_client::{Backoff, EvidenceSource, KbsClient};
+    let policies = std::env::var_os("CIEL_TRUSTEE_POLICIES")
+        .map(PathBuf::from)
+        .expect("CIEL_TRUSTEE_POLICIES is not set: scripts/trustee-build.sh policies");
+    let tmp = tempfile::tempdir().unwrap();
+    let kb = tmp.path().join("kbs");
+    let init = ciel(["kbs".as_ref(), "init".as_ref(), kb.as_os_str()]);
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    let (sim, fp) = common::fresh_sim();
+    // Each of Trustee's policies, as its file is, decides one resource
+    // alone (no TOML policy); sample evidence may reach them.
+    let names = ["default", "affirming", "allow_all", "deny_all"];
+    let mut config = std::fs::read_to_string(kb.join("kbs.toml"))
+        .unwrap()
+        .replace(
+            "# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]",
+            &format!("danger_simulated_roots = [\"{fp}\"]"),
+        );
+    for name in names {
+        config.push_str(&format!(
+            "[[resource]]\npath = \"default/trustee/{name}\"\nrego_policy_file = {:?}\ndanger_accept_sample_evidence = true\n",
+            policies.join(format!("{name}.rego")).display().to_string()
+        ));
+    }
+    std::fs::write(kb.join("kbs.toml"), config).unwrap();
+    let (_broker, url) = kbs_serve(&kb, &[]).unwrap_or_else(|e| panic!("{e}"));
+    let model = tmp.path().join("model.gguf");
+    std::fs::write(&model, b"GGUF-policy-test").unwrap();
+    for name in names {
+        let sealed = tmp.path().join(format!("{name}.csm"));
+        seal_registered(
+            &model,
+            &sealed,
+            &format!("default/trustee/{name}"),
+            &url,
+            &kb,
+        );
+    }
+    let ca = std::fs::read(kb.join("tls-ca.pem")).unwrap();
+    let client = KbsClient::with_pinned_ca(&url, &ca, Backoff::default()).unwrap();
+    let hardware = SimSnpSource {
+        sim: &sim,
+        template: SimSnpReport::default(),
+    };
+    let guests: [(&str, &dyn EvidenceSource); 2] = [("snp", &hardware), ("sample", &SampleSource)];
+    // Trustee's own expectations: `default` refuses sample evidence,
+    // `affirming` wants every submodule affirming, the others as named.
+    for (name, expected) in [
+        ("default", [true, false]),
+        ("affirming", [true, false]),
+        ("allow_all", [true, true]),
+        ("deny_all", [false, false]),
+    ] {
+        for ((what, guest), allowed) in guests.iter().zip(expected) {
+            let got = client.fetch_resource(&format!("default/trustee/{name}"), *guest);
+            assert_eq!(
+                got.is_ok(),
+                allowed,
+                "{name}.rego, {what} evidence: {got:?}"
+            );
+            if let Err(e) = got {
+                assert!(e.to_string().contains("policy"), "{name}.rego, {what}: {e}");
+            }
+        }
+    }
+    let audit = std::fs::read_to_string(kb.join("audit.jsonl")).unwrap();
+    assert_eq!(audit.matches("rego_denied").count(), 4, "{audit}");
 }

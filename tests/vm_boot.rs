@@ -12,7 +12,7 @@
 mod common;
 
 use ciel_attestation::Policy;
-use ciel_attestation::sim::{SimSnpReport, SnpSim};
+use ciel_attestation::sim::SimSnpReport;
 use ciel_client::Client;
 use common::{Running, ciel, free_port, seal_registered, start_kbs};
 use serde_json::{Value, json};
@@ -228,12 +228,7 @@ fn the_image_boots_and_answers_over_vsock() {
 
     // The owner: a simulated hierarchy, a broker that releases the model's
     // key to a simulated guest with the expected measurement, the sealed model.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let sim = SnpSim::generate(ciel_attestation::UnixTime(now)).unwrap();
-    let fp = hex::encode(sim.root_sha256());
+    let (sim, fp) = common::fresh_sim();
     let measurement = hex::encode(SimSnpReport::default().measurement);
     let kb = dir.join("kbs");
     let kbs = start_kbs(

@@ -100,7 +100,7 @@ mod tests {
         let r = runtime("n0nce");
         let rd = report_data(&r).unwrap();
         // Computed independently: the canonical text is fixed by RFC 8785.
-        let canonical = r#"{"nonce":"n0nce","tee-pubkey":{"alg":"ES256","crv":"P-256","kty":"EC","x":"x-coordinate","y":"y-coordinate"}}"#;
+        let canonical = r#"{"nonce":"n0nce","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"x-coordinate","y":"y-coordinate"}}"#;
         let d = ring::digest::digest(&ring::digest::SHA384, canonical.as_bytes());
         assert_eq!(&rd[..48], d.as_ref());
         assert_eq!(&rd[48..], &[0u8; 16]);
@@ -113,7 +113,7 @@ mod tests {
     fn trustee_composite_binding_adds_the_additional_evidence_string() {
         let r = runtime("n0nce");
         let rd = report_data_with_additional(&r, "").unwrap();
-        let canonical = r#"{"additional-evidence":"","nonce":"n0nce","tee-pubkey":{"alg":"ES256","crv":"P-256","kty":"EC","x":"x-coordinate","y":"y-coordinate"}}"#;
+        let canonical = r#"{"additional-evidence":"","nonce":"n0nce","tee-pubkey":{"alg":"ECDH-ES+A256KW","crv":"P-256","kty":"EC","x":"x-coordinate","y":"y-coordinate"}}"#;
         let d = ring::digest::digest(&ring::digest::SHA384, canonical.as_bytes());
         assert_eq!(&rd[..48], d.as_ref());
         assert_eq!(&rd[48..], &[0u8; 16]);

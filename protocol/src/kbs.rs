@@ -45,11 +45,13 @@ pub struct Jwk {
 }
 
 impl Jwk {
-    /// An EC P-256 public key (base64url coordinates), for ECDH-ES+A256KW.
+    /// An EC P-256 public key (base64url coordinates), for ECDH-ES+A256KW:
+    /// its `alg` says so, as Trustee's KBS requires of a TEE key (it
+    /// refuses to encrypt to an EC key with any other `alg`).
     pub fn ec_p256(x: String, y: String) -> Self {
         Jwk {
             kty: "EC".into(),
-            alg: Some("ES256".into()),
+            alg: Some("ECDH-ES+A256KW".into()),
             crv: Some("P-256".into()),
             x: Some(x),
             y: Some(y),

@@ -238,6 +238,18 @@ pub fn kbs_serve(
     Ok((Running(child), format!("https://127.0.0.1:{port}")))
 }
 
+/// A fresh simulated SNP hierarchy (its VCEK valid from now) and its root's
+/// fingerprint, for `danger_simulated_roots`.
+pub fn fresh_sim() -> (ciel_attestation::sim::SnpSim, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let sim = ciel_attestation::sim::SnpSim::generate(ciel_attestation::UnixTime(now)).unwrap();
+    let fp = hex::encode(sim.root_sha256());
+    (sim, fp)
+}
+
 /// A model sealed under `key`, opened: its plaintext.
 pub fn unsealed(sealed: &std::path::Path, key: &[u8]) -> Vec<u8> {
     use ciel_protocol::sealed::{DataKey, UnsealOptions, unseal_in_memory};
