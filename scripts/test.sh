@@ -68,7 +68,7 @@ banner "Trustee interoperability (Trustee's kbs-client against ciel's broker, ci
 if kbs_client=$(./scripts/trustee-build.sh kbs-client); then
     CIEL_TRUSTEE_POLICIES=$(./scripts/trustee-build.sh policies)
     export CIEL_TRUSTEE_KBS_CLIENT=$kbs_client CIEL_TRUSTEE_POLICIES
-    cargo test --locked --test trustee_interop trustees_ -- --ignored
+    cargo test --locked --test trustee_interop -- --ignored trustees_kbs_client trustees_own_resource_policies
     if trustee_kbs=$(./scripts/trustee-build.sh kbs); then
         CIEL_TRUSTEE_KBS=$trustee_kbs cargo test --locked --test trustee_interop ciels_guest_client -- --ignored
     else
