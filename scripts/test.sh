@@ -61,21 +61,22 @@ CIEL_POSTGRES_URL=$(sed -n 1p <<<"$pg_env") CIEL_POSTGRES_PASSWORD_FILE=$(sed -n
     cargo test --locked --test key_release replicas -- --ignored
 
 banner "Trustee interoperability (Trustee's kbs-client against ciel's broker, ciel's guest client against Trustee's KBS)"
-# Trustee is not on the crate registries: its kbs-client and KBS are built
-# from its public sources where they are on this machine
-# (scripts/trustee-build.sh says how to bring them); elsewhere this says
-# loudly what did not run.
-if kbs_client=$(./scripts/trustee-build.sh kbs-client); then
-    CIEL_TRUSTEE_POLICIES=$(./scripts/trustee-build.sh policies)
-    export CIEL_TRUSTEE_KBS_CLIENT=$kbs_client CIEL_TRUSTEE_POLICIES
-    cargo test --locked --test trustee_interop -- --ignored trustees_kbs_client trustees_own_resource_policies
-    if trustee_kbs=$(./scripts/trustee-build.sh kbs); then
-        CIEL_TRUSTEE_KBS=$trustee_kbs cargo test --locked --test trustee_interop ciels_guest_client -- --ignored
+# Trustee is not on the crate registries. Its kbs-client and KBS are built
+# once, by hand, from its public sources (scripts/trustee-build.sh, the
+# README says how); this runs what has been built and says loudly what did
+# not run, rather than spend the test run building another project.
+if kbs_client=$(./scripts/trustee-build.sh --cached kbs-client) &&
+    policies=$(./scripts/trustee-build.sh policies); then
+    CIEL_TRUSTEE_KBS_CLIENT=$kbs_client CIEL_TRUSTEE_POLICIES=$policies \
+        cargo test --locked --test trustee_interop -- --ignored trustees_kbs_client trustees_own_resource_policies
+    if trustee_kbs=$(./scripts/trustee-build.sh --cached kbs); then
+        CIEL_TRUSTEE_KBS_CLIENT=$kbs_client CIEL_TRUSTEE_KBS=$trustee_kbs \
+            cargo test --locked --test trustee_interop -- --ignored ciels_guest_client
     else
-        echo "WARNING: ciel's client against Trustee's KBS NOT RUN: Trustee's KBS could not be built here (see scripts/trustee-build.sh kbs)" >&2
+        echo "WARNING: ciel's client against Trustee's KBS NOT RUN: Trustee's KBS is not built here (scripts/trustee-build.sh kbs)" >&2
     fi
 else
-    echo "WARNING: Trustee interop tests NOT RUN: Trustee's kbs-client could not be built here (no Trustee sources: see scripts/trustee-build.sh)" >&2
+    echo "WARNING: Trustee interop tests NOT RUN: Trustee's kbs-client (or its sources) is not here (scripts/trustee-build.sh kbs-client)" >&2
 fi
 
 banner "Fuzz smoke run (every parser of untrusted bytes, a few seconds each)"
