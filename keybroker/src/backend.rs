@@ -78,7 +78,6 @@ impl Backend {
     /// Marks a session attested. `sent` is the evidence as the guest sent
     /// it (what a replica stores); `decoded` is it decoded (what one
     /// broker keeps).
-    #[allow(clippy::too_many_arguments)]
     pub async fn attest(
         &self,
         id: &str,

@@ -74,6 +74,22 @@ pub struct TokenKey {
 }
 
 impl TokenKey {
+    /// `op` on the token's session with AES-GCM under `nonce` and `aad`.
+    fn with_gcm<T>(
+        &self,
+        nonce: [u8; 12],
+        aad: &[u8],
+        op: impl FnOnce(&Session, &Mechanism<'_>, ObjectHandle) -> cryptoki::error::Result<T>,
+    ) -> Result<cryptoki::error::Result<T>, String> {
+        let mut iv = nonce;
+        let params = GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(|e| e.to_string())?;
+        let session = self
+            .session
+            .lock()
+            .map_err(|_| "the token's session lock is poisoned")?;
+        Ok(op(&session, &Mechanism::AesGcm(params), self.key))
+    }
+
     fn describe(&self) -> String {
         format!(
             "{} token {:?} key {:?}",
@@ -261,18 +277,11 @@ impl MasterKey {
                 .map_err(|_| "sealing failed".to_string())?;
                 Ok(buf)
             }
-            MasterKey::Pkcs11(t) => {
-                let mut iv = nonce;
-                let params =
-                    GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(|e| e.to_string())?;
-                let session = t
-                    .session
-                    .lock()
-                    .map_err(|_| "the token's session lock is poisoned")?;
-                session
-                    .encrypt(&Mechanism::AesGcm(params), t.key, plaintext)
-                    .map_err(|e| format!("{}: C_Encrypt: {e}", t.describe()))
-            }
+            MasterKey::Pkcs11(t) => t
+                .with_gcm(nonce, aad, |session, mechanism, key| {
+                    session.encrypt(mechanism, key, plaintext)
+                })?
+                .map_err(|e| format!("{}: C_Encrypt: {e}", t.describe())),
         }
     }
 
@@ -302,14 +311,10 @@ impl MasterKey {
                 }
             }
             MasterKey::Pkcs11(t) => {
-                let mut iv = nonce;
-                let params =
-                    GcmParams::new(&mut iv, aad, TAG_BITS.into()).map_err(|e| e.to_string())?;
-                let session = t
-                    .session
-                    .lock()
-                    .map_err(|_| "the token's session lock is poisoned")?;
-                match session.decrypt(&Mechanism::AesGcm(params), t.key, sealed) {
+                let decrypted = t.with_gcm(nonce, aad, |session, mechanism, key| {
+                    session.decrypt(mechanism, key, sealed)
+                })?;
+                match decrypted {
                     Ok(plain) => Ok(Some(Zeroizing::new(plain))),
                     // A tag that does not verify: the standard's codes, and
                     // CKR_GENERAL_ERROR, which SoftHSM2 (OpenSSL's GCM)

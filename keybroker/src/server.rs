@@ -26,7 +26,6 @@ use ciel_transport::Listener;
 use ciel_transport::http::{BodyRefusal, HttpLimits, HttpService, Peer};
 use ciel_transport::server::Limits;
 use std::sync::{Arc, Mutex};
-
 use std::time::Duration;
 
 const COOKIE: &str = "kbs-session-id";

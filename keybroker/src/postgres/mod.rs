@@ -258,29 +258,31 @@ impl Shared {
     /// creates it, sealed by the master key; the others open it.
     pub async fn token_signing_key(&self) -> Result<zeroize::Zeroizing<Vec<u8>>, PgError> {
         const NAME: &str = "ear-signing-key";
-        let fresh =
-            crate::ear::EarSigner::generate_pkcs8().map_err(|e| PgError::Sealing(e.to_string()))?;
-        let sealed =
-            crate::store::seal_version(&self.master, &secret_label(NAME), 0, false, &fresh)
-                .map_err(PgError::Sealing)?;
         let c = self.client().await?;
         let q = |source| PgError::Query {
             what: "the token signing key",
             source,
         };
-        c.execute(
-            "INSERT INTO secrets (name, nonce, ciphertext) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
-            &[&NAME, &sealed.nonce, &sealed.ciphertext],
-        )
-        .await
-        .map_err(q)?;
-        let row = c
-            .query_one(
-                "SELECT nonce, ciphertext FROM secrets WHERE name = $1",
-                &[&NAME],
-            )
-            .await
-            .map_err(q)?;
+        let select = "SELECT nonce, ciphertext FROM secrets WHERE name = $1";
+        let row = match c.query_opt(select, &[&NAME]).await.map_err(q)? {
+            Some(row) => row,
+            None => {
+                // The first replica makes it; replicas starting together
+                // keep whichever was stored first.
+                let fresh = crate::ear::EarSigner::generate_pkcs8()
+                    .map_err(|e| PgError::Sealing(e.to_string()))?;
+                let label = secret_label(NAME);
+                let sealed = crate::store::seal_version(&self.master, &label, 0, false, &fresh)
+                    .map_err(PgError::Sealing)?;
+                c.execute(
+                    "INSERT INTO secrets (name, nonce, ciphertext) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+                    &[&NAME, &sealed.nonce, &sealed.ciphertext],
+                )
+                .await
+                .map_err(q)?;
+                c.query_one(select, &[&NAME]).await.map_err(q)?
+            }
+        };
         let stored = crate::store::StoredKey {
             version: 0,
             nonce: row.get(0),

@@ -68,38 +68,37 @@ impl SharedSessions {
         now.saturating_sub(i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX))
     }
 
-    /// Starts a session: (id, nonce).
+    /// Starts a session: (id, nonce). One statement: expired sessions go,
+    /// the open ones are counted, and the new one is stored only under the
+    /// cap (one round trip on every `/auth`).
     pub async fn create(&self, tee: &str) -> Result<(String, String), ApiError> {
-        let q = query("starting a session");
-        let c = self.shared.client().await?;
-        c.execute(
-            "DELETE FROM sessions WHERE created <= $1",
-            &[&self.cutoff()],
-        )
-        .await
-        .map_err(&q)?;
-        let open: i64 = c
-            .query_one("SELECT count(*) FROM sessions", &[])
+        let (id, nonce) = (random_b64()?, random_b64()?);
+        let now = i64::try_from(crate::server::now()).unwrap_or(i64::MAX);
+        let max = i64::try_from(self.max).unwrap_or(i64::MAX);
+        let row = self
+            .shared
+            .client()
+            .await?
+            .query_opt(
+                "WITH expired AS (DELETE FROM sessions WHERE created <= $1), \
+                      open AS (SELECT count(*) AS n FROM sessions WHERE created > $1) \
+                 INSERT INTO sessions (id, tee, nonce, created, state) \
+                 SELECT $2, $3, $4, $5, $6 FROM open WHERE open.n < $7 \
+                 RETURNING (SELECT n FROM open)",
+                &[&self.cutoff(), &id, &tee, &nonce, &now, &CHALLENGED, &max],
+            )
             .await
-            .map_err(&q)?
-            .get(0);
-        let open = usize::try_from(open).unwrap_or(usize::MAX);
-        self.open_seen.store(open, Ordering::Relaxed);
-        if open >= self.max {
+            .map_err(query("starting a session"))?;
+        let Some(row) = row else {
+            self.open_seen.store(self.max, Ordering::Relaxed);
             return Err(ApiError::new(
                 Kind::Busy,
                 "too many sessions in flight; retry later",
             ));
-        }
-        let (id, nonce) = (random_b64()?, random_b64()?);
-        let now = i64::try_from(crate::server::now()).unwrap_or(i64::MAX);
-        c.execute(
-            "INSERT INTO sessions (id, tee, nonce, created, state) VALUES ($1, $2, $3, $4, $5)",
-            &[&id, &tee, &nonce, &now, &CHALLENGED],
-        )
-        .await
-        .map_err(&q)?;
-        self.open_seen.store(open + 1, Ordering::Relaxed);
+        };
+        let open = usize::try_from(row.get::<_, i64>(0)).unwrap_or(usize::MAX);
+        self.open_seen
+            .store(open.saturating_add(1), Ordering::Relaxed);
         Ok((id, nonce))
     }
 
