@@ -235,3 +235,40 @@ pub fn refused_kind(e: KbsClientError) -> String {
 pub fn files(c: &Config) -> (&std::path::Path, &std::path::Path) {
     c.storage.files().expect("a broker with file storage")
 }
+
+/// A client that returns refusals as answers (no error on 4xx/5xx).
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// `GET /kbs/v0/resource/{path}` with a session cookie or a bearer token:
+/// (status, body).
+pub fn get_resource(
+    base: &str,
+    path: &str,
+    cookie: Option<&str>,
+    bearer: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut req = agent().get(&format!("{base}/kbs/v0/resource/{path}"));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    if let Some(t) = bearer {
+        req = req.header("authorization", &format!("Bearer {t}"));
+    }
+    let mut r = req.call().unwrap();
+    (
+        r.status().as_u16(),
+        r.body_mut().read_json().unwrap_or_default(),
+    )
+}
+
+/// Part `index` of a JWT (0 the header, 1 the claims), decoded.
+pub fn jwt_part(token: &str, index: usize) -> serde_json::Value {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let part = token.split('.').nth(index).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}

@@ -133,10 +133,7 @@ fn the_broker_checks_init_data_against_the_evidence_and_puts_it_in_the_token() {
     let (s, body) = attest_with(Some(InitDataDocument::toml(&init_data())));
     assert_eq!(s, 200, "{body}");
     let token = body["token"].as_str().unwrap();
-    let claims_part = token.split('.').nth(1).unwrap();
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims_part).unwrap()).unwrap();
+    let claims = jwt_part(token, 1);
     let annotated = &claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"];
     assert_eq!(annotated["init_data"], hex::encode(init_data().digest()));
     assert_eq!(

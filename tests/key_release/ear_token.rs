@@ -5,22 +5,6 @@
 
 use super::*;
 
-fn b64_json(part: &str) -> serde_json::Value {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
-}
-
-fn get_resource(base: &str, bearer: &str) -> (u16, serde_json::Value) {
-    let mut r = ureq::get(&format!("{base}/kbs/v0/resource/default/model-key/demo"))
-        .header("authorization", &format!("Bearer {bearer}"))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .call()
-        .unwrap();
-    (r.status().as_u16(), r.body_mut().read_json().unwrap())
-}
-
 #[test]
 fn the_attestation_token_is_a_signed_ear_that_works_as_a_bearer() {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -36,7 +20,7 @@ fn the_attestation_token_is_a_signed_ear_that_works_as_a_bearer() {
     let token = body["token"].as_str().unwrap().to_string();
     let parts: Vec<&str> = token.split('.').collect();
     assert_eq!(parts.len(), 3, "{token}");
-    let (header, claims) = (b64_json(parts[0]), b64_json(parts[1]));
+    let (header, claims) = (jwt_part(&token, 0), jwt_part(&token, 1));
 
     // Signed by the key in the header, which is the broker's.
     assert_eq!(header["alg"], "ES256");
@@ -82,13 +66,17 @@ fn the_attestation_token_is_a_signed_ear_that_works_as_a_bearer() {
     assert_eq!(annotated["runtime_data_claims"]["nonce"], nonce.as_str());
 
     // As a bearer (no cookie), the token gets the key, encrypted to the TEE key.
-    let (status, jwe) = get_resource(&b.base, &token);
+    let (status, jwe) = get_resource(&b.base, "default/model-key/demo", None, Some(&token));
     assert_eq!(status, 200, "{jwe}");
     let jwe: ciel_protocol::jwe::Jwe = serde_json::from_value(jwe).unwrap();
     assert_eq!(tee.decrypt(&jwe).unwrap().as_slice(), &KEY);
     // A token with a forged claim (the signature kept) is no session's token.
-    let (status, problem) =
-        get_resource(&b.base, &format!("{}.{forged_part}.{}", parts[0], parts[2]));
+    let (status, problem) = get_resource(
+        &b.base,
+        "default/model-key/demo",
+        None,
+        Some(&format!("{}.{forged_part}.{}", parts[0], parts[2])),
+    );
     assert_eq!(
         (status, problem["type"].as_str()),
         (401, Some("urn:ciel:kbs:expired-session"))

@@ -113,26 +113,22 @@ fn release_flow_and_policy_refusals() {
 
 /// A hand-driven client for the refusals the real client never provokes.
 fn auth(base: &str) -> (String, String) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut r = agent
+    auth_as(base, "snp").unwrap_or_else(|(s, body)| panic!("/auth: {s} {body}"))
+}
+
+/// `/kbs/v0/auth` as TEE `tee`: (cookie, nonce), or the refusal.
+fn auth_as(base: &str, tee: &str) -> Result<(String, String), (u16, String)> {
+    let mut r = agent()
         .post(&format!("{base}/kbs/v0/auth"))
-        .send_json(serde_json::json!({"version": "0.4.0", "tee": "snp", "extra-params": ""}))
+        .send_json(serde_json::json!({"version": "0.4.0", "tee": tee, "extra-params": ""}))
         .unwrap();
-    let cookie = r
-        .headers()
-        .get("set-cookie")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    if r.status() != 200 {
+        return Err((r.status().as_u16(), r.body_mut().read_to_string().unwrap()));
+    }
+    let cookie = r.headers()["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
     let v: serde_json::Value = r.body_mut().read_json().unwrap();
-    (cookie, v["nonce"].as_str().unwrap().to_string())
+    Ok((cookie, v["nonce"].as_str().unwrap().to_string()))
 }
 
 fn attest(
@@ -141,11 +137,7 @@ fn attest(
     runtime: &RuntimeData,
     evidence: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut req = agent.post(&format!("{base}/kbs/v0/attest"));
+    let mut req = agent().post(&format!("{base}/kbs/v0/attest"));
     if let Some(c) = cookie {
         req = req.header("cookie", c);
     }

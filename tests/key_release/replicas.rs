@@ -119,29 +119,6 @@ impl Replica {
     }
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
-/// `GET /resource` with a cookie or a bearer token: (status, body).
-fn resource(base: &str, cookie: Option<&str>, token: Option<&str>) -> (u16, serde_json::Value) {
-    let mut req = agent().get(&format!("{base}/kbs/v0/resource/{RESOURCE}"));
-    if let Some(c) = cookie {
-        req = req.header("cookie", c);
-    }
-    if let Some(t) = token {
-        req = req.header("authorization", &format!("Bearer {t}"));
-    }
-    let mut r = req.call().unwrap();
-    (
-        r.status().as_u16(),
-        r.body_mut().read_json().unwrap_or(serde_json::Value::Null),
-    )
-}
-
 /// The key in a released JWE.
 fn opened(tee: &TeeKeyPair, jwe: serde_json::Value) -> Vec<u8> {
     let jwe: ciel_protocol::jwe::Jwe = serde_json::from_value(jwe).unwrap();
@@ -158,14 +135,6 @@ fn attested(auth_at: &str, attest_at: &str, tee: &TeeKeyPair) -> (String, String
     let (s, body) = attest(attest_at, Some(&cookie), &rt, evidence_for(&rt));
     assert_eq!(s, 200, "{body}");
     (cookie, body["token"].as_str().unwrap().to_string())
-}
-
-fn token_jwk(token: &str) -> serde_json::Value {
-    let header = token.split('.').next().unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .unwrap();
-    serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()["jwk"].clone()
 }
 
 async fn sql(schema: &str, statement: &str) -> u64 {
@@ -212,10 +181,10 @@ fn a_guest_whose_steps_land_on_different_replicas_gets_its_key_and_a_killed_repl
     // auth on A, attest on B, resource on A (cookie) and on B (token).
     let tee = TeeKeyPair::generate();
     let (cookie, token) = attested(&a.base, &b.base, &tee);
-    let (s, jwe) = resource(&a.base, Some(&cookie), None);
+    let (s, jwe) = get_resource(&a.base, RESOURCE, Some(&cookie), None);
     assert_eq!(s, 200, "{jwe}");
     assert_eq!(opened(&tee, jwe), KEY);
-    let (s, jwe) = resource(&b.base, None, Some(&token));
+    let (s, jwe) = get_resource(&b.base, RESOURCE, None, Some(&token));
     assert_eq!(s, 200, "{jwe}");
     assert_eq!(opened(&tee, jwe), KEY);
     // The nonce that B spent cannot be spent again at A.
@@ -234,7 +203,7 @@ fn a_guest_whose_steps_land_on_different_replicas_gets_its_key_and_a_killed_repl
 
     // One token signing key for every replica.
     let (_, token_a) = attested(&a.base, &a.base, &tee);
-    assert_eq!(token_jwk(&token_a), token_jwk(&token));
+    assert_eq!(jwt_part(&token_a, 0)["jwk"], jwt_part(&token, 0)["jwk"]);
 
     // A killed mid-flow: its session goes on at B, then at a new replica.
     let (cookie3, nonce3) = auth(&a.base);
@@ -247,7 +216,7 @@ fn a_guest_whose_steps_land_on_different_replicas_gets_its_key_and_a_killed_repl
     assert_eq!(s, 200, "{body}");
     b.kill();
     let c = Replica::start(dir.path()).unwrap();
-    let (s, jwe) = resource(&c.base, Some(&cookie3), None);
+    let (s, jwe) = get_resource(&c.base, RESOURCE, Some(&cookie3), None);
     assert_eq!(s, 200, "{jwe}");
     assert_eq!(opened(&tee, jwe), KEY);
 
@@ -307,7 +276,7 @@ fn replicas_refuse_a_wrong_master_key_and_keys_edited_in_the_database() {
     // Version 2 retired: version 1 is released.
     let tee = TeeKeyPair::generate();
     let (cookie, _) = attested(&a.base, &a.base, &tee);
-    let (s, jwe) = resource(&a.base, Some(&cookie), None);
+    let (s, jwe) = get_resource(&a.base, RESOURCE, Some(&cookie), None);
     assert_eq!(s, 200, "{jwe}");
     assert_eq!(opened(&tee, jwe), KEY);
     a.kill();
@@ -350,4 +319,28 @@ fn a_plain_connection_to_a_remote_database_is_refused_at_load() {
     assert!(e.contains("leave key_store and audit_log out"), "{e}");
     let e = write("key_store = \"k.json\"\n").unwrap_err();
     assert!(e.contains("[postgres]"), "{e}");
+}
+
+#[test]
+#[ignore = "needs PostgreSQL (CIEL_POSTGRES_URL): run by scripts/test.sh"]
+fn the_session_cap_holds_across_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = fresh_schema("cap");
+    configure(dir.path(), &schema, &keypair(), [7; 32]);
+    let config = dir.path().join("kbs.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("max_sessions = 2\n{text}")).unwrap();
+    let (a, b) = (
+        Replica::start(dir.path()).unwrap(),
+        Replica::start(dir.path()).unwrap(),
+    );
+    auth(&a.base);
+    auth(&b.base);
+    for base in [&a.base, &b.base] {
+        let (s, body) = auth_as(base, "snp").unwrap_err();
+        assert_eq!(s, 503, "{body}");
+        assert!(body.contains("urn:ciel:kbs:busy"), "{body}");
+    }
+    a.kill();
+    b.kill();
 }

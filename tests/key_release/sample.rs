@@ -7,24 +7,6 @@
 use super::*;
 use base64::engine::general_purpose::STANDARD;
 
-fn auth_as(base: &str, tee: &str) -> Result<(String, String), (u16, String)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut r = agent
-        .post(&format!("{base}/kbs/v0/auth"))
-        .send_json(serde_json::json!({"version": "0.4.0", "tee": tee, "extra-params": ""}))
-        .unwrap();
-    if r.status() != 200 {
-        return Err((r.status().as_u16(), r.body_mut().read_to_string().unwrap()));
-    }
-    let cookie = r.headers()["set-cookie"].to_str().unwrap();
-    let cookie = cookie.split(';').next().unwrap().to_string();
-    let v: serde_json::Value = r.body_mut().read_json().unwrap();
-    Ok((cookie, v["nonce"].as_str().unwrap().to_string()))
-}
-
 /// Sample evidence as guest-components' attester makes it.
 fn sample_evidence(report_data: &[u8]) -> serde_json::Value {
     serde_json::json!({"svn": "1", "report_data": STANDARD.encode(report_data)})
@@ -32,22 +14,6 @@ fn sample_evidence(report_data: &[u8]) -> serde_json::Value {
 
 fn composite(primary: serde_json::Value, additional: &str) -> serde_json::Value {
     serde_json::json!({"primary_evidence": primary, "additional_evidence": additional})
-}
-
-fn get(base: &str, path: &str, cookie: &str) -> (u16, serde_json::Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut r = agent
-        .get(&format!("{base}/kbs/v0/resource/{path}"))
-        .header("cookie", cookie)
-        .call()
-        .unwrap();
-    (
-        r.status().as_u16(),
-        r.body_mut().read_json().unwrap_or_default(),
-    )
 }
 
 #[test]
@@ -96,24 +62,18 @@ fn sample_evidence_is_refused_unless_a_resource_dangerously_accepts_it() {
     // that says what it is, and the danger resource only.
     let (cookie, (s, body)) = attest_sample(&bound, "");
     assert_eq!(s, 200, "{body}");
-    let claims = body["token"].as_str().unwrap().split('.').nth(1).unwrap();
-    let claims: serde_json::Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(claims)
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = jwt_part(body["token"].as_str().unwrap(), 1);
     let cpu0 = &claims["submods"]["cpu0"];
     assert_eq!(cpu0["ear.status"], "warning", "{claims}");
     assert_eq!(
         cpu0["ear.veraison.annotated-evidence"]["platform"],
         "sample"
     );
-    let (s, jwe) = get(&b.base, "default/interop/key", &cookie);
+    let (s, jwe) = get_resource(&b.base, "default/interop/key", Some(&cookie), None);
     assert_eq!(s, 200, "{jwe}");
     let jwe: ciel_protocol::jwe::Jwe = serde_json::from_value(jwe).unwrap();
     assert_eq!(tee.decrypt(&jwe).unwrap().as_slice(), &KEY);
-    let (s, p) = get(&b.base, "default/model-key/demo", &cookie);
+    let (s, p) = get_resource(&b.base, "default/model-key/demo", Some(&cookie), None);
     assert_eq!(
         (s, p["type"].as_str()),
         (403, Some("urn:ciel:kbs:policy-denied"))
@@ -160,7 +120,7 @@ fn hardware_evidence_in_the_composite_shape_is_bound_with_the_additional_string(
     let ev = genuine_guest().evidence(report_data).unwrap();
     let (s, body) = attest(&b.base, Some(&cookie), &rt, composite(ev, ""));
     assert_eq!(s, 200, "{body}");
-    let (s, jwe) = get(&b.base, "default/model-key/demo", &cookie);
+    let (s, jwe) = get_resource(&b.base, "default/model-key/demo", Some(&cookie), None);
     assert_eq!(s, 200, "{jwe}");
     // The same evidence (bound without the string) in the composite shape:
     // refused.
