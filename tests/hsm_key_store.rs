@@ -124,20 +124,13 @@ fn the_master_key_stays_in_the_hsm_and_keys_are_released_through_it() {
         hex::encode(SimSnpReport::default().measurement)
     );
     std::fs::write(kb.join("demo.policy.toml"), policy).unwrap();
-    let config = config.replace(
-        "# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]",
-        &format!("danger_simulated_roots = [\"{fp}\"]"),
-    ) + "[[resource]]\npath = \"default/model-key/demo\"\npolicy_file = \"demo.policy.toml\"\n";
+    let config = common::trust_simulated_root(&config, &fp)
+        + "[[resource]]\npath = \"default/model-key/demo\"\npolicy_file = \"demo.policy.toml\"\n";
     std::fs::write(kb.join("kbs.toml"), config).unwrap();
     let (broker, url) = serve(&conf, &kb).unwrap_or_else(|e| panic!("{e}"));
 
     let model = tmp.path().join("model.gguf");
-    let bytes: Vec<u8> = b"GGUF"
-        .iter()
-        .copied()
-        .chain((0..100_000u32).map(|i| (i % 251) as u8))
-        .collect();
-    std::fs::write(&model, &bytes).unwrap();
+    let bytes = common::fake_model(&model, 100_000);
     let sealed = tmp.path().join("model.csm");
     seal_registered(&model, &sealed, "default/model-key/demo", &url, &kb);
     let ca = std::fs::read(kb.join("tls-ca.pem")).unwrap();

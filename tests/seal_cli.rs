@@ -8,9 +8,7 @@ use common::ciel;
 fn seal_inspect_unseal_round_trip_and_refusals() {
     let tmp = tempfile::tempdir().expect("tmp");
     let model = tmp.path().join("model.gguf");
-    let mut bytes = b"GGUF".to_vec();
-    bytes.extend((0..300_000u32).map(|i| (i % 251) as u8));
-    std::fs::write(&model, &bytes).expect("write");
+    let bytes = common::fake_model(&model, 300_000);
     let sealed = tmp.path().join("model.csm");
     let key = tmp.path().join("model.key");
     let run = ciel([

@@ -30,9 +30,7 @@ fn seal_register_attest_release_unseal() {
 
     // Seal a model and register its key.
     let model = tmp.path().join("model.gguf");
-    let mut bytes = b"GGUF".to_vec();
-    bytes.extend((0..200_000u32).map(|i| (i % 253) as u8));
-    std::fs::write(&model, &bytes).unwrap();
+    let bytes = common::fake_model(&model, 200_000);
     let sealed = tmp.path().join("model.csm");
     let run = seal_registered(&model, &sealed, "default/model-key/demo", &url, &kb);
     assert!(run.stderr.contains("registered at"), "{}", run.stderr);

@@ -23,7 +23,7 @@
 
 mod common;
 use base64::Engine;
-use common::{ciel, kbs_serve, seal_registered, unsealed};
+use common::{kbs_serve, seal_registered, unsealed};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -40,6 +40,14 @@ fn run_kbs_client(url: &str, ca: &Path, args: &[&std::ffi::OsStr]) -> Output {
         .args(args)
         .output()
         .unwrap()
+}
+
+/// `kbs-client get-resource --path PATH [extra…]` against `url`.
+fn kbs_client_get(url: &str, ca: &Path, path: &str, extra: &[&std::ffi::OsStr]) -> Output {
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["get-resource".as_ref(), "--path".as_ref(), path.as_ref()];
+    args.extend_from_slice(extra);
+    run_kbs_client(url, ca, &args)
 }
 
 fn text(o: &Output) -> String {
@@ -68,8 +76,7 @@ fn tee_key(path: &Path) {
 fn trustees_kbs_client_gets_a_resource_from_ciel() {
     let tmp = tempfile::tempdir().unwrap();
     let kb = tmp.path().join("kbs");
-    let init = ciel(["kbs".as_ref(), "init".as_ref(), kb.as_os_str()]);
-    assert_eq!(init.code, 0, "{}", init.stderr);
+    let config = common::kbs_init(&kb);
     // One resource for Trustee's sample TEE (dangerously), one that needs
     // hardware evidence.
     let (_sim, fp) = common::fresh_sim();
@@ -78,19 +85,14 @@ fn trustees_kbs_client_gets_a_resource_from_ciel() {
         format!("danger_simulated_roots = [\"{fp}\"]\n"),
     )
     .unwrap();
-    let config = std::fs::read_to_string(kb.join("kbs.toml")).unwrap()
+    let config = config
         + "[[resource]]\npath = \"default/interop/key\"\ndanger_accept_sample_evidence = true\n\
            [[resource]]\npath = \"default/interop/hw\"\npolicy_file = \"hw.policy.toml\"\n";
     std::fs::write(kb.join("kbs.toml"), config).unwrap();
     let (_broker, url) = kbs_serve(&kb, &[]).unwrap_or_else(|e| panic!("{e}"));
 
     let model = tmp.path().join("model.gguf");
-    let bytes: Vec<u8> = b"GGUF"
-        .iter()
-        .copied()
-        .chain((0..50_000u32).map(|i| (i % 241) as u8))
-        .collect();
-    std::fs::write(&model, &bytes).unwrap();
+    let bytes = common::fake_model(&model, 50_000);
     let sealed = tmp.path().join("model.csm");
     seal_registered(&model, &sealed, "default/interop/key", &url, &kb);
     let hw_sealed = tmp.path().join("hw.csm");
@@ -104,15 +106,7 @@ fn trustees_kbs_client_gets_a_resource_from_ciel() {
     };
 
     // Background check: kbs-client runs auth → attest (sample) → resource.
-    let out = run_kbs_client(
-        &url,
-        &ca,
-        &[
-            "get-resource".as_ref(),
-            "--path".as_ref(),
-            "default/interop/key".as_ref(),
-        ],
-    );
+    let out = kbs_client_get(&url, &ca, "default/interop/key", &[]);
     assert!(out.status.success(), "{}", text(&out));
     opens(&String::from_utf8_lossy(&out.stdout));
 
@@ -143,13 +137,11 @@ fn trustees_kbs_client_gets_a_resource_from_ciel() {
     );
     let token_file = tmp.path().join("token");
     std::fs::write(&token_file, &token).unwrap();
-    let out = run_kbs_client(
+    let out = kbs_client_get(
         &url,
         &ca,
+        "default/interop/key",
         &[
-            "get-resource".as_ref(),
-            "--path".as_ref(),
-            "default/interop/key".as_ref(),
             "--attestation-token".as_ref(),
             token_file.as_os_str(),
             "--tee-key-file".as_ref(),
@@ -160,15 +152,7 @@ fn trustees_kbs_client_gets_a_resource_from_ciel() {
     opens(&String::from_utf8_lossy(&out.stdout));
 
     // The hardware-only resource is refused to sample evidence.
-    let out = run_kbs_client(
-        &url,
-        &ca,
-        &[
-            "get-resource".as_ref(),
-            "--path".as_ref(),
-            "default/interop/hw".as_ref(),
-        ],
-    );
+    let out = kbs_client_get(&url, &ca, "default/interop/hw", &[]);
     assert!(!out.status.success(), "{}", text(&out));
     let audit = std::fs::read_to_string(kb.join("audit.jsonl")).unwrap();
     assert!(audit.contains("sample_evidence_refused"), "{audit}");
@@ -289,18 +273,11 @@ fn trustees_own_resource_policies_decide_unchanged_in_ciels_broker() {
         .expect("CIEL_TRUSTEE_POLICIES is not set: scripts/trustee-build.sh policies");
     let tmp = tempfile::tempdir().unwrap();
     let kb = tmp.path().join("kbs");
-    let init = ciel(["kbs".as_ref(), "init".as_ref(), kb.as_os_str()]);
-    assert_eq!(init.code, 0, "{}", init.stderr);
     let (sim, fp) = common::fresh_sim();
     // Each of Trustee's policies, as its file is, decides one resource
     // alone (no TOML policy); sample evidence may reach them.
     let names = ["default", "affirming", "allow_all", "deny_all"];
-    let mut config = std::fs::read_to_string(kb.join("kbs.toml"))
-        .unwrap()
-        .replace(
-            "# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]",
-            &format!("danger_simulated_roots = [\"{fp}\"]"),
-        );
+    let mut config = common::trust_simulated_root(&common::kbs_init(&kb), &fp);
     for name in names {
         config.push_str(&format!(
             "[[resource]]\npath = \"default/trustee/{name}\"\nrego_policy_file = {:?}\ndanger_accept_sample_evidence = true\n",

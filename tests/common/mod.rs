@@ -105,13 +105,7 @@ pub fn start_kbs(
     resources: &[(&str, &str)],
     stderr: std::process::Stdio,
 ) -> KbsProcess {
-    let init = ciel(["kbs".as_ref(), "init".as_ref(), kb.as_os_str()]);
-    assert_eq!(init.code, 0, "{}", init.stderr);
-    let mut cfg = std::fs::read_to_string(kb.join("kbs.toml")).unwrap();
-    cfg = cfg.replace(
-        "# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]",
-        &format!("danger_simulated_roots = [\"{fp}\"]"),
-    );
+    let mut cfg = trust_simulated_root(&kbs_init(kb), fp);
     for (i, (path, measurement)) in resources.iter().enumerate() {
         let policy = format!("resource{i}.policy.toml");
         std::fs::write(
@@ -248,6 +242,33 @@ pub fn fresh_sim() -> (ciel_attestation::sim::SnpSim, String) {
     let sim = ciel_attestation::sim::SnpSim::generate(ciel_attestation::UnixTime(now)).unwrap();
     let fp = hex::encode(sim.root_sha256());
     (sim, fp)
+}
+
+/// `ciel kbs init KB` (asserted to succeed); the kbs.toml it wrote.
+pub fn kbs_init(kb: &std::path::Path) -> String {
+    let init = ciel(["kbs".as_ref(), "init".as_ref(), kb.as_os_str()]);
+    assert_eq!(init.code, 0, "{}", init.stderr);
+    std::fs::read_to_string(kb.join("kbs.toml")).unwrap()
+}
+
+/// A kbs.toml from `ciel kbs init`, trusting the simulated root `fp`
+/// (DANGER, tests only) where the written file suggests it.
+pub fn trust_simulated_root(config: &str, fp: &str) -> String {
+    let hint = "# danger_simulated_roots = [\"<fingerprint printed by ciel attest sim-report>\"]";
+    assert!(
+        config.contains(hint),
+        "ciel kbs init's kbs.toml changed:\n{config}"
+    );
+    config.replace(hint, &format!("danger_simulated_roots = [\"{fp}\"]"))
+}
+
+/// A stand-in model file of `len` bytes after the GGUF magic at `path`;
+/// its bytes.
+pub fn fake_model(path: &std::path::Path, len: u32) -> Vec<u8> {
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend((0..len).map(|i| (i % 251) as u8));
+    std::fs::write(path, &bytes).unwrap();
+    bytes
 }
 
 /// A model sealed under `key`, opened: its plaintext.
