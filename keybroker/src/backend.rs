@@ -43,14 +43,6 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 }
 
 impl Backend {
-    /// What it is, for the start-up log.
-    pub fn describe(&self) -> String {
-        match self {
-            Backend::Local(l) => format!("files (audit log {})", l.audit.path().display()),
-            Backend::Shared { .. } => "PostgreSQL (shared by replicas)".into(),
-        }
-    }
-
     /// Sessions not yet expired (for the metrics gauge).
     pub fn open_sessions(&self) -> usize {
         match self {

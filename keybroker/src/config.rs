@@ -243,6 +243,14 @@ impl Config {
     }
 }
 
+/// `value` as the TOML table `[name]` of a `kbs.toml` (for the files
+/// `ciel kbs init` and the benchmarks write: quoted as TOML quotes).
+pub fn toml_table<T: serde::Serialize>(name: &str, value: &T) -> Result<String, toml::ser::Error> {
+    let mut outer = std::collections::BTreeMap::new();
+    outer.insert(name, value);
+    toml::to_string(&outer)
+}
+
 /// Where the broker keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Storage {

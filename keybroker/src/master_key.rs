@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use zeroize::Zeroizing;
 
 /// Where the master key is.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pkcs11Config {
     /// The token's PKCS#11 module (e.g. `/usr/lib/softhsm/libsofthsm2.so`).

@@ -117,11 +117,6 @@ impl Sessions {
             .map_err(|_| ApiError::new(Kind::Internal, "session table poisoned"))
     }
 
-    /// How long a session lives.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Sessions not yet expired (for metrics).
     pub fn open_count(&self) -> usize {
         let ttl = self.ttl;

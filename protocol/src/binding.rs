@@ -52,13 +52,6 @@ pub fn report_data_with_additional(
     padded_digest(&value)
 }
 
-/// Whether `report_data` binds `runtime`, in either form. (Nothing here
-/// is secret: the nonce and public key are on the wire, so a plain
-/// comparison is fine.)
-pub fn verify(report_data_field: &[u8], runtime: &RuntimeData) -> Result<bool, JcsError> {
-    Ok(matching_form(report_data_field, &report_data(runtime)?).is_some())
-}
-
 /// `value` as 64 ASCII bytes: base64url, without padding, of its first 48
 /// bytes (a SHA-384 digest whole; a SHA-512 digest cut to 384 bits).
 pub fn text_form(value: &[u8; 64]) -> [u8; 64] {
@@ -87,6 +80,11 @@ pub fn matching_form(field: &[u8], expected: &[u8; 64]) -> Option<[u8; 64]> {
 mod tests {
     use super::*;
     use crate::kbs::Jwk;
+
+    /// Whether `field` binds `runtime` in either form.
+    fn verify(field: &[u8], runtime: &RuntimeData) -> Result<bool, JcsError> {
+        Ok(matching_form(field, &report_data(runtime)?).is_some())
+    }
 
     fn runtime(nonce: &str) -> RuntimeData {
         RuntimeData {

@@ -143,16 +143,10 @@ fn init(a: InitArgs) -> Result<ExitCode> {
                 module: module.clone(),
                 token_label: token.clone(),
                 key_label: a.pkcs11_key_label.clone(),
-                pin_file: pin.clone(),
+                pin_file: pin,
             };
             ciel_keybroker::master_key::MasterKey::generate_pkcs11(&cfg)?;
-            format!(
-                "[master_key_pkcs11]\nmodule = {:?}\ntoken_label = {:?}\nkey_label = {:?}\npin_file = {:?}\n",
-                module.display().to_string(),
-                token,
-                a.pkcs11_key_label,
-                pin.display().to_string()
-            )
+            ciel_keybroker::config::toml_table("master_key_pkcs11", &cfg)?
         }
         _ => {
             let mut master = zeroize::Zeroizing::new([0u8; 32]);

@@ -61,7 +61,7 @@ impl From<PgError> for ApiError {
 }
 
 /// `[postgres]` in `kbs.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PgConfig {
     /// A libpq connection string (`postgresql://user@host:port/db` or
@@ -80,11 +80,13 @@ pub struct PgConfig {
     pub pool_size: usize,
 }
 
-fn default_schema() -> String {
+/// The default schema.
+pub fn default_schema() -> String {
     "ciel_kbs".into()
 }
 
-fn default_pool() -> usize {
+/// The default pool size.
+pub fn default_pool() -> usize {
     16
 }
 
@@ -345,6 +347,18 @@ mod tests {
             pool_size: 4,
         }
         .resolve(|p| p.to_path_buf())
+    }
+
+    #[test]
+    fn the_table_written_for_kbs_toml_reads_back_the_same() {
+        let c = config("postgresql://ciel@127.0.0.1/ciel \"odd\" ü", false).unwrap();
+        let text = crate::config::toml_table("postgres", &c).unwrap();
+        #[derive(Deserialize)]
+        struct Back {
+            postgres: PgConfig,
+        }
+        let back: Back = toml::from_str(&text).unwrap();
+        assert_eq!(back.postgres, c, "{text}");
     }
 
     #[test]

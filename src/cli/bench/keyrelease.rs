@@ -51,13 +51,11 @@ fn start_broker(
             if MasterKey::open_pkcs11(cfg).is_err() {
                 MasterKey::generate_pkcs11(cfg)?;
             }
-            format!(
-                "[master_key_pkcs11]\nmodule = {:?}\ntoken_label = {:?}\nkey_label = {:?}\npin_file = {:?}\n",
-                cfg.module.display().to_string(),
-                cfg.token_label,
-                cfg.key_label,
-                std::path::absolute(&cfg.pin_file)?.display().to_string()
-            )
+            let cfg = Pkcs11Config {
+                pin_file: std::path::absolute(&cfg.pin_file)?,
+                ..cfg.clone()
+            };
+            ciel_keybroker::config::toml_table("master_key_pkcs11", &cfg)?
         }
     };
     std::fs::write(
@@ -72,13 +70,14 @@ fn start_broker(
     match store {
         Store::Files => top.push_str("key_store = \"keys.json\"\naudit_log = \"audit.jsonl\"\n"),
         Store::Postgres(url, password_file) => {
-            tables.push_str(&format!(
-                "[postgres]\nurl = {url:?}\nschema = \"ciel_bench\"\n"
-            ));
-            if let Some(f) = password_file {
-                let f = std::path::absolute(f)?;
-                tables.push_str(&format!("password_file = {:?}\n", f.display().to_string()));
-            }
+            let pg = ciel_keybroker::postgres::PgConfig {
+                url: url.to_string(),
+                password_file: password_file.map(std::path::absolute).transpose()?,
+                ca_file: None,
+                schema: "ciel_bench".into(),
+                pool_size: ciel_keybroker::postgres::default_pool(),
+            };
+            tables.push_str(&ciel_keybroker::config::toml_table("postgres", &pg)?);
         }
     }
     if hsm.is_some() { &mut tables } else { &mut top }.push_str(&master);
