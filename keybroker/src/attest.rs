@@ -61,11 +61,7 @@ pub async fn attest(
         )
         .await);
     }
-    let expected = match additional {
-        Some(a) => binding::report_data_with_additional(&req.runtime_data, a),
-        None => binding::report_data(&req.runtime_data),
-    };
-    let expected = match expected {
+    let expected = match binding::report_data_for(&req.runtime_data, additional) {
         Ok(e) => e,
         Err(e) => {
             return Err(refuse(
@@ -169,7 +165,6 @@ pub async fn attest(
         &id,
         &req,
         SessionEvidence::Verified(decoded),
-        primary,
         evidence_claims,
         init_data.as_ref(),
     )
@@ -184,7 +179,6 @@ async fn finish(
     id: &str,
     req: &Attestation,
     evidence: SessionEvidence,
-    sent: &serde_json::Value,
     evidence_claims: Option<serde_json::Value>,
     init_data: Option<&ciel_protocol::initdata::InitData>,
 ) -> Result<String, ApiError> {
@@ -206,7 +200,7 @@ async fn finish(
             id,
             req.runtime_data.tee_pubkey.clone(),
             evidence,
-            sent,
+            &req.tee_evidence,
             token,
             claims,
         )
@@ -265,7 +259,6 @@ async fn attest_sample(
         id,
         req,
         SessionEvidence::Sample(sample),
-        primary,
         Some(claims),
         None,
     )

@@ -67,9 +67,9 @@ impl Backend {
         }
     }
 
-    /// Marks a session attested. `sent` is the evidence as the guest sent
-    /// it (what a replica stores); `decoded` is it decoded (what one
-    /// broker keeps).
+    /// Marks a session attested. `sent` is the request's `tee-evidence`
+    /// whole (what a replica stores, and checks again when it reads it);
+    /// `decoded` is its evidence decoded (what one broker keeps).
     pub async fn attest(
         &self,
         id: &str,

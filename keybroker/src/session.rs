@@ -46,6 +46,16 @@ impl SessionEvidence {
         }
     }
 
+    /// Whether its report data carries `expected` (the session's binding).
+    pub fn binds(&self, expected: &[u8; 64]) -> bool {
+        match self {
+            SessionEvidence::Verified(d) => {
+                ciel_protocol::binding::matching_form(&d.evidence.report_data(), expected).is_some()
+            }
+            SessionEvidence::Sample(s) => s.binds(expected),
+        }
+    }
+
     /// Decodes evidence as stored for `tee` (a replica's shared session).
     pub fn decode(
         tee: &str,

@@ -34,6 +34,19 @@ fn padded_digest(value: &serde_json::Value) -> Result<[u8; 64], JcsError> {
     Ok(out)
 }
 
+/// The binding for `runtime` as the request sent it: with Trustee's
+/// composite evidence (`additional_evidence` present, even empty) the
+/// additional-evidence string is bound too.
+pub fn report_data_for(
+    runtime: &RuntimeData,
+    additional_evidence: Option<&str>,
+) -> Result<[u8; 64], JcsError> {
+    match additional_evidence {
+        Some(a) => report_data_with_additional(runtime, a),
+        None => report_data(runtime),
+    }
+}
+
 /// The binding Trustee's current clients compute (kbs-types 0.15): the
 /// runtime data with the `additional-evidence` string beside the nonce and
 /// the key, so the primary evidence binds the devices' evidence too.

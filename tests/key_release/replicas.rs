@@ -279,6 +279,23 @@ fn replicas_refuse_a_wrong_master_key_and_keys_edited_in_the_database() {
     let (s, jwe) = get_resource(&a.base, RESOURCE, Some(&cookie), None);
     assert_eq!(s, 200, "{jwe}");
     assert_eq!(opened(&tee, jwe), KEY);
+    // The session's TEE key swapped in the database for an attacker's:
+    // the evidence no longer binds it, and nothing is released to it.
+    let attacker = TeeKeyPair::generate();
+    let swapped = serde_json::to_string(&attacker.public_jwk()).unwrap();
+    assert_eq!(
+        tamper(
+            &schema,
+            &format!("UPDATE sessions SET tee_pubkey = '{swapped}' WHERE state = 2")
+        ),
+        1
+    );
+    let (s, p) = get_resource(&a.base, RESOURCE, Some(&cookie), None);
+    assert_eq!(s, 500, "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("does not bind"),
+        "{p}"
+    );
     a.kill();
 
     // A replica with another master key does not start.

@@ -7,9 +7,12 @@
 
 use super::{PgError, Shared};
 use crate::problem::{ApiError, Kind};
-use crate::session::{Attested, random_b64};
+use crate::sample::split_composite;
+use crate::session::{Attested, SessionEvidence, random_b64};
 use ciel_attestation::collateral::DcapCollateral;
+use ciel_protocol::binding;
 use ciel_protocol::kbs::Jwk;
+use ciel_protocol::kbs::RuntimeData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -175,7 +178,8 @@ impl SharedSessions {
     ) -> Result<Arc<Attested>, ApiError> {
         let q = query("reading a session");
         let c = self.shared.client().await?;
-        let sql = "SELECT tee, created, state, tee_pubkey, evidence, claims FROM sessions WHERE ";
+        let sql =
+            "SELECT tee, nonce, created, state, tee_pubkey, evidence, claims FROM sessions WHERE ";
         let row = match (cookie, token) {
             (Some(id), _) => c.query_opt(&format!("{sql}id = $1"), &[&id]).await,
             (None, Some(t)) => {
@@ -214,8 +218,26 @@ impl SharedSessions {
         let tee: String = row.get("tee");
         let tee_pubkey: Jwk = serde_json::from_value(parse("tee_pubkey")?)
             .map_err(|e| corrupt("tee_pubkey", e.to_string()))?;
-        let evidence = crate::session::SessionEvidence::decode(&tee, &parse("evidence")?, dcap)
-            .map_err(|e| corrupt("evidence", e))?;
+        // The database is not trusted to say what attested: the evidence
+        // is decoded again and must bind this session's nonce and TEE key,
+        // so an edited row can only point a release at the key the
+        // evidence itself bound.
+        let sent = parse("evidence")?;
+        let (primary, additional) = split_composite(&sent).map_err(|e| corrupt("evidence", e))?;
+        let runtime = RuntimeData {
+            nonce: row.get("nonce"),
+            tee_pubkey: tee_pubkey.clone(),
+        };
+        let expected = binding::report_data_for(&runtime, additional)
+            .map_err(|e| corrupt("tee_pubkey", e.to_string()))?;
+        let evidence =
+            SessionEvidence::decode(&tee, primary, dcap).map_err(|e| corrupt("evidence", e))?;
+        if !evidence.binds(&expected) {
+            return Err(corrupt(
+                "evidence",
+                "does not bind this session's nonce and TEE key (the row was edited)".into(),
+            ));
+        }
         Ok(Arc::new(Attested {
             tee_pubkey,
             evidence,
