@@ -81,9 +81,7 @@ impl Backend {
     ) -> Result<String, ApiError> {
         match self {
             Backend::Local(l) => l.sessions.attest(id, tee_pubkey, decoded, token, claims),
-            Backend::Shared { sessions, .. } => {
-                sessions.attest(id, &tee_pubkey, sent, token, &claims).await
-            }
+            Backend::Shared { sessions, .. } => sessions.attest(id, &tee_pubkey, sent, token).await,
         }
     }
 
@@ -93,10 +91,13 @@ impl Backend {
         cookie: Option<&str>,
         token: Option<&str>,
         dcap: Option<&DcapCollateral>,
+        tokens: &crate::ear::EarSigner,
     ) -> Result<Arc<Attested>, ApiError> {
         match self {
             Backend::Local(l) => l.sessions.attested(cookie, token),
-            Backend::Shared { sessions, .. } => sessions.attested(cookie, token, dcap).await,
+            Backend::Shared { sessions, .. } => {
+                sessions.attested(cookie, token, dcap, tokens).await
+            }
         }
     }
 

@@ -32,6 +32,8 @@ pub enum EarError {
     Sign,
     #[error("EAR claims: {0}")]
     Claims(#[from] serde_json::Error),
+    #[error("EAR token: {0}")]
+    Token(String),
 }
 
 /// What one token says.
@@ -104,6 +106,31 @@ impl EarSigner {
     /// The public key tokens are signed with, as a JWK.
     pub fn public_jwk(&self) -> &Value {
         &self.jwk
+    }
+
+    /// The claims of a token this signer issued (ES256 under this key);
+    /// any other token is an error.
+    pub fn verify(&self, token: &str) -> Result<Value, EarError> {
+        let bad = |m: &str| EarError::Token(m.to_string());
+        let mut parts = token.split('.');
+        let (Some(header), Some(claims), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("not three dot-separated parts"));
+        };
+        let sig = B64
+            .decode(sig)
+            .map_err(|_| bad("signature not base64url"))?;
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_FIXED,
+            self.key.public_key().as_ref(),
+        )
+        .verify(format!("{header}.{claims}").as_bytes(), &sig)
+        .map_err(|_| bad("signature does not verify with this broker's key"))?;
+        let claims = B64
+            .decode(claims)
+            .map_err(|_| bad("claims not base64url"))?;
+        Ok(serde_json::from_slice(&claims)?)
     }
 
     /// A signed EAR token for an accepted `/attest`, and its claims.

@@ -324,6 +324,7 @@ async fn resource(
             cookie(&headers).as_deref(),
             bearer(&headers).as_deref(),
             st.config.dcap_collateral.as_ref(),
+            &st.tokens,
         )
         .await?;
     let (tee_pubkey, ev) = (&session.tee_pubkey, session.evidence.verified());

@@ -104,7 +104,7 @@ pub(crate) fn random_b64() -> Result<String, ApiError> {
 }
 
 /// Constant-time string comparison (nonces and tokens are secrets in flight).
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())

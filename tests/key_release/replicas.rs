@@ -279,14 +279,58 @@ fn replicas_refuse_a_wrong_master_key_and_keys_edited_in_the_database() {
     let (s, jwe) = get_resource(&a.base, RESOURCE, Some(&cookie), None);
     assert_eq!(s, 200, "{jwe}");
     assert_eq!(opened(&tee, jwe), KEY);
-    // The session's TEE key swapped in the database for an attacker's:
-    // the evidence no longer binds it, and nothing is released to it.
+    // Rows edited behind the brokers' backs. Another session's token (its
+    // claims are what Rego policies read): refused.
+    let (cookie2, _) = attested(&a.base, &a.base, &TeeKeyPair::generate());
+    let id = |c: &str| c.trim_start_matches("kbs-session-id=").to_string();
+    assert_eq!(
+        tamper(
+            &schema,
+            &format!(
+                "UPDATE sessions SET token = (SELECT token FROM sessions WHERE id = '{}') WHERE id = '{}'",
+                id(&cookie),
+                id(&cookie2)
+            )
+        ),
+        1
+    );
+    let (s, p) = get_resource(&a.base, RESOURCE, Some(&cookie2), None);
+    assert_eq!(s, 500, "{p}");
+    assert!(
+        p["detail"].as_str().unwrap().contains("another session"),
+        "{p}"
+    );
+    // A bearer token of the attacker's choosing pointed at the session.
+    assert_eq!(
+        tamper(
+            &schema,
+            &format!(
+                "UPDATE sessions SET token_sha256 = encode(sha256('forged'::bytea), 'hex') WHERE id = '{}'",
+                id(&cookie)
+            )
+        ),
+        1
+    );
+    let (s, p) = get_resource(&a.base, RESOURCE, None, Some("forged"));
+    assert_eq!(s, 500, "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not the bearer token"),
+        "{p}"
+    );
+    // The session's TEE key swapped for an attacker's: the evidence no
+    // longer binds it, and nothing is released to it.
     let attacker = TeeKeyPair::generate();
     let swapped = serde_json::to_string(&attacker.public_jwk()).unwrap();
     assert_eq!(
         tamper(
             &schema,
-            &format!("UPDATE sessions SET tee_pubkey = '{swapped}' WHERE state = 2")
+            &format!(
+                "UPDATE sessions SET tee_pubkey = '{swapped}' WHERE id = '{}'",
+                id(&cookie)
+            )
         ),
         1
     );

@@ -243,7 +243,7 @@ impl Shared {
              CREATE TABLE IF NOT EXISTS {schema}.sessions (
                  id text PRIMARY KEY, tee text NOT NULL, nonce text NOT NULL,
                  created bigint NOT NULL, state smallint NOT NULL,
-                 token_sha256 text UNIQUE, tee_pubkey text, evidence text, claims text);
+                 token_sha256 text UNIQUE, tee_pubkey text, evidence text, token text);
              CREATE INDEX IF NOT EXISTS sessions_created ON {schema}.sessions (created);
              CREATE TABLE IF NOT EXISTS {schema}.admin_nonces (
                  nonce text PRIMARY KEY, ts bigint NOT NULL);

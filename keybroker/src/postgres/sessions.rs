@@ -135,14 +135,14 @@ impl SharedSessions {
     }
 
     /// Marks a session attested: its TEE key, the evidence as sent, the
-    /// token's digest and claims.
+    /// token (whose signature vouches for its claims when read back) and
+    /// its digest (to find the session by bearer token).
     pub async fn attest(
         &self,
         id: &str,
         tee_pubkey: &Jwk,
         evidence: &serde_json::Value,
         token: String,
-        claims: &serde_json::Value,
     ) -> Result<String, ApiError> {
         let q = query("recording an attested session");
         let updated = self
@@ -150,14 +150,14 @@ impl SharedSessions {
             .client()
             .await?
             .execute(
-                "UPDATE sessions SET state = $2, token_sha256 = $3, tee_pubkey = $4, evidence = $5, claims = $6 WHERE id = $1 AND state = $7",
+                "UPDATE sessions SET state = $2, token_sha256 = $3, tee_pubkey = $4, evidence = $5, token = $6 WHERE id = $1 AND state = $7",
                 &[
                     &id,
                     &ATTESTED,
                     &token_digest(&token),
                     &json_text(tee_pubkey)?,
                     &json_text(evidence)?,
-                    &json_text(claims)?,
+                    &token,
                     &SPENT,
                 ],
             )
@@ -169,17 +169,20 @@ impl SharedSessions {
         Ok(token)
     }
 
-    /// The attested state of the session named by a cookie or a token.
+    /// The attested state of the session named by a cookie or a token;
+    /// `tokens` checks the stored token's signature (the claims Rego
+    /// policies read come from it, not from the database's word).
     pub async fn attested(
         &self,
         cookie: Option<&str>,
         token: Option<&str>,
         dcap: Option<&DcapCollateral>,
+        tokens: &crate::ear::EarSigner,
     ) -> Result<Arc<Attested>, ApiError> {
         let q = query("reading a session");
         let c = self.shared.client().await?;
         let sql =
-            "SELECT tee, nonce, created, state, tee_pubkey, evidence, claims FROM sessions WHERE ";
+            "SELECT tee, nonce, created, state, tee_pubkey, evidence, token FROM sessions WHERE ";
         let row = match (cookie, token) {
             (Some(id), _) => c.query_opt(&format!("{sql}id = $1"), &[&id]).await,
             (None, Some(t)) => {
@@ -238,10 +241,30 @@ impl SharedSessions {
                 "does not bind this session's nonce and TEE key (the row was edited)".into(),
             ));
         }
+        let stored: Option<String> = row.get("token");
+        if cookie.is_none()
+            && !token.is_some_and(|t| crate::session::same(t, stored.as_deref().unwrap_or("")))
+        {
+            return Err(corrupt(
+                "token",
+                "is not the bearer token presented (the row was edited)".into(),
+            ));
+        }
+        let claims = tokens
+            .verify(stored.as_deref().unwrap_or(""))
+            .map_err(|e| corrupt("token", e.to_string()))?;
+        let bound =
+            &claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["runtime_data_claims"];
+        if bound["nonce"] != runtime.nonce.as_str() || bound["tee-pubkey"] != parse("tee_pubkey")? {
+            return Err(corrupt(
+                "token",
+                "was issued to another session (the row was edited)".into(),
+            ));
+        }
         Ok(Arc::new(Attested {
             tee_pubkey,
             evidence,
-            claims: parse("claims")?,
+            claims,
         }))
     }
 }
