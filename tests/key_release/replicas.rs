@@ -279,66 +279,48 @@ fn replicas_refuse_a_wrong_master_key_and_keys_edited_in_the_database() {
     let (s, jwe) = get_resource(&a.base, RESOURCE, Some(&cookie), None);
     assert_eq!(s, 200, "{jwe}");
     assert_eq!(opened(&tee, jwe), KEY);
-    // Rows edited behind the brokers' backs. Another session's token (its
-    // claims are what Rego policies read): refused.
-    let (cookie2, _) = attested(&a.base, &a.base, &TeeKeyPair::generate());
+    // Rows edited behind the brokers' backs: each edit (one row), then the
+    // request that would use it, refused with `why`.
     let id = |c: &str| c.trim_start_matches("kbs-session-id=").to_string();
-    assert_eq!(
-        tamper(
-            &schema,
-            &format!(
-                "UPDATE sessions SET token = (SELECT token FROM sessions WHERE id = '{}') WHERE id = '{}'",
-                id(&cookie),
-                id(&cookie2)
-            )
+    let refused_after = |edit: String, cookie: Option<&str>, bearer: Option<&str>, why: &str| {
+        assert_eq!(tamper(&schema, &edit), 1, "{edit}");
+        let (s, p) = get_resource(&a.base, RESOURCE, cookie, bearer);
+        assert_eq!(s, 500, "{p}");
+        assert!(p["detail"].as_str().unwrap().contains(why), "{p}");
+    };
+    // Another session's token (its claims are what Rego policies read).
+    let (cookie2, _) = attested(&a.base, &a.base, &TeeKeyPair::generate());
+    refused_after(
+        format!(
+            "UPDATE sessions SET token = (SELECT token FROM sessions WHERE id = '{}') WHERE id = '{}'",
+            id(&cookie),
+            id(&cookie2)
         ),
-        1
-    );
-    let (s, p) = get_resource(&a.base, RESOURCE, Some(&cookie2), None);
-    assert_eq!(s, 500, "{p}");
-    assert!(
-        p["detail"].as_str().unwrap().contains("another session"),
-        "{p}"
+        Some(&cookie2),
+        None,
+        "another session",
     );
     // A bearer token of the attacker's choosing pointed at the session.
-    assert_eq!(
-        tamper(
-            &schema,
-            &format!(
-                "UPDATE sessions SET token_sha256 = encode(sha256('forged'::bytea), 'hex') WHERE id = '{}'",
-                id(&cookie)
-            )
+    refused_after(
+        format!(
+            "UPDATE sessions SET token_sha256 = encode(sha256('forged'::bytea), 'hex') WHERE id = '{}'",
+            id(&cookie)
         ),
-        1
-    );
-    let (s, p) = get_resource(&a.base, RESOURCE, None, Some("forged"));
-    assert_eq!(s, 500, "{p}");
-    assert!(
-        p["detail"]
-            .as_str()
-            .unwrap()
-            .contains("not the bearer token"),
-        "{p}"
+        None,
+        Some("forged"),
+        "not the bearer token",
     );
     // The session's TEE key swapped for an attacker's: the evidence no
     // longer binds it, and nothing is released to it.
-    let attacker = TeeKeyPair::generate();
-    let swapped = serde_json::to_string(&attacker.public_jwk()).unwrap();
-    assert_eq!(
-        tamper(
-            &schema,
-            &format!(
-                "UPDATE sessions SET tee_pubkey = '{swapped}' WHERE id = '{}'",
-                id(&cookie)
-            )
+    let swapped = serde_json::to_string(&TeeKeyPair::generate().public_jwk()).unwrap();
+    refused_after(
+        format!(
+            "UPDATE sessions SET tee_pubkey = '{swapped}' WHERE id = '{}'",
+            id(&cookie)
         ),
-        1
-    );
-    let (s, p) = get_resource(&a.base, RESOURCE, Some(&cookie), None);
-    assert_eq!(s, 500, "{p}");
-    assert!(
-        p["detail"].as_str().unwrap().contains("does not bind"),
-        "{p}"
+        Some(&cookie),
+        None,
+        "does not bind",
     );
     a.kill();
 
