@@ -1,15 +1,18 @@
 //! A weight matrix of the forward pass and the products of rows by it: our
-//! own kernels ([`super::kernels`]) for Q4_1, Q8_0 and Q5_0, candle's
-//! quantized matmul for every other type.
+//! own kernels ([`super::kernels`]) for Q4_1, Q8_0, Q5_0, Q4_K and Q6_K,
+//! candle's quantized matmul for every other type.
 
 use super::kernels::q4_1::Q4_1Matrix;
+use super::kernels::q4_k::Q4KMatrix;
+use super::kernels::q6_k::Q6KMatrix;
 use super::kernels::q8_0::Q8_0Matrix;
-use super::kernels::{Isa, Product, Q8_1Activations, matmul_many};
+use super::kernels::q8_k::Q8KGroup;
+use super::kernels::{Activations, Group, Isa, Product, matmul_many};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-/// A weight matrix (`n` outputs of `k` inputs): ours when it is Q4_1, Q8_0
-/// or Q5_0 (widened to Q8_0's bytes), candle's otherwise.
+/// A weight matrix (`n` outputs of `k` inputs): ours when it is Q4_1, Q8_0,
+/// Q5_0 (widened to Q8_0's bytes), Q4_K or Q6_K, candle's otherwise.
 pub(crate) struct Linear {
     /// Outputs.
     pub(crate) n: usize,
@@ -19,7 +22,10 @@ pub(crate) struct Linear {
 }
 
 enum Kernel {
+    /// Against activations quantized to Q8_1.
     Ours(Box<dyn Product>),
+    /// Against activations quantized to Q8_K (the k-quants).
+    OursK(Box<dyn Product<Q8KGroup>>),
     Candle(QMatMul),
 }
 
@@ -41,6 +47,17 @@ impl Linear {
             }
             GgmlDType::Q5_0 => {
                 Box::new(Q8_0Matrix::from_q5_0_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?)
+            }
+            GgmlDType::Q4K | GgmlDType::Q6K => {
+                let data = t.data()?;
+                let m: Box<dyn Product<Q8KGroup>> = match t.dtype() {
+                    GgmlDType::Q4K => {
+                        Box::new(Q4KMatrix::from_blocks(n, k, &data).map_err(|e| msg(&e))?)
+                    }
+                    _ => Box::new(Q6KMatrix::from_blocks(n, k, &data).map_err(|e| msg(&e))?),
+                };
+                let kernel = Kernel::OursK(m);
+                return Ok(Linear { n, k, kernel });
             }
             _ => {
                 let kernel = Kernel::Candle(QMatMul::from_qtensor(t)?);
@@ -71,23 +88,17 @@ pub(crate) fn forward_all<const N: usize>(
     }
     let rows = x.len() / k;
     let mut out: [Vec<f32>; N] = std::array::from_fn(|_| Vec::new());
-    // Ours in one call of the kernels (one quantization of `x`, one
-    // parallel region); candle's one by one, from one copy of `x`.
-    let ours: Vec<(usize, &dyn Product)> = weights
-        .iter()
-        .enumerate()
-        .filter_map(|(i, w)| match &w.kernel {
-            Kernel::Ours(m) => Some((i, m.as_ref())),
-            Kernel::Candle(_) => None,
-        })
-        .collect();
-    if !ours.is_empty() {
-        let acts = Q8_1Activations::quantize(x, k);
-        let matrices: Vec<&dyn Product> = ours.iter().map(|(_, m)| *m).collect();
-        for ((i, _), y) in ours.iter().zip(matmul_many(Isa::best(), &matrices, &acts)) {
-            out[*i] = y;
-        }
-    }
+    // Ours in one call of the kernels per kind of activations (one
+    // quantization of `x`, one parallel region); candle's one by one, from
+    // one copy of `x`.
+    ours_into(&mut out, &weights, x, k, |w| match &w.kernel {
+        Kernel::Ours(m) => Some(m.as_ref()),
+        _ => None,
+    });
+    ours_into(&mut out, &weights, x, k, |w| match &w.kernel {
+        Kernel::OursK(m) => Some(m.as_ref()),
+        _ => None,
+    });
     let mut tensor = None;
     for (w, y) in weights.iter().zip(out.iter_mut()) {
         if let Kernel::Candle(q) = &w.kernel {
@@ -103,6 +114,30 @@ pub(crate) fn forward_all<const N: usize>(
         }
     }
     Ok(out)
+}
+
+/// The products of `x` with those of `weights` that `kind` takes (ours, of
+/// one kind of activations), into their places in `out`.
+fn ours_into<'w, G: Group + 'w, const N: usize>(
+    out: &mut [Vec<f32>; N],
+    weights: &[&'w Linear; N],
+    x: &[f32],
+    k: usize,
+    kind: impl Fn(&'w Linear) -> Option<&'w dyn Product<G>>,
+) {
+    let ours: Vec<(usize, &dyn Product<G>)> = weights
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| kind(w).map(|m| (i, m)))
+        .collect();
+    if ours.is_empty() {
+        return;
+    }
+    let acts = Activations::<G>::quantize(x, k);
+    let matrices: Vec<&dyn Product<G>> = ours.iter().map(|(_, m)| *m).collect();
+    for ((i, _), y) in ours.iter().zip(matmul_many(Isa::best(), &matrices, &acts)) {
+        out[*i] = y;
+    }
 }
 
 /// Each row of `x` (rows of `widths.iter().sum()`) cut into parts of

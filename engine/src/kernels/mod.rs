@@ -15,8 +15,14 @@
 //!   thread pool, so that the engine's threads never compete with a second
 //!   pool.
 
+pub mod k_quants;
+#[cfg(test)]
+mod k_quants_tests;
 pub mod q4_1;
+pub mod q4_k;
+pub mod q6_k;
 pub mod q8_0;
+pub mod q8_k;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
@@ -85,9 +91,22 @@ impl Isa {
     }
 }
 
+/// Up to eight rows of activations quantized in the layout one family of
+/// kernels reads ([`Q8_1Group`] for Q4_1 and Q8_0, [`q8_k::Q8KGroup`] for
+/// the k-quants).
+pub trait Group: std::fmt::Debug + Send + Sync + Sized {
+    /// An empty group for rows of `k` values.
+    fn zeros(k: usize) -> Self;
+    /// Row `r`'s values quantized into the group (its whole blocks; a
+    /// trailing partial block is ignored).
+    fn put(&mut self, r: usize, row: &[f32]);
+    /// Called once, after every row was put.
+    fn finish(&mut self);
+}
+
 /// A weight matrix the kernels multiply: `n` rows (outputs, "features")
-/// of `k` values.
-pub trait Product: std::fmt::Debug + Send + Sync {
+/// of `k` values, against activations quantized as groups of type `G`.
+pub trait Product<G: Group = Q8_1Group>: std::fmt::Debug + Send + Sync {
     /// Output size.
     fn rows(&self) -> usize;
     /// Input size.
@@ -97,12 +116,12 @@ pub trait Product: std::fmt::Debug + Send + Sync {
     /// `g` (of `cols()` values) with the kernel `isa`: one the CPU runs
     /// ([`Isa::available`]); every kernel gives the same bits. Lanes past
     /// `live` are unspecified.
-    fn feature(&self, isa: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP];
+    fn feature(&self, isa: Isa, f: usize, g: &G, live: usize) -> [f32; GROUP];
 
     /// [`Self::feature`] against two groups (the second with at least
     /// [`FEW`] live rows) at once: a kernel that unpacks each weight block
     /// once for both overrides it. Same bits as two calls.
-    fn feature_pair(&self, isa: Isa, f: usize, a: &Q8_1Group, b: &Q8_1Group) -> [[f32; GROUP]; 2] {
+    fn feature_pair(&self, isa: Isa, f: usize, a: &G, b: &G) -> [[f32; GROUP]; 2] {
         [
             self.feature(isa, f, a, GROUP),
             self.feature(isa, f, b, GROUP),
@@ -120,7 +139,7 @@ pub trait Product: std::fmt::Debug + Send + Sync {
     /// features go by, and the weights come from memory once. (Provided
     /// here, so that each matrix type gets its own copy, [`Self::feature`]
     /// inlined, behind one dynamic call per slab.)
-    fn slab(&self, isa: Isa, first: usize, x: &Q8_1Activations, dst: &mut [&mut [f32]]) {
+    fn slab(&self, isa: Isa, first: usize, x: &Activations<G>, dst: &mut [&mut [f32]]) {
         // Value `r` of `values` into row `r`'s slot `local`.
         fn put<'v>(rows: &mut [&mut [f32]], local: usize, values: impl Iterator<Item = &'v f32>) {
             for (row, v) in rows.iter_mut().zip(values) {
@@ -168,7 +187,7 @@ pub trait Product: std::fmt::Debug + Send + Sync {
 
     /// `x` (already quantized) times this matrix transposed, `rows × n`
     /// row-major (see [`matmul_many`]).
-    fn matmul_quantized(&self, isa: Isa, x: &Q8_1Activations) -> Vec<f32>
+    fn matmul_quantized(&self, isa: Isa, x: &Activations<G>) -> Vec<f32>
     where
         Self: Sized,
     {
@@ -181,7 +200,7 @@ pub trait Product: std::fmt::Debug + Send + Sync {
     where
         Self: Sized,
     {
-        self.matmul_quantized(isa, &Q8_1Activations::quantize(x, self.cols()))
+        self.matmul_quantized(isa, &Activations::quantize(x, self.cols()))
     }
 
     /// [`Self::matmul_with`] the best kernel this CPU runs.
@@ -209,31 +228,25 @@ pub(crate) fn by_rows(
     }
 }
 
-/// Rows of activations quantized to Q8_1 (whose bytes and scales are also
-/// Q8_0's) for the kernels, in groups of eight.
+/// Rows of activations quantized for the kernels, in groups of eight.
 #[derive(Debug, Clone)]
-pub struct Q8_1Activations {
+pub struct Activations<G> {
     pub(crate) k: usize,
     pub(crate) rows: usize,
-    pub(crate) groups: Vec<Q8_1Group>,
+    pub(crate) groups: Vec<G>,
 }
 
-impl Q8_1Activations {
+/// Rows quantized to Q8_1 (whose bytes and scales are also Q8_0's).
+pub type Q8_1Activations = Activations<Q8_1Group>;
+
+impl<G: Group> Activations<G> {
     /// `x`: rows of `k` values (a trailing partial row is ignored), each
-    /// block quantized as ggml's `quantize_row_q8_1` does straight into its
-    /// group's slots; groups in parallel on candle's pool.
+    /// quantized straight into its group's slots; groups in parallel on
+    /// candle's pool.
     pub fn quantize(x: &[f32], k: usize) -> Self {
         let rows = x.len().checked_div(k).unwrap_or(0);
-        let blocks = k / BLOCK;
-        let groups: Vec<Mutex<Q8_1Group>> = (0..rows.div_ceil(GROUP))
-            .map(|_| {
-                Mutex::new(Q8_1Group {
-                    qs: vec![[[0; BLOCK]; GROUP]; blocks],
-                    lanes: Vec::new(),
-                    d: vec![[0.0; GROUP]; blocks],
-                    s: vec![[0.0; GROUP]; blocks],
-                })
-            })
+        let groups: Vec<Mutex<G>> = (0..rows.div_ceil(GROUP))
+            .map(|_| Mutex::new(G::zeros(k)))
             .collect();
         let fill = |i: usize| {
             let Some(Ok(mut g)) = groups.get(i).map(Mutex::lock) else {
@@ -241,12 +254,9 @@ impl Q8_1Activations {
             };
             let end = rows.min((i + 1) * GROUP) * k;
             for (r, row) in x[i * GROUP * k..end].chunks_exact(k).enumerate() {
-                for (b, xs) in row.chunks_exact(BLOCK).enumerate() {
-                    let (q, d, s) = quantize_block(xs);
-                    (g.qs[b][r], g.d[b][r], g.s[b][r]) = (q, d, s);
-                }
+                g.put(r, row);
             }
-            g.interleave();
+            g.finish();
         };
         match groups.len() {
             0 | 1 => (0..groups.len()).for_each(fill),
@@ -258,7 +268,7 @@ impl Q8_1Activations {
             .into_iter()
             .filter_map(|g| g.into_inner().ok())
             .collect();
-        Q8_1Activations { k, rows, groups }
+        Activations { k, rows, groups }
     }
 }
 
@@ -300,14 +310,40 @@ pub struct Q8_1Group {
 impl Q8_1Group {
     /// Fills [`Self::lanes`] from [`Self::qs`].
     pub(crate) fn interleave(&mut self) {
-        self.lanes = self
-            .qs
-            .iter()
-            .map(|rows| {
-                std::array::from_fn(|j| std::array::from_fn(|i| rows[i / 4][4 * j + i % 4]))
-            })
-            .collect();
+        self.lanes = interleave(&self.qs);
     }
+}
+
+impl Group for Q8_1Group {
+    fn zeros(k: usize) -> Self {
+        let blocks = k / BLOCK;
+        Q8_1Group {
+            qs: vec![[[0; BLOCK]; GROUP]; blocks],
+            lanes: Vec::new(),
+            d: vec![[0.0; GROUP]; blocks],
+            s: vec![[0.0; GROUP]; blocks],
+        }
+    }
+
+    fn put(&mut self, r: usize, row: &[f32]) {
+        for (b, xs) in row.chunks_exact(BLOCK).enumerate() {
+            let (q, d, s) = quantize_block(xs);
+            (self.qs[b][r], self.d[b][r], self.s[b][r]) = (q, d, s);
+        }
+    }
+
+    fn finish(&mut self) {
+        self.interleave();
+    }
+}
+
+/// Blocks of eight rows' bytes (`qs[b][r]`) four by four across the rows:
+/// block `b`, chunk `j` holds bytes `4j..4j + 4` of rows 0, 1, … 7 (the
+/// layout of [`Q8_1Group::lanes`]).
+pub(crate) fn interleave(qs: &[[[i8; BLOCK]; GROUP]]) -> Vec<[[i8; BLOCK]; GROUP]> {
+    qs.iter()
+        .map(|rows| std::array::from_fn(|j| std::array::from_fn(|i| rows[i / 4][4 * j + i % 4])))
+        .collect()
 }
 
 /// The size of candle's pool, asked once: candle works it out afresh on
@@ -318,12 +354,18 @@ fn pool_threads() -> usize {
 }
 
 /// Blocks in `n` rows of `k` values stored in `len` bytes of blocks of
-/// `bytes` each; why not, when the sizes do not fit.
-pub(crate) fn blocks_in(n: usize, k: usize, len: usize, bytes: usize) -> Result<usize, String> {
-    if k == 0 || !k.is_multiple_of(BLOCK) {
-        return Err(format!("row length {k} is not a multiple of {BLOCK}"));
+/// `per` values in `bytes` each; why not, when the sizes do not fit.
+pub(crate) fn blocks_in(
+    n: usize,
+    k: usize,
+    len: usize,
+    per: usize,
+    bytes: usize,
+) -> Result<usize, String> {
+    if k == 0 || !k.is_multiple_of(per) {
+        return Err(format!("row length {k} is not a multiple of {per}"));
     }
-    let blocks = n.checked_mul(k / BLOCK).ok_or("size overflows")?;
+    let blocks = n.checked_mul(k / per).ok_or("size overflows")?;
     if blocks.checked_mul(bytes) != Some(len) {
         return Err(format!(
             "{len} bytes for {n} × {k} (expected {})",
@@ -356,9 +398,13 @@ struct Slab<'a> {
 /// row-major, all in one call on candle's pool: features are cut into
 /// slabs that threads take until none is left, each written straight into
 /// its place. A matrix of another input size than `x` gets an empty result.
-pub fn matmul_many(isa: Isa, matrices: &[&dyn Product], x: &Q8_1Activations) -> Vec<Vec<f32>> {
+pub fn matmul_many<G: Group>(
+    isa: Isa,
+    matrices: &[&dyn Product<G>],
+    x: &Activations<G>,
+) -> Vec<Vec<f32>> {
     let rows = x.rows;
-    let fits = |m: &dyn Product| m.cols() == x.k;
+    let fits = |m: &dyn Product<G>| m.cols() == x.k;
     let mut outs: Vec<Vec<f32>> = matrices
         .iter()
         .map(|m| match fits(*m) {

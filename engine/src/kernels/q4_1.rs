@@ -43,7 +43,7 @@ pub struct Q4_1Matrix {
 impl Q4_1Matrix {
     /// From GGUF's raw blocks, row-major, `n` rows of `k` values.
     pub fn from_blocks(n: usize, k: usize, raw: &[u8]) -> Result<Self, Q4_1Error> {
-        let blocks = blocks_in(n, k, raw.len(), Q4_1_BYTES).map_err(Q4_1Error)?;
+        let blocks = blocks_in(n, k, raw.len(), BLOCK, Q4_1_BYTES).map_err(Q4_1Error)?;
         let mut all = Vec::with_capacity(blocks);
         for b in raw.chunks_exact(Q4_1_BYTES) {
             let mut qs = [0u8; 16];

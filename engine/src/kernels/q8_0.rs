@@ -66,7 +66,7 @@ impl Q8_0Matrix {
         values: impl Fn(&[u8]) -> [i8; BLOCK],
     ) -> Result<Self, Q8_0Error> {
         let fail = |why: String| Q8_0Error(kind, why);
-        let blocks = blocks_in(n, k, raw.len(), bytes).map_err(fail)?;
+        let blocks = blocks_in(n, k, raw.len(), BLOCK, bytes).map_err(fail)?;
         let (mut d, mut qs) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
         for b in raw.chunks_exact(bytes) {
             d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());

@@ -27,6 +27,22 @@ pub(super) fn load32(b: &[i8; BLOCK]) -> __m256i {
 #[target_feature(enable = "avx2")]
 #[inline]
 #[allow(unsafe_code)]
+pub(super) fn load32u(b: &[u8; 32]) -> __m256i {
+    // SAFETY: reads exactly the 32 bytes of `b` (unaligned load).
+    unsafe { _mm256_loadu_si256(b.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(unsafe_code)]
+pub(super) fn load8i(v: &[i32; GROUP]) -> __m256i {
+    // SAFETY: reads exactly the eight integers of `v` (unaligned load).
+    unsafe { _mm256_loadu_si256(v.as_ptr().cast()) }
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(unsafe_code)]
 pub(super) fn load8(f: &[f32; GROUP]) -> __m256 {
     // SAFETY: reads exactly the eight floats of `f`.
     unsafe { _mm256_loadu_ps(f.as_ptr()) }
@@ -58,6 +74,23 @@ pub(super) fn reduce8(q: [__m256i; GROUP]) -> __m256i {
     _mm256_add_epi32(lo, hi)
 }
 
+/// The sum of a vector's eight i32 lanes (exact: integers).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn hsum(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    _mm_cvtsi128_si32(s)
+}
+
+/// The low and high 128 bits of a register.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn halves(v: __m256i) -> (__m128i, __m128i) {
+    (_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1))
+}
+
 /// One block of weights against a group's eight rows of one activation
 /// block in the interleaved layout ([`super::Q8_1Group::lanes`]): lane `r`
 /// of the result is row `r`'s integer product with the block. `lo` and
@@ -74,6 +107,22 @@ pub(super) fn lane_sums(
     chunks: &[[i8; BLOCK]; GROUP],
     step: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
 ) -> __m256i {
+    let (first, second) = lane_sums_halves(lo, hi, chunks, step);
+    _mm256_add_epi32(first, second)
+}
+
+/// [`lane_sums`] with the block's two halves apart: lane `r` of the first
+/// result is row `r`'s product with weights 0..16 (`lo`), of the second
+/// with weights 16..32 (`hi`), for kernels that scale every 16 values on
+/// their own (Q6_K), and [`lane_sums`] adds them.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn lane_sums_halves(
+    lo: __m128i,
+    hi: __m128i,
+    chunks: &[[i8; BLOCK]; GROUP],
+    step: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+) -> (__m256i, __m256i) {
     let (lo, hi) = (
         _mm256_broadcastsi128_si256(lo),
         _mm256_broadcastsi128_si256(hi),
@@ -83,11 +132,11 @@ pub(super) fn lane_sums(
     let z = _mm256_setzero_si256();
     let a = step(z, _mm256_shuffle_epi32(lo, 0x00), load32(&chunks[0]));
     let b = step(z, _mm256_shuffle_epi32(lo, 0x55), load32(&chunks[1]));
-    let c = step(z, _mm256_shuffle_epi32(lo, 0xAA), load32(&chunks[2]));
-    let d = step(z, _mm256_shuffle_epi32(lo, 0xFF), load32(&chunks[3]));
-    let a = step(a, _mm256_shuffle_epi32(hi, 0x00), load32(&chunks[4]));
-    let b = step(b, _mm256_shuffle_epi32(hi, 0x55), load32(&chunks[5]));
+    let c = step(z, _mm256_shuffle_epi32(hi, 0x00), load32(&chunks[4]));
+    let d = step(z, _mm256_shuffle_epi32(hi, 0x55), load32(&chunks[5]));
+    let a = step(a, _mm256_shuffle_epi32(lo, 0xAA), load32(&chunks[2]));
+    let b = step(b, _mm256_shuffle_epi32(lo, 0xFF), load32(&chunks[3]));
     let c = step(c, _mm256_shuffle_epi32(hi, 0xAA), load32(&chunks[6]));
     let d = step(d, _mm256_shuffle_epi32(hi, 0xFF), load32(&chunks[7]));
-    _mm256_add_epi32(_mm256_add_epi32(a, b), _mm256_add_epi32(c, d))
+    (_mm256_add_epi32(a, b), _mm256_add_epi32(c, d))
 }
