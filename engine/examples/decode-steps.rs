@@ -1,6 +1,7 @@
 //! Batched decode steps on the demo model, for profiling (`perf record`)
 //! and a quick look at how a pass scales with its rows:
-//! `cargo run --release -p ciel-engine --example decode-steps -- [BATCH] [STEPS]`.
+//! `cargo run --release -p ciel-engine --example decode-steps -- [BATCH] [STEPS] [GGUF]`
+//! (GGUF: another model than the demo's).
 //! Each of BATCH sequences has a 40-token prompt; then STEPS passes of one
 //! token per sequence are timed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -13,7 +14,9 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let batch: usize = args.next().map_or(8, |a| a.parse().expect("BATCH"));
     let steps: usize = args.next().map_or(64, |a| a.parse().expect("STEPS"));
-    let path = ciel_engine::demo_model_path();
+    let path = args
+        .next()
+        .map_or_else(ciel_engine::demo_model_path, std::path::PathBuf::from);
     let bytes = std::fs::read(&path).expect("the demo model (scripts/fetch-model.sh)");
     let mut model = Model::load(&mut std::io::Cursor::new(&bytes)).unwrap();
     let prompt_len = 40;
@@ -27,7 +30,7 @@ fn main() {
     let prompts: Vec<Vec<u32>> = (0..batch)
         .map(|s| {
             (0..prompt_len)
-                .map(|i| (100 + s * 7 + i * 13) as u32 % 49000)
+                .map(|i| (100 + s * 7 + i * 13) as u32 % 49000) // in every vocabulary
                 .collect()
         })
         .collect();
