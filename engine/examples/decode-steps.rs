@@ -1,7 +1,9 @@
 //! Batched decode steps on the demo model, for profiling (`perf record`)
 //! and a quick look at how a pass scales with its rows:
 //! `cargo run --release -p ciel-engine --example decode-steps -- [BATCH] [STEPS] [GGUF]`
-//! (GGUF: another model than the demo's).
+//! (GGUF: another model than the demo's). STEPS 0 times prompt passes
+//! instead: the BATCH prompts' pass again and again (`PROMPT_TOKENS`,
+//! default 40, tokens each).
 //! Each of BATCH sequences has a 40-token prompt; then STEPS passes of one
 //! token per sequence are timed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -19,7 +21,8 @@ fn main() {
         .map_or_else(ciel_engine::demo_model_path, std::path::PathBuf::from);
     let bytes = std::fs::read(&path).expect("the demo model (scripts/fetch-model.sh)");
     let mut model = Model::load(&mut std::io::Cursor::new(&bytes)).unwrap();
-    let prompt_len = 40;
+    let prompt_len: usize =
+        std::env::var("PROMPT_TOKENS").map_or(40, |v| v.parse().expect("PROMPT_TOKENS"));
     let per_seq = (prompt_len + steps + 1).div_ceil(BLOCK_TOKENS);
     model
         .bound_kv_memory((batch * per_seq * model.kv_block_bytes()) as u64)
@@ -42,6 +45,20 @@ fn main() {
             logits: true,
         })
         .collect();
+    if steps == 0 {
+        let t = std::time::Instant::now();
+        let passes = 30;
+        for _ in 0..passes {
+            model.step(&feeds).unwrap();
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!(
+            "{passes} prompt passes of {batch} × {prompt_len} tokens: {:.1} ms a pass, {:.1} tok/s",
+            secs * 1000.0 / passes as f64,
+            (passes * batch * prompt_len) as f64 / secs
+        );
+        return;
+    }
     let t = std::time::Instant::now();
     let mut logits = model.step(&feeds).unwrap();
     eprintln!(

@@ -348,7 +348,7 @@ pub(crate) fn interleave(qs: &[[[i8; BLOCK]; GROUP]]) -> Vec<[[i8; BLOCK]; GROUP
 
 /// The size of candle's pool, asked once: candle works it out afresh on
 /// every call (reading `/proc/cpuinfo`, ~10 % of a generation step).
-fn pool_threads() -> usize {
+pub(crate) fn pool_threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
 }
