@@ -3,7 +3,9 @@
 //! process on the simulated platform (`ciel demo --serve`) — same model,
 //! prompt, greedy decoding, machine and threads, runs interleaved; at 1
 //! client and at 8 concurrent clients. The answers must be identical. With
-//! `llama-cpp-python` installed, llama.cpp on the same GGUF too.
+//! `llama-cpp-python` installed, llama.cpp on the same GGUF too, its runs
+//! interleaved with ours (this machine's speed drifts by a fifth within
+//! minutes), the median of each side's runs compared.
 
 use super::Report;
 use anyhow::{Context, Result};
@@ -13,7 +15,8 @@ use ciel_engine::gguf::read_metadata;
 use ciel_engine::model::Model;
 use ciel_engine::sampling::SamplingParams;
 use ciel_engine::tokenizer::Tokenizer;
-use std::process::Command;
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PROMPT: &str = "Write a long story about a dragon who learns to bake bread.";
@@ -112,7 +115,12 @@ pub fn run(r: &mut Report) -> Result<()> {
         a == b,
         "the full path answered differently from the bare engine"
     );
-    let (mut bare_runs, mut full_runs) = (Vec::new(), Vec::new());
+    // llama.cpp started and warmed beside ours, its runs between ours.
+    let mut llama = LlamaCpp::start(&path, &req.prompt, new_tokens).and_then(|mut l| {
+        l.run()?;
+        Ok(l)
+    });
+    let (mut bare_runs, mut full_runs, mut llama_runs) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         bare_runs.push(bare(&mut a)?);
         full_runs.push(full(&mut b)?);
@@ -120,6 +128,15 @@ pub fn run(r: &mut Report) -> Result<()> {
             a == b,
             "the full path answered differently from the bare engine"
         );
+        if let Ok(l) = &mut llama {
+            match l.run() {
+                Ok(figures) => llama_runs.push(figures),
+                Err(why) => llama = Err(why),
+            }
+            // ggml's threads poll for work a while after a run: ours
+            // start when they have gone quiet.
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
     let tokens = generated.get();
     let stats = |v: &[Run]| {
@@ -242,7 +259,13 @@ pub fn run(r: &mut Report) -> Result<()> {
         generation_tps: bd,
         overall_tps: bo,
     };
-    llama_cpp(r, &path, &req.prompt, new_tokens, &ours);
+    match llama {
+        Ok(l) => compare_llama_cpp(r, &l.version, &llama_runs, &ours),
+        Err(why) if !r.is_json() => println!(
+            "inference   llama.cpp comparison skipped: llama-cpp-python did not run ({why}); scripts/llamacpp-env.sh installs it, then set CIEL_LLAMA_CPP_PYTHON"
+        ),
+        Err(_) => {}
+    }
     Ok(())
 }
 
@@ -261,12 +284,17 @@ fn llama_cpp_python() -> std::ffi::OsString {
 
 /// llama.cpp (through `llama-cpp-python`) on the same GGUF, the same prompt
 /// token ids, the same number of new tokens, greedy, the same threads, with
-/// an f32 K/V cache as ours, when it is installed: its prompt and
-/// generation tokens/s by its own clock (`llama_perf_context`), and ours
-/// against them.
-fn llama_cpp(r: &mut Report, model: &std::path::Path, prompt: &[u32], n: usize, ours: &Ours) {
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    let script = r#"
+/// an f32 K/V cache as ours, in a child process that loads the model once
+/// and answers one run per line on its stdin: prompt and generation tokens/s
+/// by llama.cpp's own clock (`llama_perf_context`), and tokens/s overall.
+struct LlamaCpp {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+    version: String,
+}
+
+const LLAMA_CPP_RUNNER: &str = r#"
 import json, sys, time
 import llama_cpp
 from llama_cpp import Llama
@@ -275,61 +303,96 @@ n = int(sys.argv[4])
 m = Llama(model_path=sys.argv[1], n_threads=int(sys.argv[3]), n_threads_batch=int(sys.argv[3]),
           n_ctx=max(2048, len(ids) + n + 8), n_batch=max(512, len(ids)),
           type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32, verbose=False)
-best = None
-for _ in range(int(sys.argv[5])):
+print(json.dumps({"version": llama_cpp.__version__}), flush=True)
+for _ in sys.stdin:
     m.reset()
     llama_cpp.llama_perf_context_reset(m.ctx)
     t = time.time()
     out = m.create_completion(ids, max_tokens=n, temperature=0.0, top_k=1)
     total = time.time() - t
     p = llama_cpp.llama_perf_context(m.ctx)
-    run = (p.n_p_eval / (p.t_p_eval_ms / 1e3), p.n_eval / (p.t_eval_ms / 1e3),
-           out["usage"]["completion_tokens"] / total)
-    best = run if best is None or run[2] > best[2] else best
-print(json.dumps({"prompt": best[0], "generation": best[1], "overall": best[2],
-                  "version": llama_cpp.__version__}))
+    print(json.dumps([p.n_p_eval / (p.t_p_eval_ms / 1e3), p.n_eval / (p.t_eval_ms / 1e3),
+                      out["usage"]["completion_tokens"] / total]), flush=True)
 "#;
-    let runs = if r.quick { 2 } else { 5 };
-    let ids = serde_json::to_string(prompt).unwrap_or_default();
-    let out = Command::new(llama_cpp_python())
-        .args(["-c", script])
-        .arg(model)
-        .arg(ids)
-        .arg(threads.to_string())
-        .arg(n.to_string())
-        .arg(runs.to_string())
-        .output();
-    let figures = match &out {
-        Ok(o) if o.status.success() => serde_json::from_slice::<serde_json::Value>(&o.stdout).ok(),
-        _ => None,
-    };
-    let Some(f) = figures else {
-        if !r.is_json() {
-            let why = match &out {
-                Ok(o) => String::from_utf8_lossy(&o.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or_default()
-                    .to_string(),
-                Err(e) => e.to_string(),
-            };
-            println!(
-                "inference   llama.cpp comparison skipped: llama-cpp-python did not run ({why}); scripts/llamacpp-env.sh installs it, then set CIEL_LLAMA_CPP_PYTHON"
-            );
+
+impl LlamaCpp {
+    /// Starts it; why not, when `llama-cpp-python` does not run.
+    fn start(model: &std::path::Path, prompt: &[u32], n: usize) -> Result<Self, String> {
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        let mut child = Command::new(llama_cpp_python())
+            .args(["-c", LLAMA_CPP_RUNNER])
+            .arg(model)
+            .arg(serde_json::to_string(prompt).unwrap_or_default())
+            .arg(threads.to_string())
+            .arg(n.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("no pipes to llama-cpp-python".into());
+        };
+        let mut l = LlamaCpp {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+            version: String::new(),
+        };
+        let hello: serde_json::Value = l.line()?;
+        l.version = hello["version"].as_str().unwrap_or("?").to_string();
+        Ok(l)
+    }
+
+    /// The next line of its output, as JSON; its last error line if it
+    /// ended instead.
+    fn line<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, String> {
+        match self.lines.next() {
+            Some(Ok(line)) => serde_json::from_str(&line).map_err(|e| format!("{e}: {line}")),
+            _ => {
+                let _ = self.child.kill();
+                let mut err = String::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                }
+                Err(err.lines().last().unwrap_or("it ended").to_string())
+            }
         }
-        return;
+    }
+
+    /// One run: prompt, generation and overall tokens/s.
+    fn run(&mut self) -> Result<[f64; 3], String> {
+        writeln!(self.stdin, "run").map_err(|e| e.to_string())?;
+        self.stdin.flush().map_err(|e| e.to_string())?;
+        self.line()
+    }
+}
+
+impl Drop for LlamaCpp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// llama.cpp's figures (the median of its runs, each between two of ours)
+/// and ours against them.
+fn compare_llama_cpp(r: &mut Report, version: &str, runs: &[[f64; 3]], ours: &Ours) {
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let median = |i: usize| {
+        let mut v: Vec<f64> = runs.iter().map(|run| run[i]).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
-    let figure = |k: &str| f[k].as_f64().unwrap_or(f64::NAN);
-    let version = f["version"].as_str().unwrap_or("?").to_string();
-    for (what, theirs, ours) in [
-        ("prompt tokens/s", figure("prompt"), ours.prompt_tps),
-        (
-            "generation tokens/s",
-            figure("generation"),
-            ours.generation_tps,
-        ),
-        ("tokens/s overall", figure("overall"), ours.overall_tps),
-    ] {
+    for (i, (what, ours)) in [
+        ("prompt tokens/s", ours.prompt_tps),
+        ("generation tokens/s", ours.generation_tps),
+        ("tokens/s overall", ours.overall_tps),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let theirs = median(i);
         r.add(
             "inference",
             format!("llama.cpp (llama-cpp-python {version}, {threads} threads): {what}"),
