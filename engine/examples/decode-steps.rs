@@ -4,7 +4,7 @@
 //! (GGUF: another model than the demo's). STEPS 0 times prompt passes
 //! instead: the BATCH prompts' pass again and again (`PROMPT_TOKENS`,
 //! default 40, tokens each).
-//! Each of BATCH sequences has a 40-token prompt; then STEPS passes of one
+//! Each of BATCH sequences has a prompt of PROMPT_TOKENS; then STEPS passes of one
 //! token per sequence are timed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

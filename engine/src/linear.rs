@@ -38,37 +38,25 @@ impl Linear {
                 t.shape().dims()
             )));
         };
-        let ours: Box<dyn Product> = match t.dtype() {
-            GgmlDType::Q4_1 => {
-                Box::new(Q4_1Matrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?)
-            }
-            GgmlDType::Q8_0 => {
-                Box::new(Q8_0Matrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?)
-            }
-            GgmlDType::Q5_0 => {
-                Box::new(Q8_0Matrix::from_q5_0_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?)
-            }
-            GgmlDType::Q4K | GgmlDType::Q6K => {
-                let data = t.data()?;
-                let m: Box<dyn Product<Q8KGroup>> = match t.dtype() {
-                    GgmlDType::Q4K => {
-                        Box::new(Q4KMatrix::from_blocks(n, k, &data).map_err(|e| msg(&e))?)
-                    }
-                    _ => Box::new(Q6KMatrix::from_blocks(n, k, &data).map_err(|e| msg(&e))?),
-                };
-                let kernel = Kernel::OursK(m);
-                return Ok(Linear { n, k, kernel });
-            }
-            _ => {
-                let kernel = Kernel::Candle(QMatMul::from_qtensor(t)?);
-                return Ok(Linear { n, k, kernel });
-            }
+        let kernel = match t.dtype() {
+            GgmlDType::Q4_1 => Kernel::Ours(Box::new(
+                Q4_1Matrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?,
+            )),
+            GgmlDType::Q8_0 => Kernel::Ours(Box::new(
+                Q8_0Matrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?,
+            )),
+            GgmlDType::Q5_0 => Kernel::Ours(Box::new(
+                Q8_0Matrix::from_q5_0_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?,
+            )),
+            GgmlDType::Q4K => Kernel::OursK(Box::new(
+                Q4KMatrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?,
+            )),
+            GgmlDType::Q6K => Kernel::OursK(Box::new(
+                Q6KMatrix::from_blocks(n, k, &t.data()?).map_err(|e| msg(&e))?,
+            )),
+            _ => Kernel::Candle(QMatMul::from_qtensor(t)?),
         };
-        Ok(Linear {
-            n,
-            k,
-            kernel: Kernel::Ours(ours),
-        })
+        Ok(Linear { n, k, kernel })
     }
 }
 

@@ -24,18 +24,23 @@ pub fn each_row(data: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + 
     if width == 0 {
         return;
     }
-    let rows = data.len() / width;
-    if rows < PARALLEL_ROWS {
-        for (r, row) in data.chunks_exact_mut(width).enumerate() {
-            f(r, row);
-        }
-        return;
+    let rows = data.chunks_exact_mut(width).enumerate();
+    if rows.len() < PARALLEL_ROWS {
+        rows.for_each(|(r, row)| f(r, row));
+    } else {
+        on_pool(rows.collect(), f);
     }
-    let slots: Vec<Mutex<&mut [f32]>> = data.chunks_exact_mut(width).map(Mutex::new).collect();
-    candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
-        for r in range {
-            if let Some(Ok(mut row)) = slots.get(r).map(Mutex::lock) {
-                f(r, &mut row);
+}
+
+/// `f(i, part)` for every `(i, part)` of `parts`, the parts taken by the
+/// pool's threads as they come free.
+fn on_pool(parts: Vec<(usize, &mut [f32])>, f: impl Fn(usize, &mut [f32]) + Sync) {
+    let slots: Vec<Mutex<(usize, &mut [f32])>> = parts.into_iter().map(Mutex::new).collect();
+    candle_core::utils::barrier_pool().execute_chunked(slots.len(), |range| {
+        for i in range {
+            if let Some(Ok(mut slot)) = slots.get(i).map(Mutex::lock) {
+                let (index, part) = &mut *slot;
+                f(*index, part);
             }
         }
     });
@@ -70,33 +75,27 @@ pub fn add_in_place(x: &mut [f32], y: &[f32]) {
 }
 
 /// `f(offset, part)` for parts of `x` that together are all of it (`offset`:
-/// where `part` starts), on the pool when `x` has at least `min` values:
-/// for element-wise work, whose results do not depend on the split.
+/// where `part` starts), one per pool thread when `x` has at least `min`
+/// values: for element-wise work, whose results do not depend on the split.
 fn each_part(x: &mut [f32], min: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     if x.len() < min {
         f(0, x);
         return;
     }
     let size = x.len().div_ceil(super::kernels::pool_threads());
-    let parts: Vec<Mutex<(usize, &mut [f32])>> = x
-        .chunks_mut(size)
-        .enumerate()
-        .map(|(i, part)| Mutex::new((i * size, part)))
-        .collect();
-    candle_core::utils::barrier_pool().execute_chunked(parts.len(), |range| {
-        for i in range {
-            if let Some(Ok(mut part)) = parts.get(i).map(Mutex::lock) {
-                let (offset, part) = &mut *part;
-                f(*offset, part);
-            }
-        }
-    });
+    on_pool(
+        x.chunks_mut(size)
+            .enumerate()
+            .map(|(i, part)| (i * size, part))
+            .collect(),
+        f,
+    );
 }
 
 /// The MLP's activation of `gate`, times `up`: `act(g) · u` element by
 /// element, into `gate` (on the pool from a few thousand values: GELU's
-/// `tanh` costs ~20 ns a value, a tenth of a Gemma prompt pass on one
-/// thread).
+/// `tanh` costs ~20 ns a value, and on one thread it was a quarter of a
+/// Gemma 3 prompt pass).
 pub fn gated(gate: &mut [f32], up: &[f32], act: Activation) {
     let (f, min): (fn(f32) -> f32, usize) = match act {
         Activation::Silu => (silu, 4096),

@@ -127,8 +127,12 @@ impl Sampler {
         } else {
             cand.len()
         };
+        let total = match kept == cand.len() {
+            true => sum,
+            false => cand[..kept].iter().map(|c| c.1).sum::<f64>(),
+        };
         let kept = &cand[..kept];
-        let mut r = self.rng.next_f64() * kept.iter().map(|c| c.1).sum::<f64>();
+        let mut r = self.rng.next_f64() * total;
         for (id, p) in kept {
             if r < *p {
                 return *id;

@@ -34,8 +34,25 @@ pub struct Q4KBlock {
 }
 
 impl Q4KBlock {
-    /// From the 144 bytes of GGUF's `block_q4_K`.
-    fn from_gguf(b: &[u8]) -> Self {
+    /// Weight `i` (< 32) of block `j` (its 4-bit value).
+    fn q(&self, j: usize, i: usize) -> u8 {
+        let byte = self.qs[j / 2][i];
+        if j.is_multiple_of(2) {
+            byte & 0x0F
+        } else {
+            byte >> 4
+        }
+    }
+}
+
+/// An `n × k` Q4_K matrix (one row per output).
+pub type Q4KMatrix = KMatrix<Q4KBlock>;
+
+impl SuperBlock for Q4KBlock {
+    const NAME: &'static str = "Q4_K";
+    const BYTES: usize = Q4K_BYTES;
+
+    fn read(b: &[u8]) -> Self {
         let s = &b[4..16];
         // 6-bit values: blocks 0..4 in the low six bits of bytes 0..4
         // (scales) and 4..8 (minimums); blocks 4..8 in the nibbles of bytes
@@ -60,30 +77,21 @@ impl Q4KBlock {
         }
     }
 
-    /// Weight `i` (< 32) of block `j` (its 4-bit value).
-    fn q(&self, j: usize, i: usize) -> u8 {
-        let byte = self.qs[j / 2][i];
-        if j.is_multiple_of(2) {
-            byte & 0x0F
-        } else {
-            byte >> 4
-        }
-    }
-}
-
-/// An `n × k` Q4_K matrix (one row per output).
-pub type Q4KMatrix = KMatrix<Q4KBlock>;
-
-impl SuperBlock for Q4KBlock {
-    const NAME: &'static str = "Q4_K";
-    const BYTES: usize = Q4K_BYTES;
-
-    fn read(raw: &[u8]) -> Self {
-        Self::from_gguf(raw)
-    }
-
+    /// The reference: one row, plain integer loops.
     fn dot_scalar(w: &[Self], g: &Q8KGroup, r: usize) -> f32 {
-        dot_scalar(w, g, r)
+        let mut sum = 0f32;
+        for (b, block) in w.iter().enumerate() {
+            let mut sumi = 0i32;
+            for j in 0..SUBS {
+                let a = &g.qs[SUBS * b + j][r];
+                let dot: i32 = (0..32)
+                    .map(|i| i32::from(block.q(j, i)) * i32::from(a[i]))
+                    .sum();
+                sumi += i32::from(block.scales[j]) * dot;
+            }
+            sum = accumulate(sum, block, g.d[b][r], sumi, mins_sum(block, g, b, r));
+        }
+        sum
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -113,27 +121,10 @@ fn accumulate(sum: f32, w: &Q4KBlock, da: f32, sumi: i32, summ: i32) -> f32 {
     sum + (w.d.to_f32() * da * sumi as f32 - w.dmin.to_f32() * da * summ as f32)
 }
 
-/// The reference: one row, plain integer loops.
-fn dot_scalar(w: &[Q4KBlock], g: &Q8KGroup, r: usize) -> f32 {
-    let mut sum = 0f32;
-    for (b, block) in w.iter().enumerate() {
-        let mut sumi = 0i32;
-        for j in 0..SUBS {
-            let a = &g.qs[SUBS * b + j][r];
-            let dot: i32 = (0..32)
-                .map(|i| i32::from(block.q(j, i)) * i32::from(a[i]))
-                .sum();
-            sumi += i32::from(block.scales[j]) * dot;
-        }
-        sum = accumulate(sum, block, g.d[b][r], sumi, mins_sum(block, g, b, r));
-    }
-    sum
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::x86::{halves, hsum, lane_sums, load8, load8i, load32, load32u, store};
-    use super::{GROUP, Isa, Q4KBlock, Q8KGroup, SUBS, accumulate, mins_sum};
+    use super::{GROUP, Isa, Q4KBlock, Q8KGroup, SUBS, SuperBlock, accumulate, mins_sum};
     use std::arch::x86_64::*;
 
     /// The vector kernels' entry: `isa` must be one [`Isa::available`]
@@ -151,7 +142,7 @@ mod x86 {
             // enable. They are safe Rust otherwise (slices, no pointers).
             Isa::Avx2 => unsafe { dot8_avx2(w, g) },
             Isa::Avx512Vnni => unsafe { dot8_vnni(w, g) },
-            Isa::Scalar => g.map(|g| std::array::from_fn(|r| super::dot_scalar(w, g, r))),
+            Isa::Scalar => g.map(|g| std::array::from_fn(|r| Q4KBlock::dot_scalar(w, g, r))),
         }
     }
 

@@ -32,15 +32,6 @@ pub struct Q6KBlock {
 }
 
 impl Q6KBlock {
-    fn from_gguf(b: &[u8]) -> Self {
-        Self {
-            ql: std::array::from_fn(|p| std::array::from_fn(|i| b[32 * p + i])),
-            qh: std::array::from_fn(|p| std::array::from_fn(|i| b[128 + 32 * p + i])),
-            scales: std::array::from_fn(|i| b[192 + i] as i8),
-            d: f16::from_le_bytes([b[208], b[209]]),
-        }
-    }
-
     /// The 6-bit value of weight `v` (< 256): in half `h`, value `32s + l`
     /// (s < 4) takes the low (s < 2) or high nibble of `ql` byte `l` (s
     /// even) or `l + 32` (s odd), and bits `2s..2s + 2` of `qh` byte `l`.
@@ -59,12 +50,32 @@ impl SuperBlock for Q6KBlock {
     const NAME: &'static str = "Q6_K";
     const BYTES: usize = Q6K_BYTES;
 
-    fn read(raw: &[u8]) -> Self {
-        Self::from_gguf(raw)
+    fn read(b: &[u8]) -> Self {
+        Self {
+            ql: std::array::from_fn(|p| std::array::from_fn(|i| b[32 * p + i])),
+            qh: std::array::from_fn(|p| std::array::from_fn(|i| b[128 + 32 * p + i])),
+            scales: std::array::from_fn(|i| b[192 + i] as i8),
+            d: f16::from_le_bytes([b[208], b[209]]),
+        }
     }
 
+    /// The reference: one row, plain integer loops over signed values.
     fn dot_scalar(w: &[Self], g: &Q8KGroup, r: usize) -> f32 {
-        dot_scalar(w, g, r)
+        let mut sum = 0f32;
+        for (b, block) in w.iter().enumerate() {
+            let mut sumi = 0i32;
+            for h in 0..SIXTEENS {
+                let dot: i32 = (16 * h..16 * h + 16)
+                    .map(|v| {
+                        let a = g.qs[SUBS * b + v / 32][r][v % 32];
+                        (i32::from(block.q(v)) - 32) * i32::from(a)
+                    })
+                    .sum();
+                sumi += i32::from(block.scales[h]) * dot;
+            }
+            sum = accumulate(sum, block, g.d[b][r], sumi);
+        }
+        sum
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -94,31 +105,12 @@ fn accumulate(sum: f32, w: &Q6KBlock, da: f32, sumi: i32) -> f32 {
     sum + w.d.to_f32() * da * sumi as f32
 }
 
-/// The reference: one row, plain integer loops over signed values.
-fn dot_scalar(w: &[Q6KBlock], g: &Q8KGroup, r: usize) -> f32 {
-    let mut sum = 0f32;
-    for (b, block) in w.iter().enumerate() {
-        let mut sumi = 0i32;
-        for h in 0..SIXTEENS {
-            let dot: i32 = (16 * h..16 * h + 16)
-                .map(|v| {
-                    let a = g.qs[SUBS * b + v / 32][r][v % 32];
-                    (i32::from(block.q(v)) - 32) * i32::from(a)
-                })
-                .sum();
-            sumi += i32::from(block.scales[h]) * dot;
-        }
-        sum = accumulate(sum, block, g.d[b][r], sumi);
-    }
-    sum
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::x86::{
         halves, hsum, lane_sums_halves, load8, load8i, load32, load32u, store,
     };
-    use super::{GROUP, Isa, Q6KBlock, Q8KGroup, SIXTEENS, SUBS, accumulate, offset};
+    use super::{GROUP, Isa, Q6KBlock, Q8KGroup, SIXTEENS, SUBS, SuperBlock, accumulate, offset};
     use std::arch::x86_64::*;
 
     /// The vector kernels' entry: `isa` must be one [`Isa::available`]
@@ -136,7 +128,7 @@ mod x86 {
             // enable. They are safe Rust otherwise (slices, no pointers).
             Isa::Avx2 => unsafe { dot8_avx2(w, g) },
             Isa::Avx512Vnni => unsafe { dot8_vnni(w, g) },
-            Isa::Scalar => g.map(|g| std::array::from_fn(|r| super::dot_scalar(w, g, r))),
+            Isa::Scalar => g.map(|g| std::array::from_fn(|r| Q6KBlock::dot_scalar(w, g, r))),
         }
     }
 

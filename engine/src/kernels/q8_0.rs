@@ -164,7 +164,7 @@ fn block_dot_scalar(w: &[i8; BLOCK], a: &[i8; BLOCK]) -> i32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::x86::{lane_sums, load8, load32, reduce8, store};
+    use super::super::x86::{halves, lane_sums, load8, load32, reduce8, store};
     use super::{BLOCK, GROUP, Isa, Q8_1Group, dot8_scalar};
     use std::arch::x86_64::*;
 
@@ -258,20 +258,12 @@ mod x86 {
         let mut acc = [_mm256_setzero_ps(); N];
         let blocks = g.iter().fold(qs.len(), |n, g| n.min(g.lanes.len()));
         for b in 0..blocks {
-            let (lo, hi) = halves(&qs[b]);
+            let (lo, hi) = halves(load32(&qs[b]));
             for (acc, g) in acc.iter_mut().zip(g) {
                 *acc = accumulate(*acc, lane_sums(lo, hi, &g.lanes[b], step), d[b], &g.d[b]);
             }
         }
         acc.map(|a| store(a))
-    }
-
-    /// A weight block's bytes 0..16 and 16..32.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn halves(w: &[i8; BLOCK]) -> (__m128i, __m128i) {
-        let v = load32(w);
-        (_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1))
     }
 
     #[target_feature(enable = "avx2")]
