@@ -260,7 +260,7 @@ pub fn run(r: &mut Report) -> Result<()> {
         overall_tps: bo,
     };
     match llama {
-        Ok(l) => compare_llama_cpp(r, &l.version, &llama_runs, &ours),
+        Ok(l) => compare_llama_cpp(r, &l, &llama_runs, &ours),
         Err(why) if !r.is_json() => println!(
             "inference   llama.cpp comparison skipped: llama-cpp-python did not run ({why}); scripts/llamacpp-env.sh installs it, then set CIEL_LLAMA_CPP_PYTHON"
         ),
@@ -291,6 +291,10 @@ struct LlamaCpp {
     child: Child,
     stdin: ChildStdin,
     lines: Lines<BufReader<ChildStdout>>,
+    /// Its standard error (a file, not a pipe nobody drains while it
+    /// runs), read for the reason when it fails.
+    errors: std::fs::File,
+    threads: usize,
     version: String,
 }
 
@@ -319,6 +323,8 @@ impl LlamaCpp {
     /// Starts it; why not, when `llama-cpp-python` does not run.
     fn start(model: &std::path::Path, prompt: &[u32], n: usize) -> Result<Self, String> {
         let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        let errors = tempfile::tempfile().map_err(|e| e.to_string())?;
+        let stderr = errors.try_clone().map_err(|e| e.to_string())?;
         let mut child = Command::new(llama_cpp_python())
             .args(["-c", LLAMA_CPP_RUNNER])
             .arg(model)
@@ -327,7 +333,7 @@ impl LlamaCpp {
             .arg(n.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .map_err(|e| e.to_string())?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
@@ -337,6 +343,8 @@ impl LlamaCpp {
             child,
             stdin,
             lines: BufReader::new(stdout).lines(),
+            errors,
+            threads,
             version: String::new(),
         };
         let hello: serde_json::Value = l.line()?;
@@ -351,10 +359,10 @@ impl LlamaCpp {
             Some(Ok(line)) => serde_json::from_str(&line).map_err(|e| format!("{e}: {line}")),
             _ => {
                 let _ = self.child.kill();
+                let _ = self.child.wait();
                 let mut err = String::new();
-                if let Some(mut e) = self.child.stderr.take() {
-                    let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                }
+                let _ = std::io::Seek::rewind(&mut self.errors);
+                let _ = std::io::Read::read_to_string(&mut self.errors, &mut err);
                 Err(err.lines().last().unwrap_or("it ended").to_string())
             }
         }
@@ -377,8 +385,8 @@ impl Drop for LlamaCpp {
 
 /// llama.cpp's figures (the median of its runs, each between two of ours)
 /// and ours against them.
-fn compare_llama_cpp(r: &mut Report, version: &str, runs: &[[f64; 3]], ours: &Ours) {
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+fn compare_llama_cpp(r: &mut Report, llama: &LlamaCpp, runs: &[[f64; 3]], ours: &Ours) {
+    let (threads, version) = (llama.threads, &llama.version);
     let median = |i: usize| {
         let mut v: Vec<f64> = runs.iter().map(|run| run[i]).collect();
         v.sort_by(f64::total_cmp);
