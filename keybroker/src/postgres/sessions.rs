@@ -219,7 +219,8 @@ impl SharedSessions {
                 .map_err(|e| corrupt(field, e.to_string()))
         };
         let tee: String = row.get("tee");
-        let tee_pubkey: Jwk = serde_json::from_value(parse("tee_pubkey")?)
+        let tee_pubkey_json = parse("tee_pubkey")?;
+        let tee_pubkey: Jwk = serde_json::from_value(tee_pubkey_json.clone())
             .map_err(|e| corrupt("tee_pubkey", e.to_string()))?;
         // The database is not trusted to say what attested: the evidence
         // is decoded again and must bind this session's nonce and TEE key,
@@ -255,7 +256,7 @@ impl SharedSessions {
             .map_err(|e| corrupt("token", e.to_string()))?;
         let bound =
             &claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["runtime_data_claims"];
-        if bound["nonce"] != runtime.nonce.as_str() || bound["tee-pubkey"] != parse("tee_pubkey")? {
+        if bound["nonce"] != runtime.nonce.as_str() || bound["tee-pubkey"] != tee_pubkey_json {
             return Err(corrupt(
                 "token",
                 "was issued to another session (the row was edited)".into(),
