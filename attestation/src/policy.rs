@@ -160,6 +160,29 @@ pub struct RawNvidiaPolicy {
     #[serde(default)]
     pub vbios_versions: Vec<String>,
     pub nonce: Option<String>,
+    /// Allowed architectures (`hopper`, `blackwell`); empty = any.
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    /// Fewest GPUs a guest must attest (unset: none required).
+    pub min_gpus: Option<u32>,
+    /// Accept GPUs whose confidential-computing mode is off. DANGER.
+    #[serde(default)]
+    pub danger_allow_cc_off: bool,
+    /// Accept GPUs in CC developer-tools mode. DANGER.
+    #[serde(default)]
+    pub danger_allow_devtools: bool,
+    /// Accept several GPUs without protected PCIe. DANGER.
+    #[serde(default)]
+    pub danger_allow_unprotected_pcie: bool,
+    /// Refuse a GPU unless every certificate NVIDIA's CAs issued in its
+    /// chain has a stapled, good OCSP response.
+    #[serde(default)]
+    pub require_ocsp: bool,
+    /// Oldest OCSP response accepted (seconds since its thisUpdate).
+    pub max_ocsp_age_seconds: Option<u64>,
+    /// Refuse a GPU unless reference integrity manifests come with it.
+    #[serde(default)]
+    pub require_rims: bool,
 }
 
 /// SNP rules, validated.
@@ -205,6 +228,15 @@ pub struct NvidiaPolicy {
     pub driver_versions: Vec<String>,
     pub vbios_versions: Vec<String>,
     pub nonce: Option<Vec<u8>>,
+    /// Lowercase.
+    pub architectures: Vec<String>,
+    pub min_gpus: u32,
+    pub allow_cc_off: bool,
+    pub allow_devtools: bool,
+    pub allow_unprotected_pcie: bool,
+    pub require_ocsp: bool,
+    pub max_ocsp_age_seconds: Option<u64>,
+    pub require_rims: bool,
 }
 
 /// A validated policy.
@@ -365,6 +397,24 @@ impl Policy {
                 Some(h) => Some(fixed_hex::<32>("nvidia.nonce", &h)?.to_vec()),
                 None => None,
             },
+            architectures: n
+                .architectures
+                .iter()
+                .map(|a| match a.to_ascii_lowercase().as_str() {
+                    known @ ("hopper" | "blackwell") => Ok(known.to_string()),
+                    _ => Err(field_err(
+                        "nvidia.architectures",
+                        format!("unknown architecture {a:?} (hopper, blackwell)"),
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+            min_gpus: n.min_gpus.unwrap_or(0),
+            allow_cc_off: n.danger_allow_cc_off,
+            allow_devtools: n.danger_allow_devtools,
+            allow_unprotected_pcie: n.danger_allow_unprotected_pcie,
+            require_ocsp: n.require_ocsp,
+            max_ocsp_age_seconds: n.max_ocsp_age_seconds,
+            require_rims: n.require_rims,
         };
         Ok(Policy {
             platforms,

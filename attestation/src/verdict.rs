@@ -197,6 +197,26 @@ pub enum ReasonKind {
     GpuRimInvalid,
     /// GPU: the nonce is not the expected one.
     GpuNonceMismatch,
+    /// GPU: not in confidential-computing mode.
+    GpuCcModeOff,
+    /// GPU: CC developer tools (DEVTOOLS) mode is on.
+    GpuDevtoolsOn,
+    /// GPUs: more than one, and protected PCIe is off.
+    GpuProtectedPcieOff,
+    /// GPUs: fewer than the policy's minimum.
+    GpuCountBelowMinimum,
+    /// GPU: the architecture is not allowed.
+    GpuArchitectureNotAllowed,
+    /// GPU: the evidence differs from the digest the guest's claims bind.
+    GpuEvidenceUnbound,
+    /// OCSP: no stapled response for a certificate the policy requires one for.
+    OcspMissing,
+    /// OCSP: a response could not be parsed or its signature does not verify.
+    OcspInvalid,
+    /// OCSP: a response is older than the policy allows or past its next update.
+    OcspStale,
+    /// OCSP: the responder does not know the certificate.
+    OcspStatusUnknown,
 }
 
 impl ReasonKind {
@@ -251,6 +271,16 @@ impl ReasonKind {
             GpuMeasurementMismatch => "gpu_measurement_mismatch",
             GpuRimInvalid => "gpu_rim_invalid",
             GpuNonceMismatch => "gpu_nonce_mismatch",
+            GpuCcModeOff => "gpu_cc_mode_off",
+            GpuDevtoolsOn => "gpu_devtools_on",
+            GpuProtectedPcieOff => "gpu_protected_pcie_off",
+            GpuCountBelowMinimum => "gpu_count_below_minimum",
+            GpuArchitectureNotAllowed => "gpu_architecture_not_allowed",
+            GpuEvidenceUnbound => "gpu_evidence_unbound",
+            OcspMissing => "ocsp_missing",
+            OcspInvalid => "ocsp_invalid",
+            OcspStale => "ocsp_stale",
+            OcspStatusUnknown => "ocsp_status_unknown",
         }
     }
 }

@@ -205,6 +205,16 @@ impl Cert {
         })
     }
 
+    /// The DER of the subject name (what OCSP's issuer-name hash covers).
+    pub fn subject_der(&self) -> Vec<u8> {
+        use x509_cert::der::Encode;
+        self.parsed
+            .tbs_certificate()
+            .subject()
+            .to_der()
+            .unwrap_or_default()
+    }
+
     /// The serial number's bytes (DER INTEGER content).
     pub fn serial(&self) -> &[u8] {
         self.parsed.tbs_certificate().serial_number().as_bytes()
@@ -255,11 +265,22 @@ impl Signed<'_> {
             .signature
             .as_bytes()
             .ok_or_else(|| SignatureFailure::Malformed("signature has unused bits".into()))?;
-        let alg = signature_algorithm(self.outer, issuer).map_err(SignatureFailure::Unsupported)?;
-        UnparsedPublicKey::new(alg, issuer.public_key_bytes())
-            .verify(tbs, sig)
-            .map_err(|_| SignatureFailure::Invalid)
+        verify_signature(self.outer, issuer, tbs, sig)
     }
+}
+
+/// Verifies `sig` over `tbs` with `issuer`'s key under the X.509
+/// signature algorithm `alg` (certificates, CRLs, OCSP responses).
+pub(crate) fn verify_signature(
+    alg: &x509_cert::spki::AlgorithmIdentifierOwned,
+    issuer: &Cert,
+    tbs: &[u8],
+    sig: &[u8],
+) -> Result<(), SignatureFailure> {
+    let alg = signature_algorithm(alg, issuer).map_err(SignatureFailure::Unsupported)?;
+    UnparsedPublicKey::new(alg, issuer.public_key_bytes())
+        .verify(tbs, sig)
+        .map_err(|_| SignatureFailure::Invalid)
 }
 
 fn const_oid_cn() -> ObjectIdentifier {

@@ -2,9 +2,12 @@
 //! GPU signs with its device key, chained to NVIDIA's device identity root.
 
 mod c14n;
+pub mod gpus;
+pub mod ocsp;
 pub mod rim;
 mod spdm;
 mod verify;
 
+pub use gpus::{CcMode, GpuEvidence, GpuSetVerdict, GpuVerdict, verify_gpus};
 pub use spdm::{MeasurementBlock, NvidiaReport, OpaqueFields};
-pub use verify::{NvidiaClaims, verify_nvidia};
+pub use verify::{GpuCollateral, NvidiaClaims, verify_nvidia, verify_nvidia_with};

@@ -45,10 +45,12 @@ pub struct NvidiaReport {
     pub opaque: OpaqueFields,
     signed_len: usize,
     signature: [u8; SIGNATURE_LEN],
+    unsigned_trailing: usize,
 }
 
 impl NvidiaReport {
-    /// Parses request || response. Trailing bytes are an error.
+    /// Parses request || response. Bytes after the signature are kept
+    /// out of every field (see [`Self::unsigned_trailing`]).
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
         let mut r = Reader::new(bytes, WHAT);
         let spdm_version = r.u8("request.version")?;
@@ -106,13 +108,11 @@ impl NvidiaReport {
         )?;
         let signed_len = r.offset();
         let signature = r.array::<SIGNATURE_LEN>("response.signature")?;
-        if !r.remaining().is_empty() {
-            return Err(ParseError::Trailing {
-                what: WHAT,
-                offset: r.offset(),
-                trailing: r.remaining().len(),
-            });
-        }
+        // Recent drivers return the report in a larger buffer with bytes
+        // after the signature (Trustee's verifier ignores them too). They
+        // are not signed, so nothing is read from them; everything up to
+        // and including the signature stays strict.
+        let unsigned_trailing = r.remaining().len();
         Ok(NvidiaReport {
             bytes: bytes.to_vec(),
             spdm_version,
@@ -122,6 +122,7 @@ impl NvidiaReport {
             opaque,
             signed_len,
             signature,
+            unsigned_trailing,
         })
     }
 
@@ -132,6 +133,16 @@ impl NvidiaReport {
 
     pub fn signature(&self) -> &[u8; SIGNATURE_LEN] {
         &self.signature
+    }
+
+    /// How many unsigned bytes followed the signature (ignored).
+    pub fn unsigned_trailing(&self) -> usize {
+        self.unsigned_trailing
+    }
+
+    /// The whole report as given (what a digest of the evidence covers).
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 }
 

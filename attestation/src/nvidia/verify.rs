@@ -4,9 +4,13 @@
 //!    valid at the instant, ending in the pinned NVIDIA Device Identity CA;
 //! 2. the leaf's FWID extension equals the report's FWID opaque field;
 //! 3. the report signature (ECDSA P-384, SHA-384 over request || response);
-//! 4. each reference integrity manifest given: authentic, and every active
+//! 4. each stapled OCSP response: about a certificate of the chain, signed
+//!    by its issuer, good and fresh; required for every certificate NVIDIA's
+//!    CAs issued (all but the attestation certificate and the root) when
+//!    the policy says `require_ocsp`;
+//! 5. each reference integrity manifest given: authentic, and every active
 //!    golden measurement matched by the report;
-//! 5. the policy: nonce, driver and VBIOS versions.
+//! 6. the policy: nonce, driver and VBIOS versions.
 
 use super::spdm::NvidiaReport;
 use crate::policy::Policy;
@@ -57,6 +61,19 @@ impl NvidiaClaims {
     }
 }
 
+/// What a GPU report is checked with besides the policy.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GpuCollateral<'a> {
+    /// The device certificate chain (PEM or DER), attestation certificate first.
+    pub chain: Option<&'a [u8]>,
+    /// Reference integrity manifests (SWID tag XML).
+    pub rims: &'a [Vec<u8>],
+    /// Stapled OCSP responses (DER) for the chain's certificates.
+    pub ocsp: &'a [Vec<u8>],
+    /// The nonce the report must carry; `None`: the policy's, if any.
+    pub nonce: Option<&'a [u8; 32]>,
+}
+
 /// Verifies a GPU report against its device certificate chain.
 pub fn verify_nvidia(
     report: &NvidiaReport,
@@ -65,27 +82,56 @@ pub fn verify_nvidia(
     policy: &Policy,
     now: UnixTime,
 ) -> Verdict {
+    let collateral = GpuCollateral {
+        chain,
+        rims,
+        ..Default::default()
+    };
+    verify_nvidia_with(report, &collateral, policy, now)
+}
+
+/// [`verify_nvidia`] with stapled OCSP responses and an expected nonce.
+pub fn verify_nvidia_with(
+    report: &NvidiaReport,
+    collateral: &GpuCollateral<'_>,
+    policy: &Policy,
+    now: UnixTime,
+) -> Verdict {
     let mut v = Verdict::new(Platform::Nvidia);
     v.claims = Some(Claims::Nvidia(NvidiaClaims::from_report(report)));
     v.tcb_status = TcbStatus::Unknown;
-    match chain
+    match collateral
+        .chain
         .ok_or_else(|| {
             CertError::new(
                 ReasonKind::CertificateMissing,
                 "no GPU certificate chain given (--gpu-cert-chain)",
             )
         })
-        .and_then(|c| verify_chain(c, now))
+        .and_then(|c| verify_chain(c, policy, now))
     {
-        Ok(leaf) => {
-            if let Err(e) = check_fwid(report, &leaf) {
-                v.reject(e.kind, e.message);
+        Ok((certs, simulated)) => {
+            v.simulated = simulated;
+            if let Some(leaf) = certs.first() {
+                if let Err(e) = check_fwid(report, leaf) {
+                    v.reject(e.kind, e.message);
+                }
+                if let Err(e) = check_signature(report, leaf) {
+                    v.reject(e.kind, e.message);
+                }
             }
-            if let Err(e) = check_signature(report, &leaf) {
+            for e in check_ocsp(&certs, collateral.ocsp, policy, now) {
                 v.reject(e.kind, e.message);
             }
         }
         Err(e) => v.reject(e.kind, e.message),
+    }
+    let rims = collateral.rims;
+    if policy.nvidia.require_rims && rims.is_empty() {
+        v.reject(
+            ReasonKind::GpuRimInvalid,
+            "the policy requires reference integrity manifests and none were given",
+        );
     }
     for (i, xml) in rims.iter().enumerate() {
         match super::rim::verify_rim(xml, now) {
@@ -109,14 +155,19 @@ pub fn verify_nvidia(
             }
         }
     }
-    apply_policy(report, policy, &mut v);
+    apply_policy(report, collateral.nonce, policy, &mut v);
     v
 }
 
-/// Step 1; returns the leaf.
-fn verify_chain(pem: &[u8], now: UnixTime) -> Result<Cert, CertError> {
+/// Step 1; returns the chain (attestation certificate first) and whether
+/// it ended in a simulated root the policy names.
+fn verify_chain(
+    pem: &[u8],
+    policy: &Policy,
+    now: UnixTime,
+) -> Result<(Vec<Cert>, bool), CertError> {
     let certs = Cert::parse_bundle(pem)?;
-    let (Some(leaf), Some(root)) = (certs.first(), certs.last()) else {
+    let (Some(_), Some(root)) = (certs.first(), certs.last()) else {
         return Err(CertError::new(
             ReasonKind::CertificateMissing,
             "empty GPU certificate chain",
@@ -128,11 +179,12 @@ fn verify_chain(pem: &[u8], now: UnixTime) -> Result<Cert, CertError> {
             "GPU certificate chain must hold at least the signing certificate and the root",
         ));
     }
-    if hex::encode(root.sha256()) != NVIDIA_DEVICE_ROOT_SHA256 {
+    let simulated = policy.trusts_simulated_root(root);
+    if hex::encode(root.sha256()) != NVIDIA_DEVICE_ROOT_SHA256 && !simulated {
         return Err(CertError::new(
             ReasonKind::UntrustedRoot,
             format!(
-                "GPU chain ends in {} (sha256 {}), not the pinned NVIDIA Device Identity CA",
+                "GPU chain ends in {} (sha256 {}), neither the pinned NVIDIA Device Identity CA nor a simulated root the policy names",
                 root.subject(),
                 hex::encode(root.sha256())
             ),
@@ -156,7 +208,59 @@ fn verify_chain(pem: &[u8], now: UnixTime) -> Result<Cert, CertError> {
     for (i, c) in certs.iter().enumerate() {
         c.check_validity(now, &format!("GPU chain certificate {i} ({})", c.subject()))?;
     }
-    Ok(leaf.clone())
+    Ok((certs, simulated))
+}
+
+/// Step 4: the OCSP status of every certificate NVIDIA's CAs issued (the
+/// attestation certificate is issued by the device itself, the root by
+/// nobody).
+fn check_ocsp(
+    certs: &[Cert],
+    responses: &[Vec<u8>],
+    policy: &Policy,
+    now: UnixTime,
+) -> Vec<CertError> {
+    let p = &policy.nvidia;
+    let mut errors = Vec::new();
+    let last = certs.len().saturating_sub(1);
+    for (i, pair) in certs.windows(2).enumerate() {
+        let [cert, issuer] = pair else { continue };
+        if i == 0 || i >= last {
+            continue;
+        }
+        let name = format!("GPU chain certificate {i} ({})", cert.subject());
+        match responses
+            .iter()
+            .find(|r| super::ocsp::covers(r, cert, issuer))
+        {
+            Some(r) => {
+                if let Err(e) =
+                    super::ocsp::check(r, cert, issuer, now, p.max_ocsp_age_seconds, &name)
+                {
+                    errors.push(e);
+                }
+            }
+            None if p.require_ocsp => errors.push(CertError::new(
+                ReasonKind::OcspMissing,
+                format!("{name}: no stapled OCSP response, and the policy requires one"),
+            )),
+            None => {}
+        }
+    }
+    // A response about nothing in this chain is not evidence of anything;
+    // one that does not even parse is refused rather than skipped.
+    for (i, r) in responses.iter().enumerate() {
+        let about_chain = certs
+            .windows(2)
+            .any(|w| matches!(w, [c, issuer] if super::ocsp::covers(r, c, issuer)));
+        if !about_chain {
+            errors.push(CertError::new(
+                ReasonKind::OcspInvalid,
+                format!("OCSP response {i} is not about any certificate of this GPU's chain (or does not parse)"),
+            ));
+        }
+    }
+    errors
 }
 
 /// Step 2.
@@ -202,12 +306,12 @@ fn check_signature(report: &NvidiaReport, leaf: &Cert) -> Result<(), CertError> 
         })
 }
 
-/// Step 5.
-fn apply_policy(report: &NvidiaReport, policy: &Policy, v: &mut Verdict) {
+/// Step 6.
+fn apply_policy(report: &NvidiaReport, nonce: Option<&[u8; 32]>, policy: &Policy, v: &mut Verdict) {
     policy.check_platform(v);
     let p = &policy.nvidia;
-    if let Some(nonce) = &p.nonce
-        && report.request_nonce.as_slice() != nonce.as_slice()
+    if let Some(nonce) = nonce.map(|n| n.as_slice()).or(p.nonce.as_deref())
+        && report.request_nonce.as_slice() != nonce
     {
         v.reject(
             ReasonKind::GpuNonceMismatch,

@@ -98,6 +98,37 @@ pub(crate) fn serial(n: u32) -> SerialNumber {
     SerialNumber::from(n)
 }
 
+/// Issues a certificate for `spki` signed (deterministically, ECDSA) by
+/// `issuer_key`, valid from a day before `now` for `years`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn issue_ecdsa<S, Sig>(
+    spki: x509_cert::spki::SubjectPublicKeyInfoOwned,
+    issuer_key: &S,
+    subject: &str,
+    issuer: &str,
+    serial_no: u32,
+    extensions: Vec<Extension>,
+    now: UnixTime,
+    years: u64,
+) -> Result<Vec<u8>, SimError>
+where
+    S: p384::ecdsa::signature::Signer<Sig>
+        + p384::ecdsa::signature::Keypair
+        + x509_cert::spki::DynSignatureAlgorithmIdentifier,
+    S::VerifyingKey: x509_cert::spki::EncodePublicKey,
+    Sig: x509_cert::spki::SignatureBitStringEncoding,
+{
+    let profile = Profile {
+        subject: name(subject)?,
+        issuer: name(issuer)?,
+        extensions,
+    };
+    let builder = CertificateBuilder::new(profile, serial(serial_no), validity(now, years)?, spki)
+        .map_err(crypto)?;
+    let cert = builder.build::<_, Sig>(issuer_key).map_err(crypto)?;
+    cert.to_der().map_err(crypto)
+}
+
 /// Builds and signs with a randomized signer (RSA-PSS).
 pub(crate) fn build_pss(
     builder: CertificateBuilder<Profile>,

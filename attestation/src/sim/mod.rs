@@ -11,9 +11,12 @@
 //! data directory. Generation takes the current time as an input.
 
 mod certs;
+mod nvidia;
+mod ocsp;
 mod snp;
 mod tdx;
 
+pub use nvidia::{NvidiaSim, SimGpu, SimGpuReport, SimOcspStatus};
 pub use snp::{LeafSpec, SIM_TCB, SimSnpReport, SnpSim};
 pub use tdx::{SimTdxQuote, TD_ATTRIBUTES_DEFAULT, TdxSim};
 

@@ -5,7 +5,7 @@
 //! signed the way Intel's PCS signs it. The same `dcap-qvl` code that checks
 //! real quotes checks these; only the root differs.
 
-use super::certs::{Profile, der_uint, ext, ext_critical, name, serial, validity, x509_time};
+use super::certs::{der_uint, ext, ext_critical, issue_ecdsa, x509_time};
 use super::{SimError, StoredFiles, crypto, os_rng};
 use crate::collateral::DcapCollateral;
 use crate::time::UnixTime;
@@ -14,7 +14,7 @@ use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{DerSignature, Signature, SigningKey};
 use p256::elliptic_curve::Generate;
 use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use x509_cert::builder::{Builder, CertificateBuilder, CrlBuilder};
+use x509_cert::builder::{Builder, CrlBuilder};
 use x509_cert::certificate::Certificate;
 use x509_cert::der::{Decode, Encode, asn1::Uint, oid::ObjectIdentifier};
 use x509_cert::ext::pkix::CrlNumber;
@@ -407,6 +407,7 @@ fn crl(
     list.to_der().map_err(crypto)
 }
 
+/// A certificate for `subject_key`'s public key, signed by `issuer_key`.
 #[allow(clippy::too_many_arguments)]
 fn issue(
     subject_key: &SigningKey,
@@ -419,17 +420,9 @@ fn issue(
     years: u64,
 ) -> Result<Vec<u8>, SimError> {
     let spki = SubjectPublicKeyInfo::from_key(subject_key.verifying_key()).map_err(crypto)?;
-    let profile = Profile {
-        subject: name(subject)?,
-        issuer: name(issuer)?,
-        extensions,
-    };
-    let builder = CertificateBuilder::new(profile, serial(serial_no), validity(now, years)?, spki)
-        .map_err(crypto)?;
-    let cert = builder
-        .build::<_, DerSignature>(issuer_key)
-        .map_err(crypto)?;
-    cert.to_der().map_err(crypto)
+    issue_ecdsa::<_, DerSignature>(
+        spki, issuer_key, subject, issuer, serial_no, extensions, now, years,
+    )
 }
 
 // --- the Intel SGX extension of PCK certificates (1.2.840.113741.1.13.1) ---
