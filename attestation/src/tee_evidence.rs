@@ -11,6 +11,7 @@
 //!   collateral then comes from the broker's `dcap_collateral` file.
 
 use crate::collateral::DcapCollateral;
+use crate::nvidia::GpuEvidence;
 use crate::{Collateral, Evidence, EvidenceKind};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -21,6 +22,41 @@ pub struct Decoded {
     pub evidence: Evidence,
     pub collateral: Collateral,
     pub sha256: String,
+    /// The guest's GPUs (from Trustee's `additional_evidence`), and the
+    /// nonce each GPU report must carry; empty without GPUs.
+    pub gpus: Vec<GpuEvidence>,
+    pub gpu_nonce: [u8; 32],
+}
+
+/// Trustee's `additional_evidence`: a JSON string mapping a TEE name to
+/// its evidence. `nvidia` (the device list) is the one understood; any
+/// other is refused by name rather than ignored.
+pub fn decode_additional(additional: &str) -> Result<Vec<GpuEvidence>, String> {
+    if additional.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(additional)
+        .map_err(|e| format!("additional_evidence: not a JSON object: {e}"))?;
+    let mut gpus = Vec::new();
+    for (tee, evidence) in &map {
+        match tee.as_str() {
+            "nvidia" => gpus = GpuEvidence::decode_list(evidence)?,
+            other => {
+                return Err(format!(
+                    "additional_evidence: evidence for {other:?} is not supported (nvidia)"
+                ));
+            }
+        }
+    }
+    Ok(gpus)
+}
+
+/// The `additional_evidence` string for a guest's GPUs (empty for none).
+pub fn encode_additional(gpus: &[GpuEvidence]) -> String {
+    if gpus.is_empty() {
+        return String::new();
+    }
+    serde_json::json!({ "nvidia": GpuEvidence::encode_list(gpus) }).to_string()
 }
 
 fn field<'a>(v: &'a serde_json::Value, name: &str) -> Result<&'a str, String> {
@@ -147,6 +183,8 @@ pub fn decode(
         evidence: parsed,
         collateral,
         sha256,
+        gpus: Vec::new(),
+        gpu_nonce: [0; 32],
     })
 }
 

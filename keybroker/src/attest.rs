@@ -51,16 +51,6 @@ pub async fn attest(
         Ok(split) => split,
         Err(m) => return Err(refuse(Kind::BadRequest, "evidence_malformed", m, None).await),
     };
-    // Device evidence (GPUs) is not verified here yet: refused, never ignored.
-    if additional.is_some_and(|a| !a.is_empty()) {
-        return Err(refuse(
-            Kind::BadEvidence,
-            "additional_evidence_unverified",
-            "tee-evidence.additional_evidence carries device evidence, which this broker does not verify: refusing rather than ignoring it".into(),
-            None,
-        )
-        .await);
-    }
     let expected = match binding::report_data_for(&req.runtime_data, additional) {
         Ok(e) => e,
         Err(e) => {
@@ -74,10 +64,23 @@ pub async fn attest(
         }
     };
     if tee == "sample" {
+        if additional.is_some_and(|a| !a.trim().is_empty()) {
+            let m = "sample evidence cannot carry device evidence".to_string();
+            return Err(refuse(Kind::BadEvidence, "evidence_malformed", m, None).await);
+        }
         return attest_sample(&st, &client, &id, &req, primary, &expected).await;
     }
-    let decoded = match evidence::decode(&tee, primary, st.config.dcap_collateral.as_ref()) {
-        Ok(d) => d,
+    let decoded = match SessionEvidence::decode(
+        &tee,
+        &req.tee_evidence,
+        &req.runtime_data,
+        st.config.dcap_collateral.as_ref(),
+    ) {
+        Ok(SessionEvidence::Verified(d)) => d,
+        Ok(SessionEvidence::Sample(_)) => {
+            let m = format!("tee {tee:?} evidence decoded as sample evidence");
+            return Err(refuse(Kind::BadEvidence, "evidence_malformed", m, None).await);
+        }
         Err(m) => return Err(refuse(Kind::BadEvidence, "evidence_malformed", m, None).await),
     };
     let verdict = verify(
@@ -101,6 +104,23 @@ pub async fn attest(
             Some(&decoded),
         )
         .await);
+    }
+    // Every GPU: genuine, carrying this session's nonce, in CC mode without
+    // DEVTOOLS (the broker's policy); resources may ask for more.
+    let gpus = crate::gpus::check(&decoded, &st.config.attest_policy, now());
+    if let Some(set) = &gpus
+        && !set.accepted
+    {
+        let e = entry(
+            &client,
+            "attest",
+            None,
+            "deny",
+            set.reason_codes(),
+            Some(&decoded),
+        );
+        audit(&st, e).await?;
+        return Err(ApiError::new(Kind::BadEvidence, set.summary()));
     }
     // Init-data (Kata/CoCo): believed only when the evidence's HOST_DATA /
     // MRCONFIGID binds its exact bytes, as Trustee's verifiers check it.
@@ -160,12 +180,21 @@ pub async fn attest(
         .claims
         .as_ref()
         .and_then(|c| serde_json::to_value(c).ok());
+    let gpu_claims = gpus
+        .map(|set| {
+            set.gpus
+                .iter()
+                .filter_map(|g| serde_json::to_value(g).ok())
+                .collect()
+        })
+        .unwrap_or_default();
     let token = finish(
         &st,
         &id,
         &req,
         SessionEvidence::Verified(decoded),
         evidence_claims,
+        gpu_claims,
         init_data.as_ref(),
     )
     .await?;
@@ -180,6 +209,7 @@ async fn finish(
     req: &Attestation,
     evidence: SessionEvidence,
     evidence_claims: Option<serde_json::Value>,
+    gpu_claims: Vec<serde_json::Value>,
     init_data: Option<&ciel_protocol::initdata::InitData>,
 ) -> Result<String, ApiError> {
     let iat = now();
@@ -192,6 +222,7 @@ async fn finish(
             iat,
             exp: iat.saturating_add(st.config.session_ttl.as_secs()),
             evidence_claims,
+            gpu_claims,
             init_data,
         })
         .map_err(|e| ApiError::new(Kind::Internal, e.to_string()))?;
@@ -260,6 +291,7 @@ async fn attest_sample(
         req,
         SessionEvidence::Sample(sample),
         Some(claims),
+        Vec::new(),
         None,
     )
     .await?;

@@ -48,6 +48,8 @@ pub struct Appraisal<'a> {
     /// The verdict's parsed claims of the evidence (measurement, TCB, …),
     /// carried in the annotated evidence under the platform's name.
     pub evidence_claims: Option<Value>,
+    /// Each GPU's verdict and claims (`gpu0`, `gpu1`, … submodules).
+    pub gpu_claims: Vec<Value>,
     /// Init-data the evidence was checked to bind: its digest and entries
     /// join the token (`init_data`, `init_data_claims`, Trustee's names).
     pub init_data: Option<&'a ciel_protocol::initdata::InitData>,
@@ -205,6 +207,14 @@ fn claims(a: &Appraisal<'_>) -> Value {
     if let Some(evidence_claims) = &a.evidence_claims {
         claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"][platform.as_str()] =
             evidence_claims.clone();
+    }
+    for (i, gpu) in a.gpu_claims.iter().enumerate() {
+        claims["submods"][format!("gpu{i}")] = json!({
+            "ear.status": "affirming",
+            "ear.trustworthiness-vector": { "hardware": 2 },
+            "ear.appraisal-policy-id": "ciel:attest",
+            "ear.veraison.annotated-evidence": { "nvidia": gpu },
+        });
     }
     if let Some(init) = a.init_data {
         let annotated = &mut claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"];

@@ -16,6 +16,7 @@ pub mod audit;
 pub mod backend;
 pub mod config;
 pub mod ear;
+pub mod gpus;
 pub mod master_key;
 pub mod metrics;
 pub mod postgres;

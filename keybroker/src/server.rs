@@ -352,14 +352,20 @@ async fn resource(
     };
     match ev {
         Some(ev) => {
+            let evidence_policy = policy.evidence.as_ref().unwrap_or(&st.config.attest_policy);
             let verdict = verify(
                 &ev.evidence,
                 &ev.collateral,
-                policy.evidence.as_ref().unwrap_or(&st.config.attest_policy),
+                evidence_policy,
                 UnixTime(now()),
             );
-            if !verdict.accepted {
-                let (codes, detail) = (verdict.reason_codes(), verdict.summary());
+            let gpus = crate::gpus::check(ev, evidence_policy, now());
+            let refusal = match &gpus {
+                _ if !verdict.accepted => Some((verdict.reason_codes(), verdict.summary())),
+                Some(set) if !set.accepted => Some((set.reason_codes(), set.summary())),
+                _ => None,
+            };
+            if let Some((codes, detail)) = refusal {
                 let e = entry(
                     &client,
                     "resource",

@@ -56,18 +56,28 @@ impl SessionEvidence {
         }
     }
 
-    /// Decodes evidence as stored for `tee` (a replica's shared session).
+    /// Decodes a session's `tee-evidence` as sent (and as a replica's
+    /// shared session stores it): the primary evidence for `tee`, and the
+    /// GPUs of Trustee's `additional_evidence`, with the nonce their
+    /// reports must carry for `runtime`.
     pub fn decode(
         tee: &str,
-        evidence: &serde_json::Value,
+        sent: &serde_json::Value,
+        runtime: &ciel_protocol::kbs::RuntimeData,
         dcap: Option<&ciel_attestation::collateral::DcapCollateral>,
     ) -> Result<Self, String> {
+        let (primary, additional) = crate::sample::split_composite(sent)?;
         if tee == "sample" {
-            crate::sample::SampleEvidence::parse(evidence).map(SessionEvidence::Sample)
-        } else {
-            ciel_attestation::tee_evidence::decode(tee, evidence, dcap)
-                .map(SessionEvidence::Verified)
+            if additional.is_some_and(|a| !a.trim().is_empty()) {
+                return Err("sample evidence cannot carry device evidence".into());
+            }
+            return crate::sample::SampleEvidence::parse(primary).map(SessionEvidence::Sample);
         }
+        let mut decoded = ciel_attestation::tee_evidence::decode(tee, primary, dcap)?;
+        decoded.gpus = ciel_attestation::tee_evidence::decode_additional(additional.unwrap_or(""))?;
+        decoded.gpu_nonce = ciel_protocol::binding::device_nonce(runtime)
+            .map_err(|e| format!("runtime-data: {e}"))?;
+        Ok(SessionEvidence::Verified(decoded))
     }
 }
 

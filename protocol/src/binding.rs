@@ -23,6 +23,18 @@ pub fn report_data(runtime: &RuntimeData) -> Result<[u8; 64], JcsError> {
     )
 }
 
+/// The nonce every GPU report of the session carries (Trustee's rule): the
+/// first 32 bytes of the binding of `{nonce, tee-pubkey}` alone. The CPU
+/// evidence binds the GPU evidence itself (through the
+/// `additional-evidence` string, [`report_data_with_additional`]), so the
+/// GPUs need only the session.
+pub fn device_nonce(runtime: &RuntimeData) -> Result<[u8; 32], JcsError> {
+    let full = report_data(runtime)?;
+    let mut out = [0u8; 32];
+    out.copy_from_slice(full.get(..32).unwrap_or(&[0u8; 32]));
+    Ok(out)
+}
+
 /// SHA-384 of `value`'s canonical JSON, zero-padded to 64 bytes.
 fn padded_digest(value: &serde_json::Value) -> Result<[u8; 64], JcsError> {
     let canonical = canonicalize(value)?;

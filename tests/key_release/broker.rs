@@ -13,6 +13,21 @@ pub fn sim() -> &'static SnpSim {
     })
 }
 
+/// The simulated GPU hierarchy and two GPUs issued from it.
+pub fn gpu_sim() -> &'static (NvidiaSim, SimGpu, SimGpu) {
+    static S: OnceLock<(NvidiaSim, SimGpu, SimGpu)> = OnceLock::new();
+    S.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let at = ciel_attestation::UnixTime(now - 86_400);
+        let sim = NvidiaSim::generate(at).unwrap();
+        let (a, b) = (sim.issue_gpu(0, at).unwrap(), sim.issue_gpu(1, at).unwrap());
+        (sim, a, b)
+    })
+}
+
 pub const KEY: [u8; 32] = [0x42; 32];
 
 pub struct Broker {
@@ -74,7 +89,12 @@ pub fn start_with_policies(
     audit_log: impl FnOnce(&Config) -> AuditLog,
 ) -> Broker {
     let dir = tempfile::tempdir().unwrap();
-    let fp = hex::encode(sim().root_sha256());
+    // The simulated SNP and GPU roots, as a TOML array's items.
+    let fp = format!(
+        "{}\", \"{}",
+        hex::encode(sim().root_sha256()),
+        hex::encode(gpu_sim().0.root_sha256())
+    );
     std::fs::write(dir.path().join("master.key"), hex::encode([9u8; 32])).unwrap();
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();

@@ -88,23 +88,21 @@ fn sample_evidence_is_refused_unless_a_resource_dangerously_accepts_it() {
         (s, p["type"].as_str()),
         (403, Some("urn:ciel:kbs:bad-evidence"))
     );
-    // Device evidence this broker does not verify: refused, not ignored.
+    // Device evidence beside unsigned evidence: refused, not ignored (no
+    // signed CPU evidence binds it).
     let with_gpu = |rt: &RuntimeData| {
-        binding::report_data_with_additional(rt, "{\"nvgpu\":[]}").unwrap()[..48].to_vec()
+        binding::report_data_with_additional(rt, "{\"nvidia\":{}}").unwrap()[..48].to_vec()
     };
-    let (_, (s, p)) = attest_sample(&with_gpu, "{\"nvgpu\":[]}");
+    let (_, (s, p)) = attest_sample(&with_gpu, "{\"nvidia\":{}}");
     assert_eq!(s, 403, "{p}");
     assert!(
-        p["detail"]
-            .as_str()
-            .unwrap()
-            .contains("additional_evidence"),
+        p["detail"].as_str().unwrap().contains("device evidence"),
         "{p}"
     );
 
     let audit = b.audit();
     assert!(audit.contains("danger_sample_evidence"), "{audit}");
-    assert!(audit.contains("additional_evidence_unverified"), "{audit}");
+    assert!(audit.contains("evidence_malformed"), "{audit}");
 }
 
 #[test]

@@ -227,15 +227,15 @@ impl SharedSessions {
         // so an edited row can only point a release at the key the
         // evidence itself bound.
         let sent = parse("evidence")?;
-        let (primary, additional) = split_composite(&sent).map_err(|e| corrupt("evidence", e))?;
+        let (_, additional) = split_composite(&sent).map_err(|e| corrupt("evidence", e))?;
         let runtime = RuntimeData {
             nonce: row.get("nonce"),
             tee_pubkey: tee_pubkey.clone(),
         };
         let expected = binding::report_data_for(&runtime, additional)
             .map_err(|e| corrupt("tee_pubkey", e.to_string()))?;
-        let evidence =
-            SessionEvidence::decode(&tee, primary, dcap).map_err(|e| corrupt("evidence", e))?;
+        let evidence = SessionEvidence::decode(&tee, &sent, &runtime, dcap)
+            .map_err(|e| corrupt("evidence", e))?;
         if !evidence.binds(&expected) {
             return Err(corrupt(
                 "evidence",
