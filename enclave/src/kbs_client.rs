@@ -219,11 +219,24 @@ impl KbsClient {
         }
     }
 
-    /// Runs the whole release for `resource` (`repo/type/tag`).
+    /// Runs the whole release for `resource` (`repo/type/tag`) for a guest
+    /// without GPUs.
     pub fn fetch_resource(
         &self,
         resource: &str,
         source: &dyn EvidenceSource,
+    ) -> Result<Zeroizing<Vec<u8>>, KbsClientError> {
+        self.fetch_resource_with_gpus(resource, source, &crate::gpu::NoGpus)
+    }
+
+    /// The release with every GPU's evidence (Trustee's
+    /// `additional_evidence`, bound by the CPU evidence); the GPUs are set
+    /// ready once the broker accepted them and released the key.
+    pub fn fetch_resource_with_gpus(
+        &self,
+        resource: &str,
+        source: &dyn EvidenceSource,
+        gpus: &dyn crate::gpu::GpuSource,
     ) -> Result<Zeroizing<Vec<u8>>, KbsClientError> {
         let keys = TeeKeyPair::generate();
         let auth_url = format!("{}/kbs/v0/auth", self.base);
@@ -272,13 +285,22 @@ impl KbsClient {
         };
         // Trustee's current protocol (kbs-types 0.15): composite evidence,
         // the binding over the additional-evidence string too (empty: no
-        // device evidence is sent).
-        let report_data = binding::report_data_with_additional(&runtime, "").map_err(|e| {
-            KbsClientError::Protocol {
-                step: "attest",
-                message: e.to_string(),
-            }
-        })?;
+        // device evidence is sent). Each GPU's report carries the nonce of
+        // the session binding alone (Trustee's rule).
+        let protocol = |e: ciel_protocol::jcs::JcsError| KbsClientError::Protocol {
+            step: "attest",
+            message: e.to_string(),
+        };
+        let gpu_evidence = gpus
+            .collect(binding::device_nonce(&runtime).map_err(protocol)?)
+            .map_err(KbsClientError::Evidence)?;
+        crate::gpu::refuse_unsafe_modes(&gpu_evidence).map_err(KbsClientError::Evidence)?;
+        if !gpu_evidence.is_empty() {
+            tracing::info!(gpus = gpu_evidence.len(), "GPU evidence collected");
+        }
+        let additional = ciel_attestation::tee_evidence::encode_additional(&gpu_evidence);
+        let report_data =
+            binding::report_data_with_additional(&runtime, &additional).map_err(protocol)?;
         let evidence = source
             .evidence(report_data)
             .map_err(KbsClientError::Evidence)?;
@@ -286,7 +308,7 @@ impl KbsClient {
             runtime_data: runtime,
             tee_evidence: serde_json::json!({
                 "primary_evidence": evidence,
-                "additional_evidence": "",
+                "additional_evidence": additional,
             }),
             init_data: source
                 .init_data()
@@ -341,6 +363,11 @@ impl KbsClient {
         })?;
         let key = keys.decrypt(&jwe)?;
         tracing::info!(resource, "resource received and opened");
+        if !gpu_evidence.is_empty() {
+            // The broker accepted every GPU's evidence: they may take work.
+            gpus.set_ready().map_err(KbsClientError::Evidence)?;
+            tracing::info!(gpus = gpu_evidence.len(), "GPUs set ready");
+        }
         Ok(key)
     }
 }

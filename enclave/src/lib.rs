@@ -12,6 +12,7 @@
 // and its kernels are their own crate, `ciel-engine`.
 #![deny(unsafe_code)]
 
+pub mod gpu;
 pub mod guest_settings;
 pub mod init;
 pub mod kbs_client;

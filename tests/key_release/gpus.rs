@@ -181,3 +181,53 @@ fn each_resource_applies_its_own_gpu_rules_at_release() {
     let audit = b.audit();
     assert!(audit.contains("gpu_vbios_not_allowed") && audit.contains("ocsp_stale"));
 }
+
+/// The guest's GPUs, simulated from the broker's trusted GPU hierarchy.
+fn guest_gpus(count: u32, mode: CcMode) -> ciel_enclave::gpu::SimGpus {
+    let files = gpu_sim().0.to_files().unwrap();
+    let sim =
+        NvidiaSim::from_files(|n| files.iter().find(|(f, _)| *f == n).map(|(_, b)| b.clone()))
+            .unwrap();
+    let mut gpus =
+        ciel_enclave::gpu::SimGpus::new(sim, count, ciel_attestation::UnixTime(now() - 3600))
+            .unwrap();
+    gpus.cc_mode = mode;
+    gpus
+}
+
+#[test]
+fn the_guest_sends_its_gpus_sets_them_ready_after_release_and_refuses_unsafe_ones_itself() {
+    let b = start(
+        300,
+        true,
+        &[(
+            "default/model-key/demo",
+            "[nvidia]\nmin_gpus = 2\nrequire_ocsp = true\n".into(),
+        )],
+    );
+    let client = KbsClient::new(&b.base, Backoff::default());
+    let two = guest_gpus(2, CcMode::On);
+    let key = client
+        .fetch_resource_with_gpus("default/model-key/demo", &genuine_guest(), &two)
+        .unwrap();
+    assert_eq!(key.as_slice(), &KEY);
+    assert!(two.ready.load(std::sync::atomic::Ordering::SeqCst));
+    // One GPU is not enough for this resource: refused, never set ready.
+    let one = guest_gpus(1, CcMode::On);
+    let e = client
+        .fetch_resource_with_gpus("default/model-key/demo", &genuine_guest(), &one)
+        .unwrap_err();
+    assert!(e.to_string().contains("gpu_count_below_minimum"), "{e}");
+    assert!(!one.ready.load(std::sync::atomic::Ordering::SeqCst));
+    // A GPU in DEVTOOLS: the guest does not even ask.
+    let before = b.audit().lines().count();
+    let devtools = guest_gpus(2, CcMode::Devtools);
+    let e = client
+        .fetch_resource_with_gpus("default/model-key/demo", &genuine_guest(), &devtools)
+        .unwrap_err();
+    assert!(
+        matches!(e, KbsClientError::Evidence(ref m) if m.contains("DEVTOOLS")),
+        "{e}"
+    );
+    assert_eq!(b.audit().lines().count(), before, "the guest asked anyway");
+}
