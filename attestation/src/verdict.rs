@@ -207,8 +207,6 @@ pub enum ReasonKind {
     GpuCountBelowMinimum,
     /// GPU: the architecture is not allowed.
     GpuArchitectureNotAllowed,
-    /// GPU: the evidence differs from the digest the guest's claims bind.
-    GpuEvidenceUnbound,
     /// OCSP: no stapled response for a certificate the policy requires one for.
     OcspMissing,
     /// OCSP: a response could not be parsed or its signature does not verify.
@@ -276,7 +274,6 @@ impl ReasonKind {
             GpuProtectedPcieOff => "gpu_protected_pcie_off",
             GpuCountBelowMinimum => "gpu_count_below_minimum",
             GpuArchitectureNotAllowed => "gpu_architecture_not_allowed",
-            GpuEvidenceUnbound => "gpu_evidence_unbound",
             OcspMissing => "ocsp_missing",
             OcspInvalid => "ocsp_invalid",
             OcspStale => "ocsp_stale",

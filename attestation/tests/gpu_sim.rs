@@ -156,6 +156,11 @@ fn driver_vbios_and_architecture_allowlists_apply() {
         &policy("architectures = [\"blackwell\"]"),
         "gpu_architecture_not_allowed",
     );
+    refused_with(
+        &[good(a)],
+        &policy("require_rims = true"),
+        "collateral_missing",
+    );
     let ok = policy(
         "vbios_versions = [\"96.00.9F.00.01\"]\ndriver_versions = [\"550.90.07\"]\narchitectures = [\"hopper\"]",
     );
@@ -276,6 +281,12 @@ fn several_gpus_need_protected_pcie_and_distinct_evidence() {
     refused_with(&[ppcie(a), lying], &p, "gpu_protected_pcie_off");
     refused_with(&[ppcie(a)], &p, "gpu_count_below_minimum");
     refused_with(&[ppcie(a), ppcie(a)], &p, "evidence_malformed");
+    // One GPU's report again under another UUID, unsigned bytes appended.
+    let first = ppcie(a);
+    let mut again = first.clone();
+    again.uuid = b.uuid.clone();
+    again.report.extend_from_slice(&[0; 16]);
+    refused_with(&[first, again], &p, "evidence_malformed");
 }
 
 #[test]

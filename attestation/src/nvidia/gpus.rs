@@ -13,7 +13,7 @@
 
 use super::NvidiaReport;
 use super::verify::{GpuCollateral, verify_nvidia_with};
-use crate::policy::Policy;
+use crate::policy::{NvidiaPolicy, Policy};
 use crate::time::UnixTime;
 use crate::verdict::{Reason, ReasonKind, Verdict};
 use base64::Engine;
@@ -82,8 +82,7 @@ impl GpuEvidence {
     /// Reads the device list (Trustee's shape; `evidence` hex or base64 as
     /// Trustee's verifier accepts it, everything else base64).
     pub fn decode_list(v: &serde_json::Value) -> Result<Vec<GpuEvidence>, String> {
-        let list: WireList = serde_json::from_value(v.clone())
-            .map_err(|e| format!("NVIDIA device evidence: {e}"))?;
+        let list = WireList::deserialize(v).map_err(|e| format!("NVIDIA device evidence: {e}"))?;
         if list.device_evidence_list.len() > MAX_GPUS {
             return Err(format!(
                 "NVIDIA device evidence: {} devices, at most {MAX_GPUS}",
@@ -226,8 +225,13 @@ pub fn verify_gpus(
         gpus: Vec::with_capacity(gpus.len()),
         reasons: Vec::new(),
     };
-    for (index, g) in gpus.iter().enumerate() {
-        let verdict = verify_one(g, nonce, policy, now);
+    // Each report parsed once: verified, then compared with the others.
+    let reports: Vec<Result<NvidiaReport, _>> = gpus
+        .iter()
+        .map(|g| NvidiaReport::parse(&g.report))
+        .collect();
+    for (index, (g, report)) in gpus.iter().zip(&reports).enumerate() {
+        let verdict = verify_one(g, report.as_ref(), nonce, policy, now);
         set.accepted &= verdict.accepted;
         set.gpus.push(GpuVerdict {
             index,
@@ -248,23 +252,32 @@ pub fn verify_gpus(
             ),
         );
     }
+    // The same GPU twice: its UUID, or its signed report (whatever unsigned
+    // bytes follow it), listed again.
+    let signed = |i: usize| {
+        reports
+            .get(i)
+            .and_then(|r| r.as_ref().ok())
+            .map(|r| r.signed_bytes())
+    };
     for (i, g) in gpus.iter().enumerate() {
-        if let Some(j) = gpus.get(..i).and_then(|before| {
-            before
-                .iter()
-                .position(|h| h.uuid == g.uuid || h.report == g.report)
-        }) {
+        let repeated = (0..i).find(|&j| {
+            gpus.get(j).is_some_and(|h| h.uuid == g.uuid)
+                || signed(i).is_some_and(|s| signed(j) == Some(s))
+        });
+        if let Some(j) = repeated {
             set.reject(
                 ReasonKind::EvidenceMalformed,
-                format!("GPU {i} repeats GPU {j} (same UUID or the same report)"),
+                format!("GPU {i} repeats GPU {j} (same UUID or the same signed report)"),
             );
         }
     }
     if gpus.len() > 1 && !p.allow_unprotected_pcie {
         let unprotected: Vec<usize> = gpus
             .iter()
+            .zip(&reports)
             .enumerate()
-            .filter(|(_, g)| !protected_pcie(g))
+            .filter(|(_, (g, report))| !protected_pcie(g, report.as_ref().ok()))
             .map(|(i, _)| i)
             .collect();
         if !unprotected.is_empty() {
@@ -282,16 +295,42 @@ pub fn verify_gpus(
 
 /// Protected PCIe: NVML says so and, when the report carries the signed
 /// status field, it agrees.
-fn protected_pcie(g: &GpuEvidence) -> bool {
-    let signed = NvidiaReport::parse(&g.report)
-        .ok()
-        .and_then(|r| r.opaque.protected_pcie_status);
+fn protected_pcie(g: &GpuEvidence, report: Option<&NvidiaReport>) -> bool {
+    let signed = report.and_then(|r| r.opaque.protected_pcie_status);
     g.protected_pcie == Some(true) && signed != Some(0)
 }
 
-fn verify_one(g: &GpuEvidence, nonce: &[u8; 32], policy: &Policy, now: UnixTime) -> Verdict {
+/// Why a GPU in `mode` cannot be trusted with secrets under `p`, if it
+/// cannot: CC off (or not stated), or DEVTOOLS. The guest applies the
+/// same rule to itself with the strict defaults before asking for keys.
+pub fn mode_refusal(mode: Option<CcMode>, p: &NvidiaPolicy) -> Option<Reason> {
+    match mode {
+        Some(CcMode::On) => None,
+        Some(CcMode::Devtools) if !p.allow_devtools => Some(Reason::new(
+            ReasonKind::GpuDevtoolsOn,
+            "the GPU runs CC in developer-tools mode (its memory can be inspected)",
+        )),
+        Some(CcMode::Off) if !p.allow_cc_off => Some(Reason::new(
+            ReasonKind::GpuCcModeOff,
+            "the GPU's confidential-computing mode is off",
+        )),
+        None if !p.allow_cc_off => Some(Reason::new(
+            ReasonKind::GpuCcModeOff,
+            "the evidence does not state the GPU's CC mode (cc_mode), and the policy requires it on",
+        )),
+        Some(CcMode::Devtools | CcMode::Off) | None => None,
+    }
+}
+
+fn verify_one(
+    g: &GpuEvidence,
+    report: Result<&NvidiaReport, &crate::ParseError>,
+    nonce: &[u8; 32],
+    policy: &Policy,
+    now: UnixTime,
+) -> Verdict {
     let p = &policy.nvidia;
-    let mut v = match NvidiaReport::parse(&g.report) {
+    let mut v = match report {
         Ok(report) => {
             let collateral = GpuCollateral {
                 chain: Some(&g.certificate),
@@ -299,7 +338,7 @@ fn verify_one(g: &GpuEvidence, nonce: &[u8; 32], policy: &Policy, now: UnixTime)
                 ocsp: &g.ocsp,
                 nonce: Some(nonce),
             };
-            verify_nvidia_with(&report, &collateral, policy, now)
+            verify_nvidia_with(report, &collateral, policy, now)
         }
         Err(e) => {
             let mut v = Verdict::new(crate::verdict::Platform::Nvidia);
@@ -313,22 +352,8 @@ fn verify_one(g: &GpuEvidence, nonce: &[u8; 32], policy: &Policy, now: UnixTime)
             format!("architecture {:?} is not allowed", g.arch),
         );
     }
-    match g.cc_mode {
-        Some(CcMode::On) => {}
-        Some(CcMode::Devtools) if !p.allow_devtools => v.reject(
-            ReasonKind::GpuDevtoolsOn,
-            "the GPU runs CC in developer-tools mode (its memory can be inspected)",
-        ),
-        Some(CcMode::Devtools) => {}
-        Some(CcMode::Off) if !p.allow_cc_off => v.reject(
-            ReasonKind::GpuCcModeOff,
-            "the GPU's confidential-computing mode is off",
-        ),
-        None if !p.allow_cc_off => v.reject(
-            ReasonKind::GpuCcModeOff,
-            "the evidence does not state the GPU's CC mode (cc_mode), and the policy requires it on",
-        ),
-        Some(CcMode::Off) | None => {}
+    if let Some(r) = mode_refusal(g.cc_mode, p) {
+        v.reject(r.kind, r.message);
     }
     v
 }

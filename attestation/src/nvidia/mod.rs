@@ -8,6 +8,6 @@ pub mod rim;
 mod spdm;
 mod verify;
 
-pub use gpus::{CcMode, GpuEvidence, GpuSetVerdict, GpuVerdict, verify_gpus};
+pub use gpus::{CcMode, GpuEvidence, GpuSetVerdict, GpuVerdict, mode_refusal, verify_gpus};
 pub use spdm::{MeasurementBlock, NvidiaReport, OpaqueFields};
 pub use verify::{GpuCollateral, NvidiaClaims, verify_nvidia, verify_nvidia_with};

@@ -19,114 +19,124 @@ use x509_ocsp::{BasicOcspResponse, CertStatus, OcspResponse, OcspResponseStatus,
 /// `id-pkix-ocsp-basic`.
 const OCSP_BASIC: &str = "1.3.6.1.5.5.7.48.1.1";
 
-/// A response that covers `cert` and says it is good.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OcspGood {
-    pub this_update: UnixTime,
-    pub next_update: Option<UnixTime>,
-}
-
 fn invalid(m: impl Into<String>) -> CertError {
     CertError::new(ReasonKind::OcspInvalid, m)
 }
 
-/// Whether `response` (DER) is about `cert` as issued by `issuer` — a
-/// cheap test to find each certificate's response among several.
-pub fn covers(response: &[u8], cert: &Cert, issuer: &Cert) -> bool {
-    basic(response)
-        .ok()
-        .is_some_and(|(b, _)| find_single(&b, cert, issuer).is_some())
+/// One stapled response, parsed once (it is matched against every
+/// certificate of a chain, then checked).
+pub struct Stapled {
+    basic: BasicOcspResponse,
+    der: Vec<u8>,
 }
 
-/// Checks one response for `cert` (issued by `issuer`) at `now`.
-pub fn check(
-    response: &[u8],
-    cert: &Cert,
-    issuer: &Cert,
-    now: UnixTime,
-    max_age_seconds: Option<u64>,
-    name: &str,
-) -> Result<OcspGood, CertError> {
-    let (basic, der) = basic(response).map_err(|m| invalid(format!("{name}: {m}")))?;
-    // The signature first: nothing unsigned is believed.
-    let tbs = tbs_bytes(&der).ok_or_else(|| invalid(format!("{name}: no signed part")))?;
-    let alg = basic
-        .signature_algorithm
-        .to_der()
-        .ok()
-        .and_then(|d| {
-            // The other `spki` version's type, through its DER.
-            <x509_cert::spki::AlgorithmIdentifierOwned as x509_cert::der::Decode>::from_der(&d).ok()
-        })
-        .ok_or_else(|| invalid(format!("{name}: unreadable signature algorithm")))?;
-    let sig = basic
-        .signature
-        .as_bytes()
-        .ok_or_else(|| invalid(format!("{name}: signature has unused bits")))?;
-    verify_signature(&alg, issuer, tbs, sig).map_err(|f| match f {
-        SignatureFailure::Invalid => invalid(format!(
-            "{name}: the response is not signed by the certificate's issuer ({}); delegated OCSP responders are not accepted",
-            issuer.subject()
-        )),
-        SignatureFailure::Malformed(m) | SignatureFailure::Unsupported(m) => {
-            invalid(format!("{name}: {m}"))
-        }
-    })?;
-    let single = find_single(&basic, cert, issuer).ok_or_else(|| {
-        invalid(format!(
-            "{name}: the response is not about this certificate (serial {})",
-            hex::encode(cert.serial())
-        ))
-    })?;
-    match &single.cert_status {
-        CertStatus::Good(_) => {}
-        CertStatus::Revoked(info) => {
-            return Err(CertError::new(
-                ReasonKind::CertificateRevoked,
-                format!(
-                    "{name} ({}) is revoked since {} (OCSP)",
-                    cert.subject(),
-                    secs(&info.revocation_time)
-                ),
-            ));
-        }
-        CertStatus::Unknown(_) => {
-            return Err(CertError::new(
-                ReasonKind::OcspStatusUnknown,
-                format!("{name}: the OCSP responder does not know this certificate"),
-            ));
-        }
+impl std::fmt::Debug for Stapled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stapled")
+            .field("responses", &self.basic.tbs_response_data.responses.len())
+            .finish_non_exhaustive()
     }
-    let this_update = secs(&single.this_update);
-    let next_update = single.next_update.as_ref().map(secs);
-    if this_update > now {
-        return Err(invalid(format!(
-            "{name}: OCSP response issued at {this_update}, after the verification instant {now}"
-        )));
+}
+
+impl Stapled {
+    /// Parses a DER `OCSPResponse` (successful, basic).
+    pub fn parse(response: &[u8]) -> Result<Self, String> {
+        basic(response).map(|(basic, der)| Stapled { basic, der })
     }
-    if let Some(next) = next_update
-        && now >= next
-    {
-        return Err(CertError::new(
-            ReasonKind::OcspStale,
-            format!("{name}: OCSP response expired at {next} (nextUpdate)"),
-        ));
+
+    /// Whether it is about `cert` as issued by `issuer`.
+    pub fn covers(&self, cert: &Cert, issuer: &Cert) -> bool {
+        find_single(&self.basic, cert, issuer).is_some()
     }
-    if let Some(max) = max_age_seconds {
-        let age = now.secs().saturating_sub(this_update.secs());
-        if age > max {
+
+    /// Checks it for `cert` (issued by `issuer`) at `now`: signed by the
+    /// issuer, about this certificate, good, current, young enough.
+    pub fn check(
+        &self,
+        cert: &Cert,
+        issuer: &Cert,
+        now: UnixTime,
+        max_age_seconds: Option<u64>,
+        name: &str,
+    ) -> Result<(), CertError> {
+        let basic = &self.basic;
+        // The signature first: nothing unsigned is believed.
+        let tbs = tbs_bytes(&self.der).ok_or_else(|| invalid(format!("{name}: no signed part")))?;
+        let alg = basic
+            .signature_algorithm
+            .to_der()
+            .ok()
+            .and_then(|d| {
+                // The other `spki` version's type, through its DER.
+                <x509_cert::spki::AlgorithmIdentifierOwned as x509_cert::der::Decode>::from_der(&d)
+                    .ok()
+            })
+            .ok_or_else(|| invalid(format!("{name}: unreadable signature algorithm")))?;
+        let sig = basic
+            .signature
+            .as_bytes()
+            .ok_or_else(|| invalid(format!("{name}: signature has unused bits")))?;
+        verify_signature(&alg, issuer, tbs, sig).map_err(|f| match f {
+            SignatureFailure::Invalid => invalid(format!(
+                "{name}: the response is not signed by the certificate's issuer ({}); delegated OCSP responders are not accepted",
+                issuer.subject()
+            )),
+            SignatureFailure::Malformed(m) | SignatureFailure::Unsupported(m) => {
+                invalid(format!("{name}: {m}"))
+            }
+        })?;
+        let single = find_single(basic, cert, issuer).ok_or_else(|| {
+            invalid(format!(
+                "{name}: the response is not about this certificate (serial {})",
+                hex::encode(cert.serial())
+            ))
+        })?;
+        match &single.cert_status {
+            CertStatus::Good(_) => {}
+            CertStatus::Revoked(info) => {
+                return Err(CertError::new(
+                    ReasonKind::CertificateRevoked,
+                    format!(
+                        "{name} ({}) is revoked since {} (OCSP)",
+                        cert.subject(),
+                        secs(&info.revocation_time)
+                    ),
+                ));
+            }
+            CertStatus::Unknown(_) => {
+                return Err(CertError::new(
+                    ReasonKind::OcspStatusUnknown,
+                    format!("{name}: the OCSP responder does not know this certificate"),
+                ));
+            }
+        }
+        let this_update = secs(&single.this_update);
+        if this_update > now {
+            return Err(invalid(format!(
+                "{name}: OCSP response issued at {this_update}, after the verification instant {now}"
+            )));
+        }
+        if let Some(next) = single.next_update.as_ref().map(secs)
+            && now >= next
+        {
             return Err(CertError::new(
                 ReasonKind::OcspStale,
-                format!(
-                    "{name}: OCSP response from {this_update} is {age} s old, more than the policy's {max} s"
-                ),
+                format!("{name}: OCSP response expired at {next} (nextUpdate)"),
             ));
         }
+        if let Some(max) = max_age_seconds {
+            let age = now.secs().saturating_sub(this_update.secs());
+            if age > max {
+                return Err(CertError::new(
+                    ReasonKind::OcspStale,
+                    format!(
+                        "{name}: OCSP response from {this_update} is {age} s old, more than the policy's {max} s"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
-    Ok(OcspGood {
-        this_update,
-        next_update,
-    })
 }
 
 /// The basic response inside `response`, and its DER (for the signed bytes).
@@ -159,12 +169,13 @@ fn find_single<'a>(
     cert: &Cert,
     issuer: &Cert,
 ) -> Option<&'a SingleResponse> {
+    let subject = issuer.subject_der();
     basic.tbs_response_data.responses.iter().find(|r| {
         let id = &r.cert_id;
         let Some(hash) = digest_for(&id.hash_algorithm.oid.to_string()) else {
             return false;
         };
-        let name_hash = ring::digest::digest(hash, &issuer.subject_der());
+        let name_hash = ring::digest::digest(hash, &subject);
         let key_hash = ring::digest::digest(hash, issuer.public_key_bytes());
         id.issuer_name_hash.as_bytes() == name_hash.as_ref()
             && id.issuer_key_hash.as_bytes() == key_hash.as_ref()

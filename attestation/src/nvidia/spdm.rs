@@ -45,12 +45,11 @@ pub struct NvidiaReport {
     pub opaque: OpaqueFields,
     signed_len: usize,
     signature: [u8; SIGNATURE_LEN],
-    unsigned_trailing: usize,
 }
 
 impl NvidiaReport {
     /// Parses request || response. Bytes after the signature are kept
-    /// out of every field (see [`Self::unsigned_trailing`]).
+    /// out of every field.
     pub fn parse(bytes: &[u8]) -> Result<Self, ParseError> {
         let mut r = Reader::new(bytes, WHAT);
         let spdm_version = r.u8("request.version")?;
@@ -112,7 +111,6 @@ impl NvidiaReport {
         // after the signature (Trustee's verifier ignores them too). They
         // are not signed, so nothing is read from them; everything up to
         // and including the signature stays strict.
-        let unsigned_trailing = r.remaining().len();
         Ok(NvidiaReport {
             bytes: bytes.to_vec(),
             spdm_version,
@@ -122,7 +120,6 @@ impl NvidiaReport {
             opaque,
             signed_len,
             signature,
-            unsigned_trailing,
         })
     }
 
@@ -133,16 +130,6 @@ impl NvidiaReport {
 
     pub fn signature(&self) -> &[u8; SIGNATURE_LEN] {
         &self.signature
-    }
-
-    /// How many unsigned bytes followed the signature (ignored).
-    pub fn unsigned_trailing(&self) -> usize {
-        self.unsigned_trailing
-    }
-
-    /// The whole report as given (what a digest of the evidence covers).
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
     }
 }
 

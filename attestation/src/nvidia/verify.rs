@@ -12,6 +12,7 @@
 //!    golden measurement matched by the report;
 //! 6. the policy: nonce, driver and VBIOS versions.
 
+use super::ocsp::Stapled;
 use super::spdm::NvidiaReport;
 use crate::policy::Policy;
 use crate::roots::NVIDIA_DEVICE_ROOT_SHA256;
@@ -129,8 +130,8 @@ pub fn verify_nvidia_with(
     let rims = collateral.rims;
     if policy.nvidia.require_rims && rims.is_empty() {
         v.reject(
-            ReasonKind::GpuRimInvalid,
-            "the policy requires reference integrity manifests and none were given",
+            ReasonKind::CollateralMissing,
+            "the policy requires reference integrity manifests (require_rims) and none were given",
         );
     }
     for (i, xml) in rims.iter().enumerate() {
@@ -167,7 +168,7 @@ fn verify_chain(
     now: UnixTime,
 ) -> Result<(Vec<Cert>, bool), CertError> {
     let certs = Cert::parse_bundle(pem)?;
-    let (Some(_), Some(root)) = (certs.first(), certs.last()) else {
+    let Some(root) = certs.last() else {
         return Err(CertError::new(
             ReasonKind::CertificateMissing,
             "empty GPU certificate chain",
@@ -213,7 +214,7 @@ fn verify_chain(
 
 /// Step 4: the OCSP status of every certificate NVIDIA's CAs issued (the
 /// attestation certificate is issued by the device itself, the root by
-/// nobody).
+/// nobody). Each response is parsed once.
 fn check_ocsp(
     certs: &[Cert],
     responses: &[Vec<u8>],
@@ -222,21 +223,30 @@ fn check_ocsp(
 ) -> Vec<CertError> {
     let p = &policy.nvidia;
     let mut errors = Vec::new();
-    let last = certs.len().saturating_sub(1);
-    for (i, pair) in certs.windows(2).enumerate() {
-        let [cert, issuer] = pair else { continue };
-        if i == 0 || i >= last {
-            continue;
+    let mut stapled = Vec::with_capacity(responses.len());
+    for (i, r) in responses.iter().enumerate() {
+        match Stapled::parse(r) {
+            Ok(s) => stapled.push((i, s)),
+            Err(m) => errors.push(CertError::new(
+                ReasonKind::OcspInvalid,
+                format!("OCSP response {i}: {m}"),
+            )),
         }
+    }
+    let mut used = vec![false; stapled.len()];
+    // Windows after the first: (device certificate, its CA), (CA, root)...
+    for (i, pair) in certs.windows(2).enumerate().skip(1) {
+        let [cert, issuer] = pair else { continue };
         let name = format!("GPU chain certificate {i} ({})", cert.subject());
-        match responses
-            .iter()
-            .find(|r| super::ocsp::covers(r, cert, issuer))
-        {
-            Some(r) => {
-                if let Err(e) =
-                    super::ocsp::check(r, cert, issuer, now, p.max_ocsp_age_seconds, &name)
-                {
+        match stapled.iter().position(|(_, s)| s.covers(cert, issuer)) {
+            Some(at) => {
+                if let Some(u) = used.get_mut(at) {
+                    *u = true;
+                }
+                let checked = stapled
+                    .get(at)
+                    .map(|(_, s)| s.check(cert, issuer, now, p.max_ocsp_age_seconds, &name));
+                if let Some(Err(e)) = checked {
                     errors.push(e);
                 }
             }
@@ -247,18 +257,12 @@ fn check_ocsp(
             None => {}
         }
     }
-    // A response about nothing in this chain is not evidence of anything;
-    // one that does not even parse is refused rather than skipped.
-    for (i, r) in responses.iter().enumerate() {
-        let about_chain = certs
-            .windows(2)
-            .any(|w| matches!(w, [c, issuer] if super::ocsp::covers(r, c, issuer)));
-        if !about_chain {
-            errors.push(CertError::new(
-                ReasonKind::OcspInvalid,
-                format!("OCSP response {i} is not about any certificate of this GPU's chain (or does not parse)"),
-            ));
-        }
+    // A response about nothing checked here is not evidence of anything.
+    for ((i, _), _) in stapled.iter().zip(&used).filter(|(_, u)| !**u) {
+        errors.push(CertError::new(
+            ReasonKind::OcspInvalid,
+            format!("OCSP response {i} is not about a certificate NVIDIA's CAs issued in this GPU's chain"),
+        ));
     }
     errors
 }

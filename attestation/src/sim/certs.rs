@@ -98,11 +98,12 @@ pub(crate) fn serial(n: u32) -> SerialNumber {
     SerialNumber::from(n)
 }
 
-/// Issues a certificate for `spki` signed (deterministically, ECDSA) by
-/// `issuer_key`, valid from a day before `now` for `years`.
+/// Issues a certificate for `subject_key`'s public key signed
+/// (deterministically, ECDSA) by `issuer_key`, valid from a day before
+/// `now` for `years`; `Sig` names the signature encoding (DER for X.509).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn issue_ecdsa<S, Sig>(
-    spki: x509_cert::spki::SubjectPublicKeyInfoOwned,
+    subject_key: &S,
     issuer_key: &S,
     subject: &str,
     issuer: &str,
@@ -118,6 +119,8 @@ where
     S::VerifyingKey: x509_cert::spki::EncodePublicKey,
     Sig: x509_cert::spki::SignatureBitStringEncoding,
 {
+    let spki = x509_cert::spki::SubjectPublicKeyInfoOwned::from_key(&subject_key.verifying_key())
+        .map_err(crypto)?;
     let profile = Profile {
         subject: name(subject)?,
         issuer: name(issuer)?,

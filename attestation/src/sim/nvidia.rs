@@ -10,12 +10,11 @@
 use super::certs::{ext, ext_critical, issue_ecdsa};
 use super::{SimError, StoredFiles, crypto, os_rng};
 use crate::time::UnixTime;
-use crate::x509::{Cert, sha256, sha384};
+use crate::x509::{sha256, sha384};
 use p384::ecdsa::signature::Signer;
 use p384::ecdsa::{DerSignature, Signature, SigningKey};
 use p384::elliptic_curve::Generate;
 use p384::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use x509_cert::spki::SubjectPublicKeyInfo;
 
 const ROOT_DN: &str = "CN=ciel Sim NVIDIA Device Identity CA,O=ciel simulated platform (NOT A TEE)";
 const ICA_DN: &str = "CN=ciel Sim GH100 Provisioner ICA,O=ciel simulated platform (NOT A TEE)";
@@ -108,7 +107,7 @@ impl NvidiaSim {
         let mut rng = os_rng();
         let root_key = SigningKey::generate_from_rng(&mut rng);
         let ica_key = SigningKey::generate_from_rng(&mut rng);
-        let root = issue(
+        let root = issue_ecdsa::<_, DerSignature>(
             &root_key,
             &root_key,
             ROOT_DN,
@@ -118,7 +117,7 @@ impl NvidiaSim {
             now,
             25,
         )?;
-        let ica = issue(
+        let ica = issue_ecdsa::<_, DerSignature>(
             &ica_key,
             &root_key,
             ICA_DN,
@@ -139,10 +138,6 @@ impl NvidiaSim {
     /// SHA-256 of the simulated root: what a policy names to trust it.
     pub fn root_sha256(&self) -> [u8; 32] {
         sha256(&self.root)
-    }
-
-    pub fn root_der(&self) -> &[u8] {
-        &self.root
     }
 
     /// Issues GPU number `index`: a device certificate under the
@@ -171,7 +166,7 @@ impl NvidiaSim {
             hex_id.get(..16).unwrap_or_default()
         );
         let serial_base = index.saturating_mul(2).saturating_add(10);
-        let device = issue(
+        let device = issue_ecdsa::<_, DerSignature>(
             &device_key,
             &self.ica_key,
             &device_dn,
@@ -181,7 +176,7 @@ impl NvidiaSim {
             now,
             10,
         )?;
-        let attestation = issue(
+        let attestation = issue_ecdsa::<_, DerSignature>(
             &attestation_key,
             &device_key,
             &attestation_dn,
@@ -268,14 +263,6 @@ impl SimGpu {
         pem::encode_many(&blocks).into_bytes()
     }
 
-    /// The chain's certificates, attestation certificate first.
-    pub fn chain(&self) -> Result<Vec<Cert>, SimError> {
-        [&self.attestation, &self.device, &self.ica, &self.root]
-            .iter()
-            .map(|d| Cert::from_der(d).map_err(|e| crypto(e.message)))
-            .collect()
-    }
-
     /// An SPDM 1.1 GET_MEASUREMENTS request and its signed response.
     pub fn report(&self, req: &SimGpuReport) -> Result<Vec<u8>, SimError> {
         let mut out = vec![0x11, 0xe0, 0x01, 0xff];
@@ -342,22 +329,4 @@ fn fwid_extension(digest: &[u8; 48]) -> Vec<u8> {
     let mut outer = vec![0x30, u8::try_from(inner.len()).unwrap_or(0)];
     outer.extend_from_slice(&inner);
     outer
-}
-
-/// A certificate for `subject_key`'s public key, signed by `issuer_key`.
-#[allow(clippy::too_many_arguments)]
-fn issue(
-    subject_key: &SigningKey,
-    issuer_key: &SigningKey,
-    subject: &str,
-    issuer: &str,
-    serial_no: u32,
-    extensions: Vec<x509_cert::ext::Extension>,
-    now: UnixTime,
-    years: u64,
-) -> Result<Vec<u8>, SimError> {
-    let spki = SubjectPublicKeyInfo::from_key(subject_key.verifying_key()).map_err(crypto)?;
-    issue_ecdsa::<_, DerSignature>(
-        spki, issuer_key, subject, issuer, serial_no, extensions, now, years,
-    )
 }

@@ -18,7 +18,6 @@ use x509_cert::builder::{Builder, CrlBuilder};
 use x509_cert::certificate::Certificate;
 use x509_cert::der::{Decode, Encode, asn1::Uint, oid::ObjectIdentifier};
 use x509_cert::ext::pkix::CrlNumber;
-use x509_cert::spki::SubjectPublicKeyInfo;
 
 const ROOT_DN: &str = "CN=ciel Sim SGX Root CA,O=ciel simulated platform (NOT A TEE)";
 const PCK_CA_DN: &str = "CN=ciel Sim SGX PCK Processor CA,O=ciel simulated platform (NOT A TEE)";
@@ -103,7 +102,7 @@ impl TdxSim {
         };
         // digitalSignature | nonRepudiation
         let leaf_ku = || ext_critical("2.5.29.15", vec![0x03, 0x02, 0x06, 0xc0]);
-        let root = issue(
+        let root = issue_ecdsa::<_, DerSignature>(
             &root_key,
             &root_key,
             ROOT_DN,
@@ -113,7 +112,7 @@ impl TdxSim {
             now,
             25,
         )?;
-        let pck_ca = issue(
+        let pck_ca = issue_ecdsa::<_, DerSignature>(
             &pck_ca_key,
             &root_key,
             PCK_CA_DN,
@@ -123,7 +122,7 @@ impl TdxSim {
             now,
             15,
         )?;
-        let tcb = issue(
+        let tcb = issue_ecdsa::<_, DerSignature>(
             &tcb_key,
             &root_key,
             TCB_DN,
@@ -133,7 +132,7 @@ impl TdxSim {
             now,
             7,
         )?;
-        let pck = issue(
+        let pck = issue_ecdsa::<_, DerSignature>(
             &pck_key,
             &pck_ca_key,
             PCK_DN,
@@ -405,24 +404,6 @@ fn crl(
     .with_next_update(Some(x509_time(next)?));
     let list = builder.build::<_, DerSignature>(key).map_err(crypto)?;
     list.to_der().map_err(crypto)
-}
-
-/// A certificate for `subject_key`'s public key, signed by `issuer_key`.
-#[allow(clippy::too_many_arguments)]
-fn issue(
-    subject_key: &SigningKey,
-    issuer_key: &SigningKey,
-    subject: &str,
-    issuer: &str,
-    serial_no: u32,
-    extensions: Vec<x509_cert::ext::Extension>,
-    now: UnixTime,
-    years: u64,
-) -> Result<Vec<u8>, SimError> {
-    let spki = SubjectPublicKeyInfo::from_key(subject_key.verifying_key()).map_err(crypto)?;
-    issue_ecdsa::<_, DerSignature>(
-        spki, issuer_key, subject, issuer, serial_no, extensions, now, years,
-    )
 }
 
 // --- the Intel SGX extension of PCK certificates (1.2.840.113741.1.13.1) ---
