@@ -47,7 +47,7 @@ pub async fn attest(
         )
         .await);
     }
-    let (primary, additional) = match split_composite(&req.tee_evidence) {
+    let (_, additional) = match split_composite(&req.tee_evidence) {
         Ok(split) => split,
         Err(m) => return Err(refuse(Kind::BadRequest, "evidence_malformed", m, None).await),
     };
@@ -63,13 +63,18 @@ pub async fn attest(
             .await);
         }
     };
-    if tee == "sample" {
-        if additional.is_some_and(|a| !a.trim().is_empty()) {
-            let m = "sample evidence cannot carry device evidence".to_string();
-            return Err(refuse(Kind::BadEvidence, "evidence_malformed", m, None).await);
-        }
-        return attest_sample(&st, &client, &id, &req, primary, &expected).await;
+    if tee == "sample" && !st.config.accepts_sample_evidence() {
+        return Err(refuse(
+            Kind::BadEvidence,
+            "sample_evidence_refused",
+            "sample evidence is accepted only for resources with danger_accept_sample_evidence"
+                .into(),
+            None,
+        )
+        .await);
     }
+    // The primary evidence and the GPUs beside it, decoded once (as a
+    // replica decodes the stored session).
     let decoded = match SessionEvidence::decode(
         &tee,
         &req.tee_evidence,
@@ -77,9 +82,8 @@ pub async fn attest(
         st.config.dcap_collateral.as_ref(),
     ) {
         Ok(SessionEvidence::Verified(d)) => d,
-        Ok(SessionEvidence::Sample(_)) => {
-            let m = format!("tee {tee:?} evidence decoded as sample evidence");
-            return Err(refuse(Kind::BadEvidence, "evidence_malformed", m, None).await);
+        Ok(SessionEvidence::Sample(sample)) => {
+            return attest_sample(&st, &client, &id, &req, sample, &expected).await;
         }
         Err(m) => return Err(refuse(Kind::BadEvidence, "evidence_malformed", m, None).await),
     };
@@ -246,25 +250,12 @@ async fn attest_sample(
     client: &str,
     id: &str,
     req: &Attestation,
-    primary: &serde_json::Value,
+    sample: SampleEvidence,
     expected: &[u8; 64],
 ) -> Result<Response, ApiError> {
     let refuse = |kind: Kind, code: &str, detail: String| {
         let e = entry(client, "attest", None, "deny", vec![code.to_string()], None);
         refused(st, e, ApiError::new(kind, detail))
-    };
-    if !st.config.accepts_sample_evidence() {
-        return Err(refuse(
-            Kind::BadEvidence,
-            "sample_evidence_refused",
-            "sample evidence is accepted only for resources with danger_accept_sample_evidence"
-                .into(),
-        )
-        .await);
-    }
-    let sample = match SampleEvidence::parse(primary) {
-        Ok(s) => s,
-        Err(m) => return Err(refuse(Kind::BadEvidence, "evidence_malformed", m).await),
     };
     if !sample.binds(expected) {
         return Err(refuse(

@@ -359,11 +359,13 @@ async fn resource(
                 evidence_policy,
                 UnixTime(now()),
             );
-            let gpus = crate::gpus::check(ev, evidence_policy, now());
-            let refusal = match &gpus {
-                _ if !verdict.accepted => Some((verdict.reason_codes(), verdict.summary())),
-                Some(set) if !set.accepted => Some((set.reason_codes(), set.summary())),
-                _ => None,
+            // The GPUs under the resource's policy, once the CPU passed.
+            let refusal = if verdict.accepted {
+                crate::gpus::check(ev, evidence_policy, now())
+                    .filter(|set| !set.accepted)
+                    .map(|set| (set.reason_codes(), set.summary()))
+            } else {
+                Some((verdict.reason_codes(), verdict.summary()))
             };
             if let Some((codes, detail)) = refusal {
                 let e = entry(
