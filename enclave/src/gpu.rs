@@ -7,7 +7,8 @@
 //! too, but a guest that knows it cannot keep a secret does not ask.
 
 use ciel_attestation::UnixTime;
-use ciel_attestation::nvidia::{CcMode, GpuEvidence};
+use ciel_attestation::nvidia::{CcMode, GpuEvidence, mode_refusal};
+use ciel_attestation::policy::NvidiaPolicy;
 use ciel_attestation::sim::{NvidiaSim, SimGpu, SimGpuReport, SimOcspStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -32,23 +33,18 @@ impl GpuSource for NoGpus {
     }
 }
 
-/// Refuses GPUs that cannot keep a secret, naming them.
+/// Refuses GPUs that cannot keep a secret, naming them: the verifier's
+/// rule ([`mode_refusal`]) under the strict defaults (CC on, no DEVTOOLS).
 pub fn refuse_unsafe_modes(gpus: &[GpuEvidence]) -> Result<(), String> {
+    let strict = NvidiaPolicy::default();
     for (i, g) in gpus.iter().enumerate() {
-        match g.cc_mode {
-            Some(CcMode::On) => {}
-            Some(CcMode::Devtools) => {
-                return Err(format!(
-                    "GPU {i} ({}) runs CC in DEVTOOLS mode: refusing to ask for keys",
-                    g.uuid
-                ));
-            }
-            Some(CcMode::Off) | None => {
-                return Err(format!(
-                    "GPU {i} ({}) is not in confidential-computing mode: refusing to ask for keys",
-                    g.uuid
-                ));
-            }
+        if let Some(r) = mode_refusal(g.cc_mode, &strict) {
+            return Err(format!(
+                "GPU {i} ({}): {} ({}): refusing to ask for keys",
+                g.uuid,
+                r.message,
+                r.kind.code()
+            ));
         }
     }
     Ok(())
@@ -81,6 +77,9 @@ impl GpuSource for NvmlGpus {
             .device_count()
             .map_err(|e| format!("NVML device count: {e}"))?;
         let mut out = Vec::new();
+        // CC mode, DEVTOOLS and protected PCIe are the system's settings
+        // (nvmlSystemGetConfComputeSettings): read once, through GPU 0.
+        let mut settings = None;
         for index in 0..n {
             let err = |what: &str, e: nvml_wrapper::error::NvmlError| {
                 format!("GPU {index}: NVML {what}: {e}")
@@ -89,12 +88,15 @@ impl GpuSource for NvmlGpus {
                 .nvml
                 .device_by_index(index)
                 .map_err(|e| err("device", e))?;
-            // The system-wide settings, read through each device.
-            let cc = d.is_cc_enabled().map_err(|e| err("CC settings", e))?;
-            let devtools = d.is_cc_dev_mode_enabled().map_err(|e| err("DEVTOOLS", e))?;
-            let ppcie = d
-                .is_multi_gpu_protected_pcie_enabled()
-                .map_err(|e| err("protected PCIe", e))?;
+            let (cc, devtools, ppcie) = match settings {
+                Some(s) => s,
+                None => *settings.insert((
+                    d.is_cc_enabled().map_err(|e| err("CC settings", e))?,
+                    d.is_cc_dev_mode_enabled().map_err(|e| err("DEVTOOLS", e))?,
+                    d.is_multi_gpu_protected_pcie_enabled()
+                        .map_err(|e| err("protected PCIe", e))?,
+                )),
+            };
             let report = d
                 .confidential_compute_gpu_attestation_report(nonce)
                 .map_err(|e| err("attestation report", e))?;

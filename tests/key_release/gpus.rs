@@ -226,7 +226,7 @@ fn the_guest_sends_its_gpus_sets_them_ready_after_release_and_refuses_unsafe_one
         .fetch_resource_with_gpus("default/model-key/demo", &genuine_guest(), &devtools)
         .unwrap_err();
     assert!(
-        matches!(e, KbsClientError::Evidence(ref m) if m.contains("DEVTOOLS")),
+        matches!(e, KbsClientError::Evidence(ref m) if m.contains("gpu_devtools_on")),
         "{e}"
     );
     assert_eq!(b.audit().lines().count(), before, "the guest asked anyway");
