@@ -7,22 +7,9 @@
 use super::q4_k::Q4KMatrix;
 use super::q6_k::Q6KMatrix;
 use super::q8_k::{Q8KGroup, SUPER};
-use super::{Activations, Isa, Product};
+use super::{Activations, Isa, Product, test_values as values};
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_from_ggml};
 use candle_core::{Device, Module, Tensor};
-
-/// Deterministic values in about [-scale, scale].
-fn values(count: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..count)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 /// Deterministic bytes: every bit pattern of scales, minimums and values.
 fn bytes(count: usize, seed: u64) -> Vec<u8> {

@@ -28,6 +28,20 @@ mod x86;
 
 use half::f16;
 use std::sync::Mutex;
+
+/// Deterministic values in about [-scale, scale], for the kernels' tests.
+#[cfg(test)]
+pub(crate) fn test_values(count: usize, seed: u64, scale: f32) -> Vec<f32> {
+    const A: u64 = 6364136223846793005;
+    const C: u64 = 1442695040888963407;
+    let mut s = seed.wrapping_mul(A).wrapping_add(C);
+    (0..count)
+        .map(|_| {
+            s = s.wrapping_mul(A).wrapping_add(C);
+            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Values per block.

@@ -1,23 +1,9 @@
 #![allow(clippy::unwrap_used)]
 
 use super::*;
+use crate::kernels::test_values as values;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
-
-/// Deterministic values in about [-scale, scale].
-fn values(count: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..count)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 #[cfg(target_arch = "x86_64")]
 #[test]
