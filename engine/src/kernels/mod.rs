@@ -28,6 +28,7 @@ mod x86;
 
 use half::f16;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Deterministic values in about [-scale, scale], for the kernels' tests.
 #[cfg(test)]
@@ -42,7 +43,6 @@ pub(crate) fn test_values(count: usize, seed: u64, scale: f32) -> Vec<f32> {
         })
         .collect()
 }
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Values per block.
 pub const BLOCK: usize = 32;
