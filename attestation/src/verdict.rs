@@ -207,6 +207,9 @@ pub enum ReasonKind {
     GpuCountBelowMinimum,
     /// GPU: the architecture is not allowed.
     GpuArchitectureNotAllowed,
+    /// GPUs: the evidence is not what the attested claims say (another
+    /// report, another GPU, or missing).
+    GpuEvidenceUnbound,
     /// OCSP: no stapled response for a certificate the policy requires one for.
     OcspMissing,
     /// OCSP: a response could not be parsed or its signature does not verify.
@@ -274,6 +277,7 @@ impl ReasonKind {
             GpuProtectedPcieOff => "gpu_protected_pcie_off",
             GpuCountBelowMinimum => "gpu_count_below_minimum",
             GpuArchitectureNotAllowed => "gpu_architecture_not_allowed",
+            GpuEvidenceUnbound => "gpu_evidence_unbound",
             OcspMissing => "ocsp_missing",
             OcspInvalid => "ocsp_invalid",
             OcspStale => "ocsp_stale",

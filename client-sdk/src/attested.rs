@@ -13,8 +13,12 @@
 //! 4. **nonce** (fresh evidence only): the claims carry the client's nonce;
 //! 5. **init-data** (when the guest was configured by one, as in a Kata
 //!    Confidential Containers pod): the evidence's `HOST_DATA` /
-//!    `MRCONFIGID` is the digest of the document's exact bytes.
+//!    `MRCONFIGID` is the digest of the document's exact bytes;
+//! 6. **GPUs** (when the guest claims any, or the policy requires some):
+//!    the document's GPU reports are the ones the claims name, each
+//!    verified, and the set as a whole ([`crate::gpus`]).
 
+use ciel_attestation::nvidia::GpuSetVerdict;
 use ciel_attestation::tee_evidence;
 use ciel_attestation::{Policy, ReasonKind, UnixTime, Verdict, verify};
 use ciel_protocol::binding;
@@ -36,6 +40,8 @@ pub struct Verification {
     pub checks: Vec<Check>,
     /// The attestation verdict (absent if the evidence could not be decoded).
     pub verdict: Option<Verdict>,
+    /// The GPUs' verdicts, when there were GPU reports to verify.
+    pub gpus: Option<GpuSetVerdict>,
     pub claims: RuntimeClaims,
     /// The TLS key (DER SubjectPublicKeyInfo) the document was checked for.
     pub tls_spki_der: Vec<u8>,
@@ -43,6 +49,18 @@ pub struct Verification {
 }
 
 impl Verification {
+    /// Whether the only thing missing is the GPUs' evidence, left out of a
+    /// certificate too small for it: everything else, the claims naming
+    /// each GPU report included, verified.
+    pub fn awaits_gpu_evidence(&self) -> bool {
+        !self.accepted
+            && self
+                .checks
+                .iter()
+                .filter(|c| !c.ok)
+                .all(|c| c.name == crate::gpus::EVIDENCE_ELSEWHERE)
+    }
+
     /// The first failed check, for error messages.
     pub fn first_failure(&self) -> Option<&Check> {
         self.checks.iter().find(|c| !c.ok)
@@ -56,6 +74,7 @@ impl Verification {
             "checks": self.checks,
             "claims": self.claims,
             "attestation": self.verdict.as_ref().map(Verdict::to_json),
+            "gpus": self.gpus,
         })
     }
 }
@@ -196,11 +215,14 @@ pub fn verify_document(
             },
         );
     }
+    let (gpu_checks, gpus) = crate::gpus::gpu_checks(doc, policy, now);
+    checks.extend(gpu_checks);
     let accepted = checks.iter().all(|c| c.ok);
     Verification {
         accepted,
         checks,
         verdict,
+        gpus,
         claims,
         tls_spki_der: spki_der.to_vec(),
         at: now,

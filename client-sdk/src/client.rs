@@ -150,7 +150,7 @@ impl Endpoint {
             .await;
         let outcome = verifier.outcome();
         let tls = match (tls, outcome) {
-            (Ok(t), Some(Ok(v))) if v.accepted => (t, v),
+            (Ok(t), Some(Ok(v))) if v.accepted || v.awaits_gpu_evidence() => (t, v),
             (_, Some(Ok(v))) if !v.accepted => {
                 return Err(ClientError::Refused {
                     addr: self.addr.clone(),
@@ -177,7 +177,68 @@ impl Endpoint {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok((Connection { sender }, verification))
+        let mut connection = Connection { sender };
+        if verification.accepted {
+            return Ok((connection, verification));
+        }
+        // The certificate named the GPUs' reports but could not hold them:
+        // the whole document, fresh, on this connection, before anything
+        // of the caller's is sent.
+        let v = self.attest_over(&mut connection, &verification).await?;
+        Ok((connection, v))
+    }
+
+    /// Fresh evidence over `connection` (`GET /v1/attestation` with a
+    /// random nonce), verified against the policy, bound to the key of
+    /// `session` (what its handshake verified) and to the nonce, and
+    /// required to describe the same guest.
+    async fn attest_over(
+        &self,
+        connection: &mut Connection,
+        session: &Verification,
+    ) -> Result<Verification, ClientError> {
+        let mut nonce = [0u8; 32];
+        getrandom::fill(&mut nonce).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("/v1/attestation?nonce={}", hex::encode(nonce)))
+            .header(hyper::header::HOST, "ciel-enclave")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = connection.send(req).await?;
+        let status = resp.status();
+        let bytes = read_body(resp).await?;
+        if !status.is_success() {
+            let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            return Err(api_error(status, &v));
+        }
+        let doc = AttestationDocument::from_json(&bytes)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut v = verify_document(
+            &doc,
+            &session.tls_spki_der,
+            &self.policy,
+            now(),
+            Some(&nonce),
+        );
+        let same = doc.claims.same_guest(&session.claims);
+        v.checks.push(crate::attested::Check {
+            name: "same guest",
+            ok: same,
+            detail: if same {
+                "the fresh claims match the certificate's".into()
+            } else {
+                "the fresh claims differ from the certificate's".into()
+            },
+        });
+        v.accepted = v.accepted && same;
+        if !v.accepted {
+            return Err(ClientError::Refused {
+                addr: self.addr.clone(),
+                verification: Box::new(v),
+            });
+        }
+        Ok(v)
     }
 }
 
@@ -391,50 +452,8 @@ impl Client {
     /// against the policy, bound to this session's TLS key and nonce, and
     /// required to make the same claims as the certificate.
     pub async fn fresh_attestation(&self) -> Result<Verification, ClientError> {
-        let mut nonce = [0u8; 32];
-        getrandom::fill(&mut nonce).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let (mut connection, session) = self.endpoint.open().await?;
-        let req = Request::builder()
-            .method(Method::GET)
-            .uri(format!("/v1/attestation?nonce={}", hex::encode(nonce)))
-            .header(hyper::header::HOST, "ciel-enclave")
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = connection.send(req).await?;
-        let status = resp.status();
-        let bytes = read_body(resp).await?;
-        if !status.is_success() {
-            let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            return Err(api_error(status, &v));
-        }
-        let doc = AttestationDocument::from_json(&bytes)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        // Bound to the key of the session it arrived on.
-        let mut v = verify_document(
-            &doc,
-            &session.tls_spki_der,
-            &self.endpoint.policy,
-            now(),
-            Some(&nonce),
-        );
-        let same = doc.claims.with_nonce(&nonce) == session.claims.with_nonce(&nonce);
-        v.checks.push(crate::attested::Check {
-            name: "same guest",
-            ok: same,
-            detail: if same {
-                "the fresh claims match the certificate's".into()
-            } else {
-                "the fresh claims differ from the certificate's".into()
-            },
-        });
-        v.accepted = v.accepted && same;
-        if !v.accepted {
-            return Err(ClientError::Refused {
-                addr: self.endpoint.addr.clone(),
-                verification: Box::new(v),
-            });
-        }
-        Ok(v)
+        self.endpoint.attest_over(&mut connection, &session).await
     }
 }
 

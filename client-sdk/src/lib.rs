@@ -9,7 +9,7 @@
 //!   OpenAI-style `chat` (streaming or not), `completions`, `models` and
 //!   fresh evidence on demand;
 //! - [`attested`]: the pure decision on an attestation document, check by
-//!   check;
+//!   check, and [`gpus`] for the GPUs the guest attested with;
 //! - [`Endpoint`]: one verified connection per request, for callers that
 //!   bring their own HTTP requests (the Python SDK's transports);
 //! - [`policy`]: a policy file read with errors that name it;
@@ -19,6 +19,7 @@
 
 pub mod attested;
 pub mod client;
+pub mod gpus;
 pub mod policy;
 pub mod report;
 pub mod tls;

@@ -46,6 +46,32 @@ pub struct ModelClaims {
     pub sha256: String,
 }
 
+/// One GPU the guest attested with (its report is in the document's
+/// `gpu_evidence`; `evidence_sha256` binds the two).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuClaims {
+    /// The GPU's place in the document's `gpu_evidence` list.
+    pub index: u32,
+    pub uuid: String,
+    /// `HOPPER`, `BLACKWELL` (NVML's spelling).
+    pub arch: String,
+    /// The driver and VBIOS versions the signed report states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vbios: Option<String>,
+    /// SHA-256 (hex) of the report exactly as the GPU returned it.
+    pub evidence_sha256: String,
+    /// The confidential-computing mode NVML reported (`on`, `off`,
+    /// `devtools`): not signed by the GPU, believed because the CPU
+    /// evidence binds these claims.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cc_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protected_pcie: Option<bool>,
+}
+
 /// What the guest claims; hashed into the evidence's `report_data`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,6 +91,11 @@ pub struct RuntimeClaims {
     /// The client's nonce (hex) when the evidence was made on request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
+    /// The GPUs attested with the CPU, each report carrying
+    /// [`RuntimeClaims::gpu_nonce`]. Absent on a guest without GPUs (its
+    /// claims, and so their hash, are as before GPUs existed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuClaims>,
 }
 
 /// Why a claims document or extension was refused.
@@ -98,12 +129,50 @@ impl RuntimeClaims {
         Ok(out)
     }
 
-    /// The same claims with a client's nonce, for fresh evidence.
+    /// The same claims with a client's nonce, for fresh evidence (and no
+    /// GPUs: fresh GPU reports are asked for with the new claims' nonce).
     pub fn with_nonce(&self, nonce: &[u8]) -> RuntimeClaims {
         RuntimeClaims {
             nonce: Some(hex::encode(nonce)),
+            gpus: Vec::new(),
             ..self.clone()
         }
+    }
+
+    /// Whether `other` describes the same guest: the same claims but for
+    /// the client's nonce and the GPU reports' digests (fresh evidence
+    /// holds fresh reports of the same GPUs).
+    pub fn same_guest(&self, other: &RuntimeClaims) -> bool {
+        let identity = |c: &RuntimeClaims| RuntimeClaims {
+            nonce: None,
+            gpus: c
+                .gpus
+                .iter()
+                .map(|g| GpuClaims {
+                    evidence_sha256: String::new(),
+                    ..g.clone()
+                })
+                .collect(),
+            ..c.clone()
+        };
+        identity(self) == identity(other)
+    }
+
+    /// The nonce every GPU report bound into these claims carries: the
+    /// first 32 bytes of the `report_data` of the same claims without
+    /// GPUs. The claims cannot hold the digests of reports that carry
+    /// their own hash, so the reports carry the hash of everything else:
+    /// the TLS key (fresh at every boot) and the client's nonce, if any;
+    /// the CPU evidence then binds the reports' digests.
+    pub fn gpu_nonce(&self) -> Result<[u8; 32], ClaimsError> {
+        let without = RuntimeClaims {
+            gpus: Vec::new(),
+            ..self.clone()
+        };
+        let full = without.report_data()?;
+        let mut out = [0u8; 32];
+        out.copy_from_slice(full.get(..32).unwrap_or(&[0u8; 32]));
+        Ok(out)
     }
 }
 
@@ -124,6 +193,11 @@ pub struct AttestationDocument {
     /// ([`crate::initdata`]), so a client may believe its entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_data: Option<String>,
+    /// Every GPU's report, certificate chain and stapled collateral, in
+    /// Trustee's NVIDIA device-list shape (`{"device_evidence_list":
+    /// [...]}`), in the order of the claims' `gpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_evidence: Option<serde_json::Value>,
 }
 
 impl AttestationDocument {
@@ -223,6 +297,7 @@ mod tests {
             },
             embedding_model: None,
             nonce: None,
+            gpus: Vec::new(),
         }
     }
 
@@ -242,12 +317,47 @@ mod tests {
     }
 
     #[test]
+    fn gpus_are_bound_but_their_nonce_is_the_claims_without_them() {
+        let c = claims();
+        let mut with_gpu = c.clone();
+        with_gpu.gpus.push(GpuClaims {
+            index: 0,
+            uuid: "GPU-1".into(),
+            arch: "HOPPER".into(),
+            driver: Some("550.90.07".into()),
+            vbios: None,
+            evidence_sha256: "ef".repeat(32),
+            cc_mode: Some("on".into()),
+            protected_pcie: None,
+        });
+        assert_ne!(with_gpu.report_data().unwrap(), c.report_data().unwrap());
+        let nonce = with_gpu.gpu_nonce().unwrap();
+        assert_eq!(nonce, c.gpu_nonce().unwrap());
+        assert_eq!(&nonce[..], &c.report_data().unwrap()[..32]);
+        // Another TLS key or another client nonce: another GPU nonce.
+        assert_ne!(c.with_nonce(&[7; 8]).gpu_nonce().unwrap(), nonce);
+        let mut other_key = c.clone();
+        other_key.tls_spki_sha256 = "00".repeat(32);
+        assert_ne!(other_key.gpu_nonce().unwrap(), nonce);
+        assert!(with_gpu.with_nonce(&[1]).gpus.is_empty());
+        // Fresh reports of the same GPUs are the same guest; other GPUs not.
+        let mut fresh = with_gpu.with_nonce(&[9; 8]);
+        fresh.gpus = with_gpu.gpus.clone();
+        fresh.gpus[0].evidence_sha256 = "01".repeat(32);
+        assert!(fresh.same_guest(&with_gpu));
+        fresh.gpus[0].uuid = "GPU-2".into();
+        assert!(!fresh.same_guest(&with_gpu));
+        assert!(!c.same_guest(&with_gpu));
+    }
+
+    #[test]
     fn extension_round_trips_and_rejects_bad_der() {
         let doc = AttestationDocument {
             claims: claims(),
             tee: "snp".into(),
             evidence: serde_json::json!({"report": "AAAA"}),
             init_data: Some("version = \"0.1.0\"\n".into()),
+            gpu_evidence: Some(serde_json::json!({"device_evidence_list": []})),
         };
         let der = encode_extension(&doc).unwrap();
         assert_eq!(decode_extension(&der).unwrap(), doc);

@@ -35,6 +35,11 @@ pub struct DemoArgs {
     /// bundle from `ciel embeddings pack`; sealed under its own key.
     #[arg(long)]
     pub embedding_model: Option<PathBuf>,
+    /// Simulated GPUs attested with the guest (`sim:N`, or `none`): the key
+    /// broker and the client then require N genuine GPUs in CC mode, and
+    /// the client shows each GPU's checks.
+    #[arg(long, default_value = "none", value_parser = parse_demo_gpus)]
+    pub gpus: u32,
     /// The question.
     #[arg(
         long,
@@ -55,6 +60,16 @@ pub struct DemoArgs {
     /// broker, sockets) and serve until SIGINT/SIGTERM.
     #[arg(long)]
     pub serve: bool,
+}
+
+fn parse_demo_gpus(s: &str) -> Result<u32, String> {
+    match super::enclave::parse_gpus(s)? {
+        super::enclave::GpuChoice::None => Ok(0),
+        super::enclave::GpuChoice::Sim(n) => Ok(n),
+        super::enclave::GpuChoice::Nvml => {
+            Err("the demo runs on the simulated platform: none or sim:N".into())
+        }
+    }
 }
 
 /// The file `scripts/fetch-model.sh` caches the demo model as.
@@ -282,10 +297,29 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     let (sim, _) = super::sim::load_or_create_snp_in(&data)?;
     let root = hex::encode(sim.root_sha256());
     let measurement = hex::encode(SimSnpReport::default().measurement);
-    let roots_line = format!("danger_simulated_roots = [\"{root}\"]");
+    // With simulated GPUs, their root is trusted too and N of them are
+    // required, by the broker for the key and by the client.
+    let gpu_root = match a.gpus {
+        0 => None,
+        _ => Some(hex::encode(
+            super::sim::load_or_create_nvidia_in(&data)?.0.root_sha256(),
+        )),
+    };
+    let roots_line = format!(
+        "danger_simulated_roots = [{}]",
+        std::iter::once(&root)
+            .chain(gpu_root.as_ref())
+            .map(|r| format!("\"{r}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let gpu_table = match a.gpus {
+        0 => String::new(),
+        n => format!("[nvidia]\nmin_gpus = {n}\n"),
+    };
     std::fs::write(
         kbs_dir.join("model.policy.toml"),
-        format!("{roots_line}\n[snp]\nmeasurements = [\"{measurement}\"]\n"),
+        format!("{roots_line}\n[snp]\nmeasurements = [\"{measurement}\"]\n{gpu_table}"),
     )?;
     let cfg_path = kbs_dir.join("kbs.toml");
     let cfg = std::fs::read_to_string(&cfg_path)?;
@@ -307,7 +341,13 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         .map(|r| format!("\n[[resource]]\npath = \"{r}\"\npolicy_file = \"model.policy.toml\"\n"))
         .collect();
     std::fs::write(&cfg_path, format!("{cfg}{tables}"))?;
-    println!("policy for {resource}: the simulated root, guest measurement {measurement}");
+    println!(
+        "policy for {resource}: the simulated root, guest measurement {measurement}{}",
+        match a.gpus {
+            0 => String::new(),
+            n => format!(", {n} simulated GPUs in CC mode"),
+        }
+    );
 
     let mut procs = Processes {
         children: Vec::new(),
@@ -422,6 +462,11 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             &model_name,
             "--listen",
             &sock("guest-api.sock"),
+            "--gpus",
+            &match a.gpus {
+                0 => "none".to_string(),
+                n => format!("sim:{n}"),
+            },
         ])
         .args(&guest_embedding_args),
         work.join("guest.log"),
@@ -435,7 +480,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     std::fs::write(
         &policy_path,
         format!(
-            "{roots_line}\nmodel_sha256 = [{}]\n[snp]\nmeasurements = [\"{measurement}\"]\n",
+            "{roots_line}\nmodel_sha256 = [{}]\n[snp]\nmeasurements = [\"{measurement}\"]\n{gpu_table}",
             std::iter::once(&model_sha256)
                 .chain(embedding_sha256.as_ref())
                 .map(|d| format!("\"{d}\""))
@@ -491,6 +536,8 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             "embedding_model_sha256": embedding_sha256,
             "measurement": measurement,
             "simulated_root_sha256": root,
+            "simulated_gpu_root_sha256": gpu_root,
+            "gpus": a.gpus,
             "pids": procs.pids(),
         });
         println!("{ready}");

@@ -42,6 +42,15 @@ pub struct ServeArgs {
     /// the kernel parameter agent.guest_components_rest_api=all).
     #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = ciel_enclave::platform::coco::DEFAULT_URL)]
     pub coco_agent: Option<String>,
+    /// The GPUs attested with the CPU: `none`; `nvml` (every GPU the
+    /// NVIDIA driver shows, through NVML loaded at run time; each must be
+    /// in confidential-computing mode, DEVTOOLS off); or `sim:N`, N
+    /// simulated GPUs (development only: NO confidentiality; their
+    /// hierarchy is kept beside the simulated CPU's). Their reports go to
+    /// the key broker with every release and into the attestation
+    /// document; they are set ready only once a key was released.
+    #[arg(long, default_value = "none", value_parser = parse_gpus)]
+    pub gpus: GpuChoice,
     /// The init-data this VM was launched with (Kata's TOML, e.g. mounted
     /// from the pod's ConfigMap): checked against the evidence's HOST_DATA /
     /// MRCONFIGID before anything else, sent to the broker, carried in the
@@ -134,6 +143,52 @@ pub struct ServeArgs {
     pub kbs_timeout: f64,
 }
 
+/// Where the guest's GPU evidence comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuChoice {
+    None,
+    Nvml,
+    Sim(u32),
+}
+
+pub fn parse_gpus(s: &str) -> Result<GpuChoice, String> {
+    let max = ciel_attestation::nvidia::gpus::MAX_GPUS;
+    match s {
+        "none" => Ok(GpuChoice::None),
+        "nvml" => Ok(GpuChoice::Nvml),
+        _ => match s.strip_prefix("sim:").map(str::parse::<u32>) {
+            Some(Ok(n)) if (1..=max as u32).contains(&n) => Ok(GpuChoice::Sim(n)),
+            Some(_) => Err(format!("sim:N takes N from 1 to {max}")),
+            None => Err("expected none, nvml or sim:N".into()),
+        },
+    }
+}
+
+/// The guest's GPU source for `choice`.
+fn gpu_source(choice: GpuChoice) -> Result<std::sync::Arc<dyn ciel_enclave::gpu::GpuSource>> {
+    use ciel_enclave::gpu::{NoGpus, NvmlGpus, SimGpus};
+    Ok(match choice {
+        GpuChoice::None => std::sync::Arc::new(NoGpus),
+        GpuChoice::Nvml => {
+            let nvml = NvmlGpus::open()
+                .map_err(|e| anyhow::anyhow!(e))
+                .context("--gpus nvml: the NVIDIA driver's NVML library")?;
+            tracing::info!("GPU evidence from NVML");
+            std::sync::Arc::new(nvml)
+        }
+        GpuChoice::Sim(n) => {
+            eprintln!(
+                "WARNING: {n} SIMULATED GPUs: their evidence proves nothing about hardware and gives NO confidentiality."
+            );
+            let (sim, dir) = super::sim::load_or_create_nvidia()?;
+            let gpus = SimGpus::new(sim, n, ciel_attestation::UnixTime(files::now()))
+                .map_err(|e| anyhow::anyhow!(e))
+                .with_context(|| format!("simulated GPUs from {}", dir.display()))?;
+            std::sync::Arc::new(gpus)
+        }
+    })
+}
+
 #[derive(Debug, Args)]
 pub struct BootArgs {
     /// Key broker (https://HOST:PORT).
@@ -184,6 +239,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         }
     };
     let source = evidence_source(&a, init_data.as_ref())?;
+    let gpus = gpu_source(a.gpus)?;
     let settings = match &init_data {
         Some(init) => GuestSettings::from_init_data(init)?,
         None => GuestSettings::default(),
@@ -243,6 +299,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     )?;
     let cfg = ciel_enclave::serve::ServeConfig {
         platform,
+        gpus,
         kbs_url: kbs,
         kbs_ca_pem: kbs_ca.into_bytes(),
         kbs_via: a.kbs_via.clone(),
@@ -275,6 +332,7 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         tracing::info!(
             model = %id.claims.model.name,
             model_sha256 = %id.claims.model.sha256,
+            gpus = id.claims.gpus.len(),
             "ready"
         );
     }))?;

@@ -5,7 +5,7 @@ use super::attest::SimReportArgs;
 use super::files;
 use anyhow::{Context, Result, bail};
 use ciel_attestation::UnixTime;
-use ciel_attestation::sim::{SimError, SimSnpReport, SimTdxQuote, SnpSim, TdxSim};
+use ciel_attestation::sim::{NvidiaSim, SimError, SimSnpReport, SimTdxQuote, SnpSim, TdxSim};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -37,6 +37,16 @@ pub fn load_or_create_snp_in(data: &Path) -> Result<(SnpSim, PathBuf)> {
     load_or_create::<SnpSim>(data)
 }
 
+/// The simulated NVIDIA device hierarchy (generated on first use).
+pub fn load_or_create_nvidia() -> Result<(NvidiaSim, PathBuf)> {
+    load_or_create::<NvidiaSim>(&data_dir()?)
+}
+
+/// The same, under an explicit data directory.
+pub fn load_or_create_nvidia_in(data: &Path) -> Result<(NvidiaSim, PathBuf)> {
+    load_or_create::<NvidiaSim>(data)
+}
+
 /// A simulated vendor hierarchy kept under the data directory.
 trait Stored: Sized {
     const DIR: &'static str;
@@ -57,6 +67,20 @@ impl Stored for SnpSim {
     }
     fn from_files(read: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Self, SimError> {
         SnpSim::from_files(read)
+    }
+}
+
+impl Stored for NvidiaSim {
+    const DIR: &'static str = "nvidia";
+    const WHAT: &'static str = "NVIDIA-style device identity PKI (P-384 root, provisioner CA)";
+    fn generate(now: UnixTime) -> Result<Self, SimError> {
+        NvidiaSim::generate(now)
+    }
+    fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>, SimError> {
+        NvidiaSim::to_files(self)
+    }
+    fn from_files(read: impl Fn(&str) -> Option<Vec<u8>>) -> Result<Self, SimError> {
+        NvidiaSim::from_files(read)
     }
 }
 

@@ -30,6 +30,27 @@ pub fn gpu_sim() -> &'static (NvidiaSim, SimGpu, SimGpu) {
 
 pub const KEY: [u8; 32] = [0x42; 32];
 
+/// The TLS key (its DER stand-in) of the guests whose documents tests make.
+pub const GUEST_SPKI: &[u8] = b"the guest's TLS key";
+
+/// Runtime claims of a guest with [`GUEST_SPKI`], no GPUs yet.
+pub fn guest_claims() -> ciel_protocol::claims::RuntimeClaims {
+    use ciel_protocol::claims::{CLAIMS_VERSION, ModelClaims, RuntimeClaims};
+    RuntimeClaims {
+        version: CLAIMS_VERSION,
+        platform: "snp".into(),
+        runtime: "ciel-enclave test".into(),
+        tls_spki_sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, GUEST_SPKI)),
+        model: ModelClaims {
+            name: "m".into(),
+            sha256: "00".repeat(32),
+        },
+        embedding_model: None,
+        nonce: None,
+        gpus: Vec::new(),
+    }
+}
+
 pub struct Broker {
     pub base: String,
     pub dir: tempfile::TempDir,

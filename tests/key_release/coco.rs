@@ -174,23 +174,12 @@ fn the_broker_checks_init_data_against_the_evidence_and_puts_it_in_the_token() {
 
 #[test]
 fn clients_check_the_init_data_in_the_attestation_document() {
-    use ciel_protocol::claims::{CLAIMS_VERSION, ModelClaims, RuntimeClaims};
     let (url, _stop) = agent(init_data().host_data());
     let pod = WithInitData::bind(CocoAgentSource::connect(&url).unwrap(), init_data()).unwrap();
-    let spki = b"the guest's TLS key".to_vec();
-    let claims = RuntimeClaims {
-        version: CLAIMS_VERSION,
-        platform: "snp".into(),
-        runtime: "ciel-enclave test".into(),
-        tls_spki_sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, &spki)),
-        model: ModelClaims {
-            name: "m".into(),
-            sha256: "00".repeat(32),
-        },
-        embedding_model: None,
-        nonce: None,
-    };
-    let doc = ciel_enclave::serve::attested_tls::attest(&pod, claims).unwrap();
+    let spki = GUEST_SPKI.to_vec();
+    let claims = guest_claims();
+    let doc = ciel_enclave::serve::attested_tls::attest(&pod, &ciel_enclave::gpu::NoGpus, claims)
+        .unwrap();
     assert_eq!(doc.init_data.as_deref(), Some(INIT_DATA));
     let policy = ciel_attestation::Policy::from_toml(&format!(
         "danger_simulated_roots = [\"{}\"]\n",

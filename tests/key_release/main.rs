@@ -13,6 +13,7 @@ mod broker;
 mod coco;
 mod ear_token;
 mod faults;
+mod gpu_document;
 mod gpus;
 mod replicas;
 mod sample;

@@ -89,7 +89,7 @@ fn slow_relay(target: String, delay: Duration) -> u16 {
 
 /// Waits for a booting guest's API socket; panics with its log if the guest
 /// exits first.
-fn wait_for_api(guest: &mut Child, api: &Path, log: &Path) {
+pub fn wait_for_api(guest: &mut Child, api: &Path, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(300);
     while !api.exists() {
         if let Ok(Some(status)) = guest.try_wait() {
@@ -134,26 +134,13 @@ pub fn a_silent_key_broker_is_a_clear_final_error(sys: &System) {
 /// broker): while it is down requests fail cleanly, and once it is back the
 /// same client verifies its new TLS key and evidence on the next connection.
 pub fn hosts_die_and_guests_restart(sys: &System, rt: &tokio::runtime::Runtime, expected: &str) {
-    let work = PathBuf::from(sys.s("workdir"));
-    let dir = sys.dir.path().join("restart");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(work.join("models/smollm2.csm"), dir.join("smollm2.csm")).unwrap();
-    let api = dir.join("api.sock");
-    let host_a = Host::start(&dir, &api, true);
-    let log1 = dir.join("guest1.log");
-    let mut guest = Running(
-        guest_command(
-            sys,
-            &dir,
-            &api,
-            &sys.s("kbs_url"),
-            &[],
-            Stdio::from(std::fs::File::create(&log1).unwrap()),
-        )
-        .spawn()
-        .unwrap(),
-    );
-    wait_for_api(&mut guest.0, &api, &log1);
+    let BootedGuest {
+        dir,
+        api,
+        host: host_a,
+        mut guest,
+        ..
+    } = boot_guest(sys, "restart", "guest1.log", &[]);
     let mut host_b = Host::start(&dir.join("b"), &api, false);
     let client_a = rt
         .block_on(Client::connect(&host_a.url, sys.policy()))

@@ -166,9 +166,14 @@ pub fn clients_refuse_what_their_policy_does_not_allow(
     sys: &System,
     _rt: &tokio::runtime::Runtime,
 ) {
-    let root = format!(
+    let cpu_root = format!(
         "danger_simulated_roots = [\"{}\"]",
         sys.s("simulated_root_sha256")
+    );
+    let root = format!(
+        "danger_simulated_roots = [\"{}\", \"{}\"]",
+        sys.s("simulated_root_sha256"),
+        sys.s("simulated_gpu_root_sha256")
     );
     let measurement = sys.s("measurement");
     let ok = format!("{root}\n[snp]\nmeasurements = [\"{measurement}\"]\n");
@@ -184,6 +189,36 @@ pub fn clients_refuse_what_their_policy_does_not_allow(
         run.stdout.contains("guest:       VERIFIED"),
         "{}",
         run.stdout
+    );
+    // Every GPU's checks, shown for the certificate's document and for
+    // the fresh one.
+    assert_eq!(
+        run.stdout.matches("[ ok ] gpu: GPU ").count(),
+        4,
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("[ ok ] gpus: 2 GPUs"), "{}", run.stdout);
+    expect_refused(
+        sys,
+        "gpu-root.toml",
+        &format!("{cpu_root}\n[snp]\nmeasurements = [\"{measurement}\"]\n"),
+        "gpu: GPU 0",
+        "untrusted_root",
+    );
+    expect_refused(
+        sys,
+        "vbios.toml",
+        &format!("{root}\n[nvidia]\nvbios_versions = [\"96.00.74.00.1c\"]\n"),
+        "gpu: GPU 0",
+        "gpu_vbios_not_allowed",
+    );
+    expect_refused(
+        sys,
+        "gpu-count.toml",
+        &format!("{root}\n[nvidia]\nmin_gpus = 4\n"),
+        "gpus",
+        "gpu_count_below_minimum",
     );
     expect_refused(
         sys,

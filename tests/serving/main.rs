@@ -9,6 +9,7 @@ mod clients;
 #[path = "../common/mod.rs"]
 mod common;
 mod faults;
+mod gpus;
 mod hostile;
 mod python_sdk;
 mod slow_clients;
@@ -17,6 +18,7 @@ mod system;
 use api_features::*;
 use clients::*;
 use faults::*;
+use gpus::*;
 use hostile::*;
 use python_sdk::*;
 use slow_clients::*;
@@ -59,12 +61,26 @@ fn serving_system_end_to_end() {
     assert!(v.accepted);
     assert_eq!(v.claims.model.sha256, sys.s("model_sha256"));
     assert!(v.verdict.as_ref().unwrap().simulated);
+    // Its two simulated GPUs, each checked, and the set.
+    assert_eq!(v.claims.gpus.len(), 2);
+    assert_eq!(
+        v.checks.iter().filter(|c| c.name == "gpu" && c.ok).count(),
+        2,
+        "{:?}",
+        v.checks
+    );
+    assert!(v.gpus.as_ref().unwrap().accepted);
 
     // The model list, and a fresh attestation bound to a client nonce.
     let models = rt.block_on(client.models()).unwrap();
     assert_eq!(models["data"][0]["id"], "smollm2-135m-instruct");
     let fresh = rt.block_on(client.fresh_attestation()).unwrap();
     assert!(fresh.checks.iter().any(|c| c.name == "freshness" && c.ok));
+    assert!(fresh.checks.iter().any(|c| c.name == "same guest" && c.ok));
+    assert_ne!(
+        fresh.claims.gpus[0].evidence_sha256, v.claims.gpus[0].evidence_sha256,
+        "fresh GPU reports for the client's nonce"
+    );
 
     // Streaming gives exactly the non-streamed answer (greedy).
     let req = chat_request("What is the capital of France?", 16);
@@ -127,6 +143,7 @@ fn serving_system_end_to_end() {
     a_key_broker_that_is_down_is_a_clear_final_error(&sys);
     a_silent_key_broker_is_a_clear_final_error(&sys);
     hosts_die_and_guests_restart(&sys, &rt, &whole);
+    gpu_evidence_too_large_for_a_certificate_is_fetched_first(&sys, &rt, &whole);
 
     // No prompt or completion text in any log (the demo's, and those of
     // the guests restarted under their clients).

@@ -22,6 +22,8 @@ impl System {
             // The sentence-embedding model beside it (/v1/embeddings).
             .arg("--embedding-model")
             .arg(ciel_engine::cached_model("all-MiniLM-L6-v2"))
+            // Two simulated GPUs, required by the broker and the client.
+            .args(["--gpus", "sim:2"])
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -142,8 +144,9 @@ impl Drop for Host {
 }
 
 /// `ciel enclave serve --sim` fetching `smollm2.csm` from the blob service
-/// in `dir`, with `kbs` as its broker and the demo's simulated root, its API
-/// at `api`; `extra` arguments appended. Its stderr goes to `log`.
+/// in `dir`, with `kbs` as its broker and the demo's simulated roots (and
+/// two of its simulated GPUs unless `extra` says `--gpus`), its API at
+/// `api`; `extra` arguments appended. Its stderr goes to `log`.
 pub fn guest_command(
     sys: &System,
     dir: &Path,
@@ -172,10 +175,58 @@ pub fn guest_command(
         &format!("unix:{}", api.display()),
     ])
     .args(extra)
+    .args(if extra.contains(&"--gpus") {
+        &[][..]
+    } else {
+        &["--gpus", "sim:2"][..]
+    })
     .env("CIEL_DATA_DIR", work.join("data"))
     .stdout(Stdio::null())
     .stderr(log);
     cmd
+}
+
+/// A guest beside the demo's, serving: its directory under the test's (with
+/// the demo's sealed model), the host shim in front of it, the process, its
+/// API socket and its log.
+pub struct BootedGuest {
+    pub dir: PathBuf,
+    pub api: PathBuf,
+    pub host: Host,
+    pub guest: Running,
+    pub log: PathBuf,
+}
+
+/// Boots [`guest_command`] in `name` against the demo's key broker, with
+/// `extra` arguments, its stderr in `log`; returns once its API is up.
+pub fn boot_guest(sys: &System, name: &str, log: &str, extra: &[&str]) -> BootedGuest {
+    let work = PathBuf::from(sys.s("workdir"));
+    let dir = sys.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(work.join("models/smollm2.csm"), dir.join("smollm2.csm")).unwrap();
+    let api = dir.join("api.sock");
+    let host = Host::start(&dir, &api, true);
+    let log = dir.join(log);
+    let mut guest = Running(
+        guest_command(
+            sys,
+            &dir,
+            &api,
+            &sys.s("kbs_url"),
+            extra,
+            Stdio::from(std::fs::File::create(&log).unwrap()),
+        )
+        .spawn()
+        .unwrap(),
+    );
+    wait_for_api(&mut guest.0, &api, &log);
+    BootedGuest {
+        dir,
+        api,
+        host,
+        guest,
+        log,
+    }
 }
 
 /// A host shim serving `dir` as its model directory on `dir/blobs.sock`,

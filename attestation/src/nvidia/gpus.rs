@@ -33,6 +33,17 @@ pub enum CcMode {
     Devtools,
 }
 
+impl CcMode {
+    /// The mode as the evidence and the claims spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            CcMode::On => "on",
+            CcMode::Off => "off",
+            CcMode::Devtools => "devtools",
+        }
+    }
+}
+
 /// One GPU's evidence as the guest collected it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuEvidence {

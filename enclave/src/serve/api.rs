@@ -34,6 +34,8 @@ pub struct ApiState {
     pub template: Option<ChatTemplate>,
     pub claims: RuntimeClaims,
     pub platform: Arc<dyn EvidenceSource + Send + Sync>,
+    /// The GPUs whose fresh reports `/v1/attestation` carries.
+    pub gpus: Arc<dyn crate::gpu::GpuSource>,
     /// Upper bound on `max_tokens` (default when the request names none: 256).
     pub max_tokens_limit: usize,
     /// The sentence-embedding model, when the guest serves one.
@@ -185,8 +187,10 @@ async fn attestation(State(st): State<Arc<ApiState>>, Query(q): Query<NonceQuery
         Err(e) => return invalid("nonce", format!("not hex: {e}")),
     };
     let claims = st.claims.with_nonce(&nonce);
-    let platform = st.platform.clone();
-    match tokio::task::spawn_blocking(move || attest(platform.as_ref(), claims)).await {
+    let (platform, gpus) = (st.platform.clone(), st.gpus.clone());
+    match tokio::task::spawn_blocking(move || attest(platform.as_ref(), gpus.as_ref(), claims))
+        .await
+    {
         Ok(Ok(doc)) => (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             doc.to_json(),

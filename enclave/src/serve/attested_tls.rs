@@ -4,9 +4,11 @@
 //! ([`ciel_protocol::claims::EXTENSION_OID`]), so a client verifies the
 //! guest during the handshake without another round trip.
 
+use crate::gpu::{GpuSource, refuse_unsafe_modes};
 use crate::kbs_client::EvidenceSource;
+use ciel_attestation::nvidia::{GpuEvidence, NvidiaReport};
 use ciel_protocol::claims::{
-    AttestationDocument, CLAIMS_VERSION, ModelClaims, RuntimeClaims, encode_extension,
+    AttestationDocument, CLAIMS_VERSION, GpuClaims, ModelClaims, RuntimeClaims, encode_extension,
 };
 use rcgen::PublicKeyData;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -22,6 +24,8 @@ pub enum IdentityError {
     Claims(#[from] ciel_protocol::claims::ClaimsError),
     #[error("evidence from the platform: {0}")]
     Evidence(String),
+    #[error("GPU evidence: {0}")]
+    Gpu(String),
 }
 
 /// The guest's TLS configuration and the claims its certificate attests.
@@ -39,11 +43,29 @@ pub fn runtime_version() -> String {
     format!("ciel-enclave {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Produces an attestation document for `claims` from `platform`.
+/// Produces an attestation document for `claims` from `platform` and the
+/// GPUs: each GPU's report carries the claims' [`RuntimeClaims::gpu_nonce`],
+/// the claims gain each GPU's identity and report digest, and the CPU
+/// evidence binds the whole. A GPU not in CC mode, or in DEVTOOLS, is
+/// refused here: such a guest has nothing to attest to.
 pub fn attest(
     platform: &dyn EvidenceSource,
+    gpus: &dyn GpuSource,
     claims: RuntimeClaims,
 ) -> Result<AttestationDocument, IdentityError> {
+    let mut claims = RuntimeClaims {
+        gpus: Vec::new(),
+        ..claims
+    };
+    let gpu_evidence = gpus
+        .collect(claims.gpu_nonce()?)
+        .map_err(IdentityError::Gpu)?;
+    refuse_unsafe_modes(&gpu_evidence).map_err(IdentityError::Gpu)?;
+    claims.gpus = gpu_evidence
+        .iter()
+        .zip(0u32..)
+        .map(|(g, index)| gpu_claims(index, g))
+        .collect::<Result<_, _>>()?;
     let evidence = platform
         .evidence(claims.report_data()?)
         .map_err(IdentityError::Evidence)?;
@@ -52,33 +74,65 @@ pub fn attest(
         tee: platform.tee().to_string(),
         evidence,
         init_data: platform.init_data().map(|d| d.body().to_string()),
+        gpu_evidence: (!gpu_evidence.is_empty()).then(|| GpuEvidence::encode_list(&gpu_evidence)),
     })
 }
 
-/// The largest attestation extension the certificate carries with the
-/// init-data in it. TLS clients (rustls among them) refuse handshake
-/// messages over 64 KiB, and the evidence (a TDX quote's collateral is
-/// ~30 KiB) and the certificate need their share.
-pub const CERTIFICATE_INIT_DATA_BUDGET: usize = 40 << 10;
+/// What the guest claims about GPU `index`: NVML's identity and mode, and
+/// the versions its signed report states.
+fn gpu_claims(index: u32, g: &GpuEvidence) -> Result<GpuClaims, IdentityError> {
+    let report = NvidiaReport::parse(&g.report)
+        .map_err(|e| IdentityError::Gpu(format!("GPU {index} ({}): report: {e}", g.uuid)))?;
+    Ok(GpuClaims {
+        index,
+        uuid: g.uuid.clone(),
+        arch: g.arch.clone(),
+        driver: report.opaque.driver_version,
+        vbios: report.opaque.vbios_version,
+        evidence_sha256: g.report_sha256(),
+        cc_mode: g.cc_mode.map(|m| m.name().to_string()),
+        protected_pcie: g.protected_pcie,
+    })
+}
 
-/// The document for the certificate: the boot document, without its
-/// init-data when that would make the handshake too large (a Kata agent
-/// policy can be tens of KiB). The evidence still binds the init-data's
-/// digest, which a client pins in its policy; `/v1/attestation` always
-/// carries the document whole.
+/// The largest attestation extension the certificate carries when it has
+/// parts it can do without. TLS clients (rustls among them) refuse
+/// handshake messages over 64 KiB, and the evidence (a TDX quote's
+/// collateral is ~30 KiB) and the certificate need their share.
+pub const CERTIFICATE_DOCUMENT_BUDGET: usize = 40 << 10;
+
+/// The document for the certificate: the boot document, less what would
+/// make the handshake too large — first the init-data (a Kata agent
+/// policy can be tens of KiB; the evidence still binds its digest, which a
+/// client pins in its policy), then the GPU evidence (several GPUs' reports
+/// and chains; the claims still name every report's digest, and clients
+/// fetch the reports from `/v1/attestation`, which always carries the
+/// document whole).
 fn certificate_document(document: &AttestationDocument) -> AttestationDocument {
-    let fits = encode_extension(document).is_ok_and(|e| e.len() <= CERTIFICATE_INIT_DATA_BUDGET);
-    if document.init_data.is_none() || fits {
-        return document.clone();
+    let fits = |d: &AttestationDocument| {
+        encode_extension(d).is_ok_and(|e| e.len() <= CERTIFICATE_DOCUMENT_BUDGET)
+    };
+    let mut d = document.clone();
+    if fits(&d) {
+        return d;
     }
-    tracing::warn!(
-        budget = CERTIFICATE_INIT_DATA_BUDGET,
-        "the init-data is too large for the TLS certificate: it is served at /v1/attestation only"
-    );
-    AttestationDocument {
-        init_data: None,
-        ..document.clone()
+    if d.init_data.take().is_some() {
+        tracing::warn!(
+            budget = CERTIFICATE_DOCUMENT_BUDGET,
+            "the init-data is too large for the TLS certificate: it is served at /v1/attestation only"
+        );
+        if fits(&d) {
+            return d;
+        }
     }
+    if d.gpu_evidence.take().is_some() {
+        tracing::warn!(
+            budget = CERTIFICATE_DOCUMENT_BUDGET,
+            gpus = d.claims.gpus.len(),
+            "the GPU evidence is too large for the TLS certificate: clients fetch it from /v1/attestation"
+        );
+    }
+    d
 }
 
 impl AttestedIdentity {
@@ -86,6 +140,7 @@ impl AttestedIdentity {
     /// to them, and the certificate that carries it. TLS 1.3 only.
     pub fn generate(
         platform: &dyn EvidenceSource,
+        gpus: &dyn GpuSource,
         model: ModelClaims,
         embedding_model: Option<ModelClaims>,
     ) -> Result<Self, IdentityError> {
@@ -100,8 +155,9 @@ impl AttestedIdentity {
             model,
             embedding_model,
             nonce: None,
+            gpus: Vec::new(),
         };
-        let document = attest(platform, claims.clone())?;
+        let document = attest(platform, gpus, claims)?;
         let in_certificate = certificate_document(&document);
         let mut params =
             rcgen::CertificateParams::new(vec!["ciel-enclave".to_string()]).map_err(cert_err)?;
@@ -126,7 +182,7 @@ impl AttestedIdentity {
             .map_err(|e| IdentityError::Certificate(e.to_string()))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(AttestedIdentity {
-            claims,
+            claims: document.claims.clone(),
             document,
             server_config: Arc::new(config),
         })
@@ -151,10 +207,12 @@ mod tests {
                 },
                 embedding_model: None,
                 nonce: None,
+                gpus: Vec::new(),
             },
             tee: "snp".into(),
             evidence: serde_json::json!({"report": "A".repeat(8 << 10)}),
             init_data: Some("#".repeat(init_data)),
+            gpu_evidence: None,
         }
     }
 
@@ -166,6 +224,14 @@ mod tests {
         let cert = certificate_document(&large);
         assert_eq!(cert.init_data, None);
         assert_eq!(cert.evidence, large.evidence);
-        assert!(encode_extension(&cert).unwrap().len() < CERTIFICATE_INIT_DATA_BUDGET);
+        assert!(encode_extension(&cert).unwrap().len() < CERTIFICATE_DOCUMENT_BUDGET);
+        // Eight GPUs' evidence does not fit either: it goes next.
+        let mut gpus = document(4 << 10);
+        gpus.gpu_evidence = Some(serde_json::json!({"device_evidence_list": "B".repeat(64 << 10)}));
+        let cert = certificate_document(&gpus);
+        assert_eq!((cert.init_data, cert.gpu_evidence), (None, None));
+        let mut fits = document(1 << 10);
+        fits.gpu_evidence = Some(serde_json::json!({"device_evidence_list": "B".repeat(16 << 10)}));
+        assert_eq!(certificate_document(&fits), fits);
     }
 }

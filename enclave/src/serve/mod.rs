@@ -31,6 +31,10 @@ use std::sync::Arc;
 /// How the guest boots and serves.
 pub struct ServeConfig {
     pub platform: Arc<dyn EvidenceSource + Send + Sync>,
+    /// The GPUs attested with the CPU ([`crate::gpu::NoGpus`] for none):
+    /// their evidence goes to the key broker with every release and into
+    /// the attestation document; they are set ready once a key is released.
+    pub gpus: Arc<dyn crate::gpu::GpuSource>,
     /// The key broker, `https://HOST:PORT`.
     pub kbs_url: String,
     /// The broker's CA (PEM), pinned.
@@ -194,13 +198,13 @@ async fn release_key(
     kbs_url: &str,
     resource: &str,
 ) -> Result<DataKey, BootError> {
-    let platform = cfg.platform.clone();
+    let (platform, gpus) = (cfg.platform.clone(), cfg.gpus.clone());
     let ca = cfg.kbs_ca_pem.clone();
     let backoff = cfg.kbs_backoff;
     let (url, res) = (kbs_url.to_string(), resource.to_string());
     let key = tokio::task::spawn_blocking(move || {
         let client = KbsClient::with_pinned_ca(&url, &ca, backoff)?;
-        client.fetch_resource(&res, platform.as_ref())
+        client.fetch_resource_with_gpus(&res, platform.as_ref(), gpus.as_ref())
     })
     .await
     .map_err(|e| BootError::Model(format!("key release task: {e}")))??;
@@ -293,14 +297,19 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
         }
     };
 
-    // 4. TLS identity and evidence bound to it.
-    let platform = cfg.platform.clone();
+    // 4. TLS identity and evidence bound to it (the CPU's and every GPU's).
+    let (platform, gpus) = (cfg.platform.clone(), cfg.gpus.clone());
     let model_claims = ModelClaims {
         name: model_name,
         sha256: model_sha256,
     };
     let identity = tokio::task::spawn_blocking(move || {
-        AttestedIdentity::generate(platform.as_ref(), model_claims, embedding_claims)
+        AttestedIdentity::generate(
+            platform.as_ref(),
+            gpus.as_ref(),
+            model_claims,
+            embedding_claims,
+        )
     })
     .await
     .map_err(|e| BootError::Model(format!("identity task: {e}")))??;
@@ -346,6 +355,7 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
         template,
         claims: identity.claims.clone(),
         platform: cfg.platform.clone(),
+        gpus: cfg.gpus.clone(),
         max_tokens_limit: cfg.max_tokens_limit,
         embeddings,
     });
@@ -364,6 +374,7 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
         listen = %cfg.listen,
         boot_ms = started.elapsed().as_millis() as u64,
         tls_spki_sha256 = %identity.claims.tls_spki_sha256,
+        gpus = identity.claims.gpus.len(),
         "serving"
     );
     ready(&identity);

@@ -47,12 +47,14 @@ pub fn api(
         model: claims_of(model),
         embedding_model: embeddings.as_ref().map(|e| claims_of(&e.name)),
         nonce: None,
+        gpus: Vec::new(),
     };
     router(Arc::new(ApiState {
         worker,
         template,
         claims,
         platform: Arc::new(NoPlatform),
+        gpus: Arc::new(ciel_enclave::gpu::NoGpus),
         max_tokens_limit: 256,
         embeddings: embeddings.map(Arc::new),
     }))
