@@ -13,7 +13,7 @@
 )]
 
 use ciel_attestation::nvidia::{CcMode, GpuEvidence, GpuSetVerdict, verify_gpus};
-use ciel_attestation::sim::{NvidiaSim, SimGpu, SimGpuReport, SimOcspStatus};
+use ciel_attestation::sim::{NvidiaSim, SimGpu, SimGpuReport, SimOcspResponder, SimOcspStatus};
 use ciel_attestation::{Policy, UnixTime};
 use std::sync::OnceLock;
 
@@ -254,6 +254,81 @@ fn ocsp_missing_stale_revoked_unknown_or_forged_is_refused() {
     r[at] ^= 0x01;
     let v = verify_gpus(&[forged], &NONCE, &strict, NOW);
     assert!(!v.accepted, "a changed OCSP byte was accepted");
+}
+
+#[test]
+fn delegated_ocsp_responders_are_believed_only_with_their_issuers_authority() {
+    let (sim, a, _) = sim();
+    let strict = policy("require_ocsp = true\nmax_ocsp_age_seconds = 3600");
+    let day_ago = UnixTime(NOW.secs() - 86_400);
+    let by = |responders: [&SimOcspResponder; 2], status| GpuEvidence {
+        ocsp: (1..=2)
+            .map(|pos| {
+                sim.ocsp_by(
+                    a,
+                    pos,
+                    responders[pos - 1],
+                    status,
+                    UnixTime(NOW.secs() - 600),
+                    UnixTime(NOW.secs() + 86_400),
+                )
+                .unwrap()
+            })
+            .collect(),
+        ..good(a)
+    };
+    let device_responder = sim.ocsp_responder(1, true, day_ago).unwrap();
+    let ica_responder = sim.ocsp_responder(2, true, day_ago).unwrap();
+    let v = verify_gpus(
+        &[by([&device_responder, &ica_responder], SimOcspStatus::Good)],
+        &NONCE,
+        &strict,
+        NOW,
+    );
+    assert!(v.accepted, "{}", v.summary());
+    refused_with(
+        &[by(
+            [&device_responder, &ica_responder],
+            SimOcspStatus::Revoked,
+        )],
+        &strict,
+        "certificate_revoked",
+    );
+    let refused_saying = |e: GpuEvidence, words: &str| {
+        let v = verify_gpus(&[e], &NONCE, &strict, NOW);
+        assert!(
+            codes(&v).contains(&"ocsp_invalid".to_string()) && v.summary().contains(words),
+            "expected ocsp_invalid saying {words:?}: {}",
+            v.summary()
+        );
+    };
+    // Issued by the CA but not for OCSP signing.
+    let no_purpose = sim.ocsp_responder(1, false, day_ago).unwrap();
+    refused_saying(
+        by([&no_purpose, &ica_responder], SimOcspStatus::Good),
+        "lacks the OCSP-signing purpose",
+    );
+    // The root's responder answering for a certificate the provisioner CA issued.
+    refused_saying(
+        by([&ica_responder, &ica_responder], SimOcspStatus::Good),
+        "not by the certificate's issuer",
+    );
+    // Another hierarchy's responder, however well formed (its CA has the
+    // same name as ours: the signature, not the name, decides).
+    let other = NvidiaSim::generate(day_ago).unwrap();
+    let foreign = other.ocsp_responder(1, true, day_ago).unwrap();
+    refused_saying(
+        by([&foreign, &ica_responder], SimOcspStatus::Good),
+        "does not verify",
+    );
+    // Expired (valid for a year, from three years ago).
+    let expired = sim
+        .ocsp_responder(1, true, UnixTime(NOW.secs() - 3 * 365 * 86_400))
+        .unwrap();
+    refused_saying(
+        by([&expired, &ica_responder], SimOcspStatus::Good),
+        "delegated OCSP responder",
+    );
 }
 
 #[test]

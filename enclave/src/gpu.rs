@@ -9,7 +9,7 @@
 use ciel_attestation::UnixTime;
 use ciel_attestation::nvidia::{CcMode, GpuEvidence, mode_refusal};
 use ciel_attestation::policy::NvidiaPolicy;
-use ciel_attestation::sim::{NvidiaSim, SimGpu, SimGpuReport, SimOcspStatus};
+use ciel_attestation::sim::{NvidiaSim, SimGpu, SimGpuReport, SimOcspResponder, SimOcspStatus};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Where GPU evidence comes from.
@@ -144,11 +144,14 @@ impl GpuSource for NvmlGpus {
 
 /// Simulated GPUs (development and tests only): reports signed by the
 /// simulated hierarchy, with OCSP responses stapled as the host's
-/// collateral service would.
+/// collateral service would, signed by delegated responders as NVIDIA's
+/// OCSP service signs.
 #[derive(Debug)]
 pub struct SimGpus {
     pub sim: NvidiaSim,
     pub gpus: Vec<SimGpu>,
+    /// The responders for the device certificates and the provisioner CA.
+    responders: [SimOcspResponder; 2],
     pub cc_mode: CcMode,
     /// The VBIOS version bytes the reports state.
     pub vbios: [u8; 5],
@@ -162,9 +165,15 @@ impl SimGpus {
             .map(|i| sim.issue_gpu(i, now))
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
+        let responder = |position| {
+            sim.ocsp_responder(position, true, now)
+                .map_err(|e| e.to_string())
+        };
+        let responders = [responder(1)?, responder(2)?];
         Ok(SimGpus {
             sim,
             gpus,
+            responders,
             cc_mode: CcMode::On,
             vbios: SimGpuReport::default().vbios,
             ready: AtomicBool::new(false),
@@ -190,11 +199,15 @@ impl GpuSource for SimGpus {
                         ..Default::default()
                     })
                     .map_err(|e| e.to_string())?;
-                let ocsp = (1..=2)
-                    .map(|pos| {
-                        self.sim.ocsp(
+                let ocsp = self
+                    .responders
+                    .iter()
+                    .zip(1..)
+                    .map(|(responder, pos)| {
+                        self.sim.ocsp_by(
                             g,
                             pos,
+                            responder,
                             SimOcspStatus::Good,
                             UnixTime(now.saturating_sub(60)),
                             UnixTime(now.saturating_add(86_400)),

@@ -1,20 +1,27 @@
 //! Stapled OCSP responses (RFC 6960) for NVIDIA's certificates: the
 //! responses travel with the evidence (fetched by the untrusted host, or
 //! stapled offline), so each is checked here as if it came from an
-//! attacker: signed by the certificate's issuer, about exactly this
-//! certificate (issuer name and key hashes, serial), current at the
-//! instant, and no older than the policy's maximum age.
+//! attacker: signed by the certificate's issuer or by a responder that
+//! issuer authorised, about exactly this certificate (issuer name and key
+//! hashes, serial), current at the instant, and no older than the policy's
+//! maximum age.
 //!
-//! A response signed by a delegated responder (a certificate with the
-//! OCSP-signing purpose, issued by the CA) is refused with a reason that
-//! says so: the simulated responder and the tests sign with the issuer.
+//! A delegated responder (RFC 6960 4.2.2.2, how NVIDIA's OCSP service and
+//! most CAs sign) is believed only if the response names it (responder ID
+//! by name or key hash), carries its certificate, and that certificate is
+//! issued and signed by the very CA that issued the certificate in
+//! question, valid at the instant, and has the OCSP-signing purpose. Its
+//! own revocation is not checked (RFC 6960's id-pkix-ocsp-nocheck
+//! practice; its lifetime is what bounds it).
 
 use crate::time::UnixTime;
 use crate::verdict::ReasonKind;
 use crate::x509::{Cert, CertError, SignatureFailure, tbs_bytes, verify_signature};
 use x509_cert_02::der::Decode as _;
 use x509_cert_02::der::Encode as _;
-use x509_ocsp::{BasicOcspResponse, CertStatus, OcspResponse, OcspResponseStatus, SingleResponse};
+use x509_ocsp::{
+    BasicOcspResponse, CertStatus, OcspResponse, OcspResponseStatus, ResponderId, SingleResponse,
+};
 
 /// `id-pkix-ocsp-basic`.
 const OCSP_BASIC: &str = "1.3.6.1.5.5.7.48.1.1";
@@ -50,7 +57,8 @@ impl Stapled {
     }
 
     /// Checks it for `cert` (issued by `issuer`) at `now`: signed by the
-    /// issuer, about this certificate, good, current, young enough.
+    /// issuer or its delegated responder, about this certificate, good,
+    /// current, young enough.
     pub fn check(
         &self,
         cert: &Cert,
@@ -76,10 +84,12 @@ impl Stapled {
             .signature
             .as_bytes()
             .ok_or_else(|| invalid(format!("{name}: signature has unused bits")))?;
-        verify_signature(&alg, issuer, tbs, sig).map_err(|f| match f {
+        let delegate = responder(basic, issuer, now, name)?;
+        let signer = delegate.as_ref().unwrap_or(issuer);
+        verify_signature(&alg, signer, tbs, sig).map_err(|f| match f {
             SignatureFailure::Invalid => invalid(format!(
-                "{name}: the response is not signed by the certificate's issuer ({}); delegated OCSP responders are not accepted",
-                issuer.subject()
+                "{name}: the response's signature does not verify with its responder's key ({})",
+                signer.subject()
             )),
             SignatureFailure::Malformed(m) | SignatureFailure::Unsupported(m) => {
                 invalid(format!("{name}: {m}"))
@@ -137,6 +147,82 @@ impl Stapled {
         }
         Ok(())
     }
+}
+
+/// `id-kp-OCSPSigning`, and the extended-key-usage extension.
+const OCSP_SIGNING: &str = "1.3.6.1.5.5.7.3.9";
+const EXT_KEY_USAGE: &str = "2.5.29.37";
+
+/// Who signed `basic`, by its responder ID: `None` for the issuer itself,
+/// else the delegated responder's certificate, checked (issued and signed
+/// by `issuer`, valid at `now`, with the OCSP-signing purpose).
+fn responder(
+    basic: &BasicOcspResponse,
+    issuer: &Cert,
+    now: UnixTime,
+    name: &str,
+) -> Result<Option<Cert>, CertError> {
+    let named = |c: &Cert| match &basic.tbs_response_data.responder_id {
+        ResponderId::ByName(n) => n.to_der().is_ok_and(|d| d == c.subject_der()),
+        ResponderId::ByKey(hash) => {
+            hash.as_bytes()
+                == ring::digest::digest(
+                    &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                    c.public_key_bytes(),
+                )
+                .as_ref()
+        }
+    };
+    if named(issuer) {
+        return Ok(None);
+    }
+    let carried = basic
+        .certs
+        .iter()
+        .flatten()
+        .map(|c| {
+            c.to_der()
+                .ok()
+                .and_then(|d| Cert::from_der(&d).ok())
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "{name}: a certificate the response carries is malformed"
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let delegate = carried.into_iter().find(|c| named(c)).ok_or_else(|| {
+        invalid(format!(
+            "{name}: the responder is neither the certificate's issuer ({}) nor a certificate the response carries",
+            issuer.subject()
+        ))
+    })?;
+    let who = format!("{name}: delegated OCSP responder {}", delegate.subject());
+    if !delegate.issued_by(issuer) {
+        return Err(invalid(format!(
+            "{who} is issued by {}, not by the certificate's issuer {}",
+            delegate.issuer(),
+            issuer.subject()
+        )));
+    }
+    delegate
+        .verify_signed_by(issuer, &who)
+        .map_err(|e| invalid(e.message))?;
+    delegate
+        .check_validity(now, &who)
+        .map_err(|e| invalid(e.message))?;
+    let oid = |s: &str| x509_cert::der::oid::ObjectIdentifier::new(s).ok();
+    let purposes = oid(EXT_KEY_USAGE)
+        .and_then(|eku| delegate.extension(&eku))
+        .and_then(|v| {
+            <x509_cert::ext::pkix::ExtendedKeyUsage as x509_cert::der::Decode>::from_der(v).ok()
+        });
+    if !purposes.is_some_and(|p| oid(OCSP_SIGNING).is_some_and(|o| p.0.contains(&o))) {
+        return Err(invalid(format!(
+            "{who} lacks the OCSP-signing purpose (id-kp-OCSPSigning): its issuer did not authorise it to answer"
+        )));
+    }
+    Ok(Some(delegate))
 }
 
 /// The basic response inside `response`, and its DER (for the signed bytes).

@@ -16,7 +16,7 @@ mod ocsp;
 mod snp;
 mod tdx;
 
-pub use nvidia::{NvidiaSim, SimGpu, SimGpuReport, SimOcspStatus};
+pub use nvidia::{NvidiaSim, SimGpu, SimGpuReport, SimOcspResponder, SimOcspStatus};
 pub use snp::{LeafSpec, SIM_TCB, SimSnpReport, SnpSim};
 pub use tdx::{SimTdxQuote, TD_ATTRIBUTES_DEFAULT, TdxSim};
 

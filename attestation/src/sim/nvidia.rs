@@ -59,6 +59,23 @@ pub enum SimOcspStatus {
     Unknown,
 }
 
+/// A delegated OCSP responder: a certificate a CA issued for signing its
+/// OCSP responses (RFC 6960 4.2.2.2), and its key.
+pub struct SimOcspResponder {
+    pub cert: Vec<u8>,
+    key: SigningKey,
+    /// The chain position whose certificates it answers for.
+    position: usize,
+}
+
+impl std::fmt::Debug for SimOcspResponder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimOcspResponder")
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The simulated device identity hierarchy (root and provisioner CA).
 pub struct NvidiaSim {
     root_key: SigningKey,
@@ -212,16 +229,90 @@ impl NvidiaSim {
         this_update: UnixTime,
         next_update: UnixTime,
     ) -> Result<Vec<u8>, SimError> {
-        let (cert, issuer, key) = match position {
-            1 => (&gpu.device, &self.ica, &self.ica_key),
-            2 => (&self.ica, &self.root, &self.root_key),
+        let (cert, issuer, key) = self.position(gpu, position)?;
+        let signer = super::ocsp::Signer { key, cert: None };
+        super::ocsp::response(cert, issuer, &signer, status, this_update, next_update)
+    }
+
+    /// The same, signed by a delegated `responder` (as NVIDIA's OCSP
+    /// service signs), which the response carries.
+    pub fn ocsp_by(
+        &self,
+        gpu: &SimGpu,
+        position: usize,
+        responder: &SimOcspResponder,
+        status: SimOcspStatus,
+        this_update: UnixTime,
+        next_update: UnixTime,
+    ) -> Result<Vec<u8>, SimError> {
+        let (cert, issuer, _) = self.position(gpu, position)?;
+        let signer = super::ocsp::Signer {
+            key: &responder.key,
+            cert: Some(&responder.cert),
+        };
+        super::ocsp::response(cert, issuer, &signer, status, this_update, next_update)
+    }
+
+    /// A delegated OCSP responder for the certificates at chain `position`
+    /// (1: issued by the provisioner CA, 2: by the root), valid for a year
+    /// from a day before `from`; `ocsp_signing`: with the OCSP-signing
+    /// purpose (without it, no verifier may accept its responses).
+    pub fn ocsp_responder(
+        &self,
+        position: usize,
+        ocsp_signing: bool,
+        from: UnixTime,
+    ) -> Result<SimOcspResponder, SimError> {
+        let (issuer_key, issuer_dn, serial) = match position {
+            1 => (&self.ica_key, ICA_DN, 901),
+            2 => (&self.root_key, ROOT_DN, 902),
             other => {
                 return Err(SimError::Input(format!(
-                    "no OCSP for chain position {other}"
+                    "no OCSP responder for chain position {other}"
                 )));
             }
         };
-        super::ocsp::response(cert, issuer, key, status, this_update, next_update)
+        let key = SigningKey::generate_from_rng(&mut os_rng());
+        let mut extensions = vec![ext_critical("2.5.29.15", vec![0x03, 0x02, 0x07, 0x80])?];
+        if ocsp_signing {
+            // extKeyUsage: id-kp-OCSPSigning.
+            extensions.push(ext(
+                "2.5.29.37",
+                vec![
+                    0x30, 0x0a, 0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x09,
+                ],
+            )?);
+        }
+        let cert = issue_ecdsa::<_, DerSignature>(
+            &key,
+            issuer_key,
+            &format!("CN=ciel Sim OCSP Responder {position},O=ciel simulated platform (NOT A TEE)"),
+            issuer_dn,
+            serial,
+            extensions,
+            from,
+            1,
+        )?;
+        Ok(SimOcspResponder {
+            cert,
+            key,
+            position,
+        })
+    }
+
+    /// `gpu`'s certificate at chain `position`, its issuer and the issuer's key.
+    fn position<'a>(
+        &'a self,
+        gpu: &'a SimGpu,
+        position: usize,
+    ) -> Result<(&'a [u8], &'a [u8], &'a SigningKey), SimError> {
+        match position {
+            1 => Ok((&gpu.device, &self.ica, &self.ica_key)),
+            2 => Ok((&self.ica, &self.root, &self.root_key)),
+            other => Err(SimError::Input(format!(
+                "no OCSP for chain position {other}"
+            ))),
+        }
     }
 
     /// The files that persist the hierarchy (name, bytes). Keys are PKCS#8 DER.

@@ -1,17 +1,18 @@
 //! OCSP responses (RFC 6960) as a CA's responder signs them, for the
 //! simulated hierarchies: one single response naming the certificate by
 //! SHA-256 hashes of its issuer's name and key and its serial, signed
-//! ECDSA P-384 SHA-384 by the issuer itself.
+//! ECDSA P-384 SHA-384 by the issuer itself or by a delegated responder
+//! whose certificate the response carries.
 
 use super::nvidia::SimOcspStatus;
 use super::{SimError, crypto};
 use crate::time::UnixTime;
 use crate::x509::{Cert, sha256};
-use p384::ecdsa::signature::Signer;
+use p384::ecdsa::signature::Signer as _;
 use p384::ecdsa::{DerSignature, SigningKey};
-use x509_cert_02::der::Encode;
 use x509_cert_02::der::asn1::{BitString, GeneralizedTime, Null, OctetString};
 use x509_cert_02::der::oid::ObjectIdentifier;
+use x509_cert_02::der::{Decode, Encode};
 use x509_cert_02::serial_number::SerialNumber;
 use x509_cert_02::spki::AlgorithmIdentifierOwned;
 use x509_ocsp::{
@@ -28,12 +29,19 @@ fn time(t: UnixTime) -> Result<OcspGeneralizedTime, SimError> {
         .map_err(crypto)
 }
 
-/// A successful OCSP response about `cert_der`, issued by `issuer_der`
-/// whose key is `key`.
+/// Who signs a response: the issuer's key (no certificate), or a delegated
+/// responder's key and certificate.
+pub(crate) struct Signer<'a> {
+    pub key: &'a SigningKey,
+    pub cert: Option<&'a [u8]>,
+}
+
+/// A successful OCSP response about `cert_der`, issued by `issuer_der`,
+/// signed by `signer`.
 pub(crate) fn response(
     cert_der: &[u8],
     issuer_der: &[u8],
-    key: &SigningKey,
+    signer: &Signer<'_>,
     status: SimOcspStatus,
     this_update: UnixTime,
     next_update: UnixTime,
@@ -58,9 +66,13 @@ pub(crate) fn response(
         }),
         SimOcspStatus::Unknown => CertStatus::Unknown(Null),
     };
+    let responder = match signer.cert {
+        Some(der) => Cert::from_der(der).map_err(|e| crypto(e.message))?,
+        None => issuer.clone(),
+    };
     let key_hash = ring::digest::digest(
         &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
-        issuer.public_key_bytes(),
+        responder.public_key_bytes(),
     );
     let tbs = ResponseData {
         version: Version::V1,
@@ -75,7 +87,7 @@ pub(crate) fn response(
         }],
         response_extensions: None,
     };
-    let signature: DerSignature = key.sign(&tbs.to_der().map_err(crypto)?);
+    let signature: DerSignature = signer.key.sign(&tbs.to_der().map_err(crypto)?);
     let basic = BasicOcspResponse {
         tbs_response_data: tbs,
         signature_algorithm: AlgorithmIdentifierOwned {
@@ -83,7 +95,12 @@ pub(crate) fn response(
             parameters: None,
         },
         signature: BitString::from_bytes(&signature.to_bytes()).map_err(crypto)?,
-        certs: None,
+        certs: match signer.cert {
+            Some(der) => Some(vec![
+                x509_cert_02::Certificate::from_der(der).map_err(crypto)?,
+            ]),
+            None => None,
+        },
     };
     OcspResponse::successful(basic)
         .and_then(|r| r.to_der())
