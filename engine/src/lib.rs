@@ -14,6 +14,7 @@
 pub mod arch;
 pub mod attention;
 pub mod chat;
+pub mod device;
 pub mod embeddings;
 pub mod generate;
 pub mod gguf;

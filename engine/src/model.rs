@@ -6,6 +6,7 @@
 //! own, the prompt in one pass and then a token at a time.
 
 use super::arch::{Arch, Config};
+use super::device::ComputeDevice;
 use super::kv_cache::{BLOCK_TOKENS, BlockId, KvStore};
 use super::transformer::{Feed, Transformer};
 use candle_core::quantized::gguf_file;
@@ -82,6 +83,22 @@ impl Model {
 
     /// [`Model::load`], choosing the kernels.
     pub fn load_with<R: Read + Seek>(reader: &mut R, kernels: Kernels) -> Result<Self, ModelError> {
+        Self::load_on(reader, kernels, ComputeDevice::Cpu)
+    }
+
+    /// Loads for `device`: the CPU with either kernels; a GPU with candle's
+    /// (ours are CPU code), the weights uploaded once, whole.
+    pub fn load_on<R: Read + Seek>(
+        reader: &mut R,
+        kernels: Kernels,
+        device: ComputeDevice,
+    ) -> Result<Self, ModelError> {
+        if device != ComputeDevice::Cpu && kernels == Kernels::Ciel {
+            return Err(ModelError::Unsupported(format!(
+                "{device}: ciel's own kernels run on the CPU; GPUs run candle's"
+            )));
+        }
+        let on = device;
         let content =
             gguf_file::Content::read(reader).map_err(|e| ModelError::Load(e.to_string()))?;
         let config = Config::from_gguf(&content.metadata)?;
@@ -90,7 +107,7 @@ impl Model {
             .saturating_mul(config.kv_heads)
             .saturating_mul(config.head_dim)
             .saturating_mul(2 * std::mem::size_of::<f32>());
-        let device = Device::Cpu;
+        let device = on.open().map_err(ModelError::Unsupported)?;
         let load = |e: candle_core::Error| ModelError::Load(e.to_string());
         let (weights, context) = match kernels {
             Kernels::Candle if config.arch == Arch::Llama => (
@@ -104,7 +121,11 @@ impl Model {
             ),
             Kernels::Candle => {
                 return Err(ModelError::Unsupported(format!(
-                    "candle's kernels run llama models only, not {}",
+                    "candle's kernels{} run llama models only, not {}",
+                    match on {
+                        ComputeDevice::Cpu => String::new(),
+                        gpu => format!(" (what runs on {gpu})"),
+                    },
                     config.arch.name()
                 )));
             }
@@ -225,9 +246,7 @@ impl Model {
     /// the same store, so the two are not mixed on one model.
     pub fn step(&mut self, feeds: &[Feed<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
         let Weights::Ciel(w, store) = &mut self.weights else {
-            return Err(ModelError::Unsupported(
-                "batched passes run on ciel's kernels only".into(),
-            ));
+            return self.step_one(feeds);
         };
         for f in feeds {
             if f.pos + f.tokens.len() > self.context {
@@ -242,6 +261,37 @@ impl Model {
         }
         w.forward_batch(feeds, store)
             .map_err(|e| ModelError::Forward(e.to_string()))
+    }
+}
+
+impl Model {
+    /// A pass of candle's kernels (the GPU's): one sequence at a time, its
+    /// cache the model's own. A sequence starts at position 0 (which
+    /// forgets the previous one) or continues where the last pass ended.
+    fn step_one(&mut self, feeds: &[Feed<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let feed = match feeds {
+            [] => return Ok(Vec::new()),
+            [feed] => feed,
+            more => {
+                return Err(ModelError::Unsupported(format!(
+                    "candle's kernels run one sequence per pass, not {} (serve with --max-batch 1)",
+                    more.len()
+                )));
+            }
+        };
+        if feed.pos != 0 && feed.pos != self.pos {
+            return Err(ModelError::Forward(format!(
+                "candle's kernels continue one sequence: a pass from position {} after one ending at {}",
+                feed.pos, self.pos
+            )));
+        }
+        self.pos = feed.pos;
+        let logits = self.forward(feed.tokens)?;
+        Ok(if feed.logits {
+            vec![logits]
+        } else {
+            Vec::new()
+        })
     }
 }
 

@@ -245,3 +245,68 @@ fn our_pass_is_candles_llama_up_to_rounding() {
         step = vec![crate::model::argmax(&a).0];
     }
 }
+
+/// candle's pass (what runs on a GPU) through [`Model::step`], as the
+/// scheduler drives it with `--max-batch 1`: a prompt whole or in chunks,
+/// then token by token, each with our pass's logits up to rounding; a new
+/// sequence from position 0 forgets the last; two sequences in one pass,
+/// or a pass that does not continue the sequence, are refused.
+#[test]
+fn candles_pass_serves_one_sequence_at_a_time() {
+    use crate::model::Kernels;
+    use crate::transformer::Feed;
+    let bytes = gguf(
+        crate::arch::Arch::Llama,
+        candle_core::quantized::GgmlDType::F32,
+    )
+    .unwrap();
+    let load = |k| Model::load_with(&mut std::io::Cursor::new(&bytes), k).unwrap();
+    let (mut ours, mut candle) = (load(Kernels::Ciel), load(Kernels::Candle));
+    let prompt: Vec<u32> = (1..40).map(|i| (i * 5) % 30 + 1).collect();
+    let feed = |pos, tokens, logits| Feed {
+        blocks: &[],
+        pos,
+        tokens,
+        logits,
+    };
+    let close = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+            < 1e-4
+    };
+    assert!(candle.step(&[]).unwrap().is_empty());
+    // The prompt in two chunks, the first without logits.
+    assert!(
+        candle
+            .step(&[feed(0, &prompt[..16], false)])
+            .unwrap()
+            .is_empty()
+    );
+    let chunked = candle.step(&[feed(16, &prompt[16..], true)]).unwrap();
+    let whole = ours.forward(&prompt).unwrap();
+    assert!(close(&chunked[0], &whole));
+    let next = [crate::model::argmax(&whole).0];
+    let a = candle.step(&[feed(prompt.len(), &next, true)]).unwrap();
+    assert!(close(&a[0], &ours.forward(&next).unwrap()));
+    // Another sequence from 0: the first one is forgotten.
+    ours.reset();
+    let other = [3u32, 1, 4, 1, 5];
+    let b = candle.step(&[feed(0, &other, true)]).unwrap();
+    assert!(close(&b[0], &ours.forward(&other).unwrap()));
+    let e = candle
+        .step(&[feed(5, &next, true), feed(0, &other, true)])
+        .unwrap_err();
+    assert!(e.to_string().contains("one sequence per pass"), "{e}");
+    let e = candle.step(&[feed(2, &next, true)]).unwrap_err();
+    assert!(e.to_string().contains("continue one sequence"), "{e}");
+    // Our kernels are CPU code.
+    let e = Model::load_on(
+        &mut std::io::Cursor::new(&bytes),
+        Kernels::Ciel,
+        crate::device::ComputeDevice::Cuda(0),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("run on the CPU"), "{e}");
+}
