@@ -133,3 +133,52 @@ fn the_guest_refuses_a_pass_too_small_for_its_batch_at_once() {
     );
     assert!(run.stderr.contains("at least 80"), "{}", run.stderr);
 }
+
+/// A GPU the guest cannot use, or a batch a GPU does not run, is refused
+/// at once too, before any key is asked for.
+#[test]
+fn the_guest_refuses_a_device_it_cannot_use_at_once() {
+    let serve = |extra: &[&str]| {
+        let mut args = vec![
+            "enclave",
+            "serve",
+            "--sim",
+            "--kbs",
+            "https://127.0.0.1:9",
+            "--kbs-ca",
+            "/nonexistent/ca.pem",
+            "--model-from",
+            "unix:/nonexistent/blobs.sock",
+            "--model-blob",
+            "model.csm",
+            "--listen",
+            "unix:/nonexistent/api.sock",
+        ];
+        args.extend_from_slice(extra);
+        ciel(args)
+    };
+    let run = serve(&["--device", "cuda:0", "--max-batch", "4"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("--max-batch 4 with --device cuda:0"),
+        "{}",
+        run.stderr
+    );
+    let run = serve(&["--device", "gpu0"]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("expected cpu or cuda:N"),
+        "{}",
+        run.stderr
+    );
+    if !ciel_engine::device::ComputeDevice::CUDA_BUILT {
+        let run = serve(&["--device", "cuda:0"]);
+        assert_ne!(run.code, 0);
+        assert!(
+            run.stderr
+                .contains("--device cuda:0: this ciel was built without CUDA support"),
+            "{}",
+            run.stderr
+        );
+    }
+}

@@ -3,7 +3,8 @@
 //! pass costs no time beside the load, and the model is returned only if
 //! the digest matches the one the sealed header claims.
 
-use ciel_engine::model::{Model, ModelError};
+use ciel_engine::device::ComputeDevice;
+use ciel_engine::model::{Kernels, Model, ModelError};
 use ciel_protocol::sealed::{Plaintext, SealError};
 
 /// Why the unsealed model could not be used.
@@ -21,9 +22,23 @@ pub enum SealedModelError {
 /// load. A digest mismatch wins over a load error: a model that is not the
 /// one claimed is refused as such.
 pub fn load_unsealed(plain: &Plaintext) -> Result<Model, SealedModelError> {
+    load_unsealed_on(plain, ComputeDevice::Cpu)
+}
+
+/// [`load_unsealed`] onto `device`: on a GPU the weights are uploaded from
+/// the decrypted memory once, whole (under confidential computing each
+/// host-to-GPU copy passes an encrypted bounce buffer: few, large copies).
+pub fn load_unsealed_on(
+    plain: &Plaintext,
+    device: ComputeDevice,
+) -> Result<Model, SealedModelError> {
+    let kernels = match device {
+        ComputeDevice::Cpu => Kernels::Ciel,
+        ComputeDevice::Cuda(_) => Kernels::Candle,
+    };
     std::thread::scope(|s| {
         let digest = s.spawn(|| plain.verify_digest());
-        let model = Model::load(&mut plain.reader());
+        let model = Model::load_on(&mut plain.reader(), kernels, device);
         digest
             .join()
             .map_err(|_| ModelError::Load("digest check thread panicked".into()))??;

@@ -48,6 +48,12 @@ impl ComputeDevice {
     /// Whether this build can run on GPUs at all.
     pub const CUDA_BUILT: bool = cfg!(feature = "cuda");
 
+    /// Whether the device can be used: on a GPU, its CUDA context opens
+    /// (checked before anything slow or secret, such as a key release).
+    pub fn probe(self) -> Result<(), String> {
+        self.open().map(drop)
+    }
+
     /// The candle device, opened (for a GPU: its CUDA context).
     pub(crate) fn open(self) -> Result<candle_core::Device, String> {
         match self {

@@ -96,10 +96,17 @@ pub struct ServeArgs {
     /// Requests that may wait beyond the running batch before 429.
     #[arg(long, default_value_t = 64)]
     pub queue: usize,
+    /// Where the forward pass runs: `cpu` (ciel's kernels, batched) or
+    /// `cuda:N`, the GPU of that ordinal (a CUDA build, scripts/build-cuda.sh;
+    /// candle's CUDA kernels, llama-architecture models, one sequence per
+    /// pass). The weights are decrypted in guest memory, then uploaded.
+    #[arg(long, default_value = "cpu")]
+    pub device: ciel_engine::device::ComputeDevice,
     /// Sequences decoded together, one token each per forward pass
     /// (continuous batching: requests join and leave at every pass).
-    #[arg(long, default_value_t = ciel_engine::scheduler::Limits::MAX_BATCH, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
-    pub max_batch: usize,
+    /// Default 32 on the CPU; on a GPU 1, the only value it takes.
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1024))]
+    pub max_batch: Option<usize>,
     /// Tokens one forward pass carries: the batch's decodes, then chunks of
     /// waiting prompts (a long prompt is cut into chunks between decode
     /// steps). At least --max-batch + 16.
@@ -220,11 +227,26 @@ pub fn run(cmd: EnclaveCommand) -> Result<ExitCode> {
 fn serve(a: ServeArgs) -> Result<ExitCode> {
     super::init_logging();
     // Checked before the key release and the model's load, not after.
-    if let Err(e) = ciel_engine::scheduler::Limits::check_pass(a.max_batch, a.step_tokens) {
+    let on_gpu = a.device != ciel_engine::device::ComputeDevice::Cpu;
+    let max_batch = match (a.max_batch, on_gpu) {
+        (Some(n), true) if n > 1 => anyhow::bail!(
+            "--max-batch {n} with --device {}: on a GPU ciel runs one sequence per pass (--max-batch 1)",
+            a.device
+        ),
+        (Some(n), _) => n,
+        (None, true) => 1,
+        (None, false) => ciel_engine::scheduler::Limits::MAX_BATCH,
+    };
+    a.device
+        .probe()
+        .map_err(|e| anyhow::anyhow!("--device {e}"))?;
+    if on_gpu && !a.no_prefix_cache {
+        tracing::info!(device = %a.device, "prefix caching runs on ciel's CPU kernels only: off on the GPU");
+    }
+    if let Err(e) = ciel_engine::scheduler::Limits::check_pass(max_batch, a.step_tokens) {
         anyhow::bail!(
-            "--step-tokens {} with --max-batch {}: {e}",
+            "--step-tokens {} with --max-batch {max_batch}: {e}",
             a.step_tokens,
-            a.max_batch
         );
     }
     let init_data = match &a.init_data {
@@ -310,9 +332,10 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         embedding_name: a.embedding_model_name.clone(),
         listen: a.listen.clone(),
         queue: a.queue,
-        max_batch: a.max_batch,
+        device: a.device,
+        max_batch,
         step_tokens: a.step_tokens,
-        prefix_cache: !a.no_prefix_cache,
+        prefix_cache: !a.no_prefix_cache && !on_gpu,
         limits: ciel_enclave::serve::ConnectionLimits {
             max_connections: a.max_connections,
             handshake: std::time::Duration::from_secs_f64(a.handshake_timeout),
@@ -420,8 +443,12 @@ fn boot(a: BootArgs) -> Result<ExitCode> {
         .map_err(|_| anyhow::anyhow!("the released key is {} bytes, expected 32", key.len()))?;
     let key = DataKey::from_bytes(key);
     let t = std::time::Instant::now();
-    let (mut model, tokenizer, template) =
-        ciel_enclave::serve::load_sealed_model(sealed, key).context("the sealed model")?;
+    let (mut model, tokenizer, template) = ciel_enclave::serve::load_sealed_model(
+        sealed,
+        key,
+        ciel_engine::device::ComputeDevice::Cpu,
+    )
+    .context("the sealed model")?;
     tracing::info!(
         ms = t.elapsed().as_millis() as u64,
         "model unsealed and loaded in memory; data key dropped"

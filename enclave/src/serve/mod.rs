@@ -19,6 +19,7 @@ pub mod worker;
 use crate::kbs_client::{Backoff, EvidenceSource, KbsClient};
 use attested_tls::AttestedIdentity;
 use ciel_engine::chat::ChatTemplate;
+use ciel_engine::device::ComputeDevice;
 use ciel_engine::gguf::read_metadata;
 use ciel_engine::model::Model;
 use ciel_engine::tokenizer::Tokenizer;
@@ -58,6 +59,9 @@ pub struct ServeConfig {
     pub listen: Endpoint,
     /// Requests waiting beyond the running batch before 429.
     pub queue: usize,
+    /// Where the forward pass runs (on a GPU: candle's kernels, one
+    /// sequence per pass, so `max_batch` 1 and no prefix cache).
+    pub device: ComputeDevice,
     /// Sequences decoded together in one pass.
     pub max_batch: usize,
     /// Tokens one pass carries (decodes and prompt chunks).
@@ -171,6 +175,7 @@ fn with_port(url: &str, port: u16) -> String {
 pub fn load_sealed_model(
     sealed: Vec<u8>,
     key: DataKey,
+    device: ComputeDevice,
 ) -> Result<(Model, Tokenizer, Option<ChatTemplate>), BootError> {
     let options = UnsealOptions {
         verify_plaintext_digest: false,
@@ -186,8 +191,8 @@ pub fn load_sealed_model(
     if template.is_none() {
         tracing::warn!("the model has no chat template: /v1/chat/completions will refuse requests");
     }
-    let model =
-        crate::sealed_model::load_unsealed(&plain).map_err(|e| BootError::Model(e.to_string()))?;
+    let model = crate::sealed_model::load_unsealed_on(&plain, device)
+        .map_err(|e| BootError::Model(e.to_string()))?;
     Ok((model, tokenizer, template))
 }
 
@@ -283,12 +288,14 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
     let key = release_key(&cfg, &kbs_url, &resource).await?;
 
     // 3. Decrypt in memory (chunks in parallel, each authenticated before
-    //    use), drop the key, load with the digest re-checked alongside.
+    //    use), drop the key, load with the digest re-checked alongside
+    //    (onto the GPU, when serving on one, from the decrypted memory).
+    let device = cfg.device;
     let (model, tokenizer, template) =
-        tokio::task::spawn_blocking(move || load_sealed_model(sealed, key))
+        tokio::task::spawn_blocking(move || load_sealed_model(sealed, key, device))
             .await
             .map_err(|e| BootError::Model(format!("load task: {e}")))??;
-    tracing::info!("model authenticated, decrypted and loaded; data key dropped");
+    tracing::info!(%device, "model authenticated, decrypted and loaded; data key dropped");
     let (embeddings, embedding_claims) = match &cfg.embedding_blob {
         None => (None, None),
         Some(blob) => {
