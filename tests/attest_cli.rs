@@ -239,3 +239,116 @@ fn a_cloud_vcek_bundle_verifies() {
         run.stdout
     );
 }
+
+/// `gpu-collect` then `gpu-verify` across processes with simulated GPUs:
+/// refused until the policy names the simulated root, then each GPU shown
+/// accepted; another nonce, or a GPU count the policy does not meet, is a
+/// refusal (exit 1) naming its reason; bad arguments exit 2.
+#[test]
+fn simulated_gpus_collect_and_verify_as_a_set() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("gpus.json");
+    let nonce = "5a".repeat(32);
+    let run = ciel([
+        "attest".as_ref(),
+        "gpu-collect".as_ref(),
+        "--from".as_ref(),
+        "sim:2".as_ref(),
+        "--nonce".as_ref(),
+        nonce.as_ref(),
+        "--out".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stderr.contains("SIMULATED GPUs"), "{}", run.stderr);
+    let verify = |nonce: &str, policy: Option<&std::path::Path>| {
+        let mut args = vec![
+            "attest".as_ref(),
+            "gpu-verify".as_ref(),
+            out.as_os_str(),
+            "--nonce".as_ref(),
+            std::ffi::OsStr::new(nonce),
+        ];
+        if let Some(p) = policy {
+            args.extend(["--policy".as_ref(), p.as_os_str()]);
+        }
+        ciel(args)
+    };
+    let run = verify(&nonce, None);
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert_eq!(
+        run.stdout.matches("[untrusted_root]").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+
+    let root = std::fs::read(common::data_dir().join("sim/nvidia/root.der")).expect("root");
+    let root = hex::encode(ring::digest::digest(&ring::digest::SHA256, &root));
+    let policy = tmp.path().join("p.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "danger_simulated_roots = [\"{root}\"]\n[nvidia]\nrequire_ocsp = true\nmin_gpus = 2\n"
+        ),
+    )
+    .expect("write");
+    let run = verify(&nonce, Some(&policy));
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.starts_with("verdict:     ACCEPT (2 GPUs)"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        run.stdout.matches("[ ok ] GPU-").count(),
+        2,
+        "{}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("SIMULATED"), "{}", run.stderr);
+
+    let run = verify(&"11".repeat(32), Some(&policy));
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("[gpu_nonce_mismatch]"),
+        "{}",
+        run.stdout
+    );
+    std::fs::write(
+        &policy,
+        format!("danger_simulated_roots = [\"{root}\"]\n[nvidia]\nmin_gpus = 3\n"),
+    )
+    .expect("write");
+    let run = verify(&nonce, Some(&policy));
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("[gpu_count_below_minimum]"),
+        "{}",
+        run.stdout
+    );
+
+    let run = verify("abcd", Some(&policy));
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("--nonce: 2 bytes, expected 32"),
+        "{}",
+        run.stderr
+    );
+    let run = ciel([
+        "attest",
+        "gpu-collect",
+        "--from",
+        "sim:0",
+        "--nonce",
+        "00",
+        "--out",
+        "/tmp/x",
+    ]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("sim:N takes N from 1 to 64"),
+        "{}",
+        run.stderr
+    );
+}

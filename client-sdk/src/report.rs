@@ -42,6 +42,51 @@ pub fn render(v: &Verdict, now: UnixTime) -> String {
     o
 }
 
+/// Renders a GPU set's verification: the decision, each GPU's verdict and
+/// reasons, the set's own reasons.
+pub fn render_gpus(set: &ciel_attestation::nvidia::GpuSetVerdict, now: UnixTime) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "verdict:     {} ({} GPUs)",
+        if set.accepted { "ACCEPT" } else { "REJECT" },
+        set.gpus.len()
+    );
+    let _ = writeln!(o, "verified at: {now}");
+    if set.simulated() {
+        let _ = writeln!(
+            o,
+            "trust root:  SIMULATED (no hardware, no confidentiality)"
+        );
+    }
+    for g in &set.gpus {
+        let (driver, vbios) = match &g.verdict.claims {
+            Some(ciel_attestation::Claims::Nvidia(c)) => {
+                (c.driver_version.as_deref(), c.vbios_version.as_deref())
+            }
+            _ => (None, None),
+        };
+        let _ = writeln!(
+            o,
+            "gpu {}:       [{}] {} {}, driver {}, VBIOS {}, CC {}",
+            g.index,
+            if g.verdict.accepted { " ok " } else { "FAIL" },
+            g.uuid,
+            g.arch,
+            driver.unwrap_or("?"),
+            vbios.unwrap_or("?"),
+            g.cc_mode.map_or("not stated", |m| m.name()),
+        );
+        for r in &g.verdict.reasons {
+            let _ = writeln!(o, "  reason:    [{}] {}", r.kind.code(), r.message);
+        }
+    }
+    for r in &set.reasons {
+        let _ = writeln!(o, "reason:      [{}] {}", r.kind.code(), r.message);
+    }
+    o
+}
+
 /// Renders a guest verification ([`crate::attested`]): the decision, what
 /// the guest claims, each check, then the attestation verdict's details.
 pub fn render_verification(v: &crate::attested::Verification) -> String {

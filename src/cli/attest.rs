@@ -25,6 +25,12 @@ pub enum AttestCommand {
     /// to run `ciel enclave serve --coco-agent` without a Kata pod
     /// (development only: NO confidentiality).
     SimAgent(SimAgentArgs),
+    /// Collect this machine's GPU evidence for a nonce (through NVML, as the
+    /// guest does, or simulated), in Trustee's NVIDIA device-list shape.
+    GpuCollect(super::attest_gpus::GpuCollectArgs),
+    /// Verify a GPU set's evidence (each report, its chain, stapled OCSP,
+    /// RIMs, CC mode; the set's count and protected PCIe) for a nonce.
+    GpuVerify(super::attest_gpus::GpuVerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -91,6 +97,8 @@ pub fn run(cmd: AttestCommand) -> Result<ExitCode> {
         AttestCommand::Verify(a) => run_verify(a),
         AttestCommand::SimReport(a) => super::sim::run_sim_report(a),
         AttestCommand::SimAgent(a) => super::sim::run_sim_agent(a),
+        AttestCommand::GpuCollect(a) => super::attest_gpus::collect(a),
+        AttestCommand::GpuVerify(a) => super::attest_gpus::verify(a),
     }
 }
 

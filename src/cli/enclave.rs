@@ -172,7 +172,7 @@ pub fn parse_gpus(s: &str) -> Result<GpuChoice, String> {
 }
 
 /// The guest's GPU source for `choice`.
-fn gpu_source(choice: GpuChoice) -> Result<std::sync::Arc<dyn ciel_enclave::gpu::GpuSource>> {
+pub fn gpu_source(choice: GpuChoice) -> Result<std::sync::Arc<dyn ciel_enclave::gpu::GpuSource>> {
     use ciel_enclave::gpu::{NoGpus, NvmlGpus, SimGpus};
     Ok(match choice {
         GpuChoice::None => std::sync::Arc::new(NoGpus),

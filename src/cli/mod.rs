@@ -2,6 +2,7 @@
 //! clocks and the pure library crates.
 
 pub mod attest;
+pub mod attest_gpus;
 pub mod bench;
 pub mod client;
 pub mod demo;
