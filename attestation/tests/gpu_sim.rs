@@ -13,7 +13,9 @@
 )]
 
 use ciel_attestation::nvidia::{CcMode, GpuEvidence, GpuSetVerdict, verify_gpus};
-use ciel_attestation::sim::{NvidiaSim, SimGpu, SimGpuReport, SimOcspResponder, SimOcspStatus};
+use ciel_attestation::sim::{
+    NvidiaSim, SimGpu, SimGpuReport, SimOcspResponder, SimOcspStatus, SimRim,
+};
 use ciel_attestation::{Policy, UnixTime};
 use std::sync::OnceLock;
 
@@ -329,6 +331,92 @@ fn delegated_ocsp_responders_are_believed_only_with_their_issuers_authority() {
         by([&expired, &ica_responder], SimOcspStatus::Good),
         "delegated OCSP responder",
     );
+}
+
+/// The report's default measurements as two RIMs (a driver's, blocks 1-5,
+/// and a VBIOS's, blocks 6-10), signed by `sim`.
+fn rims_of(sim: &NvidiaSim, change: Option<usize>) -> [SimRim; 2] {
+    let mut golden: Vec<(u32, Vec<u8>)> = SimGpuReport::default()
+        .measurements
+        .into_iter()
+        .zip(0u32..)
+        .map(|(m, i)| (i, m))
+        .collect();
+    if let Some(i) = change {
+        golden[i].1[0] ^= 1;
+    }
+    let at = UnixTime(NOW.secs() - 86_400);
+    let vbios = golden.split_off(5);
+    [
+        sim.rim("driver", "550.90.07", &golden, at).unwrap(),
+        sim.rim("vbios", "96.00.9f.00.01", &vbios, at).unwrap(),
+    ]
+}
+
+#[test]
+fn simulated_rims_and_their_signers_ocsp() {
+    let (sim, a, _) = sim();
+    let rims = rims_of(sim, None);
+    let with = |rims: &[SimRim], ocsp: Vec<Vec<u8>>| GpuEvidence {
+        rims: rims.iter().map(|r| r.xml.clone()).collect(),
+        ocsp,
+        ..good(a)
+    };
+    let fresh = |rim: &SimRim, status| {
+        sim.rim_ocsp(
+            rim,
+            status,
+            UnixTime(NOW.secs() - 600),
+            UnixTime(NOW.secs() + 86_400),
+        )
+        .unwrap()
+    };
+    let rim_ocsp: Vec<Vec<u8>> = rims.iter().map(|r| fresh(r, SimOcspStatus::Good)).collect();
+    let all_ocsp = [ocsp(a, SimOcspStatus::Good, 600), rim_ocsp.clone()].concat();
+    let strict = policy("require_rims = true\nrequire_ocsp = true");
+    let v = verify_gpus(&[with(&rims, all_ocsp.clone())], &NONCE, &strict, NOW);
+    assert!(v.accepted, "{}", v.summary());
+    // Without RIMs, or without the RIM signers' OCSP, under that policy.
+    refused_with(&[good(a)], &strict, "collateral_missing");
+    let v = verify_gpus(
+        &[with(&rims, ocsp(a, SimOcspStatus::Good, 600))],
+        &NONCE,
+        &strict,
+        NOW,
+    );
+    assert!(
+        codes(&v) == ["ocsp_missing", "ocsp_missing"]
+            && v.summary().contains("RIM 1 certificate 0"),
+        "{}",
+        v.summary()
+    );
+    // A revoked RIM signer.
+    let revoked = [
+        ocsp(a, SimOcspStatus::Good, 600),
+        vec![fresh(&rims[0], SimOcspStatus::Revoked), rim_ocsp[1].clone()],
+    ]
+    .concat();
+    refused_with(&[with(&rims, revoked)], &strict, "certificate_revoked");
+    // A golden value the report does not have.
+    let loose = policy("require_rims = true");
+    refused_with(
+        &[with(&rims_of(sim, Some(7)), Vec::new())],
+        &loose,
+        "gpu_measurement_mismatch",
+    );
+    // Signed by another hierarchy, or changed after signing.
+    let other = NvidiaSim::generate(UnixTime(NOW.secs() - 86_400)).unwrap();
+    refused_with(
+        &[with(&rims_of(&other, None), Vec::new())],
+        &loose,
+        "untrusted_root",
+    );
+    let mut edited = rims_of(sim, None);
+    let text = String::from_utf8(edited[0].xml.clone()).unwrap();
+    let at = text.find("Hash0=\"").unwrap() + 7;
+    let flipped = if &text[at..at + 1] == "0" { "1" } else { "0" };
+    edited[0].xml = format!("{}{flipped}{}", &text[..at], &text[at + 1..]).into_bytes();
+    refused_with(&[with(&edited, Vec::new())], &loose, "gpu_rim_invalid");
 }
 
 #[test]

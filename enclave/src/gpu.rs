@@ -9,7 +9,9 @@
 use ciel_attestation::UnixTime;
 use ciel_attestation::nvidia::{CcMode, GpuEvidence, mode_refusal};
 use ciel_attestation::policy::NvidiaPolicy;
-use ciel_attestation::sim::{NvidiaSim, SimGpu, SimGpuReport, SimOcspResponder, SimOcspStatus};
+use ciel_attestation::sim::{
+    NvidiaSim, SimGpu, SimGpuReport, SimOcspResponder, SimOcspStatus, SimRim,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Where GPU evidence comes from.
@@ -144,14 +146,17 @@ impl GpuSource for NvmlGpus {
 
 /// Simulated GPUs (development and tests only): reports signed by the
 /// simulated hierarchy, with OCSP responses stapled as the host's
-/// collateral service would, signed by delegated responders as NVIDIA's
-/// OCSP service signs.
+/// collateral service would (signed by delegated responders, as NVIDIA's
+/// OCSP service signs), and the driver's and VBIOS's RIMs with their
+/// signers' OCSP.
 #[derive(Debug)]
 pub struct SimGpus {
     pub sim: NvidiaSim,
     pub gpus: Vec<SimGpu>,
     /// The responders for the device certificates and the provisioner CA.
     responders: [SimOcspResponder; 2],
+    /// The driver's and the VBIOS's RIMs, stapled with their signers' OCSP.
+    rims: [SimRim; 2],
     pub cc_mode: CcMode,
     /// The VBIOS version bytes the reports state.
     pub vbios: [u8; 5],
@@ -170,10 +175,24 @@ impl SimGpus {
                 .map_err(|e| e.to_string())
         };
         let responders = [responder(1)?, responder(2)?];
+        // The reports' measurements as golden values: blocks 1-5 the
+        // driver's, 6-10 the VBIOS's.
+        let mut golden: Vec<(u32, Vec<u8>)> =
+            (0u32..).zip(SimGpuReport::default().measurements).collect();
+        let vbios = golden.split_off(5.min(golden.len()));
+        let rim = |name, version, values: &[(u32, Vec<u8>)]| {
+            sim.rim(name, version, values, now)
+                .map_err(|e| e.to_string())
+        };
+        let rims = [
+            rim("driver", "550.90.07", &golden)?,
+            rim("vbios", "96.00.9f.00.01", &vbios)?,
+        ];
         Ok(SimGpus {
             sim,
             gpus,
             responders,
+            rims,
             cc_mode: CcMode::On,
             vbios: SimGpuReport::default().vbios,
             ready: AtomicBool::new(false),
@@ -213,7 +232,20 @@ impl GpuSource for SimGpus {
                             UnixTime(now.saturating_add(86_400)),
                         )
                     })
-                    .collect::<Result<_, _>>()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
+                let rim_ocsp = self
+                    .rims
+                    .iter()
+                    .map(|r| {
+                        self.sim.rim_ocsp(
+                            r,
+                            SimOcspStatus::Good,
+                            UnixTime(now.saturating_sub(60)),
+                            UnixTime(now.saturating_add(86_400)),
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| e.to_string())?;
                 Ok(GpuEvidence {
                     arch: "HOPPER".into(),
@@ -222,8 +254,8 @@ impl GpuSource for SimGpus {
                     certificate: g.chain_pem(),
                     cc_mode: Some(self.cc_mode),
                     protected_pcie: Some(several),
-                    ocsp,
-                    rims: Vec::new(),
+                    ocsp: [ocsp, rim_ocsp].concat(),
+                    rims: self.rims.iter().map(|r| r.xml.clone()).collect(),
                 })
             })
             .collect()

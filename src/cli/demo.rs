@@ -315,7 +315,9 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     );
     let gpu_table = match a.gpus {
         0 => String::new(),
-        n => format!("[nvidia]\nmin_gpus = {n}\n"),
+        n => format!(
+            "[nvidia]\nmin_gpus = {n}\nrequire_ocsp = true\nmax_ocsp_age_seconds = 86400\nrequire_rims = true\n"
+        ),
     };
     std::fs::write(
         kbs_dir.join("model.policy.toml"),
@@ -345,7 +347,9 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         "policy for {resource}: the simulated root, guest measurement {measurement}{}",
         match a.gpus {
             0 => String::new(),
-            n => format!(", {n} simulated GPUs in CC mode"),
+            n => format!(
+                ", {n} simulated GPUs in CC mode, their measurements as their RIMs state, OCSP-good"
+            ),
         }
     );
 

@@ -90,14 +90,19 @@ fn guest_document_binds_every_gpu_and_the_client_checks_each() {
         (Some("on"), Some(true))
     );
 
-    let v = verify(&doc, &policy("[nvidia]\nmin_gpus = 2\n"));
+    let v = verify(
+        &doc,
+        &policy("[nvidia]\nmin_gpus = 2\nrequire_ocsp = true\nrequire_rims = true\n"),
+    );
     assert!(v.accepted, "{:?}", failed(&v));
     let gpu_lines: Vec<_> = v.checks.iter().filter(|c| c.name == "gpu").collect();
     assert_eq!(gpu_lines.len(), 2);
     assert!(
         gpu_lines[0].detail.contains(&doc.claims.gpus[0].uuid)
             && gpu_lines[0].detail.contains("SIMULATED")
-            && gpu_lines[0].detail.contains("2 OCSP responses good"),
+            && gpu_lines[0]
+                .detail
+                .contains("4 OCSP responses good; 2 RIMs matched"),
         "{}",
         gpu_lines[0].detail
     );

@@ -47,12 +47,11 @@ pub fn gpu_evidence_too_large_for_a_certificate_is_fetched_first(
         "{text}"
     );
     // A policy this guest's twelve GPUs do not meet is still a refusal.
-    let strict = Policy::from_toml(&format!(
-        "{}\n[nvidia]\nmin_gpus = 13\n",
-        std::fs::read_to_string(sys.s("policy"))
+    let strict = Policy::from_toml(
+        &std::fs::read_to_string(sys.s("policy"))
             .unwrap()
-            .replace("[nvidia]\nmin_gpus = 2\n", "")
-    ))
+            .replace("min_gpus = 2\n", "min_gpus = 13\n"),
+    )
     .unwrap();
     match rt.block_on(Client::connect(&host.url, strict)) {
         Err(ClientError::Refused { verification, .. }) => assert!(

@@ -1,7 +1,7 @@
 //! NVIDIA Hopper GPU attestation: the SPDM `GET_MEASUREMENTS` exchange the
 //! GPU signs with its device key, chained to NVIDIA's device identity root.
 
-mod c14n;
+pub(crate) mod c14n;
 pub mod gpus;
 pub mod ocsp;
 pub mod rim;

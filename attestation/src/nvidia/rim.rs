@@ -8,6 +8,7 @@
 //! embedded chain to the pinned root at the instant; then the measurements.
 
 use super::c14n::canonicalize;
+use crate::policy::Policy;
 use crate::roots::{NVIDIA_RIM_ROOT_DER, NVIDIA_RIM_ROOT_SHA256};
 use crate::time::UnixTime;
 use crate::verdict::ReasonKind;
@@ -39,6 +40,11 @@ pub struct Rim {
     pub version: Option<String>,
     /// Measurement index (as in the RIM, 0-based) → golden values.
     pub measurements: BTreeMap<u32, RimMeasurement>,
+    /// The signer's chain, signer first, ending in the root (for the
+    /// signers' OCSP status).
+    pub chain: Vec<Cert>,
+    /// Whether the chain ended in a simulated root the policy names.
+    pub simulated: bool,
 }
 
 fn err(kind: ReasonKind, m: impl Into<String>) -> CertError {
@@ -64,8 +70,14 @@ fn b64(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(clean).ok()
 }
 
-/// Verifies a RIM's signature and chain at `now` and reads its measurements.
+/// Verifies a RIM's signature and chain (to NVIDIA's pinned RIM root) at
+/// `now` and reads its measurements.
 pub fn verify_rim(xml: &[u8], now: UnixTime) -> Result<Rim, CertError> {
+    verify_rim_with(xml, now, &Policy::default())
+}
+
+/// [`verify_rim`], also trusting a simulated root `policy` names.
+pub fn verify_rim_with(xml: &[u8], now: UnixTime, policy: &Policy) -> Result<Rim, CertError> {
     if xml.len() > MAX_RIM_BYTES {
         return Err(rim_err(format!(
             "RIM is {} bytes, more than {MAX_RIM_BYTES}",
@@ -174,7 +186,10 @@ pub fn verify_rim(xml: &[u8], now: UnixTime) -> Result<Rim, CertError> {
             Cert::from_der(&der)
         })
         .collect::<Result<_, _>>()?;
-    let leaf = verify_chain(certs, now)?;
+    let (chain, simulated) = verify_chain(certs, now, policy)?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| err(ReasonKind::CertificateMissing, "empty RIM chain"))?;
 
     // 3. The signature over the canonical SignedInfo.
     let signature = child(sig, DSIG, "SignatureValue")
@@ -195,11 +210,19 @@ pub fn verify_rim(xml: &[u8], now: UnixTime) -> Result<Rim, CertError> {
     Ok(Rim {
         version: meta_version(root),
         measurements: measurements(root)?,
+        chain,
+        simulated,
     })
 }
 
-/// Leaf first; the last certificate is the pinned root or is issued by it.
-fn verify_chain(mut certs: Vec<Cert>, now: UnixTime) -> Result<Cert, CertError> {
+/// Leaf first; the last certificate is the pinned root or is issued by it,
+/// or is a simulated root the policy names. Returns the chain with its root
+/// and whether that root is simulated.
+fn verify_chain(
+    mut certs: Vec<Cert>,
+    now: UnixTime,
+    policy: &Policy,
+) -> Result<(Vec<Cert>, bool), CertError> {
     let root = Cert::from_der(NVIDIA_RIM_ROOT_DER)?;
     let last = certs.last().ok_or_else(|| {
         err(
@@ -207,12 +230,15 @@ fn verify_chain(mut certs: Vec<Cert>, now: UnixTime) -> Result<Cert, CertError> 
             "RIM carries no signing certificate",
         )
     })?;
-    if hex::encode(last.sha256()) != NVIDIA_RIM_ROOT_SHA256 {
+    let simulated = policy.trusts_simulated_root(last);
+    if simulated {
+        last.verify_signed_by(last, "simulated RIM root")?;
+    } else if hex::encode(last.sha256()) != NVIDIA_RIM_ROOT_SHA256 {
         if !last.issued_by(&root) {
             return Err(err(
                 ReasonKind::UntrustedRoot,
                 format!(
-                    "RIM chain ends in {}, not the pinned NVIDIA RIM root",
+                    "RIM chain ends in {}, neither under the pinned NVIDIA RIM root nor a simulated root the policy names",
                     last.subject()
                 ),
             ));
@@ -232,10 +258,10 @@ fn verify_chain(mut certs: Vec<Cert>, now: UnixTime) -> Result<Cert, CertError> 
     for (i, c) in certs.iter().enumerate() {
         c.check_validity(now, &format!("RIM certificate {i} ({})", c.subject()))?;
     }
-    certs
-        .into_iter()
-        .next()
-        .ok_or_else(|| err(ReasonKind::CertificateMissing, "empty RIM chain"))
+    if certs.is_empty() {
+        return Err(err(ReasonKind::CertificateMissing, "empty RIM chain"));
+    }
+    Ok((certs, simulated))
 }
 
 fn meta_version(root: Node<'_, '_>) -> Option<String> {
@@ -332,6 +358,8 @@ mod tests {
         Rim {
             version: None,
             measurements,
+            chain: Vec::new(),
+            simulated: false,
         }
     }
 

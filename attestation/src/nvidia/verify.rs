@@ -101,7 +101,7 @@ pub fn verify_nvidia_with(
     let mut v = Verdict::new(Platform::Nvidia);
     v.claims = Some(Claims::Nvidia(NvidiaClaims::from_report(report)));
     v.tcb_status = TcbStatus::Unknown;
-    match collateral
+    let device_chain = match collateral
         .chain
         .ok_or_else(|| {
             CertError::new(
@@ -121,12 +121,13 @@ pub fn verify_nvidia_with(
                     v.reject(e.kind, e.message);
                 }
             }
-            for e in check_ocsp(&certs, collateral.ocsp, policy, now) {
-                v.reject(e.kind, e.message);
-            }
+            Some(certs)
         }
-        Err(e) => v.reject(e.kind, e.message),
-    }
+        Err(e) => {
+            v.reject(e.kind, e.message);
+            None
+        }
+    };
     let rims = collateral.rims;
     if policy.nvidia.require_rims && rims.is_empty() {
         v.reject(
@@ -134,15 +135,17 @@ pub fn verify_nvidia_with(
             "the policy requires reference integrity manifests (require_rims) and none were given",
         );
     }
+    let values: BTreeMap<u8, Vec<u8>> = report
+        .blocks
+        .iter()
+        .map(|b| (b.index, b.value.clone()))
+        .collect();
+    let mut rim_chains = Vec::new();
     for (i, xml) in rims.iter().enumerate() {
-        match super::rim::verify_rim(xml, now) {
+        match super::rim::verify_rim_with(xml, now, policy) {
             Err(e) => v.reject(e.kind, format!("RIM {i}: {}", e.message)),
             Ok(rim) => {
-                let values: BTreeMap<u8, Vec<u8>> = report
-                    .blocks
-                    .iter()
-                    .map(|b| (b.index, b.value.clone()))
-                    .collect();
+                v.simulated |= rim.simulated;
                 let bad = super::rim::compare(&rim, &values);
                 if !bad.is_empty() {
                     v.reject(
@@ -153,7 +156,32 @@ pub fn verify_nvidia_with(
                         ),
                     );
                 }
+                rim_chains.push((i, rim.chain));
             }
+        }
+    }
+    // OCSP for the device chain's certificates NVIDIA's CAs issued (not the
+    // attestation certificate, which the device itself issues) and for
+    // every RIM signer and its CAs.
+    let mut chains: Vec<OcspChain<'_>> = Vec::new();
+    if let Some(certs) = &device_chain {
+        chains.push(OcspChain {
+            certs,
+            skip: 1,
+            name: "GPU chain certificate".into(),
+        });
+    }
+    for (i, certs) in &rim_chains {
+        chains.push(OcspChain {
+            certs,
+            skip: 0,
+            name: format!("RIM {i} certificate"),
+        });
+    }
+    // Without a device chain there is nothing the responses could be about.
+    if device_chain.is_some() {
+        for e in check_ocsp(&chains, collateral.ocsp, policy, now) {
+            v.reject(e.kind, e.message);
         }
     }
     apply_policy(report, collateral.nonce, policy, &mut v);
@@ -212,11 +240,19 @@ fn verify_chain(
     Ok((certs, simulated))
 }
 
-/// Step 4: the OCSP status of every certificate NVIDIA's CAs issued (the
-/// attestation certificate is issued by the device itself, the root by
-/// nobody). Each response is parsed once.
+/// A chain whose certificates' OCSP status is checked: those from `skip`
+/// on, each with the next as its issuer (the root, last, is checked by
+/// nobody).
+struct OcspChain<'a> {
+    certs: &'a [Cert],
+    skip: usize,
+    name: String,
+}
+
+/// Step 4: the OCSP status of the chains' certificates. Each response is
+/// parsed once and must be about one of them.
 fn check_ocsp(
-    certs: &[Cert],
+    chains: &[OcspChain<'_>],
     responses: &[Vec<u8>],
     policy: &Policy,
     now: UnixTime,
@@ -234,10 +270,16 @@ fn check_ocsp(
         }
     }
     let mut used = vec![false; stapled.len()];
-    // Windows after the first: (device certificate, its CA), (CA, root)...
-    for (i, pair) in certs.windows(2).enumerate().skip(1) {
+    let pairs = chains.iter().flat_map(|c| {
+        c.certs
+            .windows(2)
+            .enumerate()
+            .skip(c.skip)
+            .map(move |(i, pair)| (&c.name, i, pair))
+    });
+    for (chain, i, pair) in pairs {
         let [cert, issuer] = pair else { continue };
-        let name = format!("GPU chain certificate {i} ({})", cert.subject());
+        let name = format!("{chain} {i} ({})", cert.subject());
         match stapled.iter().position(|(_, s)| s.covers(cert, issuer)) {
             Some(at) => {
                 if let Some(u) = used.get_mut(at) {

@@ -13,10 +13,12 @@
 mod certs;
 mod nvidia;
 mod ocsp;
+mod rim;
 mod snp;
 mod tdx;
 
 pub use nvidia::{NvidiaSim, SimGpu, SimGpuReport, SimOcspResponder, SimOcspStatus};
+pub use rim::SimRim;
 pub use snp::{LeafSpec, SIM_TCB, SimSnpReport, SnpSim};
 pub use tdx::{SimTdxQuote, TD_ATTRIBUTES_DEFAULT, TdxSim};
 

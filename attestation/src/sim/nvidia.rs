@@ -16,7 +16,8 @@ use p384::ecdsa::{DerSignature, Signature, SigningKey};
 use p384::elliptic_curve::Generate;
 use p384::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 
-const ROOT_DN: &str = "CN=ciel Sim NVIDIA Device Identity CA,O=ciel simulated platform (NOT A TEE)";
+pub(super) const ROOT_DN: &str =
+    "CN=ciel Sim NVIDIA Device Identity CA,O=ciel simulated platform (NOT A TEE)";
 const ICA_DN: &str = "CN=ciel Sim GH100 Provisioner ICA,O=ciel simulated platform (NOT A TEE)";
 /// The firmware digest the attestation certificate and the reports carry.
 const SIM_FWID_INPUT: &[u8] = b"ciel simulated GH100 firmware";
@@ -78,8 +79,8 @@ impl std::fmt::Debug for SimOcspResponder {
 
 /// The simulated device identity hierarchy (root and provisioner CA).
 pub struct NvidiaSim {
-    root_key: SigningKey,
-    root: Vec<u8>,
+    pub(super) root_key: SigningKey,
+    pub(super) root: Vec<u8>,
     ica_key: SigningKey,
     ica: Vec<u8>,
 }
