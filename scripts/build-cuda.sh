@@ -60,7 +60,7 @@ for lib in cublas cublasLt cudart nvrtc; do
 done
 ln -sf "$nv/lib/libcurand.so.10" "$stubs/libcurand.so"
 cargo fetch --locked >&2
-cudarc=$(cargo metadata --format-version 1 --locked 2>/dev/null |
+cudarc=$(cargo metadata --format-version 1 --locked --features cuda 2>/dev/null |
     python3 -c 'import json,sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"]=="cudarc").rsplit("/",1)[0])')
 python3 - "$cudarc/src/driver/sys/mod.rs" "$stubs/cuda-stub.c" <<'PY'
 import re, sys

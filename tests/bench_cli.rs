@@ -57,3 +57,51 @@ fn unknown_suites_are_refused() {
         run.stderr
     );
 }
+
+/// `device` on the CPU: candle's kernels (what runs on a GPU) against ours
+/// in the same run — the load figures, and greedy decoding choosing the
+/// same tokens (a divergence that is not a near-tie fails the suite).
+#[test]
+fn the_device_suite_compares_candles_pass_with_ours() {
+    let run = common::ciel([
+        "bench".as_ref(),
+        "--quick".as_ref(),
+        "--json".as_ref(),
+        "--model".as_ref(),
+        ciel_engine::demo_model_path().as_os_str(),
+        "--device".as_ref(),
+        "cpu".as_ref(),
+        "device".as_ref(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let out = run.json();
+    let figures = out["figures"].as_array().unwrap();
+    let value = |name: &str| {
+        figures
+            .iter()
+            .find(|f| f["suite"] == "device" && f["name"].as_str().unwrap().contains(name))
+            .unwrap_or_else(|| panic!("no device figure {name:?} in {figures:#?}"))["value"]
+            .as_f64()
+            .unwrap()
+    };
+    assert_eq!(
+        value("greedy tokens equal to ours on the CPU (of 16)"),
+        16.0
+    );
+    for name in [
+        "plaintext model load on cpu",
+        "sealed model load",
+        "decode, ours on the CPU",
+        "decode on cpu",
+    ] {
+        let v = value(name);
+        assert!(v.is_finite() && v > 0.0, "{name}: {v}");
+    }
+    let run = common::ciel(["bench", "--device", "tpu:0", "device"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("expected cpu or cuda:N"),
+        "{}",
+        run.stderr
+    );
+}

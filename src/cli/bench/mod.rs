@@ -9,6 +9,7 @@
 //! and 32 streaming clients through the host shim: throughput as a ratio to
 //! one client, time to first token, inter-token latency, peak memory).
 
+mod device;
 mod inference;
 mod keyrelease;
 mod load;
@@ -25,7 +26,7 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// Suites to run (default: all): unseal, verify, keyrelease, proxy, inference, load.
+    /// Suites to run (default: all): unseal, verify, keyrelease, proxy, inference, load, device.
     pub suites: Vec<String>,
     /// Fewer iterations and smaller inputs (about 2 minutes in all).
     #[arg(long)]
@@ -33,9 +34,13 @@ pub struct BenchArgs {
     /// Print one JSON object (documented in BENCHMARKS.md) instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// The GGUF model for `unseal` and `inference` (default: the demo model).
+    /// The GGUF model for `unseal`, `inference` and `device` (default: the demo model).
     #[arg(long)]
     pub model: Option<std::path::PathBuf>,
+    /// `device`: where candle's kernels run the model (`cpu`, or `cuda:N`
+    /// in a CUDA build), against ours on the CPU.
+    #[arg(long, default_value = "cpu")]
+    pub device: ciel_engine::device::ComputeDevice,
     /// `keyrelease` also with the broker's master key in an HSM: its
     /// PKCS#11 module (for SoftHSM2, set SOFTHSM2_CONF too). A key labelled
     /// ciel-bench is made in the token if it has none.
@@ -58,13 +63,14 @@ pub struct BenchArgs {
     pub postgres_password_file: Option<std::path::PathBuf>,
 }
 
-const SUITES: [&str; 6] = [
+const SUITES: [&str; 7] = [
     "unseal",
     "verify",
     "keyrelease",
     "proxy",
     "inference",
     "load",
+    "device",
 ];
 
 /// One measured figure, with the baseline it is compared to.
@@ -248,6 +254,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             "proxy" => proxy::run(&mut r)?,
             "inference" => inference::run(&mut r)?,
             "load" => load::run(&mut r)?,
+            "device" => device::run(&mut r, a.device)?,
             _ => {}
         }
     }

@@ -14,7 +14,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 const CHUNK: usize = 1 << 20;
 
-fn seal_bytes(plain: &[u8], key: &DataKey) -> Result<Vec<u8>> {
+pub(super) fn seal_bytes(plain: &[u8], key: &DataKey) -> Result<Vec<u8>> {
     let sha: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, plain)
         .as_ref()
         .try_into()
