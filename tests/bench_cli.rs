@@ -89,10 +89,10 @@ fn the_device_suite_compares_candles_pass_with_ours() {
         16.0
     );
     for name in [
-        "plaintext model load on cpu",
-        "sealed model load",
+        "plaintext model load onto cpu",
+        "sealed model load onto cpu",
         "decode, ours on the CPU",
-        "decode on cpu",
+        "decode with candle's kernels on cpu",
     ] {
         let v = value(name);
         assert!(v.is_finite() && v > 0.0, "{name}: {v}");

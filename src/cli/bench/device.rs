@@ -1,18 +1,18 @@
-//! `device`: the model on `--device` (candle's kernels: on `cuda:N` the
-//! GPU path, on `cpu` the same code on the CPU) against ours on the CPU, in
-//! the same run: the sealed load onto the device (decrypt in guest memory,
-//! then upload) against a plaintext load onto it, greedy decoding token by
-//! token against ours (the same tokens, up to genuine near-ties), and
-//! tokens per second.
+//! `device`: the model on `--device` (candle's kernels on `cuda:N`, the GPU
+//! path; on `cpu` ours, whose load the `unseal` suite measures too) against
+//! ours on the CPU, in the same run: the sealed load onto the device
+//! (decrypt in guest memory, then upload) against a plaintext load onto it;
+//! and candle's pass (what a GPU runs) decoding greedily token by token
+//! against ours (the same tokens, up to genuine near-ties), and its tokens
+//! per second.
 
-use super::{Report, percentile_ms, sample};
+use super::Report;
 use anyhow::{Context, Result};
 use ciel_engine::chat::{ChatTemplate, user_prompt};
 use ciel_engine::device::ComputeDevice;
 use ciel_engine::gguf::read_metadata;
 use ciel_engine::model::{Kernels, Model, argmax};
 use ciel_engine::tokenizer::Tokenizer;
-use ciel_protocol::sealed::{DataKey, UnsealOptions, unseal_in_memory};
 use std::time::Instant;
 
 const PROMPT: &str = "Explain in a few sentences why the sky is blue.";
@@ -35,37 +35,18 @@ pub fn run(r: &mut Report, device: ComputeDevice) -> Result<()> {
     let template = ChatTemplate::from_gguf(&meta)?;
     let (_, prompt) = user_prompt(template.as_ref(), &tokenizer, PROMPT)?;
     let runs = if r.quick { 2 } else { 5 };
-    let label = |what: &str| format!("{what} on {device} (candle's kernels)");
 
     // Loading onto the device: plaintext bytes, then the guest's path.
-    let load = || Model::load_on(&mut std::io::Cursor::new(&bytes), Kernels::Candle, device);
-    load().with_context(|| format!("loading {} onto {device}", path.display()))?;
-    let plain = sample(runs, || {
-        let _ = std::hint::black_box(load().is_ok());
-    });
-    let key = DataKey::from_bytes([11; 32]);
-    let sealed = super::unseal::seal_bytes(&bytes, &key)?;
-    let options = UnsealOptions {
-        verify_plaintext_digest: false,
-        ..UnsealOptions::default()
-    };
-    let mut inputs: Vec<Vec<u8>> = (0..runs).map(|_| sealed.clone()).collect();
-    let sealed_load = sample(runs, || {
-        let input = inputs.pop().unwrap_or_default();
-        if let Ok(p) = unseal_in_memory(input, &key, options) {
-            let _ = std::hint::black_box(
-                ciel_enclave::sealed_model::load_unsealed_on(&p, device).is_ok(),
-            );
-        }
-    });
-    let (p, s) = (
-        percentile_ms(&plain, 50.0),
-        percentile_ms(&sealed_load, 50.0),
+    let (p, s) = super::unseal::load_times(&bytes, runs, device)?;
+    r.add(
+        "device",
+        format!("plaintext model load onto {device}"),
+        p,
+        "ms",
     );
-    r.add("device", label("plaintext model load"), p, "ms");
     r.compare(
         "device",
-        label("sealed model load (unseal in memory, upload, digest)"),
+        format!("sealed model load onto {device} (unseal in memory, load, digest)"),
         s,
         "ms",
         p / s,
@@ -75,7 +56,7 @@ pub fn run(r: &mut Report, device: ComputeDevice) -> Result<()> {
     // Greedy, token by token, each side fed its own choice.
     let new_tokens = if r.quick { 16 } else { 64 };
     let mut ours = Model::load(&mut std::io::Cursor::new(&bytes))?;
-    let mut theirs = load()?;
+    let mut theirs = Model::load_on(&mut std::io::Cursor::new(&bytes), Kernels::Candle, device)?;
     drop(bytes);
     let (mut a, mut b) = (ours.forward(&prompt)?, theirs.forward(&prompt)?);
     let mut same = 0usize;
@@ -135,7 +116,7 @@ pub fn run(r: &mut Report, device: ComputeDevice) -> Result<()> {
     r.add("device", "decode, ours on the CPU", o, "tok/s");
     r.compare(
         "device",
-        label("decode"),
+        format!("decode with candle's kernels on {device}"),
         t,
         "tok/s",
         t / o,

@@ -14,7 +14,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 const CHUNK: usize = 1 << 20;
 
-pub(super) fn seal_bytes(plain: &[u8], key: &DataKey) -> Result<Vec<u8>> {
+fn seal_bytes(plain: &[u8], key: &DataKey) -> Result<Vec<u8>> {
     let sha: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, plain)
         .as_ref()
         .try_into()
@@ -161,27 +161,7 @@ pub fn run(r: &mut Report) -> Result<()> {
     // Loading: plaintext from memory vs the guest's path (unseal in memory,
     // load with the digest re-checked beside it).
     let runs = if r.quick { 3 } else { 5 };
-    let key = DataKey::from_bytes([9; 32]);
-    let sealed = seal_bytes(&model, &key)?;
-    let plain_load = sample(runs, || {
-        let _ = std::hint::black_box(Model::load(&mut std::io::Cursor::new(&model)).is_ok());
-    });
-    let options = UnsealOptions {
-        verify_plaintext_digest: false,
-        ..UnsealOptions::default()
-    };
-    // Copies made before the clock starts: the guest unseals in place.
-    let mut inputs: Vec<Vec<u8>> = (0..runs).map(|_| sealed.clone()).collect();
-    let sealed_load = sample(runs, || {
-        let input = inputs.pop().unwrap_or_default();
-        if let Ok(p) = unseal_in_memory(input, &key, options) {
-            let _ = std::hint::black_box(ciel_enclave::sealed_model::load_unsealed(&p).is_ok());
-        }
-    });
-    let (p, s) = (
-        percentile_ms(&plain_load, 50.0),
-        percentile_ms(&sealed_load, 50.0),
-    );
+    let (p, s) = load_times(&model, runs, ciel_engine::device::ComputeDevice::Cpu)?;
     r.add("unseal", "plaintext model load (from memory)", p, "ms");
     r.compare(
         "unseal",
@@ -192,4 +172,45 @@ pub fn run(r: &mut Report) -> Result<()> {
         "plaintext load (1.0 = free)",
     );
     Ok(())
+}
+
+/// Median milliseconds of `runs` loads of `model` onto `device` (ours on
+/// the CPU, candle's elsewhere): from plaintext bytes, and the guest's way
+/// (unseal in memory, then load with the digest re-checked beside it).
+pub(super) fn load_times(
+    model: &[u8],
+    runs: usize,
+    device: ciel_engine::device::ComputeDevice,
+) -> Result<(f64, f64)> {
+    use ciel_engine::device::ComputeDevice;
+    use ciel_engine::model::Kernels;
+    let kernels = match device {
+        ComputeDevice::Cpu => Kernels::Ciel,
+        ComputeDevice::Cuda(_) => Kernels::Candle,
+    };
+    let key = DataKey::from_bytes([9; 32]);
+    let sealed = seal_bytes(model, &key)?;
+    let load = || Model::load_on(&mut std::io::Cursor::new(model), kernels, device);
+    load().with_context(|| format!("loading the model onto {device}"))?;
+    let plain_load = sample(runs, || {
+        let _ = std::hint::black_box(load().is_ok());
+    });
+    let options = UnsealOptions {
+        verify_plaintext_digest: false,
+        ..UnsealOptions::default()
+    };
+    // Copies made before the clock starts: the guest unseals in place.
+    let mut inputs: Vec<Vec<u8>> = (0..runs).map(|_| sealed.clone()).collect();
+    let sealed_load = sample(runs, || {
+        let input = inputs.pop().unwrap_or_default();
+        if let Ok(p) = unseal_in_memory(input, &key, options) {
+            let _ = std::hint::black_box(
+                ciel_enclave::sealed_model::load_unsealed_on(&p, device).is_ok(),
+            );
+        }
+    });
+    Ok((
+        percentile_ms(&plain_load, 50.0),
+        percentile_ms(&sealed_load, 50.0),
+    ))
 }
