@@ -179,7 +179,7 @@ pub fn gpu_source(choice: GpuChoice) -> Result<std::sync::Arc<dyn ciel_enclave::
         GpuChoice::Nvml => {
             let nvml = NvmlGpus::open()
                 .map_err(|e| anyhow::anyhow!(e))
-                .context("--gpus nvml: the NVIDIA driver's NVML library")?;
+                .context("GPU evidence through NVML (the NVIDIA driver's library)")?;
             tracing::info!("GPU evidence from NVML");
             std::sync::Arc::new(nvml)
         }
