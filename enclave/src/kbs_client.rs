@@ -386,12 +386,12 @@ impl<T> Outcome<T> {
     }
 }
 
-/// Evidence from the simulated SNP platform (development only).
+/// Evidence from the simulated SNP and TDX platforms (development only).
 pub mod sim {
     use super::EvidenceSource;
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD as B64;
-    use ciel_attestation::sim::{SimSnpReport, SnpSim};
+    use ciel_attestation::sim::{SimSnpReport, SimTdxQuote, SnpSim, TdxSim};
 
     /// DANGER: Trustee's `sample` TEE (guest-components' attester outside a
     /// TEE): unsigned evidence anyone can make, which proves nothing. For
@@ -435,6 +435,41 @@ pub mod sim {
                 "report": B64.encode(report),
                 "vcek": B64.encode(self.sim.vcek_der()),
                 "cert_chain": String::from_utf8_lossy(&self.sim.chain_pem()),
+            }))
+        }
+    }
+
+    /// Quotes from the simulated TDX platform, each with the collateral a
+    /// PCCS would serve for it now, so a verifier needs nothing else.
+    #[derive(Debug)]
+    pub struct SimTdxSource<S> {
+        pub sim: S,
+        pub template: SimTdxQuote,
+    }
+
+    impl<S: std::ops::Deref<Target = TdxSim>> EvidenceSource for SimTdxSource<S> {
+        fn tee(&self) -> &str {
+            "tdx"
+        }
+
+        fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String> {
+            let quote = self
+                .sim
+                .quote(&SimTdxQuote {
+                    report_data,
+                    ..self.template.clone()
+                })
+                .map_err(|e| e.to_string())?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let collateral = self
+                .sim
+                .collateral(ciel_attestation::UnixTime(now))
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({
+                "quote": B64.encode(quote),
+                "collateral": collateral.to_json(),
             }))
         }
     }

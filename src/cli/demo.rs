@@ -13,7 +13,7 @@
 
 use super::files;
 use anyhow::{Context, Result, bail};
-use ciel_attestation::sim::SimSnpReport;
+use ciel_attestation::sim::{SimSnpReport, SimTdxQuote};
 use ciel_client::Client;
 use clap::Args;
 use serde_json::json;
@@ -35,6 +35,10 @@ pub struct DemoArgs {
     /// bundle from `ciel embeddings pack`; sealed under its own key.
     #[arg(long)]
     pub embedding_model: Option<PathBuf>,
+    /// The simulated platform the guest runs on: `snp` (SEV-SNP reports) or
+    /// `tdx` (TDX quotes, each with the collateral that verifies it).
+    #[arg(long, default_value = "snp", value_parser = ["snp", "tdx"])]
+    pub platform: String,
     /// Simulated GPUs attested with the guest (`sim:N`, or `none`): the key
     /// broker and the client then require N genuine GPUs in CC mode, and
     /// the client shows each GPU's checks.
@@ -294,9 +298,20 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         "kbs init",
         &mut ciel(&["kbs", "init", &kbs_dir.to_string_lossy()]),
     )?;
-    let (sim, _) = super::sim::load_or_create_snp_in(&data)?;
-    let root = hex::encode(sim.root_sha256());
-    let measurement = hex::encode(SimSnpReport::default().measurement);
+    // The platform's simulated root, and the guest's launch measurement as
+    // the policies name it (SNP's MEASUREMENT, TDX's MRTD).
+    let (root, measurement, measurement_table) = match a.platform.as_str() {
+        "tdx" => (
+            hex::encode(super::sim::load_or_create_tdx_in(&data)?.0.root_sha256()),
+            hex::encode(SimTdxQuote::default().mrtd),
+            "[tdx]\nmrtd",
+        ),
+        _ => (
+            hex::encode(super::sim::load_or_create_snp_in(&data)?.0.root_sha256()),
+            hex::encode(SimSnpReport::default().measurement),
+            "[snp]\nmeasurements",
+        ),
+    };
     // With simulated GPUs, their root is trusted too and N of them are
     // required, by the broker for the key and by the client.
     let gpu_root = match a.gpus {
@@ -313,6 +328,12 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    // The platforms whose evidence the policies take: the guest's, and
+    // NVIDIA's for its GPUs.
+    let platforms = match a.gpus {
+        0 => format!("platforms = [\"{}\"]", a.platform),
+        _ => format!("platforms = [\"{}\", \"nvidia\"]", a.platform),
+    };
     let gpu_table = match a.gpus {
         0 => String::new(),
         n => format!(
@@ -321,7 +342,9 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     };
     std::fs::write(
         kbs_dir.join("model.policy.toml"),
-        format!("{roots_line}\n[snp]\nmeasurements = [\"{measurement}\"]\n{gpu_table}"),
+        format!(
+            "{roots_line}\n{platforms}\n{measurement_table} = [\"{measurement}\"]\n{gpu_table}"
+        ),
     )?;
     let cfg_path = kbs_dir.join("kbs.toml");
     let cfg = std::fs::read_to_string(&cfg_path)?;
@@ -344,7 +367,8 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
         .collect();
     std::fs::write(&cfg_path, format!("{cfg}{tables}"))?;
     println!(
-        "policy for {resource}: the simulated root, guest measurement {measurement}{}",
+        "policy for {resource}: the simulated {} root, guest measurement {measurement}{}",
+        a.platform,
         match a.gpus {
             0 => String::new(),
             n => format!(
@@ -452,6 +476,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             "enclave",
             "serve",
             "--sim",
+            &a.platform,
             "--kbs",
             &kbs_url,
             "--kbs-ca",
@@ -484,7 +509,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
     std::fs::write(
         &policy_path,
         format!(
-            "{roots_line}\nmodel_sha256 = [{}]\n[snp]\nmeasurements = [\"{measurement}\"]\n{gpu_table}",
+            "{roots_line}\n{platforms}\nmodel_sha256 = [{}]\n{measurement_table} = [\"{measurement}\"]\n{gpu_table}",
             std::iter::once(&model_sha256)
                 .chain(embedding_sha256.as_ref())
                 .map(|d| format!("\"{d}\""))
@@ -538,6 +563,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode> {
             "metrics": format!("http://127.0.0.1:{metrics_port}/metrics"),
             "model_sha256": model_sha256,
             "embedding_model_sha256": embedding_sha256,
+            "platform": a.platform,
             "measurement": measurement,
             "simulated_root_sha256": root,
             "simulated_gpu_root_sha256": gpu_root,

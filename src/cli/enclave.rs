@@ -6,9 +6,9 @@
 
 use super::files;
 use anyhow::{Context, Result, bail};
-use ciel_attestation::sim::SimSnpReport;
+use ciel_attestation::sim::{SimSnpReport, SimTdxQuote};
 use ciel_enclave::guest_settings::GuestSettings;
-use ciel_enclave::kbs_client::sim::SimSnpSource;
+use ciel_enclave::kbs_client::sim::{SimSnpSource, SimTdxSource};
 use ciel_enclave::kbs_client::{Backoff, EvidenceSource, KbsClient};
 use ciel_engine::chat::user_prompt;
 use ciel_engine::generate::{Request, generate};
@@ -31,12 +31,13 @@ pub enum EnclaveCommand {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Use the simulated SEV-SNP platform for evidence (development only:
-    /// NO confidentiality). Without it, evidence comes from the hardware
+    /// Use a simulated platform for evidence, `snp` (the default) or `tdx`
+    /// (quotes with the collateral to verify them; development only: NO
+    /// confidentiality). Without it, evidence comes from the hardware
     /// through configfs-tsm (SEV-SNP or TDX guest kernels), or from the
     /// pod's attestation agent with --coco-agent.
-    #[arg(long, conflicts_with = "coco_agent")]
-    pub sim: bool,
+    #[arg(long, conflicts_with = "coco_agent", value_name = "PLATFORM", num_args = 0..=1, default_missing_value = "snp", value_parser = ["snp", "tdx"])]
+    pub sim: Option<String>,
     /// In a Kata Confidential Containers pod: evidence from the attestation
     /// agent's REST API (guest-components' api-server-rest; the pod needs
     /// the kernel parameter agent.guest_components_rest_api=all).
@@ -369,10 +370,20 @@ fn evidence_source(
     a: &ServeArgs,
     init_data: Option<&ciel_protocol::initdata::InitData>,
 ) -> Result<Box<dyn EvidenceSource + Send + Sync>> {
-    if a.sim {
+    if let Some(platform) = &a.sim {
         eprintln!(
-            "WARNING: SIMULATED platform: this guest's evidence proves nothing about hardware and gives NO confidentiality."
+            "WARNING: SIMULATED {platform} platform: this guest's evidence proves nothing about hardware and gives NO confidentiality."
         );
+        if platform == "tdx" {
+            let (sim, _) = super::sim::load_or_create_tdx()?;
+            return Ok(Box::new(SimTdxSource {
+                sim: std::sync::Arc::new(sim),
+                template: SimTdxQuote {
+                    mrconfigid: init_data.map(|i| i.mr_config_id()).unwrap_or([0; 48]),
+                    ..SimTdxQuote::default()
+                },
+            }));
+        }
         let (sim, _) = super::sim::load_or_create_snp()?;
         return Ok(Box::new(SimSnpSource {
             sim: std::sync::Arc::new(sim),

@@ -37,6 +37,16 @@ pub fn load_or_create_snp_in(data: &Path) -> Result<(SnpSim, PathBuf)> {
     load_or_create::<SnpSim>(data)
 }
 
+/// The simulated Intel-style PKI and quoting enclave (generated on first use).
+pub fn load_or_create_tdx() -> Result<(TdxSim, PathBuf)> {
+    load_or_create::<TdxSim>(&data_dir()?)
+}
+
+/// The same, under an explicit data directory.
+pub fn load_or_create_tdx_in(data: &Path) -> Result<(TdxSim, PathBuf)> {
+    load_or_create::<TdxSim>(data)
+}
+
 /// The simulated NVIDIA device hierarchy (generated on first use).
 pub fn load_or_create_nvidia() -> Result<(NvidiaSim, PathBuf)> {
     load_or_create::<NvidiaSim>(&data_dir()?)
@@ -248,7 +258,7 @@ pub fn run_sim_report(a: SimReportArgs) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         "tdx" => {
-            let (sim, dir) = load_or_create::<TdxSim>(&data_dir()?)?;
+            let (sim, dir) = load_or_create_tdx()?;
             let quote = sim.quote(&SimTdxQuote {
                 report_data,
                 ..Default::default()

@@ -68,3 +68,71 @@ pub fn gpu_evidence_too_large_for_a_certificate_is_fetched_first(
         .status();
     let _ = guest.0.wait();
 }
+
+/// The demo on the simulated TDX platform: the guest's document carries a
+/// quote with the collateral that verifies it, so the client needs nothing
+/// else; its two GPUs are checked as on SNP; the answer is the SNP guest's;
+/// a policy for an SNP guest refuses it.
+pub fn the_system_serves_on_tdx_too(rt: &tokio::runtime::Runtime, expected: &str) {
+    let sys = System::start_on("tdx");
+    assert_eq!(sys.s("platform"), "tdx");
+    let client = rt
+        .block_on(Client::connect(&sys.s("url"), sys.policy()))
+        .unwrap();
+    let v = client.verification();
+    assert!(v.accepted, "{:?}", v.checks);
+    assert_eq!(v.claims.platform, "tdx");
+    let verdict = v.verdict.as_ref().unwrap();
+    assert!(verdict.simulated);
+    assert_eq!(verdict.platform.to_string(), "tdx");
+    assert_eq!(
+        v.checks.iter().filter(|c| c.name == "gpu" && c.ok).count(),
+        2
+    );
+    let fresh = rt.block_on(client.fresh_attestation()).unwrap();
+    assert!(fresh.checks.iter().any(|c| c.name == "freshness" && c.ok));
+    assert_eq!(
+        content(
+            &rt.block_on(client.chat(&chat_request("What is the capital of France?", 16)))
+                .unwrap()
+        ),
+        expected
+    );
+    // A policy for SNP guests (the TDX root still named) refuses it.
+    let snp_policy = std::fs::read_to_string(sys.s("policy"))
+        .unwrap()
+        .replace("platforms = [\"tdx\", ", "platforms = [\"snp\", ")
+        .replace("[tdx]\nmrtd", "[snp]\nmeasurements");
+    match rt.block_on(Client::connect(
+        &sys.s("url"),
+        Policy::from_toml(&snp_policy).unwrap(),
+    )) {
+        Err(ClientError::Refused { verification, .. }) => {
+            let failed = verification.first_failure().unwrap();
+            assert!(
+                failed.name == "evidence" && failed.detail.contains("platform_not_allowed"),
+                "{failed:?}"
+            );
+        }
+        other => panic!("an SNP policy accepted a TDX guest: {other:?}"),
+    }
+    // `ciel verify` shows it.
+    let path = sys.write_policy(
+        "tdx.toml",
+        &std::fs::read_to_string(sys.s("policy")).unwrap(),
+    );
+    let run = crate::common::ciel([
+        "verify".as_ref(),
+        sys.s("url").as_ref(),
+        "--policy".as_ref(),
+        path.as_os_str(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains("runtime:     ciel-enclave")
+            && run.stdout.contains(" on tdx")
+            && run.stdout.contains("platform:    tdx"),
+        "{}",
+        run.stdout
+    );
+}

@@ -11,11 +11,18 @@ pub struct System {
 }
 
 impl System {
+    /// The demo on the simulated SEV-SNP platform.
     pub fn start() -> System {
+        Self::start_on("snp")
+    }
+
+    /// The demo on the simulated `platform` (`snp` or `tdx`).
+    pub fn start_on(platform: &str) -> System {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("demo.log")).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ciel"))
-            .args(["demo", "--serve", "--boot-timeout", "300", "--workdir"])
+            .args(["demo", "--platform", platform])
+            .args(["--serve", "--boot-timeout", "300", "--workdir"])
             .arg(dir.path().join("w"))
             .arg("--model")
             .arg(ciel_engine::demo_model_path())
