@@ -67,6 +67,10 @@ pub struct RawPolicy {
     pub report_data: Option<String>,
     /// Maximum age of DCAP collateral (seconds since its issue date).
     pub max_collateral_age_seconds: Option<u64>,
+    /// Clients: the oldest a guest's attestation may be (seconds since its
+    /// claims' `issued_at`) unless it carries the client's nonce; older
+    /// evidence in a certificate makes the client ask for fresh evidence.
+    pub max_evidence_age_seconds: Option<u64>,
     /// Allowed model digests (SHA-256 of the plaintext weights, hex); empty
     /// = any. Evidence does not carry a model: clients check this against
     /// the guest's runtime-claims document bound into the evidence.
@@ -246,6 +250,8 @@ pub struct Policy {
     simulated_roots: Vec<[u8; 32]>,
     pub report_data: Option<[u8; 64]>,
     pub max_collateral_age_seconds: Option<u64>,
+    /// See [`RawPolicy::max_evidence_age_seconds`].
+    pub max_evidence_age_seconds: Option<u64>,
     /// Allowed model digests (see [`RawPolicy::model_sha256`]).
     pub model_sha256: Vec<[u8; 32]>,
     pub snp: SnpPolicy,
@@ -421,6 +427,7 @@ impl Policy {
             simulated_roots,
             report_data,
             max_collateral_age_seconds: raw.max_collateral_age_seconds,
+            max_evidence_age_seconds: raw.max_evidence_age_seconds,
             model_sha256: raw
                 .model_sha256
                 .iter()

@@ -210,6 +210,9 @@ pub enum ReasonKind {
     /// GPUs: the evidence is not what the attested claims say (another
     /// report, another GPU, or missing).
     GpuEvidenceUnbound,
+    /// The guest's evidence is older than the policy's
+    /// `max_evidence_age_seconds` (or states no time, or a future one).
+    EvidenceTooOld,
     /// OCSP: no stapled response for a certificate the policy requires one for.
     OcspMissing,
     /// OCSP: a response could not be parsed or its signature does not verify.
@@ -278,6 +281,7 @@ impl ReasonKind {
             GpuCountBelowMinimum => "gpu_count_below_minimum",
             GpuArchitectureNotAllowed => "gpu_architecture_not_allowed",
             GpuEvidenceUnbound => "gpu_evidence_unbound",
+            EvidenceTooOld => "evidence_too_old",
             OcspMissing => "ocsp_missing",
             OcspInvalid => "ocsp_invalid",
             OcspStale => "ocsp_stale",

@@ -14,7 +14,9 @@
 //! 5. **init-data** (when the guest was configured by one, as in a Kata
 //!    Confidential Containers pod): the evidence's `HOST_DATA` /
 //!    `MRCONFIGID` is the digest of the document's exact bytes;
-//! 6. **GPUs** (when the guest claims any, or the policy requires some):
+//! 6. **evidence age** (certificate evidence, when the policy sets
+//!    `max_evidence_age_seconds`): the claims' `issued_at` is recent enough;
+//! 7. **GPUs** (when the guest claims any, or the policy requires some):
 //!    the document's GPU reports are the ones the claims name, each
 //!    verified, and the set as a whole ([`crate::gpus`]).
 
@@ -49,16 +51,16 @@ pub struct Verification {
 }
 
 impl Verification {
-    /// Whether the only thing missing is the GPUs' evidence, left out of a
-    /// certificate too small for it: everything else, the claims naming
-    /// each GPU report included, verified.
-    pub fn awaits_gpu_evidence(&self) -> bool {
+    /// Whether all that is missing is a fresh document: the GPUs' evidence
+    /// left out of a certificate too small for it, or evidence older than
+    /// the policy's `max_evidence_age_seconds`; everything else verified.
+    pub fn awaits_fresh_document(&self) -> bool {
         !self.accepted
             && self
                 .checks
                 .iter()
                 .filter(|c| !c.ok)
-                .all(|c| c.name == crate::gpus::EVIDENCE_ELSEWHERE)
+                .all(|c| c.name == crate::gpus::EVIDENCE_ELSEWHERE || c.name == EVIDENCE_AGE)
     }
 
     /// The first failed check, for error messages.
@@ -215,6 +217,12 @@ pub fn verify_document(
             },
         );
     }
+    // Evidence from a certificate (no nonce of the client's): no older than
+    // the policy allows, by the time the guest stamped it.
+    if let (None, Some(max)) = (nonce, policy.max_evidence_age_seconds) {
+        let (ok, detail) = evidence_age(claims.issued_at, max, now);
+        check(EVIDENCE_AGE, ok, detail);
+    }
     let (gpu_checks, gpus) = crate::gpus::gpu_checks(doc, policy, now);
     checks.extend(gpu_checks);
     let accepted = checks.iter().all(|c| c.ok);
@@ -226,6 +234,46 @@ pub fn verify_document(
         claims,
         tls_spki_der: spki_der.to_vec(),
         at: now,
+    }
+}
+
+/// The check that fails, alone or with [`crate::gpus::EVIDENCE_ELSEWHERE`],
+/// when a certificate's evidence is older than the policy's
+/// `max_evidence_age_seconds`: the client then fetches fresh evidence.
+pub const EVIDENCE_AGE: &str = "evidence age";
+
+/// Clocks may disagree by this much before a time is "in the future".
+const CLOCK_SKEW_SECONDS: u64 = 300;
+
+/// Whether evidence stamped `issued_at` is at most `max` seconds old at `now`.
+fn evidence_age(issued_at: Option<u64>, max: u64, now: UnixTime) -> (bool, String) {
+    let code = ReasonKind::EvidenceTooOld.code();
+    let Some(at) = issued_at else {
+        return (
+            false,
+            format!(
+                "the claims state no time (issued_at); the policy takes evidence at most {max} s old ({code})"
+            ),
+        );
+    };
+    let at_time = UnixTime(at);
+    if at > now.secs().saturating_add(CLOCK_SKEW_SECONDS) {
+        return (
+            false,
+            format!("made at {at_time} by the guest's clock, after this client's {now} ({code})"),
+        );
+    }
+    let age = now.secs().saturating_sub(at);
+    if age > max {
+        (
+            false,
+            format!("made at {at_time}, {age} s ago: older than the policy's {max} s ({code})"),
+        )
+    } else {
+        (
+            true,
+            format!("made at {at_time}, {age} s ago (at most {max} s)"),
+        )
     }
 }
 
@@ -273,5 +321,32 @@ fn init_data_check(body: &str, doc: &AttestationDocument) -> (bool, String) {
                 hex::encode(init.digest())
             ),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evidence_age_is_bounded_both_ways_and_must_be_stated() {
+        let now = UnixTime(1_800_000_000);
+        let (ok, detail) = evidence_age(Some(now.secs() - 60), 3600, now);
+        assert!(ok, "{detail}");
+        assert!(detail.contains("60 s ago"), "{detail}");
+        for (at, words) in [
+            (Some(now.secs() - 7200), "older than the policy's 3600 s"),
+            (Some(now.secs() + 3600), "after this client's"),
+            (None, "state no time"),
+        ] {
+            let (ok, detail) = evidence_age(at, 3600, now);
+            assert!(!ok, "{at:?}: {detail}");
+            assert!(
+                detail.contains(words) && detail.ends_with("(evidence_too_old)"),
+                "{detail}"
+            );
+        }
+        // A guest clock a little ahead is not a lie.
+        assert!(evidence_age(Some(now.secs() + 120), 3600, now).0);
     }
 }

@@ -150,7 +150,7 @@ impl Endpoint {
             .await;
         let outcome = verifier.outcome();
         let tls = match (tls, outcome) {
-            (Ok(t), Some(Ok(v))) if v.accepted || v.awaits_gpu_evidence() => (t, v),
+            (Ok(t), Some(Ok(v))) if v.accepted || v.awaits_fresh_document() => (t, v),
             (_, Some(Ok(v))) if !v.accepted => {
                 return Err(ClientError::Refused {
                     addr: self.addr.clone(),

@@ -99,7 +99,7 @@ impl ServerCertVerifier for AttestedVerifier {
         // connection before it sends anything ([`crate::Endpoint::open`]).
         let refusal = v
             .first_failure()
-            .filter(|_| !v.awaits_gpu_evidence())
+            .filter(|_| !v.awaits_fresh_document())
             .map(|c| format!("attestation refused: {}: {}", c.name, c.detail));
         self.record(Ok(v));
         match refusal {

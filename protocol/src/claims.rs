@@ -96,6 +96,12 @@ pub struct RuntimeClaims {
     /// claims, and so their hash, are as before GPUs existed).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<GpuClaims>,
+    /// When the evidence was made, in seconds since the Unix epoch by the
+    /// guest's clock (which the host can skew: a client that needs to know
+    /// asks for fresh, nonce-bound evidence). Clients hold it to their
+    /// policy's `max_evidence_age_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<u64>,
 }
 
 /// Why a claims document or extension was refused.
@@ -140,11 +146,12 @@ impl RuntimeClaims {
     }
 
     /// Whether `other` describes the same guest: the same claims but for
-    /// the client's nonce and the GPU reports' digests (fresh evidence
-    /// holds fresh reports of the same GPUs).
+    /// the client's nonce, when the evidence was made, and the GPU reports'
+    /// digests (fresh evidence holds fresh reports of the same GPUs).
     pub fn same_guest(&self, other: &RuntimeClaims) -> bool {
         let identity = |c: &RuntimeClaims| RuntimeClaims {
             nonce: None,
+            issued_at: None,
             gpus: c
                 .gpus
                 .iter()
@@ -298,6 +305,7 @@ mod tests {
             embedding_model: None,
             nonce: None,
             gpus: Vec::new(),
+            issued_at: None,
         }
     }
 

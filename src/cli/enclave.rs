@@ -149,6 +149,11 @@ pub struct ServeArgs {
     /// Seconds one exchange with the key broker may take.
     #[arg(long, default_value_t = 30.0, value_parser = positive_seconds)]
     pub kbs_timeout: f64,
+    /// Seconds between the certificate's evidence being made anew (fresh
+    /// CPU and GPU evidence, the same TLS key), for clients whose policy
+    /// bounds its age (`max_evidence_age_seconds`); 0: never.
+    #[arg(long, default_value_t = 3600.0, value_parser = non_negative_seconds)]
+    pub evidence_refresh: f64,
 }
 
 /// Where the guest's GPU evidence comes from.
@@ -345,6 +350,8 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         max_tokens_limit: a.max_tokens_limit,
         kv_memory: a.kv_memory,
         fetch_parallel: a.fetch_parallel,
+        evidence_refresh: (a.evidence_refresh > 0.0)
+            .then(|| std::time::Duration::from_secs_f64(a.evidence_refresh)),
         kbs_backoff: Backoff {
             attempts: a.kbs_attempts,
             attempt_timeout: std::time::Duration::from_secs_f64(a.kbs_timeout),
@@ -499,5 +506,13 @@ fn positive_seconds(text: &str) -> Result<f64, String> {
         Err(format!(
             "{text} s is out of range (more than 0, at most 86400)"
         ))
+    }
+}
+
+/// Seconds, 0 (never) to a day.
+fn non_negative_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(0.0) => Ok(0.0),
+        _ => positive_seconds(text),
     }
 }

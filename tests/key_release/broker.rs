@@ -48,6 +48,7 @@ pub fn guest_claims() -> ciel_protocol::claims::RuntimeClaims {
         embedding_model: None,
         nonce: None,
         gpus: Vec::new(),
+        issued_at: None,
     }
 }
 

@@ -242,10 +242,57 @@ fn gpus_that_cannot_keep_a_secret_get_no_document_and_missing_evidence_is_deferr
     let mut doc = attest(&cpu(), &gpus(2), guest_claims()).unwrap();
     doc.gpu_evidence = None;
     let v = verify(&doc, &policy(""));
-    assert!(!v.accepted && v.awaits_gpu_evidence(), "{:?}", v.checks);
+    assert!(!v.accepted && v.awaits_fresh_document(), "{:?}", v.checks);
     // ... but not when something else failed too.
     let mut other_key = doc.clone();
     other_key.claims.tls_spki_sha256 = "11".repeat(32);
     let v = verify(&other_key, &policy(""));
-    assert!(!v.awaits_gpu_evidence(), "{:?}", v.checks);
+    assert!(!v.awaits_fresh_document(), "{:?}", v.checks);
+}
+
+#[test]
+fn evidence_older_than_the_policy_allows_needs_a_fresh_document() {
+    let doc = attest(&cpu(), &ciel_enclave::gpu::NoGpus, guest_claims()).unwrap();
+    let stamped = doc.claims.issued_at.unwrap();
+    let now = unix_now();
+    assert!(stamped <= now.secs() && now.secs() - stamped < 60);
+    let p = policy("max_evidence_age_seconds = 600\n");
+    let at = |secs: u64| verify_document(&doc, GUEST_SPKI, &p, UnixTime(secs), None);
+    let v = at(now.secs());
+    assert!(v.accepted, "{:?}", failed(&v));
+    assert!(v.checks.iter().any(|c| c.name == "evidence age" && c.ok));
+    // Twenty minutes later the certificate's evidence is too old: all that
+    // is missing is a fresh document.
+    let v = at(now.secs() + 1200);
+    assert!(!v.accepted && v.awaits_fresh_document(), "{:?}", v.checks);
+    assert!(
+        failed(&v)[0].ends_with("(evidence_too_old)"),
+        "{:?}",
+        failed(&v)
+    );
+    // Fresh evidence carries the client's nonce: its age is not asked.
+    let nonce = [7u8; 16];
+    let fresh = attest(
+        &cpu(),
+        &ciel_enclave::gpu::NoGpus,
+        guest_claims().with_nonce(&nonce),
+    )
+    .unwrap();
+    let v = verify_document(
+        &fresh,
+        GUEST_SPKI,
+        &p,
+        UnixTime(now.secs() + 1200),
+        Some(&nonce),
+    );
+    assert!(v.accepted, "{:?}", failed(&v));
+    // Without the policy's bound, no age check at all.
+    let v = verify_document(
+        &doc,
+        GUEST_SPKI,
+        &policy(""),
+        UnixTime(now.secs() + 1200),
+        None,
+    );
+    assert!(v.accepted && !v.checks.iter().any(|c| c.name == "evidence age"));
 }

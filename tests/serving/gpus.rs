@@ -116,6 +116,30 @@ pub fn the_system_serves_on_tdx_too(rt: &tokio::runtime::Runtime, expected: &str
         }
         other => panic!("an SNP policy accepted a TDX guest: {other:?}"),
     }
+    // A policy that takes evidence at most a second old: the certificate's
+    // is older by now, so the client fetches a fresh document on the same
+    // connection before anything else, and the session is accepted on it.
+    let young = sys.write_policy(
+        "young.toml",
+        &format!(
+            "max_evidence_age_seconds = 1\n{}",
+            std::fs::read_to_string(sys.s("policy")).unwrap()
+        ),
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let client = rt
+        .block_on(Client::connect(
+            &sys.s("url"),
+            Policy::from_toml(&std::fs::read_to_string(&young).unwrap()).unwrap(),
+        ))
+        .unwrap();
+    let checks = &client.verification().checks;
+    assert!(
+        checks.iter().any(|c| c.name == "freshness" && c.ok)
+            && checks.iter().any(|c| c.name == "same guest" && c.ok)
+            && !checks.iter().any(|c| c.name == "evidence age"),
+        "{checks:?}"
+    );
     // `ciel verify` shows it.
     let path = sys.write_policy(
         "tdx.toml",

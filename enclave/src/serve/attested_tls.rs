@@ -12,7 +12,9 @@ use ciel_protocol::claims::{
 };
 use rcgen::PublicKeyData;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use std::sync::Arc;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use std::sync::{Arc, RwLock};
 
 /// Why the TLS identity could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -29,13 +31,35 @@ pub enum IdentityError {
 }
 
 /// The guest's TLS configuration and the claims its certificate attests.
-#[derive(Debug, Clone)]
+/// The certificate is re-issued with fresh evidence by [`Self::refresh`];
+/// the TLS key stays (clients bound to it stay bound).
 pub struct AttestedIdentity {
     pub claims: RuntimeClaims,
     /// The boot-time document (the certificate carries it, less an
     /// init-data too large for a TLS handshake).
     pub document: AttestationDocument,
     pub server_config: Arc<rustls::ServerConfig>,
+    key: rcgen::KeyPair,
+    signing: Arc<dyn rustls::sign::SigningKey>,
+    current: Arc<CurrentCertificate>,
+}
+
+impl std::fmt::Debug for AttestedIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttestedIdentity")
+            .field("tls_spki_sha256", &self.claims.tls_spki_sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The certificate handshakes present: the latest one issued.
+#[derive(Debug)]
+struct CurrentCertificate(RwLock<Arc<CertifiedKey>>);
+
+impl ResolvesServerCert for CurrentCertificate {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.read().ok().map(|c| Arc::clone(&c))
+    }
 }
 
 /// The runtime's name and version, as claimed.
@@ -44,7 +68,8 @@ pub fn runtime_version() -> String {
 }
 
 /// Produces an attestation document for `claims` from `platform` and the
-/// GPUs: each GPU's report carries the claims' [`RuntimeClaims::gpu_nonce`],
+/// GPUs, stamped with the guest's clock (`issued_at`): each GPU's report
+/// carries the claims' [`RuntimeClaims::gpu_nonce`],
 /// the claims gain each GPU's identity and report digest, and the CPU
 /// evidence binds the whole. A GPU not in CC mode, or in DEVTOOLS, is
 /// refused here: such a guest has nothing to attest to.
@@ -53,8 +78,12 @@ pub fn attest(
     gpus: &dyn GpuSource,
     claims: RuntimeClaims,
 ) -> Result<AttestationDocument, IdentityError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let mut claims = RuntimeClaims {
         gpus: Vec::new(),
+        issued_at: Some(now),
         ..claims
     };
     let gpu_evidence = gpus
@@ -156,41 +185,82 @@ impl AttestedIdentity {
             embedding_model,
             nonce: None,
             gpus: Vec::new(),
+            issued_at: None,
         };
         let document = attest(platform, gpus, claims)?;
-        let in_certificate = certificate_document(&document);
-        let mut params =
-            rcgen::CertificateParams::new(vec!["ciel-enclave".to_string()]).map_err(cert_err)?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "ciel attested guest");
-        params
-            .custom_extensions
-            .push(rcgen::CustomExtension::from_oid_content(
-                ciel_protocol::claims::EXTENSION_OID,
-                encode_extension(&in_certificate)?,
-            ));
-        let cert = params.self_signed(&key).map_err(cert_err)?;
-        let chain = vec![CertificateDer::from(cert.der().to_vec())];
         let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let signing = rustls::crypto::ring::sign::any_ecdsa_type(&private)
+            .map_err(|e| IdentityError::Certificate(e.to_string()))?;
+        let current = Arc::new(CurrentCertificate(RwLock::new(Arc::new(
+            CertifiedKey::new(vec![certificate(&key, &document)?], Arc::clone(&signing)),
+        ))));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| IdentityError::Certificate(e.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(chain, private)
-            .map_err(|e| IdentityError::Certificate(e.to_string()))?;
+            .with_cert_resolver(current.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(AttestedIdentity {
             claims: document.claims.clone(),
             document,
             server_config: Arc::new(config),
+            key,
+            signing,
+            current,
         })
+    }
+
+    /// New evidence for the same claims (and fresh GPU reports), stamped
+    /// now, in a new certificate for the same key: what handshakes from
+    /// now on present. On an error the certificate keeps its evidence.
+    pub fn refresh(
+        &self,
+        platform: &dyn EvidenceSource,
+        gpus: &dyn GpuSource,
+    ) -> Result<AttestationDocument, IdentityError> {
+        let document = attest(platform, gpus, self.claims.clone())?;
+        let certified = CertifiedKey::new(
+            vec![certificate(&self.key, &document)?],
+            Arc::clone(&self.signing),
+        );
+        if let Ok(mut current) = self.current.0.write() {
+            *current = Arc::new(certified);
+        }
+        Ok(document)
+    }
+
+    /// The certificate handshakes present now (DER).
+    pub fn current_certificate(&self) -> Option<CertificateDer<'static>> {
+        let current = self.current.0.read().ok()?;
+        current.cert.first().cloned()
     }
 }
 
+/// The self-signed certificate for `key` carrying `document` (less what a
+/// handshake cannot hold).
+fn certificate(
+    key: &rcgen::KeyPair,
+    document: &AttestationDocument,
+) -> Result<CertificateDer<'static>, IdentityError> {
+    let cert_err = |e: rcgen::Error| IdentityError::Certificate(e.to_string());
+    let mut params =
+        rcgen::CertificateParams::new(vec!["ciel-enclave".to_string()]).map_err(cert_err)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ciel attested guest");
+    params
+        .custom_extensions
+        .push(rcgen::CustomExtension::from_oid_content(
+            ciel_protocol::claims::EXTENSION_OID,
+            encode_extension(&certificate_document(document))?,
+        ));
+    let cert = params.self_signed(key).map_err(cert_err)?;
+    Ok(CertificateDer::from(cert.der().to_vec()))
+}
+
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -208,12 +278,83 @@ mod tests {
                 embedding_model: None,
                 nonce: None,
                 gpus: Vec::new(),
+                issued_at: None,
             },
             tee: "snp".into(),
             evidence: serde_json::json!({"report": "A".repeat(8 << 10)}),
             init_data: Some("#".repeat(init_data)),
             gpu_evidence: None,
         }
+    }
+
+    /// Evidence that is its report_data (what the certificate binds is what
+    /// is checked here, not a platform's signature).
+    struct Echo;
+
+    impl EvidenceSource for Echo {
+        fn tee(&self) -> &str {
+            "snp"
+        }
+        fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String> {
+            Ok(serde_json::json!({"report_data": hex::encode(report_data)}))
+        }
+    }
+
+    /// The certificate's attestation document, its extension found by the
+    /// OID's DER bytes (`1.3.6.1.3.7390768.1`; rcgen writes no criticality
+    /// flag, so the extension's value, an OCTET STRING, follows).
+    fn certificate_document_of(der: &[u8]) -> AttestationDocument {
+        let oid = [
+            0x06, 0x09, 0x2b, 0x06, 0x01, 0x03, 0x83, 0xc3, 0x8c, 0x30, 0x01,
+        ];
+        let at = der
+            .windows(oid.len())
+            .position(|w| w == oid)
+            .expect("the attestation extension's OID")
+            + oid.len();
+        // OCTET STRING (extnValue) holding the OCTET STRING of the document.
+        let rest = &der[at..];
+        assert_eq!(rest[0], 0x04);
+        let (len, header) = match rest[1] {
+            n if n < 0x80 => (n as usize, 2),
+            n => {
+                let k = (n & 0x7f) as usize;
+                (
+                    rest[2..2 + k]
+                        .iter()
+                        .fold(0usize, |a, &b| (a << 8) | b as usize),
+                    2 + k,
+                )
+            }
+        };
+        ciel_protocol::claims::decode_extension(&rest[header..header + len]).unwrap()
+    }
+
+    #[test]
+    fn refresh_reissues_the_certificate_with_new_evidence_for_the_same_key() {
+        let model = ModelClaims {
+            name: "m".into(),
+            sha256: "00".repeat(32),
+        };
+        let id = AttestedIdentity::generate(&Echo, &crate::gpu::NoGpus, model, None).unwrap();
+        let first = id.current_certificate().unwrap();
+        let boot = certificate_document_of(&first);
+        assert_eq!(boot.claims, id.claims);
+        assert!(boot.claims.issued_at.is_some());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let doc = id.refresh(&Echo, &crate::gpu::NoGpus).unwrap();
+        let second = id.current_certificate().unwrap();
+        assert_ne!(first, second);
+        let now = certificate_document_of(&second);
+        assert_eq!(now, doc);
+        assert!(now.claims.issued_at > boot.claims.issued_at);
+        assert!(now.claims.same_guest(&boot.claims));
+        assert_eq!(now.claims.tls_spki_sha256, boot.claims.tls_spki_sha256);
+        // The evidence binds the new claims.
+        assert_eq!(
+            now.evidence["report_data"],
+            hex::encode(now.claims.report_data().unwrap())
+        );
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct ServeConfig {
     pub fetch_parallel: usize,
     /// Retries and per-attempt timeout for the key release.
     pub kbs_backoff: Backoff,
+    /// How often the certificate's evidence is made anew (`None`: never),
+    /// for clients whose policy bounds its age.
+    pub evidence_refresh: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -262,6 +265,33 @@ async fn load_embedding_model(
     ))
 }
 
+/// Makes the certificate's evidence anew every `every`, for as long as the
+/// guest serves; a failure is logged and the certificate keeps its last.
+async fn refresh_evidence(
+    identity: Arc<AttestedIdentity>,
+    platform: Arc<dyn EvidenceSource + Send + Sync>,
+    gpus: Arc<dyn crate::gpu::GpuSource>,
+    every: std::time::Duration,
+) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let (id, p, g) = (identity.clone(), platform.clone(), gpus.clone());
+        match tokio::task::spawn_blocking(move || id.refresh(p.as_ref(), g.as_ref())).await {
+            Ok(Ok(doc)) => tracing::info!(
+                issued_at = doc.claims.issued_at.unwrap_or(0),
+                gpus = doc.claims.gpus.len(),
+                "the certificate's evidence made anew"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "refreshing the evidence failed; the certificate keeps its last")
+            }
+            Err(e) => tracing::warn!(error = %e, "the evidence refresh task failed"),
+        }
+    }
+}
+
 /// Boots and serves until SIGINT/SIGTERM. `ready` is called with the
 /// verified claims once the API listens.
 pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Result<(), BootError> {
@@ -320,6 +350,15 @@ pub async fn run(cfg: ServeConfig, ready: impl FnOnce(&AttestedIdentity)) -> Res
     })
     .await
     .map_err(|e| BootError::Model(format!("identity task: {e}")))??;
+    let identity = Arc::new(identity);
+    if let Some(every) = cfg.evidence_refresh {
+        tokio::spawn(refresh_evidence(
+            identity.clone(),
+            cfg.platform.clone(),
+            cfg.gpus.clone(),
+            every,
+        ));
+    }
 
     // 5. Serve, with the context the K/V budget holds.
     let mut model = model;

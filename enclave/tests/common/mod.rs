@@ -48,6 +48,7 @@ pub fn api(
         embedding_model: embeddings.as_ref().map(|e| claims_of(&e.name)),
         nonce: None,
         gpus: Vec::new(),
+        issued_at: None,
     };
     router(Arc::new(ApiState {
         worker,
