@@ -277,7 +277,9 @@ fn simulated_gpus_collect_and_verify_as_a_set() {
     let run = verify(&nonce, None);
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert_eq!(
-        run.stdout.matches("[untrusted_root]").count(),
+        run.stdout
+            .matches("[untrusted_root] GPU chain ends in")
+            .count(),
         2,
         "{}",
         run.stdout

@@ -30,7 +30,23 @@ def guest():
         embedding_model_sha256=e.get("CIEL_EMBEDDING_MODEL_SHA256"),
         expected=e["CIEL_EXPECTED"],
         impostor=e["CIEL_IMPOSTOR_URL"],
+        # The simulated GPUs the guest attests with.
+        gpus=int(e.get("CIEL_GPUS", "0")),
     )
+
+
+@pytest.fixture()
+def refused_on_evidence():
+    """Whether failed checks are those of a guest the policy does not
+    trust: its evidence, and, when its GPUs' evidence was too large for its
+    certificate, that too (the client would have fetched it had the rest
+    verified)."""
+
+    def check(failed):
+        names = [c.name for c in failed]
+        return names[:1] == ["evidence"] and set(names) <= {"evidence", "gpu evidence"}
+
+    return check
 
 
 @pytest.fixture()

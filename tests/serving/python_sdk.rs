@@ -35,6 +35,7 @@ pub fn the_python_sdk_passes_its_tests(
             sys.s("embedding_model_sha256"),
         )
         .env("CIEL_EXPECTED", expected)
+        .env("CIEL_GPUS", sys.info["gpus"].to_string())
         .env(
             "CIEL_IMPOSTOR_URL",
             format!("https://127.0.0.1:{impostor_port}"),
