@@ -354,3 +354,62 @@ fn simulated_gpus_collect_and_verify_as_a_set() {
         run.stderr
     );
 }
+
+/// An Azure confidential VM's vTPM evidence (Trustee's JSON) through
+/// `ciel attest verify`: accepted for its quote's nonce with the quote's
+/// PCRs shown; a PCR changed in the file, or another nonce, refused with
+/// its reason; a PCR the policy pins to another value refused.
+#[test]
+fn azure_vtpm_evidence_verifies_through_the_cli() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let file = vector("snp/trustee-az-snp-vtpm/evidence-v1.json");
+    let policy = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    };
+    let nonce = format!("report_data = \"{}\"\n", hex::encode("challenge"));
+    let verify = |evidence: &std::path::Path, policy: &std::path::Path| {
+        ciel([
+            "attest".as_ref(),
+            "verify".as_ref(),
+            evidence.as_os_str(),
+            "--at".as_ref(),
+            "2025-10-01T08:00:00Z".as_ref(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "--json".as_ref(),
+        ])
+    };
+    let good = policy("good.toml", &nonce);
+    let run = verify(&file, &good);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let out = run.json();
+    assert_eq!(out["vtpm"]["nonce"], hex::encode("challenge"));
+    let pcr4 = out["vtpm"]["pcrs"]["4"].as_str().unwrap().to_string();
+    assert_eq!(pcr4.len(), 64);
+
+    let run = verify(&file, &policy("other.toml", "report_data = \"00aa\"\n"));
+    assert_eq!(run.code, 1);
+    assert_eq!(run.reason_codes(), vec!["report_data_mismatch"]);
+    let pinned = policy(
+        "pinned.toml",
+        &format!(
+            "{nonce}[vtpm]\npcrs = {{ \"4\" = [\"{}\"] }}\n",
+            "00".repeat(32)
+        ),
+    );
+    let run = verify(&file, &pinned);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.reason_codes(), vec!["pcr_not_allowed"]);
+
+    // The file with one PCR value changed.
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).expect("read")).expect("json");
+    json["tpm_quote"]["pcrs"][4] = serde_json::Value::String("11".repeat(32));
+    let edited = tmp.path().join("edited.json");
+    std::fs::write(&edited, serde_json::to_vec(&json).expect("json")).expect("write");
+    let run = verify(&edited, &good);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.reason_codes(), vec!["tpm_pcr_digest_mismatch"]);
+}

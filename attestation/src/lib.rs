@@ -26,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod azure;
 pub mod collateral;
 pub mod evidence;
 pub mod nvidia;

@@ -84,6 +84,17 @@ pub struct RawPolicy {
     pub sgx: RawSgxPolicy,
     #[serde(default)]
     pub nvidia: RawNvidiaPolicy,
+    #[serde(default)]
+    pub vtpm: RawVtpmPolicy,
+}
+
+/// Azure vTPM evidence: allowed values of the SHA-256 bank's PCRs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVtpmPolicy {
+    /// PCR index ("0" to "23") → allowed values (32 bytes hex each).
+    #[serde(default)]
+    pub pcrs: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -258,6 +269,14 @@ pub struct Policy {
     pub tdx: TdxPolicy,
     pub sgx: SgxPolicy,
     pub nvidia: NvidiaPolicy,
+    pub vtpm: VtpmPolicy,
+}
+
+/// Azure vTPM rules, validated.
+#[derive(Debug, Clone, Default)]
+pub struct VtpmPolicy {
+    /// PCR index → allowed values.
+    pub pcrs: Vec<(usize, Vec<[u8; 32]>)>,
 }
 
 const DEFAULT_DCAP_STATUS: [TcbStatus; 2] = [TcbStatus::UpToDate, TcbStatus::SWHardeningNeeded];
@@ -422,7 +441,28 @@ impl Policy {
             max_ocsp_age_seconds: n.max_ocsp_age_seconds,
             require_rims: n.require_rims,
         };
+        let vtpm = VtpmPolicy {
+            pcrs: raw
+                .vtpm
+                .pcrs
+                .iter()
+                .map(|(index, values)| {
+                    let field = format!("vtpm.pcrs.{index}");
+                    let i: usize = index
+                        .parse()
+                        .ok()
+                        .filter(|i| *i < 24)
+                        .ok_or_else(|| field_err(&field, "a PCR index is 0 to 23"))?;
+                    let values = values
+                        .iter()
+                        .map(|h| fixed_hex::<32>(&field, h))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok((i, values))
+                })
+                .collect::<Result<_, PolicyError>>()?,
+        };
         Ok(Policy {
+            vtpm,
             platforms,
             simulated_roots,
             report_data,

@@ -210,6 +210,17 @@ pub enum ReasonKind {
     /// GPUs: the evidence is not what the attested claims say (another
     /// report, another GPU, or missing).
     GpuEvidenceUnbound,
+    /// Azure vTPM: the SNP report's report_data does not bind the HCL
+    /// report's variable data (which names the attestation key).
+    HclVarDataUnbound,
+    /// Azure vTPM: the TPM quote is malformed or not signed by the HCL
+    /// report's attestation key.
+    TpmQuoteInvalid,
+    /// Azure vTPM: the PCR values given are not those the quote covers.
+    TpmPcrDigestMismatch,
+    /// Azure vTPM: a PCR the policy constrains has another value, or is
+    /// not quoted.
+    PcrNotAllowed,
     /// The guest's evidence is older than the policy's
     /// `max_evidence_age_seconds` (or states no time, or a future one).
     EvidenceTooOld,
@@ -282,6 +293,10 @@ impl ReasonKind {
             GpuArchitectureNotAllowed => "gpu_architecture_not_allowed",
             GpuEvidenceUnbound => "gpu_evidence_unbound",
             EvidenceTooOld => "evidence_too_old",
+            HclVarDataUnbound => "hcl_var_data_unbound",
+            TpmQuoteInvalid => "tpm_quote_invalid",
+            TpmPcrDigestMismatch => "tpm_pcr_digest_mismatch",
+            PcrNotAllowed => "pcr_not_allowed",
             OcspMissing => "ocsp_missing",
             OcspInvalid => "ocsp_invalid",
             OcspStale => "ocsp_stale",

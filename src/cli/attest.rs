@@ -4,6 +4,7 @@
 
 use super::files;
 use anyhow::{Context, Result};
+use ciel_attestation::azure::{AzSnpVtpm, verify_az_snp_vtpm};
 use ciel_attestation::collateral::DcapCollateral;
 use ciel_attestation::{Collateral, Evidence, Policy, UnixTime, verify};
 use clap::{Args, Subcommand};
@@ -46,7 +47,9 @@ pub struct SimAgentArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Evidence file: raw SNP report, DCAP quote or NVIDIA SPDM report (binary or hex text).
+    /// Evidence file: raw SNP report, DCAP quote or NVIDIA SPDM report (binary or hex text),
+    /// or an Azure confidential VM's vTPM evidence (Trustee's az-snp-vtpm JSON: HCL report,
+    /// TPM quote, VCEK; the policy's report_data is the quote's nonce).
     pub evidence: PathBuf,
     /// SNP: the VCEK or VLEK certificate (DER or PEM), or a PEM bundle with
     /// its chain as clouds serve it (Azure THIM: VCEK, ASK, ARK).
@@ -102,10 +105,27 @@ pub fn run(cmd: AttestCommand) -> Result<ExitCode> {
     }
 }
 
+/// What `ciel attest verify` was given.
+enum Input {
+    Raw(Box<Evidence>),
+    AzureVtpm(AzSnpVtpm),
+}
+
 fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
     let bytes = files::read("evidence", &a.evidence)?;
-    let evidence =
-        Evidence::parse(&bytes).with_context(|| format!("evidence {}", a.evidence.display()))?;
+    // Azure vTPM evidence (JSON) or one raw report or quote.
+    let evidence = if AzSnpVtpm::detect(&bytes) {
+        Input::AzureVtpm(
+            AzSnpVtpm::from_json(&bytes)
+                .map_err(|e| anyhow::anyhow!(e))
+                .with_context(|| format!("evidence {}", a.evidence.display()))?,
+        )
+    } else {
+        Input::Raw(Box::new(
+            Evidence::parse(&bytes)
+                .with_context(|| format!("evidence {}", a.evidence.display()))?,
+        ))
+    };
     let mut collateral = Collateral::default();
     if let Some(p) = &a.vcek {
         collateral.snp_signer = Some(files::read("VCEK", p)?);
@@ -137,16 +157,41 @@ fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
         Some(s) => files::parse_instant(s)?,
         None => files::now(),
     };
-    let verdict = verify(&evidence, &collateral, &policy, UnixTime(now));
+    let verdict = match &evidence {
+        Input::Raw(e) => verify(e, &collateral, &policy, UnixTime(now)),
+        Input::AzureVtpm(e) => verify_az_snp_vtpm(e, &collateral, &policy, UnixTime(now)),
+    };
     if verdict.simulated {
         warn_simulated();
     }
+    // What a vTPM quote states (nonce, PCRs), beside the SNP report's claims.
+    let quoted = match &evidence {
+        Input::AzureVtpm(e) => e.quoted().ok(),
+        Input::Raw(_) => None,
+    };
     let text = if a.json {
-        let mut s = serde_json::to_string_pretty(&verdict.to_json())?;
+        let mut json = verdict.to_json();
+        if let Some((nonce, pcrs)) = &quoted {
+            json["vtpm"] = serde_json::json!({
+                "nonce": hex::encode(nonce),
+                "pcrs": pcrs
+                    .iter()
+                    .map(|(i, v)| (i.to_string(), serde_json::Value::String(hex::encode(v))))
+                    .collect::<serde_json::Map<_, _>>(),
+            });
+        }
+        let mut s = serde_json::to_string_pretty(&json)?;
         s.push('\n');
         s
     } else {
-        ciel_client::report::render(&verdict, UnixTime(now))
+        let mut s = ciel_client::report::render(&verdict, UnixTime(now));
+        if let Some((nonce, pcrs)) = &quoted {
+            s.push_str(&format!("vtpm quote:\n  nonce: {}\n", hex::encode(nonce)));
+            for (i, v) in pcrs {
+                s.push_str(&format!("  pcr{i:02}: {}\n", hex::encode(v)));
+            }
+        }
+        s
     };
     write_stdout(&text);
     Ok(if verdict.accepted {
