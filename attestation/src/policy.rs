@@ -498,14 +498,64 @@ impl Policy {
         !self.simulated_roots.is_empty()
     }
 
-    /// Step 0 of every platform: is the platform allowed at all?
+    /// Step 0 of every platform: is the platform allowed at all? With
+    /// `platforms` empty, a policy that pins the guest's identity on some
+    /// CPU platforms (SNP measurements or host data; TDX MRTD, RTMRs,
+    /// MRCONFIGID or MROWNER; SGX MRENCLAVE or MRSIGNER) accepts CPU
+    /// evidence from those platforms only: otherwise a policy written for
+    /// one SNP guest would accept any genuine TDX guest. GPU evidence is
+    /// not a CPU platform and is left to `platforms`.
     pub(crate) fn check_platform(&self, v: &mut Verdict) {
-        if !self.platforms.is_empty() && !self.platforms.contains(&v.platform) {
+        if !self.platforms.is_empty() {
+            if !self.platforms.contains(&v.platform) {
+                v.reject(
+                    ReasonKind::PlatformNotAllowed,
+                    format!("the policy does not allow {} evidence", v.platform),
+                );
+            }
+            return;
+        }
+        let pinned = self.identity_pinned_platforms();
+        let cpu = matches!(v.platform, Platform::Snp | Platform::Tdx | Platform::Sgx);
+        if cpu && !pinned.is_empty() && !pinned.contains(&v.platform) {
             v.reject(
                 ReasonKind::PlatformNotAllowed,
-                format!("the policy does not allow {} evidence", v.platform),
+                format!(
+                    "the policy pins guest identities for {} only and sets none for {} evidence (list `platforms` to accept it by its other rules)",
+                    pinned
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                    v.platform
+                ),
             );
         }
+    }
+
+    /// The CPU platforms whose table pins a guest identity.
+    fn identity_pinned_platforms(&self) -> Vec<Platform> {
+        let (snp, tdx, sgx) = (&self.snp, &self.tdx, &self.sgx);
+        [
+            (
+                Platform::Snp,
+                !snp.measurements.is_empty() || !snp.host_data.is_empty(),
+            ),
+            (
+                Platform::Tdx,
+                !tdx.mrtd.is_empty()
+                    || tdx.rtmr.iter().any(|r| !r.is_empty())
+                    || !tdx.mrconfigid.is_empty()
+                    || !tdx.mrowner.is_empty(),
+            ),
+            (
+                Platform::Sgx,
+                !sgx.mrenclave.is_empty() || !sgx.mrsigner.is_empty(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(p, pinned)| pinned.then_some(p))
+        .collect()
     }
 
     pub(crate) fn check_report_data(&self, report_data: &[u8], v: &mut Verdict) {

@@ -108,3 +108,42 @@ fn stored_pki_round_trips() {
     };
     assert!(verify(&Evidence::parse(&quote).unwrap(), &col, &trusting(""), NOW).accepted);
 }
+
+/// A policy that pins an SNP guest's identity (and says nothing of
+/// `platforms`) does not accept a TDX guest, however genuine; listing
+/// `platforms`, or pinning the TDX guest too, does.
+#[test]
+fn a_policy_pinning_an_snp_guest_does_not_accept_a_tdx_guest() {
+    let quote = sim().quote(&SimTdxQuote::default()).unwrap();
+    let snp_only = trusting(&format!(
+        "[snp]\nmeasurements = [\"{}\"]\n",
+        "11".repeat(48)
+    ));
+    let v = run(&quote, &snp_only, NOW);
+    assert_eq!(v.reason_codes(), vec!["platform_not_allowed"]);
+    assert!(
+        v.summary().contains("pins guest identities for snp only"),
+        "{}",
+        v.summary()
+    );
+    let host_data_only = trusting(&format!("[snp]\nhost_data = [\"{}\"]\n", "22".repeat(32)));
+    assert_eq!(
+        run(&quote, &host_data_only, NOW).reason_codes(),
+        vec!["platform_not_allowed"]
+    );
+    // Both platforms listed: the TDX guest is held to the rest.
+    let listed = trusting(&format!(
+        "platforms = [\"snp\", \"tdx\"]\n[snp]\nmeasurements = [\"{}\"]\n",
+        "11".repeat(48)
+    ));
+    assert!(run(&quote, &listed, NOW).accepted);
+    // The TDX guest pinned beside the SNP one.
+    let both = trusting(&format!(
+        "[snp]\nmeasurements = [\"{}\"]\n[tdx]\nmrtd = [\"{}\"]\n",
+        "11".repeat(48),
+        hex::encode(SimTdxQuote::default().mrtd)
+    ));
+    assert!(run(&quote, &both, NOW).accepted);
+    // A policy pinning nothing keeps accepting by authenticity.
+    assert!(run(&quote, &trusting(""), NOW).accepted);
+}
