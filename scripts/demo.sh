@@ -47,7 +47,7 @@ echo "-- with a policy that names it:"
 $ciel attest verify "$tmp/sim.bin" --vcek "$tmp/sim.bin.vcek.der" --cert-chain "$tmp/sim.bin.chain.pem" \
     --policy "$tmp/policy.toml" | head -n 5
 
-banner "6. The whole system: key broker, untrusted host and guest as separate processes (simulated platform — NO confidentiality)"
-$ciel demo
+banner "6. The whole system: key broker, untrusted host and guest with two GPUs as separate processes (simulated platform — NO confidentiality)"
+$ciel demo --gpus sim:2
 
 banner "Done: every verdict above was computed now, from the bytes: real evidence against pinned vendor roots, simulated evidence only because a policy named its root."
