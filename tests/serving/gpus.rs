@@ -160,3 +160,36 @@ pub fn the_system_serves_on_tdx_too(rt: &tokio::runtime::Runtime, expected: &str
         run.stdout
     );
 }
+
+/// A guest whose certificate's evidence is made anew every second: a later
+/// handshake presents evidence stamped later, for the same TLS key (the
+/// certificate's own document, read in the handshake, before any fetch).
+pub fn the_certificate_evidence_is_refreshed(sys: &System) {
+    let BootedGuest {
+        host, mut guest, ..
+    } = boot_guest(sys, "refresh", "guest.log", &["--evidence-refresh", "1"]);
+    let certificate_stamp = || {
+        let verifier = ciel_client::tls::AttestedVerifier::new(sys.policy());
+        let config = verifier.client_config().unwrap();
+        let mut sock =
+            std::net::TcpStream::connect(host.url.trim_start_matches("https://")).unwrap();
+        let mut tls =
+            rustls::ClientConnection::new(config, "ciel-enclave".try_into().unwrap()).unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut sock).unwrap();
+        }
+        let v = verifier.outcome().unwrap().unwrap();
+        // Everything but the GPUs' evidence (too large for it) verified.
+        assert!(v.accepted || v.awaits_fresh_document(), "{:?}", v.checks);
+        (v.claims.issued_at.unwrap(), v.claims.tls_spki_sha256)
+    };
+    let (first, key) = certificate_stamp();
+    std::thread::sleep(Duration::from_millis(2500));
+    let (later, same_key) = certificate_stamp();
+    assert!(later > first, "issued at {first}, then {later}");
+    assert_eq!(same_key, key);
+    let _ = Command::new("kill")
+        .args(["-TERM", &guest.0.id().to_string()])
+        .status();
+    let _ = guest.0.wait();
+}

@@ -144,6 +144,7 @@ fn serving_system_end_to_end() {
     a_silent_key_broker_is_a_clear_final_error(&sys);
     hosts_die_and_guests_restart(&sys, &rt, &whole);
     gpu_evidence_too_large_for_a_certificate_is_fetched_first(&sys, &rt, &whole);
+    the_certificate_evidence_is_refreshed(&sys);
 
     // No prompt or completion text in any log (the demo's, and those of
     // the guests restarted under their clients).
