@@ -67,6 +67,13 @@ impl<F: Fn(&str) -> Option<Vec<u8>>> StoredFiles<F> {
     }
 }
 
+/// A private key as the stored files keep it (PKCS#8 DER).
+pub(crate) fn pkcs8(key: &impl p384::pkcs8::EncodePrivateKey) -> Result<Vec<u8>, SimError> {
+    key.to_pkcs8_der()
+        .map(|d| d.as_bytes().to_vec())
+        .map_err(crypto)
+}
+
 pub(crate) fn crypto(e: impl std::fmt::Display) -> SimError {
     SimError::Crypto(e.to_string())
 }

@@ -8,13 +8,13 @@
 //! only when a policy names it.
 
 use super::certs::{ext, ext_critical, issue_ecdsa};
-use super::{SimError, StoredFiles, crypto, os_rng};
+use super::{SimError, StoredFiles, crypto, os_rng, pkcs8};
 use crate::time::UnixTime;
 use crate::x509::{sha256, sha384};
 use p384::ecdsa::signature::Signer;
 use p384::ecdsa::{DerSignature, Signature, SigningKey};
 use p384::elliptic_curve::Generate;
-use p384::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use p384::pkcs8::DecodePrivateKey;
 
 pub(super) const ROOT_DN: &str =
     "CN=ciel Sim NVIDIA Device Identity CA,O=ciel simulated platform (NOT A TEE)";
@@ -318,16 +318,11 @@ impl NvidiaSim {
 
     /// The files that persist the hierarchy (name, bytes). Keys are PKCS#8 DER.
     pub fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>, SimError> {
-        let key = |k: &SigningKey| {
-            k.to_pkcs8_der()
-                .map(|d| d.as_bytes().to_vec())
-                .map_err(crypto)
-        };
         Ok(vec![
             ("root.der", self.root.clone()),
-            ("root.key.der", key(&self.root_key)?),
+            ("root.key.der", pkcs8(&self.root_key)?),
             ("ica.der", self.ica.clone()),
-            ("ica.key.der", key(&self.ica_key)?),
+            ("ica.key.der", pkcs8(&self.ica_key)?),
         ])
     }
 

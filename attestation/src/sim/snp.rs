@@ -2,12 +2,12 @@
 //! algorithms, and reports in the real v3/v5 layout signed by the VCEK.
 
 use super::certs::{Profile, build_pss, der_ia5, der_uint, ext, name, serial, validity};
-use super::{SimError, StoredFiles, crypto, os_rng};
+use super::{SimError, StoredFiles, crypto, os_rng, pkcs8};
 use crate::snp::report::{RawReport, SIGNED_LEN};
 use crate::time::UnixTime;
 use p384::ecdsa::signature::Signer;
 use p384::elliptic_curve::Generate;
-use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use rsa::pkcs8::DecodePrivateKey;
 use sha2::Sha384;
 use x509_cert::builder::CertificateBuilder;
 use x509_cert::spki::SubjectPublicKeyInfo;
@@ -318,22 +318,15 @@ impl SnpSim {
 
     /// The files that persist the hierarchy (name, bytes). Keys are PKCS#8 DER.
     pub fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>, SimError> {
-        let key = |k: &rsa::PrivateKey| {
-            k.to_pkcs8_der()
-                .map(|d| d.as_bytes().to_vec())
-                .map_err(crypto)
-        };
-        let vcek_key =
-            p384::pkcs8::EncodePrivateKey::to_pkcs8_der(&self.vcek_key).map_err(crypto)?;
         Ok(vec![
             ("ark.der", self.ark.clone()),
-            ("ark.key.der", key(&self.ark_key)?),
+            ("ark.key.der", pkcs8(&self.ark_key)?),
             ("ask.der", self.ask.clone()),
-            ("ask.key.der", key(&self.ask_key)?),
+            ("ask.key.der", pkcs8(&self.ask_key)?),
             ("asvk.der", self.asvk.clone()),
-            ("asvk.key.der", key(&self.asvk_key)?),
+            ("asvk.key.der", pkcs8(&self.asvk_key)?),
             ("vcek.der", self.vcek.clone()),
-            ("vcek.key.der", vcek_key.as_bytes().to_vec()),
+            ("vcek.key.der", pkcs8(&self.vcek_key)?),
             ("chip_id", self.chip_id.to_vec()),
         ])
     }

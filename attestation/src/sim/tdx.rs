@@ -6,14 +6,14 @@
 //! real quotes checks these; only the root differs.
 
 use super::certs::{der_uint, ext, ext_critical, issue_ecdsa, x509_time};
-use super::{SimError, StoredFiles, crypto, os_rng};
+use super::{SimError, StoredFiles, crypto, os_rng, pkcs8};
 use crate::collateral::DcapCollateral;
 use crate::time::UnixTime;
 use crate::x509::sha256;
 use p256::ecdsa::signature::Signer;
 use p256::ecdsa::{DerSignature, Signature, SigningKey};
 use p256::elliptic_curve::Generate;
-use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use p256::pkcs8::DecodePrivateKey;
 use x509_cert::builder::{Builder, CrlBuilder};
 use x509_cert::certificate::Certificate;
 use x509_cert::der::{Decode, Encode, asn1::Uint, oid::ObjectIdentifier};
@@ -261,21 +261,16 @@ impl TdxSim {
 
     /// The files that persist the PKI (name, bytes). Keys are PKCS#8 DER.
     pub fn to_files(&self) -> Result<Vec<(&'static str, Vec<u8>)>, SimError> {
-        let key = |k: &SigningKey| {
-            k.to_pkcs8_der()
-                .map(|d| d.as_bytes().to_vec())
-                .map_err(crypto)
-        };
         Ok(vec![
             ("root.der", self.root.clone()),
-            ("root.key.der", key(&self.root_key)?),
+            ("root.key.der", pkcs8(&self.root_key)?),
             ("pck_ca.der", self.pck_ca.clone()),
-            ("pck_ca.key.der", key(&self.pck_ca_key)?),
+            ("pck_ca.key.der", pkcs8(&self.pck_ca_key)?),
             ("tcb.der", self.tcb.clone()),
-            ("tcb.key.der", key(&self.tcb_key)?),
+            ("tcb.key.der", pkcs8(&self.tcb_key)?),
             ("pck.der", self.pck.clone()),
-            ("pck.key.der", key(&self.pck_key)?),
-            ("attestation.key.der", key(&self.attestation_key)?),
+            ("pck.key.der", pkcs8(&self.pck_key)?),
+            ("attestation.key.der", pkcs8(&self.attestation_key)?),
         ])
     }
 
