@@ -102,11 +102,10 @@ fn simulated_guest_receives_the_key_and_answers_only_if_the_policy_names_it() {
     );
 }
 
-/// Batching limits that could never serve are refused before anything
-/// else (no key release, no model), naming both flags.
-#[test]
-fn the_guest_refuses_a_pass_too_small_for_its_batch_at_once() {
-    let run = ciel([
+/// `ciel enclave serve` with `extra` and every address unreachable: what
+/// fails must fail before anything is reached.
+fn serve_nowhere(extra: &[&str]) -> common::Run {
+    let mut args = vec![
         "enclave",
         "serve",
         "--sim",
@@ -120,11 +119,16 @@ fn the_guest_refuses_a_pass_too_small_for_its_batch_at_once() {
         "model.csm",
         "--listen",
         "unix:/nonexistent/api.sock",
-        "--max-batch",
-        "64",
-        "--step-tokens",
-        "32",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    ciel(args)
+}
+
+/// Batching limits that could never serve are refused before anything
+/// else (no key release, no model), naming both flags.
+#[test]
+fn the_guest_refuses_a_pass_too_small_for_its_batch_at_once() {
+    let run = serve_nowhere(&["--max-batch", "64", "--step-tokens", "32"]);
     assert_ne!(run.code, 0);
     assert!(
         run.stderr.contains("--step-tokens 32") && run.stderr.contains("--max-batch 64"),
@@ -138,33 +142,14 @@ fn the_guest_refuses_a_pass_too_small_for_its_batch_at_once() {
 /// at once too, before any key is asked for.
 #[test]
 fn the_guest_refuses_a_device_it_cannot_use_at_once() {
-    let serve = |extra: &[&str]| {
-        let mut args = vec![
-            "enclave",
-            "serve",
-            "--sim",
-            "--kbs",
-            "https://127.0.0.1:9",
-            "--kbs-ca",
-            "/nonexistent/ca.pem",
-            "--model-from",
-            "unix:/nonexistent/blobs.sock",
-            "--model-blob",
-            "model.csm",
-            "--listen",
-            "unix:/nonexistent/api.sock",
-        ];
-        args.extend_from_slice(extra);
-        ciel(args)
-    };
-    let run = serve(&["--device", "cuda:0", "--max-batch", "4"]);
+    let run = serve_nowhere(&["--device", "cuda:0", "--max-batch", "4"]);
     assert_ne!(run.code, 0);
     assert!(
         run.stderr.contains("--max-batch 4 with --device cuda:0"),
         "{}",
         run.stderr
     );
-    let run = serve(&["--device", "gpu0"]);
+    let run = serve_nowhere(&["--device", "gpu0"]);
     assert_ne!(run.code, 0);
     assert!(
         run.stderr.contains("expected cpu or cuda:N"),
@@ -172,7 +157,7 @@ fn the_guest_refuses_a_device_it_cannot_use_at_once() {
         run.stderr
     );
     if !ciel_engine::device::ComputeDevice::CUDA_BUILT {
-        let run = serve(&["--device", "cuda:0"]);
+        let run = serve_nowhere(&["--device", "cuda:0"]);
         assert_ne!(run.code, 0);
         assert!(
             run.stderr

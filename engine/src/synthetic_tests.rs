@@ -220,11 +220,8 @@ fn the_kv_budget_bounds_the_context_and_a_full_context_is_refused() {
     assert_eq!(model.bound_kv_memory(16 * 2048 - 1).unwrap(), 0);
 }
 
-/// Unquantized, our pass (attention over the paged cache, in its own
-/// order) and candle's `quantized_llama` compute the same logits up to f32
-/// rounding, for a prompt and then token by token.
-#[test]
-fn our_pass_is_candles_llama_up_to_rounding() {
+/// An unquantized synthetic llama, loaded with our kernels and candle's.
+fn ours_and_candles() -> (Vec<u8>, Model, Model) {
     use crate::model::Kernels;
     let bytes = gguf(
         crate::arch::Arch::Llama,
@@ -232,7 +229,16 @@ fn our_pass_is_candles_llama_up_to_rounding() {
     )
     .unwrap();
     let load = |k| Model::load_with(&mut std::io::Cursor::new(&bytes), k).unwrap();
-    let (mut ours, mut candle) = (load(Kernels::Ciel), load(Kernels::Candle));
+    let (ours, candle) = (load(Kernels::Ciel), load(Kernels::Candle));
+    (bytes, ours, candle)
+}
+
+/// Unquantized, our pass (attention over the paged cache, in its own
+/// order) and candle's `quantized_llama` compute the same logits up to f32
+/// rounding, for a prompt and then token by token.
+#[test]
+fn our_pass_is_candles_llama_up_to_rounding() {
+    let (_, mut ours, mut candle) = ours_and_candles();
     let mut step: Vec<u32> = (1..40).map(|i| (i * 7) % 30 + 1).collect();
     for round in 0..5 {
         let (a, b) = (ours.forward(&step).unwrap(), candle.forward(&step).unwrap());
@@ -255,13 +261,7 @@ fn our_pass_is_candles_llama_up_to_rounding() {
 fn candles_pass_serves_one_sequence_at_a_time() {
     use crate::model::Kernels;
     use crate::transformer::Feed;
-    let bytes = gguf(
-        crate::arch::Arch::Llama,
-        candle_core::quantized::GgmlDType::F32,
-    )
-    .unwrap();
-    let load = |k| Model::load_with(&mut std::io::Cursor::new(&bytes), k).unwrap();
-    let (mut ours, mut candle) = (load(Kernels::Ciel), load(Kernels::Candle));
+    let (bytes, mut ours, mut candle) = ours_and_candles();
     let prompt: Vec<u32> = (1..40).map(|i| (i * 5) % 30 + 1).collect();
     let feed = |pos, tokens, logits| Feed {
         blocks: &[],

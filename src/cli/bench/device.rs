@@ -7,7 +7,7 @@
 //! per second.
 
 use super::Report;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ciel_engine::chat::{ChatTemplate, user_prompt};
 use ciel_engine::device::ComputeDevice;
 use ciel_engine::gguf::read_metadata;
@@ -23,13 +23,7 @@ const PROMPT: &str = "Explain in a few sentences why the sky is blue.";
 const NEAR_TIE: f32 = 0.05;
 
 pub fn run(r: &mut Report, device: ComputeDevice) -> Result<()> {
-    let path = r.model_path();
-    let bytes = std::fs::read(&path).with_context(|| {
-        format!(
-            "model {} (scripts/fetch-model.sh, or --model)",
-            path.display()
-        )
-    })?;
+    let (_, bytes) = r.read_model()?;
     let meta = read_metadata(&mut std::io::Cursor::new(&bytes))?;
     let tokenizer = Tokenizer::from_gguf(&meta)?;
     let template = ChatTemplate::from_gguf(&meta)?;

@@ -8,7 +8,7 @@
 //! minutes), the median of each side's runs compared.
 
 use super::Report;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ciel_engine::chat::{ChatTemplate, user_prompt};
 use ciel_engine::generate::{Request, generate};
 use ciel_engine::gguf::read_metadata;
@@ -50,13 +50,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 pub fn run(r: &mut Report) -> Result<()> {
-    let path = r.model_path();
-    let bytes = std::fs::read(&path).with_context(|| {
-        format!(
-            "model {} (scripts/fetch-model.sh, or --model)",
-            path.display()
-        )
-    })?;
+    let (path, bytes) = r.read_model()?;
     let meta = read_metadata(&mut std::io::Cursor::new(&bytes))?;
     let tokenizer = Tokenizer::from_gguf(&meta)?;
     // A chat model is asked the question; a base model (no chat template)

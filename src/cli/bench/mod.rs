@@ -18,7 +18,7 @@ mod system;
 mod unseal;
 mod verify;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use serde::Serialize;
 use std::process::ExitCode;
@@ -152,11 +152,23 @@ impl Report {
         self.json
     }
 
-    /// The model the unseal and inference suites use.
+    /// The model the unseal, inference and device suites use.
     pub fn model_path(&self) -> std::path::PathBuf {
         self.model
             .clone()
             .unwrap_or_else(ciel_engine::demo_model_path)
+    }
+
+    /// That model's path and bytes, or an error saying where to get it.
+    pub fn read_model(&self) -> Result<(std::path::PathBuf, Vec<u8>)> {
+        let path = self.model_path();
+        let bytes = std::fs::read(&path).with_context(|| {
+            format!(
+                "model {} (scripts/fetch-model.sh, or --model)",
+                path.display()
+            )
+        })?;
+        Ok((path, bytes))
     }
 }
 

@@ -143,13 +143,7 @@ fn measure(r: &mut Report, what: &str, plain: &[u8]) -> Result<()> {
 }
 
 pub fn run(r: &mut Report) -> Result<()> {
-    let path = r.model_path();
-    let model = std::fs::read(&path).with_context(|| {
-        format!(
-            "model {} (scripts/fetch-model.sh, or --model)",
-            path.display()
-        )
-    })?;
+    let (_, model) = r.read_model()?;
     measure(r, "demo model", &model)?;
     if !r.quick {
         let big: Vec<u8> = (0..2usize << 30)
