@@ -412,4 +412,15 @@ fn azure_vtpm_evidence_verifies_through_the_cli() {
     let run = verify(&edited, &good);
     assert_eq!(run.code, 1);
     assert_eq!(run.reason_codes(), vec!["tpm_pcr_digest_mismatch"]);
+
+    // JSON that is not this evidence: a usage error naming the file.
+    let other = tmp.path().join("other.json");
+    std::fs::write(&other, "{\"report_data\": \"00\"}").expect("write");
+    let run = verify(&other, &good);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stderr.contains("other.json") && run.stderr.contains("not Azure vTPM evidence"),
+        "{}",
+        run.stderr
+    );
 }

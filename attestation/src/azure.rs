@@ -80,14 +80,11 @@ fn bytes_of(v: &Value, field: &str, hex_strings: bool) -> Result<Vec<u8>, String
 }
 
 impl AzSnpVtpm {
-    /// Whether `bytes` look like this evidence (a JSON object with an HCL
-    /// report and a TPM quote, in either encoding).
+    /// Whether `bytes` are meant as this evidence: a JSON object (no raw
+    /// report, quote or hex text starts with `{`). [`Self::from_json`] then
+    /// says what is wrong with one that is not.
     pub fn detect(bytes: &[u8]) -> bool {
         bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
-            && serde_json::from_slice::<Value>(bytes).is_ok_and(|v| {
-                (v.get("hcl_report").is_some() && v.get("tpm_quote").is_some())
-                    || (v.get("report").is_some() && v.get("quote").is_some())
-            })
     }
 
     /// Reads Trustee's v0 or v1 JSON.
@@ -100,7 +97,11 @@ impl AzSnpVtpm {
         } else {
             ("report", "quote")
         };
-        let q = v.get(quote).ok_or(format!("{quote}: missing"))?;
+        let q = v.get(quote).ok_or_else(|| {
+            format!(
+                "not Azure vTPM evidence: neither Trustee's az-snp-vtpm v1 (version 1, hcl_report, tpm_quote) nor v0 (report, quote); `{quote}` is missing"
+            )
+        })?;
         let field = |name: &str| q.get(name).unwrap_or(&Value::Null);
         let pcrs = match field("pcrs") {
             Value::Array(list) => list
