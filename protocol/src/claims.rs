@@ -31,9 +31,12 @@ pub const EXTENSION_OID: &[u64] = &[1, 3, 6, 1, 3, 7390768, 1];
 /// The same OID in dotted form.
 pub const EXTENSION_OID_STR: &str = "1.3.6.1.3.7390768.1";
 
-/// Largest document accepted (256 KiB): evidence with a certificate chain
-/// is about 10 KiB; a TDX quote's collateral about 30 KiB.
-pub const MAX_DOCUMENT: usize = 256 << 10;
+/// Largest document accepted (8 MiB): evidence with a certificate chain
+/// is about 10 KiB, a TDX quote's collateral about 30 KiB, but each GPU
+/// adds its report, chain, OCSP responses and two RIMs (NVIDIA's are ~20 KB
+/// each, ~27 KB in base64): about 75 KB a GPU, 600 KB for an eight-GPU
+/// board, 4.8 MB at the 64 GPUs a document may list.
+pub const MAX_DOCUMENT: usize = 8 << 20;
 
 /// The model a guest serves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -356,6 +359,28 @@ mod tests {
         fresh.gpus[0].uuid = "GPU-2".into();
         assert!(!fresh.same_guest(&with_gpu));
         assert!(!c.same_guest(&with_gpu));
+    }
+
+    #[test]
+    fn an_eight_gpu_document_fits_and_the_bound_holds() {
+        // About 75 KB of evidence a GPU (report, chain, OCSP, two RIMs).
+        let doc = AttestationDocument {
+            claims: claims(),
+            tee: "snp".into(),
+            evidence: serde_json::json!({"report": "AAAA"}),
+            init_data: None,
+            gpu_evidence: Some(
+                serde_json::json!({"device_evidence_list": vec!["A".repeat(75_000); 8]}),
+            ),
+        };
+        let json = doc.to_json();
+        assert!(json.len() > 600_000);
+        assert_eq!(AttestationDocument::from_json(&json).unwrap(), doc);
+        let over = vec![b' '; MAX_DOCUMENT + 1];
+        assert_eq!(
+            AttestationDocument::from_json(&over),
+            Err(ClaimsError::TooLarge(MAX_DOCUMENT + 1))
+        );
     }
 
     #[test]
