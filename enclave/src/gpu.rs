@@ -202,10 +202,7 @@ impl SimGpus {
 
 impl GpuSource for SimGpus {
     fn collect(&self, nonce: [u8; 32]) -> Result<Vec<GpuEvidence>, String> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::unix_now();
         let several = self.gpus.len() > 1;
         self.gpus
             .iter()

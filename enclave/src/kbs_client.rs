@@ -460,12 +460,9 @@ pub mod sim {
                     ..self.template.clone()
                 })
                 .map_err(|e| e.to_string())?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
             let collateral = self
                 .sim
-                .collateral(ciel_attestation::UnixTime(now))
+                .collateral(ciel_attestation::UnixTime(crate::unix_now()))
                 .map_err(|e| e.to_string())?;
             Ok(serde_json::json!({
                 "quote": B64.encode(quote),

@@ -20,3 +20,10 @@ pub mod platform;
 pub mod sealed_model;
 pub mod serve;
 pub mod tsm;
+
+/// Seconds since the Unix epoch by the guest's clock (0 before it).
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -223,12 +223,6 @@ pub(super) fn finish_reason(f: Finish) -> &'static str {
     }
 }
 
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn request_id(prefix: &str) -> String {
     let mut b = [0u8; 12];
     let _ = getrandom::fill(&mut b);
@@ -324,7 +318,7 @@ async fn run(st: Arc<ApiState>, kind: Route, body: Bytes) -> Response {
         Route::Text => (request_id("cmpl"), "text_completion"),
     };
     let model = st.claims.model.name.clone();
-    let created = now_secs();
+    let created = crate::unix_now();
     if streamed {
         let head = super::sse::StreamHead {
             kind,

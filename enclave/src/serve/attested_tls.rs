@@ -78,12 +78,9 @@ pub fn attest(
     gpus: &dyn GpuSource,
     claims: RuntimeClaims,
 ) -> Result<AttestationDocument, IdentityError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let mut claims = RuntimeClaims {
         gpus: Vec::new(),
-        issued_at: Some(now),
+        issued_at: Some(crate::unix_now()),
         ..claims
     };
     let gpu_evidence = gpus
