@@ -9,6 +9,7 @@
 //! came from the cache. That is what makes a batched answer exactly the
 //! answer alone.
 
+use super::kernels::dot_f32;
 use super::kv_cache::{BLOCK_TOKENS, BlockId, KvStore};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -117,53 +118,70 @@ fn one<'s>(
         blocks.push(store.layer_block(*row.blocks.get(b)?, layer)?);
     }
     let base = first / BLOCK_TOKENS;
-    let at = |p: usize, values: bool| -> &[f32] {
-        let (k, v) = blocks[p / BLOCK_TOKENS - base];
-        let at = (p % BLOCK_TOKENS) * width + kv;
-        &(if values { v } else { k })[at..at + hd]
-    };
+    // The positions it sees, block by block: (block, first slot, end slot).
+    let spans = blocks.iter().enumerate().map(|(i, &(k, v))| {
+        let start = (base + i) * BLOCK_TOKENS;
+        let lo = first.max(start) - start;
+        let hi = (row.pos + 1).min(start + BLOCK_TOKENS) - start;
+        (k, v, lo..hi)
+    });
+    let slot = |rows: &'s [f32], s: usize| rows.get(s * width + kv..s * width + kv + hd);
     scores.clear();
     let mut max = f32::NEG_INFINITY;
-    for p in first..=row.pos {
-        let mut s = dot(query, at(p, false)) * shape.scale;
-        if let Some(cap) = shape.softcap {
-            s = (s / cap).tanh() * cap;
+    for (k, _, slots) in spans.clone() {
+        for s in slots {
+            let mut score = dot_f32(query, slot(k, s)?) * shape.scale;
+            if let Some(cap) = shape.softcap {
+                score = (score / cap).tanh() * cap;
+            }
+            max = max.max(score);
+            scores.push(score);
         }
-        max = max.max(s);
-        scores.push(s);
     }
     let mut sum = 0f32;
     for s in scores.iter_mut() {
         *s = (*s - max).exp();
         sum += *s;
     }
-    dst.fill(0.0);
-    for (p, w) in (first..=row.pos).zip(scores.iter()) {
-        let w = w / sum;
-        for (d, x) in dst.iter_mut().zip(at(p, true)) {
-            *d += w * x;
+    for s in scores.iter_mut() {
+        *s /= sum;
+    }
+    // `dst[d] = Σ_p w_p · v_p[d]`, each element summed in position order;
+    // a chunk of the head at a time, so that its sums stay in registers
+    // across the positions (rather than loaded and stored at each).
+    for (c, out) in dst.chunks_mut(CHUNK).enumerate() {
+        let mut acc = [0f32; CHUNK];
+        let mut weights = scores.iter();
+        for (_, v, slots) in spans.clone() {
+            for s in slots {
+                let (Some(w), Some(values)) = (weights.next(), slot(v, s)) else {
+                    return None;
+                };
+                let values = values.get(c * CHUNK..c * CHUNK + out.len())?;
+                weigh_into(&mut acc, *w, values);
+            }
         }
+        out.copy_from_slice(acc.get(..out.len())?);
     }
     Some(())
 }
 
-/// A dot product in eight lanes summed in a fixed order (vectorizes, and
-/// gives the same result wherever it runs).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+/// Values of a head summed a chunk at a time (eight registers of eight).
+const CHUNK: usize = 64;
+
+/// `acc[i] += w · values[i]` (a whole chunk's loop unrolled into vector
+/// registers when `values` is one).
+#[inline(always)]
+fn weigh_into(acc: &mut [f32; CHUNK], w: f32, values: &[f32]) {
+    if let Ok(values) = <&[f32; CHUNK]>::try_from(values) {
+        for (a, x) in acc.iter_mut().zip(values) {
+            *a += w * x;
+        }
+    } else {
+        for (a, x) in acc.iter_mut().zip(values) {
+            *a += w * x;
         }
     }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 #[cfg(test)]

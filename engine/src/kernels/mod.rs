@@ -105,15 +105,66 @@ impl Isa {
     }
 }
 
+/// `Σ a[i]·b[i]` of two `f32` slices (attention's scores) in one fixed
+/// order wherever it runs: eight lanes, lane `i` summing `a[8j+i]·b[8j+i]`
+/// over the chunks `j` in order, the lanes then added as
+/// `((l0+l4) + (l1+l5)) + ((l2+l6) + (l3+l7))`, then the products of the
+/// tail (past the last whole chunk) in order. The vector path is the same
+/// operations lane by lane, so the same bits (tested).
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let whole = n - n % GROUP;
+    let (a, b) = (&a[..n], &b[..n]);
+    let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(x, y)| x * y).sum();
+    dot_f32_chunks(&a[..whole], &b[..whole]) + tail
+}
+
+/// [`dot_f32`]'s whole chunks: AVX2 where the CPU has it (x86-64-v3, what
+/// the build targets, always does), else the reference.
+#[inline]
+fn dot_f32_chunks(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::best() != Isa::Scalar {
+        return dot_f32_chunks_x86(a, b);
+    }
+    dot_f32_chunks_scalar(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+#[inline]
+fn dot_f32_chunks_x86(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: only called where `Isa::best()` found AVX2 on this CPU, the
+    // one feature the function enables; safe Rust otherwise.
+    unsafe { x86::dot_f32_chunks(a, b) }
+}
+
+/// The reference for [`dot_f32_chunks`].
+fn dot_f32_chunks_scalar(a: &[f32], b: &[f32]) -> f32 {
+    let mut l = [0f32; GROUP];
+    for (x, y) in a.chunks_exact(GROUP).zip(b.chunks_exact(GROUP)) {
+        for i in 0..GROUP {
+            l[i] += x[i] * y[i];
+        }
+    }
+    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7]))
+}
+
 /// Up to eight rows of activations quantized in the layout one family of
 /// kernels reads ([`Q8_1Group`] for Q4_1 and Q8_0, [`q8_k::Q8KGroup`] for
 /// the k-quants).
 pub trait Group: std::fmt::Debug + Send + Sync + Sized {
+    /// One row quantized, apart from any group (so that the rows of one
+    /// group are quantized in parallel).
+    type Row: Send;
     /// An empty group for rows of `k` values.
     fn zeros(k: usize) -> Self;
-    /// Row `r`'s values quantized into the group (its whole blocks; a
-    /// trailing partial block is ignored).
-    fn put(&mut self, r: usize, row: &[f32]);
+    /// A row's values quantized (its whole blocks; a trailing partial
+    /// block is ignored).
+    fn quantize(row: &[f32]) -> Self::Row;
+    /// A quantized row into the group as its row `r`.
+    fn put(&mut self, r: usize, row: Self::Row);
     /// Called once, after every row was put.
     fn finish(&mut self);
 }
@@ -254,35 +305,64 @@ pub struct Activations<G> {
 pub type Q8_1Activations = Activations<Q8_1Group>;
 
 impl<G: Group> Activations<G> {
-    /// `x`: rows of `k` values (a trailing partial row is ignored), each
-    /// quantized straight into its group's slots; groups in parallel on
-    /// candle's pool.
+    /// `x`: rows of `k` values (a trailing partial row is ignored),
+    /// quantized on candle's pool: by groups, each straight into its
+    /// group, when there are enough groups for every thread; else (a
+    /// decode step's rows are one group or two) row by row, then placed.
     pub fn quantize(x: &[f32], k: usize) -> Self {
         let rows = x.len().checked_div(k).unwrap_or(0);
-        let groups: Vec<Mutex<G>> = (0..rows.div_ceil(GROUP))
-            .map(|_| Mutex::new(G::zeros(k)))
-            .collect();
-        let fill = |i: usize| {
-            let Some(Ok(mut g)) = groups.get(i).map(Mutex::lock) else {
-                return;
-            };
-            let end = rows.min((i + 1) * GROUP) * k;
-            for (r, row) in x[i * GROUP * k..end].chunks_exact(k).enumerate() {
-                g.put(r, row);
+        let values = |r: usize| x.get(r * k..(r + 1) * k);
+        let groups: Vec<Mutex<G>> = if rows.div_ceil(GROUP) >= pool_threads() {
+            let groups: Vec<Mutex<G>> = (0..rows.div_ceil(GROUP))
+                .map(|_| Mutex::new(G::zeros(k)))
+                .collect();
+            on_pool(groups.len(), |i| {
+                if let Some(Ok(mut g)) = groups.get(i).map(Mutex::lock) {
+                    for r in i * GROUP..rows.min((i + 1) * GROUP) {
+                        if let Some(row) = values(r) {
+                            g.put(r % GROUP, G::quantize(row));
+                        }
+                    }
+                }
+            });
+            groups
+        } else {
+            let quantized: Vec<Mutex<Option<G::Row>>> =
+                (0..rows).map(|_| Mutex::new(None)).collect();
+            on_pool(rows, |r| {
+                if let (Some(slot), Some(row)) = (quantized.get(r), values(r))
+                    && let Ok(mut slot) = slot.lock()
+                {
+                    *slot = Some(G::quantize(row));
+                }
+            });
+            let mut groups: Vec<G> = (0..rows.div_ceil(GROUP)).map(|_| G::zeros(k)).collect();
+            for (r, q) in quantized.into_iter().enumerate() {
+                if let (Some(g), Ok(Some(q))) = (groups.get_mut(r / GROUP), q.into_inner()) {
+                    g.put(r % GROUP, q);
+                }
             }
-            g.finish();
+            groups.into_iter().map(Mutex::new).collect()
         };
-        match groups.len() {
-            0 | 1 => (0..groups.len()).for_each(fill),
-            n => {
-                candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(fill))
+        on_pool(groups.len(), |i| {
+            if let Some(Ok(mut g)) = groups.get(i).map(Mutex::lock) {
+                g.finish();
             }
-        }
+        });
         let groups = groups
             .into_iter()
             .filter_map(|g| g.into_inner().ok())
             .collect();
         Activations { k, rows, groups }
+    }
+}
+
+/// `work(i)` for every `i < n`, on candle's pool when there are two or
+/// more.
+fn on_pool(n: usize, work: impl Fn(usize) + Sync) {
+    match n {
+        0 | 1 => (0..n).for_each(work),
+        n => candle_core::utils::barrier_pool().execute_chunked(n, |range| range.for_each(&work)),
     }
 }
 
@@ -339,9 +419,14 @@ impl Group for Q8_1Group {
         }
     }
 
-    fn put(&mut self, r: usize, row: &[f32]) {
-        for (b, xs) in row.chunks_exact(BLOCK).enumerate() {
-            let (q, d, s) = quantize_block(xs);
+    type Row = Vec<([i8; BLOCK], f32, f32)>;
+
+    fn quantize(row: &[f32]) -> Self::Row {
+        row.chunks_exact(BLOCK).map(quantize_block).collect()
+    }
+
+    fn put(&mut self, r: usize, row: Self::Row) {
+        for (b, (q, d, s)) in row.into_iter().enumerate() {
             (self.qs[b][r], self.d[b][r], self.s[b][r]) = (q, d, s);
         }
     }
@@ -470,4 +555,31 @@ pub fn matmul_many<G: Group>(
     });
     drop(slabs);
     outs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vector path of `dot_f32` gives the reference's bits, at every
+    /// length around whole chunks (the tail) and for head sizes models use.
+    #[test]
+    fn f32_dot_is_the_reference_to_the_bit() {
+        for n in (0..40).chain([64, 128, 256]) {
+            let (a, b) = (test_values(n, 7, 3.0), test_values(n, 11, 2.0));
+            let whole = n - n % GROUP;
+            let tail: f32 = a[whole..].iter().zip(&b[whole..]).map(|(x, y)| x * y).sum();
+            let want = dot_f32_chunks_scalar(&a[..whole], &b[..whole]) + tail;
+            assert_eq!(dot_f32(&a, &b).to_bits(), want.to_bits(), "length {n}");
+            let exact: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| f64::from(*x) * f64::from(*y))
+                .sum();
+            assert!(
+                (f64::from(want) - exact).abs() < 1e-3 * (1.0 + exact.abs()),
+                "length {n}"
+            );
+        }
+    }
 }

@@ -41,9 +41,14 @@ impl Group for Q8KGroup {
         }
     }
 
-    fn put(&mut self, r: usize, row: &[f32]) {
-        for (b, xs) in row.chunks_exact(SUPER).enumerate() {
-            let (q, d) = quantize_super(xs);
+    type Row = Vec<([i8; SUPER], f32)>;
+
+    fn quantize(row: &[f32]) -> Self::Row {
+        row.chunks_exact(SUPER).map(quantize_super).collect()
+    }
+
+    fn put(&mut self, r: usize, row: Self::Row) {
+        for (b, (q, d)) in row.into_iter().enumerate() {
             self.d[b][r] = d;
             for (j, bytes) in q.chunks_exact(BLOCK).enumerate() {
                 for (to, from) in self.qs[SUBS * b + j][r].iter_mut().zip(bytes) {

@@ -140,3 +140,23 @@ pub(super) fn lane_sums_halves(
     let d = step(d, _mm256_shuffle_epi32(hi, 0xFF), load32(&chunks[7]));
     (_mm256_add_epi32(a, b), _mm256_add_epi32(c, d))
 }
+
+/// `Σ a[i]·b[i]` over whole chunks of eight, in [`super::dot_f32`]'s
+/// order: lane `i` sums `a[8j+i]·b[8j+i]` over the chunks `j` in order
+/// (a product, then a sum: no fused multiply-add), then the lanes as
+/// `((l0+l4) + (l1+l5)) + ((l2+l6) + (l3+l7))`. The caller adds the tail.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn dot_f32_chunks(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    for (x, y) in a.chunks_exact(GROUP).zip(b.chunks_exact(GROUP)) {
+        if let (Ok(x), Ok(y)) = (<&[f32; GROUP]>::try_from(x), <&[f32; GROUP]>::try_from(y)) {
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(load8(x), load8(y)));
+        }
+    }
+    // [l0+l4, l1+l5, l2+l6, l3+l7], then pairwise: (s0+s1), (s2+s3), and
+    // their sum.
+    let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let p = _mm_hadd_ps(s, s);
+    _mm_cvtss_f32(_mm_hadd_ps(p, p))
+}
