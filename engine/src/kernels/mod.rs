@@ -61,7 +61,8 @@ pub(crate) const FEW: usize = 3;
 pub enum Isa {
     /// Plain Rust (any CPU): the reference.
     Scalar,
-    /// AVX2 `vpmaddubsw`/`vpmaddwd` (x86-64-v3, what the build targets).
+    /// AVX2 `vpmaddubsw`/`vpmaddwd`, with F16C (x86-64-v3, what the build
+    /// targets).
     Avx2,
     /// AVX-512 VNNI `vpdpbusd` (on 256-bit registers: AVX512-VL), which
     /// does the byte products and their sums in one instruction; chosen
@@ -75,7 +76,9 @@ impl Isa {
         let mut all = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = std::arch::is_x86_feature_detected!("avx2");
+            // (Every AVX2 CPU has F16C; the kernels convert scales with it.)
+            let avx2 = std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("f16c");
             if avx2 {
                 all.push(Isa::Avx2);
             }
@@ -476,7 +479,7 @@ pub(crate) fn blocks_in(
 
 /// Weights per tile of [`Product::slab`]: a quarter of a Zen 4 or recent
 /// Xeon core's L2 (1–2 MiB), leaving room for the activations.
-const TILE_BYTES: usize = 256 * 1024;
+pub(crate) const TILE_BYTES: usize = 256 * 1024;
 
 /// Slabs of features per pool thread (per matrix, as a matrix's features
 /// are cut at its end): one, so that each thread streams its weights from
@@ -516,7 +519,11 @@ pub fn matmul_many<G: Group>(
         .filter(|m| fits(**m))
         .map(|m| m.rows())
         .sum();
-    let span = total.div_ceil(pool_threads() * SLABS_PER_THREAD).max(GROUP);
+    // Multiples of eight features: packed kernels (Q4_1) take eight at once.
+    let span = total
+        .div_ceil(pool_threads() * SLABS_PER_THREAD)
+        .max(GROUP)
+        .next_multiple_of(GROUP);
     let mut slabs: Vec<Slab<'_>> = Vec::new();
     for (j, (m, out)) in matrices.iter().zip(outs.iter_mut()).enumerate() {
         let n = m.rows();

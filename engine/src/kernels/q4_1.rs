@@ -7,12 +7,18 @@
 //! activations are quantized exactly as `quantize_row_q8_1` does; within a
 //! block the integer dot product is exact whatever the instruction order;
 //! and the per-block float arithmetic and the accumulation across blocks are
-//! done in the same order as the scalar code. The integer part is
-//! vectorized (AVX2 `vpmaddubsw`/`vpmaddwd`, or AVX-512 VNNI `vpdpbusd`),
-//! the float part across the eight rows of a group or eight blocks of a
-//! row, lane by lane in the scalar code's order.
+//! done in the same order as the scalar code.
+//!
+//! The weights are repacked at load, eight features side by side
+//! ([`Packed`], as llama.cpp repacks for its CPU kernels), so that one
+//! instruction multiplies a chunk of four activations of one row,
+//! broadcast, by the same chunk of eight features (AVX2
+//! `vpmaddubsw`/`vpmaddwd`, or AVX-512 VNNI `vpdpbusd`): each row's eight
+//! features come out in one register's lanes, with no horizontal sums, and
+//! a block's weights are unpacked once for up to sixteen rows. One row
+//! (generation) and many (a batch, a prompt) take the same kernel.
 
-use super::{BLOCK, GROUP, Isa, Product, Q8_1Group, blocks_in, by_rows};
+use super::{Activations, BLOCK, GROUP, Isa, Product, Q8_1Group, TILE_BYTES, blocks_in};
 use half::f16;
 /// Bytes of one Q4_1 block in GGUF: `d: f16, m: f16, qs: [u8; 16]`.
 const Q4_1_BYTES: usize = 20;
@@ -22,39 +28,73 @@ const Q4_1_BYTES: usize = 20;
 #[error("Q4_1 weights: {0}")]
 pub struct Q4_1Error(String);
 
-/// One block as GGUF stores it (20 bytes): a decode step reads every
-/// block once, so the weights stay as compact as in the file, scales and
-/// nibbles side by side.
+/// Eight features' block `b` side by side (160 bytes, as their eight GGUF
+/// blocks), laid out for one instruction to take a chunk of four values of
+/// all eight features at once: register `c` holds feature `f`'s bytes
+/// `4c..4c + 4` at `4f..4f + 4`, so its low nibbles are values `4c..4c + 4`
+/// (chunk `c`) of the eight features and its high nibbles values
+/// `16 + 4c..` (chunk `c + 4`). The weights are repacked so once, at load.
 #[derive(Debug, Clone, Copy)]
-struct Block {
-    d: f16,
-    m: f16,
-    qs: [u8; 16],
+struct Packed {
+    qs: [[u8; 32]; 4],
+    /// The eight features' scales and minimums, `f16` little-endian.
+    d: [u8; 2 * FEATURES],
+    m: [u8; 2 * FEATURES],
 }
 
-/// An `n × k` Q4_1 matrix (one row per output).
+impl Packed {
+    fn d(&self, f: usize) -> f32 {
+        f16::from_le_bytes([self.d[2 * f], self.d[2 * f + 1]]).to_f32()
+    }
+    fn m(&self, f: usize) -> f32 {
+        f16::from_le_bytes([self.m[2 * f], self.m[2 * f + 1]]).to_f32()
+    }
+}
+
+/// Features per packed block.
+const FEATURES: usize = 8;
+
+/// An `n × k` Q4_1 matrix (one row per output), its features packed eight
+/// by eight (the last pack padded with zero weights).
 #[derive(Debug, Clone)]
 pub struct Q4_1Matrix {
     n: usize,
     k: usize,
-    blocks: Vec<Block>,
+    /// Pack `p`'s block `b` at `p · k/32 + b`.
+    packs: Vec<Packed>,
 }
 
 impl Q4_1Matrix {
     /// From GGUF's raw blocks, row-major, `n` rows of `k` values.
     pub fn from_blocks(n: usize, k: usize, raw: &[u8]) -> Result<Self, Q4_1Error> {
-        let blocks = blocks_in(n, k, raw.len(), BLOCK, Q4_1_BYTES).map_err(Q4_1Error)?;
-        let mut all = Vec::with_capacity(blocks);
-        for b in raw.chunks_exact(Q4_1_BYTES) {
-            let mut qs = [0u8; 16];
-            qs.copy_from_slice(&b[4..20]);
-            all.push(Block {
-                d: f16::from_le_bytes([b[0], b[1]]),
-                m: f16::from_le_bytes([b[2], b[3]]),
-                qs,
-            });
+        blocks_in(n, k, raw.len(), BLOCK, Q4_1_BYTES).map_err(Q4_1Error)?;
+        let per_row = k / BLOCK;
+        let zero = Packed {
+            qs: [[0; 32]; 4],
+            d: [0; 2 * FEATURES],
+            m: [0; 2 * FEATURES],
+        };
+        let mut packs = vec![zero; n.div_ceil(FEATURES) * per_row];
+        for (f, row) in raw.chunks_exact(per_row * Q4_1_BYTES).enumerate() {
+            let (p, lane) = (f / FEATURES, f % FEATURES);
+            for (b, block) in row.chunks_exact(Q4_1_BYTES).enumerate() {
+                let pack = &mut packs[p * per_row + b];
+                pack.d[2 * lane..2 * lane + 2].copy_from_slice(&block[0..2]);
+                pack.m[2 * lane..2 * lane + 2].copy_from_slice(&block[2..4]);
+                for (c, four) in block[4..].chunks_exact(4).enumerate() {
+                    pack.qs[c][4 * lane..4 * lane + 4].copy_from_slice(four);
+                }
+            }
         }
-        Ok(Q4_1Matrix { n, k, blocks: all })
+        Ok(Q4_1Matrix { n, k, packs })
+    }
+
+    /// Pack `p`'s blocks.
+    fn pack(&self, p: usize) -> &[Packed] {
+        let per_row = self.k / BLOCK;
+        self.packs
+            .get(p * per_row..(p + 1) * per_row)
+            .unwrap_or(&[])
     }
 }
 
@@ -71,77 +111,77 @@ impl Product for Q4_1Matrix {
         self.k / BLOCK * Q4_1_BYTES
     }
 
-    /// Rows go in groups of eight (one by one when too few), each weight
-    /// block unpacked once for the group.
-    fn feature(&self, isa: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP] {
-        let per_row = self.k / BLOCK;
-        let w = WeightRow(&self.blocks[f * per_row..(f + 1) * per_row]);
-        by_rows(live, |r| dot1(isa, &w, g, r), || dot8(isa, &w, [g])[0])
+    /// The reference, feature by feature ([`Self::slab`] is what runs).
+    fn feature(&self, _: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP] {
+        let pack = self.pack(f / FEATURES);
+        std::array::from_fn(|r| match r < live {
+            true => dot_scalar(pack, f % FEATURES, g, r),
+            false => 0.0,
+        })
     }
 
-    fn feature_pair(&self, isa: Isa, f: usize, a: &Q8_1Group, b: &Q8_1Group) -> [[f32; GROUP]; 2] {
-        let per_row = self.k / BLOCK;
-        let w = WeightRow(&self.blocks[f * per_row..(f + 1) * per_row]);
-        dot8(isa, &w, [a, b])
+    /// Packs of eight features against up to sixteen rows (two groups) at
+    /// once: each block's weights unpacked once for all of them, each
+    /// row's products of the eight features in one register's lanes.
+    /// `first` and the slab's width are multiples of eight
+    /// ([`super::matmul_many`] cuts slabs so) but for the matrix's end.
+    fn slab(&self, isa: Isa, first: usize, x: &Activations<Q8_1Group>, dst: &mut [&mut [f32]]) {
+        let width = dst.first().map_or(0, |r| r.len());
+        let tile = (TILE_BYTES / (self.row_bytes() * FEATURES).max(1)).max(1) * FEATURES;
+        for start in (0..width).step_by(tile) {
+            let end = width.min(start + tile);
+            for (chunk, outs) in dst.chunks_mut(2 * GROUP).enumerate() {
+                let rows: Vec<(&Q8_1Group, usize)> = (0..outs.len())
+                    .filter_map(|i| {
+                        let r = chunk * 2 * GROUP + i;
+                        Some((x.groups.get(r / GROUP)?, r % GROUP))
+                    })
+                    .collect();
+                for local in (start..end).step_by(FEATURES) {
+                    let values = packed_rows(isa, self.pack((first + local) / FEATURES), &rows);
+                    for (out, v) in outs.iter_mut().zip(&values) {
+                        let n = out.len().saturating_sub(local).min(FEATURES);
+                        if let (Some(out), Some(v)) = (out.get_mut(local..local + n), v.get(..n)) {
+                            out.copy_from_slice(v);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
-/// One weight row against row `r` of a group.
-fn dot1(isa: Isa, w: &WeightRow<'_>, g: &Q8_1Group, r: usize) -> f32 {
+/// One pack against up to sixteen rows (`rows`: each row's group and
+/// index in it): row `i`'s eight features' products.
+fn packed_rows(
+    isa: Isa,
+    pack: &[Packed],
+    rows: &[(&Q8_1Group, usize)],
+) -> [[f32; FEATURES]; 2 * GROUP] {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => x86::dot1(w, g, r),
-        _ => dot_with(w, g, r, block_dot_scalar),
+        Isa::Avx2 | Isa::Avx512Vnni => x86::packed_rows(isa, pack, rows),
+        _ => std::array::from_fn(|i| match rows.get(i) {
+            Some((g, r)) => std::array::from_fn(|f| dot_scalar(pack, f, g, *r)),
+            None => [0.0; FEATURES],
+        }),
     }
 }
 
-/// One weight row against `N` groups of up to eight activation rows.
-fn dot8<const N: usize>(isa: Isa, w: &WeightRow<'_>, g: [&Q8_1Group; N]) -> [[f32; GROUP]; N] {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => x86::dot8(isa, w, g),
-        _ => g.map(|g| dot8_scalar(w, g)),
-    }
+/// Feature `f`'s nibbles of one packed block, as GGUF stores them.
+fn feature_qs(p: &Packed, f: usize) -> [u8; 16] {
+    std::array::from_fn(|j| p.qs[j / 4][4 * f + j % 4])
 }
 
-/// The reference: each row on its own.
-fn dot8_scalar(w: &WeightRow<'_>, g: &Q8_1Group) -> [f32; GROUP] {
-    std::array::from_fn(|r| dot_with(w, g, r, block_dot_scalar))
-}
-
-/// One row of weights.
-struct WeightRow<'a>(&'a [Block]);
-
-impl WeightRow<'_> {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn d(&self, b: usize) -> f32 {
-        self.0[b].d.to_f32()
-    }
-    fn m(&self, b: usize) -> f32 {
-        self.0[b].m.to_f32()
-    }
-    fn qs(&self, b: usize) -> &[u8; 16] {
-        &self.0[b].qs
-    }
-}
-
-/// `Σ_blocks (Σ q_w·q_a) · d_w · d_a + m_w · s_a`, accumulated in block
-/// order, as ggml's `vec_dot_q4_1_q8_1` reference does, with the given
-/// integer block product. The vector kernels do, lane by lane, exactly
-/// these float operations in this order.
-#[inline(always)]
-fn dot_with(
-    w: &WeightRow<'_>,
-    g: &Q8_1Group,
-    r: usize,
-    block: impl Fn(&[u8; 16], &[i8; BLOCK]) -> i32,
-) -> f32 {
+/// `Σ_blocks (Σ q_w·q_a) · d_w · d_a + m_w · s_a` for feature `f` of a
+/// pack and row `r` of a group, accumulated in block order, as ggml's
+/// `vec_dot_q4_1_q8_1` reference does. The vector kernel does, lane by
+/// lane, exactly these float operations in this order.
+fn dot_scalar(pack: &[Packed], f: usize, g: &Q8_1Group, r: usize) -> f32 {
     let mut sum = 0f32;
-    for b in 0..w.len() {
-        let sumi = block(w.qs(b), &g.qs[b][r]);
-        sum += sumi as f32 * w.d(b) * g.d[b][r] + w.m(b) * g.s[b][r];
+    for (b, p) in pack.iter().enumerate() {
+        let sumi = block_dot_scalar(&feature_qs(p, f), &g.qs[b][r]);
+        sum += sumi as f32 * p.d(f) * g.d[b][r] + p.m(f) * g.s[b][r];
     }
     sum
 }
@@ -160,134 +200,88 @@ fn block_dot_scalar(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::x86::{lane_sums, load8, load16, load32, reduce8, store};
-    use super::{GROUP, Isa, Q8_1Group, WeightRow, dot8_scalar};
+    use super::super::x86::{load16, load32u, store};
+    use super::{BLOCK, FEATURES, GROUP, Isa, Packed, Q8_1Group, dot_scalar};
     use std::arch::x86_64::*;
 
     /// The vector kernels' entry: `isa` must be one [`Isa::available`]
     /// found on this CPU.
     #[allow(unsafe_code)]
-    pub(super) fn dot8<const N: usize>(
+    pub(super) fn packed_rows(
         isa: Isa,
-        w: &WeightRow<'_>,
-        g: [&Q8_1Group; N],
-    ) -> [[f32; GROUP]; N] {
+        pack: &[Packed],
+        rows: &[(&Q8_1Group, usize)],
+    ) -> [[f32; FEATURES]; 2 * GROUP] {
         match isa {
             // SAFETY: `Isa::Avx2` is only handed out (`Isa::available`)
-            // where the CPU reports AVX2, and `Avx512Vnni` where it reports
-            // AVX2, AVX512-VNNI and AVX512-VL: the features these functions
-            // enable. They are safe Rust otherwise (slices, no pointers).
-            Isa::Avx2 => unsafe { dot8_avx2(w, g) },
-            Isa::Avx512Vnni => unsafe { dot8_vnni(w, g) },
-            Isa::Scalar => g.map(|g| dot8_scalar(w, g)),
+            // where the CPU reports AVX2 and F16C, and `Avx512Vnni` where it
+            // also reports AVX512-VNNI and AVX512-VL: the features these
+            // functions enable. They are safe Rust otherwise (slices, no
+            // pointers).
+            Isa::Avx2 => unsafe { rows_avx2(pack, rows) },
+            Isa::Avx512Vnni => unsafe { rows_vnni(pack, rows) },
+            Isa::Scalar => std::array::from_fn(|i| match rows.get(i) {
+                Some((g, r)) => std::array::from_fn(|f| dot_scalar(pack, f, g, *r)),
+                None => [0.0; FEATURES],
+            }),
         }
     }
 
-    /// One block's 32 weight nibbles as bytes 0..=15: low nibbles (weights
-    /// 0..15), then high nibbles (16..31).
+    /// Activation bytes `4j..4j + 4` of a block, in every lane.
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn unpack_halves(qs: &[u8; 16]) -> (__m128i, __m128i) {
-        let packed = load16(qs);
-        let low4 = _mm_set1_epi8(0x0F);
-        let lo = _mm_and_si128(packed, low4);
-        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low4);
-        (lo, hi)
+    fn chunk(a: &[i8; BLOCK], j: usize) -> __m256i {
+        let four = [a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]];
+        _mm256_set1_epi32(i32::from_le_bytes(four.map(|b| b as u8)))
     }
 
-    /// [`unpack_halves`] in one register, weight `i` in byte `i`.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn unpack(qs: &[u8; 16]) -> __m256i {
-        let (lo, hi) = unpack_halves(qs);
-        _mm256_set_m128i(hi, lo)
-    }
-
-    /// `acc + ((sumi · d_w) · d_a + m_w · s_a)` for eight rows: the scalar
+    /// Per block: the pack's eight chunks unpacked and its scales
+    /// converted once; per row, its eight activation chunks broadcast
+    /// against them (`step(acc, weights, activations)` adds each lane's
+    /// four byte products: lane `f` is feature `f`), then
+    /// `acc + ((sumi · d_w) · d_a + m_w · s_a)` lane by lane — the scalar
     /// reference's float operations in its order (no fused multiply-add),
-    /// so each lane is that row's result to the bit.
-    #[target_feature(enable = "avx2")]
+    /// so each lane is that feature's result to the bit.
+    #[target_feature(enable = "avx2,f16c")]
     #[inline]
-    fn accumulate(
-        acc: __m256,
-        sumi: __m256i,
-        dw: f32,
-        mw: f32,
-        da: &[f32; GROUP],
-        sa: &[f32; GROUP],
-    ) -> __m256 {
-        let (da, sa) = (load8(da), load8(sa));
-        let scaled = _mm256_mul_ps(
-            _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), _mm256_set1_ps(dw)),
-            da,
-        );
-        let min = _mm256_mul_ps(_mm256_set1_ps(mw), sa);
-        _mm256_add_ps(acc, _mm256_add_ps(scaled, min))
-    }
-
-    /// One row (for batches too small to fill a group).
-    #[allow(unsafe_code)]
-    pub(super) fn dot1(w: &WeightRow<'_>, g: &Q8_1Group, r: usize) -> f32 {
-        // SAFETY: only reached through `Isa::Avx2` or `Isa::Avx512Vnni`,
-        // handed out where the CPU reports AVX2 (see `dot8`).
-        unsafe { dot1_avx2(w, g, r) }
-    }
-
-    /// Eight blocks at a time: their integer products reduced together,
-    /// their float terms computed together, then added to the sum one by
-    /// one in block order (as the reference adds them).
-    #[target_feature(enable = "avx2")]
-    fn dot1_avx2(w: &WeightRow<'_>, g: &Q8_1Group, r: usize) -> f32 {
-        let ones = _mm256_set1_epi16(1);
-        let product = |b: usize| {
-            _mm256_madd_epi16(
-                _mm256_maddubs_epi16(unpack(w.qs(b)), load32(&g.qs[b][r])),
-                ones,
-            )
-        };
-        let blocks = w.len();
-        let whole = blocks - blocks % GROUP;
-        let mut sum = 0f32;
-        for b0 in (0..whole).step_by(GROUP) {
-            let sumi = reduce8(std::array::from_fn(|i| product(b0 + i)));
-            let lanes = |f: &dyn Fn(usize) -> f32| load8(&std::array::from_fn(|i| f(b0 + i)));
-            let scaled = _mm256_mul_ps(
-                _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), lanes(&|b| w.d(b))),
-                lanes(&|b| g.d[b][r]),
-            );
-            let min = _mm256_mul_ps(lanes(&|b| w.m(b)), lanes(&|b| g.s[b][r]));
-            for t in store(_mm256_add_ps(scaled, min)) {
-                sum += t;
-            }
-        }
-        for b in whole..blocks {
-            let z = _mm256_setzero_si256();
-            let sumi = _mm256_cvtsi256_si32(reduce8([product(b), z, z, z, z, z, z, z]));
-            sum += sumi as f32 * w.d(b) * g.d[b][r] + w.m(b) * g.s[b][r];
-        }
-        sum
-    }
-
-    /// Eight rows of each of `N` groups: each block's weights unpacked and
-    /// its scales converted once, against each group's interleaved
-    /// activations ([`lane_sums`], with `step`), then each group's eight
-    /// float terms together (`N` independent chains, which the CPU
-    /// overlaps).
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn dot8_with<const N: usize>(
-        w: &WeightRow<'_>,
-        g: [&Q8_1Group; N],
+    fn rows_with(
+        pack: &[Packed],
+        rows: &[(&Q8_1Group, usize)],
         step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
-    ) -> [[f32; GROUP]; N] {
-        let mut acc = [_mm256_setzero_ps(); N];
-        let blocks = g.iter().fold(w.len(), |n, g| n.min(g.lanes.len()));
-        for b in 0..blocks {
-            let (lo, hi) = unpack_halves(w.qs(b));
-            let (dw, mw) = (w.d(b), w.m(b));
-            for (acc, g) in acc.iter_mut().zip(g) {
-                let sumi = lane_sums(lo, hi, &g.lanes[b], step);
-                *acc = accumulate(*acc, sumi, dw, mw, &g.d[b], &g.s[b]);
+    ) -> [[f32; FEATURES]; 2 * GROUP] {
+        let mut acc = [_mm256_setzero_ps(); 2 * GROUP];
+        let rows = &rows[..rows.len().min(2 * GROUP)];
+        let low4 = _mm256_set1_epi8(0x0F);
+        for (b, p) in pack.iter().enumerate() {
+            let w: [__m256i; 8] = std::array::from_fn(|j| {
+                let packed = load32u(&p.qs[j % 4]);
+                match j < 4 {
+                    true => _mm256_and_si256(packed, low4),
+                    false => _mm256_and_si256(_mm256_srli_epi16(packed, 4), low4),
+                }
+            });
+            let dw = _mm256_cvtph_ps(load16(&p.d));
+            let mw = _mm256_cvtph_ps(load16(&p.m));
+            for (acc, (g, r)) in acc.iter_mut().zip(rows) {
+                let (Some(a), Some(da), Some(sa)) = (g.qs.get(b), g.d.get(b), g.s.get(b)) else {
+                    continue;
+                };
+                let a = &a[*r];
+                // Two chains of four: the instructions' latency, not their
+                // count, would bound one chain (exact: integers).
+                let z = _mm256_setzero_si256();
+                let (mut s0, mut s1) = (z, z);
+                for j in (0..8).step_by(2) {
+                    s0 = step(s0, w[j], chunk(a, j));
+                    s1 = step(s1, w[j + 1], chunk(a, j + 1));
+                }
+                let sumi = _mm256_add_epi32(s0, s1);
+                let scaled = _mm256_mul_ps(
+                    _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw),
+                    _mm256_set1_ps(da[*r]),
+                );
+                let min = _mm256_mul_ps(mw, _mm256_set1_ps(sa[*r]));
+                *acc = _mm256_add_ps(*acc, _mm256_add_ps(scaled, min));
             }
         }
         acc.map(|a| store(a))
@@ -295,38 +289,41 @@ mod x86 {
 
     /// u8 × i8 pairs summed to i16 (|15·127·2| fits), then pairs of i16 to
     /// i32.
-    #[target_feature(enable = "avx2")]
-    fn dot8_avx2<const N: usize>(w: &WeightRow<'_>, g: [&Q8_1Group; N]) -> [[f32; GROUP]; N] {
+    #[target_feature(enable = "avx2,f16c")]
+    fn rows_avx2(pack: &[Packed], rows: &[(&Q8_1Group, usize)]) -> [[f32; FEATURES]; 2 * GROUP] {
         let ones = _mm256_set1_epi16(1);
-        dot8_with(w, g, |acc, wv, av| {
+        rows_with(pack, rows, |acc, wv, av| {
             _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones))
         })
     }
 
     /// Four u8 × i8 products summed into each i32 lane at once.
-    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-    fn dot8_vnni<const N: usize>(w: &WeightRow<'_>, g: [&Q8_1Group; N]) -> [[f32; GROUP]; N] {
-        dot8_with(w, g, |acc, wv, av| _mm256_dpbusd_epi32(acc, wv, av))
+    #[target_feature(enable = "avx2,f16c,avx512vnni,avx512vl")]
+    fn rows_vnni(pack: &[Packed], rows: &[(&Q8_1Group, usize)]) -> [[f32; FEATURES]; 2 * GROUP] {
+        rows_with(pack, rows, |acc, wv, av| _mm256_dpbusd_epi32(acc, wv, av))
     }
 
     #[cfg(test)]
-    #[allow(unsafe_code)]
-    pub(super) fn block_dot_for_tests(isa: Isa, w: &[u8; 16], a: &[i8; super::BLOCK]) -> i32 {
+    pub(super) fn block_dot_for_tests(isa: Isa, w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
         let mut g = Q8_1Group {
-            qs: vec![[[0; super::BLOCK]; GROUP]],
+            qs: vec![[[0; BLOCK]; GROUP]],
             lanes: Vec::new(),
             d: vec![[1.0; GROUP]],
             s: vec![[0.0; GROUP]],
         };
         g.qs[0][3] = *a;
         g.interleave();
-        let block = [super::Block {
-            d: half::f16::ONE,
-            m: half::f16::ZERO,
-            qs: *w,
+        let mut pack = [Packed {
+            qs: [[0; 32]; 4],
+            d: [0; 2 * FEATURES],
+            m: [0; 2 * FEATURES],
         }];
-        let row = WeightRow(&block);
-        dot8(isa, &row, [&g])[0][3] as i32
+        // Feature 5 holds the block.
+        pack[0].d[10..12].copy_from_slice(&half::f16::ONE.to_le_bytes());
+        for (c, four) in w.chunks_exact(4).enumerate() {
+            pack[0].qs[c][20..24].copy_from_slice(four);
+        }
+        packed_rows(isa, &pack, &[(&g, 3)])[0][5] as i32
     }
 }
 

@@ -51,6 +51,10 @@ fn products_equal_candles_bit_for_bit() {
         (576, 576, 1),
         (192, 576, 3),
         (576, 1536, 2),
+        // Features that do not fill their last pack of eight, and rows
+        // past one chunk of sixteen.
+        (13, 64, 5),
+        (37, 128, 17),
     ] {
         let w = Tensor::from_vec(values(n * k, n as u64, 0.5), (n, k), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&w, GgmlDType::Q4_1).unwrap();
