@@ -120,25 +120,21 @@ impl Product for Q4_1Matrix {
         })
     }
 
-    /// Packs of eight features against up to sixteen rows (two groups) at
-    /// once: each block's weights unpacked once for all of them, each
-    /// row's products of the eight features in one register's lanes.
-    /// `first` and the slab's width are multiples of eight
-    /// ([`super::matmul_many`] cuts slabs so) but for the matrix's end.
+    /// Packs of eight features against each group of up to eight rows:
+    /// each block's weights unpacked once for the group, each row's
+    /// products of the eight features in one register's lanes. `first`
+    /// and the slab's width are multiples of eight ([`super::matmul_many`]
+    /// cuts slabs so) but for the matrix's end. Features go in tiles whose
+    /// weights fit in L2, group after group within a tile.
     fn slab(&self, isa: Isa, first: usize, x: &Activations<Q8_1Group>, dst: &mut [&mut [f32]]) {
         let width = dst.first().map_or(0, |r| r.len());
         let tile = (TILE_BYTES / (self.row_bytes() * FEATURES).max(1)).max(1) * FEATURES;
         for start in (0..width).step_by(tile) {
             let end = width.min(start + tile);
-            for (chunk, outs) in dst.chunks_mut(2 * GROUP).enumerate() {
-                let rows: Vec<(&Q8_1Group, usize)> = (0..outs.len())
-                    .filter_map(|i| {
-                        let r = chunk * 2 * GROUP + i;
-                        Some((x.groups.get(r / GROUP)?, r % GROUP))
-                    })
-                    .collect();
+            for (g, outs) in x.groups.iter().zip(dst.chunks_mut(GROUP)) {
                 for local in (start..end).step_by(FEATURES) {
-                    let values = packed_rows(isa, self.pack((first + local) / FEATURES), &rows);
+                    let pack = self.pack((first + local) / FEATURES);
+                    let values = packed_rows(isa, pack, g, outs.len());
                     for (out, v) in outs.iter_mut().zip(&values) {
                         let n = out.len().saturating_sub(local).min(FEATURES);
                         if let (Some(out), Some(v)) = (out.get_mut(local..local + n), v.get(..n)) {
@@ -151,21 +147,22 @@ impl Product for Q4_1Matrix {
     }
 }
 
-/// One pack against up to sixteen rows (`rows`: each row's group and
-/// index in it): row `i`'s eight features' products.
-fn packed_rows(
-    isa: Isa,
-    pack: &[Packed],
-    rows: &[(&Q8_1Group, usize)],
-) -> [[f32; FEATURES]; 2 * GROUP] {
+/// One pack against the first `live` rows of a group: row `r`'s eight
+/// features' products.
+fn packed_rows(isa: Isa, pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; FEATURES]; GROUP] {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => x86::packed_rows(isa, pack, rows),
-        _ => std::array::from_fn(|i| match rows.get(i) {
-            Some((g, r)) => std::array::from_fn(|f| dot_scalar(pack, f, g, *r)),
-            None => [0.0; FEATURES],
-        }),
+        Isa::Avx2 | Isa::Avx512Vnni => x86::packed_rows(isa, pack, g, live),
+        _ => rows_scalar(pack, g, live),
     }
+}
+
+/// The reference for [`packed_rows`].
+fn rows_scalar(pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; FEATURES]; GROUP] {
+    std::array::from_fn(|r| match r < live {
+        true => std::array::from_fn(|f| dot_scalar(pack, f, g, r)),
+        false => [0.0; FEATURES],
+    })
 }
 
 /// Feature `f`'s nibbles of one packed block, as GGUF stores them.
@@ -201,7 +198,7 @@ fn block_dot_scalar(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::x86::{load16, load32u, store};
-    use super::{BLOCK, FEATURES, GROUP, Isa, Packed, Q8_1Group, dot_scalar};
+    use super::{BLOCK, FEATURES, GROUP, Isa, Packed, Q8_1Group};
     use std::arch::x86_64::*;
 
     /// The vector kernels' entry: `isa` must be one [`Isa::available`]
@@ -210,20 +207,18 @@ mod x86 {
     pub(super) fn packed_rows(
         isa: Isa,
         pack: &[Packed],
-        rows: &[(&Q8_1Group, usize)],
-    ) -> [[f32; FEATURES]; 2 * GROUP] {
+        g: &Q8_1Group,
+        live: usize,
+    ) -> [[f32; FEATURES]; GROUP] {
         match isa {
             // SAFETY: `Isa::Avx2` is only handed out (`Isa::available`)
             // where the CPU reports AVX2 and F16C, and `Avx512Vnni` where it
             // also reports AVX512-VNNI and AVX512-VL: the features these
             // functions enable. They are safe Rust otherwise (slices, no
             // pointers).
-            Isa::Avx2 => unsafe { rows_avx2(pack, rows) },
-            Isa::Avx512Vnni => unsafe { rows_vnni(pack, rows) },
-            Isa::Scalar => std::array::from_fn(|i| match rows.get(i) {
-                Some((g, r)) => std::array::from_fn(|f| dot_scalar(pack, f, g, *r)),
-                None => [0.0; FEATURES],
-            }),
+            Isa::Avx2 => unsafe { rows_avx2(pack, g, live) },
+            Isa::Avx512Vnni => unsafe { rows_vnni(pack, g, live) },
+            Isa::Scalar => super::rows_scalar(pack, g, live),
         }
     }
 
@@ -241,18 +236,25 @@ mod x86 {
     /// four byte products: lane `f` is feature `f`), then
     /// `acc + ((sumi · d_w) · d_a + m_w · s_a)` lane by lane — the scalar
     /// reference's float operations in its order (no fused multiply-add),
-    /// so each lane is that feature's result to the bit.
+    /// so each lane is that feature's result to the bit. `R` rows (a
+    /// constant, so that their sums stay in registers across the blocks).
     #[target_feature(enable = "avx2,f16c")]
     #[inline]
-    fn rows_with(
+    fn rows_with<const R: usize>(
         pack: &[Packed],
-        rows: &[(&Q8_1Group, usize)],
+        g: &Q8_1Group,
         step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
-    ) -> [[f32; FEATURES]; 2 * GROUP] {
-        let mut acc = [_mm256_setzero_ps(); 2 * GROUP];
-        let rows = &rows[..rows.len().min(2 * GROUP)];
+    ) -> [[f32; FEATURES]; GROUP] {
+        let blocks = pack.len().min(g.qs.len()).min(g.d.len()).min(g.s.len());
+        let (pack, qs, d, s) = (
+            &pack[..blocks],
+            &g.qs[..blocks],
+            &g.d[..blocks],
+            &g.s[..blocks],
+        );
+        let mut acc = [_mm256_setzero_ps(); R];
         let low4 = _mm256_set1_epi8(0x0F);
-        for (b, p) in pack.iter().enumerate() {
+        for (((p, qs), d), s) in pack.iter().zip(qs).zip(d).zip(s) {
             let w: [__m256i; 8] = std::array::from_fn(|j| {
                 let packed = load32u(&p.qs[j % 4]);
                 match j < 4 {
@@ -262,11 +264,8 @@ mod x86 {
             });
             let dw = _mm256_cvtph_ps(load16(&p.d));
             let mw = _mm256_cvtph_ps(load16(&p.m));
-            for (acc, (g, r)) in acc.iter_mut().zip(rows) {
-                let (Some(a), Some(da), Some(sa)) = (g.qs.get(b), g.d.get(b), g.s.get(b)) else {
-                    continue;
-                };
-                let a = &a[*r];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let a = &qs[r];
                 // Two chains of four: the instructions' latency, not their
                 // count, would bound one chain (exact: integers).
                 let z = _mm256_setzero_si256();
@@ -278,29 +277,57 @@ mod x86 {
                 let sumi = _mm256_add_epi32(s0, s1);
                 let scaled = _mm256_mul_ps(
                     _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw),
-                    _mm256_set1_ps(da[*r]),
+                    _mm256_set1_ps(d[r]),
                 );
-                let min = _mm256_mul_ps(mw, _mm256_set1_ps(sa[*r]));
+                let min = _mm256_mul_ps(mw, _mm256_set1_ps(s[r]));
                 *acc = _mm256_add_ps(*acc, _mm256_add_ps(scaled, min));
             }
         }
-        acc.map(|a| store(a))
+        let mut out = [[0f32; FEATURES]; GROUP];
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = store(a);
+        }
+        out
+    }
+
+    /// [`rows_with`] for the first `live` rows of a group.
+    #[target_feature(enable = "avx2,f16c")]
+    #[inline]
+    fn rows_live(
+        pack: &[Packed],
+        g: &Q8_1Group,
+        live: usize,
+        step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
+    ) -> [[f32; FEATURES]; GROUP] {
+        match live {
+            0 => [[0.0; FEATURES]; GROUP],
+            1 => rows_with::<1>(pack, g, step),
+            2 => rows_with::<2>(pack, g, step),
+            3 => rows_with::<3>(pack, g, step),
+            4 => rows_with::<4>(pack, g, step),
+            5 => rows_with::<5>(pack, g, step),
+            6 => rows_with::<6>(pack, g, step),
+            7 => rows_with::<7>(pack, g, step),
+            _ => rows_with::<GROUP>(pack, g, step),
+        }
     }
 
     /// u8 × i8 pairs summed to i16 (|15·127·2| fits), then pairs of i16 to
     /// i32.
     #[target_feature(enable = "avx2,f16c")]
-    fn rows_avx2(pack: &[Packed], rows: &[(&Q8_1Group, usize)]) -> [[f32; FEATURES]; 2 * GROUP] {
+    fn rows_avx2(pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; FEATURES]; GROUP] {
         let ones = _mm256_set1_epi16(1);
-        rows_with(pack, rows, |acc, wv, av| {
+        rows_live(pack, g, live, |acc, wv, av| {
             _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones))
         })
     }
 
     /// Four u8 × i8 products summed into each i32 lane at once.
     #[target_feature(enable = "avx2,f16c,avx512vnni,avx512vl")]
-    fn rows_vnni(pack: &[Packed], rows: &[(&Q8_1Group, usize)]) -> [[f32; FEATURES]; 2 * GROUP] {
-        rows_with(pack, rows, |acc, wv, av| _mm256_dpbusd_epi32(acc, wv, av))
+    fn rows_vnni(pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; FEATURES]; GROUP] {
+        rows_live(pack, g, live, |acc, wv, av| {
+            _mm256_dpbusd_epi32(acc, wv, av)
+        })
     }
 
     #[cfg(test)]
@@ -323,7 +350,7 @@ mod x86 {
         for (c, four) in w.chunks_exact(4).enumerate() {
             pack[0].qs[c][20..24].copy_from_slice(four);
         }
-        packed_rows(isa, &pack, &[(&g, 3)])[0][5] as i32
+        packed_rows(isa, &pack, &g, 4)[3][5] as i32
     }
 }
 
