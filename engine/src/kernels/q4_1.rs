@@ -18,7 +18,7 @@
 //! a block's weights are unpacked once for up to sixteen rows. One row
 //! (generation) and many (a batch, a prompt) take the same kernel.
 
-use super::{Activations, BLOCK, GROUP, Isa, Product, Q8_1Group, TILE_BYTES, blocks_in};
+use super::{Activations, BLOCK, GROUP, Isa, Product, Q8_1Group, blocks_in, packed_slab};
 use half::f16;
 /// Bytes of one Q4_1 block in GGUF: `d: f16, m: f16, qs: [u8; 16]`.
 const Q4_1_BYTES: usize = 20;
@@ -51,8 +51,7 @@ impl Packed {
     }
 }
 
-/// Features per packed block.
-const FEATURES: usize = 8;
+use super::PACK as FEATURES;
 
 /// An `n × k` Q4_1 matrix (one row per output), its features packed eight
 /// by eight (the last pack padded with zero weights).
@@ -120,30 +119,14 @@ impl Product for Q4_1Matrix {
         })
     }
 
-    /// Packs of eight features against each group of up to eight rows:
-    /// each block's weights unpacked once for the group, each row's
-    /// products of the eight features in one register's lanes. `first`
-    /// and the slab's width are multiples of eight ([`super::matmul_many`]
-    /// cuts slabs so) but for the matrix's end. Features go in tiles whose
-    /// weights fit in L2, group after group within a tile.
+    /// Packs of eight features against each group of up to eight rows
+    /// ([`super::packed_slab`]): each block's weights unpacked once for
+    /// the group, each row's products of the eight features in one
+    /// register's lanes.
     fn slab(&self, isa: Isa, first: usize, x: &Activations<Q8_1Group>, dst: &mut [&mut [f32]]) {
-        let width = dst.first().map_or(0, |r| r.len());
-        let tile = (TILE_BYTES / (self.row_bytes() * FEATURES).max(1)).max(1) * FEATURES;
-        for start in (0..width).step_by(tile) {
-            let end = width.min(start + tile);
-            for (g, outs) in x.groups.iter().zip(dst.chunks_mut(GROUP)) {
-                for local in (start..end).step_by(FEATURES) {
-                    let pack = self.pack((first + local) / FEATURES);
-                    let values = packed_rows(isa, pack, g, outs.len());
-                    for (out, v) in outs.iter_mut().zip(&values) {
-                        let n = out.len().saturating_sub(local).min(FEATURES);
-                        if let (Some(out), Some(v)) = (out.get_mut(local..local + n), v.get(..n)) {
-                            out.copy_from_slice(v);
-                        }
-                    }
-                }
-            }
-        }
+        packed_slab(self.row_bytes(), first, x, dst, |p, g, live| {
+            packed_rows(isa, self.pack(p), g, live)
+        });
     }
 }
 

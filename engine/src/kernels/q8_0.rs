@@ -9,7 +9,7 @@
 //! order, so the results equal candle's up to rounding, and equal each
 //! other (every kernel, every batch) to the bit.
 
-use super::{BLOCK, GROUP, Isa, Product, Q8_1Group, blocks_in, by_rows};
+use super::{Activations, BLOCK, GROUP, Isa, PACK, Product, Q8_1Group, blocks_in, packed_slab};
 use half::f16;
 
 /// Bytes of one Q8_0 block in GGUF: `d: f16, qs: [i8; 32]`.
@@ -23,13 +23,23 @@ const Q5_0_BYTES: usize = 22;
 #[error("{0} weights: {1}")]
 pub struct Q8_0Error(&'static str, String);
 
-/// An `n × k` Q8_0 matrix (one row per output), scales as `f32`.
+/// Eight features' block `b` side by side: register `j` holds feature
+/// `f`'s values `4j..4j + 4` at bytes `4f..4f + 4` (chunk `j` of the eight
+/// features), and the eight scales as `f32`.
+#[derive(Debug, Clone, Copy)]
+struct Packed {
+    qs: [[i8; BLOCK]; 8],
+    d: [f32; PACK],
+}
+
+/// An `n × k` Q8_0 matrix (one row per output), its features packed eight
+/// by eight (the last pack padded with zero weights).
 #[derive(Debug, Clone)]
 pub struct Q8_0Matrix {
     n: usize,
     k: usize,
-    d: Vec<f32>,
-    qs: Vec<[i8; BLOCK]>,
+    /// Pack `p`'s block `b` at `p · k/32 + b`.
+    packs: Vec<Packed>,
 }
 
 impl Q8_0Matrix {
@@ -66,13 +76,32 @@ impl Q8_0Matrix {
         values: impl Fn(&[u8]) -> [i8; BLOCK],
     ) -> Result<Self, Q8_0Error> {
         let fail = |why: String| Q8_0Error(kind, why);
-        let blocks = blocks_in(n, k, raw.len(), BLOCK, bytes).map_err(fail)?;
-        let (mut d, mut qs) = (Vec::with_capacity(blocks), Vec::with_capacity(blocks));
-        for b in raw.chunks_exact(bytes) {
-            d.push(f16::from_le_bytes([b[0], b[1]]).to_f32());
-            qs.push(values(b));
+        blocks_in(n, k, raw.len(), BLOCK, bytes).map_err(fail)?;
+        let per_row = k / BLOCK;
+        let zero = Packed {
+            qs: [[0; BLOCK]; 8],
+            d: [0.0; PACK],
+        };
+        let mut packs = vec![zero; n.div_ceil(PACK) * per_row];
+        for (f, row) in raw.chunks_exact(per_row * bytes).enumerate() {
+            let (p, lane) = (f / PACK, f % PACK);
+            for (b, block) in row.chunks_exact(bytes).enumerate() {
+                let pack = &mut packs[p * per_row + b];
+                pack.d[lane] = f16::from_le_bytes([block[0], block[1]]).to_f32();
+                for (j, four) in values(block).chunks_exact(4).enumerate() {
+                    pack.qs[j][4 * lane..4 * lane + 4].copy_from_slice(four);
+                }
+            }
         }
-        Ok(Q8_0Matrix { n, k, d, qs })
+        Ok(Q8_0Matrix { n, k, packs })
+    }
+
+    /// Pack `p`'s blocks.
+    fn pack(&self, p: usize) -> &[Packed] {
+        let per_row = self.k / BLOCK;
+        self.packs
+            .get(p * per_row..(p + 1) * per_row)
+            .unwrap_or(&[])
     }
 }
 
@@ -89,202 +118,185 @@ impl Product for Q8_0Matrix {
         self.k / BLOCK * (4 + BLOCK)
     }
 
-    fn feature(&self, isa: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP] {
-        let per_row = self.k / BLOCK;
-        let (d, qs) = (
-            &self.d[f * per_row..(f + 1) * per_row],
-            &self.qs[f * per_row..(f + 1) * per_row],
-        );
-        by_rows(
-            live,
-            |r| dot1(isa, d, qs, g, r),
-            || dot8(isa, d, qs, [g])[0],
-        )
+    /// The reference, feature by feature ([`Self::slab`] is what runs).
+    fn feature(&self, _: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP] {
+        let pack = self.pack(f / PACK);
+        std::array::from_fn(|r| match r < live {
+            true => dot_scalar(pack, f % PACK, g, r),
+            false => 0.0,
+        })
     }
 
-    fn feature_pair(&self, isa: Isa, f: usize, a: &Q8_1Group, b: &Q8_1Group) -> [[f32; GROUP]; 2] {
-        let per_row = self.k / BLOCK;
-        let (d, qs) = (
-            &self.d[f * per_row..(f + 1) * per_row],
-            &self.qs[f * per_row..(f + 1) * per_row],
-        );
-        dot8(isa, d, qs, [a, b])
+    /// Packs of eight features against each group of up to eight rows
+    /// ([`super::packed_slab`]).
+    fn slab(&self, isa: Isa, first: usize, x: &Activations<Q8_1Group>, dst: &mut [&mut [f32]]) {
+        packed_slab(self.row_bytes(), first, x, dst, |p, g, live| {
+            packed_rows(isa, self.pack(p), g, live)
+        });
     }
 }
 
-fn dot1(isa: Isa, d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group, r: usize) -> f32 {
+/// One pack against the first `live` rows of a group: row `r`'s eight
+/// features' products.
+fn packed_rows(isa: Isa, pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => x86::dot1(d, qs, g, r),
-        _ => dot_with(d, qs, g, r, block_dot_scalar),
+        Isa::Avx2 | Isa::Avx512Vnni => x86::packed_rows(isa, pack, g, live),
+        _ => rows_scalar(pack, g, live),
     }
 }
 
-fn dot8<const N: usize>(
-    isa: Isa,
-    d: &[f32],
-    qs: &[[i8; BLOCK]],
-    g: [&Q8_1Group; N],
-) -> [[f32; GROUP]; N] {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => x86::dot8(isa, d, qs, g),
-        _ => g.map(|g| dot8_scalar(d, qs, g)),
-    }
+/// The reference for [`packed_rows`].
+fn rows_scalar(pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
+    std::array::from_fn(|r| match r < live {
+        true => std::array::from_fn(|f| dot_scalar(pack, f, g, r)),
+        false => [0.0; PACK],
+    })
 }
 
-/// The reference: each row on its own.
-fn dot8_scalar(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group) -> [f32; GROUP] {
-    std::array::from_fn(|r| dot_with(d, qs, g, r, block_dot_scalar))
+/// Feature `f`'s values of one packed block.
+fn feature_qs(p: &Packed, f: usize) -> [i8; BLOCK] {
+    std::array::from_fn(|i| p.qs[i / 4][4 * f + i % 4])
 }
 
-/// `Σ_blocks sumi · (d_w · d_a)` in block order; the vector kernels do
-/// these float operations, lane by lane, in this order.
-#[inline(always)]
-fn dot_with(
-    d: &[f32],
-    qs: &[[i8; BLOCK]],
-    g: &Q8_1Group,
-    r: usize,
-    block: impl Fn(&[i8; BLOCK], &[i8; BLOCK]) -> i32,
-) -> f32 {
+/// `Σ_blocks sumi · (d_w · d_a)` for feature `f` of a pack and row `r` of
+/// a group, in block order (ggml's `vec_dot_q8_0_q8_0` reference); the
+/// vector kernels do these float operations, lane by lane, in this order.
+fn dot_scalar(pack: &[Packed], f: usize, g: &Q8_1Group, r: usize) -> f32 {
     let mut sum = 0f32;
-    for b in 0..qs.len() {
-        sum += block(&qs[b], &g.qs[b][r]) as f32 * (d[b] * g.d[b][r]);
+    for (b, p) in pack.iter().enumerate() {
+        let sumi: i32 = feature_qs(p, f)
+            .iter()
+            .zip(&g.qs[b][r])
+            .map(|(w, a)| i32::from(*w) * i32::from(*a))
+            .sum();
+        sum += sumi as f32 * (p.d[f] * g.d[b][r]);
     }
     sum
 }
 
-fn block_dot_scalar(w: &[i8; BLOCK], a: &[i8; BLOCK]) -> i32 {
-    w.iter()
-        .zip(a)
-        .map(|(w, a)| i32::from(*w) * i32::from(*a))
-        .sum()
-}
-
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::super::x86::{halves, lane_sums, load8, load32, reduce8, store};
-    use super::{BLOCK, GROUP, Isa, Q8_1Group, dot8_scalar};
+    use super::super::x86::{load8, load32, store};
+    use super::{BLOCK, GROUP, Isa, PACK, Packed, Q8_1Group};
     use std::arch::x86_64::*;
 
+    /// The vector kernels' entry: `isa` must be one [`Isa::available`]
+    /// found on this CPU.
     #[allow(unsafe_code)]
-    pub(super) fn dot1(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group, r: usize) -> f32 {
-        // SAFETY: reached only through `Isa::Avx2` or `Isa::Avx512Vnni`,
-        // handed out where the CPU reports AVX2.
-        unsafe { dot1_avx2(d, qs, g, r) }
-    }
-
-    #[allow(unsafe_code)]
-    pub(super) fn dot8<const N: usize>(
+    pub(super) fn packed_rows(
         isa: Isa,
-        d: &[f32],
-        qs: &[[i8; BLOCK]],
-        g: [&Q8_1Group; N],
-    ) -> [[f32; GROUP]; N] {
+        pack: &[Packed],
+        g: &Q8_1Group,
+        live: usize,
+    ) -> [[f32; PACK]; GROUP] {
         match isa {
             // SAFETY: `Isa::available` hands these out only where the CPU
             // reports the features the functions enable.
-            Isa::Avx2 => unsafe { dot8_avx2(d, qs, g) },
-            Isa::Avx512Vnni => unsafe { dot8_vnni(d, qs, g) },
-            Isa::Scalar => g.map(|g| dot8_scalar(d, qs, g)),
+            Isa::Avx2 => unsafe { rows_avx2(pack, g, live) },
+            Isa::Avx512Vnni => unsafe { rows_vnni(pack, g, live) },
+            Isa::Scalar => super::rows_scalar(pack, g, live),
         }
     }
 
-    /// Signed × signed bytes as the unsigned × signed products the
-    /// instructions take: |w| times a with w's sign (exact; |−128| is 128
-    /// unsigned).
+    /// Activation bytes `4j..4j + 4` of a block, in every lane.
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn signs(w: __m256i, a: __m256i) -> (__m256i, __m256i) {
-        (_mm256_abs_epi8(w), _mm256_sign_epi8(a, w))
+    fn chunk(a: &[i8; BLOCK], j: usize) -> __m256i {
+        let four = [a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]];
+        _mm256_set1_epi32(i32::from_le_bytes(four.map(|b| b as u8)))
     }
 
-    /// Pairs to i16 (|2·128·127| fits), then to i32.
+    /// Per block: the pack's eight chunks loaded and made unsigned (|w|)
+    /// once; per row, each activation chunk broadcast and given the
+    /// weights' signs (so |w| · (a with w's sign) = w · a, exact; |−128|
+    /// is 128 unsigned, and activations are within −127..=127), summed by
+    /// `step(acc, |w|, signed a)` (lane `f` is feature `f`), then
+    /// `acc + sumi · (d_w · d_a)` lane by lane, the reference's order. `R`
+    /// rows, a constant, so their sums stay in registers.
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn madd(w: __m256i, a: __m256i) -> __m256i {
-        let (u, s) = signs(w, a);
-        _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
-    }
-
-    /// Eight blocks at a time: their integer products reduced together,
-    /// their terms computed together, then added to the sum one by one in
-    /// block order (as the reference adds them).
-    #[target_feature(enable = "avx2")]
-    fn dot1_avx2(d: &[f32], qs: &[[i8; BLOCK]], g: &Q8_1Group, r: usize) -> f32 {
-        let product = |b: usize| madd(load32(&qs[b]), load32(&g.qs[b][r]));
-        let blocks = qs.len();
-        let whole = blocks - blocks % GROUP;
-        let mut sum = 0f32;
-        for b0 in (0..whole).step_by(GROUP) {
-            let sumi = reduce8(std::array::from_fn(|i| product(b0 + i)));
-            let dw = load8(&std::array::from_fn(|i| d[b0 + i]));
-            let da = load8(&std::array::from_fn(|i| g.d[b0 + i][r]));
-            for t in store(_mm256_mul_ps(
-                _mm256_cvtepi32_ps(sumi),
-                _mm256_mul_ps(dw, da),
-            )) {
-                sum += t;
-            }
-        }
-        for (b, dw) in d.iter().enumerate().skip(whole) {
-            let z = _mm256_setzero_si256();
-            let sumi = _mm256_cvtsi256_si32(reduce8([product(b), z, z, z, z, z, z, z]));
-            sum += sumi as f32 * (dw * g.d[b][r]);
-        }
-        sum
-    }
-
-    /// `acc + sumi · (d_w · d_a)` for eight rows, as the reference.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn accumulate(acc: __m256, sumi: __m256i, dw: f32, da: &[f32; GROUP]) -> __m256 {
-        let scale = _mm256_mul_ps(_mm256_set1_ps(dw), load8(da));
-        _mm256_add_ps(acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), scale))
-    }
-
-    /// Eight rows of each of `N` groups: each block's weights loaded once,
-    /// against each group's interleaved activations ([`lane_sums`], with
-    /// `step`); `N` independent float chains.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn dot8_with<const N: usize>(
-        d: &[f32],
-        qs: &[[i8; BLOCK]],
-        g: [&Q8_1Group; N],
+    fn rows_with<const R: usize>(
+        pack: &[Packed],
+        g: &Q8_1Group,
         step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
-    ) -> [[f32; GROUP]; N] {
-        let mut acc = [_mm256_setzero_ps(); N];
-        let blocks = g.iter().fold(qs.len(), |n, g| n.min(g.lanes.len()));
-        for b in 0..blocks {
-            let (lo, hi) = halves(load32(&qs[b]));
-            for (acc, g) in acc.iter_mut().zip(g) {
-                *acc = accumulate(*acc, lane_sums(lo, hi, &g.lanes[b], step), d[b], &g.d[b]);
+    ) -> [[f32; PACK]; GROUP] {
+        let blocks = pack.len().min(g.qs.len()).min(g.d.len());
+        let (pack, qs, d) = (&pack[..blocks], &g.qs[..blocks], &g.d[..blocks]);
+        let mut acc = [_mm256_setzero_ps(); R];
+        for ((p, qs), d) in pack.iter().zip(qs).zip(d) {
+            let w: [__m256i; 8] = std::array::from_fn(|j| load32(&p.qs[j]));
+            let u = w.map(|w| _mm256_abs_epi8(w));
+            let dw = load8(&p.d);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let a = &qs[r];
+                let z = _mm256_setzero_si256();
+                let (mut s0, mut s1) = (z, z);
+                for j in (0..8).step_by(2) {
+                    s0 = step(s0, u[j], _mm256_sign_epi8(chunk(a, j), w[j]));
+                    s1 = step(s1, u[j + 1], _mm256_sign_epi8(chunk(a, j + 1), w[j + 1]));
+                }
+                let sumi = _mm256_add_epi32(s0, s1);
+                let scale = _mm256_mul_ps(dw, _mm256_set1_ps(d[r]));
+                *acc = _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), scale));
             }
         }
-        acc.map(|a| store(a))
+        let mut out = [[0f32; PACK]; GROUP];
+        for (o, a) in out.iter_mut().zip(acc) {
+            *o = store(a);
+        }
+        out
     }
 
+    /// [`rows_with`] for the first `live` rows of a group.
     #[target_feature(enable = "avx2")]
-    fn dot8_avx2<const N: usize>(
-        d: &[f32],
-        qs: &[[i8; BLOCK]],
-        g: [&Q8_1Group; N],
-    ) -> [[f32; GROUP]; N] {
-        dot8_with(d, qs, g, |acc, w, a| _mm256_add_epi32(acc, madd(w, a)))
+    #[inline]
+    fn rows_live(
+        pack: &[Packed],
+        g: &Q8_1Group,
+        live: usize,
+        step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
+    ) -> [[f32; PACK]; GROUP] {
+        match live {
+            0 => [[0.0; PACK]; GROUP],
+            1 => rows_with::<1>(pack, g, step),
+            2 => rows_with::<2>(pack, g, step),
+            3 => rows_with::<3>(pack, g, step),
+            4 => rows_with::<4>(pack, g, step),
+            5 => rows_with::<5>(pack, g, step),
+            6 => rows_with::<6>(pack, g, step),
+            7 => rows_with::<7>(pack, g, step),
+            _ => rows_with::<GROUP>(pack, g, step),
+        }
     }
 
-    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-    fn dot8_vnni<const N: usize>(
-        d: &[f32],
-        qs: &[[i8; BLOCK]],
-        g: [&Q8_1Group; N],
-    ) -> [[f32; GROUP]; N] {
-        dot8_with(d, qs, g, |acc, w, a| {
-            let (u, s) = signs(w, a);
-            _mm256_dpbusd_epi32(acc, u, s)
+    /// Pairs of u8 × i8 to i16 (|2·128·127| fits), then to i32.
+    #[target_feature(enable = "avx2")]
+    fn rows_avx2(pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
+        let ones = _mm256_set1_epi16(1);
+        rows_live(pack, g, live, |acc, u, s| {
+            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones))
         })
+    }
+
+    /// Four u8 × i8 products summed into each i32 lane at once.
+    #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
+    fn rows_vnni(pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
+        rows_live(pack, g, live, |acc, u, s| _mm256_dpbusd_epi32(acc, u, s))
+    }
+}
+
+/// Every weight, row by row, as `f32` (for the tests).
+#[cfg(test)]
+impl Q8_0Matrix {
+    fn weights(&self) -> Vec<f32> {
+        (0..self.n)
+            .flat_map(|f| {
+                self.pack(f / PACK).iter().flat_map(move |p| {
+                    feature_qs(p, f % PACK).map(|q| f32::from(q) * p.d[f % PACK])
+                })
+            })
+            .collect()
     }
 }
 
@@ -379,12 +391,13 @@ mod q5_0_tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let ours: Vec<f32> =
-            m.qs.iter()
-                .zip(&m.d)
-                .flat_map(|(q, d)| q.iter().map(move |v| f32::from(*v) * d))
-                .collect();
+        let ours = m.weights();
         assert_eq!(ours, theirs);
-        assert!(m.qs.iter().flatten().all(|v| (-16..=15).contains(v)));
+        assert!(
+            m.packs
+                .iter()
+                .flat_map(|p| p.qs.iter().flatten())
+                .all(|v| (-16..=15).contains(v))
+        );
     }
 }

@@ -58,22 +58,6 @@ pub(super) fn store(acc: __m256) -> [f32; GROUP] {
     out
 }
 
-/// Eight vectors of i32 partial sums reduced to one vector of their
-/// eight totals, lane `r` from vector `r` (exact: integer sums).
-#[target_feature(enable = "avx2")]
-#[inline]
-pub(super) fn reduce8(q: [__m256i; GROUP]) -> __m256i {
-    let s01 = _mm256_hadd_epi32(q[0], q[1]);
-    let s23 = _mm256_hadd_epi32(q[2], q[3]);
-    let s45 = _mm256_hadd_epi32(q[4], q[5]);
-    let s67 = _mm256_hadd_epi32(q[6], q[7]);
-    let s0123 = _mm256_hadd_epi32(s01, s23);
-    let s4567 = _mm256_hadd_epi32(s45, s67);
-    let lo = _mm256_permute2x128_si256(s0123, s4567, 0x20);
-    let hi = _mm256_permute2x128_si256(s0123, s4567, 0x31);
-    _mm256_add_epi32(lo, hi)
-}
-
 /// The sum of a vector's eight i32 lanes (exact: integers).
 #[target_feature(enable = "avx2")]
 #[inline]
