@@ -18,6 +18,7 @@
 pub mod k_quants;
 #[cfg(test)]
 mod k_quants_tests;
+pub mod packed;
 pub mod q4_1;
 pub mod q4_k;
 pub mod q6_k;
@@ -280,41 +281,6 @@ pub trait Product<G: Group = Q8_1Group>: std::fmt::Debug + Send + Sync {
     }
 }
 
-/// Features per pack of the packed kernels (Q4_1, Q8_0): one register's
-/// lanes of `f32`.
-pub(crate) const PACK: usize = 8;
-
-/// [`Product::slab`] for a matrix packed [`PACK`] features at a time:
-/// `kernel(p, g, live)` gives pack `p` against the first `live` rows of
-/// group `g`, row by row. `first` and the slab's width are multiples of
-/// [`PACK`] ([`matmul_many`] cuts slabs so) but for the matrix's end.
-/// Features go in tiles whose weights fit in L2, group after group within
-/// a tile.
-pub(crate) fn packed_slab<G: Group>(
-    row_bytes: usize,
-    first: usize,
-    x: &Activations<G>,
-    dst: &mut [&mut [f32]],
-    kernel: impl Fn(usize, &G, usize) -> [[f32; PACK]; GROUP],
-) {
-    let width = dst.first().map_or(0, |r| r.len());
-    let tile = (TILE_BYTES / (row_bytes * PACK).max(1)).max(1) * PACK;
-    for start in (0..width).step_by(tile) {
-        let end = width.min(start + tile);
-        for (g, outs) in x.groups.iter().zip(dst.chunks_mut(GROUP)) {
-            for local in (start..end).step_by(PACK) {
-                let values = kernel((first + local) / PACK, g, outs.len());
-                for (out, v) in outs.iter_mut().zip(&values) {
-                    let n = out.len().saturating_sub(local).min(PACK);
-                    if let (Some(out), Some(v)) = (out.get_mut(local..local + n), v.get(..n)) {
-                        out.copy_from_slice(v);
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// A feature against `live` rows of a group: one by one (`one(r)`) when
 /// they are too few for the eight-row kernel (`eight()`), which would
 /// spend most of its work on empty lanes.
@@ -557,8 +523,8 @@ pub fn matmul_many<G: Group>(
     // Whole packs: the packed kernels take eight features at once.
     let span = total
         .div_ceil(pool_threads() * SLABS_PER_THREAD)
-        .max(PACK)
-        .next_multiple_of(PACK);
+        .max(packed::PACK)
+        .next_multiple_of(packed::PACK);
     let mut slabs: Vec<Slab<'_>> = Vec::new();
     for (j, (m, out)) in matrices.iter().zip(outs.iter_mut()).enumerate() {
         let n = m.rows();

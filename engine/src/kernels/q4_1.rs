@@ -10,7 +10,7 @@
 //! done in the same order as the scalar code.
 //!
 //! The weights are repacked at load, eight features side by side
-//! ([`Packed`], as llama.cpp repacks for its CPU kernels), so that one
+//! ([`Q4_1Pack`], [`super::packed`], as llama.cpp repacks for its CPU kernels), so that one
 //! instruction multiplies a chunk of four activations of one row,
 //! broadcast, by the same chunk of eight features (AVX2
 //! `vpmaddubsw`/`vpmaddwd`, or AVX-512 VNNI `vpdpbusd`): each row's eight
@@ -18,7 +18,8 @@
 //! a block's weights are unpacked once for up to sixteen rows. One row
 //! (generation) and many (a batch, a prompt) take the same kernel.
 
-use super::{Activations, BLOCK, GROUP, Isa, Product, Q8_1Group, blocks_in, packed_slab};
+use super::packed::{PACK as FEATURES, Pack, Packs};
+use super::{BLOCK, GROUP, Isa, Q8_1Group};
 use half::f16;
 /// Bytes of one Q4_1 block in GGUF: `d: f16, m: f16, qs: [u8; 16]`.
 const Q4_1_BYTES: usize = 20;
@@ -35,14 +36,14 @@ pub struct Q4_1Error(String);
 /// (chunk `c`) of the eight features and its high nibbles values
 /// `16 + 4c..` (chunk `c + 4`). The weights are repacked so once, at load.
 #[derive(Debug, Clone, Copy)]
-struct Packed {
+pub struct Q4_1Pack {
     qs: [[u8; 32]; 4],
     /// The eight features' scales and minimums, `f16` little-endian.
     d: [u8; 2 * FEATURES],
     m: [u8; 2 * FEATURES],
 }
 
-impl Packed {
+impl Q4_1Pack {
     fn d(&self, f: usize) -> f32 {
         f16::from_le_bytes([self.d[2 * f], self.d[2 * f + 1]]).to_f32()
     }
@@ -51,119 +52,52 @@ impl Packed {
     }
 }
 
-use super::PACK as FEATURES;
-
-/// An `n × k` Q4_1 matrix (one row per output), its features packed eight
-/// by eight (the last pack padded with zero weights).
-#[derive(Debug, Clone)]
-pub struct Q4_1Matrix {
-    n: usize,
-    k: usize,
-    /// Pack `p`'s block `b` at `p · k/32 + b`.
-    packs: Vec<Packed>,
-}
+/// An `n × k` Q4_1 matrix (one row per output), packed eight features at a
+/// time.
+pub type Q4_1Matrix = Packs<Q4_1Pack>;
 
 impl Q4_1Matrix {
     /// From GGUF's raw blocks, row-major, `n` rows of `k` values.
     pub fn from_blocks(n: usize, k: usize, raw: &[u8]) -> Result<Self, Q4_1Error> {
-        blocks_in(n, k, raw.len(), BLOCK, Q4_1_BYTES).map_err(Q4_1Error)?;
-        let per_row = k / BLOCK;
-        let zero = Packed {
-            qs: [[0; 32]; 4],
-            d: [0; 2 * FEATURES],
-            m: [0; 2 * FEATURES],
-        };
-        let mut packs = vec![zero; n.div_ceil(FEATURES) * per_row];
-        for (f, row) in raw.chunks_exact(per_row * Q4_1_BYTES).enumerate() {
-            let (p, lane) = (f / FEATURES, f % FEATURES);
-            for (b, block) in row.chunks_exact(Q4_1_BYTES).enumerate() {
-                let pack = &mut packs[p * per_row + b];
-                pack.d[2 * lane..2 * lane + 2].copy_from_slice(&block[0..2]);
-                pack.m[2 * lane..2 * lane + 2].copy_from_slice(&block[2..4]);
-                for (c, four) in block[4..].chunks_exact(4).enumerate() {
-                    pack.qs[c][4 * lane..4 * lane + 4].copy_from_slice(four);
-                }
+        Packs::from_gguf(n, k, raw, Q4_1_BYTES, |pack: &mut Q4_1Pack, lane, block| {
+            pack.d[2 * lane..2 * lane + 2].copy_from_slice(&block[0..2]);
+            pack.m[2 * lane..2 * lane + 2].copy_from_slice(&block[2..4]);
+            for (c, four) in block[4..].chunks_exact(4).enumerate() {
+                pack.qs[c][4 * lane..4 * lane + 4].copy_from_slice(four);
             }
-        }
-        Ok(Q4_1Matrix { n, k, packs })
-    }
-
-    /// Pack `p`'s blocks.
-    fn pack(&self, p: usize) -> &[Packed] {
-        let per_row = self.k / BLOCK;
-        self.packs
-            .get(p * per_row..(p + 1) * per_row)
-            .unwrap_or(&[])
-    }
-}
-
-impl Product for Q4_1Matrix {
-    fn rows(&self) -> usize {
-        self.n
-    }
-
-    fn cols(&self) -> usize {
-        self.k
-    }
-
-    fn row_bytes(&self) -> usize {
-        self.k / BLOCK * Q4_1_BYTES
-    }
-
-    /// The reference, feature by feature ([`Self::slab`] is what runs).
-    fn feature(&self, _: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP] {
-        let pack = self.pack(f / FEATURES);
-        std::array::from_fn(|r| match r < live {
-            true => dot_scalar(pack, f % FEATURES, g, r),
-            false => 0.0,
         })
-    }
-
-    /// Packs of eight features against each group of up to eight rows
-    /// ([`super::packed_slab`]): each block's weights unpacked once for
-    /// the group, each row's products of the eight features in one
-    /// register's lanes.
-    fn slab(&self, isa: Isa, first: usize, x: &Activations<Q8_1Group>, dst: &mut [&mut [f32]]) {
-        packed_slab(self.row_bytes(), first, x, dst, |p, g, live| {
-            packed_rows(isa, self.pack(p), g, live)
-        });
+        .map_err(Q4_1Error)
     }
 }
 
-/// One pack against the first `live` rows of a group: row `r`'s eight
-/// features' products.
-fn packed_rows(isa: Isa, pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; FEATURES]; GROUP] {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => x86::packed_rows(isa, pack, g, live),
-        _ => rows_scalar(pack, g, live),
-    }
-}
+impl Pack for Q4_1Pack {
+    const BYTES: usize = Q4_1_BYTES;
+    const ZERO: Self = Q4_1Pack {
+        qs: [[0; 32]; 4],
+        d: [0; 2 * FEATURES],
+        m: [0; 2 * FEATURES],
+    };
 
-/// The reference for [`packed_rows`].
-fn rows_scalar(pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; FEATURES]; GROUP] {
-    std::array::from_fn(|r| match r < live {
-        true => std::array::from_fn(|f| dot_scalar(pack, f, g, r)),
-        false => [0.0; FEATURES],
-    })
+    /// `Σ_blocks (Σ q_w·q_a) · d_w · d_a + m_w · s_a`, accumulated in block
+    /// order, as ggml's `vec_dot_q4_1_q8_1` reference does.
+    fn dot_scalar(pack: &[Self], f: usize, g: &Q8_1Group, r: usize) -> f32 {
+        let mut sum = 0f32;
+        for (b, p) in pack.iter().enumerate() {
+            let sumi = block_dot_scalar(&feature_qs(p, f), &g.qs[b][r]);
+            sum += sumi as f32 * p.d(f) * g.d[b][r] + p.m(f) * g.s[b][r];
+        }
+        sum
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn rows_x86(isa: Isa, pack: &[Self], g: &Q8_1Group, live: usize) -> [[f32; FEATURES]; GROUP] {
+        x86::rows(isa, pack, g, live)
+    }
 }
 
 /// Feature `f`'s nibbles of one packed block, as GGUF stores them.
-fn feature_qs(p: &Packed, f: usize) -> [u8; 16] {
+fn feature_qs(p: &Q4_1Pack, f: usize) -> [u8; 16] {
     std::array::from_fn(|j| p.qs[j / 4][4 * f + j % 4])
-}
-
-/// `Σ_blocks (Σ q_w·q_a) · d_w · d_a + m_w · s_a` for feature `f` of a
-/// pack and row `r` of a group, accumulated in block order, as ggml's
-/// `vec_dot_q4_1_q8_1` reference does. The vector kernel does, lane by
-/// lane, exactly these float operations in this order.
-fn dot_scalar(pack: &[Packed], f: usize, g: &Q8_1Group, r: usize) -> f32 {
-    let mut sum = 0f32;
-    for (b, p) in pack.iter().enumerate() {
-        let sumi = block_dot_scalar(&feature_qs(p, f), &g.qs[b][r]);
-        sum += sumi as f32 * p.d(f) * g.d[b][r] + p.m(f) * g.s[b][r];
-    }
-    sum
 }
 
 /// The exact integer dot product of one block (the reference): weight
@@ -180,28 +114,27 @@ fn block_dot_scalar(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::packed::by_live;
     use super::super::x86::{load16, load32u, store};
-    use super::{BLOCK, FEATURES, GROUP, Isa, Packed, Q8_1Group};
+    use super::{BLOCK, FEATURES, GROUP, Isa, Q4_1Pack, Q8_1Group};
     use std::arch::x86_64::*;
 
-    /// The vector kernels' entry: `isa` must be one [`Isa::available`]
-    /// found on this CPU.
+    /// The vector kernels' entry: `isa` must be a vector kernel
+    /// [`Isa::available`] found on this CPU.
     #[allow(unsafe_code)]
-    pub(super) fn packed_rows(
+    pub(super) fn rows(
         isa: Isa,
-        pack: &[Packed],
+        pack: &[Q4_1Pack],
         g: &Q8_1Group,
         live: usize,
     ) -> [[f32; FEATURES]; GROUP] {
+        // SAFETY: `Isa::Avx2` is only handed out (`Isa::available`) where
+        // the CPU reports AVX2 and F16C, and `Avx512Vnni` where it also
+        // reports AVX512-VNNI and AVX512-VL: the features these functions
+        // enable. They are safe Rust otherwise (slices, no pointers).
         match isa {
-            // SAFETY: `Isa::Avx2` is only handed out (`Isa::available`)
-            // where the CPU reports AVX2 and F16C, and `Avx512Vnni` where it
-            // also reports AVX512-VNNI and AVX512-VL: the features these
-            // functions enable. They are safe Rust otherwise (slices, no
-            // pointers).
-            Isa::Avx2 => unsafe { rows_avx2(pack, g, live) },
             Isa::Avx512Vnni => unsafe { rows_vnni(pack, g, live) },
-            Isa::Scalar => super::rows_scalar(pack, g, live),
+            _ => unsafe { rows_avx2(pack, g, live) },
         }
     }
 
@@ -224,7 +157,7 @@ mod x86 {
     #[target_feature(enable = "avx2,f16c")]
     #[inline]
     fn rows_with<const R: usize>(
-        pack: &[Packed],
+        pack: &[Q4_1Pack],
         g: &Q8_1Group,
         step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
     ) -> [[f32; FEATURES]; GROUP] {
@@ -273,44 +206,22 @@ mod x86 {
         out
     }
 
-    /// [`rows_with`] for the first `live` rows of a group.
-    #[target_feature(enable = "avx2,f16c")]
-    #[inline]
-    fn rows_live(
-        pack: &[Packed],
-        g: &Q8_1Group,
-        live: usize,
-        step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
-    ) -> [[f32; FEATURES]; GROUP] {
-        match live {
-            0 => [[0.0; FEATURES]; GROUP],
-            1 => rows_with::<1>(pack, g, step),
-            2 => rows_with::<2>(pack, g, step),
-            3 => rows_with::<3>(pack, g, step),
-            4 => rows_with::<4>(pack, g, step),
-            5 => rows_with::<5>(pack, g, step),
-            6 => rows_with::<6>(pack, g, step),
-            7 => rows_with::<7>(pack, g, step),
-            _ => rows_with::<GROUP>(pack, g, step),
-        }
-    }
-
     /// u8 × i8 pairs summed to i16 (|15·127·2| fits), then pairs of i16 to
     /// i32.
     #[target_feature(enable = "avx2,f16c")]
-    fn rows_avx2(pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; FEATURES]; GROUP] {
+    fn rows_avx2(pack: &[Q4_1Pack], g: &Q8_1Group, live: usize) -> [[f32; FEATURES]; GROUP] {
         let ones = _mm256_set1_epi16(1);
-        rows_live(pack, g, live, |acc, wv, av| {
+        let step = |acc, wv, av| {
             _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones))
-        })
+        };
+        by_live!(live, rows_with(pack, g, step))
     }
 
     /// Four u8 × i8 products summed into each i32 lane at once.
     #[target_feature(enable = "avx2,f16c,avx512vnni,avx512vl")]
-    fn rows_vnni(pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; FEATURES]; GROUP] {
-        rows_live(pack, g, live, |acc, wv, av| {
-            _mm256_dpbusd_epi32(acc, wv, av)
-        })
+    fn rows_vnni(pack: &[Q4_1Pack], g: &Q8_1Group, live: usize) -> [[f32; FEATURES]; GROUP] {
+        let step = |acc, wv, av| _mm256_dpbusd_epi32(acc, wv, av);
+        by_live!(live, rows_with(pack, g, step))
     }
 
     #[cfg(test)]
@@ -323,7 +234,7 @@ mod x86 {
         };
         g.qs[0][3] = *a;
         g.interleave();
-        let mut pack = [Packed {
+        let mut pack = [Q4_1Pack {
             qs: [[0; 32]; 4],
             d: [0; 2 * FEATURES],
             m: [0; 2 * FEATURES],
@@ -333,7 +244,7 @@ mod x86 {
         for (c, four) in w.chunks_exact(4).enumerate() {
             pack[0].qs[c][20..24].copy_from_slice(four);
         }
-        packed_rows(isa, &pack, &g, 4)[3][5] as i32
+        rows(isa, &pack, &g, 4)[3][5] as i32
     }
 }
 

@@ -9,7 +9,8 @@
 //! order, so the results equal candle's up to rounding, and equal each
 //! other (every kernel, every batch) to the bit.
 
-use super::{Activations, BLOCK, GROUP, Isa, PACK, Product, Q8_1Group, blocks_in, packed_slab};
+use super::packed::{PACK, Pack, Packs};
+use super::{BLOCK, GROUP, Isa, Q8_1Group};
 use half::f16;
 
 /// Bytes of one Q8_0 block in GGUF: `d: f16, qs: [i8; 32]`.
@@ -27,20 +28,14 @@ pub struct Q8_0Error(&'static str, String);
 /// `f`'s values `4j..4j + 4` at bytes `4f..4f + 4` (chunk `j` of the eight
 /// features), and the eight scales as `f32`.
 #[derive(Debug, Clone, Copy)]
-struct Packed {
+pub struct Q8_0Pack {
     qs: [[i8; BLOCK]; 8],
     d: [f32; PACK],
 }
 
-/// An `n × k` Q8_0 matrix (one row per output), its features packed eight
-/// by eight (the last pack padded with zero weights).
-#[derive(Debug, Clone)]
-pub struct Q8_0Matrix {
-    n: usize,
-    k: usize,
-    /// Pack `p`'s block `b` at `p · k/32 + b`.
-    packs: Vec<Packed>,
-}
+/// An `n × k` Q8_0 matrix (one row per output), packed eight features at a
+/// time.
+pub type Q8_0Matrix = Packs<Q8_0Pack>;
 
 impl Q8_0Matrix {
     /// From GGUF's raw Q8_0 blocks, row-major, `n` rows of `k` values.
@@ -75,127 +70,70 @@ impl Q8_0Matrix {
         bytes: usize,
         values: impl Fn(&[u8]) -> [i8; BLOCK],
     ) -> Result<Self, Q8_0Error> {
-        let fail = |why: String| Q8_0Error(kind, why);
-        blocks_in(n, k, raw.len(), BLOCK, bytes).map_err(fail)?;
-        let per_row = k / BLOCK;
-        let zero = Packed {
-            qs: [[0; BLOCK]; 8],
-            d: [0.0; PACK],
-        };
-        let mut packs = vec![zero; n.div_ceil(PACK) * per_row];
-        for (f, row) in raw.chunks_exact(per_row * bytes).enumerate() {
-            let (p, lane) = (f / PACK, f % PACK);
-            for (b, block) in row.chunks_exact(bytes).enumerate() {
-                let pack = &mut packs[p * per_row + b];
-                pack.d[lane] = f16::from_le_bytes([block[0], block[1]]).to_f32();
-                for (j, four) in values(block).chunks_exact(4).enumerate() {
-                    pack.qs[j][4 * lane..4 * lane + 4].copy_from_slice(four);
-                }
+        Packs::from_gguf(n, k, raw, bytes, |pack: &mut Q8_0Pack, lane, block| {
+            pack.d[lane] = f16::from_le_bytes([block[0], block[1]]).to_f32();
+            for (j, four) in values(block).chunks_exact(4).enumerate() {
+                pack.qs[j][4 * lane..4 * lane + 4].copy_from_slice(four);
             }
-        }
-        Ok(Q8_0Matrix { n, k, packs })
-    }
-
-    /// Pack `p`'s blocks.
-    fn pack(&self, p: usize) -> &[Packed] {
-        let per_row = self.k / BLOCK;
-        self.packs
-            .get(p * per_row..(p + 1) * per_row)
-            .unwrap_or(&[])
-    }
-}
-
-impl Product for Q8_0Matrix {
-    fn rows(&self) -> usize {
-        self.n
-    }
-
-    fn cols(&self) -> usize {
-        self.k
-    }
-
-    fn row_bytes(&self) -> usize {
-        self.k / BLOCK * (4 + BLOCK)
-    }
-
-    /// The reference, feature by feature ([`Self::slab`] is what runs).
-    fn feature(&self, _: Isa, f: usize, g: &Q8_1Group, live: usize) -> [f32; GROUP] {
-        let pack = self.pack(f / PACK);
-        std::array::from_fn(|r| match r < live {
-            true => dot_scalar(pack, f % PACK, g, r),
-            false => 0.0,
         })
-    }
-
-    /// Packs of eight features against each group of up to eight rows
-    /// ([`super::packed_slab`]).
-    fn slab(&self, isa: Isa, first: usize, x: &Activations<Q8_1Group>, dst: &mut [&mut [f32]]) {
-        packed_slab(self.row_bytes(), first, x, dst, |p, g, live| {
-            packed_rows(isa, self.pack(p), g, live)
-        });
+        .map_err(|why| Q8_0Error(kind, why))
     }
 }
 
-/// One pack against the first `live` rows of a group: row `r`'s eight
-/// features' products.
-fn packed_rows(isa: Isa, pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512Vnni => x86::packed_rows(isa, pack, g, live),
-        _ => rows_scalar(pack, g, live),
-    }
-}
+impl Pack for Q8_0Pack {
+    const BYTES: usize = 4 + BLOCK;
+    const ZERO: Self = Q8_0Pack {
+        qs: [[0; BLOCK]; 8],
+        d: [0.0; PACK],
+    };
 
-/// The reference for [`packed_rows`].
-fn rows_scalar(pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
-    std::array::from_fn(|r| match r < live {
-        true => std::array::from_fn(|f| dot_scalar(pack, f, g, r)),
-        false => [0.0; PACK],
-    })
+    /// `Σ_blocks sumi · (d_w · d_a)` in block order (ggml's
+    /// `vec_dot_q8_0_q8_0` reference).
+    fn dot_scalar(pack: &[Self], f: usize, g: &Q8_1Group, r: usize) -> f32 {
+        let mut sum = 0f32;
+        for (b, p) in pack.iter().enumerate() {
+            let sumi: i32 = feature_qs(p, f)
+                .iter()
+                .zip(&g.qs[b][r])
+                .map(|(w, a)| i32::from(*w) * i32::from(*a))
+                .sum();
+            sum += sumi as f32 * (p.d[f] * g.d[b][r]);
+        }
+        sum
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn rows_x86(isa: Isa, pack: &[Self], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
+        x86::rows(isa, pack, g, live)
+    }
 }
 
 /// Feature `f`'s values of one packed block.
-fn feature_qs(p: &Packed, f: usize) -> [i8; BLOCK] {
+fn feature_qs(p: &Q8_0Pack, f: usize) -> [i8; BLOCK] {
     std::array::from_fn(|i| p.qs[i / 4][4 * f + i % 4])
-}
-
-/// `Σ_blocks sumi · (d_w · d_a)` for feature `f` of a pack and row `r` of
-/// a group, in block order (ggml's `vec_dot_q8_0_q8_0` reference); the
-/// vector kernels do these float operations, lane by lane, in this order.
-fn dot_scalar(pack: &[Packed], f: usize, g: &Q8_1Group, r: usize) -> f32 {
-    let mut sum = 0f32;
-    for (b, p) in pack.iter().enumerate() {
-        let sumi: i32 = feature_qs(p, f)
-            .iter()
-            .zip(&g.qs[b][r])
-            .map(|(w, a)| i32::from(*w) * i32::from(*a))
-            .sum();
-        sum += sumi as f32 * (p.d[f] * g.d[b][r]);
-    }
-    sum
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::packed::by_live;
     use super::super::x86::{load8, load32, store};
-    use super::{BLOCK, GROUP, Isa, PACK, Packed, Q8_1Group};
+    use super::{BLOCK, GROUP, Isa, PACK, Q8_0Pack, Q8_1Group};
     use std::arch::x86_64::*;
 
-    /// The vector kernels' entry: `isa` must be one [`Isa::available`]
-    /// found on this CPU.
+    /// The vector kernels' entry: `isa` must be a vector kernel
+    /// [`Isa::available`] found on this CPU.
     #[allow(unsafe_code)]
-    pub(super) fn packed_rows(
+    pub(super) fn rows(
         isa: Isa,
-        pack: &[Packed],
+        pack: &[Q8_0Pack],
         g: &Q8_1Group,
         live: usize,
     ) -> [[f32; PACK]; GROUP] {
+        // SAFETY: `Isa::available` hands these out only where the CPU
+        // reports the features the functions enable.
         match isa {
-            // SAFETY: `Isa::available` hands these out only where the CPU
-            // reports the features the functions enable.
-            Isa::Avx2 => unsafe { rows_avx2(pack, g, live) },
             Isa::Avx512Vnni => unsafe { rows_vnni(pack, g, live) },
-            Isa::Scalar => super::rows_scalar(pack, g, live),
+            _ => unsafe { rows_avx2(pack, g, live) },
         }
     }
 
@@ -217,7 +155,7 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     #[inline]
     fn rows_with<const R: usize>(
-        pack: &[Packed],
+        pack: &[Q8_0Pack],
         g: &Q8_1Group,
         step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
     ) -> [[f32; PACK]; GROUP] {
@@ -248,41 +186,20 @@ mod x86 {
         out
     }
 
-    /// [`rows_with`] for the first `live` rows of a group.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn rows_live(
-        pack: &[Packed],
-        g: &Q8_1Group,
-        live: usize,
-        step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
-    ) -> [[f32; PACK]; GROUP] {
-        match live {
-            0 => [[0.0; PACK]; GROUP],
-            1 => rows_with::<1>(pack, g, step),
-            2 => rows_with::<2>(pack, g, step),
-            3 => rows_with::<3>(pack, g, step),
-            4 => rows_with::<4>(pack, g, step),
-            5 => rows_with::<5>(pack, g, step),
-            6 => rows_with::<6>(pack, g, step),
-            7 => rows_with::<7>(pack, g, step),
-            _ => rows_with::<GROUP>(pack, g, step),
-        }
-    }
-
     /// Pairs of u8 × i8 to i16 (|2·128·127| fits), then to i32.
     #[target_feature(enable = "avx2")]
-    fn rows_avx2(pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
+    fn rows_avx2(pack: &[Q8_0Pack], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
         let ones = _mm256_set1_epi16(1);
-        rows_live(pack, g, live, |acc, u, s| {
-            _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones))
-        })
+        let step =
+            |acc, u, s| _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones));
+        by_live!(live, rows_with(pack, g, step))
     }
 
     /// Four u8 × i8 products summed into each i32 lane at once.
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
-    fn rows_vnni(pack: &[Packed], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
-        rows_live(pack, g, live, |acc, u, s| _mm256_dpbusd_epi32(acc, u, s))
+    fn rows_vnni(pack: &[Q8_0Pack], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
+        let step = |acc, u, s| _mm256_dpbusd_epi32(acc, u, s);
+        by_live!(live, rows_with(pack, g, step))
     }
 }
 
@@ -290,7 +207,8 @@ mod x86 {
 #[cfg(test)]
 impl Q8_0Matrix {
     fn weights(&self) -> Vec<f32> {
-        (0..self.n)
+        use super::Product;
+        (0..self.rows())
             .flat_map(|f| {
                 self.pack(f / PACK).iter().flat_map(move |p| {
                     feature_qs(p, f % PACK).map(|q| f32::from(q) * p.d[f % PACK])
@@ -304,7 +222,7 @@ impl Q8_0Matrix {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::kernels::Q8_1Activations;
+    use crate::kernels::{Product, Q8_1Activations};
     use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
     use candle_core::{Device, Module, Tensor};
 
