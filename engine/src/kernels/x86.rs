@@ -144,3 +144,67 @@ pub(super) fn dot_f32_chunks(a: &[f32], b: &[f32]) -> f32 {
     let p = _mm_hadd_ps(s, s);
     _mm_cvtss_f32(_mm_hadd_ps(p, p))
 }
+
+/// `max |x|` over a block, as `fold(0, f32::max(acc, |x|))` (a NaN never
+/// wins: `vmaxps` returns its second operand, the running maximum, when
+/// the first is NaN; exact whatever the order).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn block_amax(xs: &[f32; BLOCK]) -> f32 {
+    let abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFF_FFFF));
+    let mut m = _mm256_setzero_ps();
+    for c in xs.chunks_exact(GROUP) {
+        if let Ok(c) = <&[f32; GROUP]>::try_from(c) {
+            m = _mm256_max_ps(_mm256_and_ps(load8(c), abs), m);
+        }
+    }
+    store(m).into_iter().fold(0f32, f32::max)
+}
+
+/// `(x · id).round() as i8` for each value of a block (Rust's `round`: half
+/// away from zero; `as`: NaN to 0, out of range saturated), and the sum of
+/// the bytes. Rounding is `trunc(y + copysign(0.49999997, y))`, which is
+/// half-away-from-zero rounding for every finite `y` (LLVM lowers `round`
+/// so); `y` is clamped to −128..=127 first and NaNs made 0.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn block_round(xs: &[f32; BLOCK], id: f32) -> ([i8; BLOCK], i32) {
+    let id = _mm256_set1_ps(id);
+    let sign = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MIN));
+    let half = _mm256_set1_ps(0.499_999_97);
+    let (lo, hi) = (_mm256_set1_ps(-128.0), _mm256_set1_ps(127.0));
+    let ints: [__m256i; 4] = std::array::from_fn(|i| {
+        let Some(Ok(c)) = xs
+            .get(i * GROUP..(i + 1) * GROUP)
+            .map(<&[f32; GROUP]>::try_from)
+        else {
+            return _mm256_setzero_si256();
+        };
+        let y = _mm256_mul_ps(load8(c), id);
+        let y = _mm256_and_ps(y, _mm256_cmp_ps(y, y, _CMP_ORD_Q));
+        let y = _mm256_min_ps(_mm256_max_ps(y, lo), hi);
+        let y = _mm256_add_ps(y, _mm256_or_ps(_mm256_and_ps(y, sign), half));
+        _mm256_cvttps_epi32(y)
+    });
+    let sum = hsum(_mm256_add_epi32(
+        _mm256_add_epi32(ints[0], ints[1]),
+        _mm256_add_epi32(ints[2], ints[3]),
+    ));
+    // i32 → i16 → i8 within 128-bit lanes, then the lanes' dwords put back
+    // in order.
+    let words01 = _mm256_packs_epi32(ints[0], ints[1]);
+    let words23 = _mm256_packs_epi32(ints[2], ints[3]);
+    let bytes = _mm256_packs_epi16(words01, words23);
+    let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    (store_i8(bytes), sum)
+}
+
+#[target_feature(enable = "avx2")]
+#[inline]
+#[allow(unsafe_code)]
+fn store_i8(v: __m256i) -> [i8; BLOCK] {
+    let mut out = [0i8; BLOCK];
+    // SAFETY: writes exactly the 32 bytes of `out`.
+    unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) };
+    out
+}
