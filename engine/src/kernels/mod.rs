@@ -409,27 +409,29 @@ fn x86_block_round(xs: &[f32; BLOCK], id: f32) -> ([i8; BLOCK], i32) {
     unsafe { x86::block_round(xs, id) }
 }
 
-/// Up to eight rows of activations quantized to Q8_1, interleaved by
-/// block: block `b`'s eight rows of bytes, scales and sums
-/// side by side (missing rows are zeros, and ignored).
+/// Up to eight rows of activations quantized to Q8_1, by block: block
+/// `b`'s eight rows of bytes, scales and sums side by side (missing rows
+/// are zeros, and ignored).
 #[derive(Debug, Clone)]
 pub struct Q8_1Group {
     /// Block `b`, row `r`: its 32 bytes.
     pub(crate) qs: Vec<[[i8; BLOCK]; GROUP]>,
-    /// The same bytes four by four across the rows: block `b`, chunk `j`
-    /// holds bytes `4j..4j + 4` of rows 0, 1, … 7. Against one chunk of
-    /// weights (four bytes, broadcast), one instruction gives each row its
-    /// own lane of sums, so a block's eight row products need no
-    /// horizontal sums.
-    pub(crate) lanes: Vec<[[i8; BLOCK]; GROUP]>,
+    /// The same bytes plus 128, as unsigned bytes: what `vpdpbusd` takes as
+    /// its unsigned operand against Q8_0's signed weights (the kernel then
+    /// subtracts `128 · Σ w`).
+    pub(crate) unsigned: Vec<[[u8; BLOCK]; GROUP]>,
     pub(crate) d: Vec<[f32; GROUP]>,
     pub(crate) s: Vec<[f32; GROUP]>,
 }
 
 impl Q8_1Group {
-    /// Fills [`Self::lanes`] from [`Self::qs`].
-    pub(crate) fn interleave(&mut self) {
-        self.lanes = interleave(&self.qs);
+    /// Fills [`Self::unsigned`] from [`Self::qs`].
+    pub(crate) fn offset(&mut self) {
+        self.unsigned = self
+            .qs
+            .iter()
+            .map(|rows| rows.map(|row| row.map(|q| (q as u8) ^ 0x80)))
+            .collect();
     }
 }
 
@@ -438,7 +440,7 @@ impl Group for Q8_1Group {
         let blocks = k / BLOCK;
         Q8_1Group {
             qs: vec![[[0; BLOCK]; GROUP]; blocks],
-            lanes: Vec::new(),
+            unsigned: Vec::new(),
             d: vec![[0.0; GROUP]; blocks],
             s: vec![[0.0; GROUP]; blocks],
         }
@@ -461,7 +463,7 @@ impl Group for Q8_1Group {
     }
 
     fn finish(&mut self) {
-        self.interleave();
+        self.offset();
     }
 }
 

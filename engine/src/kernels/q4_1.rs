@@ -228,12 +228,12 @@ mod x86 {
     pub(super) fn block_dot_for_tests(isa: Isa, w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
         let mut g = Q8_1Group {
             qs: vec![[[0; BLOCK]; GROUP]],
-            lanes: Vec::new(),
+            unsigned: Vec::new(),
             d: vec![[1.0; GROUP]],
             s: vec![[0.0; GROUP]],
         };
         g.qs[0][3] = *a;
-        g.interleave();
+        g.offset();
         let mut pack = [Q4_1Pack {
             qs: [[0; 32]; 4],
             d: [0; 2 * FEATURES],

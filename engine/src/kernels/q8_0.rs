@@ -31,6 +31,9 @@ pub struct Q8_0Error(&'static str, String);
 pub struct Q8_0Pack {
     qs: [[i8; BLOCK]; 8],
     d: [f32; PACK],
+    /// `128 · Σ w` of each feature's block: what the VNNI kernel, which
+    /// multiplies activations offset to unsigned (`a + 128`), takes back.
+    offset: [i32; PACK],
 }
 
 /// An `n × k` Q8_0 matrix (one row per output), packed eight features at a
@@ -72,9 +75,11 @@ impl Q8_0Matrix {
     ) -> Result<Self, Q8_0Error> {
         Packs::from_gguf(n, k, raw, bytes, |pack: &mut Q8_0Pack, lane, block| {
             pack.d[lane] = f16::from_le_bytes([block[0], block[1]]).to_f32();
-            for (j, four) in values(block).chunks_exact(4).enumerate() {
+            let values = values(block);
+            for (j, four) in values.chunks_exact(4).enumerate() {
                 pack.qs[j][4 * lane..4 * lane + 4].copy_from_slice(four);
             }
+            pack.offset[lane] = 128 * values.iter().map(|v| i32::from(*v)).sum::<i32>();
         })
         .map_err(|why| Q8_0Error(kind, why))
     }
@@ -85,6 +90,7 @@ impl Pack for Q8_0Pack {
     const ZERO: Self = Q8_0Pack {
         qs: [[0; BLOCK]; 8],
         d: [0.0; PACK],
+        offset: [0; PACK],
     };
 
     /// `Σ_blocks sumi · (d_w · d_a)` in block order (ggml's
@@ -116,7 +122,7 @@ fn feature_qs(p: &Q8_0Pack, f: usize) -> [i8; BLOCK] {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::packed::by_live;
-    use super::super::x86::{load8, load32, store};
+    use super::super::x86::{load8, load8i, load32, store};
     use super::{BLOCK, GROUP, Isa, PACK, Q8_0Pack, Q8_1Group};
     use std::arch::x86_64::*;
 
@@ -137,44 +143,43 @@ mod x86 {
         }
     }
 
-    /// Activation bytes `4j..4j + 4` of a block, in every lane.
+    /// Bytes `4j..4j + 4` of a block, in every lane.
     #[target_feature(enable = "avx2")]
     #[inline]
-    fn chunk(a: &[i8; BLOCK], j: usize) -> __m256i {
+    fn chunk<T: Copy>(a: &[T; BLOCK], j: usize, byte: impl Fn(T) -> u8) -> __m256i {
         let four = [a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]];
-        _mm256_set1_epi32(i32::from_le_bytes(four.map(|b| b as u8)))
+        _mm256_set1_epi32(i32::from_le_bytes(four.map(byte)))
     }
 
-    /// Per block: the pack's eight chunks loaded and made unsigned (|w|)
-    /// once; per row, each activation chunk broadcast and given the
-    /// weights' signs (so |w| · (a with w's sign) = w · a, exact; |−128|
-    /// is 128 unsigned, and activations are within −127..=127), summed by
-    /// `step(acc, |w|, signed a)` (lane `f` is feature `f`), then
-    /// `acc + sumi · (d_w · d_a)` lane by lane, the reference's order. `R`
-    /// rows, a constant, so their sums stay in registers.
+    /// Per block: the pack's eight chunks loaded once; per row, its integer
+    /// sums by `sums(pack, chunks, row's bytes, row's bytes + 128)` (lane
+    /// `f` is feature `f`, exact), then `acc + sumi · (d_w · d_a)` lane by
+    /// lane, the reference's order. `R` rows, a constant, so their sums
+    /// stay in registers.
     #[target_feature(enable = "avx2")]
     #[inline]
     fn rows_with<const R: usize>(
         pack: &[Q8_0Pack],
         g: &Q8_1Group,
-        step: impl Fn(__m256i, __m256i, __m256i) -> __m256i + Copy,
+        sums: impl Fn(&Q8_0Pack, &[__m256i; 8], &[i8; BLOCK], &[u8; BLOCK]) -> __m256i + Copy,
     ) -> [[f32; PACK]; GROUP] {
-        let blocks = pack.len().min(g.qs.len()).min(g.d.len());
-        let (pack, qs, d) = (&pack[..blocks], &g.qs[..blocks], &g.d[..blocks]);
+        let blocks = pack
+            .len()
+            .min(g.qs.len())
+            .min(g.unsigned.len())
+            .min(g.d.len());
+        let (pack, qs, unsigned, d) = (
+            &pack[..blocks],
+            &g.qs[..blocks],
+            &g.unsigned[..blocks],
+            &g.d[..blocks],
+        );
         let mut acc = [_mm256_setzero_ps(); R];
-        for ((p, qs), d) in pack.iter().zip(qs).zip(d) {
+        for (((p, qs), unsigned), d) in pack.iter().zip(qs).zip(unsigned).zip(d) {
             let w: [__m256i; 8] = std::array::from_fn(|j| load32(&p.qs[j]));
-            let u = w.map(|w| _mm256_abs_epi8(w));
             let dw = load8(&p.d);
             for (r, acc) in acc.iter_mut().enumerate() {
-                let a = &qs[r];
-                let z = _mm256_setzero_si256();
-                let (mut s0, mut s1) = (z, z);
-                for j in (0..8).step_by(2) {
-                    s0 = step(s0, u[j], _mm256_sign_epi8(chunk(a, j), w[j]));
-                    s1 = step(s1, u[j + 1], _mm256_sign_epi8(chunk(a, j + 1), w[j + 1]));
-                }
-                let sumi = _mm256_add_epi32(s0, s1);
+                let sumi = sums(p, &w, &qs[r], &unsigned[r]);
                 let scale = _mm256_mul_ps(dw, _mm256_set1_ps(d[r]));
                 *acc = _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), scale));
             }
@@ -186,20 +191,45 @@ mod x86 {
         out
     }
 
-    /// Pairs of u8 × i8 to i16 (|2·128·127| fits), then to i32.
+    /// Signed × signed bytes as the unsigned × signed pairs `vpmaddubsw`
+    /// takes: |w| times a with w's sign (exact; |−128| is 128 unsigned, and
+    /// activations are within −127..=127), pairs to i16 (|2·128·127|
+    /// fits), then to i32. (Activations offset to unsigned would overflow
+    /// its i16 pairs.)
     #[target_feature(enable = "avx2")]
     fn rows_avx2(pack: &[Q8_0Pack], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
         let ones = _mm256_set1_epi16(1);
-        let step =
-            |acc, u, s| _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), ones));
-        by_live!(live, rows_with(pack, g, step))
+        let sums = |_: &Q8_0Pack, w: &[__m256i; 8], a: &[i8; BLOCK], _: &[u8; BLOCK]| {
+            let z = _mm256_setzero_si256();
+            let (mut s0, mut s1) = (z, z);
+            for j in (0..8).step_by(2) {
+                for (s, j) in [(&mut s0, j), (&mut s1, j + 1)] {
+                    let signed = _mm256_sign_epi8(chunk(a, j, |b| b as u8), w[j]);
+                    let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w[j]), signed);
+                    *s = _mm256_add_epi32(*s, _mm256_madd_epi16(pairs, ones));
+                }
+            }
+            _mm256_add_epi32(s0, s1)
+        };
+        by_live!(live, rows_with(pack, g, sums))
     }
 
-    /// Four u8 × i8 products summed into each i32 lane at once.
+    /// `Σ (a + 128) · w − 128 · Σ w` = `Σ a · w` (exact in i32): the
+    /// activations offset to unsigned once per group
+    /// ([`Q8_1Group::unsigned`]), so `vpdpbusd` takes them as they are
+    /// against the signed weights, four products per lane at once.
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
     fn rows_vnni(pack: &[Q8_0Pack], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
-        let step = |acc, u, s| _mm256_dpbusd_epi32(acc, u, s);
-        by_live!(live, rows_with(pack, g, step))
+        let sums = |p: &Q8_0Pack, w: &[__m256i; 8], _: &[i8; BLOCK], a: &[u8; BLOCK]| {
+            let z = _mm256_setzero_si256();
+            let (mut s0, mut s1) = (z, z);
+            for j in (0..8).step_by(2) {
+                s0 = _mm256_dpbusd_epi32(s0, chunk(a, j, |b| b), w[j]);
+                s1 = _mm256_dpbusd_epi32(s1, chunk(a, j + 1, |b| b), w[j + 1]);
+            }
+            _mm256_sub_epi32(_mm256_add_epi32(s0, s1), load8i(&p.offset))
+        };
+        by_live!(live, rows_with(pack, g, sums))
     }
 }
 
