@@ -1,14 +1,17 @@
-//! The guest drivers' character devices, for kernels without configfs-tsm
-//! (or with it disabled): `/dev/sev-guest` (`SNP_GET_EXT_REPORT`: the
-//! report and the host's certificate table) and `/dev/tdx_guest`
-//! (`TDX_CMD_GET_REPORT0`: a TDREPORT, which only a local quoting enclave
-//! can turn into a verifiable quote — remote verifiers need the quote that
-//! configfs-tsm returns).
+//! The SEV guest driver's character device, for kernels without
+//! configfs-tsm (or with it disabled): `/dev/sev-guest`
+//! (`SNP_GET_EXT_REPORT`: the report and the host's certificate table).
+//!
+//! There is no TDX counterpart on purpose: `/dev/tdx_guest`'s
+//! `TDX_CMD_GET_REPORT0` gives a TDREPORT, which only the host's quoting
+//! service turns into a quote a remote verifier can check — and configfs-tsm
+//! already asks it for one (the kernel sends the TDREPORT to the host's QGS
+//! through the VMM), so a TDX guest takes its quotes from configfs-tsm.
 //!
 //! With the entry to the engine's AVX2 kernel, this is one of the two
 //! places in ciel with `unsafe`: one `ioctl(2)` per
-//! request, on structs laid out as the kernel's UAPI headers
-//! (`linux/sev-guest.h`, `linux/tdx-guest.h`) declare them; the layouts are
+//! request, on structs laid out as the kernel's UAPI header
+//! (`linux/sev-guest.h`) declares them; the layouts are
 //! pinned by tests.
 #![allow(unsafe_code)]
 
@@ -60,15 +63,6 @@ const SNP_GET_EXT_REPORT: u64 = iowr(b'S', 0x2, std::mem::size_of::<SnpGuestRequ
 /// writes the length it needs into `certs_len`.
 const SNP_GUEST_VMM_ERR_INVALID_LEN: u32 = 1;
 const SNP_REPORT_LEN: usize = 1184;
-
-/// `struct tdx_report_req`.
-#[repr(C)]
-struct TdxReportReq {
-    reportdata: [u8; 64],
-    tdreport: [u8; 1024],
-}
-
-const TDX_CMD_GET_REPORT0: u64 = iowr(b'T', 1, std::mem::size_of::<TdxReportReq>());
 
 /// One ioctl on `file`.
 fn ioctl<T>(file: &File, request: u64, arg: &mut T) -> io::Result<()> {
@@ -168,17 +162,6 @@ fn parse_snp_response(resp: &[u8], certs: &[u8], certs_len: u32) -> io::Result<(
     Ok((report.to_vec(), table.to_vec()))
 }
 
-/// A TDREPORT for `report_data` (1024 bytes; for a local quoting service).
-pub fn tdx_report(device: &Path, report_data: [u8; 64]) -> io::Result<Vec<u8>> {
-    let file = File::options().read(true).write(true).open(device)?;
-    let mut req = Box::new(TdxReportReq {
-        reportdata: report_data,
-        tdreport: [0; 1024],
-    });
-    ioctl(&file, TDX_CMD_GET_REPORT0, &mut *req)?;
-    Ok(req.tdreport.to_vec())
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -195,9 +178,7 @@ mod tests {
         assert_eq!(size_of::<SnpGuestRequestIoctl>(), 32);
         assert_eq!(offset_of!(SnpGuestRequestIoctl, req_data), 8);
         assert_eq!(offset_of!(SnpGuestRequestIoctl, exitinfo2), 24);
-        assert_eq!(size_of::<TdxReportReq>(), 1088);
         assert_eq!(SNP_GET_EXT_REPORT, 0xc020_5302);
-        assert_eq!(TDX_CMD_GET_REPORT0, 0xc440_5401);
     }
 
     #[test]
@@ -220,6 +201,5 @@ mod tests {
     fn missing_devices_are_clear_errors() {
         let e = snp_extended_report(Path::new("/nonexistent/sev-guest"), [0; 64]).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::NotFound);
-        assert!(tdx_report(Path::new("/nonexistent/tdx_guest"), [0; 64]).is_err());
     }
 }
