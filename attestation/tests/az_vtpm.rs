@@ -136,3 +136,78 @@ fn the_policy_holds_pcrs_to_its_values() {
     assert!(Policy::from_toml("[vtpm]\npcrs = { \"24\" = [] }\n").is_err());
     assert!(Policy::from_toml("[vtpm]\npcrs = { \"1\" = [\"abcd\"] }\n").is_err());
 }
+
+/// Simulated vTPM evidence (`sim::AzVtpmSim`) in the real layouts: it
+/// verifies through the same code for its fresh nonce where the policy
+/// names the simulated root, and each thing a host could change is refused
+/// by name — so the broker and the guest's collection can be tested with
+/// nonces of their own.
+#[test]
+fn simulated_vtpm_evidence_verifies_for_its_nonce_and_nothing_else() {
+    use ciel_attestation::sim::{AzVtpmSim, SimSnpReport};
+    let snp = common::sim();
+    let vtpm = AzVtpmSim::generate().unwrap();
+    let pcrs: [[u8; 32]; 24] = std::array::from_fn(|i| [i as u8; 32]);
+    let nonce: Vec<u8> = (0..48u8).map(|i| i.wrapping_mul(37)).collect();
+    let e = vtpm
+        .evidence(snp, &SimSnpReport::default(), &nonce, &pcrs)
+        .unwrap();
+    let collateral = Collateral {
+        snp_chain: Some(snp.chain_pem()),
+        ..Default::default()
+    };
+    let policy = |nonce: &[u8], extra: &str| {
+        common::trusting_policy(&format!(
+            "report_data = \"{}\"\n{extra}",
+            hex::encode(nonce)
+        ))
+    };
+    let codes = |e: &AzSnpVtpm, p: &Policy| {
+        verify_az_snp_vtpm(e, &collateral, p, common::SNP_AT).reason_codes()
+    };
+    let v = verify_az_snp_vtpm(&e, &collateral, &policy(&nonce, ""), common::SNP_AT);
+    assert!(v.accepted, "{}", v.summary());
+    // Its PCRs are what a `[vtpm]` policy reads.
+    let pcr7 = format!("[vtpm]\npcrs = {{ 7 = [\"{}\"] }}", hex::encode([7u8; 32]));
+    assert!(codes(&e, &policy(&nonce, &pcr7)).is_empty());
+    let wrong7 = format!("[vtpm]\npcrs = {{ 7 = [\"{}\"] }}", hex::encode([8u8; 32]));
+    assert_eq!(codes(&e, &policy(&nonce, &wrong7)), ["pcr_not_allowed"]);
+
+    // Another session's nonce.
+    assert_eq!(codes(&e, &policy(b"another", "")), ["report_data_mismatch"]);
+    // A policy that does not name the simulated root.
+    let plain = Policy::from_toml(&format!("report_data = \"{}\"", hex::encode(&nonce))).unwrap();
+    assert!(codes(&e, &plain).contains(&"untrusted_root".to_string()));
+    // A PCR value that the quote's digest does not cover.
+    let mut pcr = e.clone();
+    pcr.pcrs[3][0] ^= 1;
+    assert_eq!(
+        codes(&pcr, &policy(&nonce, "")),
+        ["tpm_pcr_digest_mismatch"]
+    );
+    // A quote signed by another vTPM's key, under this HCL report.
+    let other = AzVtpmSim::generate()
+        .unwrap()
+        .evidence(snp, &SimSnpReport::default(), &nonce, &pcrs)
+        .unwrap();
+    let mut swapped = other.clone();
+    swapped.hcl_report = e.hcl_report.clone();
+    assert_eq!(codes(&swapped, &policy(&nonce, "")), ["tpm_quote_invalid"]);
+    // The variable data changed after the SNP report bound it (the key
+    // swapped for the other vTPM's): no longer bound.
+    let at = e.hcl_report.len() - vtpm.var_data().len();
+    let mut unbound = other.clone();
+    unbound.hcl_report = e.hcl_report[..at].to_vec();
+    unbound
+        .hcl_report
+        .extend_from_slice(&other.hcl_report[at..]);
+    assert_eq!(
+        codes(&unbound, &policy(&nonce, "")),
+        ["hcl_var_data_unbound"]
+    );
+    // Nonces longer than a quote's 64 bytes are refused at generation.
+    assert!(
+        vtpm.evidence(snp, &SimSnpReport::default(), &[0; 65], &pcrs)
+            .is_err()
+    );
+}

@@ -10,6 +10,7 @@
 //! Key material lives in memory; `to_files` and `from_files` let the caller (the CLI) keep it in the user's
 //! data directory. Generation takes the current time as an input.
 
+mod azure;
 mod certs;
 mod nvidia;
 mod ocsp;
@@ -17,6 +18,7 @@ mod rim;
 mod snp;
 mod tdx;
 
+pub use azure::AzVtpmSim;
 pub use nvidia::{NvidiaSim, SimGpu, SimGpuReport, SimOcspResponder, SimOcspStatus};
 pub use rim::SimRim;
 pub use snp::{LeafSpec, SIM_TCB, SimSnpReport, SnpSim};
