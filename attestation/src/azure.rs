@@ -137,6 +137,38 @@ impl AzSnpVtpm {
     }
 }
 
+impl AzSnpVtpm {
+    /// Trustee's v1 encoding (what its az-snp-vtpm attester sends):
+    /// base64url HCL report and DER VCEK, hex quote fields. A PEM VCEK is
+    /// sent as it is.
+    pub fn to_json(&self) -> Value {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let vcek = match &self.vcek {
+            Some(v) if v.starts_with(b"-----BEGIN") => {
+                Value::String(String::from_utf8_lossy(v).into())
+            }
+            Some(v) => Value::String(b64(v)),
+            None => Value::Null,
+        };
+        serde_json::json!({
+            "version": 1,
+            "hcl_report": b64(&self.hcl_report),
+            "tpm_quote": {
+                "signature": hex::encode(&self.quote_signature),
+                "message": hex::encode(&self.quote_message),
+                "pcrs": self.pcrs.iter().map(hex::encode).collect::<Vec<_>>(),
+            },
+            "vcek": vcek,
+        })
+    }
+
+    /// The SEV-SNP report inside the HCL report (the paravisor's, at
+    /// VMPL 0), unverified.
+    pub fn snp_report(&self) -> Result<&[u8], String> {
+        parse_hcl(&self.hcl_report).map(|h| h.snp_report)
+    }
+}
+
 /// A quote's nonce, and the PCRs it covers with their values.
 pub type Quoted = (Vec<u8>, Vec<(usize, [u8; 32])>);
 

@@ -9,10 +9,15 @@
 //! - `tdx`, ours: `{"quote": b64(quote), "collateral": {DCAP collateral JSON}}`
 //! - `tdx`, Trustee's: `{"quote": b64(quote), "cc_eventlog": b64 (optional)}`; the
 //!   collateral then comes from the broker's `dcap_collateral` file.
+//! - `az-snp-vtpm`, Trustee's (v0 or v1, [`crate::azure`]): an Azure vTPM's HCL
+//!   report and TPM quote, and optionally `"cert_chain": "PEM ASK+ARK"` (Azure's
+//!   VCEKs chain to AMD's pinned roots); the session's binding is the quote's
+//!   nonce, and init-data is bound by PCR 8.
 
+use crate::azure::{AzSnpVtpm, verify_az_snp_vtpm};
 use crate::collateral::DcapCollateral;
 use crate::nvidia::GpuEvidence;
-use crate::{Collateral, Evidence, EvidenceKind};
+use crate::{Collateral, Evidence, EvidenceKind, Policy, UnixTime, Verdict};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 
@@ -26,6 +31,71 @@ pub struct Decoded {
     /// nonce each GPU report must carry; empty without GPUs.
     pub gpus: Vec<GpuEvidence>,
     pub gpu_nonce: [u8; 32],
+    /// Azure vTPM evidence (`az-snp-vtpm`), whose HCL report's SNP report
+    /// is [`Self::evidence`].
+    pub vtpm: Option<AzSnpVtpm>,
+}
+
+/// Where evidence binds init-data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InitDataAnchor {
+    /// HOST_DATA (SNP, 32 bytes) or MRCONFIGID (TDX, 48 bytes): the digest
+    /// itself.
+    Field(Vec<u8>),
+    /// An Azure vTPM's PCR 8 (as the quote covers it): SHA-256 of 32 zero
+    /// bytes then the init-data's SHA-256 digest, as Trustee extends it.
+    Pcr8([u8; 32]),
+}
+
+impl Decoded {
+    /// The TEE's name as Trustee's `/auth` names it.
+    pub fn tee(&self) -> String {
+        match self.vtpm {
+            Some(_) => "az-snp-vtpm".into(),
+            None => format!("{:?}", self.evidence.kind()).to_lowercase(),
+        }
+    }
+
+    /// The 64 bytes that bind a session or a document: the report's
+    /// `report_data`, or for a vTPM the quote's nonce (zero-padded; all
+    /// zeros when the quote cannot be read, which binds nothing).
+    pub fn bound_report_data(&self) -> [u8; 64] {
+        let Some(vtpm) = &self.vtpm else {
+            return self.evidence.report_data();
+        };
+        let mut out = [0u8; 64];
+        if let Ok((nonce, _)) = vtpm.quoted()
+            && nonce.len() <= 64
+        {
+            for (o, b) in out.iter_mut().zip(&nonce) {
+                *o = *b;
+            }
+        }
+        out
+    }
+
+    /// Verifies the evidence at `now` under `policy` (whose `report_data`,
+    /// when set, is what [`Self::bound_report_data`] must be): the report
+    /// as any other, or a vTPM's HCL report, attestation key and quote.
+    pub fn verify(&self, policy: &Policy, now: UnixTime) -> Verdict {
+        match &self.vtpm {
+            Some(vtpm) => verify_az_snp_vtpm(vtpm, &self.collateral, policy, now),
+            None => crate::verify(&self.evidence, &self.collateral, policy, now),
+        }
+    }
+
+    /// Where the evidence binds init-data, if it can.
+    pub fn init_data_anchor(&self) -> Option<InitDataAnchor> {
+        match &self.vtpm {
+            Some(vtpm) => {
+                let (_, pcrs) = vtpm.quoted().ok()?;
+                pcrs.into_iter()
+                    .find(|(i, _)| *i == 8)
+                    .map(|(_, v)| InitDataAnchor::Pcr8(v))
+            }
+            None => self.evidence.init_data_field().map(InitDataAnchor::Field),
+        }
+    }
 }
 
 /// Trustee's `additional_evidence`: a JSON string mapping a TEE name to
@@ -167,7 +237,38 @@ pub fn decode(
             });
             quote
         }
-        other => return Err(format!("tee {other:?} is not supported (snp, tdx)")),
+        "az-snp-vtpm" => {
+            let bytes = serde_json::to_vec(evidence).map_err(|e| e.to_string())?;
+            let vtpm = AzSnpVtpm::from_json(&bytes)?;
+            // Azure's VCEKs chain to AMD's pinned ASK/ARK; a chain sent
+            // beside (as our `snp` shape allows) serves simulated ones.
+            if let Some(chain) = evidence.get("cert_chain") {
+                let pem = chain
+                    .as_str()
+                    .ok_or("tee-evidence.cert_chain: not a PEM string")?;
+                collateral.snp_chain = Some(pem.as_bytes().to_vec());
+            }
+            let report = vtpm.snp_report()?.to_vec();
+            let parsed = Evidence::parse(&report).map_err(|e| format!("tee-evidence: {e}"))?;
+            if parsed.kind() != EvidenceKind::Snp {
+                return Err("az-snp-vtpm: the HCL report holds no SEV-SNP report".into());
+            }
+            let sha256 =
+                hex::encode(ring::digest::digest(&ring::digest::SHA256, &vtpm.hcl_report).as_ref());
+            return Ok(Decoded {
+                evidence: parsed,
+                collateral,
+                sha256,
+                gpus: Vec::new(),
+                gpu_nonce: [0; 32],
+                vtpm: Some(vtpm),
+            });
+        }
+        other => {
+            return Err(format!(
+                "tee {other:?} is not supported (snp, tdx, az-snp-vtpm)"
+            ));
+        }
     };
     let parsed = Evidence::parse(&raw).map_err(|e| format!("tee-evidence: {e}"))?;
     let expected = if tee == "snp" {
@@ -185,6 +286,7 @@ pub fn decode(
         sha256,
         gpus: Vec::new(),
         gpu_nonce: [0; 32],
+        vtpm: None,
     })
 }
 

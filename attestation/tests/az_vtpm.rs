@@ -167,6 +167,9 @@ fn simulated_vtpm_evidence_verifies_for_its_nonce_and_nothing_else() {
     };
     let v = verify_az_snp_vtpm(&e, &collateral, &policy(&nonce, ""), common::SNP_AT);
     assert!(v.accepted, "{}", v.summary());
+    // Trustee's v1 JSON, written and read back.
+    let json = serde_json::to_vec(&e.to_json()).unwrap();
+    assert_eq!(AzSnpVtpm::from_json(&json).unwrap(), e);
     // Its PCRs are what a `[vtpm]` policy reads.
     let pcr7 = format!("[vtpm]\npcrs = {{ 7 = [\"{}\"] }}", hex::encode([7u8; 32]));
     assert!(codes(&e, &policy(&nonce, &pcr7)).is_empty());

@@ -22,7 +22,7 @@
 
 use ciel_attestation::nvidia::GpuSetVerdict;
 use ciel_attestation::tee_evidence;
-use ciel_attestation::{Policy, ReasonKind, UnixTime, Verdict, verify};
+use ciel_attestation::{Policy, ReasonKind, UnixTime, Verdict};
 use ciel_protocol::binding;
 use ciel_protocol::claims::{AttestationDocument, RuntimeClaims};
 use ciel_protocol::initdata::InitData;
@@ -101,10 +101,10 @@ pub fn verify_document(
             // The evidence holds the claims' hash raw or, when it came
             // through a text-only interface (the CoCo attestation agent),
             // in its text form; either binds the same claims.
-            let held = binding::matching_form(&decoded.evidence.report_data(), &report_data);
+            let held = binding::matching_form(&decoded.bound_report_data(), &report_data);
             let mut p = policy.clone();
             p.report_data = Some(held.unwrap_or(report_data));
-            let v = verify(&decoded.evidence, &decoded.collateral, &p, now);
+            let v = decoded.verify(&p, now);
             let detail = if v.accepted {
                 format!(
                     "{} evidence accepted{}; report_data = {}",

@@ -13,8 +13,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use ciel_attestation::UnixTime;
 use ciel_attestation::tee_evidence as evidence;
-use ciel_attestation::{UnixTime, verify};
 use ciel_protocol::binding;
 use ciel_protocol::kbs::{Attestation, AttestationToken};
 use ciel_transport::http::Peer;
@@ -87,24 +87,24 @@ pub async fn attest(
         }
         Err(m) => return Err(refuse(Kind::BadEvidence, "evidence_malformed", m, None).await),
     };
-    let verdict = verify(
-        &decoded.evidence,
-        &decoded.collateral,
-        &st.config.attest_policy,
-        UnixTime(now()),
-    );
+    let verdict = decoded.verify(&st.config.attest_policy, UnixTime(now()));
     if !verdict.accepted {
         let (codes, detail) = (verdict.reason_codes(), verdict.summary());
         let e = entry(&client, "attest", None, "deny", codes, Some(&decoded));
         audit(&st, e).await?;
         return Err(ApiError::new(Kind::BadEvidence, detail));
     }
-    if binding::matching_form(&decoded.evidence.report_data(), &expected).is_none() {
+    if binding::matching_form(&decoded.bound_report_data(), &expected).is_none() {
+        let held = match decoded.vtpm {
+            Some(_) => "the TPM quote's nonce",
+            None => "report_data",
+        };
         return Err(refuse(
             Kind::BadEvidence,
             "binding_mismatch",
-            "report_data does not bind this nonce and tee-pubkey (SHA-384 of their canonical JSON)"
-                .into(),
+            format!(
+                "{held} does not bind this nonce and tee-pubkey (SHA-384 of their canonical JSON)"
+            ),
             Some(&decoded),
         )
         .await);
@@ -143,31 +143,21 @@ pub async fn attest(
                     .await);
                 }
             };
-            let Some(field) = decoded.evidence.init_data_field() else {
+            let Some(anchor) = decoded.init_data_anchor() else {
                 return Err(refuse(
                     Kind::BadEvidence,
                     "init_data_unbound",
-                    "init-data was sent, but this evidence has no HOST_DATA or MRCONFIGID to bind it"
+                    "init-data was sent, but this evidence has no HOST_DATA, MRCONFIGID or quoted PCR 8 to bind it"
                         .into(),
                     Some(&decoded),
                 )
                 .await);
             };
-            if !parsed.bound_by(&field) {
+            if let Err(detail) = init_data_bound(&parsed, &anchor) {
                 return Err(refuse(
                     Kind::BadEvidence,
                     "init_data_mismatch",
-                    format!(
-                        "the evidence's {} is {}, not the init-data's {} digest {}",
-                        if field.len() == 32 {
-                            "HOST_DATA"
-                        } else {
-                            "MRCONFIGID"
-                        },
-                        hex::encode(&field),
-                        parsed.algorithm().name(),
-                        hex::encode(parsed.digest())
-                    ),
+                    detail,
                     Some(&decoded),
                 )
                 .await);
@@ -204,6 +194,49 @@ pub async fn attest(
     .await?;
     tracing::info!(%client, "session attested");
     Ok(Json(AttestationToken { token }).into_response())
+}
+
+/// Whether `anchor` binds the init-data: HOST_DATA / MRCONFIGID hold its
+/// digest; a vTPM's PCR 8 is SHA-256(32 zero bytes ‖ its SHA-256 digest),
+/// as Trustee's Azure verifier reads it. Why not, otherwise.
+fn init_data_bound(
+    parsed: &ciel_protocol::initdata::InitData,
+    anchor: &evidence::InitDataAnchor,
+) -> Result<(), String> {
+    match anchor {
+        evidence::InitDataAnchor::Field(field) if parsed.bound_by(field) => Ok(()),
+        evidence::InitDataAnchor::Field(field) => Err(format!(
+            "the evidence's {} is {}, not the init-data's {} digest {}",
+            if field.len() == 32 {
+                "HOST_DATA"
+            } else {
+                "MRCONFIGID"
+            },
+            hex::encode(field),
+            parsed.algorithm().name(),
+            hex::encode(parsed.digest())
+        )),
+        evidence::InitDataAnchor::Pcr8(pcr) => {
+            let digest = parsed.digest();
+            if digest.len() != 32 {
+                return Err(format!(
+                    "az-snp-vtpm binds init-data by its SHA-256 digest in PCR 8; this init-data's digest is {}",
+                    parsed.algorithm().name()
+                ));
+            }
+            let mut extended = [0u8; 64];
+            extended[32..].copy_from_slice(digest);
+            let want = ring::digest::digest(&ring::digest::SHA256, &extended);
+            match want.as_ref() == pcr.as_slice() {
+                true => Ok(()),
+                false => Err(format!(
+                    "the quoted PCR 8 is {}, not SHA-256(0³² ‖ the init-data's digest) = {}",
+                    hex::encode(pcr),
+                    hex::encode(want.as_ref())
+                )),
+            }
+        }
+    }
 }
 
 /// Issues the token and records the session attested.

@@ -18,8 +18,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use ciel_attestation::UnixTime;
 use ciel_attestation::tee_evidence as evidence;
-use ciel_attestation::{UnixTime, verify};
 use ciel_protocol::jwe;
 use ciel_protocol::kbs::{Challenge, PROTOCOL_VERSION, Request};
 use ciel_transport::Listener;
@@ -246,11 +246,11 @@ async fn auth(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, 
         ));
     }
     let sample = req.tee == "sample" && st.config.accepts_sample_evidence();
-    if !matches!(req.tee.as_str(), "snp" | "tdx") && !sample {
+    if !matches!(req.tee.as_str(), "snp" | "tdx" | "az-snp-vtpm") && !sample {
         return Err(ApiError::new(
             Kind::BadRequest,
             format!(
-                "tee {:?} is not supported (snp, tdx; sample only where a resource sets danger_accept_sample_evidence)",
+                "tee {:?} is not supported (snp, tdx, az-snp-vtpm; sample only where a resource sets danger_accept_sample_evidence)",
                 req.tee
             ),
         ));
@@ -301,7 +301,7 @@ pub(crate) fn entry(
         decision,
         reasons,
         evidence_sha256: ev.map(|d| d.sha256.clone()),
-        platform: ev.map(|d| format!("{:?}", d.evidence.kind()).to_lowercase()),
+        platform: ev.map(|d| d.tee()),
         measurement: ev.and_then(|d| d.evidence.measurement()),
     }
 }
@@ -353,12 +353,7 @@ async fn resource(
     match ev {
         Some(ev) => {
             let evidence_policy = policy.evidence.as_ref().unwrap_or(&st.config.attest_policy);
-            let verdict = verify(
-                &ev.evidence,
-                &ev.collateral,
-                evidence_policy,
-                UnixTime(now()),
-            );
+            let verdict = ev.verify(evidence_policy, UnixTime(now()));
             // The GPUs under the resource's policy, once the CPU passed.
             let refusal = if verdict.accepted {
                 crate::gpus::check(ev, evidence_policy, now())

@@ -50,7 +50,7 @@ impl SessionEvidence {
     pub fn binds(&self, expected: &[u8; 64]) -> bool {
         match self {
             SessionEvidence::Verified(d) => {
-                ciel_protocol::binding::matching_form(&d.evidence.report_data(), expected).is_some()
+                ciel_protocol::binding::matching_form(&d.bound_report_data(), expected).is_some()
             }
             SessionEvidence::Sample(s) => s.binds(expected),
         }

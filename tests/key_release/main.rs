@@ -9,6 +9,7 @@
 )]
 
 mod admin;
+mod az_vtpm;
 mod broker;
 mod coco;
 mod ear_token;
