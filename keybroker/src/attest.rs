@@ -170,10 +170,22 @@ pub async fn attest(
         entry(&client, "attest", None, "accept", vec![], Some(&decoded)),
     )
     .await?;
-    let evidence_claims = verdict
+    let mut evidence_claims = verdict
         .claims
         .as_ref()
         .and_then(|c| serde_json::to_value(c).ok());
+    // A vTPM's quoted PCRs, where Trustee's Azure verifier puts them
+    // (`tpm.pcr00` …), for resource policies.
+    if let (Some(vtpm), Some(serde_json::Value::Object(claims))) =
+        (&decoded.vtpm, evidence_claims.as_mut())
+        && let Ok((_, pcrs)) = vtpm.quoted()
+    {
+        let tpm: serde_json::Map<String, serde_json::Value> = pcrs
+            .iter()
+            .map(|(i, v)| (format!("pcr{i:02}"), hex::encode(v).into()))
+            .collect();
+        claims.insert("tpm".into(), tpm.into());
+    }
     let gpu_claims = gpus
         .map(|set| {
             set.gpus

@@ -2,7 +2,8 @@
 //! broker, made by a simulated vTPM for each session's nonce: released to
 //! genuine evidence; a quote for another session, a PCR the resource's
 //! policy does not allow, init-data that PCR 8 does not bind: each refused
-//! by name.
+//! by name; the quoted PCRs in the token, where Trustee's Rego policies
+//! read them.
 
 use super::*;
 use ciel_attestation::sim::AzVtpmSim;
@@ -129,4 +130,46 @@ fn azure_vtpm_evidence_gets_its_key_and_each_fault_is_refused_by_name() {
     assert_ne!(status, 200, "{body}");
     assert!(body.contains("PCR 8"), "{body}");
     assert!(b.audit().contains("init_data_mismatch"), "{}", b.audit());
+}
+
+/// The token carries the quoted PCRs under `az-snp-vtpm.tpm.pcrNN`, as
+/// Trustee's Azure verifier's claims do, and a Rego resource policy
+/// decides over them.
+#[test]
+fn a_rego_policy_reads_the_quoted_pcrs_from_the_token() {
+    let guest = AzGuest::new();
+    let pcr8 = hex::encode(pcrs(&guest.init_data)[8]);
+    let rego = |want: &str| {
+        format!(
+            "package policy\n\nimport rego.v1\n\ndefault allow := false\n\n\
+             allow if {{\n    input.submods.cpu0[\"ear.veraison.annotated-evidence\"][\"az-snp-vtpm\"].tpm.pcr08 == \"{want}\"\n}}\n"
+        )
+    };
+    let resources = [
+        (
+            "default/model-key/az",
+            Policies {
+                toml: None,
+                rego: Some(rego(&pcr8)),
+            },
+        ),
+        (
+            "default/model-key/other",
+            Policies {
+                toml: None,
+                rego: Some(rego(&"00".repeat(32))),
+            },
+        ),
+    ];
+    let b = start_with_policies(300, true, &resources, "", |c| {
+        AuditLog::open(files(c).1).unwrap()
+    });
+    let key = client(&b)
+        .fetch_resource("default/model-key/az", &guest)
+        .unwrap();
+    assert_eq!(key.as_slice(), &KEY);
+    let e = client(&b)
+        .fetch_resource("default/model-key/other", &guest)
+        .unwrap_err();
+    assert_eq!(refused_kind(e), "urn:ciel:kbs:policy-denied");
 }
