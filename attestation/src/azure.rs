@@ -91,6 +91,11 @@ impl AzSnpVtpm {
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
         let v: Value =
             serde_json::from_slice(bytes).map_err(|e| format!("az-snp-vtpm evidence: {e}"))?;
+        Self::from_value(&v)
+    }
+
+    /// [`Self::from_json`] on JSON already parsed (a key broker's request).
+    pub fn from_value(v: &Value) -> Result<Self, String> {
         let v1 = v.get("version").and_then(Value::as_u64) == Some(1);
         let (report, quote) = if v1 {
             ("hcl_report", "tpm_quote")

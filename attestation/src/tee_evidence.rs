@@ -33,7 +33,18 @@ pub struct Decoded {
     pub gpu_nonce: [u8; 32],
     /// Azure vTPM evidence (`az-snp-vtpm`), whose HCL report's SNP report
     /// is [`Self::evidence`].
-    pub vtpm: Option<AzSnpVtpm>,
+    pub vtpm: Option<Vtpm>,
+}
+
+/// An Azure vTPM's evidence and what its quote states, read once.
+#[derive(Debug)]
+pub struct Vtpm {
+    pub evidence: AzSnpVtpm,
+    /// The quote's nonce (at most 64 bytes).
+    pub nonce: Vec<u8>,
+    /// The PCRs the quote covers, with the values given (checked against
+    /// the quote's digest by [`Decoded::verify`]).
+    pub pcrs: Vec<(usize, [u8; 32])>,
 }
 
 /// Where evidence binds init-data.
@@ -48,8 +59,9 @@ pub enum InitDataAnchor {
 }
 
 impl Decoded {
-    /// The TEE's name as Trustee's `/auth` names it.
-    pub fn tee(&self) -> String {
+    /// The platform as audit entries and tokens name it: `snp`, `dcap`, or
+    /// `az-snp-vtpm`.
+    pub fn platform(&self) -> String {
         match self.vtpm {
             Some(_) => "az-snp-vtpm".into(),
             None => format!("{:?}", self.evidence.kind()).to_lowercase(),
@@ -57,19 +69,14 @@ impl Decoded {
     }
 
     /// The 64 bytes that bind a session or a document: the report's
-    /// `report_data`, or for a vTPM the quote's nonce (zero-padded; all
-    /// zeros when the quote cannot be read, which binds nothing).
+    /// `report_data`, or for a vTPM the quote's nonce, zero-padded.
     pub fn bound_report_data(&self) -> [u8; 64] {
         let Some(vtpm) = &self.vtpm else {
             return self.evidence.report_data();
         };
         let mut out = [0u8; 64];
-        if let Ok((nonce, _)) = vtpm.quoted()
-            && nonce.len() <= 64
-        {
-            for (o, b) in out.iter_mut().zip(&nonce) {
-                *o = *b;
-            }
+        for (o, b) in out.iter_mut().zip(&vtpm.nonce) {
+            *o = *b;
         }
         out
     }
@@ -79,7 +86,7 @@ impl Decoded {
     /// as any other, or a vTPM's HCL report, attestation key and quote.
     pub fn verify(&self, policy: &Policy, now: UnixTime) -> Verdict {
         match &self.vtpm {
-            Some(vtpm) => verify_az_snp_vtpm(vtpm, &self.collateral, policy, now),
+            Some(vtpm) => verify_az_snp_vtpm(&vtpm.evidence, &self.collateral, policy, now),
             None => crate::verify(&self.evidence, &self.collateral, policy, now),
         }
     }
@@ -87,12 +94,11 @@ impl Decoded {
     /// Where the evidence binds init-data, if it can.
     pub fn init_data_anchor(&self) -> Option<InitDataAnchor> {
         match &self.vtpm {
-            Some(vtpm) => {
-                let (_, pcrs) = vtpm.quoted().ok()?;
-                pcrs.into_iter()
-                    .find(|(i, _)| *i == 8)
-                    .map(|(_, v)| InitDataAnchor::Pcr8(v))
-            }
+            Some(vtpm) => vtpm
+                .pcrs
+                .iter()
+                .find(|(i, _)| *i == 8)
+                .map(|(_, v)| InitDataAnchor::Pcr8(*v)),
             None => self.evidence.init_data_field().map(InitDataAnchor::Field),
         }
     }
@@ -238,8 +244,14 @@ pub fn decode(
             quote
         }
         "az-snp-vtpm" => {
-            let bytes = serde_json::to_vec(evidence).map_err(|e| e.to_string())?;
-            let vtpm = AzSnpVtpm::from_json(&bytes)?;
+            let vtpm = AzSnpVtpm::from_value(evidence)?;
+            let (nonce, pcrs) = vtpm.quoted().map_err(|e| format!("az-snp-vtpm: {e}"))?;
+            if nonce.len() > 64 {
+                return Err(format!(
+                    "az-snp-vtpm: the quote's nonce is {} bytes, at most 64",
+                    nonce.len()
+                ));
+            }
             // Azure's VCEKs chain to AMD's pinned ASK/ARK; a chain sent
             // beside (as our `snp` shape allows) serves simulated ones.
             if let Some(chain) = evidence.get("cert_chain") {
@@ -261,7 +273,11 @@ pub fn decode(
                 sha256,
                 gpus: Vec::new(),
                 gpu_nonce: [0; 32],
-                vtpm: Some(vtpm),
+                vtpm: Some(Vtpm {
+                    evidence: vtpm,
+                    nonce,
+                    pcrs,
+                }),
             });
         }
         other => {

@@ -178,9 +178,9 @@ pub async fn attest(
     // (`tpm.pcr00` …), for resource policies.
     if let (Some(vtpm), Some(serde_json::Value::Object(claims))) =
         (&decoded.vtpm, evidence_claims.as_mut())
-        && let Ok((_, pcrs)) = vtpm.quoted()
     {
-        let tpm: serde_json::Map<String, serde_json::Value> = pcrs
+        let tpm: serde_json::Map<String, serde_json::Value> = vtpm
+            .pcrs
             .iter()
             .map(|(i, v)| (format!("pcr{i:02}"), hex::encode(v).into()))
             .collect();
@@ -228,26 +228,18 @@ fn init_data_bound(
             parsed.algorithm().name(),
             hex::encode(parsed.digest())
         )),
-        evidence::InitDataAnchor::Pcr8(pcr) => {
-            let digest = parsed.digest();
-            if digest.len() != 32 {
-                return Err(format!(
-                    "az-snp-vtpm binds init-data by its SHA-256 digest in PCR 8; this init-data's digest is {}",
-                    parsed.algorithm().name()
-                ));
-            }
-            let mut extended = [0u8; 64];
-            extended[32..].copy_from_slice(digest);
-            let want = ring::digest::digest(&ring::digest::SHA256, &extended);
-            match want.as_ref() == pcr.as_slice() {
-                true => Ok(()),
-                false => Err(format!(
-                    "the quoted PCR 8 is {}, not SHA-256(0³² ‖ the init-data's digest) = {}",
-                    hex::encode(pcr),
-                    hex::encode(want.as_ref())
-                )),
-            }
-        }
+        evidence::InitDataAnchor::Pcr8(pcr) => match parsed.pcr8() {
+            None => Err(format!(
+                "az-snp-vtpm binds init-data by its SHA-256 digest in PCR 8; this init-data's digest is {}",
+                parsed.algorithm().name()
+            )),
+            Some(want) if want == *pcr => Ok(()),
+            Some(want) => Err(format!(
+                "the quoted PCR 8 is {}, not SHA-256(0³² ‖ the init-data's digest) = {}",
+                hex::encode(pcr),
+                hex::encode(want)
+            )),
+        },
     }
 }
 

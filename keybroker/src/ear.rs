@@ -159,7 +159,7 @@ impl EarSigner {
 fn claims(a: &Appraisal<'_>) -> Value {
     let (platform, measurement, sha256, status, hardware) = match a.evidence {
         SessionEvidence::Verified(d) => (
-            d.tee(),
+            d.platform(),
             d.evidence.measurement(),
             Some(d.sha256.clone()),
             // Checked at /attest: the evidence's signature chain to a

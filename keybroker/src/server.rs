@@ -301,7 +301,7 @@ pub(crate) fn entry(
         decision,
         reasons,
         evidence_sha256: ev.map(|d| d.sha256.clone()),
-        platform: ev.map(|d| d.tee()),
+        platform: ev.map(|d| d.platform()),
         measurement: ev.and_then(|d| d.evidence.measurement()),
     }
 }

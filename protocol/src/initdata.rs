@@ -198,6 +198,21 @@ impl InitData {
     pub fn bound_by(&self, field: &[u8]) -> bool {
         field == self.field(field.len()).as_slice()
     }
+
+    /// What an Azure vTPM's PCR 8 holds when launched with this document:
+    /// its SHA-256 digest extended into a zeroed PCR, SHA-256(0³² ‖
+    /// digest), as Kata's Azure images measure it and Trustee checks it.
+    /// `None` for another digest algorithm (the PCR bank is SHA-256).
+    pub fn pcr8(&self) -> Option<[u8; 32]> {
+        if self.algorithm != Algorithm::Sha256 {
+            return None;
+        }
+        let mut extended = [0u8; 64];
+        extended[32..].copy_from_slice(self.digest.get(..32)?);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &extended).as_ref());
+        Some(out)
+    }
 }
 
 /// Init-data as it travels in `/kbs/v0/attest` (`"init-data": {"format",
@@ -290,5 +305,19 @@ mod tests {
             body: "{}".into(),
         };
         assert_eq!(json.parse(), Err(InitDataError::Format("json".into())));
+    }
+
+    /// PCR 8 holds the SHA-256 digest extended into zeros; a document
+    /// digested with another algorithm has no PCR 8 value.
+    #[test]
+    fn pcr8_is_the_sha256_digest_extended_into_zeros() {
+        assert_eq!(InitData::parse(DOC).unwrap().pcr8(), None);
+        let doc = DOC.replace("sha384", "sha256");
+        let d = InitData::parse(&doc).unwrap();
+        let digest = ring::digest::digest(&ring::digest::SHA256, doc.as_bytes());
+        let mut input = vec![0u8; 32];
+        input.extend_from_slice(digest.as_ref());
+        let want = ring::digest::digest(&ring::digest::SHA256, &input);
+        assert_eq!(d.pcr8().map(|p| p.to_vec()), Some(want.as_ref().to_vec()));
     }
 }
