@@ -115,8 +115,8 @@ fn block_dot_scalar(w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::packed::by_live;
-    use super::super::x86::{load16, load32u, store};
-    use super::{BLOCK, FEATURES, GROUP, Isa, Q4_1Pack, Q8_1Group};
+    use super::super::x86::{block_sums, load16, load32u, store_rows};
+    use super::{FEATURES, GROUP, Isa, Q4_1Pack, Q8_1Group};
     use std::arch::x86_64::*;
 
     /// The vector kernels' entry: `isa` must be a vector kernel
@@ -136,14 +136,6 @@ mod x86 {
             Isa::Avx512Vnni => unsafe { rows_vnni(pack, g, live) },
             _ => unsafe { rows_avx2(pack, g, live) },
         }
-    }
-
-    /// Activation bytes `4j..4j + 4` of a block, in every lane.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn chunk(a: &[i8; BLOCK], j: usize) -> __m256i {
-        let four = [a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]];
-        _mm256_set1_epi32(i32::from_le_bytes(four.map(|b| b as u8)))
     }
 
     /// Per block: the pack's eight chunks unpacked and its scales
@@ -181,16 +173,7 @@ mod x86 {
             let dw = _mm256_cvtph_ps(load16(&p.d));
             let mw = _mm256_cvtph_ps(load16(&p.m));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let a = &qs[r];
-                // Two chains of four: the instructions' latency, not their
-                // count, would bound one chain (exact: integers).
-                let z = _mm256_setzero_si256();
-                let (mut s0, mut s1) = (z, z);
-                for j in (0..8).step_by(2) {
-                    s0 = step(s0, w[j], chunk(a, j));
-                    s1 = step(s1, w[j + 1], chunk(a, j + 1));
-                }
-                let sumi = _mm256_add_epi32(s0, s1);
+                let sumi = block_sums(&w, &qs[r], |b| b as u8, step);
                 let scaled = _mm256_mul_ps(
                     _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw),
                     _mm256_set1_ps(d[r]),
@@ -199,11 +182,7 @@ mod x86 {
                 *acc = _mm256_add_ps(*acc, _mm256_add_ps(scaled, min));
             }
         }
-        let mut out = [[0f32; FEATURES]; GROUP];
-        for (o, a) in out.iter_mut().zip(acc) {
-            *o = store(a);
-        }
-        out
+        store_rows(acc)
     }
 
     /// u8 × i8 pairs summed to i16 (|15·127·2| fits), then pairs of i16 to
@@ -225,15 +204,14 @@ mod x86 {
     }
 
     #[cfg(test)]
-    pub(super) fn block_dot_for_tests(isa: Isa, w: &[u8; 16], a: &[i8; BLOCK]) -> i32 {
+    pub(super) fn block_dot_for_tests(isa: Isa, w: &[u8; 16], a: &[i8; super::BLOCK]) -> i32 {
         let mut g = Q8_1Group {
-            qs: vec![[[0; BLOCK]; GROUP]],
+            qs: vec![[[0; super::BLOCK]; GROUP]],
             unsigned: Vec::new(),
             d: vec![[1.0; GROUP]],
             s: vec![[0.0; GROUP]],
         };
         g.qs[0][3] = *a;
-        g.offset();
         let mut pack = [Q4_1Pack {
             qs: [[0; 32]; 4],
             d: [0; 2 * FEATURES],

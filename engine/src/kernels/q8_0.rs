@@ -86,7 +86,8 @@ impl Q8_0Matrix {
 }
 
 impl Pack for Q8_0Pack {
-    const BYTES: usize = 4 + BLOCK;
+    /// The scale, the 32 values and the offset.
+    const BYTES: usize = 4 + BLOCK + 4;
     const ZERO: Self = Q8_0Pack {
         qs: [[0; BLOCK]; 8],
         d: [0.0; PACK],
@@ -122,7 +123,7 @@ fn feature_qs(p: &Q8_0Pack, f: usize) -> [i8; BLOCK] {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::super::packed::by_live;
-    use super::super::x86::{load8, load8i, load32, store};
+    use super::super::x86::{block_sums, load8, load8i, load32, store_rows};
     use super::{BLOCK, GROUP, Isa, PACK, Q8_0Pack, Q8_1Group};
     use std::arch::x86_64::*;
 
@@ -141,14 +142,6 @@ mod x86 {
             Isa::Avx512Vnni => unsafe { rows_vnni(pack, g, live) },
             _ => unsafe { rows_avx2(pack, g, live) },
         }
-    }
-
-    /// Bytes `4j..4j + 4` of a block, in every lane.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    fn chunk<T: Copy>(a: &[T; BLOCK], j: usize, byte: impl Fn(T) -> u8) -> __m256i {
-        let four = [a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]];
-        _mm256_set1_epi32(i32::from_le_bytes(four.map(byte)))
     }
 
     /// Per block: the pack's eight chunks loaded once; per row, its integer
@@ -184,11 +177,7 @@ mod x86 {
                 *acc = _mm256_add_ps(*acc, _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), scale));
             }
         }
-        let mut out = [[0f32; PACK]; GROUP];
-        for (o, a) in out.iter_mut().zip(acc) {
-            *o = store(a);
-        }
-        out
+        store_rows(acc)
     }
 
     /// Signed × signed bytes as the unsigned × signed pairs `vpmaddubsw`
@@ -199,17 +188,12 @@ mod x86 {
     #[target_feature(enable = "avx2")]
     fn rows_avx2(pack: &[Q8_0Pack], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
         let ones = _mm256_set1_epi16(1);
+        let step = |acc, w, a| {
+            let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w));
+            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, ones))
+        };
         let sums = |_: &Q8_0Pack, w: &[__m256i; 8], a: &[i8; BLOCK], _: &[u8; BLOCK]| {
-            let z = _mm256_setzero_si256();
-            let (mut s0, mut s1) = (z, z);
-            for j in (0..8).step_by(2) {
-                for (s, j) in [(&mut s0, j), (&mut s1, j + 1)] {
-                    let signed = _mm256_sign_epi8(chunk(a, j, |b| b as u8), w[j]);
-                    let pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w[j]), signed);
-                    *s = _mm256_add_epi32(*s, _mm256_madd_epi16(pairs, ones));
-                }
-            }
-            _mm256_add_epi32(s0, s1)
+            block_sums(w, a, |b| b as u8, step)
         };
         by_live!(live, rows_with(pack, g, sums))
     }
@@ -220,14 +204,10 @@ mod x86 {
     /// against the signed weights, four products per lane at once.
     #[target_feature(enable = "avx2,avx512vnni,avx512vl")]
     fn rows_vnni(pack: &[Q8_0Pack], g: &Q8_1Group, live: usize) -> [[f32; PACK]; GROUP] {
+        // `vpdpbusd` takes the unsigned operand first: the activations.
+        let step = |acc, w, a| _mm256_dpbusd_epi32(acc, a, w);
         let sums = |p: &Q8_0Pack, w: &[__m256i; 8], _: &[i8; BLOCK], a: &[u8; BLOCK]| {
-            let z = _mm256_setzero_si256();
-            let (mut s0, mut s1) = (z, z);
-            for j in (0..8).step_by(2) {
-                s0 = _mm256_dpbusd_epi32(s0, chunk(a, j, |b| b), w[j]);
-                s1 = _mm256_dpbusd_epi32(s1, chunk(a, j + 1, |b| b), w[j + 1]);
-            }
-            _mm256_sub_epi32(_mm256_add_epi32(s0, s1), load8i(&p.offset))
+            _mm256_sub_epi32(block_sums(w, a, |b| b, step), load8i(&p.offset))
         };
         by_live!(live, rows_with(pack, g, sums))
     }

@@ -208,3 +208,43 @@ fn store_i8(v: __m256i) -> [i8; BLOCK] {
     unsafe { _mm256_storeu_si256(out.as_mut_ptr().cast(), v) };
     out
 }
+
+/// Bytes `4j..4j + 4` of a block (each read as `byte` says), in every lane.
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn broadcast4<T: Copy>(a: &[T; BLOCK], j: usize, byte: impl Fn(T) -> u8) -> __m256i {
+    let four = [a[4 * j], a[4 * j + 1], a[4 * j + 2], a[4 * j + 3]];
+    _mm256_set1_epi32(i32::from_le_bytes(four.map(byte)))
+}
+
+/// A packed block's integer products with one row: `step(acc, w[j],
+/// broadcast4(a, j))` over the block's eight chunks, in two chains of four
+/// (the instructions' latency, not their count, would bound one chain;
+/// exact: integers).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn block_sums<T: Copy>(
+    w: &[__m256i; 8],
+    a: &[T; BLOCK],
+    byte: impl Fn(T) -> u8 + Copy,
+    step: impl Fn(__m256i, __m256i, __m256i) -> __m256i,
+) -> __m256i {
+    let z = _mm256_setzero_si256();
+    let (mut s0, mut s1) = (z, z);
+    for j in (0..8).step_by(2) {
+        s0 = step(s0, w[j], broadcast4(a, j, byte));
+        s1 = step(s1, w[j + 1], broadcast4(a, j + 1, byte));
+    }
+    _mm256_add_epi32(s0, s1)
+}
+
+/// `R` rows' sums of eight features each, as rows (those past `R` zero).
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(super) fn store_rows<const R: usize>(acc: [__m256; R]) -> [[f32; GROUP]; GROUP] {
+    let mut out = [[0f32; GROUP]; GROUP];
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = store(a);
+    }
+    out
+}
