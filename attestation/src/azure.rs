@@ -390,8 +390,10 @@ pub fn verify_az_snp_vtpm(
     if col.snp_signer.is_none() {
         col.snp_signer = e.vcek.clone();
     }
+    // (The PCR rules are checked below, against the quote.)
     let mut p = policy.clone();
     p.report_data = None;
+    p.vtpm = Default::default();
     let mut v = crate::verify(&report, &col, &p, now);
     let digest = ring::digest::digest(&ring::digest::SHA256, hcl.var_data);
     if report.report_data().get(..32) != Some(digest.as_ref()) {

@@ -7,7 +7,7 @@ use crate::policy::Policy;
 use crate::snp::{SnpCollateral, verify_snp};
 use crate::tdx::verify_dcap;
 use crate::time::UnixTime;
-use crate::verdict::Verdict;
+use crate::verdict::{ReasonKind, Verdict};
 
 /// Verifies parsed evidence against the collateral and policy at `now`.
 /// Pure: no clock, no network, no files. Never panics.
@@ -17,7 +17,7 @@ pub fn verify(
     policy: &Policy,
     now: UnixTime,
 ) -> Verdict {
-    match evidence {
+    let mut v = match evidence {
         Evidence::Snp(report) => {
             let col = SnpCollateral {
                 signer: collateral.snp_signer.clone(),
@@ -34,5 +34,16 @@ pub fn verify(
             policy,
             now,
         ),
+    };
+    // A policy's vTPM PCR rules are met only by evidence with a TPM quote
+    // (`azure::verify_az_snp_vtpm`, which checks them and verifies the
+    // report inside without them); a guest with none does not pass them by
+    // default. GPU evidence is checked apart from the CPU's.
+    if !policy.vtpm.pcrs.is_empty() && !matches!(evidence, Evidence::Nvidia(_)) {
+        v.reject(
+            ReasonKind::PcrNotAllowed,
+            "the policy constrains vTPM PCRs ([vtpm] pcrs), and this evidence carries no TPM quote",
+        );
     }
+    v
 }

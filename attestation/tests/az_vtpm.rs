@@ -176,6 +176,17 @@ fn simulated_vtpm_evidence_verifies_for_its_nonce_and_nothing_else() {
     let wrong7 = format!("[vtpm]\npcrs = {{ 7 = [\"{}\"] }}", hex::encode([8u8; 32]));
     assert_eq!(codes(&e, &policy(&nonce, &wrong7)), ["pcr_not_allowed"]);
 
+    // Evidence without a vTPM quote (the plain SNP report) does not meet
+    // PCR rules.
+    let plain_report =
+        ciel_attestation::Evidence::parse(&snp.report(&SimSnpReport::default()).unwrap()).unwrap();
+    let plain = ciel_attestation::verify(
+        &plain_report,
+        &common::sim_collateral(snp.vcek_der()),
+        &common::trusting_policy(&pcr7),
+        common::SNP_AT,
+    );
+    assert_eq!(plain.reason_codes(), ["pcr_not_allowed"]);
     // Another session's nonce.
     assert_eq!(codes(&e, &policy(b"another", "")), ["report_data_mismatch"]);
     // A policy that does not name the simulated root.

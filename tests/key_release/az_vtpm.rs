@@ -87,6 +87,12 @@ fn azure_vtpm_evidence_gets_its_key_and_each_fault_is_refused_by_name() {
         .unwrap_err();
     assert_eq!(refused_kind(e), "urn:ciel:kbs:policy-denied");
     assert!(b.audit().contains("pcr_not_allowed"), "{}", b.audit());
+    // A guest whose evidence has no vTPM quote (a plain SNP report) does
+    // not meet a resource's PCR rules.
+    let e = client(&b)
+        .fetch_resource("default/model-key/az", &genuine_guest())
+        .unwrap_err();
+    assert_eq!(refused_kind(e), "urn:ciel:kbs:policy-denied");
 
     // By hand: evidence whose quote carries another session's binding.
     let tee = TeeKeyPair::generate();
