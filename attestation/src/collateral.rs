@@ -109,3 +109,35 @@ impl DcapCollateral {
         })
     }
 }
+
+/// Where verification finds collateral that evidence does not carry: a
+/// collateral bundle (`ciel collateral bundle`), the key broker's
+/// configured DCAP collateral. What it gives is verified like anything
+/// the evidence carries; it is a source, never a trust anchor.
+pub trait CollateralLookup {
+    /// DCAP collateral for the quote `quote` (its FMSPC and PCK CA).
+    fn dcap(&self, quote: &[u8]) -> Result<DcapCollateral, String>;
+
+    /// The VCEK for an SNP report whose evidence carries none.
+    fn snp_vcek(&self, _report: &crate::snp::report::SnpReport) -> Result<Vec<u8>, String> {
+        Err("no source of VCEKs is configured (a collateral bundle would be one)".into())
+    }
+
+    /// The ASK/ASVK + ARK (PEM) for the report's product and key, where the
+    /// source has it (AMD's own are built in; simulated ones are not).
+    fn snp_chain(&self, _report: &crate::snp::report::SnpReport) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// AMD's CRL for the report's product and key, where the source has it.
+    fn snp_crl(&self, _report: &crate::snp::report::SnpReport) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// One DCAP collateral for every quote (the broker's `dcap_collateral`).
+impl CollateralLookup for DcapCollateral {
+    fn dcap(&self, _quote: &[u8]) -> Result<DcapCollateral, String> {
+        Ok(self.clone())
+    }
+}

@@ -9,7 +9,7 @@
 use crate::x509::Cert;
 
 /// AMD SEV-SNP product lines, each with its own ARK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub enum AmdProduct {
     Milan,
     Genoa,

@@ -3,20 +3,23 @@
 //! certificate carries, decoded into [`Evidence`] and [`Collateral`].
 //!
 //! Accepted shapes (base64 is standard, padded):
-//! - `snp`, ours: `{"report": b64(1184-byte report), "vcek": b64(DER), "cert_chain": "PEM ASK/ASVK+ARK" (optional)}`
+//! - `snp`, ours: `{"report": b64(1184-byte report), "vcek": b64(DER), "cert_chain": "PEM ASK/ASVK+ARK" (optional)}`;
+//!   `vcek` may be left out where the verifier has a collateral source (a bundle)
 //! - `snp`, Trustee's: `{"attestation_report": [1184 byte values], "cert_chain": [{"cert_type": "VCEK"|"VLEK"|"ASK"|"ASVK"|"ARK", "data": [bytes]}]}`
 //!   (the `sev` crate's raw-bytes serialization of the report and its certificate table)
 //! - `tdx`, ours: `{"quote": b64(quote), "collateral": {DCAP collateral JSON}}`
 //! - `tdx`, Trustee's: `{"quote": b64(quote), "cc_eventlog": b64 (optional)}`; the
-//!   collateral then comes from the broker's `dcap_collateral` file.
+//!   collateral then comes from the verifier's collateral source (a bundle,
+//!   the broker's `dcap_collateral` file).
 //! - `az-snp-vtpm`, Trustee's (v0 or v1, [`crate::azure`]): an Azure vTPM's HCL
 //!   report and TPM quote, and optionally `"cert_chain": "PEM ASK+ARK"` (Azure's
 //!   VCEKs chain to AMD's pinned roots); the session's binding is the quote's
 //!   nonce, and init-data is bound by PCR 8.
 
 use crate::azure::{AzSnpVtpm, verify_az_snp_vtpm};
-use crate::collateral::DcapCollateral;
+use crate::collateral::{CollateralLookup, DcapCollateral};
 use crate::nvidia::GpuEvidence;
+use crate::snp::SnpReport;
 use crate::{Collateral, Evidence, EvidenceKind, Policy, UnixTime, Verdict};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -198,12 +201,13 @@ fn trustee_cert_table(table: &serde_json::Value) -> Result<(Vec<u8>, Vec<u8>), S
     ))
 }
 
-/// Decodes `evidence` for `tee` ("snp" or "tdx"); `default_dcap` is the
-/// broker's collateral for TDX evidence that carries none.
+/// Decodes `evidence` for `tee` ("snp", "tdx" or "az-snp-vtpm");
+/// `lookup` supplies collateral the evidence does not carry (a TDX quote's,
+/// an SNP report's VCEK) and AMD's CRL where it has one.
 pub fn decode(
     tee: &str,
     evidence: &serde_json::Value,
-    default_dcap: Option<&DcapCollateral>,
+    lookup: Option<&dyn CollateralLookup>,
 ) -> Result<Decoded, String> {
     let mut collateral = Collateral::default();
     let raw = match tee {
@@ -221,7 +225,16 @@ pub fn decode(
         }
         "snp" => {
             let report = b64(evidence, "report")?;
-            collateral.snp_signer = Some(b64(evidence, "vcek")?);
+            collateral.snp_signer = Some(match (evidence.get("vcek"), lookup) {
+                (None, Some(lookup)) => {
+                    let parsed =
+                        SnpReport::parse(&report).map_err(|e| format!("tee-evidence: {e}"))?;
+                    lookup
+                        .snp_vcek(&parsed)
+                        .map_err(|e| format!("tee-evidence carries no `vcek`, and {e}"))?
+                }
+                _ => b64(evidence, "vcek")?,
+            });
             if let Some(chain) = evidence.get("cert_chain") {
                 let pem = chain
                     .as_str()
@@ -237,9 +250,10 @@ pub fn decode(
                     let bytes = serde_json::to_vec(col).map_err(|e| e.to_string())?;
                     DcapCollateral::from_json(&bytes).map_err(|e| format!("tee-evidence.collateral: {e}"))?
                 }
-                None => default_dcap
-                    .cloned()
-                    .ok_or("tee-evidence carries no DCAP collateral and the broker has no `dcap_collateral` configured")?,
+                None => lookup
+                    .ok_or("tee-evidence carries no DCAP collateral, and no collateral source (a bundle, the broker's `dcap_collateral`) is configured")?
+                    .dcap(&quote)
+                    .map_err(|e| format!("tee-evidence carries no DCAP collateral, and {e}"))?,
             });
             quote
         }
@@ -294,6 +308,12 @@ pub fn decode(
     };
     if parsed.kind() != expected {
         return Err(format!("tee-evidence is not {tee} evidence"));
+    }
+    if let (Evidence::Snp(report), Some(lookup)) = (&parsed, lookup) {
+        if collateral.snp_chain.is_none() {
+            collateral.snp_chain = lookup.snp_chain(report);
+        }
+        collateral.snp_crl = lookup.snp_crl(report);
     }
     let sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref());
     Ok(Decoded {

@@ -79,7 +79,7 @@ pub async fn attest(
         &tee,
         &req.tee_evidence,
         &req.runtime_data,
-        st.config.dcap_collateral.as_ref(),
+        st.config.collateral(),
     ) {
         Ok(SessionEvidence::Verified(d)) => d,
         Ok(SessionEvidence::Sample(sample)) => {

@@ -9,7 +9,7 @@ use crate::problem::{ApiError, Kind};
 use crate::resource::ResourcePath;
 use crate::session::{Attested, SessionEvidence, Sessions};
 use crate::store::{KeyStore, Lookup, VersionedKey};
-use ciel_attestation::collateral::DcapCollateral;
+use ciel_attestation::collateral::CollateralLookup;
 use ciel_protocol::kbs::Jwk;
 use std::sync::{Arc, Mutex};
 
@@ -90,7 +90,7 @@ impl Backend {
         &self,
         cookie: Option<&str>,
         token: Option<&str>,
-        dcap: Option<&DcapCollateral>,
+        dcap: Option<&(dyn CollateralLookup + Sync)>,
         tokens: &crate::ear::EarSigner,
     ) -> Result<Arc<Attested>, ApiError> {
         match self {

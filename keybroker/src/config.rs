@@ -4,6 +4,7 @@
 
 use crate::resource::ResourcePath;
 use ciel_attestation::Policy;
+use ciel_attestation::collateral::CollateralLookup;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,9 @@ struct RawConfig {
     resource: Vec<RawResource>,
     /// DCAP collateral (JSON) for TDX evidence that carries none.
     dcap_collateral: Option<PathBuf>,
+    /// A collateral bundle (`ciel collateral bundle`): DCAP collateral by
+    /// FMSPC, VCEKs for SNP evidence that carries none, AMD's CRLs.
+    collateral_bundle: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,9 +101,20 @@ pub struct Config {
     pub resources: BTreeMap<ResourcePath, ResourcePolicy>,
     /// Collateral for TDX evidence in Trustee's shape (quote only).
     pub dcap_collateral: Option<ciel_attestation::collateral::DcapCollateral>,
+    /// Collateral for evidence that carries none (and AMD's CRLs).
+    pub collateral_bundle: Option<ciel_collateral::Bundle>,
 }
 
 impl Config {
+    /// Where collateral the evidence does not carry comes from: the bundle,
+    /// then `dcap_collateral` for a quote the bundle has nothing for.
+    pub fn collateral(&self) -> Option<&(dyn CollateralLookup + Sync)> {
+        match (&self.collateral_bundle, &self.dcap_collateral) {
+            (None, None) => None,
+            _ => Some(self),
+        }
+    }
+
     /// Loads `path`; relative paths inside are relative to its directory.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let err = |m: String| ConfigError::Invalid {
@@ -204,8 +219,21 @@ impl Config {
                 ));
             }
         };
+        let collateral_bundle = match &raw.collateral_bundle {
+            Some(p) => {
+                let p = rel(p);
+                let bytes = std::fs::read(&p)
+                    .map_err(|e| err(format!("collateral_bundle {}: {e}", p.display())))?;
+                Some(
+                    ciel_collateral::Bundle::from_json(&bytes)
+                        .map_err(|e| err(format!("collateral_bundle {}: {e}", p.display())))?,
+                )
+            }
+            None => None,
+        };
         Ok(Config {
             dcap_collateral,
+            collateral_bundle,
             storage,
             master_key: match (&raw.master_key_file, &raw.master_key_pkcs11) {
                 (Some(f), None) => MasterKeySource::File(rel(f)),
@@ -343,4 +371,30 @@ fn admin_keys(raw: &RawConfig) -> Result<Vec<crate::admin::AdminKey>, String> {
         });
     }
     Ok(keys)
+}
+
+impl CollateralLookup for Config {
+    fn dcap(&self, quote: &[u8]) -> Result<ciel_attestation::collateral::DcapCollateral, String> {
+        match (&self.collateral_bundle, &self.dcap_collateral) {
+            (Some(b), None) => b.dcap(quote),
+            (Some(b), Some(d)) => b.dcap(quote).or_else(|_| d.dcap(quote)),
+            (None, Some(d)) => d.dcap(quote),
+            (None, None) => Err("no collateral source is configured".into()),
+        }
+    }
+
+    fn snp_vcek(&self, report: &ciel_attestation::snp::SnpReport) -> Result<Vec<u8>, String> {
+        match &self.collateral_bundle {
+            Some(b) => b.snp_vcek(report),
+            None => Err("the broker has no `collateral_bundle` to find a VCEK in".into()),
+        }
+    }
+
+    fn snp_chain(&self, report: &ciel_attestation::snp::SnpReport) -> Option<Vec<u8>> {
+        self.collateral_bundle.as_ref()?.snp_chain(report)
+    }
+
+    fn snp_crl(&self, report: &ciel_attestation::snp::SnpReport) -> Option<Vec<u8>> {
+        self.collateral_bundle.as_ref()?.snp_crl(report)
+    }
 }

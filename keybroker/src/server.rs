@@ -323,7 +323,7 @@ async fn resource(
         .attested(
             cookie(&headers).as_deref(),
             bearer(&headers).as_deref(),
-            st.config.dcap_collateral.as_ref(),
+            st.config.collateral(),
             &st.tokens,
         )
         .await?;

@@ -64,7 +64,7 @@ impl SessionEvidence {
         tee: &str,
         sent: &serde_json::Value,
         runtime: &ciel_protocol::kbs::RuntimeData,
-        dcap: Option<&ciel_attestation::collateral::DcapCollateral>,
+        dcap: Option<&(dyn ciel_attestation::collateral::CollateralLookup + Sync)>,
     ) -> Result<Self, String> {
         let (primary, additional) = crate::sample::split_composite(sent)?;
         if tee == "sample" {
@@ -73,7 +73,11 @@ impl SessionEvidence {
             }
             return crate::sample::SampleEvidence::parse(primary).map(SessionEvidence::Sample);
         }
-        let mut decoded = ciel_attestation::tee_evidence::decode(tee, primary, dcap)?;
+        let mut decoded = ciel_attestation::tee_evidence::decode(
+            tee,
+            primary,
+            dcap.map(|d| d as &dyn ciel_attestation::collateral::CollateralLookup),
+        )?;
         decoded.gpus = ciel_attestation::tee_evidence::decode_additional(additional.unwrap_or(""))?;
         decoded.gpu_nonce = ciel_protocol::binding::device_nonce(runtime)
             .map_err(|e| format!("runtime-data: {e}"))?;

@@ -51,6 +51,18 @@ impl Stapled {
         basic(response).map(|(basic, der)| Stapled { basic, der })
     }
 
+    /// When its single responses stop being current: the earliest
+    /// `nextUpdate` (`None` when none states one). What a cache of
+    /// responses refreshes by; nothing here is verified.
+    pub fn next_update(&self) -> Option<UnixTime> {
+        self.basic
+            .tbs_response_data
+            .responses
+            .iter()
+            .filter_map(|r| r.next_update.as_ref().map(secs))
+            .min()
+    }
+
     /// Whether it is about `cert` as issued by `issuer`.
     pub fn covers(&self, cert: &Cert, issuer: &Cert) -> bool {
         find_single(&self.basic, cert, issuer).is_some()

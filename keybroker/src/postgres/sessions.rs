@@ -9,7 +9,7 @@ use super::{PgError, Shared};
 use crate::problem::{ApiError, Kind};
 use crate::sample::split_composite;
 use crate::session::{Attested, SessionEvidence, random_b64};
-use ciel_attestation::collateral::DcapCollateral;
+use ciel_attestation::collateral::CollateralLookup;
 use ciel_protocol::binding;
 use ciel_protocol::kbs::Jwk;
 use ciel_protocol::kbs::RuntimeData;
@@ -176,7 +176,7 @@ impl SharedSessions {
         &self,
         cookie: Option<&str>,
         token: Option<&str>,
-        dcap: Option<&DcapCollateral>,
+        dcap: Option<&(dyn CollateralLookup + Sync)>,
         tokens: &crate::ear::EarSigner,
     ) -> Result<Arc<Attested>, ApiError> {
         let q = query("reading a session");
