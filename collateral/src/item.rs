@@ -510,9 +510,9 @@ mod tests {
             let e = Item::from_get(path, query).expect_err(path);
             assert!(e.0.contains(why), "{path}: {e}");
         }
-        let vcek = format!("blSPL=3&teeSPL=0&snpSPL=8&ucodeSPL=115");
+        let vcek = "blSPL=3&teeSPL=0&snpSPL=8&ucodeSPL=115";
         let hwid = "ab".repeat(64);
-        let item = Item::from_get(&format!("/vcek/v1/Milan/{hwid}"), Some(&vcek)).unwrap();
+        let item = Item::from_get(&format!("/vcek/v1/Milan/{hwid}"), Some(vcek)).unwrap();
         assert_eq!(item.upstream(), Upstream::Amd);
         assert_eq!(item.to_string(), format!("/vcek/v1/Milan/{hwid}?{vcek}"));
     }
