@@ -38,6 +38,9 @@ enum Command {
     /// Guest images and the measurements they produce.
     #[command(subcommand)]
     Image(cli::image::ImageCommand),
+    /// Attestation collateral: bundles for verifiers with no network.
+    #[command(subcommand)]
+    Collateral(cli::collateral::CollateralCommand),
     /// The untrusted host side: launching confidential guests.
     #[command(subcommand)]
     Host(cli::host::HostCommand),
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => cli::seal::run_inspect(a),
         Command::Kbs(cmd) => cli::kbs::run(cmd),
         Command::Image(cmd) => cli::image::run(cmd),
+        Command::Collateral(cmd) => cli::collateral::run(cmd),
         Command::Host(cmd) => cli::host::run(cmd),
         Command::Enclave(cmd) => cli::enclave::run(cmd),
         Command::Verify(a) => cli::client::run_verify(a),

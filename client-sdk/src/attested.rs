@@ -20,6 +20,7 @@
 //!    the document's GPU reports are the ones the claims name, each
 //!    verified, and the set as a whole ([`crate::gpus`]).
 
+use ciel_attestation::collateral::CollateralLookup;
 use ciel_attestation::nvidia::GpuSetVerdict;
 use ciel_attestation::tee_evidence;
 use ciel_attestation::{Policy, ReasonKind, UnixTime, Verdict};
@@ -90,11 +91,24 @@ pub fn verify_document(
     now: UnixTime,
     nonce: Option<&[u8]>,
 ) -> Verification {
+    verify_document_with(doc, spki_der, policy, None, now, nonce)
+}
+
+/// [`verify_document`], with a source of collateral the evidence does not
+/// carry (a bundle: a TDX quote's DCAP collateral, AMD's CRL).
+pub fn verify_document_with(
+    doc: &AttestationDocument,
+    spki_der: &[u8],
+    policy: &Policy,
+    collateral: Option<&dyn CollateralLookup>,
+    now: UnixTime,
+    nonce: Option<&[u8]>,
+) -> Verification {
     let mut checks = Vec::new();
     let mut check = |name, ok, detail: String| checks.push(Check { name, ok, detail });
     let claims = doc.claims.clone();
     let verdict = match (
-        tee_evidence::decode(&doc.tee, &doc.evidence, None),
+        tee_evidence::decode(&doc.tee, &doc.evidence, collateral),
         claims.report_data(),
     ) {
         (Ok(decoded), Ok(report_data)) => {

@@ -2,7 +2,7 @@
 //! OpenAI-style calls over it. Every connection is verified during its
 //! handshake (see [`crate::tls`]); no request is written before that.
 
-use crate::attested::{Verification, verify_document};
+use crate::attested::{Verification, verify_document_with};
 use crate::tls::AttestedVerifier;
 use bytes::Bytes;
 use ciel_attestation::{Policy, UnixTime};
@@ -13,6 +13,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde_json::Value;
+use std::sync::Arc;
 
 /// Largest non-streamed response body read (16 MiB).
 const MAX_RESPONSE: usize = 16 << 20;
@@ -60,6 +61,7 @@ pub struct Endpoint {
     addr: String,
     server_name: ServerName<'static>,
     policy: Policy,
+    collateral: Option<Arc<ciel_collateral::Bundle>>,
 }
 
 /// An attested connection target and what its guest proved.
@@ -125,13 +127,23 @@ impl Endpoint {
             addr,
             server_name,
             policy,
+            collateral: None,
         })
+    }
+
+    /// Verifies with collateral from `bundle` where the guest's evidence
+    /// carries none (a TDX guest whose host has no collateral service; an
+    /// air-gapped hub), and applies AMD's CRL when the bundle holds it.
+    pub fn with_collateral_bundle(mut self, bundle: ciel_collateral::Bundle) -> Self {
+        self.collateral = Some(Arc::new(bundle));
+        self
     }
 
     /// A new connection, verified during its handshake, and what the guest
     /// on it proved. A refused guest is [`ClientError::Refused`].
     pub async fn open(&self) -> Result<(Connection, Verification), ClientError> {
-        let verifier = AttestedVerifier::new(self.policy.clone());
+        let verifier =
+            AttestedVerifier::with_collateral(self.policy.clone(), self.collateral.clone());
         let config = verifier
             .client_config()
             .map_err(|message| ClientError::Tls {
@@ -214,10 +226,13 @@ impl Endpoint {
         }
         let doc = AttestationDocument::from_json(&bytes)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let mut v = verify_document(
+        let mut v = verify_document_with(
             &doc,
             &session.tls_spki_der,
             &self.policy,
+            self.collateral
+                .as_deref()
+                .map(|b| b as &dyn ciel_attestation::collateral::CollateralLookup),
             now(),
             Some(&nonce),
         );
@@ -248,7 +263,12 @@ impl Client {
     /// returns the session's verified claims. Nothing is sent if the
     /// verification fails.
     pub async fn connect(url: &str, policy: Policy) -> Result<Self, ClientError> {
-        let endpoint = Endpoint::new(url, policy)?;
+        Client::connect_to(Endpoint::new(url, policy)?).await
+    }
+
+    /// [`Client::connect`] to an endpoint as configured (a collateral
+    /// bundle, [`Endpoint::with_collateral_bundle`]).
+    pub async fn connect_to(endpoint: Endpoint) -> Result<Self, ClientError> {
         let (_, verification) = endpoint.open().await?;
         Ok(Client {
             endpoint,

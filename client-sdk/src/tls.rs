@@ -7,7 +7,8 @@
 //! Names and validity dates of the self-signed certificate mean nothing
 //! here; the evidence is what is checked. TLS 1.3 only.
 
-use crate::attested::{Verification, verify_document};
+use crate::attested::{Verification, verify_document_with};
+use ciel_attestation::collateral::CollateralLookup;
 use ciel_attestation::{Policy, UnixTime};
 use ciel_protocol::claims::{AttestationDocument, EXTENSION_OID_STR, decode_extension};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -40,14 +41,25 @@ pub fn document_of(cert_der: &[u8]) -> Result<(AttestationDocument, Vec<u8>), St
 #[derive(Debug)]
 pub struct AttestedVerifier {
     policy: Policy,
+    collateral: Option<Arc<ciel_collateral::Bundle>>,
     provider: Arc<CryptoProvider>,
     outcome: Mutex<Option<Result<Verification, String>>>,
 }
 
 impl AttestedVerifier {
     pub fn new(policy: Policy) -> Arc<Self> {
+        AttestedVerifier::with_collateral(policy, None)
+    }
+
+    /// A verifier that takes collateral the evidence does not carry from
+    /// `bundle` (`ciel collateral bundle`).
+    pub fn with_collateral(
+        policy: Policy,
+        bundle: Option<Arc<ciel_collateral::Bundle>>,
+    ) -> Arc<Self> {
         Arc::new(AttestedVerifier {
             policy,
+            collateral: bundle,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
             outcome: Mutex::new(None),
         })
@@ -93,7 +105,16 @@ impl ServerCertVerifier for AttestedVerifier {
                 return Err(rustls::Error::General(e));
             }
         };
-        let v = verify_document(&doc, &spki, &self.policy, UnixTime(now.as_secs()), None);
+        let v = verify_document_with(
+            &doc,
+            &spki,
+            &self.policy,
+            self.collateral
+                .as_deref()
+                .map(|b| b as &dyn CollateralLookup),
+            UnixTime(now.as_secs()),
+            None,
+        );
         // A document whose GPU evidence did not fit the certificate passes
         // the handshake unaccepted: the caller fetches the rest on this
         // connection before it sends anything ([`crate::Endpoint::open`]).

@@ -162,6 +162,15 @@ fn per_product<S: Source + ?Sized>(
         .map(|e| e.body)
 }
 
+/// The chain and CRL items for the report's key on `product`.
+pub fn amd_items(report: &SnpReport, product: AmdProduct) -> [Item; 2] {
+    let key = amd_key(report);
+    [
+        Item::AmdChain { key, product },
+        Item::AmdCrl { key, product },
+    ]
+}
+
 /// AMD's CRL for the report's key and product, where `src` has it.
 pub fn snp_crl<S: Source + ?Sized>(src: &S, report: &SnpReport) -> Option<Vec<u8>> {
     let key = amd_key(report);

@@ -37,6 +37,12 @@ pub struct Metrics {
     pub api: ServiceMetrics,
     pub blobs: ServiceMetrics,
     pub kbs_relay: ServiceMetrics,
+    /// The collateral service's connections (its own counters are
+    /// [`ciel_collateral::service::ServiceMetrics`]).
+    pub collateral: ServiceMetrics,
+    /// The collateral service, once started: its cache hits, fetches,
+    /// refreshes and upstream errors are rendered with the rest.
+    pub collateral_service: std::sync::OnceLock<Arc<ciel_collateral::Service>>,
 }
 
 impl Metrics {
@@ -47,6 +53,7 @@ impl Metrics {
             ("api", &self.api),
             ("blobs", &self.blobs),
             ("kbs_relay", &self.kbs_relay),
+            ("collateral", &self.collateral),
         ];
         let series: [Series; 6] = [
             (
@@ -91,6 +98,9 @@ impl Metrics {
             for (service, m) in services {
                 let _ = writeln!(out, "{name}{{service=\"{service}\"}} {}", get(m));
             }
+        }
+        if let Some(c) = self.collateral_service.get() {
+            out.push_str(&c.render_metrics());
         }
         out
     }

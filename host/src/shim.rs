@@ -8,6 +8,11 @@
 //!   directory.
 //! - **Key-broker relay**: the guest's outbound connections go to the one
 //!   configured broker and nowhere else (TLS to the broker is end to end).
+//! - **Collateral service** ([`ciel_collateral::service`]): AMD KDS, Intel
+//!   PCS and NVIDIA RIM/OCSP items, cached on disk and refreshed before they
+//!   expire, over HTTP to the guest (vsock) and to clients; nothing it
+//!   serves is trusted by anyone (every item is signature-checked), so a
+//!   lying shim can only make verification fail.
 //!
 //! Every service has a connection cap and an idle timeout; on SIGINT or
 //! SIGTERM the shim stops accepting and gives open connections a grace
@@ -36,12 +41,23 @@ pub struct ShimConfig {
     pub blobs: Option<(Endpoint, PathBuf)>,
     /// The key-broker relay: where the guest connects, and the broker.
     pub kbs_relay: Option<(Endpoint, Endpoint)>,
+    /// The collateral service: where it listens (the guest's vsock port,
+    /// clients' TCP), the service, and how often due items are refreshed.
+    pub collateral: Option<CollateralConfig>,
     /// Connections per service.
     pub max_connections: usize,
     /// A connection with no bytes either way for this long is closed.
     pub idle_timeout: Duration,
     /// How long open connections may finish after a shutdown signal.
     pub grace: Duration,
+}
+
+/// The collateral service's listeners and state.
+#[derive(Debug, Clone)]
+pub struct CollateralConfig {
+    pub listen: Vec<Endpoint>,
+    pub service: Arc<ciel_collateral::Service>,
+    pub refresh_every: Duration,
 }
 
 /// Why the shim could not start.
@@ -116,6 +132,29 @@ pub async fn run(
             service(|m| &m.kbs_relay),
         )));
     }
+    if let Some(c) = &cfg.collateral {
+        let _ = metrics.collateral_service.set(c.service.clone());
+        let refresher = tokio::spawn(c.service.clone().refresh_loop(c.refresh_every));
+        for ep in &c.listen {
+            let l = bind(ep.clone()).await?;
+            tracing::info!(listen = %ep, cache = %c.service.store.dir().display(), "collateral service");
+            let mut stop = stop_rx.clone();
+            tasks.push(tokio::spawn(ciel_transport::http::serve(
+                l,
+                limits,
+                metrics.collateral.connections.clone(),
+                collateral_http(c.service.clone(), cfg.idle_timeout),
+                async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                },
+            )));
+        }
+        tasks.push(tokio::spawn(async move {
+            let mut stop = stop_rx.clone();
+            let _ = stop.wait_for(|s| *s).await;
+            refresher.abort();
+        }));
+    }
     shutdown.await;
     let _ = stop_tx.send(true);
     // Each service drains within the grace period on its own.
@@ -123,6 +162,27 @@ pub async fn run(
         let _ = t.await;
     }
     Ok(())
+}
+
+/// The collateral service as HTTP: GETs and OCSP requests only, so bodies
+/// are small; errors in plain text.
+fn collateral_http(
+    service: Arc<ciel_collateral::Service>,
+    idle: Duration,
+) -> ciel_transport::http::HttpService {
+    ciel_transport::http::HttpService {
+        router: service.router(),
+        tls: None,
+        limits: ciel_transport::http::HttpLimits {
+            handshake: idle,
+            request_read: Duration::from_secs(30).min(idle),
+            max_body: 64 * 1024,
+        },
+        refuse_body: |r| {
+            use axum::response::IntoResponse;
+            (r.status(), r.to_string()).into_response()
+        },
+    }
 }
 
 /// A service's limits, counters and stop signal.
@@ -355,6 +415,7 @@ mod tests {
                 dir.join("models"),
             )),
             kbs_relay: None,
+            collateral: None,
             max_connections: 4,
             // Long, so that a prompt end of stream cannot be mistaken for
             // the idle timeout.

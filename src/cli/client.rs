@@ -20,6 +20,10 @@ pub struct VerifyArgs {
     /// Attestation policy (TOML, or JSON if the name ends in .json).
     #[arg(long)]
     pub policy: PathBuf,
+    /// Collateral for evidence that carries none (a TDX guest whose host
+    /// serves none; an air-gapped hub), from `ciel collateral bundle`.
+    #[arg(long)]
+    pub collateral_bundle: Option<PathBuf>,
     /// Also fetch fresh evidence for a random nonce (/v1/attestation).
     #[arg(long)]
     pub fresh: bool,
@@ -34,6 +38,10 @@ pub struct ChatArgs {
     pub url: String,
     #[arg(long)]
     pub policy: PathBuf,
+    /// Collateral for evidence that carries none (a TDX guest whose host
+    /// serves none; an air-gapped hub), from `ciel collateral bundle`.
+    #[arg(long)]
+    pub collateral_bundle: Option<PathBuf>,
     /// The question; without it, an interactive session (one line per turn).
     pub prompt: Option<String>,
     /// A system message to start the conversation with.
@@ -61,6 +69,27 @@ pub struct ProxyArgs {
     pub upstream: String,
     #[arg(long)]
     pub policy: PathBuf,
+    /// Collateral for evidence that carries none (a TDX guest whose host
+    /// serves none; an air-gapped hub), from `ciel collateral bundle`.
+    #[arg(long)]
+    pub collateral_bundle: Option<PathBuf>,
+}
+
+/// The guest at `url` under the policy file, with the collateral bundle
+/// where one is given.
+fn endpoint(
+    url: &str,
+    policy: &std::path::Path,
+    bundle: Option<&std::path::Path>,
+) -> Result<ciel_client::Endpoint> {
+    let endpoint = ciel_client::Endpoint::new(url, files::load_policy(policy)?)?;
+    Ok(match bundle {
+        Some(p) => endpoint.with_collateral_bundle(
+            ciel_collateral::Bundle::from_json(&files::read("collateral bundle", p)?)
+                .with_context(|| p.display().to_string())?,
+        ),
+        None => endpoint,
+    })
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -88,9 +117,9 @@ fn warn_if_simulated(c: &Client) {
 }
 
 pub fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
-    let policy = files::load_policy(&a.policy)?;
+    let endpoint = endpoint(&a.url, &a.policy, a.collateral_bundle.as_deref())?;
     runtime()?.block_on(async {
-        let client = match Client::connect(&a.url, policy).await {
+        let client = match Client::connect_to(endpoint).await {
             Ok(c) => c,
             Err(e) => {
                 if a.json
@@ -142,9 +171,9 @@ pub fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
 }
 
 pub fn run_chat(a: ChatArgs) -> Result<ExitCode> {
-    let policy = files::load_policy(&a.policy)?;
+    let endpoint = endpoint(&a.url, &a.policy, a.collateral_bundle.as_deref())?;
     runtime()?.block_on(async {
-        let client = match Client::connect(&a.url, policy).await {
+        let client = match Client::connect_to(endpoint).await {
             Ok(c) => c,
             Err(e) => return refused(&e).map_or_else(|| Err(e.into()), Ok),
         };
@@ -220,9 +249,9 @@ pub fn run_proxy(a: ProxyArgs) -> Result<ExitCode> {
             a.listen
         );
     }
-    let policy = files::load_policy(&a.policy)?;
+    let endpoint = endpoint(&a.upstream, &a.policy, a.collateral_bundle.as_deref())?;
     runtime()?.block_on(async {
-        let client = match Client::connect(&a.upstream, policy).await {
+        let client = match Client::connect_to(endpoint).await {
             Ok(c) => c,
             Err(e) => return refused(&e).map_or_else(|| Err(e.into()), Ok),
         };

@@ -40,9 +40,7 @@ fn run_pack(a: &PackArgs) -> Result<ExitCode> {
     // Loaded once here, so that a bundle the guest could not serve is
     // refused now rather than at boot inside a VM.
     let model = EmbeddingModel::from_bundle(&bundle)?;
-    let tmp = a.out.with_extension("tmp");
-    std::fs::write(&tmp, &bundle).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, &a.out).with_context(|| format!("cannot write {}", a.out.display()))?;
+    super::files::write_atomic(&a.out, &bundle)?;
     let digest = hex::encode(ring::digest::digest(&ring::digest::SHA256, &bundle));
     println!(
         "{}: {} bytes, {} dimensions, at most {} tokens an input, sha256 {digest}",

@@ -25,3 +25,13 @@ pub fn now() -> u64 {
 pub fn load_policy(p: &Path) -> Result<ciel_attestation::Policy> {
     Ok(ciel_client::policy::load(p)?)
 }
+
+/// Writes `bytes` to `path` whole or not at all: a temporary file beside
+/// it, renamed over it.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}

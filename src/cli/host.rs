@@ -38,6 +38,19 @@ pub struct ServeArgs {
     /// The key broker (tcp://HOST:PORT): the only place the relay connects to.
     #[arg(long, requires = "kbs_relay_listen")]
     pub kbs_upstream: Option<Endpoint>,
+    /// Serve attestation collateral (AMD KDS, Intel PCS, NVIDIA RIM and
+    /// OCSP items), cached in this directory and refreshed before expiry.
+    #[arg(long, requires = "collateral_listen")]
+    pub collateral_cache: Option<PathBuf>,
+    /// Where the collateral service listens: the guest's port
+    /// (vsock://CID:PORT) and clients' (tcp://HOST:PORT); repeatable.
+    #[arg(long, requires = "collateral_cache")]
+    pub collateral_listen: Vec<Endpoint>,
+    #[command(flatten)]
+    pub collateral_upstreams: super::collateral::UpstreamArgs,
+    /// Seconds between looks for items due to be fetched again.
+    #[arg(long, default_value_t = 600)]
+    pub collateral_refresh_secs: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics.
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
@@ -97,6 +110,22 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
         guest_api: a.guest_api.clone(),
         blobs: a.blob_listen.clone().zip(a.models.clone()),
         kbs_relay: a.kbs_relay_listen.clone().zip(a.kbs_upstream.clone()),
+        collateral: match &a.collateral_cache {
+            Some(dir) => {
+                let store = ciel_collateral::Store::open(dir)?;
+                tracing::info!(cache = %dir.display(), items = store.entries().len(), "collateral cache");
+                Some(ciel_host::shim::CollateralConfig {
+                    listen: a.collateral_listen.clone(),
+                    service: Arc::new(ciel_collateral::Service::new(
+                        store,
+                        a.collateral_upstreams.upstreams()?,
+                        ciel_collateral::service::RefreshPolicy::default(),
+                    )),
+                    refresh_every: std::time::Duration::from_secs(a.collateral_refresh_secs.max(1)),
+                })
+            }
+            None => None,
+        },
         max_connections: a.max_connections,
         idle_timeout: std::time::Duration::from_secs(a.idle_timeout_secs.max(1)),
         grace: std::time::Duration::from_secs(a.grace_secs),

@@ -5,6 +5,7 @@ pub mod attest;
 pub mod attest_gpus;
 pub mod bench;
 pub mod client;
+pub mod collateral;
 pub mod demo;
 pub mod embeddings;
 pub mod enclave;

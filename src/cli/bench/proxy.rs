@@ -91,6 +91,7 @@ pub fn run(r: &mut Report) -> Result<()> {
             guest_api: direct.clone(),
             blobs: None,
             kbs_relay: None,
+            collateral: None,
             max_connections: 64,
             idle_timeout: Duration::from_secs(60),
             grace: Duration::from_secs(1),
