@@ -76,6 +76,61 @@ pub fn dcap_collateral<S: Source + ?Sized>(
     })
 }
 
+/// The other way: a quote's DCAP collateral (as dcap-qvl and PCCS lay it
+/// out, one JSON) as the four items PCS serves, for a cache or a bundle.
+pub fn dcap_entries(
+    quote: &[u8],
+    col: &DcapCollateral,
+    fetched_at: ciel_attestation::UnixTime,
+) -> Result<Vec<Entry>, String> {
+    let [pck_crl, root_crl, tcb, qe] = dcap_items(quote)?;
+    let chain = |pem: &str| {
+        percent_encoding::utf8_percent_encode(pem, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    let signed = |field: &str, raw: &str, sig: &[u8]| {
+        format!(
+            "{{\"{field}\":{raw},\"signature\":\"{}\"}}",
+            hex::encode(sig)
+        )
+        .into_bytes()
+    };
+    let header = |item: &Item, v: &str| {
+        item.headers()
+            .iter()
+            .map(|h| (h.to_string(), chain(v)))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let parts = [
+        (
+            header(&pck_crl, &col.pck_crl_issuer_chain),
+            pck_crl,
+            col.pck_crl.clone(),
+        ),
+        (Default::default(), root_crl, col.root_ca_crl.clone()),
+        (
+            header(&tcb, &col.tcb_info_issuer_chain),
+            tcb,
+            signed("tcbInfo", &col.tcb_info, &col.tcb_info_signature),
+        ),
+        (
+            header(&qe, &col.qe_identity_issuer_chain),
+            qe,
+            signed(
+                "enclaveIdentity",
+                &col.qe_identity,
+                &col.qe_identity_signature,
+            ),
+        ),
+    ];
+    parts
+        .into_iter()
+        .map(|(headers, item, body)| {
+            let name = item.to_string();
+            Entry::assess(item, body, headers, fetched_at).map_err(|e| format!("{name}: {e}"))
+        })
+        .collect()
+}
+
 /// The signed object's exact text and its signature, from Intel's
 /// `{"<field>": {…}, "signature": "<hex>"}` (the signature covers those
 /// bytes as sent, so the object is not re-serialised).

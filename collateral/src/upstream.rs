@@ -155,7 +155,19 @@ impl Upstreams {
             return Err(FetchError::NotFound { url });
         }
         if status != 200 {
-            return Err(failed(format!("HTTP {status}")));
+            // What a collateral service says went wrong, in a line.
+            let mut text = String::new();
+            let _ = response
+                .into_body()
+                .into_reader()
+                .take(512)
+                .read_to_string(&mut text);
+            let text = text.trim();
+            return Err(failed(if text.is_empty() || !text.is_ascii() {
+                format!("HTTP {status}")
+            } else {
+                format!("HTTP {status}: {text}")
+            }));
         }
         let headers: BTreeMap<String, String> = item
             .headers()

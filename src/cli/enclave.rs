@@ -69,6 +69,12 @@ pub struct ServeArgs {
     /// (vsock://2:PORT in a VM; unix:PATH in development).
     #[arg(long)]
     pub kbs_via: Option<Endpoint>,
+    /// The host's collateral service (vsock://2:PORT in a VM): a TDX
+    /// quote's DCAP collateral goes into the evidence so clients verify it
+    /// offline, and an SNP report's VCEK where the host gives no
+    /// certificate table. Untrusted: clients check every item.
+    #[arg(long)]
+    pub collateral_via: Option<Endpoint>,
     /// Where the sealed model comes from: the host's blob service (a
     /// transport address), an http(s):// object store serving byte ranges,
     /// or file:DIR, a mounted volume (in a pod).
@@ -266,7 +272,26 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             )
         }
     };
-    let source = evidence_source(&a, init_data.as_ref())?;
+    // The runtime first: the collateral bridge runs on it while the
+    // evidence source (called off it) fetches through it.
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let collateral = match &a.collateral_via {
+        Some(ep) => {
+            let port = rt
+                .block_on(ciel_enclave::serve::start_egress_bridge(ep.clone()))
+                .with_context(|| format!("--collateral-via {ep}"))?;
+            tracing::info!(via = %ep, "collateral from the host's collateral service");
+            Some(
+                ciel_collateral::Upstreams::service(
+                    &format!("http://127.0.0.1:{port}"),
+                    std::time::Duration::from_secs(30),
+                )
+                .map_err(anyhow::Error::msg)?,
+            )
+        }
+        None => None,
+    };
+    let source = evidence_source(&a, init_data.as_ref(), collateral)?;
     let gpus = gpu_source(a.gpus)?;
     let settings = match &init_data {
         Some(init) => GuestSettings::from_init_data(init)?,
@@ -358,7 +383,6 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
             ..Backoff::default()
         },
     };
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(ciel_enclave::serve::run(cfg, |id| {
         tracing::info!(
             model = %id.claims.model.name,
@@ -376,7 +400,13 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
 fn evidence_source(
     a: &ServeArgs,
     init_data: Option<&ciel_protocol::initdata::InitData>,
+    collateral: Option<ciel_collateral::Upstreams>,
 ) -> Result<Box<dyn EvidenceSource + Send + Sync>> {
+    if collateral.is_some() && (a.sim.is_some() || a.coco_agent.is_some()) {
+        bail!(
+            "--collateral-via is for evidence from configfs-tsm (the simulated platform carries its own collateral; the pod's attestation agent fetches its own)"
+        );
+    }
     if let Some(platform) = &a.sim {
         eprintln!(
             "WARNING: SIMULATED {platform} platform: this guest's evidence proves nothing about hardware and gives NO confidentiality."
@@ -409,6 +439,10 @@ fn evidence_source(
     use ciel_enclave::platform::{SevGuestSource, TsmSource};
     match TsmSource::detect() {
         Ok(tsm) => {
+            let tsm = match collateral {
+                Some(service) => tsm.with_collateral(service),
+                None => tsm,
+            };
             tracing::info!(
                 tee = tsm.tee(),
                 "evidence from the hardware through configfs-tsm"
@@ -416,6 +450,10 @@ fn evidence_source(
             Ok(Box::new(tsm))
         }
         Err(tsm_error) => match SevGuestSource::detect() {
+            Some(_) if collateral.is_some() => bail!(
+                "--collateral-via: evidence comes from {} (configfs-tsm: {tsm_error}), which takes its VCEK from the host's certificate table only",
+                SevGuestSource::DEVICE
+            ),
             Some(dev) => {
                 tracing::info!(
                     device = SevGuestSource::DEVICE,

@@ -17,19 +17,25 @@ use crate::tsm::{RealFs, TSM_REPORT_ROOT, TsmFs, get_report};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ciel_attestation::snp::cert_table::CertTable;
+use ciel_collateral::Upstreams;
+use ciel_collateral::lookup;
 use ciel_protocol::initdata::InitData;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Evidence through configfs-tsm. SEV-SNP (`sev_guest`): the report and the
-/// VCEK/VLEK, ASK and ARK from the certificate table in `auxblob`. TDX
-/// (`tdx_guest`): the quote (its collateral comes from the verifier side).
+/// VCEK/VLEK, ASK and ARK from the certificate table in `auxblob` (or, when
+/// the host gives none, the VCEK from the host's collateral service). TDX
+/// (`tdx_guest`): the quote, with its DCAP collateral from the host's
+/// collateral service when one is configured, so clients verify it offline
+/// (the transport is untrusted: clients check every item's signature).
 #[derive(Debug)]
 pub struct TsmSource<F: TsmFs = RealFs> {
     fs: F,
     root: PathBuf,
     tee: &'static str,
     requests: AtomicU64,
+    collateral: Option<Upstreams>,
 }
 
 impl TsmSource<RealFs> {
@@ -59,7 +65,16 @@ impl<F: TsmFs> TsmSource<F> {
             root,
             tee,
             requests: AtomicU64::new(1),
+            collateral: None,
         })
+    }
+
+    /// Takes collateral from the host's collateral service (`service`,
+    /// reached through a loopback bridge): a quote's DCAP collateral, a
+    /// report's VCEK when the host gives no certificate table.
+    pub fn with_collateral(mut self, service: Upstreams) -> Self {
+        self.collateral = Some(service);
+        self
     }
 }
 
@@ -87,14 +102,36 @@ impl<F: TsmFs + Send + Sync> EvidenceSource for TsmSource<F> {
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
         let r = get_report(&self.fs, &self.root, &request_name(n), &report_data)
             .map_err(|e| e.to_string())?;
-        match self.tee {
-            "snp" => {
-                let aux = r.auxblob.ok_or(
-                    "configfs-tsm gave no auxblob: the host did not provide the SNP certificate table (VCEK)",
-                )?;
-                snp_evidence(&r.outblob, &aux)
+        match (self.tee, r.auxblob, &self.collateral) {
+            ("snp", Some(aux), _) => snp_evidence(&r.outblob, &aux),
+            ("snp", None, Some(service)) => {
+                let report = ciel_attestation::snp::SnpReport::parse(&r.outblob)
+                    .map_err(|e| format!("configfs-tsm outblob: {e}"))?;
+                let vcek = lookup::snp_vcek(service, &report).map_err(|e| {
+                    format!("the host gave no SNP certificate table, and its collateral service no VCEK: {e}")
+                })?;
+                let mut doc = serde_json::json!({
+                    "report": B64.encode(&r.outblob),
+                    "vcek": B64.encode(vcek),
+                });
+                if let Some(chain) = lookup::snp_chain(service, &report) {
+                    doc["cert_chain"] = String::from_utf8_lossy(&chain).into_owned().into();
+                }
+                Ok(doc)
             }
-            _ => Ok(serde_json::json!({"quote": B64.encode(&r.outblob)})),
+            ("snp", None, None) => Err(
+                "configfs-tsm gave no auxblob: the host did not provide the SNP certificate table (VCEK), and no collateral service is configured (--collateral-via)".into(),
+            ),
+            (_, _, None) => Ok(serde_json::json!({"quote": B64.encode(&r.outblob)})),
+            (_, _, Some(service)) => {
+                let col = lookup::dcap_collateral(service, &r.outblob).map_err(|e| {
+                    format!("the TDX quote's collateral from the host's collateral service: {e}")
+                })?;
+                Ok(serde_json::json!({
+                    "quote": B64.encode(&r.outblob),
+                    "collateral": col.to_json(),
+                }))
+            }
         }
     }
 }
@@ -283,5 +320,111 @@ mod tests {
         assert!(v.accepted, "{}", v.summary());
         // Every request directory was removed.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A TDX configfs-tsm answering every request with the real quote.
+    struct TdxKernel {
+        quote: Vec<u8>,
+    }
+
+    impl TsmFs for TdxKernel {
+        fn mkdir(&self, path: &Path) -> io::Result<()> {
+            std::fs::create_dir(path)?;
+            std::fs::write(path.join("generation"), "1\n")?;
+            std::fs::write(path.join("provider"), "tdx_guest\n")
+        }
+        fn write(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+            std::fs::write(path, data)
+        }
+        fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+            if path.ends_with("outblob") {
+                return Ok(self.quote.clone());
+            }
+            std::fs::read(path)
+        }
+        fn rmdir(&self, path: &Path) -> io::Result<()> {
+            std::fs::remove_dir_all(path)
+        }
+    }
+
+    /// 2025-07-01T00:00:00Z, inside the vector collateral's window.
+    fn dcap_at() -> UnixTime {
+        UnixTime(1_751_328_000)
+    }
+
+    #[test]
+    fn tdx_evidence_carries_collateral_from_the_hosts_service() {
+        use ciel_collateral::{Service, Store, lookup, service::RefreshPolicy};
+        let testdata = |f: &str| {
+            std::fs::read(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../attestation/testdata/tdx")
+                    .join(f),
+            )
+            .unwrap()
+        };
+        let quote = testdata("tdx_quote");
+        let col = ciel_attestation::collateral::DcapCollateral::from_json(&testdata(
+            "tdx_quote_collateral.json",
+        ))
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        // The host's service: a cache holding the quote's items, no upstream.
+        let cache = tempfile::tempdir().unwrap();
+        let serve = |with_items: bool| {
+            let store = Store::open(&cache.path().join(with_items.to_string())).unwrap();
+            if with_items {
+                for e in lookup::dcap_entries(&quote, &col, dcap_at()).unwrap() {
+                    store.put(e).unwrap();
+                }
+            }
+            let none = Upstreams::new(Default::default(), None, std::time::Duration::from_secs(1));
+            let svc = std::sync::Arc::new(Service::with_clock(
+                store,
+                none.unwrap(),
+                RefreshPolicy::default(),
+                dcap_at,
+            ));
+            rt.block_on(async {
+                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = l.local_addr().unwrap();
+                tokio::spawn(async move { axum::serve(l, svc.router()).await });
+                Upstreams::service(
+                    &format!("http://{addr}"),
+                    std::time::Duration::from_secs(10),
+                )
+                .unwrap()
+            })
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = || TdxKernel {
+            quote: quote.clone(),
+        };
+        let src = TsmSource::with_fs(kernel(), dir.path().to_path_buf())
+            .unwrap()
+            .with_collateral(serve(true));
+        assert_eq!(src.tee(), "tdx");
+        let doc = src.evidence([0; 64]).unwrap();
+        let decoded = tee_evidence::decode("tdx", &doc, None).unwrap();
+        assert_eq!(decoded.collateral.dcap.as_ref(), Some(&col));
+        let v = decoded.verify(&Policy::authenticity_only(), dcap_at());
+        assert!(v.accepted, "{}", v.summary());
+
+        // No service: the quote alone. A service without the items: an
+        // error naming where the collateral was to come from.
+        let plain = TsmSource::with_fs(kernel(), dir.path().to_path_buf()).unwrap();
+        assert!(plain.evidence([0; 64]).unwrap().get("collateral").is_none());
+        let empty = TsmSource::with_fs(kernel(), dir.path().to_path_buf())
+            .unwrap()
+            .with_collateral(serve(false));
+        let e = empty.evidence([0; 64]).unwrap_err();
+        assert!(
+            e.contains("collateral service") && e.contains("pckcrl?ca=platform"),
+            "{e}"
+        );
     }
 }

@@ -122,9 +122,10 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BootError {
 }
 
 /// A loopback TCP listener inside the guest whose connections are carried
-/// to `relay` (the host's key-broker relay), on the one server loop.
-/// Returns the local port; the bridge lives as long as the guest.
-async fn start_egress_bridge(relay: Endpoint) -> Result<u16, BootError> {
+/// to `relay` (the host's key-broker relay, its collateral service), on the
+/// one server loop. Returns the local port; the bridge lives as long as the
+/// runtime.
+pub async fn start_egress_bridge(relay: Endpoint) -> Result<u16, BootError> {
     use ciel_transport::server::{ConnectionCounters, Limits};
     let l = Listener::bind(&Endpoint::Tcp("127.0.0.1:0".into()))
         .await
