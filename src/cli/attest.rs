@@ -45,6 +45,40 @@ pub struct SimAgentArgs {
     pub init_data: Option<PathBuf>,
 }
 
+/// Fills what `collateral` lacks for `evidence` from `bundle`.
+fn from_bundle(
+    bundle: &ciel_collateral::Bundle,
+    evidence: &Input,
+    collateral: &mut Collateral,
+) -> Result<()> {
+    use ciel_attestation::collateral::CollateralLookup;
+    let report = match evidence {
+        Input::Raw(e) => match e.as_ref() {
+            Evidence::Dcap(q) => {
+                if collateral.dcap.is_none() {
+                    collateral.dcap = Some(bundle.dcap(q.bytes()).map_err(anyhow::Error::msg)?);
+                }
+                return Ok(());
+            }
+            Evidence::Snp(r) => r.clone(),
+            Evidence::Nvidia(_) => anyhow::bail!("GPU evidence: give its RIMs with --rim"),
+        },
+        Input::AzureVtpm(e) => {
+            ciel_attestation::snp::SnpReport::parse(e.snp_report().map_err(anyhow::Error::msg)?)?
+        }
+    };
+    if collateral.snp_signer.is_none() && matches!(evidence, Input::Raw(_)) {
+        collateral.snp_signer = Some(bundle.snp_vcek(&report).map_err(anyhow::Error::msg)?);
+    }
+    if collateral.snp_chain.is_none() {
+        collateral.snp_chain = bundle.snp_chain(&report);
+    }
+    if collateral.snp_crl.is_none() {
+        collateral.snp_crl = bundle.snp_crl(&report);
+    }
+    Ok(())
+}
+
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Evidence file: raw SNP report, DCAP quote or NVIDIA SPDM report (binary or hex text),
@@ -65,6 +99,11 @@ pub struct VerifyArgs {
     /// DCAP: collateral JSON (TCB info, QE identity, CRLs and issuer chains).
     #[arg(long)]
     pub collateral: Option<PathBuf>,
+    /// A collateral bundle (`ciel collateral bundle`) for what the options
+    /// above do not give: a quote's DCAP collateral, a report's VCEK, chain
+    /// and CRL.
+    #[arg(long)]
+    pub collateral_bundle: Option<PathBuf>,
     /// NVIDIA: the GPU's device certificate chain (PEM, leaf first).
     #[arg(long)]
     pub gpu_cert_chain: Option<PathBuf>,
@@ -148,6 +187,12 @@ fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
     }
     for p in &a.rim {
         collateral.gpu_rims.push(files::read("RIM", p)?);
+    }
+    if let Some(p) = &a.collateral_bundle {
+        let bundle = ciel_collateral::Bundle::from_json(&files::read("collateral bundle", p)?)
+            .with_context(|| p.display().to_string())?;
+        from_bundle(&bundle, &evidence, &mut collateral)
+            .with_context(|| format!("collateral bundle {}", p.display()))?;
     }
     let policy = match &a.policy {
         Some(p) => files::load_policy(p)?,

@@ -155,7 +155,7 @@ fn spawn_kbs_serve(
 }
 
 /// Waits (20 s at most) until `port` accepts; false if `child` exits first.
-fn listening(port: u16, child: &mut std::process::Child) -> bool {
+pub fn listening(port: u16, child: &mut std::process::Child) -> bool {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if child.try_wait().unwrap().is_some() {
