@@ -65,7 +65,9 @@ pub struct RawPolicy {
     pub danger_simulated_roots: Vec<String>,
     /// Expected `report_data` (hex, at most 64 bytes, zero-padded).
     pub report_data: Option<String>,
-    /// Maximum age of DCAP collateral (seconds since its issue date).
+    /// Maximum age of collateral, every kind (seconds since its issue):
+    /// DCAP TCB info and QE identity, AMD's CRL, NVIDIA OCSP responses
+    /// (unless `[nvidia] max_ocsp_age_seconds`).
     pub max_collateral_age_seconds: Option<u64>,
     /// Clients: the oldest a guest's attestation may be (seconds since its
     /// claims' `issued_at`) unless it carries the client's nonce; older

@@ -183,7 +183,19 @@ fn ocsp_missing_stale_revoked_unknown_or_forged_is_refused() {
         ocsp: ocsp(a, SimOcspStatus::Good, 7200),
         ..good(a)
     };
-    refused_with(&[old], &strict, "ocsp_stale");
+    refused_with(std::slice::from_ref(&old), &strict, "ocsp_stale");
+    // The policy-wide collateral bound applies where [nvidia] sets none.
+    let text = format!(
+        "danger_simulated_roots = [\"{}\"]\nmax_collateral_age_seconds = 3600\n[nvidia]\nrequire_ocsp = true",
+        hex::encode(sim().0.root_sha256())
+    );
+    refused_with(
+        std::slice::from_ref(&old),
+        &Policy::from_toml(&text).unwrap(),
+        "ocsp_stale",
+    );
+    let text = text.replace("3600", "86400");
+    assert!(verify_gpus(&[old], &NONCE, &Policy::from_toml(&text).unwrap(), NOW).accepted);
     let expired = GpuEvidence {
         ocsp: (1..=2)
             .map(|pos| {

@@ -161,3 +161,17 @@ fn a_crl_must_be_current_genuine_and_present_when_required() {
     );
     assert!(check(None, "").accepted);
 }
+
+#[test]
+fn a_crl_older_than_the_policys_collateral_age_is_refused() {
+    // crl() was issued a day before the verification instant.
+    let v = check(Some(crl(&[])), "max_collateral_age_seconds = 172800");
+    assert!(v.accepted, "{:?}", v.reasons);
+    let v = check(Some(crl(&[])), "max_collateral_age_seconds = 3600");
+    assert_eq!(kinds(&v), vec![ReasonKind::CollateralTooOld]);
+    assert!(
+        v.reasons[0].message.contains("AMD CRL"),
+        "{}",
+        v.reasons[0].message
+    );
+}

@@ -258,6 +258,9 @@ fn check_ocsp(
     now: UnixTime,
 ) -> Vec<CertError> {
     let p = &policy.nvidia;
+    // OCSP responses are collateral too: the policy-wide bound applies
+    // where `[nvidia]` sets none of its own.
+    let ocsp_max_age = p.max_ocsp_age_seconds.or(policy.max_collateral_age_seconds);
     let mut errors = Vec::new();
     let mut stapled = Vec::with_capacity(responses.len());
     for (i, r) in responses.iter().enumerate() {
@@ -287,7 +290,7 @@ fn check_ocsp(
                 }
                 let checked = stapled
                     .get(at)
-                    .map(|(_, s)| s.check(cert, issuer, now, p.max_ocsp_age_seconds, &name));
+                    .map(|(_, s)| s.check(cert, issuer, now, ocsp_max_age, &name));
                 if let Some(Err(e)) = checked {
                     errors.push(e);
                 }

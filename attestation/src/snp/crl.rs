@@ -30,13 +30,15 @@ fn der_of(bytes: &[u8]) -> Result<Vec<u8>, CertError> {
 }
 
 /// Checks `crl` against the established chain at `now`: issued and signed
-/// by the chain's ARK, current (`thisUpdate ≤ now < nextUpdate`), and
+/// by the chain's ARK, current (`thisUpdate ≤ now < nextUpdate`), no older
+/// than `max_age` seconds (the policy's `max_collateral_age_seconds`), and
 /// revoking neither the intermediate nor the leaf.
 pub(crate) fn check_crl(
     crl: &[u8],
     root: &Cert,
     chain: [(&Cert, &str); 2],
     now: UnixTime,
+    max_age: Option<u64>,
 ) -> Vec<CertError> {
     let der = match der_of(crl) {
         Ok(d) => d,
@@ -84,6 +86,17 @@ pub(crate) fn check_crl(
             ReasonKind::CollateralExpired,
             format!(
                 "the AMD CRL's thisUpdate {} is in the future",
+                UnixTime(this)
+            ),
+        ));
+    }
+    if let Some(max) = max_age
+        && now.secs().saturating_sub(this) > max
+    {
+        errors.push(CertError::new(
+            ReasonKind::CollateralTooOld,
+            format!(
+                "the AMD CRL was issued at {}, older than the policy's max_collateral_age_seconds {max}",
                 UnixTime(this)
             ),
         ));

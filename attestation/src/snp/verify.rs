@@ -99,7 +99,8 @@ pub fn verify_snp(
     match &collateral.crl {
         Some(crl) => {
             let certs = [(&chain.intermediate, "ASK/ASVK"), (&chain.leaf, "VCEK/VLEK")];
-            for e in super::crl::check_crl(crl, &chain.root, certs, now) {
+            let max_age = policy.max_collateral_age_seconds;
+            for e in super::crl::check_crl(crl, &chain.root, certs, now, max_age) {
                 v.reject(e.kind, e.message);
             }
         }
