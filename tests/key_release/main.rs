@@ -12,6 +12,7 @@ mod admin;
 mod az_vtpm;
 mod broker;
 mod coco;
+mod collateral_bundle;
 mod ear_token;
 mod faults;
 mod gpu_document;
