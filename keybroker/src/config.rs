@@ -189,18 +189,30 @@ impl Config {
             }
         }
         let admin_keys = admin_keys(&raw).map_err(err)?;
-        let dcap_collateral = match &raw.dcap_collateral {
-            Some(p) => {
-                let p = rel(p);
-                let bytes = std::fs::read(&p)
-                    .map_err(|e| err(format!("dcap_collateral {}: {e}", p.display())))?;
-                Some(
-                    ciel_attestation::collateral::DcapCollateral::from_json(&bytes)
-                        .map_err(|e| err(format!("dcap_collateral {}: {e}", p.display())))?,
-                )
-            }
-            None => None,
-        };
+        // A file named by a field, read and parsed; errors name both.
+        fn load<T, E: std::fmt::Display>(
+            field: &str,
+            path: Option<PathBuf>,
+            parse: impl Fn(&[u8]) -> Result<T, E>,
+        ) -> Result<Option<T>, String> {
+            let Some(p) = path else { return Ok(None) };
+            let bytes = std::fs::read(&p).map_err(|e| format!("{field} {}: {e}", p.display()))?;
+            parse(&bytes)
+                .map(Some)
+                .map_err(|e| format!("{field} {}: {e}", p.display()))
+        }
+        let dcap_collateral = load(
+            "dcap_collateral",
+            raw.dcap_collateral.as_deref().map(rel),
+            ciel_attestation::collateral::DcapCollateral::from_json,
+        )
+        .map_err(err)?;
+        let collateral_bundle = load(
+            "collateral_bundle",
+            raw.collateral_bundle.as_deref().map(rel),
+            ciel_collateral::Bundle::from_json,
+        )
+        .map_err(err)?;
         let storage = match (&raw.key_store, &raw.audit_log, &raw.postgres) {
             (Some(k), Some(a), None) => Storage::Files {
                 key_store: rel(k),
@@ -218,18 +230,6 @@ impl Config {
                         .into(),
                 ));
             }
-        };
-        let collateral_bundle = match &raw.collateral_bundle {
-            Some(p) => {
-                let p = rel(p);
-                let bytes = std::fs::read(&p)
-                    .map_err(|e| err(format!("collateral_bundle {}: {e}", p.display())))?;
-                Some(
-                    ciel_collateral::Bundle::from_json(&bytes)
-                        .map_err(|e| err(format!("collateral_bundle {}: {e}", p.display())))?,
-                )
-            }
-            None => None,
         };
         Ok(Config {
             dcap_collateral,

@@ -105,6 +105,9 @@ pub fn run(cmd: HostCommand) -> Result<ExitCode> {
 fn serve(a: ServeArgs) -> Result<ExitCode> {
     use std::sync::Arc;
     super::init_logging();
+    if a.collateral_cache.is_none() && !a.collateral_upstreams.upstream.is_empty() {
+        bail!("--collateral-upstream configures the collateral service: give --collateral-cache and --collateral-listen too");
+    }
     let cfg = ciel_host::shim::ShimConfig {
         listen: a.listen.clone(),
         guest_api: a.guest_api.clone(),
