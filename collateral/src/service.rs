@@ -22,6 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// OCSP answers kept at most; more are passed on without being kept.
+pub const MAX_CACHED_OCSP: usize = 1024;
+
 /// When items are fetched again.
 #[derive(Debug, Clone, Copy)]
 pub struct RefreshPolicy {
@@ -174,6 +177,14 @@ impl Service {
             let e = me
                 .upstreams
                 .fetch(&item, ocsp_request.as_deref(), (me.now)())?;
+            // OCSP answers are per request, and anyone who can reach the
+            // service chooses the requests: past a bound they are passed
+            // on, not kept (the cache cannot be grown without limit).
+            if matches!(item, Item::NvidiaOcsp { .. })
+                && me.store.count(item.kind()) >= MAX_CACHED_OCSP
+            {
+                return Ok(e);
+            }
             me.store.put(e.clone()).map_err(|err| FetchError::Failed {
                 url: item.to_string(),
                 message: err.to_string(),

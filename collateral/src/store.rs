@@ -68,6 +68,11 @@ impl Store {
         self.read().get(item).cloned()
     }
 
+    /// How many entries of a kind ([`Item::kind`]) it holds.
+    pub fn count(&self, kind: &str) -> usize {
+        self.read().keys().filter(|i| i.kind() == kind).count()
+    }
+
     /// Every entry, in item order.
     pub fn entries(&self) -> Vec<Entry> {
         self.read().values().cloned().collect()

@@ -106,7 +106,9 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     use std::sync::Arc;
     super::init_logging();
     if a.collateral_cache.is_none() && !a.collateral_upstreams.upstream.is_empty() {
-        bail!("--collateral-upstream configures the collateral service: give --collateral-cache and --collateral-listen too");
+        bail!(
+            "--collateral-upstream configures the collateral service: give --collateral-cache and --collateral-listen too"
+        );
     }
     let cfg = ciel_host::shim::ShimConfig {
         listen: a.listen.clone(),
