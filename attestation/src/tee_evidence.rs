@@ -61,6 +61,30 @@ pub enum InitDataAnchor {
     Pcr8([u8; 32]),
 }
 
+impl InitDataAnchor {
+    /// Whether it binds `init`: what binds it, or why not.
+    pub fn binds(&self, init: &ciel_protocol::initdata::InitData) -> Result<String, String> {
+        use ciel_protocol::initdata::Anchor;
+        init.check_anchor(match self {
+            InitDataAnchor::Field(f) => Anchor::Field(f),
+            InitDataAnchor::Pcr8(p) => Anchor::Pcr8(p),
+        })
+    }
+}
+
+/// Where `evidence` (for `tee`) binds init-data, read without verifying
+/// it (the guest about its own evidence, the client before the verdict is
+/// combined): `None` when it has no such field.
+pub fn init_data_anchor(
+    tee: &str,
+    evidence: &serde_json::Value,
+) -> Result<Option<InitDataAnchor>, String> {
+    if tee == "az-snp-vtpm" {
+        return decode(tee, evidence, None).map(|d| d.init_data_anchor());
+    }
+    parse_evidence(tee, evidence).map(|e| e.init_data_field().map(InitDataAnchor::Field))
+}
+
 impl Decoded {
     /// The platform as audit entries and tokens name it: `snp`, `dcap`, or
     /// `az-snp-vtpm`.

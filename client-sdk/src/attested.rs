@@ -297,44 +297,28 @@ fn init_data_check(body: &str, doc: &AttestationDocument) -> (bool, String) {
         Ok(i) => i,
         Err(e) => return (false, e.to_string()),
     };
-    let field = tee_evidence::parse_evidence(&doc.tee, &doc.evidence)
+    let anchor = tee_evidence::init_data_anchor(&doc.tee, &doc.evidence)
         .ok()
-        .and_then(|e| e.init_data_field());
-    let Some(field) = field else {
+        .flatten();
+    let Some(anchor) = anchor else {
         return (
             false,
-            "the evidence has no HOST_DATA or MRCONFIGID to bind init-data".into(),
+            "the evidence has no HOST_DATA, MRCONFIGID or quoted PCR 8 to bind init-data".into(),
         );
     };
-    let name = if field.len() == 32 {
-        "HOST_DATA"
-    } else {
-        "MRCONFIGID"
-    };
-    if init.bound_by(&field) {
-        (
+    match anchor.binds(&init) {
+        Ok(what) => (
             true,
             format!(
-                "{name} binds the init-data ({} {}; entries: {})",
-                init.algorithm().name(),
-                hex::encode(init.digest()),
+                "{what}; entries: {}",
                 init.entries()
                     .keys()
                     .cloned()
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-        )
-    } else {
-        (
-            false,
-            format!(
-                "{name} is {}, not the init-data's {} digest {}",
-                hex::encode(&field),
-                init.algorithm().name(),
-                hex::encode(init.digest())
-            ),
-        )
+        ),
+        Err(why) => (false, why),
     }
 }
 

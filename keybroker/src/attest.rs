@@ -153,7 +153,7 @@ pub async fn attest(
                 )
                 .await);
             };
-            if let Err(detail) = init_data_bound(&parsed, &anchor) {
+            if let Err(detail) = anchor.binds(&parsed) {
                 return Err(refuse(
                     Kind::BadEvidence,
                     "init_data_mismatch",
@@ -206,41 +206,6 @@ pub async fn attest(
     .await?;
     tracing::info!(%client, "session attested");
     Ok(Json(AttestationToken { token }).into_response())
-}
-
-/// Whether `anchor` binds the init-data: HOST_DATA / MRCONFIGID hold its
-/// digest; a vTPM's PCR 8 is SHA-256(32 zero bytes ‖ its SHA-256 digest),
-/// as Trustee's Azure verifier reads it. Why not, otherwise.
-fn init_data_bound(
-    parsed: &ciel_protocol::initdata::InitData,
-    anchor: &evidence::InitDataAnchor,
-) -> Result<(), String> {
-    match anchor {
-        evidence::InitDataAnchor::Field(field) if parsed.bound_by(field) => Ok(()),
-        evidence::InitDataAnchor::Field(field) => Err(format!(
-            "the evidence's {} is {}, not the init-data's {} digest {}",
-            if field.len() == 32 {
-                "HOST_DATA"
-            } else {
-                "MRCONFIGID"
-            },
-            hex::encode(field),
-            parsed.algorithm().name(),
-            hex::encode(parsed.digest())
-        )),
-        evidence::InitDataAnchor::Pcr8(pcr) => match parsed.pcr8() {
-            None => Err(format!(
-                "az-snp-vtpm binds init-data by its SHA-256 digest in PCR 8; this init-data's digest is {}",
-                parsed.algorithm().name()
-            )),
-            Some(want) if want == *pcr => Ok(()),
-            Some(want) => Err(format!(
-                "the quoted PCR 8 is {}, not SHA-256(0³² ‖ the init-data's digest) = {}",
-                hex::encode(pcr),
-                hex::encode(want)
-            )),
-        },
-    }
 }
 
 /// Issues the token and records the session attested.

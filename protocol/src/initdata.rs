@@ -213,6 +213,52 @@ impl InitData {
         out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &extended).as_ref());
         Some(out)
     }
+
+    /// Whether evidence binds this document where it does (`anchor`): what
+    /// binds it, or why not. The one check of the guest (at start), the key
+    /// broker (at `/attest`) and the client (on every connection).
+    pub fn check_anchor(&self, anchor: Anchor<'_>) -> Result<String, String> {
+        let digest = format!("{} {}", self.algorithm.name(), hex::encode(&self.digest));
+        match anchor {
+            Anchor::Field(field) => {
+                let name = if field.len() == 32 {
+                    "HOST_DATA"
+                } else {
+                    "MRCONFIGID"
+                };
+                if self.bound_by(field) {
+                    Ok(format!("{name} binds the init-data ({digest})"))
+                } else {
+                    Err(format!(
+                        "the evidence's {name} is {}, not the init-data's digest ({digest})",
+                        hex::encode(field)
+                    ))
+                }
+            }
+            Anchor::Pcr8(pcr) => match self.pcr8() {
+                None => Err(format!(
+                    "a vTPM binds init-data by its SHA-256 digest in PCR 8; this init-data's digest is {}",
+                    self.algorithm.name()
+                )),
+                Some(want) if want == *pcr => {
+                    Ok(format!("the quoted PCR 8 binds the init-data ({digest})"))
+                }
+                Some(want) => Err(format!(
+                    "the quoted PCR 8 is {}, not SHA-256(0³² ‖ the init-data's digest) = {}",
+                    hex::encode(pcr),
+                    hex::encode(want)
+                )),
+            },
+        }
+    }
+}
+
+/// Where evidence binds init-data: HOST_DATA (SNP, 32 bytes) or MRCONFIGID
+/// (TDX, 48 bytes) holding its digest, or an Azure vTPM's quoted PCR 8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Anchor<'a> {
+    Field(&'a [u8]),
+    Pcr8(&'a [u8; 32]),
 }
 
 /// Init-data as it travels in `/kbs/v0/attest` (`"init-data": {"format",
@@ -319,5 +365,30 @@ mod tests {
         input.extend_from_slice(digest.as_ref());
         let want = ring::digest::digest(&ring::digest::SHA256, &input);
         assert_eq!(d.pcr8().map(|p| p.to_vec()), Some(want.as_ref().to_vec()));
+    }
+
+    /// One check for every anchor: a field holding the digest (by its
+    /// length, HOST_DATA or MRCONFIGID), a quoted PCR 8; each mismatch says
+    /// what was found and what was wanted.
+    #[test]
+    fn anchors_bind_or_say_why_not() {
+        let sha384 = InitData::parse(DOC).unwrap();
+        let field = sha384.field(48);
+        let ok = sha384.check_anchor(Anchor::Field(&field)).unwrap();
+        assert!(ok.starts_with("MRCONFIGID binds"), "{ok}");
+        let e = sha384.check_anchor(Anchor::Field(&[0; 48])).unwrap_err();
+        assert!(
+            e.contains("MRCONFIGID is 0000") && e.contains("sha384"),
+            "{e}"
+        );
+        let e = sha384.check_anchor(Anchor::Field(&[0; 32])).unwrap_err();
+        assert!(e.contains("HOST_DATA"), "{e}");
+        let e = sha384.check_anchor(Anchor::Pcr8(&[0; 32])).unwrap_err();
+        assert!(e.contains("SHA-256 digest in PCR 8"), "{e}");
+        let sha256 = InitData::parse(&DOC.replace("sha384", "sha256")).unwrap();
+        let pcr8 = sha256.pcr8().unwrap();
+        assert!(sha256.check_anchor(Anchor::Pcr8(&pcr8)).is_ok());
+        let e = sha256.check_anchor(Anchor::Pcr8(&[1; 32])).unwrap_err();
+        assert!(e.contains(&hex::encode(pcr8)), "{e}");
     }
 }

@@ -168,26 +168,16 @@ pub struct WithInitData<S> {
 impl<S: EvidenceSource> WithInitData<S> {
     pub fn bind(source: S, init_data: InitData) -> Result<Self, String> {
         let evidence = source.evidence([0u8; 64])?;
-        let parsed = ciel_attestation::tee_evidence::parse_evidence(source.tee(), &evidence)?;
-        let field = parsed.init_data_field().ok_or_else(|| {
-            format!(
-                "{} evidence has no field that binds init-data",
-                source.tee()
-            )
-        })?;
-        if !init_data.bound_by(&field) {
-            return Err(format!(
-                "init-data ({} digest {}) is not what this VM was launched with: its {} is {}",
-                init_data.algorithm().name(),
-                hex::encode(init_data.digest()),
-                if field.len() == 32 {
-                    "HOST_DATA"
-                } else {
-                    "MRCONFIGID"
-                },
-                hex::encode(&field)
-            ));
-        }
+        let anchor = ciel_attestation::tee_evidence::init_data_anchor(source.tee(), &evidence)?
+            .ok_or_else(|| {
+                format!(
+                    "{} evidence has no field that binds init-data",
+                    source.tee()
+                )
+            })?;
+        anchor
+            .binds(&init_data)
+            .map_err(|why| format!("init-data is not what this VM was launched with: {why}"))?;
         Ok(WithInitData { source, init_data })
     }
 }
