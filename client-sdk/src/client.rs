@@ -134,8 +134,11 @@ impl Endpoint {
     /// Verifies with collateral from `bundle` where the guest's evidence
     /// carries none (a TDX guest whose host has no collateral service; an
     /// air-gapped hub), and applies AMD's CRL when the bundle holds it.
-    pub fn with_collateral_bundle(mut self, bundle: ciel_collateral::Bundle) -> Self {
-        self.collateral = Some(Arc::new(bundle));
+    pub fn with_collateral_bundle(
+        mut self,
+        bundle: impl Into<Arc<ciel_collateral::Bundle>>,
+    ) -> Self {
+        self.collateral = Some(bundle.into());
         self
     }
 

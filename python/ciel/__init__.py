@@ -27,7 +27,7 @@ from typing import Optional
 from . import errors
 from ._native import Check, Policy, Report, __version__
 from ._native import verify as _verify
-from ._policy import PolicyLike, resolve_policy
+from ._policy import BundleLike, PolicyLike, resolve_bundle, resolve_policy
 from ._transport import REPORT_EXTENSION, AsyncAttestedTransport, AttestedTransport
 from .errors import AttestationRefused, CielError
 
@@ -39,6 +39,7 @@ def verify(
     policy_toml: Optional[str] = None,
     fresh: bool = False,
     timeout: Optional[float] = 30.0,
+    collateral_bundle: Optional[BundleLike] = None,
 ) -> Report:
     """Connects to the guest at ``url`` (``https://HOST:PORT``, its host),
     verifies its attestation against the policy, and returns the report.
@@ -47,13 +48,16 @@ def verify(
     it ends in ``.json``); or ``policy_toml``: the policy's TOML text.
     ``fresh``: also verify evidence the guest produces for a new random
     nonce (not only the evidence in its certificate). ``timeout``: seconds
-    for the whole verification (``None``: no limit).
+    for the whole verification (``None``: no limit). ``collateral_bundle``:
+    a file from ``ciel collateral bundle`` with collateral the guest's
+    evidence does not carry (a TDX guest whose host serves none, an
+    air-gapped hub); its items are verified like the evidence's own.
 
     Raises :class:`ciel.errors.AttestationRefused` (with the failed checks)
     when the guest does not pass, and other :class:`ciel.errors.CielError`
     subclasses when it cannot be reached.
     """
-    return _verify(url, resolve_policy(policy, policy_toml), fresh, timeout)
+    return _verify(url, resolve_policy(policy, policy_toml), fresh, timeout, resolve_bundle(collateral_bundle))
 
 
 __all__ = [

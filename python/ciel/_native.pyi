@@ -51,7 +51,13 @@ class Report:
     def verified_at(self) -> str: ...
     def to_dict(self) -> Dict[str, Any]: ...
 
-def verify(url: str, policy: Policy, fresh: bool = False, timeout: Optional[float] = None) -> Report: ...
+def verify(
+    url: str,
+    policy: Policy,
+    fresh: bool = False,
+    timeout: Optional[float] = None,
+    collateral_bundle: Optional[str] = None,
+) -> Report: ...
 
 class Response:
     @property
@@ -64,7 +70,7 @@ class Response:
     def close(self) -> None: ...
 
 class Transport:
-    def __init__(self, policy: Policy) -> None: ...
+    def __init__(self, policy: Policy, collateral_bundle: Optional[str] = None) -> None: ...
     def send(
         self,
         method: str,

@@ -24,3 +24,15 @@ def resolve_policy(policy: Optional[PolicyLike], policy_toml: Optional[str]) -> 
     if isinstance(policy, (str, os.PathLike)):
         return Policy.load(os.fspath(policy))
     raise TypeError(f"policy must be a ciel.Policy or a file path, not {type(policy).__name__}")
+
+
+BundleLike = Union[str, "os.PathLike[str]"]
+
+
+def resolve_bundle(bundle: Optional[BundleLike]) -> Optional[str]:
+    """A collateral bundle's path (``ciel collateral bundle``), or None."""
+    if bundle is None:
+        return None
+    if isinstance(bundle, (str, os.PathLike)):
+        return os.fspath(bundle)
+    raise TypeError(f"collateral_bundle must be a file path, not {type(bundle).__name__}")

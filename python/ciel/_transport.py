@@ -15,7 +15,7 @@ import sys
 from typing import Any, Dict, Iterator, Optional, Tuple
 
 from . import _native
-from ._policy import PolicyLike, resolve_policy
+from ._policy import BundleLike, PolicyLike, resolve_bundle, resolve_policy
 from .errors import CielError, ConnectionFailed, ConnectionLost, ProtocolError, Timeout
 
 #: The response extension that carries what the connection's guest proved.
@@ -125,12 +125,19 @@ class AttestedTransport:
 
     ``httpx.Client(transport=ciel.AttestedTransport(policy="policy.toml"))``;
     the response's ``extensions["ciel_report"]`` is the connection's
-    :class:`ciel.Report`. A refused guest raises
+    :class:`ciel.Report`. ``collateral_bundle``: a file from ``ciel
+    collateral bundle``, for evidence that carries no collateral of its own. A refused guest raises
     :class:`ciel.errors.AttestationRefused` and is sent nothing.
     """
 
-    def __init__(self, policy: Optional[PolicyLike] = None, *, policy_toml: Optional[str] = None) -> None:
-        self._native = _native.Transport(resolve_policy(policy, policy_toml))
+    def __init__(
+        self,
+        policy: Optional[PolicyLike] = None,
+        *,
+        policy_toml: Optional[str] = None,
+        collateral_bundle: Optional[BundleLike] = None,
+    ) -> None:
+        self._native = _native.Transport(resolve_policy(policy, policy_toml), resolve_bundle(collateral_bundle))
 
     def handle_request(self, request: Any) -> Any:
         httpx = _httpx_of(request)
@@ -158,8 +165,14 @@ class AsyncAttestedTransport:
     ``httpx.AsyncClient`` (asyncio or trio): the Rust client does the work
     in worker threads, so the event loop never blocks."""
 
-    def __init__(self, policy: Optional[PolicyLike] = None, *, policy_toml: Optional[str] = None) -> None:
-        self._native = _native.Transport(resolve_policy(policy, policy_toml))
+    def __init__(
+        self,
+        policy: Optional[PolicyLike] = None,
+        *,
+        policy_toml: Optional[str] = None,
+        collateral_bundle: Optional[BundleLike] = None,
+    ) -> None:
+        self._native = _native.Transport(resolve_policy(policy, policy_toml), resolve_bundle(collateral_bundle))
 
     async def handle_async_request(self, request: Any) -> Any:
         import anyio.to_thread

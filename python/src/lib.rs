@@ -99,6 +99,21 @@ fn seconds(what: &str, value: Option<f64>) -> PyResult<Option<Duration>> {
         .transpose()
 }
 
+/// A collateral bundle argument (`ciel collateral bundle`'s file): `None`
+/// for none; a file that cannot be read is an `OSError`, one that is not a
+/// bundle a `ValueError`, each naming the file.
+fn collateral_bundle(
+    path: Option<&str>,
+) -> PyResult<Option<std::sync::Arc<ciel_collateral::Bundle>>> {
+    let Some(path) = path else { return Ok(None) };
+    let bytes = std::fs::read(path).map_err(|e| {
+        pyo3::exceptions::PyOSError::new_err(format!("collateral bundle {path}: {e}"))
+    })?;
+    ciel_collateral::Bundle::from_json(&bytes)
+        .map(|b| Some(std::sync::Arc::new(b)))
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("{path}: {e}")))
+}
+
 /// Runs a client SDK call made in `phase` to `addr`, for at most `limit`:
 /// its value, or the Python exception for its error or its timeout.
 fn call<F, T>(

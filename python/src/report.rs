@@ -171,18 +171,24 @@ impl Report {
 /// handshake (and, with `fresh`, again on evidence for a new nonce), and
 /// returns the report; a refusal raises `AttestationRefused`.
 #[pyfunction]
-#[pyo3(signature = (url, policy, fresh = false, timeout = None))]
+#[pyo3(signature = (url, policy, fresh = false, timeout = None, collateral_bundle = None))]
 pub fn verify(
     py: Python<'_>,
     url: &str,
     policy: PyRef<'_, Policy>,
     fresh: bool,
     timeout: Option<f64>,
+    collateral_bundle: Option<&str>,
 ) -> PyResult<Report> {
     let limit = crate::seconds("timeout", timeout)?;
-    let policy = policy.inner.clone();
+    let bundle = crate::collateral_bundle(collateral_bundle)?;
+    let mut endpoint = ciel_client::Endpoint::new(url, policy.inner.clone())
+        .map_err(|e| crate::errors::client(py, e, Phase::Connect))?;
+    if let Some(b) = bundle {
+        endpoint = endpoint.with_collateral_bundle(b);
+    }
     let work = async move {
-        let client = Client::connect(url, policy).await?;
+        let client = Client::connect_to(endpoint).await?;
         if fresh {
             client.fresh_attestation().await
         } else {

@@ -35,15 +35,18 @@ const HOP_BY_HOP: [&str; 8] = [
 #[derive(Debug)]
 pub struct Transport {
     policy: ciel_attestation::Policy,
+    collateral: Option<std::sync::Arc<ciel_collateral::Bundle>>,
 }
 
 #[pymethods]
 impl Transport {
     #[new]
-    fn new(policy: PyRef<'_, Policy>) -> Self {
-        Transport {
+    #[pyo3(signature = (policy, collateral_bundle = None))]
+    fn new(policy: PyRef<'_, Policy>, collateral_bundle: Option<&str>) -> PyResult<Self> {
+        Ok(Transport {
             policy: policy.inner.clone(),
-        }
+            collateral: crate::collateral_bundle(collateral_bundle)?,
+        })
     }
 
     /// Sends one request to `https://{authority}{target}`; returns once the
@@ -63,8 +66,11 @@ impl Transport {
     ) -> PyResult<Response> {
         let connect_limit = seconds("connect timeout", connect_timeout)?;
         let read_limit = seconds("read timeout", read_timeout)?;
-        let endpoint = Endpoint::new(&format!("https://{authority}"), self.policy.clone())
+        let mut endpoint = Endpoint::new(&format!("https://{authority}"), self.policy.clone())
             .map_err(|e| errors::client(py, e, Phase::Connect))?;
+        if let Some(b) = &self.collateral {
+            endpoint = endpoint.with_collateral_bundle(b.clone());
+        }
         let request = build_request(method, target, headers, Bytes::copy_from_slice(body))?;
 
         let (mut connection, verification) = call(

@@ -73,6 +73,23 @@ def test_bad_policies_are_errors_that_name_what_is_wrong(tmp_path):
     assert isinstance(PolicyError("x"), ValueError)
 
 
+def test_a_collateral_bundle_is_taken_and_a_bad_one_named(guest, tmp_path):
+    # A bundle with nothing in it: this SNP guest's evidence carries its own
+    # VCEK, so verification passes with it as without it.
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"format": "ciel-collateral-bundle/1", "created_at": 0, "items": []}')
+    report = ciel.verify(guest.url, guest.policy, collateral_bundle=empty)
+    assert report.accepted
+    with pytest.raises(OSError, match="absent.json"):
+        ciel.verify(guest.url, guest.policy, collateral_bundle=tmp_path / "absent.json")
+    other = tmp_path / "other.json"
+    other.write_text('{"format": "something-else", "created_at": 0, "items": []}')
+    with pytest.raises(ValueError, match="other.json.*format"):
+        ciel.AttestedTransport(guest.policy, collateral_bundle=other)
+    with pytest.raises(TypeError, match="collateral_bundle"):
+        ciel.verify(guest.url, guest.policy, collateral_bundle=7)
+
+
 def test_a_guest_the_policy_does_not_allow_is_refused(guest, refusing_policy, refused_on_evidence):
     with pytest.raises(AttestationRefused) as e:
         ciel.verify(guest.url, refusing_policy)
