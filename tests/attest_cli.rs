@@ -424,3 +424,111 @@ fn azure_vtpm_evidence_verifies_through_the_cli() {
         run.stderr
     );
 }
+
+/// Azure TDX vTPM evidence (`az-tdx-vtpm`) through `ciel attest verify`:
+/// simulated evidence accepted with the TD quote's collateral for its
+/// nonce (and the simulated root named), refused without that collateral
+/// or for another nonce; Trustee's real vector refused only for the
+/// collateral of its FMSPC, which the vectors lack.
+#[test]
+fn azure_tdx_vtpm_evidence_verifies_through_the_cli() {
+    use ciel_attestation::sim::{AzVtpmSim, SimTdxQuote, TdxSim};
+    use ciel_attestation::UnixTime;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let tdx = TdxSim::generate(UnixTime(now - 86_400)).expect("sim");
+    let pcrs: [[u8; 32]; 24] = std::array::from_fn(|i| [i as u8; 32]);
+    let evidence = AzVtpmSim::generate()
+        .expect("vtpm")
+        .evidence_tdx(&tdx, &SimTdxQuote::default(), b"fresh nonce", &pcrs)
+        .expect("evidence");
+    let write = |name: &str, bytes: Vec<u8>| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, bytes).expect("write");
+        p
+    };
+    let file = write(
+        "az-tdx.json",
+        serde_json::to_vec(&evidence.to_json()).expect("json"),
+    );
+    let collateral = write(
+        "collateral.json",
+        serde_json::to_vec(&tdx.collateral(UnixTime(now)).expect("collateral").to_json())
+            .expect("json"),
+    );
+    let policy = |nonce: &[u8]| {
+        write(
+            &format!("{}.toml", hex::encode(nonce)),
+            format!(
+                "danger_simulated_roots = [\"{}\"]\nreport_data = \"{}\"\n",
+                hex::encode(tdx.root_sha256()),
+                hex::encode(nonce)
+            )
+            .into_bytes(),
+        )
+    };
+    let verify = |evidence: &std::path::Path, policy: &std::path::Path, extra: &[&std::ffi::OsStr]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "attest".as_ref(),
+            "verify".as_ref(),
+            evidence.as_os_str(),
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "--json".as_ref(),
+        ];
+        args.extend_from_slice(extra);
+        ciel(args)
+    };
+    let with_collateral = ["--collateral".as_ref(), collateral.as_os_str()];
+    let run = verify(&file, &policy(b"fresh nonce"), &with_collateral);
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let out = run.json();
+    assert_eq!(out["platform"], "tdx");
+    assert_eq!(out["vtpm"]["nonce"], hex::encode("fresh nonce"));
+    assert_eq!(out["vtpm"]["pcrs"]["8"], hex::encode([8u8; 32]));
+    let run = verify(&file, &policy(b"another"), &with_collateral);
+    assert_eq!(run.reason_codes(), vec!["report_data_mismatch"]);
+    let run = verify(&file, &policy(b"fresh nonce"), &[]);
+    assert_eq!(run.code, 1);
+    assert_eq!(run.reason_codes(), vec!["collateral_missing"]);
+
+    // Trustee's real az-tdx-vtpm vector: bound, signed and for its nonce;
+    // the TD quote's collateral is not in the vectors.
+    let real = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("attestation/testdata/azure/az-tdx-vtpm-evidence-v1.json");
+    let nonce = write(
+        "challenge.toml",
+        format!("report_data = \"{}\"\n", hex::encode("challenge")).into_bytes(),
+    );
+    let run = verify(&real, &nonce, &[]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.reason_codes(), vec!["collateral_missing"]);
+    assert_eq!(run.json()["vtpm"]["nonce"], hex::encode("challenge"));
+}
+
+/// `ciel enclave serve --vtpm`: a TPM that is not there, or not an
+/// address, is refused before anything starts, naming it.
+#[test]
+fn enclave_serve_names_the_vtpm_it_cannot_use() {
+    let run = ciel([
+        "enclave",
+        "serve",
+        "--vtpm",
+        "unix:/nonexistent/swtpm.sock",
+        "--kbs",
+        "https://127.0.0.1:9",
+    ]);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains("--vtpm unix:/nonexistent/swtpm.sock")
+            && run.stderr.contains("NV index 0x01400001"),
+        "{}",
+        run.stderr
+    );
+    let run = ciel(["enclave", "serve", "--vtpm", "tpmrm0"]);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("unix:/path/to/swtpm.sock"), "{}", run.stderr);
+}

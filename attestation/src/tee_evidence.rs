@@ -11,12 +11,16 @@
 //! - `tdx`, Trustee's: `{"quote": b64(quote), "cc_eventlog": b64 (optional)}`; the
 //!   collateral then comes from the verifier's collateral source (a bundle,
 //!   the broker's `dcap_collateral` file).
-//! - `az-snp-vtpm`, Trustee's (v0 or v1, [`crate::azure`]): an Azure vTPM's HCL
+//! - `az-snp-vtpm`, Trustee's (v0, v1 or v2, [`crate::azure`]): an Azure vTPM's HCL
 //!   report and TPM quote, and optionally `"cert_chain": "PEM ASK+ARK"` (Azure's
 //!   VCEKs chain to AMD's pinned roots); the session's binding is the quote's
 //!   nonce, and init-data is bound by PCR 8.
+//! - `az-tdx-vtpm`, Trustee's (v0, v1 or v2): the HCL report, TPM quote and the
+//!   TD quote binding the HCL variable data, and optionally `"collateral"`
+//!   (the TD quote's DCAP collateral, as in our `tdx` shape; otherwise from
+//!   the verifier's collateral source); bound as `az-snp-vtpm`.
 
-use crate::azure::{AzSnpVtpm, verify_az_snp_vtpm};
+use crate::azure::{AzVtpm, verify_az_vtpm};
 use crate::collateral::{CollateralLookup, DcapCollateral};
 use crate::nvidia::GpuEvidence;
 use crate::snp::SnpReport;
@@ -34,20 +38,31 @@ pub struct Decoded {
     /// nonce each GPU report must carry; empty without GPUs.
     pub gpus: Vec<GpuEvidence>,
     pub gpu_nonce: [u8; 32],
-    /// Azure vTPM evidence (`az-snp-vtpm`), whose HCL report's SNP report
-    /// is [`Self::evidence`].
+    /// Azure vTPM evidence (`az-snp-vtpm`, `az-tdx-vtpm`), whose hardware
+    /// report (the HCL report's SNP report, or the TD quote) is
+    /// [`Self::evidence`].
     pub vtpm: Option<Vtpm>,
 }
 
 /// An Azure vTPM's evidence and what its quote states, read once.
 #[derive(Debug)]
 pub struct Vtpm {
-    pub evidence: AzSnpVtpm,
+    pub evidence: AzVtpm,
     /// The quote's nonce (at most 64 bytes).
     pub nonce: Vec<u8>,
     /// The PCRs the quote covers, with the values given (checked against
     /// the quote's digest by [`Decoded::verify`]).
     pub pcrs: Vec<(usize, [u8; 32])>,
+}
+
+impl Vtpm {
+    /// PCR 8 as quoted: where Trustee binds init-data.
+    fn pcr8(&self) -> Option<InitDataAnchor> {
+        self.pcrs
+            .iter()
+            .find(|(i, _)| *i == 8)
+            .map(|(_, v)| InitDataAnchor::Pcr8(*v))
+    }
 }
 
 /// Where evidence binds init-data.
@@ -79,18 +94,18 @@ pub fn init_data_anchor(
     tee: &str,
     evidence: &serde_json::Value,
 ) -> Result<Option<InitDataAnchor>, String> {
-    if tee == "az-snp-vtpm" {
-        return decode(tee, evidence, None).map(|d| d.init_data_anchor());
+    if is_vtpm(tee) {
+        return read_vtpm(tee, evidence).map(|(vtpm, _)| vtpm.pcr8());
     }
     parse_evidence(tee, evidence).map(|e| e.init_data_field().map(InitDataAnchor::Field))
 }
 
 impl Decoded {
-    /// The platform as audit entries and tokens name it: `snp`, `dcap`, or
-    /// `az-snp-vtpm`.
+    /// The platform as audit entries and tokens name it: `snp`, `dcap`,
+    /// `az-snp-vtpm` or `az-tdx-vtpm`.
     pub fn platform(&self) -> String {
-        match self.vtpm {
-            Some(_) => "az-snp-vtpm".into(),
+        match &self.vtpm {
+            Some(vtpm) => vtpm.evidence.tee().into(),
             None => format!("{:?}", self.evidence.kind()).to_lowercase(),
         }
     }
@@ -113,7 +128,7 @@ impl Decoded {
     /// as any other, or a vTPM's HCL report, attestation key and quote.
     pub fn verify(&self, policy: &Policy, now: UnixTime) -> Verdict {
         match &self.vtpm {
-            Some(vtpm) => verify_az_snp_vtpm(&vtpm.evidence, &self.collateral, policy, now),
+            Some(vtpm) => verify_az_vtpm(&vtpm.evidence, &self.collateral, policy, now),
             None => crate::verify(&self.evidence, &self.collateral, policy, now),
         }
     }
@@ -121,11 +136,7 @@ impl Decoded {
     /// Where the evidence binds init-data, if it can.
     pub fn init_data_anchor(&self) -> Option<InitDataAnchor> {
         match &self.vtpm {
-            Some(vtpm) => vtpm
-                .pcrs
-                .iter()
-                .find(|(i, _)| *i == 8)
-                .map(|(_, v)| InitDataAnchor::Pcr8(*v)),
+            Some(vtpm) => vtpm.pcr8(),
             None => self.evidence.init_data_field().map(InitDataAnchor::Field),
         }
     }
@@ -225,7 +236,7 @@ fn trustee_cert_table(table: &serde_json::Value) -> Result<(Vec<u8>, Vec<u8>), S
     ))
 }
 
-/// Decodes `evidence` for `tee` ("snp", "tdx" or "az-snp-vtpm");
+/// Decodes `evidence` for `tee` ("snp", "tdx", "az-snp-vtpm" or "az-tdx-vtpm");
 /// `lookup` supplies collateral the evidence does not carry (a TDX quote's,
 /// an SNP report's VCEK) and AMD's CRL where it has one.
 pub fn decode(
@@ -269,58 +280,13 @@ pub fn decode(
         }
         "tdx" => {
             let quote = b64(evidence, "quote")?;
-            collateral.dcap = Some(match evidence.get("collateral") {
-                Some(col) => {
-                    let bytes = serde_json::to_vec(col).map_err(|e| e.to_string())?;
-                    DcapCollateral::from_json(&bytes).map_err(|e| format!("tee-evidence.collateral: {e}"))?
-                }
-                None => lookup
-                    .ok_or("tee-evidence carries no DCAP collateral, and no collateral source (a bundle, the broker's `dcap_collateral`) is configured")?
-                    .dcap(&quote)
-                    .map_err(|e| format!("tee-evidence carries no DCAP collateral, and {e}"))?,
-            });
+            collateral.dcap = Some(dcap_of(evidence, &quote, lookup)?);
             quote
         }
-        "az-snp-vtpm" => {
-            let vtpm = AzSnpVtpm::from_value(evidence)?;
-            let (nonce, pcrs) = vtpm.quoted().map_err(|e| format!("az-snp-vtpm: {e}"))?;
-            if nonce.len() > 64 {
-                return Err(format!(
-                    "az-snp-vtpm: the quote's nonce is {} bytes, at most 64",
-                    nonce.len()
-                ));
-            }
-            // Azure's VCEKs chain to AMD's pinned ASK/ARK; a chain sent
-            // beside (as our `snp` shape allows) serves simulated ones.
-            if let Some(chain) = evidence.get("cert_chain") {
-                let pem = chain
-                    .as_str()
-                    .ok_or("tee-evidence.cert_chain: not a PEM string")?;
-                collateral.snp_chain = Some(pem.as_bytes().to_vec());
-            }
-            let report = vtpm.snp_report()?.to_vec();
-            let parsed = Evidence::parse(&report).map_err(|e| format!("tee-evidence: {e}"))?;
-            if parsed.kind() != EvidenceKind::Snp {
-                return Err("az-snp-vtpm: the HCL report holds no SEV-SNP report".into());
-            }
-            let sha256 =
-                hex::encode(ring::digest::digest(&ring::digest::SHA256, &vtpm.hcl_report).as_ref());
-            return Ok(Decoded {
-                evidence: parsed,
-                collateral,
-                sha256,
-                gpus: Vec::new(),
-                gpu_nonce: [0; 32],
-                vtpm: Some(Vtpm {
-                    evidence: vtpm,
-                    nonce,
-                    pcrs,
-                }),
-            });
-        }
+        "az-snp-vtpm" | "az-tdx-vtpm" => return decode_vtpm(tee, evidence, lookup),
         other => {
             return Err(format!(
-                "tee {other:?} is not supported (snp, tdx, az-snp-vtpm)"
+                "tee {other:?} is not supported (snp, tdx, az-snp-vtpm, az-tdx-vtpm)"
             ));
         }
     };
@@ -350,6 +316,103 @@ pub fn decode(
     })
 }
 
+fn is_vtpm(tee: &str) -> bool {
+    matches!(tee, "az-snp-vtpm" | "az-tdx-vtpm")
+}
+
+/// A TDX quote's DCAP collateral: the evidence's own `collateral`, or the
+/// lookup's.
+fn dcap_of(
+    evidence: &serde_json::Value,
+    quote: &[u8],
+    lookup: Option<&dyn CollateralLookup>,
+) -> Result<DcapCollateral, String> {
+    match evidence.get("collateral") {
+        Some(col) => {
+            let bytes = serde_json::to_vec(col).map_err(|e| e.to_string())?;
+            DcapCollateral::from_json(&bytes).map_err(|e| format!("tee-evidence.collateral: {e}"))
+        }
+        None => lookup
+            .ok_or("tee-evidence carries no DCAP collateral, and no collateral source (a bundle, the broker's `dcap_collateral`) is configured")?
+            .dcap(quote)
+            .map_err(|e| format!("tee-evidence carries no DCAP collateral, and {e}")),
+    }
+}
+
+/// Azure vTPM evidence read (nothing verified): the evidence, what its
+/// quote states, and the hardware report it binds.
+fn read_vtpm(tee: &str, evidence: &serde_json::Value) -> Result<(Vtpm, Evidence), String> {
+    let vtpm = AzVtpm::from_value(evidence).map_err(|e| format!("{tee}: {e}"))?;
+    if vtpm.tee() != tee {
+        return Err(format!("{tee}: the evidence is {}'s", vtpm.tee()));
+    }
+    let (nonce, pcrs) = vtpm.quoted().map_err(|e| format!("{tee}: {e}"))?;
+    if nonce.len() > 64 {
+        return Err(format!(
+            "{tee}: the quote's nonce is {} bytes, at most 64",
+            nonce.len()
+        ));
+    }
+    let report = vtpm
+        .hardware_report()
+        .map_err(|e| format!("{tee}: {e}"))?
+        .to_vec();
+    let parsed = Evidence::parse(&report).map_err(|e| format!("{tee}: {e}"))?;
+    let vtpm = Vtpm {
+        evidence: vtpm,
+        nonce,
+        pcrs,
+    };
+    Ok((vtpm, parsed))
+}
+
+/// Azure vTPM evidence: the hardware report it binds is the decoded
+/// evidence, with that report's collateral.
+fn decode_vtpm(
+    tee: &str,
+    evidence: &serde_json::Value,
+    lookup: Option<&dyn CollateralLookup>,
+) -> Result<Decoded, String> {
+    let (vtpm, parsed) = read_vtpm(tee, evidence)?;
+    let mut collateral = Collateral::default();
+    match &parsed {
+        Evidence::Snp(report) => {
+            // Azure's VCEKs chain to AMD's pinned ASK/ARK; a chain sent
+            // beside (as our `snp` shape allows) serves simulated ones.
+            if let Some(chain) = evidence.get("cert_chain") {
+                let pem = chain
+                    .as_str()
+                    .ok_or("tee-evidence.cert_chain: not a PEM string")?;
+                collateral.snp_chain = Some(pem.as_bytes().to_vec());
+            }
+            if let Some(lookup) = lookup {
+                if vtpm.evidence.vcek.is_none() {
+                    collateral.snp_signer = Some(lookup.snp_vcek(report).map_err(|e| {
+                        format!("{tee} evidence carries no `vcek`, and {e}")
+                    })?);
+                }
+                if collateral.snp_chain.is_none() {
+                    collateral.snp_chain = lookup.snp_chain(report);
+                }
+                collateral.snp_crl = lookup.snp_crl(report);
+            }
+        }
+        Evidence::Dcap(q) => collateral.dcap = Some(dcap_of(evidence, q.bytes(), lookup)?),
+        Evidence::Nvidia(_) => return Err(format!("{tee}: the hardware report is a GPU's")),
+    }
+    let sha256 = hex::encode(
+        ring::digest::digest(&ring::digest::SHA256, &vtpm.evidence.hcl_report).as_ref(),
+    );
+    Ok(Decoded {
+        evidence: parsed,
+        collateral,
+        sha256,
+        gpus: Vec::new(),
+        gpu_nonce: [0; 32],
+        vtpm: Some(vtpm),
+    })
+}
+
 /// The evidence alone, for reading its fields (no collateral needed, so
 /// nothing is verified): what a guest checks of its own evidence.
 pub fn parse_evidence(tee: &str, evidence: &serde_json::Value) -> Result<Evidence, String> {
@@ -357,6 +420,7 @@ pub fn parse_evidence(tee: &str, evidence: &serde_json::Value) -> Result<Evidenc
         "tdx" => {
             Evidence::parse(&b64(evidence, "quote")?).map_err(|e| format!("tee-evidence: {e}"))
         }
+        _ if is_vtpm(tee) => read_vtpm(tee, evidence).map(|(_, e)| e),
         _ => decode(tee, evidence, None).map(|d| d.evidence),
     }
 }

@@ -36,7 +36,7 @@ pub fn verify(
         ),
     };
     // A policy's vTPM PCR rules are met only by evidence with a TPM quote
-    // (`azure::verify_az_snp_vtpm`, which checks them and verifies the
+    // (`azure::verify_az_vtpm`, which checks them and verifies the
     // report inside without them); a guest with none does not pass them by
     // default. GPU evidence is checked apart from the CPU's.
     if !policy.vtpm.pcrs.is_empty() && !matches!(evidence, Evidence::Nvidia(_)) {

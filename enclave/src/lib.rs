@@ -19,6 +19,7 @@ pub mod kbs_client;
 pub mod platform;
 pub mod sealed_model;
 pub mod serve;
+pub mod tpm;
 pub mod tsm;
 
 /// Seconds since the Unix epoch by the guest's clock (0 before it).

@@ -4,7 +4,7 @@
 
 use super::files;
 use anyhow::{Context, Result};
-use ciel_attestation::azure::{AzSnpVtpm, verify_az_snp_vtpm};
+use ciel_attestation::azure::{AzVtpm, verify_az_vtpm};
 use ciel_attestation::collateral::DcapCollateral;
 use ciel_attestation::{Collateral, Evidence, Policy, UnixTime, verify};
 use clap::{Args, Subcommand};
@@ -63,9 +63,16 @@ fn from_bundle(
             Evidence::Snp(r) => r.clone(),
             Evidence::Nvidia(_) => anyhow::bail!("GPU evidence: give its RIMs with --rim"),
         },
-        Input::AzureVtpm(e) => {
-            ciel_attestation::snp::SnpReport::parse(e.snp_report().map_err(anyhow::Error::msg)?)?
-        }
+        Input::AzureVtpm(e) => match Evidence::parse(e.hardware_report().map_err(anyhow::Error::msg)?)? {
+            Evidence::Snp(r) => r,
+            Evidence::Dcap(q) => {
+                if collateral.dcap.is_none() {
+                    collateral.dcap = Some(bundle.dcap(q.bytes()).map_err(anyhow::Error::msg)?);
+                }
+                return Ok(());
+            }
+            Evidence::Nvidia(_) => anyhow::bail!("{}: not a CPU's report", e.tee()),
+        },
     };
     if collateral.snp_signer.is_none() && matches!(evidence, Input::Raw(_)) {
         collateral.snp_signer = Some(bundle.snp_vcek(&report).map_err(anyhow::Error::msg)?);
@@ -82,8 +89,10 @@ fn from_bundle(
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Evidence file: raw SNP report, DCAP quote or NVIDIA SPDM report (binary or hex text),
-    /// or an Azure confidential VM's vTPM evidence (Trustee's az-snp-vtpm JSON: HCL report,
-    /// TPM quote, VCEK; the policy's report_data is the quote's nonce).
+    /// or an Azure confidential VM's vTPM evidence (Trustee's az-snp-vtpm or az-tdx-vtpm
+    /// JSON, v0 to v2: HCL report, TPM quote, and the VCEK or the TD quote, whose DCAP
+    /// collateral --collateral or --collateral-bundle gives; the policy's report_data is the
+    /// quote's nonce).
     pub evidence: PathBuf,
     /// SNP: the VCEK or VLEK certificate (DER or PEM), or a PEM bundle with
     /// its chain as clouds serve it (Azure THIM: VCEK, ASK, ARK).
@@ -147,15 +156,15 @@ pub fn run(cmd: AttestCommand) -> Result<ExitCode> {
 /// What `ciel attest verify` was given.
 enum Input {
     Raw(Box<Evidence>),
-    AzureVtpm(AzSnpVtpm),
+    AzureVtpm(AzVtpm),
 }
 
 fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
     let bytes = files::read("evidence", &a.evidence)?;
     // Azure vTPM evidence (JSON) or one raw report or quote.
-    let evidence = if AzSnpVtpm::detect(&bytes) {
+    let evidence = if AzVtpm::detect(&bytes) {
         Input::AzureVtpm(
-            AzSnpVtpm::from_json(&bytes)
+            AzVtpm::from_json(&bytes)
                 .map_err(|e| anyhow::anyhow!(e))
                 .with_context(|| format!("evidence {}", a.evidence.display()))?,
         )
@@ -204,7 +213,7 @@ fn run_verify(a: VerifyArgs) -> Result<ExitCode> {
     };
     let verdict = match &evidence {
         Input::Raw(e) => verify(e, &collateral, &policy, UnixTime(now)),
-        Input::AzureVtpm(e) => verify_az_snp_vtpm(e, &collateral, &policy, UnixTime(now)),
+        Input::AzureVtpm(e) => verify_az_vtpm(e, &collateral, &policy, UnixTime(now)),
     };
     if verdict.simulated {
         warn_simulated();

@@ -43,6 +43,15 @@ pub struct ServeArgs {
     /// the kernel parameter agent.guest_components_rest_api=all).
     #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = ciel_enclave::platform::coco::DEFAULT_URL)]
     pub coco_agent: Option<String>,
+    /// On an Azure confidential VM (SEV-SNP): evidence from the vTPM
+    /// (Trustee's az-snp-vtpm: the paravisor's HCL report from NV index
+    /// 0x01400001 and a quote by the attestation key 0x81000003 over the
+    /// session's nonce and PCRs 0-23). A TPM device (default /dev/tpmrm0)
+    /// or unix:PATH, swtpm's socket. With --collateral-via the VCEK comes
+    /// from the host's collateral service; without, verifiers need it from
+    /// their own collateral source (a bundle).
+    #[arg(long, value_name = "TPM", num_args = 0..=1, default_missing_value = "/dev/tpmrm0", conflicts_with_all = ["sim", "coco_agent"], value_parser = parse_tpm)]
+    pub vtpm: Option<ciel_enclave::tpm::Transport>,
     /// The GPUs attested with the CPU: `none`; `nvml` (every GPU the
     /// NVIDIA driver shows, through NVML loaded at run time; each must be
     /// in confidential-computing mode, DEVTOOLS off); or `sim:N`, N
@@ -72,7 +81,8 @@ pub struct ServeArgs {
     /// The host's collateral service (vsock://2:PORT in a VM): a TDX
     /// quote's DCAP collateral goes into the evidence so clients verify it
     /// offline, and an SNP report's VCEK where the host gives no
-    /// certificate table. Untrusted: clients check every item.
+    /// certificate table (and for --vtpm's HCL report). Untrusted: clients
+    /// check every item.
     #[arg(long)]
     pub collateral_via: Option<Endpoint>,
     /// Where the sealed model comes from: the host's blob service (a
@@ -394,9 +404,14 @@ fn serve(a: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn parse_tpm(s: &str) -> Result<ciel_enclave::tpm::Transport, String> {
+    s.parse()
+}
+
 /// Where the evidence comes from: the simulated platform (`--sim`; with
 /// init-data, a simulated host that launched the VM with its digest), the
-/// pod's attestation agent (`--coco-agent`), or the hardware.
+/// pod's attestation agent (`--coco-agent`), an Azure vTPM (`--vtpm`), or
+/// the hardware.
 fn evidence_source(
     a: &ServeArgs,
     init_data: Option<&ciel_protocol::initdata::InitData>,
@@ -404,7 +419,7 @@ fn evidence_source(
 ) -> Result<Box<dyn EvidenceSource + Send + Sync>> {
     if collateral.is_some() && (a.sim.is_some() || a.coco_agent.is_some()) {
         bail!(
-            "--collateral-via is for evidence from configfs-tsm (the simulated platform carries its own collateral; the pod's attestation agent fetches its own)"
+            "--collateral-via is for evidence from configfs-tsm or --vtpm (the simulated platform carries its own collateral; the pod's attestation agent fetches its own)"
         );
     }
     if let Some(platform) = &a.sim {
@@ -428,6 +443,16 @@ fn evidence_source(
                 host_data: init_data.map(|i| i.host_data()).unwrap_or_default(),
                 ..SimSnpReport::default()
             },
+        }));
+    }
+    if let Some(tpm) = &a.vtpm {
+        let source = ciel_enclave::platform::VtpmSource::open(tpm.clone())
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| format!("--vtpm {tpm}"))?;
+        tracing::info!(%tpm, "evidence from the Azure vTPM (az-snp-vtpm)");
+        return Ok(Box::new(match collateral {
+            Some(service) => source.with_collateral(service),
+            None => source,
         }));
     }
     if let Some(url) = &a.coco_agent {

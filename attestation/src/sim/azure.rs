@@ -1,14 +1,15 @@
 //! A simulated Azure confidential VM's vTPM evidence (Trustee's
-//! `az-snp-vtpm` shape, [`crate::azure`]): the paravisor's HCL report — a
-//! simulated SEV-SNP report at VMPL 0 whose `report_data` starts with
+//! `az-snp-vtpm` and `az-tdx-vtpm` shapes, [`crate::azure`]): the
+//! paravisor's HCL report — a simulated SEV-SNP report at VMPL 0, or a
+//! TDREPORT beside a simulated TD quote, whose `report_data` starts with
 //! SHA-256 of the variable data, which names the vTPM's attestation key —
 //! and a TPM quote that key signs over a nonce and the PCRs, in the real
 //! byte layouts. For running the vTPM path (key broker, verification)
 //! with fresh nonces where there is no Azure VM; trusted only where a
 //! policy names the simulated root, like every simulated report.
 
-use super::{SimError, SimSnpReport, SnpSim, crypto, os_rng};
-use crate::azure::AzSnpVtpm;
+use super::{SimError, SimSnpReport, SimTdxQuote, SnpSim, TdxSim, crypto, os_rng};
+use crate::azure::{AzVtpm, HclHardware};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use rsa::pkcs8::EncodePrivateKey;
@@ -36,23 +37,11 @@ impl AzVtpmSim {
         Ok(AzVtpmSim { ak })
     }
 
-    /// The HCL variable data: a JSON document naming the attestation key
-    /// (`HCLAkPub`, RSA, base64url modulus and exponent), as Azure's
-    /// paravisor writes it.
+    /// The HCL variable data naming this vTPM's attestation key
+    /// ([`var_data_for`]).
     pub fn var_data(&self) -> Vec<u8> {
         let public = self.ak.to_public_key();
-        serde_json::json!({
-            "keys": [{
-                "kid": "HCLAkPub",
-                "key_ops": ["sign"],
-                "kty": "RSA",
-                "e": B64URL.encode(public.e_bytes()),
-                "n": B64URL.encode(public.n_bytes()),
-            }],
-            "vm-configuration": {"secure-boot": true, "tpm-enabled": true},
-        })
-        .to_string()
-        .into_bytes()
+        var_data_for(&public.n_bytes(), &public.e_bytes())
     }
 
     /// Evidence for `nonce` (the quote's `extraData`, at most 64 bytes)
@@ -66,31 +55,113 @@ impl AzVtpmSim {
         template: &SimSnpReport,
         nonce: &[u8],
         pcrs: &[[u8; 32]; 24],
-    ) -> Result<AzSnpVtpm, SimError> {
+    ) -> Result<AzVtpm, SimError> {
+        let public = self.ak.to_public_key();
+        let hcl_report = az_snp_hcl_report(snp, template, &public.n_bytes(), &public.e_bytes())?;
+        let (quote_message, quote_signature) = self.quote(nonce, pcrs)?;
+        Ok(AzVtpm {
+            version: 1,
+            hcl_report,
+            quote_message,
+            quote_signature,
+            pcrs: pcrs.to_vec(),
+            vcek: Some(snp.vcek_der().to_vec()),
+            td_quote: None,
+        })
+    }
+
+    /// `az-tdx-vtpm` evidence for `nonce` over `pcrs`: the HCL report holds
+    /// a TDREPORT-shaped area (its type and `report_data`; verifiers do not
+    /// read it, a real one is MAC'd for the local platform only) and the TD
+    /// quote beside it is made from `template` with its `report_data`
+    /// replaced by SHA-256 of the variable data, signed by `tdx`'s quoting
+    /// enclave.
+    pub fn evidence_tdx(
+        &self,
+        tdx: &TdxSim,
+        template: &SimTdxQuote,
+        nonce: &[u8],
+        pcrs: &[[u8; 32]; 24],
+    ) -> Result<AzVtpm, SimError> {
+        let var_data = self.var_data();
+        let report_data = binding(&var_data);
+        let td_quote = tdx.quote(&SimTdxQuote {
+            report_data,
+            ..template.clone()
+        })?;
+        // REPORTTYPE.TYPE 0x81 (TDX) at 0, report_data at 128, 1024 bytes.
+        let mut td_report = vec![0x81];
+        td_report.resize(128, 0);
+        td_report.extend_from_slice(&report_data);
+        td_report.resize(1024, 0);
+        let (quote_message, quote_signature) = self.quote(nonce, pcrs)?;
+        Ok(AzVtpm {
+            version: 1,
+            hcl_report: hcl_report(HclHardware::Tdx, &td_report, &var_data)?,
+            quote_message,
+            quote_signature,
+            pcrs: pcrs.to_vec(),
+            vcek: None,
+            td_quote: Some(td_quote),
+        })
+    }
+
+    /// A `TPM2_Quote` by the attestation key: the message and its signature.
+    fn quote(&self, nonce: &[u8], pcrs: &[[u8; 32]; 24]) -> Result<(Vec<u8>, Vec<u8>), SimError> {
         if nonce.len() > 64 {
             return Err(SimError::Input(format!(
                 "a quote nonce of {} bytes (at most 64)",
                 nonce.len()
             )));
         }
-        let var_data = self.var_data();
-        let mut report_data = [0u8; 64];
-        report_data[..32].copy_from_slice(&Sha256::digest(&var_data));
-        let report = snp.report(&SimSnpReport {
-            report_data,
-            vmpl: 0,
-            ..template.clone()
-        })?;
         let message = quote_message(nonce, pcrs);
         let signature = self.sign(&message)?;
-        Ok(AzSnpVtpm {
-            hcl_report: hcl_report(&report, &var_data)?,
-            quote_message: message,
-            quote_signature: signature,
-            pcrs: pcrs.to_vec(),
-            vcek: Some(snp.vcek_der().to_vec()),
-        })
+        Ok((message, signature))
     }
+}
+
+/// The HCL variable data: a JSON document naming the attestation key
+/// (`HCLAkPub`, RSA, base64url modulus `n` and exponent `e`), as Azure's
+/// paravisor writes it.
+pub fn var_data_for(n: &[u8], e: &[u8]) -> Vec<u8> {
+    serde_json::json!({
+        "keys": [{
+            "kid": "HCLAkPub",
+            "key_ops": ["sign"],
+            "kty": "RSA",
+            "e": B64URL.encode(e),
+            "n": B64URL.encode(n),
+        }],
+        "vm-configuration": {"secure-boot": true, "tpm-enabled": true},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A simulated paravisor's HCL report for a vTPM whose attestation key is
+/// `(n, e)` (a real TPM's, such as swtpm's): an SNP report made from
+/// `template` at VMPL 0, signed by `snp`'s VCEK, binding the variable data
+/// that names the key. What a vTPM's NV index 0x01400001 holds.
+pub fn az_snp_hcl_report(
+    snp: &SnpSim,
+    template: &SimSnpReport,
+    n: &[u8],
+    e: &[u8],
+) -> Result<Vec<u8>, SimError> {
+    let var_data = var_data_for(n, e);
+    let report = snp.report(&SimSnpReport {
+        report_data: binding(&var_data),
+        vmpl: 0,
+        ..template.clone()
+    })?;
+    hcl_report(HclHardware::Snp, &report, &var_data)
+}
+
+/// The `report_data` that binds `var_data`: its SHA-256, zero-padded.
+fn binding(var_data: &[u8]) -> [u8; 64] {
+    let mut report_data = [0u8; 64];
+    report_data[..32].copy_from_slice(&Sha256::digest(var_data));
+    report_data
 }
 
 impl AzVtpmSim {
@@ -111,23 +182,31 @@ impl AzVtpmSim {
     }
 }
 
-/// An HCL report: `HCLA` and the rest of its 32-byte header, the SNP
-/// report, then the IGVM request data (data size, version, report type 2
-/// = SEV-SNP, hash type 1 = SHA-256, variable data size: little-endian
-/// u32s) and the variable data.
-fn hcl_report(snp_report: &[u8], var_data: &[u8]) -> Result<Vec<u8>, SimError> {
+/// An HCL report: `HCLA` and the rest of its 32-byte header, the hardware
+/// report (zero-padded to its 1184-byte area), then the IGVM request data
+/// (data size, version, report type, hash type 1 = SHA-256, variable data
+/// size: little-endian u32s) and the variable data.
+fn hcl_report(
+    hardware: HclHardware,
+    report: &[u8],
+    var_data: &[u8],
+) -> Result<Vec<u8>, SimError> {
     let var_len = u32::try_from(var_data.len()).map_err(crypto)?;
     let mut b = Vec::new();
     b.extend_from_slice(b"HCLA");
     b.extend_from_slice(&2u32.to_le_bytes()); // header version
-    b.extend_from_slice(
-        &u32::try_from(snp_report.len())
-            .map_err(crypto)?
-            .to_le_bytes(),
-    );
+    b.extend_from_slice(&u32::try_from(report.len()).map_err(crypto)?.to_le_bytes());
     b.extend_from_slice(&[0u8; 20]);
-    b.extend_from_slice(snp_report);
-    for field in [var_len.saturating_add(20), 1, 2, 1, var_len] {
+    let mut area = report.to_vec();
+    area.resize(crate::azure::hcl::HARDWARE_AREA.max(report.len()), 0);
+    b.extend_from_slice(&area);
+    for field in [
+        var_len.saturating_add(20),
+        1,
+        hardware.report_type(),
+        1,
+        var_len,
+    ] {
         b.extend_from_slice(&field.to_le_bytes());
     }
     b.extend_from_slice(var_data);

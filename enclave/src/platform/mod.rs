@@ -1,7 +1,8 @@
 //! Where the guest's evidence comes from: the hardware through configfs-tsm
 //! ([`TsmSource`]) or, on kernels without it, `/dev/sev-guest`
 //! ([`SevGuestSource`], [`devices`]); in a Kata Confidential Containers
-//! pod, the attestation agent ([`coco::CocoAgentSource`]); or the simulated platform
+//! pod, the attestation agent ([`coco::CocoAgentSource`]); on Azure
+//! confidential VMs, the vTPM ([`VtpmSource`]); or the simulated platform
 //! ([`crate::kbs_client::sim::SimSnpSource`], development only). All
 //! produce the `tee-evidence` JSON the key broker and clients accept.
 //!
@@ -11,6 +12,9 @@
 pub mod coco;
 pub mod coco_sim;
 pub mod devices;
+pub mod vtpm;
+
+pub use vtpm::VtpmSource;
 
 use crate::kbs_client::EvidenceSource;
 use crate::tsm::{RealFs, TSM_REPORT_ROOT, TsmFs, get_report};
