@@ -48,6 +48,11 @@ ensure_deb kubectl kubernetes-client
 CIEL_KUBECTL=$(command -v kubectl) CIEL_TEST_PYTHON="$CIEL_OPENAI_PYTHON" \
     cargo test --locked --test k8s_manifests -- --ignored
 
+banner "Azure vTPM collection in the guest against a real TPM 2.0 (swtpm, provisioned with tpm2-tools like Azure's paravisor)"
+ensure_deb swtpm swtpm
+ensure_deb tpm2_nvdefine tpm2-tools
+CIEL_SWTPM=$(command -v swtpm) cargo test --locked -p ciel-enclave --test vtpm_swtpm -- --ignored
+
 banner "Key broker with its master key in an HSM (SoftHSM2 through PKCS#11)"
 ensure_deb softhsm2-util softhsm2
 CIEL_PKCS11_MODULE=$(dpkg -L libsofthsm2 | grep -m1 '/libsofthsm2\.so$') \

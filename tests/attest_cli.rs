@@ -432,8 +432,8 @@ fn azure_vtpm_evidence_verifies_through_the_cli() {
 /// collateral of its FMSPC, which the vectors lack.
 #[test]
 fn azure_tdx_vtpm_evidence_verifies_through_the_cli() {
-    use ciel_attestation::sim::{AzVtpmSim, SimTdxQuote, TdxSim};
     use ciel_attestation::UnixTime;
+    use ciel_attestation::sim::{AzVtpmSim, SimTdxQuote, TdxSim};
     let tmp = tempfile::tempdir().expect("tmp");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -470,18 +470,19 @@ fn azure_tdx_vtpm_evidence_verifies_through_the_cli() {
             .into_bytes(),
         )
     };
-    let verify = |evidence: &std::path::Path, policy: &std::path::Path, extra: &[&std::ffi::OsStr]| {
-        let mut args: Vec<&std::ffi::OsStr> = vec![
-            "attest".as_ref(),
-            "verify".as_ref(),
-            evidence.as_os_str(),
-            "--policy".as_ref(),
-            policy.as_os_str(),
-            "--json".as_ref(),
-        ];
-        args.extend_from_slice(extra);
-        ciel(args)
-    };
+    let verify =
+        |evidence: &std::path::Path, policy: &std::path::Path, extra: &[&std::ffi::OsStr]| {
+            let mut args: Vec<&std::ffi::OsStr> = vec![
+                "attest".as_ref(),
+                "verify".as_ref(),
+                evidence.as_os_str(),
+                "--policy".as_ref(),
+                policy.as_os_str(),
+                "--json".as_ref(),
+            ];
+            args.extend_from_slice(extra);
+            ciel(args)
+        };
     let with_collateral = ["--collateral".as_ref(), collateral.as_os_str()];
     let run = verify(&file, &policy(b"fresh nonce"), &with_collateral);
     assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
@@ -520,6 +521,8 @@ fn enclave_serve_names_the_vtpm_it_cannot_use() {
         "unix:/nonexistent/swtpm.sock",
         "--kbs",
         "https://127.0.0.1:9",
+        "--listen",
+        "tcp://127.0.0.1:9",
     ]);
     assert_ne!(run.code, 0);
     assert!(
@@ -530,5 +533,9 @@ fn enclave_serve_names_the_vtpm_it_cannot_use() {
     );
     let run = ciel(["enclave", "serve", "--vtpm", "tpmrm0"]);
     assert_eq!(run.code, 2, "{}", run.stderr);
-    assert!(run.stderr.contains("unix:/path/to/swtpm.sock"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("unix:/path/to/swtpm.sock"),
+        "{}",
+        run.stderr
+    );
 }

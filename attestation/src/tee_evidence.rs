@@ -387,9 +387,11 @@ fn decode_vtpm(
             }
             if let Some(lookup) = lookup {
                 if vtpm.evidence.vcek.is_none() {
-                    collateral.snp_signer = Some(lookup.snp_vcek(report).map_err(|e| {
-                        format!("{tee} evidence carries no `vcek`, and {e}")
-                    })?);
+                    collateral.snp_signer = Some(
+                        lookup
+                            .snp_vcek(report)
+                            .map_err(|e| format!("{tee} evidence carries no `vcek`, and {e}"))?,
+                    );
                 }
                 if collateral.snp_chain.is_none() {
                     collateral.snp_chain = lookup.snp_chain(report);

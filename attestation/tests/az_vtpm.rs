@@ -80,7 +80,10 @@ fn a_changed_key_pcr_or_quote_is_refused_by_name() {
         .unwrap()
         + 10;
     key.hcl_report[at] ^= 0x01;
-    assert_eq!(codes(&key, &p), ["hcl_var_data_unbound", "tpm_quote_invalid"]);
+    assert_eq!(
+        codes(&key, &p),
+        ["hcl_var_data_unbound", "tpm_quote_invalid"]
+    );
     // A PCR value the quote does not cover.
     let mut pcr = e.clone();
     pcr.pcrs[7][0] ^= 0x80;
@@ -165,9 +168,8 @@ fn simulated_vtpm_evidence_verifies_for_its_nonce_and_nothing_else() {
             hex::encode(nonce)
         ))
     };
-    let codes = |e: &AzVtpm, p: &Policy| {
-        verify_az_vtpm(e, &collateral, p, common::SNP_AT).reason_codes()
-    };
+    let codes =
+        |e: &AzVtpm, p: &Policy| verify_az_vtpm(e, &collateral, p, common::SNP_AT).reason_codes();
     let v = verify_az_vtpm(&e, &collateral, &policy(&nonce, ""), common::SNP_AT);
     assert!(v.accepted, "{}", v.summary());
     // Trustee's v1 JSON, written and read back.

@@ -201,7 +201,9 @@ fn simulated_tdx_vtpm_evidence_verifies_end_to_end_for_its_nonce() {
     assert!(d.verify(&policy(&nonce, ""), NOW).accepted);
     assert_eq!(
         ciel_attestation::tee_evidence::init_data_anchor("az-tdx-vtpm", &doc).unwrap(),
-        Some(ciel_attestation::tee_evidence::InitDataAnchor::Pcr8(pcrs[8]))
+        Some(ciel_attestation::tee_evidence::InitDataAnchor::Pcr8(
+            pcrs[8]
+        ))
     );
     let err = ciel_attestation::tee_evidence::decode("az-snp-vtpm", &doc, None).unwrap_err();
     assert!(err.contains("az-tdx-vtpm's"), "{err}");

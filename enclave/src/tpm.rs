@@ -42,10 +42,7 @@ pub enum TpmError {
     #[error("TPM {command}: response code {code:#010x}")]
     Code { command: &'static str, code: u32 },
     #[error("TPM {command}: malformed response: {what}")]
-    Malformed {
-        command: &'static str,
-        what: String,
-    },
+    Malformed { command: &'static str, what: String },
 }
 
 /// Where TPM commands go.
@@ -149,10 +146,7 @@ impl Transport {
         let size = r.u32()?;
         let code = r.u32()?;
         if usize::try_from(size).ok() != Some(response.len()) {
-            return Err(r.malformed(format!(
-                "header says {size} bytes, {} came",
-                response.len()
-            )));
+            return Err(r.malformed(format!("header says {size} bytes, {} came", response.len())));
         }
         if code != 0 {
             return Err(TpmError::Code { command, code });
@@ -334,7 +328,9 @@ impl Command {
         self.u32(1).u16(TPM_ALG_SHA256).bytes(&[3]).bytes(&bits)
     }
     fn finish(mut self) -> Vec<u8> {
-        let size = u32::try_from(self.0.len()).unwrap_or(u32::MAX).to_be_bytes();
+        let size = u32::try_from(self.0.len())
+            .unwrap_or(u32::MAX)
+            .to_be_bytes();
         self.0[2..6].copy_from_slice(&size);
         self.0
     }
@@ -398,7 +394,11 @@ impl<'a> Reader<'a> {
                 continue;
             }
             for (byte, b) in bits.iter().enumerate() {
-                out.extend((0..8).filter(|bit| b >> bit & 1 == 1).map(|bit| byte * 8 + bit));
+                out.extend(
+                    (0..8)
+                        .filter(|bit| b >> bit & 1 == 1)
+                        .map(|bit| byte * 8 + bit),
+                );
             }
         }
         Ok(out)
@@ -448,8 +448,15 @@ mod tests {
         assert_eq!(r.pcr_selection().unwrap_or_default(), vec![0, 8, 23]);
         assert!(r.end().is_ok());
         let mut short = Reader::new("Quote", &[0, 5, 1, 2]);
-        let err = short.sized().err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(err.contains("Quote: malformed response: 5 bytes at offset 2"), "{err}");
+        let err = short
+            .sized()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("Quote: malformed response: 5 bytes at offset 2"),
+            "{err}"
+        );
         assert!(Reader::new("x", &[1]).end().is_err());
         assert!("vtpm".parse::<Transport>().is_err());
         assert!("unix:".parse::<Transport>().is_err());

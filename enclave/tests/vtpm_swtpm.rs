@@ -102,7 +102,15 @@ fn provision_ak(tpm: &Swtpm, dir: &Path) -> (Vec<u8>, Vec<u8>) {
     let handle = format!("{AK_HANDLE:#010x}");
     tpm.tool(
         dir,
-        &["tpm2_evictcontrol", "-C", "o", "-c", "ak.ctx", &handle, "-Q"],
+        &[
+            "tpm2_evictcontrol",
+            "-C",
+            "o",
+            "-c",
+            "ak.ctx",
+            &handle,
+            "-Q",
+        ],
     );
     let public = tpm.tool(dir, &["tpm2_readpublic", "-c", &handle]);
     let field = |name: &str| {
@@ -115,7 +123,11 @@ fn provision_ak(tpm: &Swtpm, dir: &Path) -> (Vec<u8>, Vec<u8>) {
     };
     let n = hex::decode(field("rsa:")).unwrap();
     let e: u32 = field("exponent:").parse().unwrap();
-    let e = e.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+    let e = e
+        .to_be_bytes()
+        .into_iter()
+        .skip_while(|b| *b == 0)
+        .collect();
     (n, e)
 }
 
@@ -186,7 +198,11 @@ fn vtpm_evidence_from_swtpm_verifies_for_its_nonce_and_pcrs() {
     let pcr8 = decoded.vtpm.as_ref().unwrap().pcrs[8].1;
     let expected_pcr8 = ring::digest::digest(
         &ring::digest::SHA256,
-        &[[0u8; 32], <[u8; 32]>::try_from(hex::decode(&measured).unwrap()).unwrap()].concat(),
+        &[
+            [0u8; 32],
+            <[u8; 32]>::try_from(hex::decode(&measured).unwrap()).unwrap(),
+        ]
+        .concat(),
     );
     assert_eq!(pcr8.as_slice(), expected_pcr8.as_ref());
     let policy = |nonce: &[u8; 64], extra: &str| {

@@ -2,9 +2,11 @@
 //! TPM quote inside it, verified (never a panic).
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Ok(e) = ciel_attestation::azure::AzSnpVtpm::from_json(data) {
+    if let Ok(e) = ciel_attestation::azure::AzVtpm::from_json(data) {
         let _ = e.quoted();
-        let _ = ciel_attestation::azure::verify_az_snp_vtpm(
+        let _ = e.pcrs_match_quote();
+        let _ = e.hardware_report();
+        let _ = ciel_attestation::azure::verify_az_vtpm(
             &e,
             &ciel_attestation::Collateral::default(),
             &ciel_attestation::Policy::authenticity_only(),

@@ -246,11 +246,15 @@ async fn auth(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Response, 
         ));
     }
     let sample = req.tee == "sample" && st.config.accepts_sample_evidence();
-    if !matches!(req.tee.as_str(), "snp" | "tdx" | "az-snp-vtpm") && !sample {
+    if !matches!(
+        req.tee.as_str(),
+        "snp" | "tdx" | "az-snp-vtpm" | "az-tdx-vtpm"
+    ) && !sample
+    {
         return Err(ApiError::new(
             Kind::BadRequest,
             format!(
-                "tee {:?} is not supported (snp, tdx, az-snp-vtpm; sample only where a resource sets danger_accept_sample_evidence)",
+                "tee {:?} is not supported (snp, tdx, az-snp-vtpm, az-tdx-vtpm; sample only where a resource sets danger_accept_sample_evidence)",
                 req.tee
             ),
         ));

@@ -63,16 +63,18 @@ fn from_bundle(
             Evidence::Snp(r) => r.clone(),
             Evidence::Nvidia(_) => anyhow::bail!("GPU evidence: give its RIMs with --rim"),
         },
-        Input::AzureVtpm(e) => match Evidence::parse(e.hardware_report().map_err(anyhow::Error::msg)?)? {
-            Evidence::Snp(r) => r,
-            Evidence::Dcap(q) => {
-                if collateral.dcap.is_none() {
-                    collateral.dcap = Some(bundle.dcap(q.bytes()).map_err(anyhow::Error::msg)?);
+        Input::AzureVtpm(e) => {
+            match Evidence::parse(e.hardware_report().map_err(anyhow::Error::msg)?)? {
+                Evidence::Snp(r) => r,
+                Evidence::Dcap(q) => {
+                    if collateral.dcap.is_none() {
+                        collateral.dcap = Some(bundle.dcap(q.bytes()).map_err(anyhow::Error::msg)?);
+                    }
+                    return Ok(());
                 }
-                return Ok(());
+                Evidence::Nvidia(_) => anyhow::bail!("{}: not a CPU's report", e.tee()),
             }
-            Evidence::Nvidia(_) => anyhow::bail!("{}: not a CPU's report", e.tee()),
-        },
+        }
     };
     if collateral.snp_signer.is_none() && matches!(evidence, Input::Raw(_)) {
         collateral.snp_signer = Some(bundle.snp_vcek(&report).map_err(anyhow::Error::msg)?);

@@ -31,21 +31,50 @@ fn pcrs(init_data: &InitData) -> [[u8; 32]; 24] {
 /// beside (Azure's chain to AMD's pinned roots).
 struct AzGuest {
     init_data: InitData,
+    /// `az-tdx-vtpm`: the HCL variable data bound by a TD quote, whose
+    /// DCAP collateral the evidence carries.
+    tdx: bool,
 }
 
 impl AzGuest {
     fn new() -> Self {
         AzGuest {
             init_data: InitData::parse(INIT_DATA).unwrap(),
+            tdx: false,
         }
     }
 }
 
 impl EvidenceSource for AzGuest {
     fn tee(&self) -> &str {
-        "az-snp-vtpm"
+        if self.tdx {
+            "az-tdx-vtpm"
+        } else {
+            "az-snp-vtpm"
+        }
     }
     fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String> {
+        if self.tdx {
+            let e = vtpm()
+                .evidence_tdx(
+                    tdx_sim(),
+                    &Default::default(),
+                    &report_data[..48],
+                    &pcrs(&self.init_data),
+                )
+                .map_err(|e| e.to_string())?;
+            let mut json = e.to_json();
+            json["collateral"] = tdx_sim()
+                .collateral(ciel_attestation::UnixTime(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_secs(),
+                ))
+                .map_err(|e| e.to_string())?
+                .to_json();
+            return Ok(json);
+        }
         let e = vtpm()
             .evidence(
                 sim(),
@@ -63,29 +92,7 @@ impl EvidenceSource for AzGuest {
 #[test]
 fn azure_vtpm_evidence_gets_its_key_and_each_fault_is_refused_by_name() {
     let guest = AzGuest::new();
-    let pcr8 = hex::encode(pcrs(&guest.init_data)[8]);
-    let b = start(
-        300,
-        true,
-        &[
-            (
-                "default/model-key/az",
-                format!("[vtpm]\npcrs = {{ 8 = [\"{pcr8}\"] }}\n"),
-            ),
-            (
-                "default/model-key/other-pcr",
-                format!("[vtpm]\npcrs = {{ 8 = [\"{}\"] }}\n", "00".repeat(32)),
-            ),
-        ],
-    );
-    let key = client(&b)
-        .fetch_resource("default/model-key/az", &guest)
-        .unwrap();
-    assert_eq!(key.as_slice(), &KEY);
-    let e = client(&b)
-        .fetch_resource("default/model-key/other-pcr", &guest)
-        .unwrap_err();
-    assert_eq!(refused_kind(e), "urn:ciel:kbs:policy-denied");
+    let b = released_by_pcr8_only(&guest);
     assert!(b.audit().contains("pcr_not_allowed"), "{}", b.audit());
     // A guest whose evidence has no vTPM quote (a plain SNP report) does
     // not meet a resource's PCR rules.
@@ -136,6 +143,48 @@ fn azure_vtpm_evidence_gets_its_key_and_each_fault_is_refused_by_name() {
     assert_ne!(status, 200, "{body}");
     assert!(body.contains("PCR 8"), "{body}");
     assert!(b.audit().contains("init_data_mismatch"), "{}", b.audit());
+}
+
+/// Azure's TDX vTPM evidence: released where the resource's PCR rule
+/// holds, with the token naming the platform `az-tdx-vtpm`; another PCR
+/// value refused.
+#[test]
+fn azure_tdx_vtpm_evidence_gets_its_key() {
+    let guest = AzGuest {
+        tdx: true,
+        ..AzGuest::new()
+    };
+    let b = released_by_pcr8_only(&guest);
+    assert!(b.audit().contains("az-tdx-vtpm"), "{}", b.audit());
+}
+
+/// A broker with a resource for `guest`'s PCR 8 and one for another
+/// value: the first released to `guest`, the second refused.
+fn released_by_pcr8_only(guest: &AzGuest) -> Broker {
+    let pcr8 = hex::encode(pcrs(&guest.init_data)[8]);
+    let b = start(
+        300,
+        true,
+        &[
+            (
+                "default/model-key/az",
+                format!("[vtpm]\npcrs = {{ 8 = [\"{pcr8}\"] }}\n"),
+            ),
+            (
+                "default/model-key/other-pcr",
+                format!("[vtpm]\npcrs = {{ 8 = [\"{}\"] }}\n", "00".repeat(32)),
+            ),
+        ],
+    );
+    let key = client(&b)
+        .fetch_resource("default/model-key/az", guest)
+        .unwrap();
+    assert_eq!(key.as_slice(), &KEY);
+    let e = client(&b)
+        .fetch_resource("default/model-key/other-pcr", guest)
+        .unwrap_err();
+    assert_eq!(refused_kind(e), "urn:ciel:kbs:policy-denied");
+    b
 }
 
 /// The token carries the quoted PCRs under `az-snp-vtpm.tpm.pcrNN`, as

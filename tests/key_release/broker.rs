@@ -13,6 +13,18 @@ pub fn sim() -> &'static SnpSim {
     })
 }
 
+/// The simulated Intel PKI (TDX quotes, their collateral).
+pub fn tdx_sim() -> &'static ciel_attestation::sim::TdxSim {
+    static S: OnceLock<ciel_attestation::sim::TdxSim> = OnceLock::new();
+    S.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        ciel_attestation::sim::TdxSim::generate(ciel_attestation::UnixTime(now - 86_400)).unwrap()
+    })
+}
+
 /// The simulated GPU hierarchy and two GPUs issued from it.
 pub fn gpu_sim() -> &'static (NvidiaSim, SimGpu, SimGpu) {
     static S: OnceLock<(NvidiaSim, SimGpu, SimGpu)> = OnceLock::new();
@@ -111,10 +123,11 @@ pub fn start_with_policies(
     audit_log: impl FnOnce(&Config) -> AuditLog,
 ) -> Broker {
     let dir = tempfile::tempdir().unwrap();
-    // The simulated SNP and GPU roots, as a TOML array's items.
+    // The simulated SNP, TDX and GPU roots, as a TOML array's items.
     let fp = format!(
-        "{}\", \"{}",
+        "{}\", \"{}\", \"{}",
         hex::encode(sim().root_sha256()),
+        hex::encode(tdx_sim().root_sha256()),
         hex::encode(gpu_sim().0.root_sha256())
     );
     std::fs::write(dir.path().join("master.key"), hex::encode([9u8; 32])).unwrap();

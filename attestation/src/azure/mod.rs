@@ -207,9 +207,9 @@ impl AzVtpm {
         match (h.hardware, &self.td_quote) {
             (HclHardware::Snp, None) => Ok(h.report),
             (HclHardware::Tdx, Some(q)) => Ok(q),
-            (HclHardware::Snp, Some(_)) => Err(
-                "Azure vTPM evidence: a td_quote beside an HCL report made on SEV-SNP".into(),
-            ),
+            (HclHardware::Snp, Some(_)) => {
+                Err("Azure vTPM evidence: a td_quote beside an HCL report made on SEV-SNP".into())
+            }
             (HclHardware::Tdx, None) => {
                 Err("Azure vTPM evidence: an HCL report made on TDX, and no td_quote".into())
             }

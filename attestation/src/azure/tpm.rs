@@ -152,7 +152,11 @@ pub(crate) fn verify_quote(
         Ok((n, e)) => {
             let key = ring::signature::RsaPublicKeyComponents { n: &n, e: &e };
             if key
-                .verify(&ring::signature::RSA_PKCS1_2048_8192_SHA256, message, signature)
+                .verify(
+                    &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                    message,
+                    signature,
+                )
                 .is_err()
             {
                 v.reject(

@@ -186,11 +186,7 @@ impl AzVtpmSim {
 /// report (zero-padded to its 1184-byte area), then the IGVM request data
 /// (data size, version, report type, hash type 1 = SHA-256, variable data
 /// size: little-endian u32s) and the variable data.
-fn hcl_report(
-    hardware: HclHardware,
-    report: &[u8],
-    var_data: &[u8],
-) -> Result<Vec<u8>, SimError> {
+fn hcl_report(hardware: HclHardware, report: &[u8], var_data: &[u8]) -> Result<Vec<u8>, SimError> {
     let var_len = u32::try_from(var_data.len()).map_err(crypto)?;
     let mut b = Vec::new();
     b.extend_from_slice(b"HCLA");
