@@ -72,7 +72,20 @@ pub struct ServiceMetrics {
     pub upstream_errors: AtomicU64,
     pub refused: AtomicU64,
     pub refreshed: AtomicU64,
+    /// Requests answered with a recent upstream failure, not fetched again.
+    pub held_back: AtomicU64,
 }
+
+/// How long an upstream's "no such item" (404) is remembered: a guest or
+/// client asking again and again for an item that does not exist does not
+/// become as many requests to AMD, Intel or NVIDIA.
+pub const MISS_HOLD: Duration = Duration::from_secs(300);
+/// How long another failed fetch (the upstream down, a malformed answer)
+/// holds back the next one for the same item.
+pub const FAILURE_HOLD: Duration = Duration::from_secs(30);
+/// Most failures remembered (past it, new ones are not, rather than the
+/// memory grow with whatever items requests name).
+const MAX_HELD: usize = 4096;
 
 /// The cache, its upstreams, and how items are kept current.
 #[derive(Debug)]
@@ -83,6 +96,8 @@ pub struct Service {
     pub metrics: ServiceMetrics,
     /// One fetch at a time per item: concurrent misses wait for it.
     inflight: tokio::sync::Mutex<HashMap<Item, Arc<tokio::sync::Mutex<()>>>>,
+    /// Recent upstream failures by item: until when, and what failed.
+    held: std::sync::Mutex<HashMap<Item, (u64, String)>>,
     /// The clock (tests move it).
     now: fn() -> UnixTime,
 }
@@ -129,6 +144,7 @@ impl Service {
             refresh,
             metrics: ServiceMetrics::default(),
             inflight: tokio::sync::Mutex::default(),
+            held: std::sync::Mutex::default(),
             now,
         }
     }
@@ -154,16 +170,58 @@ impl Service {
             self.metrics.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(e);
         }
+        if let Some(why) = self.held_back(&item) {
+            self.inflight.lock().await.remove(&item);
+            self.metrics.held_back.fetch_add(1, Ordering::Relaxed);
+            return Err(why);
+        }
         let fetched = self.fetch(&item, ocsp_request).await;
         self.inflight.lock().await.remove(&item);
-        let e = fetched.map_err(|e| match e {
-            FetchError::NotConfigured(_) => {
-                format!("{e}, and the cache has no current {item}")
-            }
-            other => format!("{item}: {other}"),
+        let e = fetched.map_err(|e| {
+            let hold = match e {
+                FetchError::NotConfigured(_) => {
+                    return format!("{e}, and the cache has no current {item}");
+                }
+                FetchError::NotFound { .. } => MISS_HOLD,
+                _ => FAILURE_HOLD,
+            };
+            let why = format!("{item}: {e}");
+            self.hold(&item, hold, &why);
+            why
         })?;
         self.metrics.fetched.fetch_add(1, Ordering::Relaxed);
         Ok(e)
+    }
+
+    /// A failure of `item`'s upstream still held, as the answer to give.
+    fn held_back(&self, item: &Item) -> Option<String> {
+        let now = (self.now)().0;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        match held.get(item) {
+            Some((until, why)) if *until > now => Some(format!(
+                "{why} (not asked upstream again for {}s)",
+                until - now
+            )),
+            Some(_) => {
+                held.remove(item);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn hold(&self, item: &Item, hold: Duration, why: &str) {
+        let now = (self.now)().0;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.len() >= MAX_HELD {
+            held.retain(|_, (until, _)| *until > now);
+        }
+        if held.len() < MAX_HELD {
+            held.insert(
+                item.clone(),
+                (now.saturating_add(hold.as_secs()), why.to_string()),
+            );
+        }
     }
 
     async fn fetch(
@@ -277,6 +335,11 @@ impl Service {
                 "ciel_collateral_refused_total",
                 "Requests that named no item.",
                 get(&m.refused),
+            ),
+            (
+                "ciel_collateral_held_back_total",
+                "Requests answered with a recent upstream failure, not fetched again.",
+                get(&m.held_back),
             ),
         ];
         let mut out = String::new();

@@ -371,12 +371,36 @@ async fn requests_are_checked_and_bad_upstream_answers_refused() {
     assert_eq!(answers.4, 405);
     assert_eq!(svc.metrics.refused.load(Ordering::SeqCst), 3);
 
-    // An upstream answer of the wrong shape is not kept.
-    s.im.serve("/vcek/v1/Milan/cert_chain", b"not PEM".to_vec(), &[]);
-    let item = Item::parse("/vcek/v1/Milan/cert_chain").unwrap();
+    // The upstream's 404 is remembered: asking again does not ask it again
+    // until the hold has passed.
+    let path = "/vcek/v1/Milan/cert_chain";
+    s.im.serve(path, b"not PEM".to_vec(), &[]);
+    let item = Item::parse(path).unwrap();
+    assert_eq!(s.im.requests(path), 1);
     let e = svc.get(item.clone(), None).await.unwrap_err();
-    assert!(e.contains("cert_chain"), "{e}");
+    assert!(
+        e.contains("404") && e.contains("not asked upstream again for 300s"),
+        "{e}"
+    );
+    assert_eq!(s.im.requests(path), 1);
+    assert_eq!(svc.metrics.held_back.load(Ordering::SeqCst), 1);
+    NOW.store(
+        DCAP_AT + ciel_collateral::service::MISS_HOLD.as_secs(),
+        Ordering::SeqCst,
+    );
+    // An upstream answer of the wrong shape is not kept, and held back for
+    // the shorter failure hold.
+    let e = svc.get(item.clone(), None).await.unwrap_err();
+    assert!(e.contains("cert_chain") && !e.contains("404"), "{e}");
+    assert_eq!(s.im.requests(path), 2);
     assert!(svc.store.get(&item).is_none());
+    let e = svc.get(item.clone(), None).await.unwrap_err();
+    assert!(e.contains("not asked upstream again for 30s"), "{e}");
+    assert_eq!(s.im.requests(path), 2);
+    assert!(
+        svc.render_metrics()
+            .contains("ciel_collateral_held_back_total 2")
+    );
     // TCB info without its issuer chain header is refused.
     s.im.serve(
         "/tdx/certification/v4/tcb?fmspc=B0C06F000000",
