@@ -5,20 +5,30 @@
 //! by the simulated VCEK, binding variable data naming that key).
 //! Evidence collected through `VtpmSource` verifies for its nonce and its
 //! PCRs; another nonce, a PCR policy it does not meet, and a vTPM without
-//! the HCL report or the key are refused with clear messages.
+//! the HCL report or the key are refused with clear messages. On TDX the
+//! HCL report holds a TDREPORT, whose TD quote an imitation of Azure's
+//! metadata service makes with the simulated quoting enclave.
 //!
 //! Ignored by default: it needs `swtpm` and `tpm2-tools` (Debian), which
 //! `scripts/test.sh` installs and names with `CIEL_SWTPM`.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
-use ciel_attestation::sim::{SimSnpReport, SnpSim, az_snp_hcl_report};
+use ciel_attestation::sim::{
+    SimSnpReport, SimTdxQuote, SnpSim, TdxSim, az_snp_hcl_report, az_tdx_hcl_report,
+};
 use ciel_attestation::{Policy, UnixTime, tee_evidence};
 use ciel_enclave::kbs_client::EvidenceSource;
 use ciel_enclave::platform::VtpmSource;
-use ciel_enclave::platform::vtpm::{AK_HANDLE, HCL_REPORT_INDEX};
+use ciel_enclave::platform::vtpm::{AK_HANDLE, DEFAULT_IMDS, HCL_REPORT_INDEX};
 use ciel_enclave::tpm::Transport;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
 
 /// A swtpm on a Unix socket in `dir`, killed on drop.
 struct Swtpm {
@@ -161,7 +171,7 @@ fn vtpm_evidence_from_swtpm_verifies_for_its_nonce_and_pcrs() {
     let dir = tempfile::tempdir().unwrap();
     let tpm = Swtpm::start(&binary, dir.path());
     // Before provisioning: no HCL report, refused by name.
-    let err = VtpmSource::open(tpm.transport()).unwrap_err();
+    let err = VtpmSource::open(tpm.transport(), DEFAULT_IMDS).unwrap_err();
     assert!(err.contains("NV index 0x01400001"), "{err}");
 
     let now = UnixTime(
@@ -181,7 +191,7 @@ fn vtpm_evidence_from_swtpm_verifies_for_its_nonce_and_pcrs() {
         &["tpm2_pcrextend", &format!("8:sha256={measured}")],
     );
 
-    let source = VtpmSource::open(tpm.transport()).unwrap();
+    let source = VtpmSource::open(tpm.transport(), DEFAULT_IMDS).unwrap();
     assert_eq!(source.tee(), "az-snp-vtpm");
     let nonce: [u8; 64] = std::array::from_fn(|i| i as u8 ^ 0xa5);
     let mut doc = source.evidence(nonce).unwrap();
@@ -249,26 +259,98 @@ fn vtpm_evidence_from_swtpm_verifies_for_its_nonce_and_pcrs() {
 
 #[test]
 #[ignore = "needs swtpm and tpm2-tools (scripts/test.sh sets CIEL_SWTPM)"]
-fn an_hcl_report_that_is_not_one_or_made_on_tdx_is_refused_at_open() {
+fn an_nv_index_that_holds_no_hcl_report_is_refused_at_open() {
     let binary = swtpm_binary().expect("CIEL_SWTPM: the swtpm binary");
     let dir = tempfile::tempdir().unwrap();
     let tpm = Swtpm::start(&binary, dir.path());
     write_nv(&tpm, dir.path(), b"not an HCL report");
-    let err = VtpmSource::open(tpm.transport()).unwrap_err();
+    let err = VtpmSource::open(tpm.transport(), DEFAULT_IMDS).unwrap_err();
     assert!(err.contains("HCLA"), "{err}");
-    // An HCL report made on TDX (its TD quote would come from the host).
-    let now = UnixTime(1_790_000_000);
-    let tdx = ciel_attestation::sim::TdxSim::generate(now).unwrap();
-    let hcl = ciel_attestation::sim::AzVtpmSim::generate()
-        .unwrap()
-        .evidence_tdx(&tdx, &Default::default(), &[1; 64], &[[0; 32]; 24])
-        .unwrap()
-        .hcl_report;
-    let index = format!("{HCL_REPORT_INDEX:#010x}");
-    tpm.tool(dir.path(), &["tpm2_nvundefine", &index, "-C", "o"]);
-    write_nv(&tpm, dir.path(), &hcl);
-    let err = VtpmSource::open(tpm.transport()).unwrap_err();
-    assert!(err.contains("made on TDX"), "{err}");
-    let missing = VtpmSource::open(Transport::Device("/nonexistent/tpmrm0".into())).unwrap_err();
+    let missing = VtpmSource::open(
+        Transport::Device("/nonexistent/tpmrm0".into()),
+        DEFAULT_IMDS,
+    )
+    .unwrap_err();
     assert!(missing.contains("/nonexistent/tpmrm0"), "{missing}");
+}
+
+/// An imitation of Azure's metadata service: `POST /acc/tdquote` turns the
+/// TDREPORT it is sent into a simulated TD quote with the same
+/// `report_data`, counting requests.
+async fn tdquote(
+    axum::extract::State((tdx, count)): axum::extract::State<(
+        Arc<TdxSim>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    )>,
+    axum::Json(body): axum::Json<serde_json::Value>,
+) -> axum::Json<serde_json::Value> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let report = b64.decode(body["report"].as_str().unwrap()).unwrap();
+    assert_eq!(report.len(), 1024, "a TDREPORT");
+    let quote = tdx
+        .quote(&SimTdxQuote {
+            report_data: report[128..192].try_into().unwrap(),
+            ..Default::default()
+        })
+        .unwrap();
+    axum::Json(serde_json::json!({"quote": b64.encode(quote)}))
+}
+
+#[test]
+#[ignore = "needs swtpm and tpm2-tools (scripts/test.sh sets CIEL_SWTPM)"]
+fn tdx_vtpm_evidence_from_swtpm_and_the_metadata_service_verifies() {
+    let binary = swtpm_binary().expect("CIEL_SWTPM: the swtpm binary");
+    let dir = tempfile::tempdir().unwrap();
+    let tpm = Swtpm::start(&binary, dir.path());
+    let now = UnixTime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    );
+    let tdx = Arc::new(TdxSim::generate(UnixTime(now.0 - 86_400)).unwrap());
+    let (n, e) = provision_ak(&tpm, dir.path());
+    write_nv(&tpm, dir.path(), &az_tdx_hcl_report(&n, &e).unwrap());
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let imds = rt.block_on(async {
+        let router = axum::Router::new()
+            .route("/acc/tdquote", axum::routing::post(tdquote))
+            .with_state((tdx.clone(), count.clone()));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, router).await });
+        format!("http://{addr}")
+    });
+    let err = VtpmSource::open(tpm.transport(), "https://169.254.169.254").unwrap_err();
+    assert!(err.contains("http:// URL"), "{err}");
+    let source = VtpmSource::open(tpm.transport(), &imds).unwrap();
+    assert_eq!(source.tee(), "az-tdx-vtpm");
+    let nonce = [0x3c; 64];
+    let mut doc = source.evidence(nonce).unwrap();
+    // The verifier's collateral for the TD quote.
+    doc["collateral"] = tdx.collateral(now).unwrap().to_json();
+    let decoded = tee_evidence::decode("az-tdx-vtpm", &doc, None).unwrap();
+    let policy = |nonce: &[u8; 64]| {
+        let mut p =
+            Policy::from_toml(&format!("report_data = \"{}\"", hex::encode(nonce))).unwrap();
+        p.danger_trust_simulated_root(tdx.root_sha256());
+        p
+    };
+    let v = decoded.verify(&policy(&nonce), now);
+    assert!(v.accepted, "{}", v.summary());
+    assert_eq!(v.platform.to_string(), "tdx");
+    assert_eq!(
+        decoded.verify(&policy(&[0; 64]), now).reason_codes(),
+        ["report_data_mismatch"]
+    );
+    // The TD quote binds the HCL report, not the nonce: made once.
+    source.evidence([1; 64]).unwrap();
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A metadata service that is not there: named.
+    let gone = VtpmSource::open(tpm.transport(), "http://127.0.0.1:9").unwrap();
+    let err = gone.evidence(nonce).unwrap_err();
+    assert!(err.contains("http://127.0.0.1:9/acc/tdquote"), "{err}");
 }

@@ -43,15 +43,20 @@ pub struct ServeArgs {
     /// the kernel parameter agent.guest_components_rest_api=all).
     #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = ciel_enclave::platform::coco::DEFAULT_URL)]
     pub coco_agent: Option<String>,
-    /// On an Azure confidential VM (SEV-SNP): evidence from the vTPM
-    /// (Trustee's az-snp-vtpm: the paravisor's HCL report from NV index
-    /// 0x01400001 and a quote by the attestation key 0x81000003 over the
-    /// session's nonce and PCRs 0-23). A TPM device (default /dev/tpmrm0)
+    /// On an Azure confidential VM: evidence from the vTPM (Trustee's
+    /// az-snp-vtpm or az-tdx-vtpm: the paravisor's HCL report from NV index
+    /// 0x01400001, a quote by the attestation key 0x81000003 over the
+    /// session's nonce and PCRs 0-23, and on TDX the TD quote from
+    /// --vtpm-imds). A TPM device (default /dev/tpmrm0)
     /// or unix:PATH, swtpm's socket. With --collateral-via the VCEK comes
     /// from the host's collateral service; without, verifiers need it from
     /// their own collateral source (a bundle).
     #[arg(long, value_name = "TPM", num_args = 0..=1, default_missing_value = "/dev/tpmrm0", conflicts_with_all = ["sim", "coco_agent"], value_parser = parse_tpm)]
     pub vtpm: Option<ciel_enclave::tpm::Transport>,
+    /// With --vtpm on TDX: the instance metadata service that makes the TD
+    /// quote for the HCL report's TDREPORT (Azure's; POST /acc/tdquote).
+    #[arg(long, value_name = "URL", default_value = ciel_enclave::platform::vtpm::DEFAULT_IMDS, requires = "vtpm")]
+    pub vtpm_imds: String,
     /// The GPUs attested with the CPU: `none`; `nvml` (every GPU the
     /// NVIDIA driver shows, through NVML loaded at run time; each must be
     /// in confidential-computing mode, DEVTOOLS off); or `sim:N`, N
@@ -446,10 +451,10 @@ fn evidence_source(
         }));
     }
     if let Some(tpm) = &a.vtpm {
-        let source = ciel_enclave::platform::VtpmSource::open(tpm.clone())
+        let source = ciel_enclave::platform::VtpmSource::open(tpm.clone(), &a.vtpm_imds)
             .map_err(|e| anyhow::anyhow!(e))
             .with_context(|| format!("--vtpm {tpm}"))?;
-        tracing::info!(%tpm, "evidence from the Azure vTPM (az-snp-vtpm)");
+        tracing::info!(%tpm, tee = source.tee(), "evidence from the Azure vTPM");
         return Ok(Box::new(match collateral {
             Some(service) => source.with_collateral(service),
             None => source,

@@ -83,21 +83,16 @@ impl AzVtpmSim {
         nonce: &[u8],
         pcrs: &[[u8; 32]; 24],
     ) -> Result<AzVtpm, SimError> {
-        let var_data = self.var_data();
-        let report_data = binding(&var_data);
+        let public = self.ak.to_public_key();
+        let hcl_report = az_tdx_hcl_report(&public.n_bytes(), &public.e_bytes())?;
         let td_quote = tdx.quote(&SimTdxQuote {
-            report_data,
+            report_data: binding(&self.var_data()),
             ..template.clone()
         })?;
-        // REPORTTYPE.TYPE 0x81 (TDX) at 0, report_data at 128, 1024 bytes.
-        let mut td_report = vec![0x81];
-        td_report.resize(128, 0);
-        td_report.extend_from_slice(&report_data);
-        td_report.resize(1024, 0);
         let (quote_message, quote_signature) = self.quote(nonce, pcrs)?;
         Ok(AzVtpm {
             version: 1,
-            hcl_report: hcl_report(HclHardware::Tdx, &td_report, &var_data)?,
+            hcl_report,
             quote_message,
             quote_signature,
             pcrs: pcrs.to_vec(),
@@ -155,6 +150,21 @@ pub fn az_snp_hcl_report(
         ..template.clone()
     })?;
     hcl_report(HclHardware::Snp, &report, &var_data)
+}
+
+/// A simulated paravisor's HCL report on TDX for a vTPM whose attestation
+/// key is `(n, e)`: a TDREPORT-shaped area (REPORTTYPE 0x81 at 0, the
+/// `report_data` binding the variable data at 128, 1024 bytes; real ones
+/// are MAC'd for their platform, so no verifier reads it) — what a TD
+/// quote is made from, by the host ([`TdxSim::quote`] with the same
+/// `report_data` stands in).
+pub fn az_tdx_hcl_report(n: &[u8], e: &[u8]) -> Result<Vec<u8>, SimError> {
+    let var_data = var_data_for(n, e);
+    let mut td_report = vec![0x81];
+    td_report.resize(128, 0);
+    td_report.extend_from_slice(&binding(&var_data));
+    td_report.resize(1024, 0);
+    hcl_report(HclHardware::Tdx, &td_report, &var_data)
 }
 
 /// The `report_data` that binds `var_data`: its SHA-256, zero-padded.

@@ -18,7 +18,7 @@ mod rim;
 mod snp;
 mod tdx;
 
-pub use azure::{AzVtpmSim, az_snp_hcl_report, var_data_for};
+pub use azure::{AzVtpmSim, az_snp_hcl_report, az_tdx_hcl_report, var_data_for};
 pub use nvidia::{NvidiaSim, SimGpu, SimGpuReport, SimOcspResponder, SimOcspStatus};
 pub use rim::SimRim;
 pub use snp::{LeafSpec, SIM_TCB, SimSnpReport, SnpSim};
