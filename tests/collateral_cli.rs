@@ -91,16 +91,20 @@ fn the_hosts_collateral_service_feeds_a_bundle_that_verifies_offline() {
 
     let bundle = tmp.path().join("bundle.json");
     let base = format!("http://127.0.0.1:{port}");
-    let run = ciel([
-        "collateral".as_ref(),
-        "bundle".as_ref(),
-        "--from".as_ref(),
-        base.as_ref(),
-        "--for".as_ref(),
-        quote.as_os_str(),
-        "--out".as_ref(),
-        bundle.as_os_str(),
-    ]);
+    // `ciel collateral bundle --from` the host's service `--for` evidence.
+    let bundle_for = |evidence: &std::path::Path, out: &std::path::Path| {
+        ciel([
+            "collateral".as_ref(),
+            "bundle".as_ref(),
+            "--from".as_ref(),
+            base.as_ref(),
+            "--for".as_ref(),
+            evidence.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+        ])
+    };
+    let run = bundle_for(&quote, &bundle);
     assert_eq!(run.code, 0, "{}", run.stderr);
     let run = ciel(["collateral".as_ref(), "show".as_ref(), bundle.as_os_str()]);
     assert_eq!(run.code, 0, "{}", run.stderr);
@@ -112,6 +116,28 @@ fn the_hosts_collateral_service_feeds_a_bundle_that_verifies_offline() {
     ] {
         assert!(run.stdout.contains(kind), "{}", run.stdout);
     }
+    assert!(run.stdout.contains("4 items"), "{}", run.stdout);
+    // Azure TDX vTPM evidence carrying that quote: the same four items.
+    let mut az = ciel_attestation::sim::AzVtpmSim::generate()
+        .unwrap()
+        .evidence_tdx(
+            &ciel_attestation::sim::TdxSim::generate(now).unwrap(),
+            &Default::default(),
+            b"nonce",
+            &[[0; 32]; 24],
+        )
+        .unwrap();
+    az.td_quote = Some(std::fs::read(&quote).unwrap());
+    let az_file = tmp.path().join("az-tdx.json");
+    std::fs::write(&az_file, serde_json::to_vec(&az.to_json()).unwrap()).unwrap();
+    let az_bundle = tmp.path().join("az-bundle.json");
+    let run = bundle_for(&az_file, &az_bundle);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let run = ciel([
+        "collateral".as_ref(),
+        "show".as_ref(),
+        az_bundle.as_os_str(),
+    ]);
     assert!(run.stdout.contains("4 items"), "{}", run.stdout);
 
     let verify = |bundle: &std::path::Path| {
@@ -131,7 +157,8 @@ fn the_hosts_collateral_service_feeds_a_bundle_that_verifies_offline() {
     assert_eq!(run.json()["platform"], "tdx");
     assert!(run.reason_codes().is_empty(), "{}", run.stdout);
 
-    // The service answered from its cache: four hits, nothing fetched.
+    // The service answered from its cache: four hits for each bundle,
+    // nothing fetched.
     let mut metrics = String::new();
     {
         use std::io::{Read, Write};
@@ -141,7 +168,7 @@ fn the_hosts_collateral_service_feeds_a_bundle_that_verifies_offline() {
         s.read_to_string(&mut metrics).unwrap();
     }
     assert!(
-        metrics.contains("ciel_collateral_cache_hits_total 4\n"),
+        metrics.contains("ciel_collateral_cache_hits_total 8\n"),
         "{metrics}"
     );
     assert!(
@@ -183,16 +210,7 @@ fn the_hosts_collateral_service_feeds_a_bundle_that_verifies_offline() {
     assert!(!run.reason_codes().is_empty(), "{}", run.stdout);
 
     // Missing evidence and a bad bundle: errors naming the file.
-    let run = ciel([
-        "collateral".as_ref(),
-        "bundle".as_ref(),
-        "--from".as_ref(),
-        base.as_ref(),
-        "--for".as_ref(),
-        "/nonexistent.quote".as_ref(),
-        "--out".as_ref(),
-        bundle.as_os_str(),
-    ]);
+    let run = bundle_for("/nonexistent.quote".as_ref(), &bundle);
     assert_ne!(run.code, 0);
     assert!(run.stderr.contains("/nonexistent.quote"), "{}", run.stderr);
     std::fs::write(

@@ -39,7 +39,8 @@ pub struct BundleArgs {
     #[arg(long, requires = "evidence")]
     pub from: Option<String>,
     /// Evidence whose collateral to fetch: an SNP report or a DCAP quote
-    /// (raw binary); repeatable.
+    /// (raw binary), or Azure vTPM evidence (Trustee's az-snp-vtpm or
+    /// az-tdx-vtpm JSON: its SNP report's or TD quote's); repeatable.
     #[arg(long = "for", id = "evidence")]
     pub evidence: Vec<PathBuf>,
 }
@@ -153,8 +154,15 @@ fn bundle(a: BundleArgs) -> Result<ExitCode> {
 }
 
 /// The items `evidence` needs, fetched from `src`: a quote's four DCAP
-/// items; a report's VCEK, and its product's chain and CRL where served.
+/// items; a report's VCEK, and its product's chain and CRL where served;
+/// for Azure vTPM evidence, those of the hardware report it binds.
 fn needed(src: &Upstreams, evidence: &[u8]) -> Result<Vec<Entry>> {
+    use ciel_attestation::azure::AzVtpm;
+    if AzVtpm::detect(evidence) {
+        let vtpm = AzVtpm::from_json(evidence).map_err(anyhow::Error::msg)?;
+        let report = vtpm.hardware_report().map_err(anyhow::Error::msg)?;
+        return needed(src, report);
+    }
     let get = |item| src.entry(&item).map_err(anyhow::Error::msg);
     match Evidence::parse(evidence).context("not an SNP report or a DCAP quote")? {
         Evidence::Dcap(_) => lookup::dcap_items(evidence)
