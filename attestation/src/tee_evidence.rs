@@ -270,12 +270,7 @@ pub fn decode(
                 }
                 _ => b64(evidence, "vcek")?,
             });
-            if let Some(chain) = evidence.get("cert_chain") {
-                let pem = chain
-                    .as_str()
-                    .ok_or("tee-evidence.cert_chain: not a PEM string")?;
-                collateral.snp_chain = Some(pem.as_bytes().to_vec());
-            }
+            collateral.snp_chain = pem_chain(evidence)?;
             report
         }
         "tdx" => {
@@ -300,20 +295,43 @@ pub fn decode(
         return Err(format!("tee-evidence is not {tee} evidence"));
     }
     if let (Evidence::Snp(report), Some(lookup)) = (&parsed, lookup) {
-        if collateral.snp_chain.is_none() {
-            collateral.snp_chain = lookup.snp_chain(report);
-        }
-        collateral.snp_crl = lookup.snp_crl(report);
+        amd_from(lookup, report, &mut collateral);
     }
-    let sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, &raw).as_ref());
-    Ok(Decoded {
-        evidence: parsed,
+    Ok(decoded(parsed, collateral, &raw, None))
+}
+
+/// What was decoded; `sent` is what its digest is of.
+fn decoded(evidence: Evidence, collateral: Collateral, sent: &[u8], vtpm: Option<Vtpm>) -> Decoded {
+    Decoded {
+        evidence,
         collateral,
-        sha256,
+        sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, sent).as_ref()),
         gpus: Vec::new(),
         gpu_nonce: [0; 32],
-        vtpm: None,
-    })
+        vtpm,
+    }
+}
+
+/// The AMD chain sent beside SNP evidence (`cert_chain`, PEM ASK/ARK),
+/// if any.
+fn pem_chain(evidence: &serde_json::Value) -> Result<Option<Vec<u8>>, String> {
+    evidence
+        .get("cert_chain")
+        .map(|chain| {
+            chain
+                .as_str()
+                .map(|pem| pem.as_bytes().to_vec())
+                .ok_or_else(|| "tee-evidence.cert_chain: not a PEM string".to_string())
+        })
+        .transpose()
+}
+
+/// AMD's chain (where the evidence sent none) and CRL for `report`.
+fn amd_from(lookup: &dyn CollateralLookup, report: &SnpReport, collateral: &mut Collateral) {
+    if collateral.snp_chain.is_none() {
+        collateral.snp_chain = lookup.snp_chain(report);
+    }
+    collateral.snp_crl = lookup.snp_crl(report);
 }
 
 fn is_vtpm(tee: &str) -> bool {
@@ -353,11 +371,8 @@ fn read_vtpm(tee: &str, evidence: &serde_json::Value) -> Result<(Vtpm, Evidence)
             nonce.len()
         ));
     }
-    let report = vtpm
-        .hardware_report()
-        .map_err(|e| format!("{tee}: {e}"))?
-        .to_vec();
-    let parsed = Evidence::parse(&report).map_err(|e| format!("{tee}: {e}"))?;
+    let report = vtpm.hardware_report().map_err(|e| format!("{tee}: {e}"))?;
+    let parsed = Evidence::parse(report).map_err(|e| format!("{tee}: {e}"))?;
     let vtpm = Vtpm {
         evidence: vtpm,
         nonce,
@@ -379,12 +394,7 @@ fn decode_vtpm(
         Evidence::Snp(report) => {
             // Azure's VCEKs chain to AMD's pinned ASK/ARK; a chain sent
             // beside (as our `snp` shape allows) serves simulated ones.
-            if let Some(chain) = evidence.get("cert_chain") {
-                let pem = chain
-                    .as_str()
-                    .ok_or("tee-evidence.cert_chain: not a PEM string")?;
-                collateral.snp_chain = Some(pem.as_bytes().to_vec());
-            }
+            collateral.snp_chain = pem_chain(evidence)?;
             if let Some(lookup) = lookup {
                 if vtpm.evidence.vcek.is_none() {
                     collateral.snp_signer = Some(
@@ -393,26 +403,14 @@ fn decode_vtpm(
                             .map_err(|e| format!("{tee} evidence carries no `vcek`, and {e}"))?,
                     );
                 }
-                if collateral.snp_chain.is_none() {
-                    collateral.snp_chain = lookup.snp_chain(report);
-                }
-                collateral.snp_crl = lookup.snp_crl(report);
+                amd_from(lookup, report, &mut collateral);
             }
         }
         Evidence::Dcap(q) => collateral.dcap = Some(dcap_of(evidence, q.bytes(), lookup)?),
         Evidence::Nvidia(_) => return Err(format!("{tee}: the hardware report is a GPU's")),
     }
-    let sha256 = hex::encode(
-        ring::digest::digest(&ring::digest::SHA256, &vtpm.evidence.hcl_report).as_ref(),
-    );
-    Ok(Decoded {
-        evidence: parsed,
-        collateral,
-        sha256,
-        gpus: Vec::new(),
-        gpu_nonce: [0; 32],
-        vtpm: Some(vtpm),
-    })
+    let hcl_report = vtpm.evidence.hcl_report.clone();
+    Ok(decoded(parsed, collateral, &hcl_report, Some(vtpm)))
 }
 
 /// The evidence alone, for reading its fields (no collateral needed, so

@@ -58,16 +58,9 @@ impl AzVtpmSim {
     ) -> Result<AzVtpm, SimError> {
         let public = self.ak.to_public_key();
         let hcl_report = az_snp_hcl_report(snp, template, &public.n_bytes(), &public.e_bytes())?;
-        let (quote_message, quote_signature) = self.quote(nonce, pcrs)?;
-        Ok(AzVtpm {
-            version: 1,
-            hcl_report,
-            quote_message,
-            quote_signature,
-            pcrs: pcrs.to_vec(),
-            vcek: Some(snp.vcek_der().to_vec()),
-            td_quote: None,
-        })
+        let mut e = self.quoted(hcl_report, nonce, pcrs)?;
+        e.vcek = Some(snp.vcek_der().to_vec());
+        Ok(e)
     }
 
     /// `az-tdx-vtpm` evidence for `nonce` over `pcrs`: the HCL report holds
@@ -89,20 +82,19 @@ impl AzVtpmSim {
             report_data: binding(&self.var_data()),
             ..template.clone()
         })?;
-        let (quote_message, quote_signature) = self.quote(nonce, pcrs)?;
-        Ok(AzVtpm {
-            version: 1,
-            hcl_report,
-            quote_message,
-            quote_signature,
-            pcrs: pcrs.to_vec(),
-            vcek: None,
-            td_quote: Some(td_quote),
-        })
+        let mut e = self.quoted(hcl_report, nonce, pcrs)?;
+        e.td_quote = Some(td_quote);
+        Ok(e)
     }
 
-    /// A `TPM2_Quote` by the attestation key: the message and its signature.
-    fn quote(&self, nonce: &[u8], pcrs: &[[u8; 32]; 24]) -> Result<(Vec<u8>, Vec<u8>), SimError> {
+    /// Evidence v1 of `hcl_report` and a `TPM2_Quote` by the attestation
+    /// key over `nonce` and `pcrs` (no VCEK, no TD quote yet).
+    fn quoted(
+        &self,
+        hcl_report: Vec<u8>,
+        nonce: &[u8],
+        pcrs: &[[u8; 32]; 24],
+    ) -> Result<AzVtpm, SimError> {
         if nonce.len() > 64 {
             return Err(SimError::Input(format!(
                 "a quote nonce of {} bytes (at most 64)",
@@ -110,8 +102,15 @@ impl AzVtpmSim {
             )));
         }
         let message = quote_message(nonce, pcrs);
-        let signature = self.sign(&message)?;
-        Ok((message, signature))
+        Ok(AzVtpm {
+            version: 1,
+            hcl_report,
+            quote_signature: self.sign(&message)?,
+            quote_message: message,
+            pcrs: pcrs.to_vec(),
+            vcek: None,
+            td_quote: None,
+        })
     }
 }
 

@@ -111,15 +111,15 @@ impl<F: TsmFs + Send + Sync> EvidenceSource for TsmSource<F> {
             ("snp", None, Some(service)) => {
                 let report = ciel_attestation::snp::SnpReport::parse(&r.outblob)
                     .map_err(|e| format!("configfs-tsm outblob: {e}"))?;
-                let vcek = lookup::snp_vcek(service, &report).map_err(|e| {
-                    format!("the host gave no SNP certificate table, and its collateral service no VCEK: {e}")
+                let (vcek, chain) = snp_from_service(service, &report).map_err(|e| {
+                    format!("the host gave no SNP certificate table, and {e}")
                 })?;
                 let mut doc = serde_json::json!({
                     "report": B64.encode(&r.outblob),
                     "vcek": B64.encode(vcek),
                 });
-                if let Some(chain) = lookup::snp_chain(service, &report) {
-                    doc["cert_chain"] = String::from_utf8_lossy(&chain).into_owned().into();
+                if let Some(chain) = chain {
+                    doc["cert_chain"] = chain.into();
                 }
                 Ok(doc)
             }
@@ -127,17 +127,33 @@ impl<F: TsmFs + Send + Sync> EvidenceSource for TsmSource<F> {
                 "configfs-tsm gave no auxblob: the host did not provide the SNP certificate table (VCEK), and no collateral service is configured (--collateral-via)".into(),
             ),
             (_, _, None) => Ok(serde_json::json!({"quote": B64.encode(&r.outblob)})),
-            (_, _, Some(service)) => {
-                let col = lookup::dcap_collateral(service, &r.outblob).map_err(|e| {
-                    format!("the TDX quote's collateral from the host's collateral service: {e}")
-                })?;
-                Ok(serde_json::json!({
-                    "quote": B64.encode(&r.outblob),
-                    "collateral": col.to_json(),
-                }))
-            }
+            (_, _, Some(service)) => Ok(serde_json::json!({
+                "quote": B64.encode(&r.outblob),
+                "collateral": dcap_from_service(service, &r.outblob)?,
+            })),
         }
     }
+}
+
+/// An SNP report's VCEK and AMD chain (PEM, where served) from the host's
+/// collateral service.
+fn snp_from_service(
+    service: &Upstreams,
+    report: &ciel_attestation::snp::SnpReport,
+) -> Result<(Vec<u8>, Option<String>), String> {
+    let vcek = lookup::snp_vcek(service, report)
+        .map_err(|e| format!("the host's collateral service has no VCEK for it: {e}"))?;
+    let chain = lookup::snp_chain(service, report)
+        .map(|chain| String::from_utf8_lossy(&chain).into_owned());
+    Ok((vcek, chain))
+}
+
+/// A TD quote's DCAP collateral (as evidence carries it) from the host's
+/// collateral service.
+fn dcap_from_service(service: &Upstreams, quote: &[u8]) -> Result<serde_json::Value, String> {
+    lookup::dcap_collateral(service, quote)
+        .map(|col| col.to_json())
+        .map_err(|e| format!("the TD quote's collateral from the host's collateral service: {e}"))
 }
 
 /// SNP `tee-evidence` from a report and the host's certificate table:

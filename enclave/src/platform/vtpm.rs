@@ -25,7 +25,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use ciel_attestation::azure::{AzVtpm, HclHardware, hcl};
 use ciel_attestation::snp::SnpReport;
-use ciel_collateral::{Upstreams, lookup};
+use ciel_collateral::Upstreams;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -179,34 +179,28 @@ impl EvidenceSource for VtpmSource {
 
     fn evidence(&self, report_data: [u8; 64]) -> Result<serde_json::Value, String> {
         let mut evidence = self.collect(&report_data)?;
-        if let (Some(quote), Some(service)) = (&evidence.td_quote, &self.collateral) {
-            let col = lookup::dcap_collateral(service, quote).map_err(|e| {
-                format!("the TD quote's collateral from the host's collateral service: {e}")
-            })?;
-            let mut doc = evidence.to_json();
-            if let Some(obj) = doc.as_object_mut() {
-                obj.insert("collateral".into(), col.to_json());
-            }
-            return Ok(doc);
-        }
-        if evidence.td_quote.is_some() {
+        let Some(service) = &self.collateral else {
             return Ok(evidence.to_json());
-        }
-        let mut chain = None;
-        if let Some(service) = &self.collateral {
-            let report = SnpReport::parse(evidence.hardware_report()?)
-                .map_err(|e| format!("the HCL report's SNP report: {e}"))?;
-            evidence.vcek = Some(lookup::snp_vcek(service, &report).map_err(|e| {
-                format!("the VCEK for the HCL report from the host's collateral service: {e}")
-            })?);
-            chain = lookup::snp_chain(service, &report);
-        }
+        };
+        // What the hardware report needs, from the host's service: the TD
+        // quote's DCAP collateral, or the SNP report's VCEK and AMD chain.
+        let (field, value) = match &evidence.td_quote {
+            Some(quote) => ("collateral", super::dcap_from_service(service, quote)?),
+            None => {
+                let report = SnpReport::parse(evidence.hardware_report()?)
+                    .map_err(|e| format!("the HCL report's SNP report: {e}"))?;
+                let (vcek, chain) = super::snp_from_service(service, &report)
+                    .map_err(|e| format!("the HCL report's SNP report: {e}"))?;
+                evidence.vcek = Some(vcek);
+                match chain {
+                    Some(chain) => ("cert_chain", chain.into()),
+                    None => return Ok(evidence.to_json()),
+                }
+            }
+        };
         let mut doc = evidence.to_json();
-        if let (Some(chain), Some(obj)) = (chain, doc.as_object_mut()) {
-            obj.insert(
-                "cert_chain".into(),
-                String::from_utf8_lossy(&chain).into_owned().into(),
-            );
+        if let Some(obj) = doc.as_object_mut() {
+            obj.insert(field.into(), value);
         }
         Ok(doc)
     }
